@@ -1,0 +1,155 @@
+//! Who is calling. The gateway (or a trusted internal service acting for a user)
+//! puts the acting user in the `x-parley-uid` metadata; a service acting on its
+//! own behalf puts its name in `x-parley-service`. The guard layer parses them
+//! once per request and stores a [`Caller`] in the request extensions.
+
+use std::fmt;
+
+use tonic::Status;
+
+/// Metadata key carrying the acting user's id.
+pub const UID_HEADER: &str = "x-parley-uid";
+/// Metadata key carrying the calling service's name, for internal RPCs.
+pub const SERVICE_HEADER: &str = "x-parley-service";
+/// Metadata key carrying the shared internal token, when one is configured.
+pub const INTERNAL_TOKEN_HEADER: &str = "x-parley-internal-token";
+
+/// Longest user id accepted, in bytes.
+pub const MAX_UID_LEN: usize = 64;
+
+/// A validated user id: 1 to 64 characters from `[A-Za-z0-9._@:-]`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Uid(String);
+
+impl Uid {
+    /// Validates a user id.
+    pub fn parse(raw: &str) -> Result<Self, InvalidUid> {
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | ':' | '-');
+        if raw.is_empty() || raw.len() > MAX_UID_LEN || !raw.chars().all(valid_char) {
+            return Err(InvalidUid);
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id as an owned string.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for Uid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A string that is not a valid user id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("user ids are 1 to 64 characters from [A-Za-z0-9._@:-]")]
+pub struct InvalidUid;
+
+/// The identity a request acts under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A user, authenticated by the gateway or named by a trusted internal service.
+    User(Uid),
+    /// An internal service acting on its own behalf (for example the message
+    /// service's outbox drainer).
+    Service(String),
+}
+
+impl Caller {
+    /// Reads the caller from request headers.
+    pub fn from_headers(headers: &http::HeaderMap) -> Result<Self, Status> {
+        if let Some(value) = headers.get(UID_HEADER) {
+            let raw = value
+                .to_str()
+                .map_err(|_| Status::unauthenticated("malformed x-parley-uid"))?;
+            let uid = Uid::parse(raw).map_err(|_| Status::unauthenticated("malformed x-parley-uid"))?;
+            return Ok(Self::User(uid));
+        }
+        if let Some(value) = headers.get(SERVICE_HEADER) {
+            let name = value
+                .to_str()
+                .ok()
+                .filter(|n| !n.is_empty() && n.len() <= 32 && n.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+                .ok_or_else(|| Status::unauthenticated("malformed x-parley-service"))?;
+            return Ok(Self::Service(name.to_owned()));
+        }
+        Err(Status::unauthenticated("no caller identity: x-parley-uid is required"))
+    }
+
+    /// The caller stored by the guard layer, or UNAUTHENTICATED.
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Self, Status> {
+        match request.extensions().get::<Caller>() {
+            Some(caller) => Ok(caller.clone()),
+            None => Caller::from_headers(&request.metadata().clone().into_headers()),
+        }
+    }
+
+    /// The acting user, or UNAUTHENTICATED for a service identity.
+    pub fn user_of<T>(request: &tonic::Request<T>) -> Result<Uid, Status> {
+        match Self::of(request)? {
+            Self::User(uid) => Ok(uid),
+            Self::Service(_) => Err(Status::unauthenticated("this RPC acts for a user: x-parley-uid is required")),
+        }
+    }
+
+    /// Succeeds only for the named internal service.
+    pub fn require_service<T>(request: &tonic::Request<T>, name: &str) -> Result<(), Status> {
+        match Self::of(request)? {
+            Self::Service(caller) if caller == name => Ok(()),
+            _ => Err(Status::permission_denied(format!("internal RPC: only the {name} service may call it"))),
+        }
+    }
+
+    /// The key rate limits are counted under.
+    pub fn rate_key(&self) -> Option<String> {
+        match self {
+            Self::User(uid) => Some(uid.as_str().to_owned()),
+            // Internal services are trusted and bounded by the concurrency limit.
+            Self::Service(_) => None,
+        }
+    }
+}
+
+/// Adds the caller identity to an outgoing request's metadata.
+pub fn set_service_identity<T>(request: &mut tonic::Request<T>, service: &'static str) {
+    request
+        .metadata_mut()
+        .insert(SERVICE_HEADER, tonic::metadata::MetadataValue::from_static(service));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_accepts_plain_ids_and_rejects_the_rest() {
+        assert!(Uid::parse("uid1").is_ok());
+        assert!(Uid::parse("A").is_ok());
+        assert!(Uid::parse("bot:crm-1@corp.example").is_ok());
+        assert!(Uid::parse("").is_err());
+        assert!(Uid::parse("with space").is_err());
+        assert!(Uid::parse("é").is_err());
+        assert!(Uid::parse(&"x".repeat(65)).is_err());
+        assert!(Uid::parse(&"x".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn caller_prefers_the_user_and_refuses_missing_identity() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(Caller::from_headers(&headers).map_err(|s| s.code()), Err(tonic::Code::Unauthenticated));
+        headers.insert(SERVICE_HEADER, http::HeaderValue::from_static("message"));
+        assert_eq!(Caller::from_headers(&headers).ok(), Some(Caller::Service("message".into())));
+        headers.insert(UID_HEADER, http::HeaderValue::from_static("uid1"));
+        assert_eq!(Caller::from_headers(&headers).ok().and_then(|c| c.rate_key()), Some("uid1".into()));
+        headers.insert(UID_HEADER, http::HeaderValue::from_static("bad uid"));
+        assert_eq!(Caller::from_headers(&headers).map_err(|s| s.code()), Err(tonic::Code::Unauthenticated));
+    }
+}

@@ -1,0 +1,87 @@
+//! Database connections for the two storage backends: MySQL-compatible servers
+//! (MySQL, MariaDB, TiDB) in production and an embedded SQLite file for `make dev`.
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    ConnectOptions,
+    mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
+};
+
+/// Which backend a database URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `mysql://` (also MariaDB and TiDB).
+    MySql,
+    /// `sqlite:` (a file, or `sqlite::memory:`).
+    Sqlite,
+}
+
+/// A database URL that names neither backend.
+#[derive(Debug, thiserror::Error)]
+#[error("database URL must start with mysql:// or sqlite: (got scheme {scheme:?})")]
+pub struct UnknownBackend {
+    scheme: String,
+}
+
+impl Backend {
+    /// The backend a URL names.
+    pub fn of_url(url: &str) -> Result<Self, UnknownBackend> {
+        if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            Ok(Self::MySql)
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else {
+            let scheme = url.split(':').next().unwrap_or_default().chars().take(16).collect();
+            Err(UnknownBackend { scheme })
+        }
+    }
+}
+
+/// Connects a MySQL-compatible pool.
+pub async fn connect_mysql(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx::Error> {
+    let url = url.replacen("mariadb://", "mysql://", 1);
+    let options = MySqlConnectOptions::from_str(&url)?
+        .charset("utf8mb4")
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
+    MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+}
+
+/// Opens (creating if needed) an SQLite database. One connection serialises all
+/// access: SQLite has a single writer anyway, and this way no transaction ever
+/// fails to upgrade its lock.
+pub async fn connect_sqlite(url: &str) -> Result<SqlitePool, sqlx::Error> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(5));
+    if let Some(parent) = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
+    }
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(options)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_follows_the_url_scheme() {
+        assert_eq!(Backend::of_url("mysql://root@127.0.0.1/x").ok(), Some(Backend::MySql));
+        assert_eq!(Backend::of_url("sqlite:data/message.db").ok(), Some(Backend::Sqlite));
+        assert!(Backend::of_url("postgres://x").is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! The request guard: one tower layer in front of every Parley RPC that
+//! authenticates the caller, applies the per-caller rate limit, sheds load above
+//! the concurrency limit and bounds each request's time. Each refusal is a proper
+//! gRPC status (UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE,
+//! DEADLINE_EXCEEDED) rather than a transport error. Health checks and
+//! reflection pass straight through, so probes answer even under load.
+
+use std::{
+    num::NonZeroU32,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::Semaphore;
+use tonic::{Status, body::Body};
+use tower::{Layer, Service};
+
+use crate::caller::{Caller, INTERNAL_TOKEN_HEADER};
+
+/// What the guard enforces.
+#[derive(Clone, Debug)]
+pub struct GuardSettings {
+    /// Longest time a request may take before DEADLINE_EXCEEDED.
+    pub request_timeout: Duration,
+    /// Requests in flight at once; above it new requests get UNAVAILABLE.
+    pub max_concurrent_requests: usize,
+    /// Sustained requests per second per user.
+    pub rate_per_second: NonZeroU32,
+    /// Requests per user allowed in a burst above the sustained rate.
+    pub rate_burst: NonZeroU32,
+    /// When set, every request must carry this token in `x-parley-internal-token`.
+    pub internal_token: Option<crate::serve::Secret>,
+}
+
+/// The layer; cheap to clone, state shared by all connections.
+#[derive(Clone)]
+pub struct GuardLayer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    settings: GuardSettings,
+    permits: Arc<Semaphore>,
+    limiter: DefaultKeyedRateLimiter<String>,
+}
+
+impl GuardLayer {
+    /// A guard enforcing `settings`.
+    pub fn new(settings: GuardSettings) -> Self {
+        let quota = Quota::per_second(settings.rate_per_second).allow_burst(settings.rate_burst);
+        let permits = Arc::new(Semaphore::new(settings.max_concurrent_requests));
+        let shared = Shared { settings, permits, limiter: RateLimiter::keyed(quota) };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// Forgets rate-limit state of callers that have been quiet, so the table stays
+    /// bounded by the number of active callers. Called periodically by `serve`.
+    pub fn forget_idle_callers(&self) {
+        self.shared.limiter.retain_recent();
+        self.shared.limiter.shrink_to_fit();
+    }
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guard { inner, shared: self.shared.clone() }
+    }
+}
+
+/// The guarded service.
+#[derive(Clone)]
+pub struct Guard<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+fn is_infrastructure(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
+}
+
+fn refuse<E>(status: Status) -> BoxFuture<'static, Result<http::Response<Body>, E>>
+where
+    E: Send + 'static,
+{
+    Box::pin(async move { Ok(status.into_http()) })
+}
+
+impl Shared {
+    fn check_token(&self, headers: &http::HeaderMap) -> Result<(), Status> {
+        let Some(expected) = &self.settings.internal_token else {
+            return Ok(());
+        };
+        let given = headers.get(INTERNAL_TOKEN_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+        if expected.constant_time_eq(given) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated("missing or wrong internal token"))
+        }
+    }
+
+    fn check_rate(&self, caller: &Caller) -> Result<(), Status> {
+        let Some(key) = caller.rate_key() else {
+            return Ok(());
+        };
+        self.limiter
+            .check_key(&key)
+            .map_err(|_| Status::resource_exhausted("rate limit exceeded; retry later"))
+    }
+}
+
+impl<S> Service<http::Request<Body>> for Guard<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // The ready inner service is the one to call; leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if is_infrastructure(request.uri().path()) {
+            return Box::pin(inner.call(request));
+        }
+        let shared = &self.shared;
+        if let Err(status) = shared.check_token(request.headers()) {
+            return refuse(status);
+        }
+        let caller = match Caller::from_headers(request.headers()) {
+            Ok(caller) => caller,
+            Err(status) => return refuse(status),
+        };
+        if let Err(status) = shared.check_rate(&caller) {
+            return refuse(status);
+        }
+        let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+            return refuse(Status::unavailable("server overloaded; retry with backoff"));
+        };
+        request.extensions_mut().insert(caller);
+        let timeout = shared.settings.request_timeout;
+        Box::pin(async move {
+            let outcome = tokio::time::timeout(timeout, inner.call(request)).await;
+            drop(permit);
+            match outcome {
+                Ok(result) => result,
+                Err(_elapsed) => Ok(Status::deadline_exceeded("request timed out").into_http()),
+            }
+        })
+    }
+}

@@ -1,0 +1,46 @@
+//! The scaffold every Parley service stands on: who is calling (`caller`), the
+//! request guard that applies timeouts, load shedding and per-caller rate limits
+//! (`guard`), serving with `grpc.health.v1` and reflection (`serve`), database
+//! connections for both storage backends (`db`), opaque page tokens (`page`) and
+//! logging set-up (`telemetry`).
+
+pub mod caller;
+pub mod db;
+pub mod guard;
+pub mod page;
+pub mod serve;
+pub mod telemetry;
+
+pub use caller::{Caller, Uid};
+pub use serve::{ServerArgs, serve};
+
+/// The current time in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,157 @@
+//! Serving a service: the shared flags, the guard, `grpc.health.v1`, server
+//! reflection and a graceful stop.
+
+use std::{fmt, future::Future, num::NonZeroU32, str::FromStr, time::Duration};
+
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{service::RoutesBuilder, transport::Server};
+use tonic_health::ServingStatus;
+
+use crate::guard::{GuardLayer, GuardSettings};
+
+/// A secret value from a flag or the environment; never printed.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Compares with `other` in time independent of where they differ.
+    pub fn constant_time_eq(&self, other: &[u8]) -> bool {
+        let mine = self.0.as_bytes();
+        if mine.len() != other.len() {
+            return false;
+        }
+        mine.iter().zip(other).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() < 16 {
+            return Err("secrets must be at least 16 characters".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Flags shared by every service: request limits and the internal token.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Longest time one request may take, in milliseconds (DEADLINE_EXCEEDED after).
+    #[arg(long, env = "PARLEY_REQUEST_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub request_timeout_ms: u64,
+    /// Requests in flight at once; above it requests are shed with UNAVAILABLE.
+    #[arg(long, env = "PARLEY_MAX_CONCURRENT_REQUESTS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_concurrent_requests: u64,
+    /// Sustained requests per second per user (RESOURCE_EXHAUSTED above it).
+    #[arg(long, env = "PARLEY_RATE_LIMIT_PER_SECOND", default_value = "200")]
+    pub rate_limit_per_second: NonZeroU32,
+    /// Requests per user allowed in a burst above the sustained rate.
+    #[arg(long, env = "PARLEY_RATE_LIMIT_BURST", default_value = "400")]
+    pub rate_limit_burst: NonZeroU32,
+    /// Shared token every caller must send in `x-parley-internal-token` (at least
+    /// 16 characters). Unset: callers are trusted by network policy alone.
+    #[arg(long, env = "PARLEY_INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<Secret>,
+}
+
+impl Default for ServerArgs {
+    fn default() -> Self {
+        Self {
+            request_timeout_ms: 10_000,
+            max_concurrent_requests: 1024,
+            rate_limit_per_second: NonZeroU32::new(200).unwrap_or(NonZeroU32::MIN),
+            rate_limit_burst: NonZeroU32::new(400).unwrap_or(NonZeroU32::MIN),
+            internal_token: None,
+        }
+    }
+}
+
+impl ServerArgs {
+    /// The guard settings these flags describe.
+    pub fn guard_settings(&self) -> GuardSettings {
+        GuardSettings {
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_concurrent_requests: usize::try_from(self.max_concurrent_requests).unwrap_or(usize::MAX),
+            rate_per_second: self.rate_limit_per_second,
+            rate_burst: self.rate_limit_burst,
+            internal_token: self.internal_token.clone(),
+        }
+    }
+}
+
+/// A serving failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Reflection could not be built from the descriptors.
+    #[error("building gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("serving gRPC: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `routes` on `listener` behind the guard, with `grpc.health.v1` and
+/// reflection, until `shutdown` resolves; then reports NOT_SERVING and stops
+/// accepting while in-flight requests finish.
+pub async fn serve<F>(
+    listener: TcpListener,
+    args: &ServerArgs,
+    mut routes: RoutesBuilder,
+    shutdown: F,
+) -> Result<(), ServeError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(parley_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    routes.add_service(health_service).add_service(reflection);
+
+    let guard = GuardLayer::new(args.guard_settings());
+    let janitor = tokio::spawn({
+        let guard = guard.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                guard.forget_idle_callers();
+            }
+        }
+    });
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|stream| {
+            // Small replies should not wait for Nagle's algorithm.
+            let _ = stream.set_nodelay(true);
+        })
+    });
+    let stop = async move {
+        shutdown.await;
+        health.set_service_status("", ServingStatus::NotServing).await;
+    };
+    let served = Server::builder()
+        .layer(guard)
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await;
+    janitor.abort();
+    Ok(served?)
+}
