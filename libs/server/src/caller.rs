@@ -24,7 +24,8 @@ pub struct Uid(String);
 impl Uid {
     /// Validates a user id.
     pub fn parse(raw: &str) -> Result<Self, InvalidUid> {
-        let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | ':' | '-');
+        let valid_char =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | ':' | '-');
         if raw.is_empty() || raw.len() > MAX_UID_LEN || !raw.chars().all(valid_char) {
             return Err(InvalidUid);
         }
@@ -70,18 +71,25 @@ impl Caller {
             let raw = value
                 .to_str()
                 .map_err(|_| Status::unauthenticated("malformed x-parley-uid"))?;
-            let uid = Uid::parse(raw).map_err(|_| Status::unauthenticated("malformed x-parley-uid"))?;
+            let uid =
+                Uid::parse(raw).map_err(|_| Status::unauthenticated("malformed x-parley-uid"))?;
             return Ok(Self::User(uid));
         }
         if let Some(value) = headers.get(SERVICE_HEADER) {
             let name = value
                 .to_str()
                 .ok()
-                .filter(|n| !n.is_empty() && n.len() <= 32 && n.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+                .filter(|n| {
+                    !n.is_empty()
+                        && n.len() <= 32
+                        && n.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                })
                 .ok_or_else(|| Status::unauthenticated("malformed x-parley-service"))?;
             return Ok(Self::Service(name.to_owned()));
         }
-        Err(Status::unauthenticated("no caller identity: x-parley-uid is required"))
+        Err(Status::unauthenticated(
+            "no caller identity: x-parley-uid is required",
+        ))
     }
 
     /// The caller stored by the guard layer, or UNAUTHENTICATED.
@@ -96,7 +104,9 @@ impl Caller {
     pub fn user_of<T>(request: &tonic::Request<T>) -> Result<Uid, Status> {
         match Self::of(request)? {
             Self::User(uid) => Ok(uid),
-            Self::Service(_) => Err(Status::unauthenticated("this RPC acts for a user: x-parley-uid is required")),
+            Self::Service(_) => Err(Status::unauthenticated(
+                "this RPC acts for a user: x-parley-uid is required",
+            )),
         }
     }
 
@@ -104,7 +114,9 @@ impl Caller {
     pub fn require_service<T>(request: &tonic::Request<T>, name: &str) -> Result<(), Status> {
         match Self::of(request)? {
             Self::Service(caller) if caller == name => Ok(()),
-            _ => Err(Status::permission_denied(format!("internal RPC: only the {name} service may call it"))),
+            _ => Err(Status::permission_denied(format!(
+                "internal RPC: only the {name} service may call it"
+            ))),
         }
     }
 
@@ -118,11 +130,46 @@ impl Caller {
     }
 }
 
-/// Adds the caller identity to an outgoing request's metadata.
-pub fn set_service_identity<T>(request: &mut tonic::Request<T>, service: &'static str) {
-    request
-        .metadata_mut()
-        .insert(SERVICE_HEADER, tonic::metadata::MetadataValue::from_static(service));
+/// A client interceptor that marks outgoing requests as coming from an internal
+/// service (and carries the internal token, when one is configured).
+#[derive(Clone, Debug)]
+pub struct ServiceIdentity {
+    service: &'static str,
+    token: Option<tonic::metadata::AsciiMetadataValue>,
+}
+
+impl ServiceIdentity {
+    /// Identity of `service`; `token` is the shared internal token, if any.
+    pub fn new(
+        service: &'static str,
+        token: Option<&crate::serve::Secret>,
+    ) -> Result<Self, InvalidToken> {
+        let token = token
+            .map(|t| {
+                tonic::metadata::AsciiMetadataValue::try_from(t.expose()).map_err(|_| InvalidToken)
+            })
+            .transpose()?;
+        Ok(Self { service, token })
+    }
+}
+
+/// An internal token that cannot be sent as metadata.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the internal token must be printable ASCII")]
+pub struct InvalidToken;
+
+impl tonic::service::Interceptor for ServiceIdentity {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let metadata = request.metadata_mut();
+        metadata.insert(
+            SERVICE_HEADER,
+            tonic::metadata::AsciiMetadataValue::from_static(self.service),
+        );
+        if let Some(token) = &self.token {
+            metadata.insert(INTERNAL_TOKEN_HEADER, token.clone());
+        }
+        Ok(request)
+    }
 }
 
 #[cfg(test)]
@@ -144,12 +191,26 @@ mod tests {
     #[test]
     fn caller_prefers_the_user_and_refuses_missing_identity() {
         let mut headers = http::HeaderMap::new();
-        assert_eq!(Caller::from_headers(&headers).map_err(|s| s.code()), Err(tonic::Code::Unauthenticated));
+        assert_eq!(
+            Caller::from_headers(&headers).map_err(|s| s.code()),
+            Err(tonic::Code::Unauthenticated)
+        );
         headers.insert(SERVICE_HEADER, http::HeaderValue::from_static("message"));
-        assert_eq!(Caller::from_headers(&headers).ok(), Some(Caller::Service("message".into())));
+        assert_eq!(
+            Caller::from_headers(&headers).ok(),
+            Some(Caller::Service("message".into()))
+        );
         headers.insert(UID_HEADER, http::HeaderValue::from_static("uid1"));
-        assert_eq!(Caller::from_headers(&headers).ok().and_then(|c| c.rate_key()), Some("uid1".into()));
+        assert_eq!(
+            Caller::from_headers(&headers)
+                .ok()
+                .and_then(|c| c.rate_key()),
+            Some("uid1".into())
+        );
         headers.insert(UID_HEADER, http::HeaderValue::from_static("bad uid"));
-        assert_eq!(Caller::from_headers(&headers).map_err(|s| s.code()), Err(tonic::Code::Unauthenticated));
+        assert_eq!(
+            Caller::from_headers(&headers).map_err(|s| s.code()),
+            Err(tonic::Code::Unauthenticated)
+        );
     }
 }

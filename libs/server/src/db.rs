@@ -6,7 +6,9 @@ use std::{str::FromStr, time::Duration};
 use sqlx::{
     ConnectOptions,
     mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions},
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    },
 };
 
 /// Which backend a database URL names.
@@ -33,7 +35,13 @@ impl Backend {
         } else if url.starts_with("sqlite:") {
             Ok(Self::Sqlite)
         } else {
-            let scheme = url.split(':').next().unwrap_or_default().chars().take(16).collect();
+            let scheme = url
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .take(16)
+                .collect();
             Err(UnknownBackend { scheme })
         }
     }
@@ -62,7 +70,11 @@ pub async fn connect_sqlite(url: &str) -> Result<SqlitePool, sqlx::Error> {
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(Duration::from_secs(5));
-    if let Some(parent) = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = options
+        .get_filename()
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
     }
     SqlitePoolOptions::new()
@@ -80,8 +92,41 @@ mod tests {
 
     #[test]
     fn backend_follows_the_url_scheme() {
-        assert_eq!(Backend::of_url("mysql://root@127.0.0.1/x").ok(), Some(Backend::MySql));
-        assert_eq!(Backend::of_url("sqlite:data/message.db").ok(), Some(Backend::Sqlite));
+        assert_eq!(
+            Backend::of_url("mysql://root@127.0.0.1/x").ok(),
+            Some(Backend::MySql)
+        );
+        assert_eq!(
+            Backend::of_url("sqlite:data/message.db").ok(),
+            Some(Backend::Sqlite)
+        );
         assert!(Backend::of_url("postgres://x").is_err());
+    }
+}
+
+/// A database URL from config. It may hold a password, so it never prints.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL itself, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = self.0.split(':').next().unwrap_or_default();
+        write!(f, "DatabaseUrl({scheme}:***)")
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = UnknownBackend;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Backend::of_url(s)?;
+        Ok(Self(s.to_owned()))
     }
 }

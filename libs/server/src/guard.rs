@@ -52,8 +52,14 @@ impl GuardLayer {
     pub fn new(settings: GuardSettings) -> Self {
         let quota = Quota::per_second(settings.rate_per_second).allow_burst(settings.rate_burst);
         let permits = Arc::new(Semaphore::new(settings.max_concurrent_requests));
-        let shared = Shared { settings, permits, limiter: RateLimiter::keyed(quota) };
-        Self { shared: Arc::new(shared) }
+        let shared = Shared {
+            settings,
+            permits,
+            limiter: RateLimiter::keyed(quota),
+        };
+        Self {
+            shared: Arc::new(shared),
+        }
     }
 
     /// Forgets rate-limit state of callers that have been quiet, so the table stays
@@ -68,7 +74,10 @@ impl<S> Layer<S> for GuardLayer {
     type Service = Guard<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Guard { inner, shared: self.shared.clone() }
+        Guard {
+            inner,
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -95,7 +104,10 @@ impl Shared {
         let Some(expected) = &self.settings.internal_token else {
             return Ok(());
         };
-        let given = headers.get(INTERNAL_TOKEN_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+        let given = headers
+            .get(INTERNAL_TOKEN_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
         if expected.constant_time_eq(given) {
             Ok(())
         } else {

@@ -11,7 +11,7 @@ pub mod page;
 pub mod serve;
 pub mod telemetry;
 
-pub use caller::{Caller, Uid};
+pub use caller::{Caller, ServiceIdentity, Uid};
 pub use serve::{ServerArgs, serve};
 
 /// The current time in milliseconds since the Unix epoch.

@@ -32,7 +32,10 @@ pub fn decode(token: &str) -> Result<Option<String>, Status> {
     }
     let bytes = (0..hex.len())
         .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
         .collect::<Option<Vec<u8>>>()
         .ok_or_else(invalid)?;
     String::from_utf8(bytes).map(Some).map_err(|_| invalid())
@@ -54,7 +57,9 @@ pub fn page_size(requested: u32, default: u32, max: u32) -> Result<u32, Status> 
     match requested {
         0 => Ok(default),
         n if n <= max => Ok(n),
-        _ => Err(Status::invalid_argument(format!("page size must be at most {max}"))),
+        _ => Err(Status::invalid_argument(format!(
+            "page size must be at most {max}"
+        ))),
     }
 }
 

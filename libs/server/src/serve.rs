@@ -22,7 +22,10 @@ impl Secret {
         if mine.len() != other.len() {
             return false;
         }
-        mine.iter().zip(other).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        mine.iter()
+            .zip(other)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
     }
 
     /// The secret itself, for the one place that must send it.
@@ -88,7 +91,8 @@ impl ServerArgs {
     pub fn guard_settings(&self) -> GuardSettings {
         GuardSettings {
             request_timeout: Duration::from_millis(self.request_timeout_ms),
-            max_concurrent_requests: usize::try_from(self.max_concurrent_requests).unwrap_or(usize::MAX),
+            max_concurrent_requests: usize::try_from(self.max_concurrent_requests)
+                .unwrap_or(usize::MAX),
             rate_per_second: self.rate_limit_per_second,
             rate_burst: self.rate_limit_burst,
             internal_token: self.internal_token.clone(),
@@ -145,7 +149,9 @@ where
     });
     let stop = async move {
         shutdown.await;
-        health.set_service_status("", ServingStatus::NotServing).await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
     };
     let served = Server::builder()
         .layer(guard)

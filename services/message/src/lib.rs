@@ -1,1 +1,193 @@
-//! placeholder
+//! The message service: groups, membership, messages and each group's dense
+//! sequence. A send is acknowledged only after the message, its seq and an outbox
+//! entry are committed together; the outbox is then drained to the receipt
+//! service, so receipt state is complete even if that service was down.
+
+#![forbid(unsafe_code)]
+
+pub mod domain;
+pub mod error;
+pub mod outbox;
+pub mod service;
+pub mod store;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use parley_proto::{
+    message::message_service_server::MessageServiceServer,
+    receipt::receipt_service_client::ReceiptServiceClient,
+};
+use parley_server::{
+    ServerArgs, ServiceIdentity,
+    db::{Backend, DatabaseUrl},
+    serve::ServeError,
+    telemetry::LogFormat,
+};
+use tokio::{net::TcpListener, sync::Notify};
+use tonic::{service::RoutesBuilder, transport::Endpoint};
+
+use crate::{
+    error::MessageError,
+    outbox::Drainer,
+    service::{Limits, MessageApi},
+    store::{MessageStore, MySqlMessageStore, SqliteMessageStore},
+};
+
+/// The message service's configuration, from flags or `PARLEY_*` variables.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "PARLEY_MESSAGE_LISTEN", default_value = "127.0.0.1:50052")]
+    pub listen: SocketAddr,
+    /// Database: `mysql://user:pass@host:3306/db` or `sqlite:path/to/file.db`.
+    #[arg(
+        long,
+        env = "PARLEY_MESSAGE_DATABASE_URL",
+        default_value = "sqlite:data/message.db",
+        hide_env_values = true
+    )]
+    pub database_url: DatabaseUrl,
+    /// Connections in the MySQL pool (SQLite always uses one).
+    #[arg(long, env = "PARLEY_MESSAGE_DB_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_max_connections: u32,
+    /// Apply pending migrations at start-up.
+    #[arg(long, env = "PARLEY_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+    /// The receipt service, for the outbox drainer.
+    #[arg(
+        long,
+        env = "PARLEY_RECEIPT_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    pub receipt_url: String,
+    /// Largest message content, in bytes (at most 3 MiB).
+    #[arg(long, env = "PARLEY_MAX_CONTENT_BYTES", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(1..=3 * 1024 * 1024))]
+    pub max_content_bytes: u64,
+    /// Largest number of members in a group.
+    #[arg(long, env = "PARLEY_MAX_GROUP_MEMBERS", default_value_t = 100_000,
+          value_parser = clap::value_parser!(i64).range(2..=10_000_000))]
+    pub max_group_members: i64,
+    /// Longest pause between outbox delivery retries, in milliseconds.
+    #[arg(long, env = "PARLEY_OUTBOX_MAX_BACKOFF_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub outbox_max_backoff_ms: u64,
+    /// Log line format.
+    #[arg(long, env = "PARLEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Request limits shared by every service.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// The command line: serve (default) or migrate.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "parley-message",
+    version,
+    about = "Parley message service: groups, membership, messages"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Configuration.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Subcommands.
+#[derive(Clone, Copy, Debug, clap::Subcommand)]
+pub enum Command {
+    /// Serve gRPC (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+}
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Storage or migrations failed.
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    /// Serving failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// Applies pending migrations and returns.
+pub async fn migrate(config: &Config) -> Result<(), StartError> {
+    let url = config.database_url.expose();
+    match Backend::of_url(url).map_err(|e| StartError::Config(e.to_string()))? {
+        Backend::MySql => MySqlMessageStore::connect(url, 1).await?.migrate().await?,
+        Backend::Sqlite => SqliteMessageStore::connect(url).await?.migrate().await?,
+    }
+    Ok(())
+}
+
+/// Runs the service on `listener` until `shutdown` resolves.
+pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let url = config.database_url.expose().to_owned();
+    match Backend::of_url(&url).map_err(|e| StartError::Config(e.to_string()))? {
+        Backend::MySql => {
+            let store = MySqlMessageStore::connect(&url, config.db_max_connections).await?;
+            run_with(store, config, listener, shutdown).await
+        }
+        Backend::Sqlite => {
+            run_with(
+                SqliteMessageStore::connect(&url).await?,
+                config,
+                listener,
+                shutdown,
+            )
+            .await
+        }
+    }
+}
+
+async fn run_with<S, F>(
+    store: S,
+    config: Config,
+    listener: TcpListener,
+    shutdown: F,
+) -> Result<(), StartError>
+where
+    S: MessageStore,
+    F: Future<Output = ()> + Send + 'static,
+{
+    if config.migrate_on_start {
+        store.migrate().await?;
+    }
+    let endpoint = Endpoint::from_shared(config.receipt_url.clone())
+        .map_err(|_| StartError::Config("receipt URL is not a valid URI".into()))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10));
+    let identity = ServiceIdentity::new("message", config.server.internal_token.as_ref())
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let receipt = ReceiptServiceClient::with_interceptor(endpoint.connect_lazy(), identity);
+    let wake = Arc::new(Notify::new());
+    let max_backoff = Duration::from_millis(config.outbox_max_backoff_ms);
+    let drainer =
+        tokio::spawn(Drainer::new(store.clone(), receipt, wake.clone(), max_backoff).run());
+
+    let limits = Limits {
+        max_content_bytes: usize::try_from(config.max_content_bytes).unwrap_or(usize::MAX),
+        max_group_members: config.max_group_members,
+    };
+    let mut routes = RoutesBuilder::default();
+    routes.add_service(MessageServiceServer::new(MessageApi::new(
+        store, limits, wake,
+    )));
+    tracing::info!(addr = %listener.local_addr().map_err(|e| StartError::Config(e.to_string()))?, "message service listening");
+    let served = parley_server::serve(listener, &config.server, routes, shutdown).await;
+    drainer.abort();
+    Ok(served?)
+}

@@ -1,0 +1,307 @@
+//! Validated domain types and the membership rules, as plain functions over
+//! plain data. Wire types are converted into these at the handler; storage and
+//! rules never see generated protobuf types.
+
+use parley_server::Uid;
+
+use crate::error::MessageError;
+
+/// Largest batch of uids in one membership request.
+pub const MAX_UIDS_PER_REQUEST: usize = 1000;
+/// Longest group name, in characters.
+pub const MAX_NAME_CHARS: usize = 128;
+/// Longest client message id, in bytes.
+pub const MAX_CLIENT_MSG_ID_LEN: usize = 64;
+/// Largest number of message ids in one lookup.
+pub const MAX_MSGIDS_PER_REQUEST: usize = 100;
+/// Recipients above this count are not listed in InitReceipts (the receipt
+/// service answers from its cursors instead).
+pub const MAX_LISTED_RECIPIENTS: u32 = 5000;
+
+/// A group id: positive and within the storage's signed 64-bit range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Gid(i64);
+
+impl Gid {
+    /// Validates a wire gid.
+    pub fn parse(raw: u64) -> Result<Self, MessageError> {
+        match i64::try_from(raw) {
+            Ok(gid) if gid > 0 => Ok(Self(gid)),
+            _ => Err(MessageError::invalid("gid must be a positive group id")),
+        }
+    }
+
+    /// Wraps a gid read from storage.
+    pub fn from_stored(raw: i64) -> Self {
+        Self(raw)
+    }
+
+    /// The gid as stored.
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+/// A message id from a request; positive.
+pub fn parse_msgid(raw: u64) -> Result<i64, MessageError> {
+    match i64::try_from(raw) {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(MessageError::invalid("msgids must be positive message ids")),
+    }
+}
+
+/// A seq from a request, within the storage range.
+pub fn parse_seq(raw: u64) -> Result<i64, MessageError> {
+    i64::try_from(raw).map_err(|_| MessageError::invalid("seq out of range"))
+}
+
+/// Group or direct conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupKind {
+    /// Admin-managed membership.
+    Group,
+    /// Exactly two users, fixed.
+    Direct,
+}
+
+impl GroupKind {
+    /// Stored representation.
+    pub fn code(self) -> i16 {
+        match self {
+            Self::Group => 1,
+            Self::Direct => 2,
+        }
+    }
+
+    /// From the stored representation (anything unknown reads as a group).
+    pub fn from_code(code: i16) -> Self {
+        if code == 2 { Self::Direct } else { Self::Group }
+    }
+}
+
+/// A member's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Reads and sends.
+    Member,
+    /// Also manages membership and sees everyone's receipts.
+    Admin,
+}
+
+impl Role {
+    /// Stored representation.
+    pub fn code(self) -> i16 {
+        match self {
+            Self::Member => 1,
+            Self::Admin => 2,
+        }
+    }
+
+    /// From the stored representation.
+    pub fn from_code(code: i16) -> Self {
+        if code == 2 { Self::Admin } else { Self::Member }
+    }
+}
+
+/// Parses a list of uids: 1 to `MAX_UIDS_PER_REQUEST`, deduplicated, sorted.
+pub fn parse_uids(raw: &[String], field: &str) -> Result<Vec<Uid>, MessageError> {
+    if raw.is_empty() || raw.len() > MAX_UIDS_PER_REQUEST {
+        return Err(MessageError::invalid(format!(
+            "{field} must hold 1 to {MAX_UIDS_PER_REQUEST} uids"
+        )));
+    }
+    let mut uids = raw
+        .iter()
+        .map(|u| Uid::parse(u).map_err(|e| MessageError::invalid(format!("{field}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    uids.sort();
+    uids.dedup();
+    Ok(uids)
+}
+
+/// Validates a group name.
+pub fn parse_name(raw: &str) -> Result<String, MessageError> {
+    if raw.chars().count() > MAX_NAME_CHARS || raw.chars().any(char::is_control) {
+        return Err(MessageError::invalid(format!(
+            "name must be at most {MAX_NAME_CHARS} characters without control characters"
+        )));
+    }
+    Ok(raw.to_owned())
+}
+
+/// Validates a client message id: 1 to 64 printable ASCII characters.
+pub fn parse_client_msg_id(raw: &str) -> Result<String, MessageError> {
+    let printable = raw.bytes().all(|b| b.is_ascii_graphic());
+    if raw.is_empty() || raw.len() > MAX_CLIENT_MSG_ID_LEN || !printable {
+        return Err(MessageError::invalid(
+            "client_msg_id must be 1 to 64 printable ASCII characters",
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// Validates message content against the configured limit.
+pub fn check_content(content: &[u8], max_bytes: usize) -> Result<(), MessageError> {
+    if content.is_empty() || content.len() > max_bytes {
+        return Err(MessageError::invalid(format!(
+            "content must be 1 to {max_bytes} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The unique key of the direct conversation between two users, whichever
+/// creates it.
+pub fn direct_key(a: &Uid, b: &Uid) -> String {
+    let (low, high) = if a <= b { (a, b) } else { (b, a) };
+    format!("{low}|{high}")
+}
+
+/// A validated CreateGroup.
+#[derive(Clone, Debug)]
+pub struct NewGroup {
+    /// Group or direct.
+    pub kind: GroupKind,
+    /// Display name.
+    pub name: String,
+    /// The creator, first member (admin of a group).
+    pub creator: Uid,
+    /// The other initial members, without the creator, deduplicated.
+    pub members: Vec<Uid>,
+    /// Set for direct conversations.
+    pub direct_key: Option<String>,
+}
+
+impl NewGroup {
+    /// Applies the creation rules: a direct conversation has exactly one other
+    /// member; a group has up to `MAX_UIDS_PER_REQUEST` initial members.
+    pub fn new(
+        kind: GroupKind,
+        name: String,
+        creator: Uid,
+        raw_members: &[String],
+    ) -> Result<Self, MessageError> {
+        let mut members = if raw_members.is_empty() {
+            Vec::new()
+        } else {
+            parse_uids(raw_members, "member_uids")?
+        };
+        members.retain(|m| *m != creator);
+        let direct_key = match kind {
+            GroupKind::Direct => match members.as_slice() {
+                [other] => Some(direct_key(&creator, other)),
+                _ => {
+                    return Err(MessageError::invalid(
+                        "a direct conversation has exactly one other member",
+                    ));
+                }
+            },
+            GroupKind::Group => None,
+        };
+        Ok(Self {
+            kind,
+            name,
+            creator,
+            members,
+            direct_key,
+        })
+    }
+}
+
+/// Decides whether `actor` may change the membership of a group.
+pub fn check_membership_change(
+    kind: GroupKind,
+    actor: &Uid,
+    actor_role: Option<Role>,
+    targets: &[Uid],
+    removing: bool,
+) -> Result<(), MessageError> {
+    let Some(role) = actor_role else {
+        return Err(MessageError::Denied("not a member of this group"));
+    };
+    if kind == GroupKind::Direct {
+        return Err(MessageError::Precondition(
+            "the members of a direct conversation cannot change",
+        ));
+    }
+    let leaving = removing && targets.len() == 1 && targets[0] == *actor;
+    if role != Role::Admin && !leaving {
+        return Err(MessageError::Denied(
+            "only group admins may change membership",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uid(s: &str) -> Uid {
+        Uid::parse(s).expect("valid uid")
+    }
+
+    #[test]
+    fn direct_conversations_have_exactly_two_members_and_one_key() {
+        let a = NewGroup::new(
+            GroupKind::Direct,
+            String::new(),
+            uid("a"),
+            &["b".into(), "a".into()],
+        );
+        let b = NewGroup::new(GroupKind::Direct, String::new(), uid("b"), &["a".into()]);
+        assert_eq!(a.expect("valid").direct_key, b.expect("valid").direct_key);
+        assert!(NewGroup::new(GroupKind::Direct, String::new(), uid("a"), &[]).is_err());
+        assert!(
+            NewGroup::new(
+                GroupKind::Direct,
+                String::new(),
+                uid("a"),
+                &["b".into(), "c".into()]
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn uid_lists_are_deduplicated_and_bounded() {
+        let uids = parse_uids(&["b".into(), "a".into(), "b".into()], "uids").expect("valid");
+        assert_eq!(uids, vec![uid("a"), uid("b")]);
+        assert!(parse_uids(&[], "uids").is_err());
+        assert!(parse_uids(&vec!["x".to_string(); 1001], "uids").is_err());
+        assert!(parse_uids(&["bad uid".into()], "uids").is_err());
+    }
+
+    #[test]
+    fn only_admins_change_membership_but_anyone_may_leave() {
+        let (a, b) = (uid("a"), uid("b"));
+        let change = |role, targets: &[Uid], removing| {
+            check_membership_change(GroupKind::Group, &a, role, targets, removing)
+                .map_err(|e| e.to_string())
+        };
+        assert!(change(Some(Role::Admin), &[b.clone()], false).is_ok());
+        assert!(change(Some(Role::Member), &[b.clone()], false).is_err());
+        assert!(change(Some(Role::Member), &[a.clone()], true).is_ok());
+        assert!(change(Some(Role::Member), &[b.clone()], true).is_err());
+        assert!(change(None, &[a.clone()], true).is_err());
+        assert!(
+            check_membership_change(GroupKind::Direct, &a, Some(Role::Admin), &[b], false).is_err()
+        );
+    }
+
+    #[test]
+    fn inputs_are_bounded() {
+        assert!(parse_client_msg_id("m-1").is_ok());
+        assert!(parse_client_msg_id("").is_err());
+        assert!(parse_client_msg_id("has space").is_err());
+        assert!(parse_client_msg_id(&"x".repeat(65)).is_err());
+        assert!(check_content(b"hi", 4).is_ok());
+        assert!(check_content(b"", 4).is_err());
+        assert!(check_content(b"hello", 4).is_err());
+        assert!(parse_name(&"n".repeat(129)).is_err());
+        assert!(parse_name("line\nbreak").is_err());
+        assert!(Gid::parse(0).is_err());
+        assert!(Gid::parse(u64::MAX).is_err());
+        assert_eq!(Gid::parse(7).map(Gid::get).ok(), Some(7));
+    }
+}

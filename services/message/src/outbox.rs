@@ -1,0 +1,272 @@
+//! The outbox drainer: delivers committed messages and membership changes to the
+//! receipt service, in outbox order, retrying with backoff until it answers.
+//! This is what makes receipt state complete after a receipt-service outage:
+//! the message service never waits for the receipt service to accept a send.
+//!
+//! Several replicas may drain the same outbox; every delivery is idempotent on
+//! the receipt side (InitReceipts by (gid, seq), membership by version), so a
+//! duplicate delivery changes nothing.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use parley_proto::receipt::{self as pb, receipt_service_client::ReceiptServiceClient};
+use parley_server::ServiceIdentity;
+use tokio::sync::Notify;
+use tonic::{Code, codegen::InterceptedService, transport::Channel};
+
+use crate::{
+    domain::{MAX_LISTED_RECIPIENTS, MAX_UIDS_PER_REQUEST, Role},
+    error::MessageError,
+    store::{MessageStore, OUTBOX_MEMBERSHIP, OUTBOX_MESSAGE, OutboxEvent},
+};
+
+/// The receipt client the drainer uses.
+pub type ReceiptClient = ReceiptServiceClient<InterceptedService<Channel, ServiceIdentity>>;
+
+const BATCH: u32 = 200;
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Whether a failed delivery can never succeed, so retrying is pointless.
+pub fn is_permanent(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange
+    )
+}
+
+/// Delay before retry number `attempt` (0-based): exponential from `base`,
+/// capped at `max`, scaled by `jitter` in [0.5, 1.0] so replicas spread out.
+pub fn backoff_delay(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
+    let exponential = base.saturating_mul(1u32 << attempt.min(20));
+    exponential.min(max).mul_f64(jitter.clamp(0.5, 1.0))
+}
+
+/// Splits a batch into delivery units: each message alone, consecutive
+/// membership changes of one group together (up to the RPC's list limit).
+pub fn delivery_units(batch: &[OutboxEvent]) -> Vec<&[OutboxEvent]> {
+    let mut units = Vec::new();
+    let mut start = 0;
+    while start < batch.len() {
+        let first = &batch[start];
+        let mut end = start + 1;
+        if first.kind == OUTBOX_MEMBERSHIP {
+            while end < batch.len()
+                && end - start < MAX_UIDS_PER_REQUEST
+                && batch[end].kind == OUTBOX_MEMBERSHIP
+                && batch[end].gid == first.gid
+            {
+                end += 1;
+            }
+        }
+        units.push(&batch[start..end]);
+        start = end;
+    }
+    units
+}
+
+/// Why a delivery failed.
+#[derive(Debug, thiserror::Error)]
+enum DeliveryError {
+    #[error("receipt service: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error(transparent)]
+    Store(#[from] MessageError),
+    #[error("{0}")]
+    Corrupt(&'static str),
+}
+
+/// The drainer task.
+pub struct Drainer<S> {
+    store: S,
+    receipt: ReceiptClient,
+    wake: Arc<Notify>,
+    max_backoff: Duration,
+}
+
+impl<S: MessageStore> Drainer<S> {
+    /// A drainer of `store`'s outbox into `receipt`.
+    pub fn new(store: S, receipt: ReceiptClient, wake: Arc<Notify>, max_backoff: Duration) -> Self {
+        Self {
+            store,
+            receipt,
+            wake,
+            max_backoff,
+        }
+    }
+
+    /// Drains until the task is dropped.
+    pub async fn run(mut self) {
+        let mut failures = 0u32;
+        loop {
+            match self.drain_once().await {
+                Ok(0) => {
+                    failures = 0;
+                    // A new entry notifies; the poll covers entries written by
+                    // another replica.
+                    let _ = tokio::time::timeout(IDLE_POLL, self.wake.notified()).await;
+                }
+                Ok(_) => failures = 0,
+                Err(error) => {
+                    let delay = backoff_delay(
+                        failures,
+                        Duration::from_millis(50),
+                        self.max_backoff,
+                        0.5 + rand::random::<f64>() / 2.0,
+                    );
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "outbox delivery failed");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Delivers one batch in order; stops at the first retryable failure.
+    async fn drain_once(&mut self) -> Result<usize, DeliveryError> {
+        let batch = self.store.outbox_batch(BATCH).await?;
+        let mut delivered = 0;
+        for unit in delivery_units(&batch) {
+            let ids: Vec<i64> = unit.iter().map(|e| e.id).collect();
+            match self.deliver(unit).await {
+                Ok(()) => self.store.outbox_done(&ids).await?,
+                Err(DeliveryError::Rpc(status)) if is_permanent(status.code()) => {
+                    tracing::error!(outbox_id = ids[0], code = ?status.code(), "outbox entry refused for good; set aside");
+                    for id in ids {
+                        self.store.outbox_failed(id, status.message(), true).await?;
+                    }
+                }
+                Err(DeliveryError::Corrupt(reason)) => {
+                    tracing::error!(
+                        outbox_id = ids[0],
+                        reason,
+                        "outbox entry cannot be delivered; set aside"
+                    );
+                    for id in ids {
+                        self.store.outbox_failed(id, reason, true).await?;
+                    }
+                }
+                Err(error) => {
+                    self.store
+                        .outbox_failed(ids[0], &error.to_string(), false)
+                        .await?;
+                    return Err(error);
+                }
+            }
+            delivered += unit.len();
+        }
+        Ok(delivered)
+    }
+
+    async fn deliver(&mut self, unit: &[OutboxEvent]) -> Result<(), DeliveryError> {
+        let first = &unit[0];
+        match first.kind {
+            OUTBOX_MESSAGE => self.deliver_message(first).await,
+            OUTBOX_MEMBERSHIP => self.deliver_membership(unit).await,
+            _ => Err(DeliveryError::Corrupt("unknown outbox kind")),
+        }
+    }
+
+    async fn deliver_message(&mut self, event: &OutboxEvent) -> Result<(), DeliveryError> {
+        let init = self
+            .store
+            .receipt_init(event.gid, event.seq, i64::from(MAX_LISTED_RECIPIENTS))
+            .await?;
+        let Some(init) = init else {
+            return Err(DeliveryError::Corrupt(
+                "outbox names a message that does not exist",
+            ));
+        };
+        let message = init.message;
+        let request = pb::InitReceiptsRequest {
+            gid: u64::try_from(message.gid).unwrap_or_default(),
+            msgid: u64::try_from(message.msgid).unwrap_or_default(),
+            seq: u64::try_from(message.seq).unwrap_or_default(),
+            sender_uid: message.sender_uid,
+            need_receipt: message.need_receipt,
+            recipient_count: u32::try_from(message.recipient_count).unwrap_or(u32::MAX),
+            recipient_uids: init.recipients,
+            created_at_ms: message.created_at_ms,
+        };
+        self.receipt.init_receipts(request).await?;
+        Ok(())
+    }
+
+    async fn deliver_membership(&mut self, unit: &[OutboxEvent]) -> Result<(), DeliveryError> {
+        // The latest outbox id per member is the version of its current state.
+        let mut versions = BTreeMap::new();
+        for event in unit {
+            versions.insert(event.uid.clone(), event.id);
+        }
+        let uids: Vec<String> = versions.keys().cloned().collect();
+        let states = self.store.member_states(unit[0].gid, &uids).await?;
+        let changes = states
+            .into_iter()
+            .map(|member| pb::MembershipChange {
+                admin: Role::from_code(i16::try_from(member.role).unwrap_or(1)) == Role::Admin,
+                joined_seq: u64::try_from(member.joined_seq).unwrap_or_default(),
+                left_seq: member
+                    .left_seq
+                    .and_then(|s| u64::try_from(s).ok())
+                    .unwrap_or(0),
+                version: versions
+                    .get(&member.uid)
+                    .and_then(|&v| u64::try_from(v).ok())
+                    .unwrap_or(0),
+                uid: member.uid,
+            })
+            .collect();
+        let request = pb::ApplyMembershipRequest {
+            gid: u64::try_from(unit[0].gid).unwrap_or_default(),
+            changes,
+        };
+        self.receipt.apply_membership(request).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: i64, kind: i64, gid: i64) -> OutboxEvent {
+        OutboxEvent {
+            id,
+            kind,
+            gid,
+            seq: 0,
+            uid: format!("u{id}"),
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn membership_runs_of_one_group_travel_together_and_messages_alone() {
+        let batch = vec![
+            event(1, OUTBOX_MEMBERSHIP, 7),
+            event(2, OUTBOX_MEMBERSHIP, 7),
+            event(3, OUTBOX_MESSAGE, 7),
+            event(4, OUTBOX_MESSAGE, 7),
+            event(5, OUTBOX_MEMBERSHIP, 7),
+            event(6, OUTBOX_MEMBERSHIP, 8),
+        ];
+        let sizes: Vec<usize> = delivery_units(&batch).iter().map(|u| u.len()).collect();
+        assert_eq!(sizes, vec![2, 1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let (base, max) = (Duration::from_millis(50), Duration::from_secs(5));
+        assert_eq!(backoff_delay(0, base, max, 1.0), Duration::from_millis(50));
+        assert_eq!(backoff_delay(3, base, max, 1.0), Duration::from_millis(400));
+        assert_eq!(backoff_delay(30, base, max, 1.0), max);
+        assert_eq!(backoff_delay(3, base, max, 0.5), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn only_malformed_deliveries_are_permanent() {
+        assert!(is_permanent(Code::InvalidArgument));
+        assert!(!is_permanent(Code::Unavailable));
+        assert!(!is_permanent(Code::Unauthenticated));
+        assert!(!is_permanent(Code::Unimplemented));
+    }
+}

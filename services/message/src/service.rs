@@ -1,0 +1,304 @@
+//! The gRPC handlers: convert wire requests into validated domain values, call
+//! the store, convert records back. No rule lives here that is not in `domain`.
+
+use std::sync::Arc;
+
+use parley_proto::message::{self as pb, message_service_server::MessageService};
+use parley_server::{Caller, now_ms, page};
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::{self, Gid, GroupKind, MAX_MSGIDS_PER_REQUEST, NewGroup, Role, parse_uids},
+    error::MessageError,
+    store::{
+        GroupRecord, MemberRecord, MembershipChange, MessageRecord, MessageStore, NewMessage,
+        SendOutcome,
+    },
+};
+
+/// Limits the handlers enforce, from config.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest message content, in bytes.
+    pub max_content_bytes: usize,
+    /// Largest group.
+    pub max_group_members: i64,
+}
+
+/// The MessageService implementation over a store.
+pub struct MessageApi<S> {
+    store: S,
+    limits: Limits,
+    outbox_wake: Arc<Notify>,
+}
+
+impl<S: MessageStore> MessageApi<S> {
+    /// Handlers over `store`; `outbox_wake` is notified after each outbox write.
+    pub fn new(store: S, limits: Limits, outbox_wake: Arc<Notify>) -> Self {
+        Self {
+            store,
+            limits,
+            outbox_wake,
+        }
+    }
+}
+
+const MAX_PAGE: u32 = 1000;
+const DEFAULT_PAGE: u32 = 100;
+const MAX_SYNC: u32 = 500;
+
+fn group_to_pb(group: GroupRecord) -> pb::Group {
+    let kind = match GroupKind::from_code(i16::try_from(group.kind).unwrap_or(1)) {
+        GroupKind::Group => pb::GroupKind::Group,
+        GroupKind::Direct => pb::GroupKind::Direct,
+    };
+    pb::Group {
+        gid: u64::try_from(group.gid).unwrap_or_default(),
+        kind: kind.into(),
+        name: group.name,
+        creator_uid: group.creator_uid,
+        last_seq: u64::try_from(group.last_seq).unwrap_or_default(),
+        member_count: u32::try_from(group.member_count).unwrap_or(u32::MAX),
+        created_at_ms: group.created_at_ms,
+    }
+}
+
+fn member_to_pb(member: MemberRecord) -> pb::Member {
+    let role = match Role::from_code(i16::try_from(member.role).unwrap_or(1)) {
+        Role::Member => pb::MemberRole::Member,
+        Role::Admin => pb::MemberRole::Admin,
+    };
+    pb::Member {
+        uid: member.uid,
+        role: role.into(),
+        joined_seq: u64::try_from(member.joined_seq).unwrap_or_default(),
+        joined_at_ms: member.joined_at_ms,
+    }
+}
+
+/// Converts a stored message to its wire form.
+pub fn message_to_pb(message: MessageRecord) -> pb::Message {
+    pb::Message {
+        msgid: u64::try_from(message.msgid).unwrap_or_default(),
+        gid: u64::try_from(message.gid).unwrap_or_default(),
+        seq: u64::try_from(message.seq).unwrap_or_default(),
+        sender_uid: message.sender_uid,
+        client_msg_id: message.client_msg_id,
+        content: message.content,
+        need_receipt: message.need_receipt,
+        recipient_count: u32::try_from(message.recipient_count).unwrap_or(u32::MAX),
+        created_at_ms: message.created_at_ms,
+    }
+}
+
+/// The token of the page after `items`, when the page was full.
+fn next_token<T>(items: &[T], limit: u32, key: impl Fn(&T) -> String) -> String {
+    match items.last() {
+        Some(last) if items.len() >= limit as usize => page::encode(&key(last)),
+        _ => String::new(),
+    }
+}
+
+#[tonic::async_trait]
+impl<S: MessageStore> MessageService for MessageApi<S> {
+    async fn create_group(
+        &self,
+        request: Request<pb::CreateGroupRequest>,
+    ) -> Result<Response<pb::CreateGroupResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let kind = match pb::GroupKind::try_from(req.kind) {
+            Ok(pb::GroupKind::Group) => GroupKind::Group,
+            Ok(pb::GroupKind::Direct) => GroupKind::Direct,
+            _ => return Err(MessageError::invalid("kind must be GROUP or DIRECT").into()),
+        };
+        let name = domain::parse_name(&req.name)?;
+        let group = NewGroup::new(kind, name, caller, &req.member_uids)?;
+        let (record, existing) = self.store.create_group(&group, now_ms()).await?;
+        if !existing {
+            self.outbox_wake.notify_one();
+            tracing::info!(
+                gid = record.gid,
+                members = record.member_count,
+                "group created"
+            );
+        }
+        Ok(Response::new(pb::CreateGroupResponse {
+            group: Some(group_to_pb(record)),
+            existing,
+        }))
+    }
+
+    async fn add_members(
+        &self,
+        request: Request<pb::AddMembersRequest>,
+    ) -> Result<Response<pb::AddMembersResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let gid = Gid::parse(req.gid)?;
+        let uids = parse_uids(&req.uids, "uids")?;
+        let change = MembershipChange {
+            gid,
+            actor: &caller,
+            uids: &uids,
+            max_members: self.limits.max_group_members,
+            now_ms: now_ms(),
+        };
+        let (added_uids, joined_seq) = self.store.add_members(change).await?;
+        if !added_uids.is_empty() {
+            self.outbox_wake.notify_one();
+        }
+        Ok(Response::new(pb::AddMembersResponse {
+            added_uids,
+            joined_seq: u64::try_from(joined_seq).unwrap_or_default(),
+        }))
+    }
+
+    async fn remove_members(
+        &self,
+        request: Request<pb::RemoveMembersRequest>,
+    ) -> Result<Response<pb::RemoveMembersResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let gid = Gid::parse(req.gid)?;
+        let uids = parse_uids(&req.uids, "uids")?;
+        let change = MembershipChange {
+            gid,
+            actor: &caller,
+            uids: &uids,
+            max_members: 0,
+            now_ms: now_ms(),
+        };
+        let removed_uids = self.store.remove_members(change).await?;
+        if !removed_uids.is_empty() {
+            self.outbox_wake.notify_one();
+        }
+        Ok(Response::new(pb::RemoveMembersResponse { removed_uids }))
+    }
+
+    async fn list_members(
+        &self,
+        request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let gid = Gid::parse(req.gid)?;
+        let limit = page::page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE)?;
+        let after = page::decode(&req.page_token)?;
+        self.store.access(gid, &caller).await?;
+        let members = self
+            .store
+            .list_members(gid, after.as_deref(), limit)
+            .await?;
+        let next_page_token = next_token(&members, limit, |m| m.uid.clone());
+        Ok(Response::new(pb::ListMembersResponse {
+            members: members.into_iter().map(member_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let limit = page::page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE)?;
+        let after = page::decode_u64(&req.page_token)?
+            .map(i64::try_from)
+            .transpose();
+        let after = after
+            .map_err(|_| Status::invalid_argument("invalid page token"))?
+            .unwrap_or(0);
+        let groups = self.store.list_groups(&caller, after, limit).await?;
+        let next_page_token = next_token(&groups, limit, |g| g.gid.to_string());
+        Ok(Response::new(pb::ListGroupsResponse {
+            groups: groups.into_iter().map(group_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let gid = Gid::parse(req.gid)?;
+        let client_msg_id = domain::parse_client_msg_id(&req.client_msg_id)?;
+        domain::check_content(&req.content, self.limits.max_content_bytes)?;
+        let message = NewMessage {
+            gid,
+            sender: caller,
+            client_msg_id,
+            content: req.content,
+            need_receipt: req.need_receipt,
+        };
+        let (record, duplicate) = match self.store.send(&message, now_ms()).await? {
+            SendOutcome::Sent(record) => {
+                self.outbox_wake.notify_one();
+                tracing::debug!(
+                    gid = record.gid,
+                    seq = record.seq,
+                    msgid = record.msgid,
+                    "message stored"
+                );
+                (record, false)
+            }
+            SendOutcome::Duplicate(record) => (record, true),
+        };
+        Ok(Response::new(pb::SendMessageResponse {
+            message: Some(message_to_pb(record)),
+            duplicate,
+        }))
+    }
+
+    async fn sync_messages(
+        &self,
+        request: Request<pb::SyncMessagesRequest>,
+    ) -> Result<Response<pb::SyncMessagesResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let gid = Gid::parse(req.gid)?;
+        let after_seq = domain::parse_seq(req.after_seq)?;
+        let limit = page::page_size(req.limit, DEFAULT_PAGE, MAX_SYNC)?;
+        let access = self.store.access(gid, &caller).await?;
+        let messages = self
+            .store
+            .messages_after(gid, after_seq.max(access.joined_seq), limit)
+            .await?;
+        Ok(Response::new(pb::SyncMessagesResponse {
+            messages: messages.into_iter().map(message_to_pb).collect(),
+            last_seq: u64::try_from(access.last_seq).unwrap_or_default(),
+        }))
+    }
+
+    async fn get_messages(
+        &self,
+        request: Request<pb::GetMessagesRequest>,
+    ) -> Result<Response<pb::GetMessagesResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let gid = Gid::parse(req.gid)?;
+        if req.msgids.is_empty() || req.msgids.len() > MAX_MSGIDS_PER_REQUEST {
+            return Err(MessageError::invalid(format!(
+                "msgids must hold 1 to {MAX_MSGIDS_PER_REQUEST} ids"
+            ))
+            .into());
+        }
+        let msgids = req
+            .msgids
+            .iter()
+            .map(|&id| domain::parse_msgid(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let access = self.store.access(gid, &caller).await?;
+        let messages = self
+            .store
+            .messages_by_id(gid, &msgids, access.joined_seq)
+            .await?;
+        Ok(Response::new(pb::GetMessagesResponse {
+            messages: messages.into_iter().map(message_to_pb).collect(),
+        }))
+    }
+}

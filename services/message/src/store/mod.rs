@@ -1,0 +1,260 @@
+//! Storage for groups, membership, messages and the outbox, behind one narrow
+//! trait with a MySQL-compatible and an SQLite implementation. Both run the same
+//! SQL (see `sql.rs`) except where the dialects differ.
+
+use std::future::Future;
+
+use parley_server::Uid;
+
+use crate::{
+    domain::{Gid, NewGroup, Role},
+    error::MessageError,
+};
+
+mod mysql;
+mod sql;
+mod sqlite;
+
+pub use mysql::MySqlMessageStore;
+pub use sqlite::SqliteMessageStore;
+
+/// A stored group.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct GroupRecord {
+    /// Group id.
+    pub gid: i64,
+    /// Stored [`crate::domain::GroupKind`] code.
+    pub kind: i64,
+    /// Display name.
+    pub name: String,
+    /// Creator.
+    pub creator_uid: String,
+    /// Latest seq.
+    pub last_seq: i64,
+    /// Current members.
+    pub member_count: i64,
+    /// Creation time.
+    pub created_at_ms: i64,
+}
+
+/// A current member.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct MemberRecord {
+    /// The member.
+    pub uid: String,
+    /// Stored [`Role`] code.
+    pub role: i64,
+    /// Group seq when they joined.
+    pub joined_seq: i64,
+    /// Group seq when they left, if they did.
+    pub left_seq: Option<i64>,
+    /// Join time.
+    pub joined_at_ms: i64,
+}
+
+/// A stored message.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct MessageRecord {
+    /// Message id.
+    pub msgid: i64,
+    /// Group.
+    pub gid: i64,
+    /// Position in the group.
+    pub seq: i64,
+    /// Sender.
+    pub sender_uid: String,
+    /// Sender's idempotency key.
+    pub client_msg_id: String,
+    /// Body.
+    pub content: Vec<u8>,
+    /// Receipts wanted.
+    pub need_receipt: bool,
+    /// Members other than the sender at send time.
+    pub recipient_count: i64,
+    /// Commit time.
+    pub created_at_ms: i64,
+}
+
+/// A message to store.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    /// Group.
+    pub gid: Gid,
+    /// Sender, a current member.
+    pub sender: Uid,
+    /// Sender's idempotency key.
+    pub client_msg_id: String,
+    /// Body, already checked against the size limit.
+    pub content: Vec<u8>,
+    /// Receipts wanted.
+    pub need_receipt: bool,
+}
+
+/// The result of a send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Stored now.
+    Sent(MessageRecord),
+    /// Stored before under the same idempotency key: the original.
+    Duplicate(MessageRecord),
+}
+
+/// What a user may see of a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// The group's latest seq.
+    pub last_seq: i64,
+    /// The user joined after this seq.
+    pub joined_seq: i64,
+    /// The user's role.
+    pub role: Role,
+}
+
+/// A membership change to apply.
+#[derive(Clone, Debug)]
+pub struct MembershipChange<'a> {
+    /// Group.
+    pub gid: Gid,
+    /// Who asks.
+    pub actor: &'a Uid,
+    /// Whom it concerns: deduplicated.
+    pub uids: &'a [Uid],
+    /// Membership cap (adds only).
+    pub max_members: i64,
+    /// Time of the change.
+    pub now_ms: i64,
+}
+
+/// An outbox entry still to deliver.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct OutboxEvent {
+    /// Outbox id: delivery order and version of membership changes.
+    pub id: i64,
+    /// 1 = message sent, 2 = membership changed.
+    pub kind: i64,
+    /// Group.
+    pub gid: i64,
+    /// Message seq (kind 1).
+    pub seq: i64,
+    /// Member (kind 2).
+    pub uid: String,
+    /// Delivery attempts so far.
+    pub attempts: i64,
+}
+
+/// Outbox kind of a sent message.
+pub const OUTBOX_MESSAGE: i64 = 1;
+/// Outbox kind of a membership change.
+pub const OUTBOX_MEMBERSHIP: i64 = 2;
+
+/// Everything the receipt service needs about one sent message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiptInit {
+    /// The message.
+    pub message: MessageRecord,
+    /// Its recipients, listed when it wants receipts and they are few enough.
+    pub recipients: Vec<String>,
+}
+
+/// Storage of the message service. Every method is one transaction.
+pub trait MessageStore: Clone + Send + Sync + 'static {
+    /// Applies pending migrations.
+    fn migrate(&self) -> impl Future<Output = Result<(), MessageError>> + Send;
+
+    /// Creates a group; for a direct conversation that exists, returns it with `true`.
+    fn create_group(
+        &self,
+        group: &NewGroup,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<(GroupRecord, bool), MessageError>> + Send;
+
+    /// Adds members; returns those who were not members and the join seq.
+    fn add_members(
+        &self,
+        change: MembershipChange<'_>,
+    ) -> impl Future<Output = Result<(Vec<String>, i64), MessageError>> + Send;
+
+    /// Removes members; returns those who were members.
+    fn remove_members(
+        &self,
+        change: MembershipChange<'_>,
+    ) -> impl Future<Output = Result<Vec<String>, MessageError>> + Send;
+
+    /// The user's access to a group: NOT_FOUND or PERMISSION_DENIED otherwise.
+    fn access(
+        &self,
+        gid: Gid,
+        uid: &Uid,
+    ) -> impl Future<Output = Result<Access, MessageError>> + Send;
+
+    /// One page of current members after `after_uid`, in uid order.
+    fn list_members(
+        &self,
+        gid: Gid,
+        after_uid: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<MemberRecord>, MessageError>> + Send;
+
+    /// One page of the user's groups after `after_gid`, in gid order.
+    fn list_groups(
+        &self,
+        uid: &Uid,
+        after_gid: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<GroupRecord>, MessageError>> + Send;
+
+    /// Stores a message with the next seq, or returns the original on a retry.
+    fn send(
+        &self,
+        message: &NewMessage,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<SendOutcome, MessageError>> + Send;
+
+    /// Messages with seq above `after_seq`, in seq order.
+    fn messages_after(
+        &self,
+        gid: Gid,
+        after_seq: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<MessageRecord>, MessageError>> + Send;
+
+    /// Messages by id with seq above `after_seq`, in seq order.
+    fn messages_by_id(
+        &self,
+        gid: Gid,
+        msgids: &[i64],
+        after_seq: i64,
+    ) -> impl Future<Output = Result<Vec<MessageRecord>, MessageError>> + Send;
+
+    /// The oldest undelivered outbox entries, in id order.
+    fn outbox_batch(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<OutboxEvent>, MessageError>> + Send;
+
+    /// What InitReceipts needs for the message at (gid, seq).
+    fn receipt_init(
+        &self,
+        gid: i64,
+        seq: i64,
+        max_listed: i64,
+    ) -> impl Future<Output = Result<Option<ReceiptInit>, MessageError>> + Send;
+
+    /// Current membership rows (including left members) of some users.
+    fn member_states(
+        &self,
+        gid: i64,
+        uids: &[String],
+    ) -> impl Future<Output = Result<Vec<MemberRecord>, MessageError>> + Send;
+
+    /// Deletes delivered outbox entries.
+    fn outbox_done(&self, ids: &[i64]) -> impl Future<Output = Result<(), MessageError>> + Send;
+
+    /// Records a failed attempt; `dead` sets the entry aside for good.
+    fn outbox_failed(
+        &self,
+        id: i64,
+        error: &str,
+        dead: bool,
+    ) -> impl Future<Output = Result<(), MessageError>> + Send;
+}

@@ -1,0 +1,494 @@
+//! The SQL both backends share. MySQL and SQLite accept the same statements
+//! here except for upserts and how an inserted id is read, which each backend
+//! supplies (`UPSERT_MEMBER_SUFFIX`, `inserted_id`). The macro expands this one
+//! body for each backend's concrete sqlx types, so there is one copy to review.
+
+/// Rows per multi-row insert: far below both backends' bind-parameter limits.
+pub(super) const INSERT_CHUNK: usize = 500;
+
+/// Truncates an error text for the outbox's `last_error` column.
+pub(super) fn short_error(error: &str) -> String {
+    error.chars().take(255).collect()
+}
+
+macro_rules! impl_message_store {
+    ($store:ty, $db:ty) => {
+        impl $store {
+            async fn insert_members(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                gid: i64,
+                members: &[(String, crate::domain::Role)],
+                joined_seq: i64,
+                now_ms: i64,
+            ) -> Result<(), sqlx::Error> {
+                for chunk in members.chunks(crate::store::sql::INSERT_CHUNK) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO group_users (gid, uid, role, joined_seq, left_seq, joined_at_ms) ",
+                    );
+                    insert.push_values(chunk, |mut row, (uid, role)| {
+                        row.push_bind(gid)
+                            .push_bind(uid.as_str())
+                            .push_bind(i64::from(role.code()))
+                            .push_bind(joined_seq)
+                            .push_bind(None::<i64>)
+                            .push_bind(now_ms);
+                    });
+                    insert.push(Self::UPSERT_MEMBER_SUFFIX);
+                    insert.build().execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            async fn insert_membership_outbox(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                gid: i64,
+                uids: &[String],
+                now_ms: i64,
+            ) -> Result<(), sqlx::Error> {
+                for chunk in uids.chunks(crate::store::sql::INSERT_CHUNK) {
+                    let mut insert =
+                        sqlx::QueryBuilder::<$db>::new("INSERT INTO msg_outbox (kind, gid, uid, created_at_ms) ");
+                    insert.push_values(chunk, |mut row, uid| {
+                        row.push_bind(crate::store::OUTBOX_MEMBERSHIP)
+                            .push_bind(gid)
+                            .push_bind(uid.as_str())
+                            .push_bind(now_ms);
+                    });
+                    insert.build().execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            /// Locks the group row for the rest of the transaction and reads it.
+            async fn lock_group(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                gid: i64,
+                bump_seq: bool,
+            ) -> Result<(i64, i64, i64), crate::error::MessageError> {
+                // Writing first takes the row lock (and, on SQLite, the write lock)
+                // before anything is read, so the reads below are stable.
+                let bump: &'static str = if bump_seq {
+                    "UPDATE chat_groups SET last_seq = last_seq + 1 WHERE gid = ?"
+                } else {
+                    "UPDATE chat_groups SET last_seq = last_seq WHERE gid = ?"
+                };
+                let locked = sqlx::query(bump).bind(gid).execute(&mut **tx).await?;
+                if locked.rows_affected() == 0 {
+                    return Err(crate::error::MessageError::GroupNotFound);
+                }
+                let row: (i64, i64, i64) =
+                    sqlx::query_as("SELECT kind, last_seq, member_count FROM chat_groups WHERE gid = ?")
+                        .bind(gid)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                Ok(row)
+            }
+
+            async fn current_role(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                gid: i64,
+                uid: &str,
+            ) -> Result<Option<crate::domain::Role>, sqlx::Error> {
+                let role: Option<i64> =
+                    sqlx::query_scalar("SELECT role FROM group_users WHERE gid = ? AND uid = ? AND left_seq IS NULL")
+                        .bind(gid)
+                        .bind(uid)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                Ok(role.map(|r| crate::domain::Role::from_code(i16::try_from(r).unwrap_or(1))))
+            }
+
+            async fn current_members_among(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                gid: i64,
+                uids: &[parley_server::Uid],
+            ) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
+                let mut select = sqlx::QueryBuilder::<$db>::new("SELECT uid FROM group_users WHERE gid = ");
+                select.push_bind(gid).push(" AND left_seq IS NULL AND uid IN (");
+                let mut list = select.separated(", ");
+                for uid in uids {
+                    list.push_bind(uid.as_str());
+                }
+                select.push(")");
+                let found: Vec<String> = select.build_query_scalar().fetch_all(&mut **tx).await?;
+                Ok(found.into_iter().collect())
+            }
+        }
+
+        impl crate::store::MessageStore for $store {
+            async fn migrate(&self) -> Result<(), crate::error::MessageError> {
+                Self::MIGRATOR.run(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn create_group(
+                &self,
+                group: &crate::domain::NewGroup,
+                now_ms: i64,
+            ) -> Result<(crate::store::GroupRecord, bool), crate::error::MessageError> {
+                use crate::domain::{GroupKind, Role};
+                const BY_DIRECT_KEY: &str = "SELECT gid, kind, name, creator_uid, last_seq, member_count, \
+                     created_at_ms FROM chat_groups WHERE direct_key = ?";
+                if let Some(key) = &group.direct_key {
+                    let existing = sqlx::query_as(BY_DIRECT_KEY).bind(key).fetch_optional(&self.pool).await?;
+                    if let Some(existing) = existing {
+                        return Ok((existing, true));
+                    }
+                }
+                let member_count = i64::try_from(group.members.len() + 1).unwrap_or(i64::MAX);
+                let mut tx = self.pool.begin().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO chat_groups (kind, name, creator_uid, direct_key, last_seq, member_count, \
+                     created_at_ms) VALUES (?, ?, ?, ?, 0, ?, ?)",
+                )
+                .bind(i64::from(group.kind.code()))
+                .bind(group.name.as_str())
+                .bind(group.creator.as_str())
+                .bind(group.direct_key.as_deref())
+                .bind(member_count)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await;
+                let inserted = match (inserted, &group.direct_key) {
+                    (Err(error), Some(key))
+                        if error.as_database_error().is_some_and(|e| e.is_unique_violation()) =>
+                    {
+                        // The same direct conversation was created concurrently.
+                        drop(tx);
+                        let existing = sqlx::query_as(BY_DIRECT_KEY).bind(key).fetch_one(&self.pool).await?;
+                        return Ok((existing, true));
+                    }
+                    (result, _) => result?,
+                };
+                let gid = Self::inserted_id(&inserted);
+                let creator_role = if group.kind == GroupKind::Group { Role::Admin } else { Role::Member };
+                let mut members = vec![(group.creator.to_string(), creator_role)];
+                members.extend(group.members.iter().map(|m| (m.to_string(), Role::Member)));
+                Self::insert_members(&mut tx, gid, &members, 0, now_ms).await?;
+                let uids: Vec<String> = members.into_iter().map(|(uid, _)| uid).collect();
+                Self::insert_membership_outbox(&mut tx, gid, &uids, now_ms).await?;
+                tx.commit().await?;
+                let record = crate::store::GroupRecord {
+                    gid,
+                    kind: i64::from(group.kind.code()),
+                    name: group.name.clone(),
+                    creator_uid: group.creator.to_string(),
+                    last_seq: 0,
+                    member_count,
+                    created_at_ms: now_ms,
+                };
+                Ok((record, false))
+            }
+
+            async fn add_members(
+                &self,
+                change: crate::store::MembershipChange<'_>,
+            ) -> Result<(Vec<String>, i64), crate::error::MessageError> {
+                use crate::domain::{GroupKind, Role, check_membership_change};
+                let gid = change.gid.get();
+                let mut tx = self.pool.begin().await?;
+                let (kind, last_seq, member_count) = Self::lock_group(&mut tx, gid, false).await?;
+                let kind = GroupKind::from_code(i16::try_from(kind).unwrap_or(1));
+                let role = Self::current_role(&mut tx, gid, change.actor.as_str()).await?;
+                check_membership_change(kind, change.actor, role, change.uids, false)?;
+                let current = Self::current_members_among(&mut tx, gid, change.uids).await?;
+                let added: Vec<String> =
+                    change.uids.iter().map(|u| u.to_string()).filter(|u| !current.contains(u)).collect();
+                if added.is_empty() {
+                    return Ok((added, last_seq));
+                }
+                let added_count = i64::try_from(added.len()).unwrap_or(i64::MAX);
+                if member_count.saturating_add(added_count) > change.max_members {
+                    return Err(crate::error::MessageError::Precondition("the group is full"));
+                }
+                let rows: Vec<(String, Role)> = added.iter().map(|u| (u.clone(), Role::Member)).collect();
+                Self::insert_members(&mut tx, gid, &rows, last_seq, change.now_ms).await?;
+                sqlx::query("UPDATE chat_groups SET member_count = member_count + ? WHERE gid = ?")
+                    .bind(added_count)
+                    .bind(gid)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::insert_membership_outbox(&mut tx, gid, &added, change.now_ms).await?;
+                tx.commit().await?;
+                Ok((added, last_seq))
+            }
+
+            async fn remove_members(
+                &self,
+                change: crate::store::MembershipChange<'_>,
+            ) -> Result<Vec<String>, crate::error::MessageError> {
+                use crate::domain::{GroupKind, check_membership_change};
+                let gid = change.gid.get();
+                let mut tx = self.pool.begin().await?;
+                let (kind, last_seq, _) = Self::lock_group(&mut tx, gid, false).await?;
+                let kind = GroupKind::from_code(i16::try_from(kind).unwrap_or(1));
+                let role = Self::current_role(&mut tx, gid, change.actor.as_str()).await?;
+                check_membership_change(kind, change.actor, role, change.uids, true)?;
+                let current = Self::current_members_among(&mut tx, gid, change.uids).await?;
+                if current.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut update = sqlx::QueryBuilder::<$db>::new("UPDATE group_users SET left_seq = ");
+                update.push_bind(last_seq).push(" WHERE gid = ").push_bind(gid);
+                update.push(" AND left_seq IS NULL AND uid IN (");
+                let mut list = update.separated(", ");
+                for uid in &current {
+                    list.push_bind(uid.as_str());
+                }
+                update.push(")");
+                update.build().execute(&mut *tx).await?;
+                let removed: Vec<String> = current.into_iter().collect();
+                sqlx::query("UPDATE chat_groups SET member_count = member_count - ? WHERE gid = ?")
+                    .bind(i64::try_from(removed.len()).unwrap_or(i64::MAX))
+                    .bind(gid)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::insert_membership_outbox(&mut tx, gid, &removed, change.now_ms).await?;
+                tx.commit().await?;
+                Ok(removed)
+            }
+
+            async fn access(
+                &self,
+                gid: crate::domain::Gid,
+                uid: &parley_server::Uid,
+            ) -> Result<crate::store::Access, crate::error::MessageError> {
+                let row: Option<(i64, Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(
+                    "SELECT g.last_seq, u.joined_seq, u.left_seq, u.role FROM chat_groups g \
+                     LEFT JOIN group_users u ON u.gid = g.gid AND u.uid = ? WHERE g.gid = ?",
+                )
+                .bind(uid.as_str())
+                .bind(gid.get())
+                .fetch_optional(&self.pool)
+                .await?;
+                match row {
+                    None => Err(crate::error::MessageError::GroupNotFound),
+                    Some((last_seq, Some(joined_seq), None, Some(role))) => Ok(crate::store::Access {
+                        last_seq,
+                        joined_seq,
+                        role: crate::domain::Role::from_code(i16::try_from(role).unwrap_or(1)),
+                    }),
+                    Some(_) => Err(crate::error::MessageError::Denied("not a member of this group")),
+                }
+            }
+
+            async fn list_members(
+                &self,
+                gid: crate::domain::Gid,
+                after_uid: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<crate::store::MemberRecord>, crate::error::MessageError> {
+                Ok(sqlx::query_as(
+                    "SELECT uid, role, joined_seq, left_seq, joined_at_ms FROM group_users \
+                     WHERE gid = ? AND left_seq IS NULL AND uid > ? ORDER BY uid LIMIT ?",
+                )
+                .bind(gid.get())
+                .bind(after_uid.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn list_groups(
+                &self,
+                uid: &parley_server::Uid,
+                after_gid: i64,
+                limit: u32,
+            ) -> Result<Vec<crate::store::GroupRecord>, crate::error::MessageError> {
+                Ok(sqlx::query_as(
+                    "SELECT g.gid, g.kind, g.name, g.creator_uid, g.last_seq, g.member_count, g.created_at_ms \
+                     FROM group_users u JOIN chat_groups g ON g.gid = u.gid \
+                     WHERE u.uid = ? AND u.left_seq IS NULL AND u.gid > ? ORDER BY u.gid LIMIT ?",
+                )
+                .bind(uid.as_str())
+                .bind(after_gid)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn send(
+                &self,
+                message: &crate::store::NewMessage,
+                now_ms: i64,
+            ) -> Result<crate::store::SendOutcome, crate::error::MessageError> {
+                let gid = message.gid.get();
+                let mut tx = self.pool.begin().await?;
+                let (_, seq, member_count) = Self::lock_group(&mut tx, gid, true).await?;
+                if Self::current_role(&mut tx, gid, message.sender.as_str()).await?.is_none() {
+                    return Err(crate::error::MessageError::Denied("not a member of this group"));
+                }
+                let original: Option<crate::store::MessageRecord> = sqlx::query_as(
+                    "SELECT msgid, gid, seq, sender_uid, client_msg_id, content, need_receipt, recipient_count, \
+                     created_at_ms FROM group_msgs WHERE gid = ? AND sender_uid = ? AND client_msg_id = ?",
+                )
+                .bind(gid)
+                .bind(message.sender.as_str())
+                .bind(message.client_msg_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(original) = original {
+                    // Rolling back also undoes the seq increment: no gap is left.
+                    tx.rollback().await?;
+                    return Ok(crate::store::SendOutcome::Duplicate(original));
+                }
+                let recipient_count = (member_count - 1).max(0);
+                let inserted = sqlx::query(
+                    "INSERT INTO group_msgs (gid, seq, sender_uid, client_msg_id, content, need_receipt, \
+                     recipient_count, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(gid)
+                .bind(seq)
+                .bind(message.sender.as_str())
+                .bind(message.client_msg_id.as_str())
+                .bind(message.content.as_slice())
+                .bind(message.need_receipt)
+                .bind(recipient_count)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("INSERT INTO msg_outbox (kind, gid, seq, created_at_ms) VALUES (?, ?, ?, ?)")
+                    .bind(crate::store::OUTBOX_MESSAGE)
+                    .bind(gid)
+                    .bind(seq)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(crate::store::SendOutcome::Sent(crate::store::MessageRecord {
+                    msgid: Self::inserted_id(&inserted),
+                    gid,
+                    seq,
+                    sender_uid: message.sender.to_string(),
+                    client_msg_id: message.client_msg_id.clone(),
+                    content: message.content.clone(),
+                    need_receipt: message.need_receipt,
+                    recipient_count,
+                    created_at_ms: now_ms,
+                }))
+            }
+
+            async fn messages_after(
+                &self,
+                gid: crate::domain::Gid,
+                after_seq: i64,
+                limit: u32,
+            ) -> Result<Vec<crate::store::MessageRecord>, crate::error::MessageError> {
+                Ok(sqlx::query_as(
+                    "SELECT msgid, gid, seq, sender_uid, client_msg_id, content, need_receipt, recipient_count, \
+                     created_at_ms FROM group_msgs WHERE gid = ? AND seq > ? ORDER BY seq LIMIT ?",
+                )
+                .bind(gid.get())
+                .bind(after_seq)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn messages_by_id(
+                &self,
+                gid: crate::domain::Gid,
+                msgids: &[i64],
+                after_seq: i64,
+            ) -> Result<Vec<crate::store::MessageRecord>, crate::error::MessageError> {
+                let mut select = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT msgid, gid, seq, sender_uid, client_msg_id, content, need_receipt, recipient_count, \
+                     created_at_ms FROM group_msgs WHERE gid = ",
+                );
+                select.push_bind(gid.get()).push(" AND seq > ").push_bind(after_seq).push(" AND msgid IN (");
+                let mut list = select.separated(", ");
+                for msgid in msgids {
+                    list.push_bind(*msgid);
+                }
+                select.push(") ORDER BY seq");
+                Ok(select.build_query_as().fetch_all(&self.pool).await?)
+            }
+
+            async fn outbox_batch(
+                &self,
+                limit: u32,
+            ) -> Result<Vec<crate::store::OutboxEvent>, crate::error::MessageError> {
+                Ok(sqlx::query_as(
+                    "SELECT id, kind, gid, seq, uid, attempts FROM msg_outbox WHERE dead = 0 ORDER BY id LIMIT ?",
+                )
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn receipt_init(
+                &self,
+                gid: i64,
+                seq: i64,
+                max_listed: i64,
+            ) -> Result<Option<crate::store::ReceiptInit>, crate::error::MessageError> {
+                let message: Option<crate::store::MessageRecord> = sqlx::query_as(
+                    "SELECT msgid, gid, seq, sender_uid, client_msg_id, content, need_receipt, recipient_count, \
+                     created_at_ms FROM group_msgs WHERE gid = ? AND seq = ?",
+                )
+                .bind(gid)
+                .bind(seq)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(message) = message else {
+                    return Ok(None);
+                };
+                let recipients = if message.need_receipt && message.recipient_count <= max_listed {
+                    sqlx::query_scalar(
+                        "SELECT uid FROM group_users WHERE gid = ? AND joined_seq < ? \
+                         AND (left_seq IS NULL OR left_seq >= ?) AND uid <> ? ORDER BY uid",
+                    )
+                    .bind(gid)
+                    .bind(seq)
+                    .bind(seq)
+                    .bind(message.sender_uid.as_str())
+                    .fetch_all(&self.pool)
+                    .await?
+                } else {
+                    Vec::new()
+                };
+                Ok(Some(crate::store::ReceiptInit { message, recipients }))
+            }
+
+            async fn member_states(
+                &self,
+                gid: i64,
+                uids: &[String],
+            ) -> Result<Vec<crate::store::MemberRecord>, crate::error::MessageError> {
+                let mut select = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT uid, role, joined_seq, left_seq, joined_at_ms FROM group_users WHERE gid = ",
+                );
+                select.push_bind(gid).push(" AND uid IN (");
+                let mut list = select.separated(", ");
+                for uid in uids {
+                    list.push_bind(uid.as_str());
+                }
+                select.push(") ORDER BY uid");
+                Ok(select.build_query_as().fetch_all(&self.pool).await?)
+            }
+
+            async fn outbox_done(&self, ids: &[i64]) -> Result<(), crate::error::MessageError> {
+                let mut delete = sqlx::QueryBuilder::<$db>::new("DELETE FROM msg_outbox WHERE id IN (");
+                let mut list = delete.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                delete.push(")");
+                delete.build().execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn outbox_failed(&self, id: i64, error: &str, dead: bool) -> Result<(), crate::error::MessageError> {
+                sqlx::query("UPDATE msg_outbox SET attempts = attempts + 1, last_error = ?, dead = ? WHERE id = ?")
+                    .bind(crate::store::sql::short_error(error))
+                    .bind(dead)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(super) use impl_message_store;
