@@ -14,6 +14,8 @@ pub mod telemetry;
 pub use caller::{Caller, ServiceIdentity, Uid};
 pub use serve::{ServerArgs, serve};
 
+use std::future::Future;
+
 /// The current time in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     let now = std::time::SystemTime::now();
@@ -43,4 +45,48 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutdown requested");
+}
+
+/// What a service binary was asked to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Serve gRPC (the default).
+    #[default]
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+}
+
+/// The body of every service's `main`: migrate, or bind `listen` and serve
+/// until SIGTERM; errors print one line and exit non-zero.
+pub async fn main_with<E, M, S, F>(
+    name: &'static str,
+    listen: std::net::SocketAddr,
+    command: Option<Command>,
+    migrate: M,
+    serve: S,
+) -> std::process::ExitCode
+where
+    E: std::fmt::Display,
+    M: Future<Output = Result<(), E>>,
+    S: FnOnce(tokio::net::TcpListener) -> F,
+    F: Future<Output = Result<(), E>>,
+{
+    let outcome = match command.unwrap_or_default() {
+        Command::Migrate => migrate.await.map(|()| tracing::info!("migrations applied")),
+        Command::Serve => match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => serve(listener).await,
+            Err(error) => {
+                eprintln!("{name}: cannot listen on {listen}: {error}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

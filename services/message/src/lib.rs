@@ -91,19 +91,10 @@ pub struct Config {
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Option<parley_server::Command>,
     /// Configuration.
     #[command(flatten)]
     pub config: Config,
-}
-
-/// Subcommands.
-#[derive(Clone, Copy, Debug, clap::Subcommand)]
-pub enum Command {
-    /// Serve gRPC (the default).
-    Serve,
-    /// Apply pending database migrations and exit.
-    Migrate,
 }
 
 /// Why the service could not start or stopped with an error.

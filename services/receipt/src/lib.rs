@@ -1,1 +1,168 @@
-//! placeholder
+//! The receipt service: each member's delivered and read cursors, and the
+//! `msg_acks` read-receipt ledger. It answers "read by k of N, and who" at any
+//! group size: from ledger rows for small groups' messages that want receipts,
+//! from the cursors otherwise (see ARCHITECTURE.md, "Receipt tiers").
+
+#![forbid(unsafe_code)]
+
+pub mod domain;
+pub mod error;
+pub mod retention;
+pub mod service;
+pub mod store;
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use parley_proto::receipt::receipt_service_server::ReceiptServiceServer;
+use parley_server::{
+    ServerArgs,
+    db::{Backend, DatabaseUrl},
+    serve::ServeError,
+    telemetry::LogFormat,
+};
+use tokio::net::TcpListener;
+use tonic::service::RoutesBuilder;
+
+use crate::{
+    error::ReceiptError,
+    service::ReceiptApi,
+    store::{MySqlReceiptStore, ReceiptStore, SqliteReceiptStore},
+};
+
+/// The receipt service's configuration, from flags or `PARLEY_*` variables.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "PARLEY_RECEIPT_LISTEN", default_value = "127.0.0.1:50054")]
+    pub listen: SocketAddr,
+    /// Database: `mysql://user:pass@host:3306/db` or `sqlite:path/to/file.db`.
+    #[arg(
+        long,
+        env = "PARLEY_RECEIPT_DATABASE_URL",
+        default_value = "sqlite:data/receipt.db",
+        hide_env_values = true
+    )]
+    pub database_url: DatabaseUrl,
+    /// Connections in the MySQL pool (SQLite always uses one).
+    #[arg(long, env = "PARLEY_RECEIPT_DB_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_max_connections: u32,
+    /// Apply pending migrations at start-up.
+    #[arg(long, env = "PARLEY_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+    /// Groups with up to this many recipients keep a per-reader ledger for
+    /// messages that want receipts; larger groups are answered from cursors.
+    #[arg(long, env = "PARLEY_RECEIPT_LEDGER_MAX_MEMBERS", default_value_t = 200,
+          value_parser = clap::value_parser!(i64).range(0..=5000))]
+    pub ledger_max_members: i64,
+    /// Ledger rows older than this many hours are deleted (receipts then come
+    /// from the cursors).
+    #[arg(long, env = "PARLEY_RECEIPT_RETENTION_HOURS", default_value_t = 168,
+          value_parser = clap::value_parser!(u64).range(1..=87_600))]
+    pub retention_hours: u64,
+    /// How often the retention job runs, in seconds.
+    #[arg(long, env = "PARLEY_RECEIPT_RETENTION_INTERVAL_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub retention_interval_secs: u64,
+    /// Log line format.
+    #[arg(long, env = "PARLEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Request limits shared by every service.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// The command line: serve (default) or migrate.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "parley-receipt",
+    version,
+    about = "Parley receipt service: ack cursors and read receipts"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Option<parley_server::Command>,
+    /// Configuration.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Storage or migrations failed.
+    #[error(transparent)]
+    Receipt(#[from] ReceiptError),
+    /// Serving failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// Applies pending migrations and returns.
+pub async fn migrate(config: &Config) -> Result<(), StartError> {
+    let url = config.database_url.expose();
+    match Backend::of_url(url).map_err(|e| StartError::Config(e.to_string()))? {
+        Backend::MySql => MySqlReceiptStore::connect(url, 1).await?.migrate().await?,
+        Backend::Sqlite => SqliteReceiptStore::connect(url).await?.migrate().await?,
+    }
+    Ok(())
+}
+
+/// Runs the service on `listener` until `shutdown` resolves.
+pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let url = config.database_url.expose().to_owned();
+    match Backend::of_url(&url).map_err(|e| StartError::Config(e.to_string()))? {
+        Backend::MySql => {
+            let store = MySqlReceiptStore::connect(&url, config.db_max_connections).await?;
+            run_with(store, config, listener, shutdown).await
+        }
+        Backend::Sqlite => {
+            run_with(
+                SqliteReceiptStore::connect(&url).await?,
+                config,
+                listener,
+                shutdown,
+            )
+            .await
+        }
+    }
+}
+
+async fn run_with<S, F>(
+    store: S,
+    config: Config,
+    listener: TcpListener,
+    shutdown: F,
+) -> Result<(), StartError>
+where
+    S: ReceiptStore,
+    F: Future<Output = ()> + Send + 'static,
+{
+    if config.migrate_on_start {
+        store.migrate().await?;
+    }
+    let retention = tokio::spawn(retention::run(
+        store.clone(),
+        Duration::from_secs(config.retention_hours * 3600),
+        Duration::from_secs(config.retention_interval_secs),
+    ));
+    let mut routes = RoutesBuilder::default();
+    routes.add_service(ReceiptServiceServer::new(ReceiptApi::new(
+        store,
+        config.ledger_max_members,
+    )));
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    tracing::info!(%addr, ledger_max_members = config.ledger_max_members, "receipt service listening");
+    let served = parley_server::serve(listener, &config.server, routes, shutdown).await;
+    retention.abort();
+    Ok(served?)
+}

@@ -1,0 +1,361 @@
+//! The gRPC handlers: validate, authorise, call the store, convert back.
+
+use parley_proto::receipt::{self as pb, receipt_service_server::ReceiptService};
+use parley_server::{Caller, Uid, now_ms, page};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::{
+        self, AckKind, MAX_LIST_PAGE, MAX_MSGIDS_PER_REQUEST, ReceiptState, parse_id, unread,
+    },
+    error::ReceiptError,
+    store::{GroupSelection, InitMessage, MemberChange, MsgReceipt, ReceiptStore},
+};
+
+/// The ReceiptService implementation over a store.
+pub struct ReceiptApi<S> {
+    store: S,
+    ledger_max: i64,
+}
+
+impl<S: ReceiptStore> ReceiptApi<S> {
+    /// Handlers over `store`, keeping a ledger for groups up to `ledger_max` recipients.
+    pub fn new(store: S, ledger_max: i64) -> Self {
+        Self { store, ledger_max }
+    }
+
+    /// Loads messages by id and checks the caller may see their receipts: the
+    /// sender of each, or a current admin of the group.
+    async fn visible_messages(
+        &self,
+        caller: &Uid,
+        gid: i64,
+        msgids: &[i64],
+    ) -> Result<Vec<MsgReceipt>, ReceiptError> {
+        if !self.store.group_exists(gid).await? {
+            return Err(ReceiptError::GroupNotFound);
+        }
+        let found = self.store.messages(gid, msgids).await?;
+        if found.iter().any(|m| m.sender_uid != caller.as_str()) {
+            let cursor = self.store.cursor(gid, caller.as_str()).await?;
+            if !cursor.is_some_and(|c| c.admin && c.left_seq.is_none()) {
+                return Err(ReceiptError::Denied(
+                    "only a message's sender and group admins see its receipts",
+                ));
+            }
+        }
+        // Keep the request's order; a missing id is an error, not a silent gap.
+        msgids
+            .iter()
+            .map(|id| {
+                found
+                    .iter()
+                    .find(|m| m.msgid == *id)
+                    .cloned()
+                    .ok_or(ReceiptError::MessageNotFound)
+            })
+            .collect()
+    }
+
+    async fn members_page(
+        &self,
+        message: &MsgReceipt,
+        state: ReceiptState,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<String>, String), ReceiptError> {
+        let uids = self
+            .store
+            .receipt_members(message, state, after, limit)
+            .await?;
+        let next = match uids.last() {
+            Some(last) if uids.len() >= limit as usize => page::encode(last),
+            _ => String::new(),
+        };
+        Ok((uids, next))
+    }
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or_default()
+}
+
+fn to_u32(value: i64) -> u32 {
+    u32::try_from(value.max(0)).unwrap_or(u32::MAX)
+}
+
+fn parse_msgids(raw: &[u64]) -> Result<Vec<i64>, ReceiptError> {
+    if raw.is_empty() || raw.len() > MAX_MSGIDS_PER_REQUEST {
+        return Err(ReceiptError::invalid(format!(
+            "msgids must hold 1 to {MAX_MSGIDS_PER_REQUEST} ids"
+        )));
+    }
+    raw.iter().map(|&id| parse_id(id, "msgids")).collect()
+}
+
+fn tier(message: &MsgReceipt) -> pb::ReceiptTier {
+    if message.ledger {
+        pb::ReceiptTier::Ledger
+    } else {
+        pb::ReceiptTier::Cursor
+    }
+}
+
+/// Acks retried at most this often when the database breaks a deadlock.
+const ACK_ATTEMPTS: u32 = 3;
+
+#[tonic::async_trait]
+impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
+    async fn init_receipts(
+        &self,
+        request: Request<pb::InitReceiptsRequest>,
+    ) -> Result<Response<pb::InitReceiptsResponse>, Status> {
+        Caller::require_service(&request, "message")?;
+        let req = request.into_inner();
+        let sender = Uid::parse(&req.sender_uid)
+            .map_err(|e| ReceiptError::invalid(format!("sender_uid: {e}")))?;
+        if req.recipient_uids.len() > domain::MAX_LEDGER_MEMBERS as usize {
+            return Err(ReceiptError::invalid("too many recipient_uids").into());
+        }
+        let recipients = req
+            .recipient_uids
+            .iter()
+            .map(|u| Uid::parse(u).map(Uid::into_string))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ReceiptError::invalid(format!("recipient_uids: {e}")))?;
+        let message = InitMessage {
+            gid: parse_id(req.gid, "gid")?,
+            msgid: parse_id(req.msgid, "msgid")?,
+            seq: parse_id(req.seq, "seq")?,
+            sender_uid: sender.into_string(),
+            need_receipt: req.need_receipt,
+            recipient_count: i64::from(req.recipient_count),
+            recipients,
+            created_at_ms: req.created_at_ms,
+        };
+        let outcome = self.store.init_receipts(&message, self.ledger_max).await?;
+        Ok(Response::new(pb::InitReceiptsResponse {
+            ledger: outcome.ledger,
+            created: outcome.created,
+        }))
+    }
+
+    async fn apply_membership(
+        &self,
+        request: Request<pb::ApplyMembershipRequest>,
+    ) -> Result<Response<pb::ApplyMembershipResponse>, Status> {
+        Caller::require_service(&request, "message")?;
+        let req = request.into_inner();
+        let gid = parse_id(req.gid, "gid")?;
+        if req.changes.is_empty() || req.changes.len() > 1000 {
+            return Err(ReceiptError::invalid("changes must hold 1 to 1000 entries").into());
+        }
+        let changes = req
+            .changes
+            .into_iter()
+            .map(|c| {
+                let uid =
+                    Uid::parse(&c.uid).map_err(|e| ReceiptError::invalid(format!("uid: {e}")))?;
+                let seq = |v: u64| {
+                    i64::try_from(v).map_err(|_| ReceiptError::invalid("seq out of range"))
+                };
+                Ok(MemberChange {
+                    uid: uid.into_string(),
+                    admin: c.admin,
+                    joined_seq: seq(c.joined_seq)?,
+                    left_seq: if c.left_seq == 0 {
+                        None
+                    } else {
+                        Some(seq(c.left_seq)?)
+                    },
+                    version: parse_id(c.version, "version")?,
+                })
+            })
+            .collect::<Result<Vec<_>, ReceiptError>>()?;
+        let applied = self.store.apply_membership(gid, &changes, now_ms()).await?;
+        Ok(Response::new(pb::ApplyMembershipResponse { applied }))
+    }
+
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let gid = parse_id(req.gid, "gid")?;
+        let up_to = parse_id(req.up_to_seq, "up_to_seq")?;
+        let kind = match pb::AckKind::try_from(req.kind) {
+            Ok(pb::AckKind::Delivered) => AckKind::Delivered,
+            Ok(pb::AckKind::Read) => AckKind::Read,
+            _ => return Err(ReceiptError::invalid("kind must be DELIVERED or READ").into()),
+        };
+        let mut attempt = 1;
+        let outcome = loop {
+            match self
+                .store
+                .ack(gid, caller.as_str(), up_to, kind, now_ms())
+                .await
+            {
+                Err(error) if error.is_deadlock() && attempt < ACK_ATTEMPTS => attempt += 1,
+                other => break other?,
+            }
+        };
+        Ok(Response::new(pb::AckResponse {
+            delivered_seq: to_u64(outcome.cursors.delivered),
+            read_seq: to_u64(outcome.cursors.read),
+            advanced: outcome.advanced,
+        }))
+    }
+
+    async fn get_receipts(
+        &self,
+        request: Request<pb::GetReceiptsRequest>,
+    ) -> Result<Response<pb::GetReceiptsResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let gid = parse_id(req.gid, "gid")?;
+        let msgids = parse_msgids(&req.msgids)?;
+        if req.list_page_size > MAX_LIST_PAGE {
+            return Err(ReceiptError::invalid(format!(
+                "list_page_size must be at most {MAX_LIST_PAGE}"
+            ))
+            .into());
+        }
+        let messages = self.visible_messages(&caller, gid, &msgids).await?;
+        let mut receipts = Vec::with_capacity(messages.len());
+        for message in messages {
+            let mut receipt = pb::MessageReceipt {
+                msgid: to_u64(message.msgid),
+                seq: to_u64(message.seq),
+                read_count: to_u32(message.read_count),
+                recipient_count: to_u32(message.recipient_count),
+                tier: tier(&message).into(),
+                ..Default::default()
+            };
+            if req.list_page_size > 0 {
+                let size = req.list_page_size;
+                (receipt.read_uids, receipt.read_next_page_token) = self
+                    .members_page(&message, ReceiptState::Read, None, size)
+                    .await?;
+                (receipt.unread_uids, receipt.unread_next_page_token) = self
+                    .members_page(&message, ReceiptState::Unread, None, size)
+                    .await?;
+            }
+            receipts.push(receipt);
+        }
+        Ok(Response::new(pb::GetReceiptsResponse { receipts }))
+    }
+
+    async fn list_receipt_members(
+        &self,
+        request: Request<pb::ListReceiptMembersRequest>,
+    ) -> Result<Response<pb::ListReceiptMembersResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let gid = parse_id(req.gid, "gid")?;
+        let msgid = parse_id(req.msgid, "msgid")?;
+        let state = match pb::ReceiptState::try_from(req.state) {
+            Ok(pb::ReceiptState::Read) => ReceiptState::Read,
+            Ok(pb::ReceiptState::Unread) => ReceiptState::Unread,
+            _ => return Err(ReceiptError::invalid("state must be READ or UNREAD").into()),
+        };
+        let limit = page::page_size(req.page_size, 100, MAX_LIST_PAGE)?;
+        let after = page::decode(&req.page_token)?;
+        let messages = self.visible_messages(&caller, gid, &[msgid]).await?;
+        let message = messages.first().ok_or(ReceiptError::MessageNotFound)?;
+        let (uids, next_page_token) = self
+            .members_page(message, state, after.as_deref(), limit)
+            .await?;
+        Ok(Response::new(pb::ListReceiptMembersResponse {
+            uids,
+            next_page_token,
+        }))
+    }
+
+    async fn pull_receipts(
+        &self,
+        request: Request<pb::PullReceiptsRequest>,
+    ) -> Result<Response<pb::PullReceiptsResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let after = domain::decode_pull_cursor(&req.cursor)?;
+        let limit = page::page_size(req.limit, 100, MAX_LIST_PAGE)?;
+        let changed = self.store.pull(caller.as_str(), after, limit).await?;
+        let next_cursor = match changed.last() {
+            Some(last) => domain::encode_pull_cursor(last.changed_at_ms, last.msgid),
+            None => req.cursor,
+        };
+        let receipts = changed
+            .into_iter()
+            .map(|m| pb::ReceiptSummary {
+                gid: to_u64(m.gid),
+                msgid: to_u64(m.msgid),
+                seq: to_u64(m.seq),
+                read_count: to_u32(m.read_count),
+                recipient_count: to_u32(m.recipient_count),
+                changed_at_ms: m.changed_at_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::PullReceiptsResponse {
+            receipts,
+            next_cursor,
+        }))
+    }
+
+    async fn unread_counts(
+        &self,
+        request: Request<pb::UnreadCountsRequest>,
+    ) -> Result<Response<pb::UnreadCountsResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let (rows, limit) = if req.gids.is_empty() {
+            let limit = page::page_size(req.page_size, 100, 1000)?;
+            let after = page::decode_u64(&req.page_token)?
+                .map(|g| i64::try_from(g).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            (
+                self.store
+                    .unread(caller.as_str(), GroupSelection::After { gid: after, limit })
+                    .await?,
+                Some(limit),
+            )
+        } else {
+            if req.gids.len() > 1000 || !req.page_token.is_empty() {
+                return Err(ReceiptError::invalid(
+                    "gids holds at most 1000 ids and takes no page token",
+                )
+                .into());
+            }
+            let gids = req
+                .gids
+                .iter()
+                .map(|&g| parse_id(g, "gids"))
+                .collect::<Result<Vec<_>, _>>()?;
+            (
+                self.store
+                    .unread(caller.as_str(), GroupSelection::Only(&gids))
+                    .await?,
+                None,
+            )
+        };
+        let next_page_token = match (rows.last(), limit) {
+            (Some(last), Some(limit)) if rows.len() >= limit as usize => {
+                page::encode(&last.gid.to_string())
+            }
+            _ => String::new(),
+        };
+        let groups = rows
+            .into_iter()
+            .map(|r| pb::GroupUnread {
+                gid: to_u64(r.gid),
+                unread: unread(r.last_seq, r.read_seq),
+                last_seq: to_u64(r.last_seq),
+                read_seq: to_u64(r.read_seq),
+            })
+            .collect();
+        Ok(Response::new(pb::UnreadCountsResponse {
+            groups,
+            next_page_token,
+        }))
+    }
+}

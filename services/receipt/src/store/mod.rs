@@ -1,0 +1,215 @@
+//! Storage for cursors, per-message receipt state and the `msg_acks` ledger,
+//! behind one narrow trait with a MySQL-compatible and an SQLite implementation
+//! sharing one SQL body (`sql.rs`).
+
+use std::future::Future;
+
+use crate::{
+    domain::{AckKind, Cursors, ReceiptState},
+    error::ReceiptError,
+};
+
+mod mysql;
+mod sql;
+mod sqlite;
+
+pub use mysql::MySqlReceiptStore;
+pub use sqlite::SqliteReceiptStore;
+
+/// A sent message as InitReceipts describes it.
+#[derive(Clone, Debug)]
+pub struct InitMessage {
+    /// Group.
+    pub gid: i64,
+    /// Message id.
+    pub msgid: i64,
+    /// Seq in the group.
+    pub seq: i64,
+    /// Sender.
+    pub sender_uid: String,
+    /// Receipts wanted.
+    pub need_receipt: bool,
+    /// N: members other than the sender at send time.
+    pub recipient_count: i64,
+    /// The recipients, when listed.
+    pub recipients: Vec<String>,
+    /// Commit time.
+    pub created_at_ms: i64,
+}
+
+/// What InitReceipts did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InitOutcome {
+    /// False when the message was recorded before.
+    pub created: bool,
+    /// True when ledger rows exist for it.
+    pub ledger: bool,
+}
+
+/// One member's membership as the message service last described it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberChange {
+    /// Member.
+    pub uid: String,
+    /// Group admin.
+    pub admin: bool,
+    /// Group seq at join.
+    pub joined_seq: i64,
+    /// Group seq at leaving, if left.
+    pub left_seq: Option<i64>,
+    /// Version: newer wins.
+    pub version: i64,
+}
+
+/// What an ack did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckOutcome {
+    /// Cursors after the ack.
+    pub cursors: Cursors,
+    /// False when the ack changed nothing.
+    pub advanced: bool,
+}
+
+/// One message's receipt state.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct MsgReceipt {
+    /// Group.
+    pub gid: i64,
+    /// Seq.
+    pub seq: i64,
+    /// Message id.
+    pub msgid: i64,
+    /// Sender.
+    pub sender_uid: String,
+    /// N.
+    pub recipient_count: i64,
+    /// k.
+    pub read_count: i64,
+    /// Ledger rows exist.
+    pub ledger: bool,
+    /// When k last changed (or the message was sent).
+    pub changed_at_ms: i64,
+}
+
+/// A member's cursor row.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct CursorRecord {
+    /// Group admin.
+    pub admin: bool,
+    /// Group seq at join.
+    pub joined_seq: i64,
+    /// Group seq at leaving.
+    pub left_seq: Option<i64>,
+    /// Delivered cursor.
+    pub delivered_seq: i64,
+    /// Read cursor.
+    pub read_seq: i64,
+}
+
+/// A member's position in one group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct UnreadRecord {
+    /// Group.
+    pub gid: i64,
+    /// The group's last seq.
+    pub last_seq: i64,
+    /// The member's read cursor.
+    pub read_seq: i64,
+}
+
+/// Which of a user's groups to count.
+#[derive(Clone, Copy, Debug)]
+pub enum GroupSelection<'a> {
+    /// These groups (those the user is not in are left out).
+    Only(&'a [i64]),
+    /// A page of all the user's groups after a gid.
+    After { gid: i64, limit: u32 },
+}
+
+/// Storage of the receipt service. Every method is one transaction.
+pub trait ReceiptStore: Clone + Send + Sync + 'static {
+    /// Applies pending migrations.
+    fn migrate(&self) -> impl Future<Output = Result<(), ReceiptError>> + Send;
+
+    /// Records a sent message (idempotent on (gid, seq)).
+    fn init_receipts(
+        &self,
+        message: &InitMessage,
+        ledger_max: i64,
+    ) -> impl Future<Output = Result<InitOutcome, ReceiptError>> + Send;
+
+    /// Applies membership changes newer than the stored ones; returns how many.
+    fn apply_membership(
+        &self,
+        gid: i64,
+        changes: &[MemberChange],
+        now_ms: i64,
+    ) -> impl Future<Output = Result<u32, ReceiptError>> + Send;
+
+    /// A cumulative ack by `uid` in `gid`.
+    fn ack(
+        &self,
+        gid: i64,
+        uid: &str,
+        up_to: i64,
+        kind: AckKind,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<AckOutcome, ReceiptError>> + Send;
+
+    /// Whether the group is known.
+    fn group_exists(&self, gid: i64) -> impl Future<Output = Result<bool, ReceiptError>> + Send;
+
+    /// A member's cursor row, current or past.
+    fn cursor(
+        &self,
+        gid: i64,
+        uid: &str,
+    ) -> impl Future<Output = Result<Option<CursorRecord>, ReceiptError>> + Send;
+
+    /// Receipt state of messages by id (unknown ids are left out).
+    fn messages(
+        &self,
+        gid: i64,
+        msgids: &[i64],
+    ) -> impl Future<Output = Result<Vec<MsgReceipt>, ReceiptError>> + Send;
+
+    /// One page of a message's readers or non-readers after `after_uid`.
+    fn receipt_members(
+        &self,
+        message: &MsgReceipt,
+        state: ReceiptState,
+        after_uid: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<String>, ReceiptError>> + Send;
+
+    /// The sender's messages whose state changed after `(changed_at_ms, msgid)`.
+    fn pull(
+        &self,
+        sender_uid: &str,
+        after: (i64, i64),
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<MsgReceipt>, ReceiptError>> + Send;
+
+    /// A user's positions in their current groups.
+    fn unread(
+        &self,
+        uid: &str,
+        selection: GroupSelection<'_>,
+    ) -> impl Future<Output = Result<Vec<UnreadRecord>, ReceiptError>> + Send;
+
+    /// Retention: drops the ledger rows of up to `limit` messages sent before
+    /// `cutoff_ms` (their receipts are answered from the cursors from then on).
+    /// Returns how many messages left the ledger.
+    fn expire_ledger(
+        &self,
+        cutoff_ms: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<u32, ReceiptError>> + Send;
+
+    /// Ledger rows held for one message: for tests and operators.
+    fn ledger_rows(
+        &self,
+        gid: i64,
+        seq: i64,
+    ) -> impl Future<Output = Result<i64, ReceiptError>> + Send;
+}

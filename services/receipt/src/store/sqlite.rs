@@ -1,0 +1,35 @@
+//! The embedded SQLite backend, for `make dev` and single-machine installs.
+
+use sqlx::{Sqlite, SqlitePool, migrate::Migrator};
+
+use super::sql::impl_receipt_store;
+use crate::error::ReceiptError;
+
+/// Receipt storage in an SQLite file.
+#[derive(Clone, Debug)]
+pub struct SqliteReceiptStore {
+    pool: SqlitePool,
+}
+
+impl SqliteReceiptStore {
+    const MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite/receipt");
+    const UPSERT_GROUP: &'static str = "INSERT INTO receipt_groups (gid, last_seq) VALUES (?, ?) \
+         ON CONFLICT (gid) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)";
+    const UPSERT_CURSOR_SUFFIX: &'static str = " ON CONFLICT (gid, uid) DO UPDATE SET \
+         admin = excluded.admin, joined_seq = excluded.joined_seq, left_seq = excluded.left_seq, \
+         delivered_seq = max(delivered_seq, excluded.joined_seq), read_seq = max(read_seq, excluded.joined_seq), \
+         updated_at_ms = excluded.updated_at_ms, version = excluded.version \
+         WHERE excluded.version > receipt_cursors.version";
+    // One connection runs one transaction at a time: no row locks needed.
+    const LOCK_GROUP_SHARED: &'static str = "SELECT last_seq FROM receipt_groups WHERE gid = ?";
+    const CURSOR_FOR_UPDATE: &'static str = "SELECT admin, joined_seq, left_seq, delivered_seq, read_seq \
+         FROM receipt_cursors WHERE gid = ? AND uid = ?";
+
+    /// Opens (creating if needed) the database at `url`.
+    pub async fn connect(url: &str) -> Result<Self, ReceiptError> {
+        let pool = parley_server::db::connect_sqlite(url).await?;
+        Ok(Self { pool })
+    }
+}
+
+impl_receipt_store!(SqliteReceiptStore, Sqlite);
