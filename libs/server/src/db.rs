@@ -130,3 +130,25 @@ impl FromStr for DatabaseUrl {
         Ok(Self(s.to_owned()))
     }
 }
+
+/// Ends a transaction the way its outcome says: commit on success, roll back on
+/// error. Every write path goes through here, so no early return leaves a
+/// transaction (and its row locks) to a lazy rollback on an idle connection.
+pub async fn finish<DB, T, E>(tx: sqlx::Transaction<'_, DB>, outcome: Result<T, E>) -> Result<T, E>
+where
+    DB: sqlx::Database,
+    E: From<sqlx::Error>,
+{
+    match outcome {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(error) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "rollback failed");
+            }
+            Err(error)
+        }
+    }
+}

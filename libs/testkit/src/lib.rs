@@ -1,1 +1,110 @@
-//! placeholder
+//! Test support shared by the contract and integration suites: a fresh
+//! database per test (a new MariaDB schema, or an SQLite file in a temporary
+//! directory) and waiting on a condition instead of sleeping.
+
+#![forbid(unsafe_code)]
+
+use std::{future::Future, time::Duration};
+
+use sqlx::{Connection, mysql::MySqlConnection};
+
+/// Where the test MariaDB/MySQL server is: `PARLEY_TEST_MYSQL_URL`, by default
+/// `mysql://root@127.0.0.1:3306` (what `make test` starts when it is absent).
+pub fn mysql_server_url() -> String {
+    std::env::var("PARLEY_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+}
+
+/// A database that exists for one test and is removed afterwards.
+pub struct TestDb {
+    url: String,
+    mysql_schema: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// A new, empty MariaDB schema. Panics with a clear message when the server
+    /// is unreachable: tests never skip silently.
+    pub async fn mysql() -> Self {
+        let server = mysql_server_url();
+        let schema = format!("parley_t_{:016x}", rand::random::<u64>());
+        let mut admin = MySqlConnection::connect(&server).await.unwrap_or_else(|e| {
+            panic!("MariaDB at {server} is required for this test (run `make test`): {e}")
+        });
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {schema}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test schema");
+        let _ = admin.close().await;
+        Self {
+            url: format!("{}/{schema}", server.trim_end_matches('/')),
+            mysql_schema: Some(schema),
+            _dir: None,
+        }
+    }
+
+    /// A new SQLite file in a temporary directory.
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite:{}", dir.path().join("test.db").display());
+        Self {
+            url,
+            mysql_schema: None,
+            _dir: Some(dir),
+        }
+    }
+
+    /// The database URL to hand to a service or store.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(schema) = self.mysql_schema.take() else {
+            return;
+        };
+        // Dropping runs outside any async context the test may still hold.
+        let server = mysql_server_url();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(mut admin) = MySqlConnection::connect(&server).await {
+                    let _ = sqlx::raw_sql("SET SESSION lock_wait_timeout = 10").execute(&mut admin).await;
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {schema}"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing the test with
+/// `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

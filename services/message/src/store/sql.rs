@@ -63,16 +63,13 @@ macro_rules! impl_message_store {
             async fn lock_group(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 gid: i64,
-                bump_seq: bool,
             ) -> Result<(i64, i64, i64), crate::error::MessageError> {
                 // Writing first takes the row lock (and, on SQLite, the write lock)
                 // before anything is read, so the reads below are stable.
-                let bump: &'static str = if bump_seq {
-                    "UPDATE chat_groups SET last_seq = last_seq + 1 WHERE gid = ?"
-                } else {
-                    "UPDATE chat_groups SET last_seq = last_seq WHERE gid = ?"
-                };
-                let locked = sqlx::query(bump).bind(gid).execute(&mut **tx).await?;
+                let locked = sqlx::query("UPDATE chat_groups SET last_seq = last_seq WHERE gid = ?")
+                    .bind(gid)
+                    .execute(&mut **tx)
+                    .await?;
                 if locked.rows_affected() == 0 {
                     return Err(crate::error::MessageError::GroupNotFound);
                 }
@@ -137,6 +134,7 @@ macro_rules! impl_message_store {
                 }
                 let member_count = i64::try_from(group.members.len() + 1).unwrap_or(i64::MAX);
                 let mut tx = self.pool.begin().await?;
+                let outcome: Result<_, crate::error::MessageError> = async {
                 let inserted = sqlx::query(
                     "INSERT INTO chat_groups (kind, name, creator_uid, direct_key, last_seq, member_count, \
                      created_at_ms) VALUES (?, ?, ?, ?, 0, ?, ?)",
@@ -153,10 +151,9 @@ macro_rules! impl_message_store {
                     (Err(error), Some(key))
                         if error.as_database_error().is_some_and(|e| e.is_unique_violation()) =>
                     {
-                        // The same direct conversation was created concurrently.
-                        drop(tx);
-                        let existing = sqlx::query_as(BY_DIRECT_KEY).bind(key).fetch_one(&self.pool).await?;
-                        return Ok((existing, true));
+                        // The same direct conversation was created concurrently:
+                        // roll back and return that one.
+                        return Err(crate::error::MessageError::DirectExists(key.clone()));
                     }
                     (result, _) => result?,
                 };
@@ -167,7 +164,6 @@ macro_rules! impl_message_store {
                 Self::insert_members(&mut tx, gid, &members, 0, now_ms).await?;
                 let uids: Vec<String> = members.into_iter().map(|(uid, _)| uid).collect();
                 Self::insert_membership_outbox(&mut tx, gid, &uids, now_ms).await?;
-                tx.commit().await?;
                 let record = crate::store::GroupRecord {
                     gid,
                     kind: i64::from(group.kind.code()),
@@ -178,6 +174,15 @@ macro_rules! impl_message_store {
                     created_at_ms: now_ms,
                 };
                 Ok((record, false))
+                }
+                .await;
+                match parley_server::db::finish(tx, outcome).await {
+                    Err(crate::error::MessageError::DirectExists(key)) => {
+                        let existing = sqlx::query_as(BY_DIRECT_KEY).bind(key).fetch_one(&self.pool).await?;
+                        Ok((existing, true))
+                    }
+                    other => other,
+                }
             }
 
             async fn add_members(
@@ -187,7 +192,8 @@ macro_rules! impl_message_store {
                 use crate::domain::{GroupKind, Role, check_membership_change};
                 let gid = change.gid.get();
                 let mut tx = self.pool.begin().await?;
-                let (kind, last_seq, member_count) = Self::lock_group(&mut tx, gid, false).await?;
+                let outcome: Result<_, crate::error::MessageError> = async {
+                let (kind, last_seq, member_count) = Self::lock_group(&mut tx, gid).await?;
                 let kind = GroupKind::from_code(i16::try_from(kind).unwrap_or(1));
                 let role = Self::current_role(&mut tx, gid, change.actor.as_str()).await?;
                 check_membership_change(kind, change.actor, role, change.uids, false)?;
@@ -209,8 +215,10 @@ macro_rules! impl_message_store {
                     .execute(&mut *tx)
                     .await?;
                 Self::insert_membership_outbox(&mut tx, gid, &added, change.now_ms).await?;
-                tx.commit().await?;
                 Ok((added, last_seq))
+                }
+                .await;
+                parley_server::db::finish(tx, outcome).await
             }
 
             async fn remove_members(
@@ -220,7 +228,8 @@ macro_rules! impl_message_store {
                 use crate::domain::{GroupKind, check_membership_change};
                 let gid = change.gid.get();
                 let mut tx = self.pool.begin().await?;
-                let (kind, last_seq, _) = Self::lock_group(&mut tx, gid, false).await?;
+                let outcome: Result<_, crate::error::MessageError> = async {
+                let (kind, last_seq, _) = Self::lock_group(&mut tx, gid).await?;
                 let kind = GroupKind::from_code(i16::try_from(kind).unwrap_or(1));
                 let role = Self::current_role(&mut tx, gid, change.actor.as_str()).await?;
                 check_membership_change(kind, change.actor, role, change.uids, true)?;
@@ -244,8 +253,10 @@ macro_rules! impl_message_store {
                     .execute(&mut *tx)
                     .await?;
                 Self::insert_membership_outbox(&mut tx, gid, &removed, change.now_ms).await?;
-                tx.commit().await?;
                 Ok(removed)
+                }
+                .await;
+                parley_server::db::finish(tx, outcome).await
             }
 
             async fn access(
@@ -314,7 +325,8 @@ macro_rules! impl_message_store {
             ) -> Result<crate::store::SendOutcome, crate::error::MessageError> {
                 let gid = message.gid.get();
                 let mut tx = self.pool.begin().await?;
-                let (_, seq, member_count) = Self::lock_group(&mut tx, gid, true).await?;
+                let outcome: Result<_, crate::error::MessageError> = async {
+                let (_, last_seq, member_count) = Self::lock_group(&mut tx, gid).await?;
                 if Self::current_role(&mut tx, gid, message.sender.as_str()).await?.is_none() {
                     return Err(crate::error::MessageError::Denied("not a member of this group"));
                 }
@@ -328,10 +340,16 @@ macro_rules! impl_message_store {
                 .fetch_optional(&mut *tx)
                 .await?;
                 if let Some(original) = original {
-                    // Rolling back also undoes the seq increment: no gap is left.
-                    tx.rollback().await?;
                     return Ok(crate::store::SendOutcome::Duplicate(original));
                 }
+                // The seq moves only for a new message, under the group row lock
+                // taken above, so seqs stay dense.
+                let seq = last_seq + 1;
+                sqlx::query("UPDATE chat_groups SET last_seq = ? WHERE gid = ?")
+                    .bind(seq)
+                    .bind(gid)
+                    .execute(&mut *tx)
+                    .await?;
                 let recipient_count = (member_count - 1).max(0);
                 let inserted = sqlx::query(
                     "INSERT INTO group_msgs (gid, seq, sender_uid, client_msg_id, content, need_receipt, \
@@ -354,7 +372,6 @@ macro_rules! impl_message_store {
                     .bind(now_ms)
                     .execute(&mut *tx)
                     .await?;
-                tx.commit().await?;
                 Ok(crate::store::SendOutcome::Sent(crate::store::MessageRecord {
                     msgid: Self::inserted_id(&inserted),
                     gid,
@@ -366,6 +383,9 @@ macro_rules! impl_message_store {
                     recipient_count,
                     created_at_ms: now_ms,
                 }))
+                }
+                .await;
+                parley_server::db::finish(tx, outcome).await
             }
 
             async fn messages_after(

@@ -78,6 +78,7 @@ macro_rules! impl_receipt_store {
             ) -> Result<crate::store::InitOutcome, crate::error::ReceiptError> {
                 use crate::domain::{Cursors, ledger_state, wants_ledger};
                 let mut tx = self.pool.begin().await?;
+                let outcome: Result<_, crate::error::ReceiptError> = async {
                 sqlx::query(Self::UPSERT_GROUP).bind(message.gid).bind(message.seq).execute(&mut *tx).await?;
                 let existing: Option<bool> =
                     sqlx::query_scalar("SELECT ledger FROM receipt_msgs WHERE gid = ? AND seq = ?")
@@ -86,7 +87,6 @@ macro_rules! impl_receipt_store {
                         .fetch_optional(&mut *tx)
                         .await?;
                 if let Some(ledger) = existing {
-                    tx.commit().await?;
                     return Ok(crate::store::InitOutcome { created: false, ledger });
                 }
                 // Acks that arrived before this message was recorded already moved
@@ -143,8 +143,10 @@ macro_rules! impl_receipt_store {
                 .bind(message.created_at_ms)
                 .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
                 Ok(crate::store::InitOutcome { created: true, ledger })
+                }
+                .await;
+                parley_server::db::finish(tx, outcome).await
             }
 
             async fn apply_membership(
@@ -154,6 +156,7 @@ macro_rules! impl_receipt_store {
                 now_ms: i64,
             ) -> Result<u32, crate::error::ReceiptError> {
                 let mut tx = self.pool.begin().await?;
+                let outcome: Result<_, crate::error::ReceiptError> = async {
                 sqlx::query(Self::UPSERT_GROUP).bind(gid).bind(0_i64).execute(&mut *tx).await?;
                 let uids: Vec<String> = changes.iter().map(|c| c.uid.clone()).collect();
                 let mut stored = std::collections::HashMap::new();
@@ -190,8 +193,10 @@ macro_rules! impl_receipt_store {
                     upsert.push(Self::UPSERT_CURSOR_SUFFIX);
                     upsert.build().execute(&mut *tx).await?;
                 }
-                tx.commit().await?;
                 Ok(u32::try_from(applied).unwrap_or(u32::MAX))
+                }
+                .await;
+                parley_server::db::finish(tx, outcome).await
             }
 
             async fn ack(
@@ -208,6 +213,7 @@ macro_rules! impl_receipt_store {
                     store::{AckOutcome, CursorRecord},
                 };
                 let mut tx = self.pool.begin().await?;
+                let outcome: Result<_, crate::error::ReceiptError> = async {
                 let group: Option<i64> =
                     sqlx::query_scalar(Self::LOCK_GROUP_SHARED).bind(gid).fetch_optional(&mut *tx).await?;
                 if group.is_none() {
@@ -286,8 +292,10 @@ macro_rules! impl_receipt_store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                tx.commit().await?;
                 Ok(AckOutcome { cursors: next, advanced: true })
+                }
+                .await;
+                parley_server::db::finish(tx, outcome).await
             }
 
             async fn group_exists(&self, gid: i64) -> Result<bool, crate::error::ReceiptError> {
@@ -436,6 +444,7 @@ macro_rules! impl_receipt_store {
 
             async fn expire_ledger(&self, cutoff_ms: i64, limit: u32) -> Result<u32, crate::error::ReceiptError> {
                 let mut tx = self.pool.begin().await?;
+                let outcome: Result<_, crate::error::ReceiptError> = async {
                 let expired: Vec<(i64, i64)> = sqlx::query_as(
                     "SELECT gid, seq FROM receipt_msgs WHERE ledger = ? AND created_at_ms < ? \
                      ORDER BY created_at_ms LIMIT ?",
@@ -448,8 +457,10 @@ macro_rules! impl_receipt_store {
                 for (gid, seq) in &expired {
                     Self::delete_ledger_of(&mut tx, *gid, std::slice::from_ref(seq)).await?;
                 }
-                tx.commit().await?;
                 Ok(u32::try_from(expired.len()).unwrap_or(u32::MAX))
+                }
+                .await;
+                parley_server::db::finish(tx, outcome).await
             }
 
             async fn ledger_rows(&self, gid: i64, seq: i64) -> Result<i64, crate::error::ReceiptError> {

@@ -1,0 +1,302 @@
+//! The MessageStore contract: every case runs against MariaDB and SQLite.
+
+use parley_message::{
+    domain::{Gid, GroupKind, NewGroup},
+    error::MessageError,
+    store::{
+        MembershipChange, MessageStore, MySqlMessageStore, NewMessage, OUTBOX_MEMBERSHIP,
+        OUTBOX_MESSAGE, SendOutcome, SqliteMessageStore,
+    },
+};
+use parley_server::Uid;
+use parley_testkit::TestDb;
+
+fn uid(s: &str) -> Uid {
+    Uid::parse(s).expect("valid uid")
+}
+
+async fn group_of<S: MessageStore>(store: &S, creator: &str, members: &[&str]) -> Gid {
+    let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+    let group = NewGroup::new(GroupKind::Group, "Design".into(), uid(creator), &members)
+        .expect("valid group");
+    let (record, existing) = store.create_group(&group, 1).await.expect("create group");
+    assert!(!existing);
+    Gid::from_stored(record.gid)
+}
+
+fn change<'a>(gid: Gid, actor: &'a Uid, uids: &'a [Uid], max_members: i64) -> MembershipChange<'a> {
+    MembershipChange {
+        gid,
+        actor,
+        uids,
+        max_members,
+        now_ms: 3,
+    }
+}
+
+async fn send<S: MessageStore>(
+    store: &S,
+    gid: Gid,
+    sender: &str,
+    client_msg_id: &str,
+) -> SendOutcome {
+    let message = NewMessage {
+        gid,
+        sender: uid(sender),
+        client_msg_id: client_msg_id.into(),
+        content: b"hello".to_vec(),
+        need_receipt: true,
+    };
+    store.send(&message, 2).await.expect("send")
+}
+
+fn sent(outcome: SendOutcome) -> (i64, i64) {
+    match outcome {
+        SendOutcome::Sent(m) => (m.msgid, m.seq),
+        SendOutcome::Duplicate(m) => {
+            panic!("expected a new message, got duplicate of seq {}", m.seq)
+        }
+    }
+}
+
+async fn seq_is_dense_and_a_retry_returns_the_original<S: MessageStore>(store: S) {
+    let gid = group_of(&store, "A", &["uid1", "uid2", "uid3"]).await;
+    let first = sent(send(&store, gid, "A", "m1").await);
+    let second = sent(send(&store, gid, "A", "m2").await);
+    assert_eq!((first.1, second.1), (1, 2));
+    match send(&store, gid, "A", "m1").await {
+        SendOutcome::Duplicate(original) => assert_eq!((original.msgid, original.seq), first),
+        other => panic!("expected the original, got {other:?}"),
+    }
+    // The retry did not consume a seq: the next message follows without a gap.
+    assert_eq!(sent(send(&store, gid, "uid1", "m1").await).1, 3);
+    let messages = store.messages_after(gid, 0, 100).await.expect("sync");
+    assert_eq!(
+        messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(messages[0].recipient_count, 3);
+    assert_eq!(messages[0].content, b"hello");
+}
+
+async fn strangers_are_refused_and_unknown_groups_are_not_found<S: MessageStore>(store: S) {
+    let gid = group_of(&store, "A", &["uid1"]).await;
+    let message = NewMessage {
+        gid,
+        sender: uid("stranger"),
+        client_msg_id: "x".into(),
+        content: b"x".to_vec(),
+        need_receipt: false,
+    };
+    assert!(matches!(
+        store.send(&message, 1).await,
+        Err(MessageError::Denied(_))
+    ));
+    assert!(matches!(
+        store.access(gid, &uid("stranger")).await,
+        Err(MessageError::Denied(_))
+    ));
+    let missing = Gid::parse(999_999).expect("gid");
+    assert!(matches!(
+        store.access(missing, &uid("A")).await,
+        Err(MessageError::GroupNotFound)
+    ));
+    let message = NewMessage {
+        gid: missing,
+        ..message
+    };
+    assert!(matches!(
+        store.send(&message, 1).await,
+        Err(MessageError::GroupNotFound)
+    ));
+    // Nothing was written by the refused sends.
+    assert_eq!(
+        store.access(gid, &uid("A")).await.expect("access").last_seq,
+        0
+    );
+}
+
+async fn membership_changes_keep_history_and_join_points<S: MessageStore>(store: S) {
+    let gid = group_of(&store, "A", &["uid1"]).await;
+    sent(send(&store, gid, "A", "before-join").await);
+    let (a, b, c) = (uid("A"), uid("uid1"), uid("uid2"));
+    let add = |actor, uids| change(gid, actor, uids, 10);
+    let (added, joined) = store
+        .add_members(add(&a, &[b.clone(), c.clone()]))
+        .await
+        .expect("add");
+    assert_eq!((added, joined), (vec!["uid2".to_string()], 1));
+    let stranger = [uid("uid9")];
+    assert!(matches!(
+        store.add_members(change(gid, &b, &stranger, 10)).await,
+        Err(MessageError::Denied(_))
+    ));
+    let access = store.access(gid, &c).await.expect("uid2 is a member");
+    assert_eq!(access.joined_seq, 1);
+    let page = store.list_members(gid, None, 2).await.expect("list");
+    assert_eq!(
+        page.iter().map(|m| m.uid.as_str()).collect::<Vec<_>>(),
+        vec!["A", "uid1"]
+    );
+    let rest = store
+        .list_members(gid, Some("uid1"), 2)
+        .await
+        .expect("list");
+    assert_eq!(
+        rest.iter().map(|m| m.uid.as_str()).collect::<Vec<_>>(),
+        vec!["uid2"]
+    );
+
+    let removed = store
+        .remove_members(change(gid, &c, std::slice::from_ref(&c), 10))
+        .await
+        .expect("leave");
+    assert_eq!(removed, vec!["uid2".to_string()]);
+    assert!(matches!(
+        store.access(gid, &c).await,
+        Err(MessageError::Denied(_))
+    ));
+    let groups = store.list_groups(&c, 0, 10).await.expect("groups");
+    assert!(groups.is_empty());
+    let groups = store.list_groups(&a, 0, 10).await.expect("groups");
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].member_count, 2);
+    let newcomer = [uid("uid5")];
+    assert!(matches!(
+        store.add_members(change(gid, &a, &newcomer, 2)).await,
+        Err(MessageError::Precondition(_))
+    ));
+}
+
+async fn direct_conversations_are_unique_and_closed<S: MessageStore>(store: S) {
+    let first =
+        NewGroup::new(GroupKind::Direct, String::new(), uid("A"), &["B".into()]).expect("direct");
+    let again =
+        NewGroup::new(GroupKind::Direct, String::new(), uid("B"), &["A".into()]).expect("direct");
+    let (created, existing) = store.create_group(&first, 1).await.expect("create");
+    assert!(!existing);
+    let (found, existing) = store.create_group(&again, 2).await.expect("create again");
+    assert!(existing);
+    assert_eq!(found.gid, created.gid);
+    let gid = Gid::from_stored(created.gid);
+    let change = MembershipChange {
+        gid,
+        actor: &uid("A"),
+        uids: &[uid("C")],
+        max_members: 10,
+        now_ms: 3,
+    };
+    assert!(matches!(
+        store.add_members(change).await,
+        Err(MessageError::Precondition(_))
+    ));
+}
+
+async fn reads_start_after_the_join_point<S: MessageStore>(store: S) {
+    let gid = group_of(&store, "A", &[]).await;
+    let (early, _) = sent(send(&store, gid, "A", "early").await);
+    let change = MembershipChange {
+        gid,
+        actor: &uid("A"),
+        uids: &[uid("late")],
+        max_members: 10,
+        now_ms: 3,
+    };
+    store.add_members(change).await.expect("add");
+    let (later, _) = sent(send(&store, gid, "A", "later").await);
+    let access = store.access(gid, &uid("late")).await.expect("member");
+    let visible = store
+        .messages_by_id(gid, &[early, later], access.joined_seq)
+        .await
+        .expect("get");
+    assert_eq!(
+        visible.iter().map(|m| m.msgid).collect::<Vec<_>>(),
+        vec![later]
+    );
+    let synced = store
+        .messages_after(gid, access.joined_seq, 10)
+        .await
+        .expect("sync");
+    assert_eq!(synced.len(), 1);
+}
+
+async fn the_outbox_holds_every_change_in_order_until_done<S: MessageStore>(store: S) {
+    let gid = group_of(&store, "A", &["uid1", "uid2"]).await;
+    sent(send(&store, gid, "A", "m1").await);
+    let batch = store.outbox_batch(100).await.expect("outbox");
+    let kinds: Vec<i64> = batch.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            OUTBOX_MEMBERSHIP,
+            OUTBOX_MEMBERSHIP,
+            OUTBOX_MEMBERSHIP,
+            OUTBOX_MESSAGE
+        ]
+    );
+    assert!(batch.windows(2).all(|w| w[0].id < w[1].id));
+    let init = store
+        .receipt_init(gid.get(), 1, 5000)
+        .await
+        .expect("init")
+        .expect("message exists");
+    assert_eq!(
+        init.recipients,
+        vec!["uid1".to_string(), "uid2".to_string()]
+    );
+    assert_eq!(init.message.recipient_count, 2);
+    let states = store
+        .member_states(gid.get(), &["A".into(), "uid1".into()])
+        .await
+        .expect("states");
+    assert_eq!(states.len(), 2);
+    store
+        .outbox_failed(batch[0].id, "receipt service: unavailable", false)
+        .await
+        .expect("failed");
+    let again = store.outbox_batch(100).await.expect("outbox");
+    assert_eq!(again[0].attempts, 1);
+    store
+        .outbox_failed(batch[0].id, "refused", true)
+        .await
+        .expect("dead");
+    let ids: Vec<i64> = batch.iter().skip(1).map(|e| e.id).collect();
+    store.outbox_done(&ids).await.expect("done");
+    assert!(store.outbox_batch(100).await.expect("outbox").is_empty());
+}
+
+macro_rules! contract_suite {
+    ($($case:ident),* $(,)?) => {
+        mod mariadb {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = super::TestDb::mysql().await;
+                    let store = super::MySqlMessageStore::connect(db.url(), 4).await.expect("connect");
+                    super::MessageStore::migrate(&store).await.expect("migrate");
+                    super::$case(store).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = super::TestDb::sqlite();
+                    let store = super::SqliteMessageStore::connect(db.url()).await.expect("connect");
+                    super::MessageStore::migrate(&store).await.expect("migrate");
+                    super::$case(store).await;
+                }
+            )*
+        }
+    };
+}
+
+contract_suite!(
+    seq_is_dense_and_a_retry_returns_the_original,
+    strangers_are_refused_and_unknown_groups_are_not_found,
+    membership_changes_keep_history_and_join_points,
+    direct_conversations_are_unique_and_closed,
+    reads_start_after_the_join_point,
+    the_outbox_holds_every_change_in_order_until_done,
+);
