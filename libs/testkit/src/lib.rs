@@ -76,7 +76,9 @@ impl Drop for TestDb {
             };
             runtime.block_on(async move {
                 if let Ok(mut admin) = MySqlConnection::connect(&server).await {
-                    let _ = sqlx::raw_sql("SET SESSION lock_wait_timeout = 10").execute(&mut admin).await;
+                    let _ = sqlx::raw_sql("SET SESSION lock_wait_timeout = 10")
+                        .execute(&mut admin)
+                        .await;
                     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS {schema}"
                     )))

@@ -279,11 +279,11 @@ mod tests {
             check_membership_change(GroupKind::Group, &a, role, targets, removing)
                 .map_err(|e| e.to_string())
         };
-        assert!(change(Some(Role::Admin), &[b.clone()], false).is_ok());
-        assert!(change(Some(Role::Member), &[b.clone()], false).is_err());
-        assert!(change(Some(Role::Member), &[a.clone()], true).is_ok());
-        assert!(change(Some(Role::Member), &[b.clone()], true).is_err());
-        assert!(change(None, &[a.clone()], true).is_err());
+        assert!(change(Some(Role::Admin), std::slice::from_ref(&b), false).is_ok());
+        assert!(change(Some(Role::Member), std::slice::from_ref(&b), false).is_err());
+        assert!(change(Some(Role::Member), std::slice::from_ref(&a), true).is_ok());
+        assert!(change(Some(Role::Member), std::slice::from_ref(&b), true).is_err());
+        assert!(change(None, std::slice::from_ref(&a), true).is_err());
         assert!(
             check_membership_change(GroupKind::Direct, &a, Some(Role::Admin), &[b], false).is_err()
         );
