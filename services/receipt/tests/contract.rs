@@ -1,0 +1,336 @@
+//! The ReceiptStore contract: every case runs against MariaDB and SQLite.
+
+use parley_receipt::{
+    domain::{AckKind, ReceiptState},
+    error::ReceiptError,
+    store::{
+        GroupSelection, InitMessage, MemberChange, MySqlReceiptStore, ReceiptStore,
+        SqliteReceiptStore,
+    },
+};
+use parley_testkit::TestDb;
+
+const GID: i64 = 7;
+const LEDGER_MAX: i64 = 200;
+
+fn member(uid: &str, admin: bool, joined_seq: i64, version: i64) -> MemberChange {
+    MemberChange {
+        uid: uid.into(),
+        admin,
+        joined_seq,
+        left_seq: None,
+        version,
+    }
+}
+
+/// A, uid1, uid2 and uid3 in one group; A is the admin.
+async fn seed_group<S: ReceiptStore>(store: &S) {
+    let changes = vec![
+        member("A", true, 0, 1),
+        member("uid1", false, 0, 2),
+        member("uid2", false, 0, 3),
+        member("uid3", false, 0, 4),
+    ];
+    assert_eq!(
+        store
+            .apply_membership(GID, &changes, 1)
+            .await
+            .expect("membership"),
+        4
+    );
+}
+
+fn message(seq: i64, need_receipt: bool) -> InitMessage {
+    InitMessage {
+        gid: GID,
+        msgid: 1000 + seq,
+        seq,
+        sender_uid: "A".into(),
+        need_receipt,
+        recipient_count: 3,
+        recipients: vec!["uid1".into(), "uid2".into(), "uid3".into()],
+        created_at_ms: 10 + seq,
+    }
+}
+
+async fn receipt<S: ReceiptStore>(store: &S, seq: i64) -> (i64, bool, Vec<String>, Vec<String>) {
+    let found = store.messages(GID, &[1000 + seq]).await.expect("messages");
+    let m = found.first().expect("message recorded");
+    let read = store
+        .receipt_members(m, ReceiptState::Read, None, 100)
+        .await
+        .expect("readers");
+    let unread = store
+        .receipt_members(m, ReceiptState::Unread, None, 100)
+        .await
+        .expect("non-readers");
+    (m.read_count, m.ledger, read, unread)
+}
+
+fn uids(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+async fn batched_acks_flip_the_ledger_and_fold_fully_read_messages<S: ReceiptStore>(store: S) {
+    seed_group(&store).await;
+    for seq in 1..=25 {
+        let outcome = store
+            .init_receipts(&message(seq, true), LEDGER_MAX)
+            .await
+            .expect("init");
+        assert!(outcome.created && outcome.ledger);
+    }
+    assert!(
+        !store
+            .init_receipts(&message(5, true), LEDGER_MAX)
+            .await
+            .expect("retry")
+            .created
+    );
+    assert_eq!(store.ledger_rows(GID, 5).await.expect("rows"), 3);
+    store
+        .ack(GID, "uid1", 10, AckKind::Read, 20)
+        .await
+        .expect("ack");
+    store
+        .ack(GID, "uid1", 20, AckKind::Read, 21)
+        .await
+        .expect("ack");
+    store
+        .ack(GID, "uid2", 25, AckKind::Read, 22)
+        .await
+        .expect("ack");
+    assert_eq!(
+        receipt(&store, 15).await,
+        (2, true, uids(&["uid1", "uid2"]), uids(&["uid3"]))
+    );
+    assert_eq!(
+        receipt(&store, 25).await,
+        (1, true, uids(&["uid2"]), uids(&["uid1", "uid3"]))
+    );
+    let backwards = store
+        .ack(GID, "uid1", 5, AckKind::Read, 23)
+        .await
+        .expect("ack");
+    assert!(!backwards.advanced);
+    assert_eq!(backwards.cursors.read, 20);
+    // uid3 reads everything: messages 1..20 are now read by all and leave the ledger.
+    store
+        .ack(GID, "uid3", 20, AckKind::Read, 24)
+        .await
+        .expect("ack");
+    assert_eq!(store.ledger_rows(GID, 15).await.expect("rows"), 0);
+    assert_eq!(
+        receipt(&store, 15).await,
+        (3, false, uids(&["uid1", "uid2", "uid3"]), vec![])
+    );
+    assert_eq!(store.ledger_rows(GID, 21).await.expect("rows"), 3);
+    let unread = store
+        .unread("uid3", GroupSelection::After { gid: 0, limit: 10 })
+        .await
+        .expect("unread");
+    assert_eq!((unread[0].last_seq, unread[0].read_seq), (25, 20));
+}
+
+async fn large_groups_are_answered_exactly_from_the_cursors<S: ReceiptStore>(store: S) {
+    seed_group(&store).await;
+    for seq in 1..=5 {
+        assert!(
+            !store
+                .init_receipts(&message(seq, true), 2)
+                .await
+                .expect("init")
+                .ledger
+        );
+    }
+    store
+        .ack(GID, "uid1", 3, AckKind::Read, 20)
+        .await
+        .expect("ack");
+    store
+        .ack(GID, "uid2", 5, AckKind::Delivered, 21)
+        .await
+        .expect("ack");
+    assert_eq!(store.ledger_rows(GID, 2).await.expect("rows"), 0);
+    assert_eq!(
+        receipt(&store, 2).await,
+        (1, false, uids(&["uid1"]), uids(&["uid2", "uid3"]))
+    );
+    assert_eq!(
+        receipt(&store, 4).await,
+        (0, false, vec![], uids(&["uid1", "uid2", "uid3"]))
+    );
+}
+
+async fn a_message_recorded_after_its_acks_starts_from_the_cursors<S: ReceiptStore>(store: S) {
+    seed_group(&store).await;
+    store
+        .init_receipts(&message(1, true), LEDGER_MAX)
+        .await
+        .expect("init");
+    // uid1 and uid2 ack seq 3 before the receipt service has heard of seq 2 and 3.
+    store
+        .ack(GID, "uid1", 3, AckKind::Read, 20)
+        .await
+        .expect("ack");
+    store
+        .ack(GID, "uid2", 3, AckKind::Delivered, 20)
+        .await
+        .expect("ack");
+    store
+        .init_receipts(&message(2, true), LEDGER_MAX)
+        .await
+        .expect("late init");
+    assert_eq!(
+        receipt(&store, 2).await,
+        (1, true, uids(&["uid1"]), uids(&["uid2", "uid3"]))
+    );
+    let unread = store
+        .unread("uid1", GroupSelection::Only(&[GID]))
+        .await
+        .expect("unread");
+    assert_eq!((unread[0].last_seq, unread[0].read_seq), (2, 3));
+}
+
+async fn membership_versions_and_departures_are_respected<S: ReceiptStore>(store: S) {
+    seed_group(&store).await;
+    let left = MemberChange {
+        left_seq: Some(0),
+        version: 10,
+        ..member("uid3", false, 0, 10)
+    };
+    store
+        .apply_membership(GID, &[left], 2)
+        .await
+        .expect("leave");
+    // An older change delivered late does not bring uid3 back.
+    assert_eq!(
+        store
+            .apply_membership(GID, &[member("uid3", false, 0, 4)], 3)
+            .await
+            .expect("stale"),
+        0
+    );
+    assert!(matches!(
+        store.ack(GID, "uid3", 1, AckKind::Read, 4).await,
+        Err(ReceiptError::Denied(_))
+    ));
+    assert!(matches!(
+        store.ack(GID, "stranger", 1, AckKind::Read, 4).await,
+        Err(ReceiptError::Denied(_))
+    ));
+    assert!(matches!(
+        store.ack(999, "uid1", 1, AckKind::Read, 4).await,
+        Err(ReceiptError::GroupNotFound)
+    ));
+    // A member who joins later starts with nothing unread before their join.
+    store
+        .init_receipts(&message(1, false), LEDGER_MAX)
+        .await
+        .expect("init");
+    store
+        .apply_membership(GID, &[member("late", false, 1, 11)], 5)
+        .await
+        .expect("join");
+    let unread = store
+        .unread("late", GroupSelection::Only(&[GID]))
+        .await
+        .expect("unread");
+    assert_eq!(unread[0].read_seq, 1);
+}
+
+async fn retention_moves_old_messages_to_the_cursor_tier<S: ReceiptStore>(store: S) {
+    seed_group(&store).await;
+    for seq in 1..=3 {
+        store
+            .init_receipts(&message(seq, true), LEDGER_MAX)
+            .await
+            .expect("init");
+    }
+    store
+        .ack(GID, "uid1", 2, AckKind::Read, 20)
+        .await
+        .expect("ack");
+    let before = receipt(&store, 2).await;
+    assert!(before.1);
+    assert_eq!(store.expire_ledger(13, 100).await.expect("expire"), 2);
+    assert_eq!(store.ledger_rows(GID, 2).await.expect("rows"), 0);
+    assert_eq!(store.ledger_rows(GID, 3).await.expect("rows"), 3);
+    let after = receipt(&store, 2).await;
+    assert_eq!((after.0, after.2, after.3), (before.0, before.2, before.3));
+    assert!(!after.1);
+}
+
+async fn a_returning_sender_pulls_changes_in_order<S: ReceiptStore>(store: S) {
+    seed_group(&store).await;
+    for seq in 1..=3 {
+        store
+            .init_receipts(&message(seq, true), LEDGER_MAX)
+            .await
+            .expect("init");
+    }
+    let first = store.pull("A", (i64::MIN, 0), 10).await.expect("pull");
+    assert_eq!(
+        first.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    let last = first.last().expect("changes");
+    store
+        .ack(GID, "uid1", 2, AckKind::Read, 100)
+        .await
+        .expect("ack");
+    let changed = store
+        .pull("A", (last.changed_at_ms, last.msgid), 10)
+        .await
+        .expect("pull");
+    assert_eq!(
+        changed
+            .iter()
+            .map(|m| (m.seq, m.read_count))
+            .collect::<Vec<_>>(),
+        vec![(1, 1), (2, 1)]
+    );
+    assert!(
+        store
+            .pull("uid1", (i64::MIN, 0), 10)
+            .await
+            .expect("pull")
+            .is_empty()
+    );
+}
+
+macro_rules! contract_suite {
+    ($($case:ident),* $(,)?) => {
+        mod mariadb {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = super::TestDb::mysql().await;
+                    let store = super::MySqlReceiptStore::connect(db.url(), 4).await.expect("connect");
+                    super::ReceiptStore::migrate(&store).await.expect("migrate");
+                    super::$case(store).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = super::TestDb::sqlite();
+                    let store = super::SqliteReceiptStore::connect(db.url()).await.expect("connect");
+                    super::ReceiptStore::migrate(&store).await.expect("migrate");
+                    super::$case(store).await;
+                }
+            )*
+        }
+    };
+}
+
+contract_suite!(
+    batched_acks_flip_the_ledger_and_fold_fully_read_messages,
+    large_groups_are_answered_exactly_from_the_cursors,
+    a_message_recorded_after_its_acks_starts_from_the_cursors,
+    membership_versions_and_departures_are_respected,
+    retention_moves_old_messages_to_the_cursor_tier,
+    a_returning_sender_pulls_changes_in_order,
+);
