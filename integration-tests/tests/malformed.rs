@@ -1,0 +1,320 @@
+//! Malformed and unauthorised requests to every RPC get only documented status
+//! codes (never INTERNAL or UNKNOWN, never SQL in the message) and change nothing.
+
+use parley_proto::{message as mpb, receipt as rpb};
+use tonic::{Code, Status};
+
+use crate::support::{As, Backend, Suite, user};
+
+/// A small deterministic generator, so a failure reproduces.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn pick<T: Clone>(&mut self, options: &[T]) -> T {
+        options[(self.next() % options.len() as u64) as usize].clone()
+    }
+}
+
+const DOCUMENTED: [Code; 6] = [
+    Code::Ok,
+    Code::InvalidArgument,
+    Code::NotFound,
+    Code::PermissionDenied,
+    Code::Unauthenticated,
+    Code::FailedPrecondition,
+];
+
+fn check<T>(rpc: &str, outcome: Result<T, Status>) -> bool {
+    match outcome {
+        Ok(_) => true,
+        Err(status) => {
+            assert!(
+                DOCUMENTED.contains(&status.code()),
+                "{rpc}: undocumented status {status:?}"
+            );
+            let text = status.message().to_ascii_lowercase();
+            assert!(
+                !text.contains("sql") && !text.contains("select") && !text.contains("syntax"),
+                "{rpc}: {text}"
+            );
+            false
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_to_every_rpc_get_documented_codes_and_change_nothing() {
+    let suite = Suite::start(Backend::MariaDb).await;
+    let create = mpb::CreateGroupRequest {
+        kind: mpb::GroupKind::Group.into(),
+        name: "Target".into(),
+        member_uids: vec!["uid1".into()],
+    };
+    let gid = suite
+        .message(user("A"))
+        .create_group(create)
+        .await
+        .expect("create")
+        .into_inner()
+        .group
+        .expect("g")
+        .gid;
+    let send = mpb::SendMessageRequest {
+        gid,
+        client_msg_id: "one".into(),
+        content: b"x".to_vec(),
+        need_receipt: true,
+    };
+    let msgid = suite
+        .message(user("A"))
+        .send_message(send)
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("m")
+        .msgid;
+
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let gids = [0, 1, gid, 999_999, u64::MAX, (i64::MAX as u64) + 1];
+    let uids: Vec<String> = vec![
+        "".into(),
+        " ".into(),
+        "x".repeat(65),
+        "uid1".into(),
+        "ünï".into(),
+        "a\nb".into(),
+        "mallory".into(),
+    ];
+    let lists: Vec<Vec<String>> = vec![
+        vec![],
+        vec!["ok".into()],
+        vec!["bad uid".into()],
+        vec!["x".into(); 1001],
+        uids.clone(),
+    ];
+    let tokens: Vec<String> = vec![
+        "".into(),
+        "garbage".into(),
+        "p1zz".into(),
+        "p1".into(),
+        "p1ff".into(),
+        "x".repeat(600),
+    ];
+    let kinds = [0, 1, 2, 3, 99, -1];
+    let sizes = [0usize, 1, 65_537];
+    let callers = [
+        user("mallory"),
+        As::Nobody,
+        As::Raw("x-parley-uid", "bad uid"),
+        As::Raw("x-parley-service", "gateway"),
+    ];
+    let msgids = [vec![], vec![0], vec![msgid], vec![1; 101], vec![u64::MAX]];
+
+    for _ in 0..60 {
+        let mut m = suite.message(rng.pick(&callers));
+        let mut r = suite.receipt(rng.pick(&callers));
+        let kind = rng.pick(&kinds);
+        let g = rng.pick(&gids);
+        check(
+            "CreateGroup",
+            m.create_group(mpb::CreateGroupRequest {
+                kind,
+                name: rng.pick(&uids),
+                member_uids: rng.pick(&lists),
+            })
+            .await,
+        );
+        check(
+            "AddMembers",
+            m.add_members(mpb::AddMembersRequest {
+                gid: g,
+                uids: rng.pick(&lists),
+            })
+            .await,
+        );
+        check(
+            "RemoveMembers",
+            m.remove_members(mpb::RemoveMembersRequest {
+                gid: g,
+                uids: rng.pick(&lists),
+            })
+            .await,
+        );
+        let page_size = rng.pick(&[0, 1, 1001, u32::MAX]);
+        check(
+            "ListMembers",
+            m.list_members(mpb::ListMembersRequest {
+                gid: g,
+                page_size,
+                page_token: rng.pick(&tokens),
+            })
+            .await,
+        );
+        check(
+            "ListGroups",
+            m.list_groups(mpb::ListGroupsRequest {
+                page_size,
+                page_token: rng.pick(&tokens),
+            })
+            .await,
+        );
+        let content = vec![b'x'; rng.pick(&sizes)];
+        check(
+            "SendMessage",
+            m.send_message(mpb::SendMessageRequest {
+                gid: g,
+                client_msg_id: rng.pick(&uids),
+                content,
+                need_receipt: true,
+            })
+            .await,
+        );
+        let after_seq = rng.pick(&[0, 5, u64::MAX]);
+        check(
+            "SyncMessages",
+            m.sync_messages(mpb::SyncMessagesRequest {
+                gid: g,
+                after_seq,
+                limit: page_size,
+            })
+            .await,
+        );
+        check(
+            "GetMessages",
+            m.get_messages(mpb::GetMessagesRequest {
+                gid: g,
+                msgids: rng.pick(&msgids),
+            })
+            .await,
+        );
+
+        let init = rpb::InitReceiptsRequest {
+            gid: g,
+            msgid: rng.pick(&[0, msgid]),
+            seq: rng.pick(&[0, 1, u64::MAX]),
+            sender_uid: rng.pick(&uids),
+            need_receipt: true,
+            recipient_count: 3,
+            recipient_uids: rng.pick(&lists),
+            created_at_ms: 0,
+        };
+        assert!(
+            !check("InitReceipts", r.init_receipts(init).await),
+            "only the message service may call InitReceipts"
+        );
+        let change = rpb::MembershipChange {
+            uid: rng.pick(&uids),
+            admin: true,
+            joined_seq: 0,
+            left_seq: 0,
+            version: 1,
+        };
+        let membership = rpb::ApplyMembershipRequest {
+            gid: g,
+            changes: vec![change],
+        };
+        assert!(
+            !check("ApplyMembership", r.apply_membership(membership).await),
+            "internal RPC refused to others"
+        );
+        check(
+            "Ack",
+            r.ack(rpb::AckRequest {
+                gid: g,
+                up_to_seq: after_seq,
+                kind,
+            })
+            .await,
+        );
+        check(
+            "GetReceipts",
+            r.get_receipts(rpb::GetReceiptsRequest {
+                gid: g,
+                msgids: rng.pick(&msgids),
+                list_page_size: page_size,
+            })
+            .await,
+        );
+        check(
+            "ListReceiptMembers",
+            r.list_receipt_members(rpb::ListReceiptMembersRequest {
+                gid: g,
+                msgid: rng.pick(&[0, msgid]),
+                state: kind,
+                page_size,
+                page_token: rng.pick(&tokens),
+            })
+            .await,
+        );
+        check(
+            "PullReceipts",
+            r.pull_receipts(rpb::PullReceiptsRequest {
+                cursor: rng.pick(&tokens),
+                limit: page_size,
+            })
+            .await,
+        );
+        check(
+            "UnreadCounts",
+            r.unread_counts(rpb::UnreadCountsRequest {
+                gids: rng.pick(&[vec![], vec![0], vec![g], vec![1; 1001]]),
+                page_size,
+                page_token: rng.pick(&tokens),
+            })
+            .await,
+        );
+    }
+
+    // None of it touched the group: still A and uid1, still one message, and
+    // uid1's cursor where it was.
+    let members = suite
+        .message(user("A"))
+        .list_members(mpb::ListMembersRequest {
+            gid,
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .expect("members")
+        .into_inner();
+    assert_eq!(
+        members
+            .members
+            .iter()
+            .map(|m| m.uid.as_str())
+            .collect::<Vec<_>>(),
+        vec!["A", "uid1"]
+    );
+    let sync = mpb::SyncMessagesRequest {
+        gid,
+        after_seq: 0,
+        limit: 10,
+    };
+    let synced = suite
+        .message(user("A"))
+        .sync_messages(sync)
+        .await
+        .expect("sync")
+        .into_inner();
+    assert_eq!((synced.messages.len(), synced.last_seq), (1, 1));
+    let unread = rpb::UnreadCountsRequest {
+        gids: vec![gid],
+        ..Default::default()
+    };
+    let counts = suite
+        .receipt(user("uid1"))
+        .unread_counts(unread)
+        .await
+        .expect("unread")
+        .into_inner();
+    assert!(counts.groups.iter().all(|g| g.read_seq == 0));
+    suite.stop().await;
+}
