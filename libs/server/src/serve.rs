@@ -9,7 +9,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{service::RoutesBuilder, transport::Server};
 use tonic_health::ServingStatus;
 
-use crate::guard::{GuardLayer, GuardSettings};
+use crate::{
+    guard::{GuardLayer, GuardSettings},
+    telemetry::LogFormat,
+};
 
 /// A secret value from a flag or the environment; never printed.
 #[derive(Clone)]
@@ -51,9 +54,20 @@ impl FromStr for Secret {
     }
 }
 
-/// Flags shared by every service: request limits and the internal token.
+/// Flags shared by every service: storage pool, migrations, logging, request
+/// limits and the internal token.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServerArgs {
+    /// Connections in the MySQL pool (SQLite always uses one).
+    #[arg(long, env = "PARLEY_DB_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_max_connections: u32,
+    /// Apply pending migrations at start-up.
+    #[arg(long, env = "PARLEY_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+    /// Log line format.
+    #[arg(long, env = "PARLEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Longest time one request may take, in milliseconds (DEADLINE_EXCEEDED after).
     #[arg(long, env = "PARLEY_REQUEST_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
@@ -77,6 +91,9 @@ pub struct ServerArgs {
 impl Default for ServerArgs {
     fn default() -> Self {
         Self {
+            db_max_connections: 16,
+            migrate_on_start: true,
+            log_format: LogFormat::Text,
             request_timeout_ms: 10_000,
             max_concurrent_requests: 1024,
             rate_limit_per_second: NonZeroU32::new(200).unwrap_or(NonZeroU32::MIN),

@@ -110,3 +110,38 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Generates one `#[tokio::test]` per case and backend: each case is an async
+/// function generic over the store trait, run against a fresh MariaDB schema and
+/// a fresh SQLite file, with migrations applied.
+///
+/// ```ignore
+/// parley_testkit::contract_suite!(MySqlStore, SqliteStore, StoreTrait; case_a, case_b);
+/// ```
+#[macro_export]
+macro_rules! contract_suite {
+    ($mysql:ident, $sqlite:ident, $store:ident; $($case:ident),* $(,)?) => {
+        mod mariadb {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = $crate::TestDb::mysql().await;
+                    let store = super::$mysql::connect(db.url(), 4).await.expect("connect");
+                    super::$store::migrate(&store).await.expect("migrate");
+                    super::$case(store).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = $crate::TestDb::sqlite();
+                    let store = super::$sqlite::connect(db.url()).await.expect("connect");
+                    super::$store::migrate(&store).await.expect("migrate");
+                    super::$case(store).await;
+                }
+            )*
+        }
+    };
+}

@@ -21,7 +21,6 @@ use parley_server::{
     ServerArgs, ServiceIdentity,
     db::{Backend, DatabaseUrl},
     serve::ServeError,
-    telemetry::LogFormat,
 };
 use tokio::{net::TcpListener, sync::Notify};
 use tonic::{service::RoutesBuilder, transport::Endpoint};
@@ -47,13 +46,6 @@ pub struct Config {
         hide_env_values = true
     )]
     pub database_url: DatabaseUrl,
-    /// Connections in the MySQL pool (SQLite always uses one).
-    #[arg(long, env = "PARLEY_MESSAGE_DB_MAX_CONNECTIONS", default_value_t = 16,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub db_max_connections: u32,
-    /// Apply pending migrations at start-up.
-    #[arg(long, env = "PARLEY_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
-    pub migrate_on_start: bool,
     /// The receipt service, for the outbox drainer.
     #[arg(
         long,
@@ -73,10 +65,7 @@ pub struct Config {
     #[arg(long, env = "PARLEY_OUTBOX_MAX_BACKOFF_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub outbox_max_backoff_ms: u64,
-    /// Log line format.
-    #[arg(long, env = "PARLEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-    /// Request limits shared by every service.
+    /// Flags shared by every service: storage pool, migrations, logging, request limits.
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -129,7 +118,7 @@ where
     let url = config.database_url.expose().to_owned();
     match Backend::of_url(&url).map_err(|e| StartError::Config(e.to_string()))? {
         Backend::MySql => {
-            let store = MySqlMessageStore::connect(&url, config.db_max_connections).await?;
+            let store = MySqlMessageStore::connect(&url, config.server.db_max_connections).await?;
             run_with(store, config, listener, shutdown).await
         }
         Backend::Sqlite => {
@@ -154,7 +143,7 @@ where
     S: MessageStore,
     F: Future<Output = ()> + Send + 'static,
 {
-    if config.migrate_on_start {
+    if config.server.migrate_on_start {
         store.migrate().await?;
     }
     let endpoint = Endpoint::from_shared(config.receipt_url.clone())

@@ -9,7 +9,6 @@ use parley_message::{
     },
 };
 use parley_server::Uid;
-use parley_testkit::TestDb;
 
 fn uid(s: &str) -> Uid {
     Uid::parse(s).expect("valid uid")
@@ -265,34 +264,10 @@ async fn the_outbox_holds_every_change_in_order_until_done<S: MessageStore>(stor
     assert!(store.outbox_batch(100).await.expect("outbox").is_empty());
 }
 
-macro_rules! contract_suite {
-    ($($case:ident),* $(,)?) => {
-        mod mariadb {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let db = super::TestDb::mysql().await;
-                    let store = super::MySqlMessageStore::connect(db.url(), 4).await.expect("connect");
-                    super::MessageStore::migrate(&store).await.expect("migrate");
-                    super::$case(store).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let db = super::TestDb::sqlite();
-                    let store = super::SqliteMessageStore::connect(db.url()).await.expect("connect");
-                    super::MessageStore::migrate(&store).await.expect("migrate");
-                    super::$case(store).await;
-                }
-            )*
-        }
-    };
-}
-
-contract_suite!(
+parley_testkit::contract_suite!(
+    MySqlMessageStore,
+    SqliteMessageStore,
+    MessageStore;
     seq_is_dense_and_a_retry_returns_the_original,
     strangers_are_refused_and_unknown_groups_are_not_found,
     membership_changes_keep_history_and_join_points,

@@ -18,7 +18,6 @@ use parley_server::{
     ServerArgs,
     db::{Backend, DatabaseUrl},
     serve::ServeError,
-    telemetry::LogFormat,
 };
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
@@ -43,13 +42,6 @@ pub struct Config {
         hide_env_values = true
     )]
     pub database_url: DatabaseUrl,
-    /// Connections in the MySQL pool (SQLite always uses one).
-    #[arg(long, env = "PARLEY_RECEIPT_DB_MAX_CONNECTIONS", default_value_t = 16,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub db_max_connections: u32,
-    /// Apply pending migrations at start-up.
-    #[arg(long, env = "PARLEY_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
-    pub migrate_on_start: bool,
     /// Groups with up to this many recipients keep a per-reader ledger for
     /// messages that want receipts; larger groups are answered from cursors.
     #[arg(long, env = "PARLEY_RECEIPT_LEDGER_MAX_MEMBERS", default_value_t = 200,
@@ -64,10 +56,7 @@ pub struct Config {
     #[arg(long, env = "PARLEY_RECEIPT_RETENTION_INTERVAL_SECS", default_value_t = 3600,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub retention_interval_secs: u64,
-    /// Log line format.
-    #[arg(long, env = "PARLEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-    /// Request limits shared by every service.
+    /// Flags shared by every service: storage pool, migrations, logging, request limits.
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -120,7 +109,7 @@ where
     let url = config.database_url.expose().to_owned();
     match Backend::of_url(&url).map_err(|e| StartError::Config(e.to_string()))? {
         Backend::MySql => {
-            let store = MySqlReceiptStore::connect(&url, config.db_max_connections).await?;
+            let store = MySqlReceiptStore::connect(&url, config.server.db_max_connections).await?;
             run_with(store, config, listener, shutdown).await
         }
         Backend::Sqlite => {
@@ -145,7 +134,7 @@ where
     S: ReceiptStore,
     F: Future<Output = ()> + Send + 'static,
 {
-    if config.migrate_on_start {
+    if config.server.migrate_on_start {
         store.migrate().await?;
     }
     let retention = tokio::spawn(retention::run(

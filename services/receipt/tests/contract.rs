@@ -8,7 +8,6 @@ use parley_receipt::{
         SqliteReceiptStore,
     },
 };
-use parley_testkit::TestDb;
 
 const GID: i64 = 7;
 const LEDGER_MAX: i64 = 200;
@@ -299,34 +298,10 @@ async fn a_returning_sender_pulls_changes_in_order<S: ReceiptStore>(store: S) {
     );
 }
 
-macro_rules! contract_suite {
-    ($($case:ident),* $(,)?) => {
-        mod mariadb {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let db = super::TestDb::mysql().await;
-                    let store = super::MySqlReceiptStore::connect(db.url(), 4).await.expect("connect");
-                    super::ReceiptStore::migrate(&store).await.expect("migrate");
-                    super::$case(store).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let db = super::TestDb::sqlite();
-                    let store = super::SqliteReceiptStore::connect(db.url()).await.expect("connect");
-                    super::ReceiptStore::migrate(&store).await.expect("migrate");
-                    super::$case(store).await;
-                }
-            )*
-        }
-    };
-}
-
-contract_suite!(
+parley_testkit::contract_suite!(
+    MySqlReceiptStore,
+    SqliteReceiptStore,
+    ReceiptStore;
     batched_acks_flip_the_ledger_and_fold_fully_read_messages,
     large_groups_are_answered_exactly_from_the_cursors,
     a_message_recorded_after_its_acks_starts_from_the_cursors,
