@@ -178,3 +178,18 @@ where
     janitor.abort();
     Ok(served?)
 }
+
+/// Why a service could not start, or stopped with an error. `E` is the
+/// service's own error type (storage, migrations).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError<E: std::error::Error + 'static> {
+    /// Bad configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The service's storage or migrations failed.
+    #[error(transparent)]
+    Service(#[from] E),
+    /// Serving failed.
+    #[error(transparent)]
+    Serve(ServeError),
+}

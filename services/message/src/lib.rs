@@ -20,7 +20,6 @@ use parley_proto::{
 use parley_server::{
     ServerArgs, ServiceIdentity,
     db::{Backend, DatabaseUrl},
-    serve::ServeError,
 };
 use tokio::{net::TcpListener, sync::Notify};
 use tonic::{service::RoutesBuilder, transport::Endpoint};
@@ -87,18 +86,7 @@ pub struct Cli {
 }
 
 /// Why the service could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Bad configuration.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// Storage or migrations failed.
-    #[error(transparent)]
-    Message(#[from] MessageError),
-    /// Serving failed.
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-}
+pub type StartError = parley_server::serve::StartError<MessageError>;
 
 /// Applies pending migrations and returns.
 pub async fn migrate(config: &Config) -> Result<(), StartError> {
@@ -169,5 +157,5 @@ where
     tracing::info!(addr = %listener.local_addr().map_err(|e| StartError::Config(e.to_string()))?, "message service listening");
     let served = parley_server::serve(listener, &config.server, routes, shutdown).await;
     drainer.abort();
-    Ok(served?)
+    served.map_err(StartError::Serve)
 }

@@ -17,7 +17,6 @@ use parley_proto::receipt::receipt_service_server::ReceiptServiceServer;
 use parley_server::{
     ServerArgs,
     db::{Backend, DatabaseUrl},
-    serve::ServeError,
 };
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
@@ -78,18 +77,7 @@ pub struct Cli {
 }
 
 /// Why the service could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Bad configuration.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// Storage or migrations failed.
-    #[error(transparent)]
-    Receipt(#[from] ReceiptError),
-    /// Serving failed.
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-}
+pub type StartError = parley_server::serve::StartError<ReceiptError>;
 
 /// Applies pending migrations and returns.
 pub async fn migrate(config: &Config) -> Result<(), StartError> {
@@ -153,5 +141,5 @@ where
     tracing::info!(%addr, ledger_max_members = config.ledger_max_members, "receipt service listening");
     let served = parley_server::serve(listener, &config.server, routes, shutdown).await;
     retention.abort();
-    Ok(served?)
+    served.map_err(StartError::Serve)
 }
