@@ -172,3 +172,117 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn settings(timeout_ms: u64, concurrent: usize, rate: u32) -> GuardSettings {
+        GuardSettings {
+            request_timeout: Duration::from_millis(timeout_ms),
+            max_concurrent_requests: concurrent,
+            rate_per_second: NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN),
+            rate_burst: NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN),
+            internal_token: None,
+        }
+    }
+
+    /// A handler that answers at once, or (`answers` false) never, standing in
+    /// for a stuck RPC.
+    fn handler(
+        answers: bool,
+    ) -> impl Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<http::Response<Body>, Infallible>> + Send,
+    > + Clone
+    + Send
+    + 'static {
+        tower::service_fn(move |_req: http::Request<Body>| async move {
+            if !answers {
+                std::future::pending::<()>().await;
+            }
+            Ok(http::Response::new(Body::default()))
+        })
+    }
+
+    fn request(uid: Option<&'static str>) -> http::Request<Body> {
+        let mut builder =
+            http::Request::builder().uri("/parley.message.v1.MessageService/SendMessage");
+        if let Some(uid) = uid {
+            builder = builder.header("x-parley-uid", uid);
+        }
+        builder.body(Body::default()).expect("request")
+    }
+
+    fn code(response: &http::Response<Body>) -> Option<tonic::Code> {
+        Status::from_header_map(response.headers()).map(|s| s.code())
+    }
+
+    #[tokio::test]
+    async fn a_stuck_request_ends_in_deadline_exceeded() {
+        let guard = GuardLayer::new(settings(50, 10, 100)).layer(handler(false));
+        let response = guard
+            .oneshot(request(Some("uid1")))
+            .await
+            .expect("response");
+        assert_eq!(code(&response), Some(tonic::Code::DeadlineExceeded));
+    }
+
+    #[tokio::test]
+    async fn requests_above_the_concurrency_limit_are_shed() {
+        let layer = GuardLayer::new(settings(60_000, 1, 100));
+        let first = tokio::spawn(layer.layer(handler(false)).oneshot(request(Some("uid1"))));
+        // The first request holds the only permit until it is aborted.
+        let mut shed = None;
+        for _ in 0..100 {
+            let response = layer
+                .layer(handler(true))
+                .oneshot(request(Some("uid2")))
+                .await
+                .expect("response");
+            if code(&response) == Some(tonic::Code::Unavailable) {
+                shed = Some(response);
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(shed.is_some(), "the second request was shed");
+        first.abort();
+    }
+
+    #[tokio::test]
+    async fn each_user_has_their_own_rate_limit_and_no_identity_is_refused() {
+        let layer = GuardLayer::new(settings(1000, 10, 2));
+        let mut codes = Vec::new();
+        for _ in 0..3 {
+            let response = layer
+                .layer(handler(true))
+                .oneshot(request(Some("uid1")))
+                .await
+                .expect("response");
+            codes.push(code(&response));
+        }
+        assert_eq!(
+            codes,
+            vec![None, None, Some(tonic::Code::ResourceExhausted)]
+        );
+        let other = layer
+            .layer(handler(true))
+            .oneshot(request(Some("uid2")))
+            .await
+            .expect("response");
+        assert_eq!(code(&other), None, "another user is not limited by uid1");
+        let anonymous = layer
+            .layer(handler(true))
+            .oneshot(request(None))
+            .await
+            .expect("response");
+        assert_eq!(code(&anonymous), Some(tonic::Code::Unauthenticated));
+    }
+}
