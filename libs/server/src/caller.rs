@@ -92,12 +92,14 @@ impl Caller {
         ))
     }
 
-    /// The caller stored by the guard layer, or UNAUTHENTICATED.
+    /// The caller the guard layer identified; every RPC passes the guard, so a
+    /// request without one did not come through it and is refused.
     pub fn of<T>(request: &tonic::Request<T>) -> Result<Self, Status> {
-        match request.extensions().get::<Caller>() {
-            Some(caller) => Ok(caller.clone()),
-            None => Caller::from_headers(&request.metadata().clone().into_headers()),
-        }
+        request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no caller identity"))
     }
 
     /// The acting user, or UNAUTHENTICATED for a service identity.
@@ -120,11 +122,11 @@ impl Caller {
         }
     }
 
-    /// The key rate limits are counted under.
-    pub fn rate_key(&self) -> Option<String> {
+    /// The user rate limits are counted for; internal services are trusted and
+    /// bounded by the concurrency limit alone.
+    pub fn rate_key(&self) -> Option<&Uid> {
         match self {
-            Self::User(uid) => Some(uid.as_str().to_owned()),
-            // Internal services are trusted and bounded by the concurrency limit.
+            Self::User(uid) => Some(uid),
             Self::Service(_) => None,
         }
     }
@@ -204,8 +206,9 @@ mod tests {
         assert_eq!(
             Caller::from_headers(&headers)
                 .ok()
-                .and_then(|c| c.rate_key()),
-            Some("uid1".into())
+                .as_ref()
+                .and_then(Caller::rate_key),
+            Some(&Uid::parse("uid1").expect("valid"))
         );
         headers.insert(UID_HEADER, http::HeaderValue::from_static("bad uid"));
         assert_eq!(

@@ -104,20 +104,29 @@ mod tests {
     }
 }
 
-/// A database URL from config. It may hold a password, so it never prints.
+/// A database URL from config, with the backend it names. It may hold a
+/// password, so it never prints.
 #[derive(Clone)]
-pub struct DatabaseUrl(String);
+pub struct DatabaseUrl {
+    url: String,
+    backend: Backend,
+}
 
 impl DatabaseUrl {
     /// The URL itself, for connecting.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.url
+    }
+
+    /// The backend the URL names.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 }
 
 impl std::fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let scheme = self.0.split(':').next().unwrap_or_default();
+        let scheme = self.url.split(':').next().unwrap_or_default();
         write!(f, "DatabaseUrl({scheme}:***)")
     }
 }
@@ -126,9 +135,27 @@ impl FromStr for DatabaseUrl {
     type Err = UnknownBackend;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Backend::of_url(s)?;
-        Ok(Self(s.to_owned()))
+        let backend = Backend::of_url(s)?;
+        Ok(Self {
+            url: s.to_owned(),
+            backend,
+        })
     }
+}
+
+/// Appends `(?, ?, …)` binding each of `values`: the list of an `IN` clause
+/// in a dynamic query.
+pub fn push_list<DB, T>(query: &mut sqlx::QueryBuilder<DB>, values: impl IntoIterator<Item = T>)
+where
+    DB: sqlx::Database,
+    T: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    query.push("(");
+    let mut list = query.separated(", ");
+    for value in values {
+        list.push_bind(value);
+    }
+    query.push(")");
 }
 
 /// Ends a transaction the way its outcome says: commit on success, roll back on

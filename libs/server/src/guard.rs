@@ -14,11 +14,11 @@ use std::{
 
 use futures::future::BoxFuture;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
-use crate::caller::{Caller, INTERNAL_TOKEN_HEADER};
+use crate::caller::{Caller, INTERNAL_TOKEN_HEADER, Uid};
 
 /// What the guard enforces.
 #[derive(Clone, Debug)]
@@ -44,7 +44,7 @@ pub struct GuardLayer {
 struct Shared {
     settings: GuardSettings,
     permits: Arc<Semaphore>,
-    limiter: DefaultKeyedRateLimiter<String>,
+    limiter: DefaultKeyedRateLimiter<Uid>,
 }
 
 impl GuardLayer {
@@ -92,13 +92,6 @@ fn is_infrastructure(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
 }
 
-fn refuse<E>(status: Status) -> BoxFuture<'static, Result<http::Response<Body>, E>>
-where
-    E: Send + 'static,
-{
-    Box::pin(async move { Ok(status.into_http()) })
-}
-
 impl Shared {
     fn check_token(&self, headers: &http::HeaderMap) -> Result<(), Status> {
         let Some(expected) = &self.settings.internal_token else {
@@ -116,12 +109,26 @@ impl Shared {
     }
 
     fn check_rate(&self, caller: &Caller) -> Result<(), Status> {
-        let Some(key) = caller.rate_key() else {
+        let Some(uid) = caller.rate_key() else {
             return Ok(());
         };
         self.limiter
-            .check_key(&key)
+            .check_key(uid)
             .map_err(|_| Status::resource_exhausted("rate limit exceeded; retry later"))
+    }
+
+    /// Decides whether a request may run: token, identity, rate, then a
+    /// concurrency permit, held until the request completes.
+    fn admit(&self, headers: &http::HeaderMap) -> Result<(Caller, OwnedSemaphorePermit), Status> {
+        self.check_token(headers)?;
+        let caller = Caller::from_headers(headers)?;
+        self.check_rate(&caller)?;
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::unavailable("server overloaded; retry with backoff"))?;
+        Ok((caller, permit))
     }
 }
 
@@ -147,20 +154,13 @@ where
             return Box::pin(inner.call(request));
         }
         let shared = &self.shared;
-        if let Err(status) = shared.check_token(request.headers()) {
-            return refuse(status);
-        }
-        let caller = match Caller::from_headers(request.headers()) {
-            Ok(caller) => caller,
-            Err(status) => return refuse(status),
+        let permit = match shared.admit(request.headers()) {
+            Ok((caller, permit)) => {
+                request.extensions_mut().insert(caller);
+                permit
+            }
+            Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
         };
-        if let Err(status) = shared.check_rate(&caller) {
-            return refuse(status);
-        }
-        let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
-            return refuse(Status::unavailable("server overloaded; retry with backoff"));
-        };
-        request.extensions_mut().insert(caller);
         let timeout = shared.settings.request_timeout;
         Box::pin(async move {
             let outcome = tokio::time::timeout(timeout, inner.call(request)).await;

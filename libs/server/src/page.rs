@@ -41,14 +41,25 @@ pub fn decode(token: &str) -> Result<Option<String>, Status> {
     String::from_utf8(bytes).map(Some).map_err(|_| invalid())
 }
 
-/// Decodes a token whose key is a number.
-pub fn decode_u64(token: &str) -> Result<Option<u64>, Status> {
+/// Decodes a token whose key is a stored id (a non-negative `i64`).
+pub fn decode_id(token: &str) -> Result<Option<i64>, Status> {
     match decode(token)? {
         None => Ok(None),
         Some(key) => key
-            .parse()
+            .parse::<i64>()
+            .ok()
+            .filter(|id| *id >= 0)
             .map(Some)
-            .map_err(|_| Status::invalid_argument("invalid page token")),
+            .ok_or_else(|| Status::invalid_argument("invalid page token")),
+    }
+}
+
+/// The token of the page after `items`: the key of the last item when the page
+/// came back full, empty when it was the last page.
+pub fn next_token<T>(items: &[T], limit: u32, key: impl Fn(&T) -> String) -> String {
+    match items.last() {
+        Some(last) if items.len() >= limit as usize => encode(&key(last)),
+        _ => String::new(),
     }
 }
 
@@ -70,12 +81,13 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_tampering_is_refused() {
         assert_eq!(decode(&encode("uid42")).ok(), Some(Some("uid42".into())));
-        assert_eq!(decode_u64(&encode("17")).ok(), Some(Some(17)));
+        assert_eq!(decode_id(&encode("17")).ok(), Some(Some(17)));
         assert_eq!(decode("").ok(), Some(None));
         for bad in ["uid42", "p1zz", "p1abc", "p1", "p2aa", "p1ff"] {
             assert!(decode(bad).is_err(), "{bad} should be refused");
         }
-        assert!(decode_u64(&encode("x")).is_err());
+        assert!(decode_id(&encode("x")).is_err());
+        assert!(decode_id(&encode("-1")).is_err());
         assert!(decode(&"p1".repeat(300)).is_err());
     }
 

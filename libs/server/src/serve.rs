@@ -88,21 +88,6 @@ pub struct ServerArgs {
     pub internal_token: Option<Secret>,
 }
 
-impl Default for ServerArgs {
-    fn default() -> Self {
-        Self {
-            db_max_connections: 16,
-            migrate_on_start: true,
-            log_format: LogFormat::Text,
-            request_timeout_ms: 10_000,
-            max_concurrent_requests: 1024,
-            rate_limit_per_second: NonZeroU32::new(200).unwrap_or(NonZeroU32::MIN),
-            rate_limit_burst: NonZeroU32::new(400).unwrap_or(NonZeroU32::MIN),
-            internal_token: None,
-        }
-    }
-}
-
 impl ServerArgs {
     /// The guard settings these flags describe.
     pub fn guard_settings(&self) -> GuardSettings {

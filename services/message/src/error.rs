@@ -17,10 +17,6 @@ pub enum MessageError {
     /// The request is valid but the group's state forbids it.
     #[error("{0}")]
     Precondition(&'static str),
-    /// A direct conversation with this key was created concurrently (internal:
-    /// the store answers with the existing conversation).
-    #[error("direct conversation exists")]
-    DirectExists(String),
     /// The storage backend failed.
     #[error("storage: {0}")]
     Storage(#[from] sqlx::Error),
@@ -43,7 +39,6 @@ impl From<MessageError> for Status {
             MessageError::GroupNotFound => Status::not_found("group not found"),
             MessageError::Denied(message) => Status::permission_denied(message),
             MessageError::Precondition(message) => Status::failed_precondition(message),
-            MessageError::DirectExists(_) => Status::already_exists("direct conversation exists"),
             MessageError::Storage(error) => {
                 // The cause stays in the log; the client never sees SQL.
                 tracing::error!(error = %error, "storage failure");

@@ -91,7 +91,7 @@ pub type StartError = parley_server::serve::StartError<MessageError>;
 /// Applies pending migrations and returns.
 pub async fn migrate(config: &Config) -> Result<(), StartError> {
     let url = config.database_url.expose();
-    match Backend::of_url(url).map_err(|e| StartError::Config(e.to_string()))? {
+    match config.database_url.backend() {
         Backend::MySql => MySqlMessageStore::connect(url, 1).await?.migrate().await?,
         Backend::Sqlite => SqliteMessageStore::connect(url).await?.migrate().await?,
     }
@@ -104,7 +104,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let url = config.database_url.expose().to_owned();
-    match Backend::of_url(&url).map_err(|e| StartError::Config(e.to_string()))? {
+    match config.database_url.backend() {
         Backend::MySql => {
             let store = MySqlMessageStore::connect(&url, config.server.db_max_connections).await?;
             run_with(store, config, listener, shutdown).await

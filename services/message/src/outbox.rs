@@ -75,6 +75,17 @@ enum DeliveryError {
     Corrupt(&'static str),
 }
 
+impl DeliveryError {
+    /// Why retrying can never help, or `None` when it might.
+    fn permanent_reason(&self) -> Option<String> {
+        match self {
+            Self::Rpc(status) if is_permanent(status.code()) => Some(status.message().to_owned()),
+            Self::Corrupt(reason) => Some((*reason).to_owned()),
+            _ => None,
+        }
+    }
+}
+
 /// The drainer task.
 pub struct Drainer<S> {
     store: S,
@@ -122,39 +133,41 @@ impl<S: MessageStore> Drainer<S> {
     }
 
     /// Delivers one batch in order; stops at the first retryable failure.
+    /// Delivered entries are deleted together at the end: if that delete is
+    /// lost they are delivered again, which the receipt service ignores.
     async fn drain_once(&mut self) -> Result<usize, DeliveryError> {
         let batch = self.store.outbox_batch(BATCH).await?;
-        let mut delivered = 0;
+        let mut done = Vec::new();
+        let mut set_aside = 0;
+        let mut outcome = Ok(());
         for unit in delivery_units(&batch) {
-            let ids: Vec<i64> = unit.iter().map(|e| e.id).collect();
-            match self.deliver(unit).await {
-                Ok(()) => self.store.outbox_done(&ids).await?,
-                Err(DeliveryError::Rpc(status)) if is_permanent(status.code()) => {
-                    tracing::error!(outbox_id = ids[0], code = ?status.code(), "outbox entry refused for good; set aside");
+            let ids = unit.iter().map(|e| e.id);
+            let Err(error) = self.deliver(unit).await else {
+                done.extend(ids);
+                continue;
+            };
+            let first = unit[0].id;
+            match error.permanent_reason() {
+                Some(reason) => {
+                    tracing::error!(outbox_id = first, reason = %reason, "outbox entry cannot be delivered; set aside");
                     for id in ids {
-                        self.store.outbox_failed(id, status.message(), true).await?;
+                        self.store.outbox_failed(id, &reason, true).await?;
                     }
+                    set_aside += unit.len();
                 }
-                Err(DeliveryError::Corrupt(reason)) => {
-                    tracing::error!(
-                        outbox_id = ids[0],
-                        reason,
-                        "outbox entry cannot be delivered; set aside"
-                    );
-                    for id in ids {
-                        self.store.outbox_failed(id, reason, true).await?;
-                    }
-                }
-                Err(error) => {
+                None => {
                     self.store
-                        .outbox_failed(ids[0], &error.to_string(), false)
+                        .outbox_failed(first, &error.to_string(), false)
                         .await?;
-                    return Err(error);
+                    outcome = Err(error);
+                    break;
                 }
             }
-            delivered += unit.len();
         }
-        Ok(delivered)
+        if !done.is_empty() {
+            self.store.outbox_done(&done).await?;
+        }
+        outcome.map(|()| done.len() + set_aside)
     }
 
     async fn deliver(&mut self, unit: &[OutboxEvent]) -> Result<(), DeliveryError> {

@@ -92,14 +92,6 @@ pub fn message_to_pb(message: MessageRecord) -> pb::Message {
     }
 }
 
-/// The token of the page after `items`, when the page was full.
-fn next_token<T>(items: &[T], limit: u32, key: impl Fn(&T) -> String) -> String {
-    match items.last() {
-        Some(last) if items.len() >= limit as usize => page::encode(&key(last)),
-        _ => String::new(),
-    }
-}
-
 #[tonic::async_trait]
 impl<S: MessageStore> MessageService for MessageApi<S> {
     async fn create_group(
@@ -191,7 +183,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
             .store
             .list_members(gid, after.as_deref(), limit)
             .await?;
-        let next_page_token = next_token(&members, limit, |m| m.uid.clone());
+        let next_page_token = page::next_token(&members, limit, |m| m.uid.clone());
         Ok(Response::new(pb::ListMembersResponse {
             members: members.into_iter().map(member_to_pb).collect(),
             next_page_token,
@@ -205,14 +197,9 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         let caller = Caller::user_of(&request)?;
         let req = request.into_inner();
         let limit = page::page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE)?;
-        let after = page::decode_u64(&req.page_token)?
-            .map(i64::try_from)
-            .transpose();
-        let after = after
-            .map_err(|_| Status::invalid_argument("invalid page token"))?
-            .unwrap_or(0);
+        let after = page::decode_id(&req.page_token)?.unwrap_or(0);
         let groups = self.store.list_groups(&caller, after, limit).await?;
-        let next_page_token = next_token(&groups, limit, |g| g.gid.to_string());
+        let next_page_token = page::next_token(&groups, limit, |g| g.gid.to_string());
         Ok(Response::new(pb::ListGroupsResponse {
             groups: groups.into_iter().map(group_to_pb).collect(),
             next_page_token,

@@ -82,7 +82,7 @@ pub type StartError = parley_server::serve::StartError<ReceiptError>;
 /// Applies pending migrations and returns.
 pub async fn migrate(config: &Config) -> Result<(), StartError> {
     let url = config.database_url.expose();
-    match Backend::of_url(url).map_err(|e| StartError::Config(e.to_string()))? {
+    match config.database_url.backend() {
         Backend::MySql => MySqlReceiptStore::connect(url, 1).await?.migrate().await?,
         Backend::Sqlite => SqliteReceiptStore::connect(url).await?.migrate().await?,
     }
@@ -95,7 +95,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let url = config.database_url.expose().to_owned();
-    match Backend::of_url(&url).map_err(|e| StartError::Config(e.to_string()))? {
+    match config.database_url.backend() {
         Backend::MySql => {
             let store = MySqlReceiptStore::connect(&url, config.server.db_max_connections).await?;
             run_with(store, config, listener, shutdown).await

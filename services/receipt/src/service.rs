@@ -32,10 +32,11 @@ impl<S: ReceiptStore> ReceiptApi<S> {
         gid: i64,
         msgids: &[i64],
     ) -> Result<Vec<MsgReceipt>, ReceiptError> {
-        if !self.store.group_exists(gid).await? {
+        let found = self.store.messages(gid, msgids).await?;
+        // Only a missing message raises the question whether the group exists.
+        if found.len() < msgids.len() && !self.store.group_exists(gid).await? {
             return Err(ReceiptError::GroupNotFound);
         }
-        let found = self.store.messages(gid, msgids).await?;
         if found.iter().any(|m| m.sender_uid != caller.as_str()) {
             let cursor = self.store.cursor(gid, caller.as_str()).await?;
             if !cursor.is_some_and(|c| c.admin && c.left_seq.is_none()) {
@@ -68,10 +69,7 @@ impl<S: ReceiptStore> ReceiptApi<S> {
             .store
             .receipt_members(message, state, after, limit)
             .await?;
-        let next = match uids.last() {
-            Some(last) if uids.len() >= limit as usize => page::encode(last),
-            _ => String::new(),
-        };
+        let next = page::next_token(&uids, limit, String::clone);
         Ok((uids, next))
     }
 }
@@ -308,17 +306,13 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
     ) -> Result<Response<pb::UnreadCountsResponse>, Status> {
         let caller = Caller::user_of(&request)?;
         let req = request.into_inner();
-        let (rows, limit) = if req.gids.is_empty() {
+        let (rows, next_page_token) = if req.gids.is_empty() {
             let limit = page::page_size(req.page_size, 100, 1000)?;
-            let after = page::decode_u64(&req.page_token)?
-                .map(|g| i64::try_from(g).unwrap_or(i64::MAX))
-                .unwrap_or(0);
-            (
-                self.store
-                    .unread(caller.as_str(), GroupSelection::After { gid: after, limit })
-                    .await?,
-                Some(limit),
-            )
+            let after = page::decode_id(&req.page_token)?.unwrap_or(0);
+            let selection = GroupSelection::After { gid: after, limit };
+            let rows = self.store.unread(caller.as_str(), selection).await?;
+            let next = page::next_token(&rows, limit, |r| r.gid.to_string());
+            (rows, next)
         } else {
             if req.gids.len() > 1000 || !req.page_token.is_empty() {
                 return Err(ReceiptError::invalid(
@@ -331,18 +325,11 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
                 .iter()
                 .map(|&g| parse_id(g, "gids"))
                 .collect::<Result<Vec<_>, _>>()?;
-            (
-                self.store
-                    .unread(caller.as_str(), GroupSelection::Only(&gids))
-                    .await?,
-                None,
-            )
-        };
-        let next_page_token = match (rows.last(), limit) {
-            (Some(last), Some(limit)) if rows.len() >= limit as usize => {
-                page::encode(&last.gid.to_string())
-            }
-            _ => String::new(),
+            let rows = self
+                .store
+                .unread(caller.as_str(), GroupSelection::Only(&gids))
+                .await?;
+            (rows, String::new())
         };
         let groups = rows
             .into_iter()

@@ -101,12 +101,8 @@ macro_rules! impl_message_store {
                 uids: &[parley_server::Uid],
             ) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
                 let mut select = sqlx::QueryBuilder::<$db>::new("SELECT uid FROM group_users WHERE gid = ");
-                select.push_bind(gid).push(" AND left_seq IS NULL AND uid IN (");
-                let mut list = select.separated(", ");
-                for uid in uids {
-                    list.push_bind(uid.as_str());
-                }
-                select.push(")");
+                select.push_bind(gid).push(" AND left_seq IS NULL AND uid IN ");
+                parley_server::db::push_list(&mut select, uids.iter().map(|uid| uid.as_str()));
                 let found: Vec<String> = select.build_query_scalar().fetch_all(&mut **tx).await?;
                 Ok(found.into_iter().collect())
             }
@@ -148,12 +144,12 @@ macro_rules! impl_message_store {
                 .execute(&mut *tx)
                 .await;
                 let inserted = match (inserted, &group.direct_key) {
-                    (Err(error), Some(key))
+                    (Err(error), Some(_))
                         if error.as_database_error().is_some_and(|e| e.is_unique_violation()) =>
                     {
-                        // The same direct conversation was created concurrently:
-                        // roll back and return that one.
-                        return Err(crate::error::MessageError::DirectExists(key.clone()));
+                        // The same direct conversation was created concurrently;
+                        // this transaction wrote nothing, and that one is returned.
+                        return Ok(None);
                     }
                     (result, _) => result?,
                 };
@@ -173,15 +169,15 @@ macro_rules! impl_message_store {
                     member_count,
                     created_at_ms: now_ms,
                 };
-                Ok((record, false))
+                Ok(Some(record))
                 }
                 .await;
-                match parley_server::db::finish(tx, outcome).await {
-                    Err(crate::error::MessageError::DirectExists(key)) => {
+                match (parley_server::db::finish(tx, outcome).await?, &group.direct_key) {
+                    (Some(record), _) => Ok((record, false)),
+                    (None, key) => {
                         let existing = sqlx::query_as(BY_DIRECT_KEY).bind(key).fetch_one(&self.pool).await?;
                         Ok((existing, true))
                     }
-                    other => other,
                 }
             }
 
@@ -239,12 +235,8 @@ macro_rules! impl_message_store {
                 }
                 let mut update = sqlx::QueryBuilder::<$db>::new("UPDATE group_users SET left_seq = ");
                 update.push_bind(last_seq).push(" WHERE gid = ").push_bind(gid);
-                update.push(" AND left_seq IS NULL AND uid IN (");
-                let mut list = update.separated(", ");
-                for uid in &current {
-                    list.push_bind(uid.as_str());
-                }
-                update.push(")");
+                update.push(" AND left_seq IS NULL AND uid IN ");
+                parley_server::db::push_list(&mut update, current.iter().map(|uid| uid.as_str()));
                 update.build().execute(&mut *tx).await?;
                 let removed: Vec<String> = current.into_iter().collect();
                 sqlx::query("UPDATE chat_groups SET member_count = member_count - ? WHERE gid = ?")
@@ -415,12 +407,9 @@ macro_rules! impl_message_store {
                     "SELECT msgid, gid, seq, sender_uid, client_msg_id, content, need_receipt, recipient_count, \
                      created_at_ms FROM group_msgs WHERE gid = ",
                 );
-                select.push_bind(gid.get()).push(" AND seq > ").push_bind(after_seq).push(" AND msgid IN (");
-                let mut list = select.separated(", ");
-                for msgid in msgids {
-                    list.push_bind(*msgid);
-                }
-                select.push(") ORDER BY seq");
+                select.push_bind(gid.get()).push(" AND seq > ").push_bind(after_seq).push(" AND msgid IN ");
+                parley_server::db::push_list(&mut select, msgids.iter().copied());
+                select.push(" ORDER BY seq");
                 Ok(select.build_query_as().fetch_all(&self.pool).await?)
             }
 
@@ -478,22 +467,15 @@ macro_rules! impl_message_store {
                 let mut select = sqlx::QueryBuilder::<$db>::new(
                     "SELECT uid, role, joined_seq, left_seq, joined_at_ms FROM group_users WHERE gid = ",
                 );
-                select.push_bind(gid).push(" AND uid IN (");
-                let mut list = select.separated(", ");
-                for uid in uids {
-                    list.push_bind(uid.as_str());
-                }
-                select.push(") ORDER BY uid");
+                select.push_bind(gid).push(" AND uid IN ");
+                parley_server::db::push_list(&mut select, uids.iter().map(|uid| uid.as_str()));
+                select.push(" ORDER BY uid");
                 Ok(select.build_query_as().fetch_all(&self.pool).await?)
             }
 
             async fn outbox_done(&self, ids: &[i64]) -> Result<(), crate::error::MessageError> {
-                let mut delete = sqlx::QueryBuilder::<$db>::new("DELETE FROM msg_outbox WHERE id IN (");
-                let mut list = delete.separated(", ");
-                for id in ids {
-                    list.push_bind(*id);
-                }
-                delete.push(")");
+                let mut delete = sqlx::QueryBuilder::<$db>::new("DELETE FROM msg_outbox WHERE id IN ");
+                parley_server::db::push_list(&mut delete, ids.iter().copied());
                 delete.build().execute(&self.pool).await?;
                 Ok(())
             }

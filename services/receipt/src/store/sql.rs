@@ -24,18 +24,39 @@ macro_rules! impl_receipt_store {
                     let mut select = sqlx::QueryBuilder::<$db>::new(
                         "SELECT uid, delivered_seq, read_seq FROM receipt_cursors WHERE gid = ",
                     );
-                    select.push_bind(gid).push(" AND uid IN (");
-                    let mut list = select.separated(", ");
-                    for uid in chunk {
-                        list.push_bind(uid.as_str());
-                    }
-                    select.push(")");
+                    select.push_bind(gid).push(" AND uid IN ");
+                    parley_server::db::push_list(&mut select, chunk.iter().map(|uid| uid.as_str()));
                     let rows: Vec<(String, i64, i64)> = select.build_query_as().fetch_all(&mut **tx).await?;
                     for (uid, delivered, read) in rows {
                         found.insert(uid, crate::domain::Cursors { delivered, read });
                     }
                 }
                 Ok(found)
+            }
+
+            /// Raises a reader's ledger rows up to `up_to` to `state`, in one
+            /// statement: a range of the `(gid, recv_uid, seq)` key.
+            async fn flip_ledger(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                gid: i64,
+                uid: &str,
+                up_to: i64,
+                state: i64,
+                now_ms: i64,
+            ) -> Result<(), sqlx::Error> {
+                sqlx::query(
+                    "UPDATE msg_acks SET if_ack = ?, changed_at_ms = ? \
+                     WHERE gid = ? AND recv_uid = ? AND seq <= ? AND if_ack < ?",
+                )
+                .bind(state)
+                .bind(now_ms)
+                .bind(gid)
+                .bind(uid)
+                .bind(up_to)
+                .bind(state)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
             }
 
             async fn delete_ledger_of(
@@ -45,20 +66,12 @@ macro_rules! impl_receipt_store {
             ) -> Result<(), sqlx::Error> {
                 for chunk in seqs.chunks(crate::store::sql::CHUNK) {
                     let mut delete = sqlx::QueryBuilder::<$db>::new("DELETE FROM msg_acks WHERE gid = ");
-                    delete.push_bind(gid).push(" AND seq IN (");
-                    let mut list = delete.separated(", ");
-                    for seq in chunk {
-                        list.push_bind(*seq);
-                    }
-                    delete.push(")");
+                    delete.push_bind(gid).push(" AND seq IN ");
+                    parley_server::db::push_list(&mut delete, chunk.iter().copied());
                     delete.build().execute(&mut **tx).await?;
                     let mut update = sqlx::QueryBuilder::<$db>::new("UPDATE receipt_msgs SET ledger = ");
-                    update.push_bind(false).push(" WHERE gid = ").push_bind(gid).push(" AND seq IN (");
-                    let mut list = update.separated(", ");
-                    for seq in chunk {
-                        list.push_bind(*seq);
-                    }
-                    update.push(")");
+                    update.push_bind(false).push(" WHERE gid = ").push_bind(gid).push(" AND seq IN ");
+                    parley_server::db::push_list(&mut update, chunk.iter().copied());
                     update.build().execute(&mut **tx).await?;
                 }
                 Ok(())
@@ -163,12 +176,8 @@ macro_rules! impl_receipt_store {
                 for chunk in uids.chunks(crate::store::sql::CHUNK) {
                     let mut select =
                         sqlx::QueryBuilder::<$db>::new("SELECT uid, version FROM receipt_cursors WHERE gid = ");
-                    select.push_bind(gid).push(" AND uid IN (");
-                    let mut list = select.separated(", ");
-                    for uid in chunk {
-                        list.push_bind(uid.as_str());
-                    }
-                    select.push(")");
+                    select.push_bind(gid).push(" AND uid IN ");
+                    parley_server::db::push_list(&mut select, chunk.iter().map(|uid| uid.as_str()));
                     let rows: Vec<(String, i64)> = select.build_query_as().fetch_all(&mut *tx).await?;
                     stored.extend(rows);
                 }
@@ -253,18 +262,7 @@ macro_rules! impl_receipt_store {
                     .bind(uid)
                     .execute(&mut *tx)
                     .await?;
-                    sqlx::query(
-                        "UPDATE msg_acks SET if_ack = ?, changed_at_ms = ? \
-                         WHERE gid = ? AND recv_uid = ? AND seq <= ? AND if_ack < ?",
-                    )
-                    .bind(ACK_READ)
-                    .bind(now_ms)
-                    .bind(gid)
-                    .bind(uid)
-                    .bind(next.read)
-                    .bind(ACK_READ)
-                    .execute(&mut *tx)
-                    .await?;
+                    Self::flip_ledger(&mut tx, gid, uid, next.read, ACK_READ, now_ms).await?;
                     // Messages everyone has now read leave the ledger.
                     let folded: Vec<i64> = sqlx::query_scalar(
                         "SELECT seq FROM receipt_msgs WHERE gid = ? AND seq > ? AND seq <= ? AND ledger = ? \
@@ -279,18 +277,7 @@ macro_rules! impl_receipt_store {
                     Self::delete_ledger_of(&mut tx, gid, &folded).await?;
                 }
                 if next.delivered > current.delivered {
-                    sqlx::query(
-                        "UPDATE msg_acks SET if_ack = ?, changed_at_ms = ? \
-                         WHERE gid = ? AND recv_uid = ? AND seq <= ? AND if_ack < ?",
-                    )
-                    .bind(ACK_DELIVERED)
-                    .bind(now_ms)
-                    .bind(gid)
-                    .bind(uid)
-                    .bind(next.delivered)
-                    .bind(ACK_DELIVERED)
-                    .execute(&mut *tx)
-                    .await?;
+                    Self::flip_ledger(&mut tx, gid, uid, next.delivered, ACK_DELIVERED, now_ms).await?;
                 }
                 Ok(AckOutcome { cursors: next, advanced: true })
                 }
@@ -330,12 +317,8 @@ macro_rules! impl_receipt_store {
                     "SELECT gid, seq, msgid, sender_uid, recipient_count, read_count, ledger, changed_at_ms \
                      FROM receipt_msgs WHERE gid = ",
                 );
-                select.push_bind(gid).push(" AND msgid IN (");
-                let mut list = select.separated(", ");
-                for msgid in msgids {
-                    list.push_bind(*msgid);
-                }
-                select.push(")");
+                select.push_bind(gid).push(" AND msgid IN ");
+                parley_server::db::push_list(&mut select, msgids.iter().copied());
                 Ok(select.build_query_as().fetch_all(&self.pool).await?)
             }
 
@@ -427,12 +410,9 @@ macro_rules! impl_receipt_store {
                 select.push_bind(uid).push(" AND c.left_seq IS NULL");
                 match selection {
                     crate::store::GroupSelection::Only(gids) => {
-                        select.push(" AND c.gid IN (");
-                        let mut list = select.separated(", ");
-                        for gid in gids {
-                            list.push_bind(*gid);
-                        }
-                        select.push(") ORDER BY c.gid");
+                        select.push(" AND c.gid IN ");
+                        parley_server::db::push_list(&mut select, gids.iter().copied());
+                        select.push(" ORDER BY c.gid");
                     }
                     crate::store::GroupSelection::After { gid, limit } => {
                         select.push(" AND c.gid > ").push_bind(gid);
@@ -454,8 +434,12 @@ macro_rules! impl_receipt_store {
                 .bind(i64::from(limit))
                 .fetch_all(&mut *tx)
                 .await?;
+                let mut by_group = std::collections::BTreeMap::<i64, Vec<i64>>::new();
                 for (gid, seq) in &expired {
-                    Self::delete_ledger_of(&mut tx, *gid, std::slice::from_ref(seq)).await?;
+                    by_group.entry(*gid).or_default().push(*seq);
+                }
+                for (gid, seqs) in &by_group {
+                    Self::delete_ledger_of(&mut tx, *gid, seqs).await?;
                 }
                 Ok(u32::try_from(expired.len()).unwrap_or(u32::MAX))
                 }
