@@ -4,7 +4,7 @@
 use parley_proto::{message as mpb, receipt as rpb};
 use tonic::{Code, Status};
 
-use crate::support::{As, Backend, Suite, user};
+use crate::support::{As, Backend, Suite, create_group, unread_in, user};
 
 /// A small deterministic generator, so a failure reproduces.
 struct Rng(u64);
@@ -52,20 +52,7 @@ fn check<T>(rpc: &str, outcome: Result<T, Status>) -> bool {
 #[tokio::test]
 async fn malformed_requests_to_every_rpc_get_documented_codes_and_change_nothing() {
     let suite = Suite::start(Backend::MariaDb).await;
-    let create = mpb::CreateGroupRequest {
-        kind: mpb::GroupKind::Group.into(),
-        name: "Target".into(),
-        member_uids: vec!["uid1".into()],
-    };
-    let gid = suite
-        .message(user("A"))
-        .create_group(create)
-        .await
-        .expect("create")
-        .into_inner()
-        .group
-        .expect("g")
-        .gid;
+    let gid = create_group(&suite, "A", "Target", &["uid1"]).await;
     let send = mpb::SendMessageRequest {
         gid,
         client_msg_id: "one".into(),
@@ -305,16 +292,7 @@ async fn malformed_requests_to_every_rpc_get_documented_codes_and_change_nothing
         .expect("sync")
         .into_inner();
     assert_eq!((synced.messages.len(), synced.last_seq), (1, 1));
-    let unread = rpb::UnreadCountsRequest {
-        gids: vec![gid],
-        ..Default::default()
-    };
-    let counts = suite
-        .receipt(user("uid1"))
-        .unread_counts(unread)
-        .await
-        .expect("unread")
-        .into_inner();
-    assert!(counts.groups.iter().all(|g| g.read_seq == 0));
+    let counts = unread_in(&suite, "uid1", gid).await;
+    assert!(counts.iter().all(|g| g.read_seq == 0));
     suite.stop().await;
 }

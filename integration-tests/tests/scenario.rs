@@ -2,31 +2,18 @@
 //! A sends 25 messages that want receipts; uid1 acks read up to 10 then 20,
 //! uid2 up to 25, uid3 never acks.
 
-use std::time::Duration;
-
 use parley_proto::{message as mpb, receipt as rpb};
-use parley_testkit::eventually;
 use tonic::Code;
 
-use crate::support::{Backend, Suite, user};
+use crate::support::{
+    Backend, Suite, ack_read, create_group, receipts, unread_in, user, wait_for_receipts,
+};
 
 /// Creates the group, sends 25 messages as A, waits for the receipt service to
 /// know them, and plays the acks. Returns (gid, msgids by seq - 1).
-async fn play(suite: &Suite, members: Vec<String>) -> (u64, Vec<u64>) {
+async fn play(suite: &Suite, members: &[&str]) -> (u64, Vec<u64>) {
     let mut a = suite.message(user("A"));
-    let request = mpb::CreateGroupRequest {
-        kind: mpb::GroupKind::Group.into(),
-        name: "Design".into(),
-        member_uids: members,
-    };
-    let gid = a
-        .create_group(request)
-        .await
-        .expect("create")
-        .into_inner()
-        .group
-        .expect("group")
-        .gid;
+    let gid = create_group(suite, "A", "Design", members).await;
     let mut msgids = Vec::new();
     for i in 1..=25u64 {
         let request = mpb::SendMessageRequest {
@@ -40,64 +27,17 @@ async fn play(suite: &Suite, members: Vec<String>) -> (u64, Vec<u64>) {
         assert_eq!((message.seq, sent.duplicate), (i, false));
         msgids.push(message.msgid);
     }
-    let last = msgids[24];
-    let receipt = suite.receipt(user("A"));
-    eventually(
-        "the receipt service to record all 25 messages",
-        Duration::from_secs(20),
-        || {
-            let mut receipt = receipt.clone();
-            async move {
-                let request = rpb::GetReceiptsRequest {
-                    gid,
-                    msgids: vec![last],
-                    list_page_size: 0,
-                };
-                receipt.get_receipts(request).await.ok()
-            }
-        },
-    )
-    .await;
+    wait_for_receipts(suite, gid, vec![msgids[24]], 0).await;
     for (uid, up_to) in [("uid1", 10), ("uid1", 20), ("uid2", 25)] {
-        let request = rpb::AckRequest {
-            gid,
-            up_to_seq: up_to,
-            kind: rpb::AckKind::Read.into(),
-        };
-        let ack = suite
-            .receipt(user(uid))
-            .ack(request)
-            .await
-            .expect("ack")
-            .into_inner();
+        let ack = ack_read(suite, uid, gid, up_to).await;
         assert_eq!((ack.read_seq, ack.advanced), (up_to, true));
     }
     (gid, msgids)
 }
 
-async fn receipts(
-    suite: &Suite,
-    gid: u64,
-    msgids: Vec<u64>,
-    page: u32,
-) -> Vec<rpb::MessageReceipt> {
-    let request = rpb::GetReceiptsRequest {
-        gid,
-        msgids,
-        list_page_size: page,
-    };
-    suite
-        .receipt(user("A"))
-        .get_receipts(request)
-        .await
-        .expect("receipts")
-        .into_inner()
-        .receipts
-}
-
 async fn seed_scenario(backend: Backend) {
     let suite = Suite::start(backend).await;
-    let (gid, msgids) = play(&suite, vec!["uid1".into(), "uid2".into(), "uid3".into()]).await;
+    let (gid, msgids) = play(&suite, &["uid1", "uid2", "uid3"]).await;
 
     let got = receipts(&suite, gid, vec![msgids[14], msgids[24]], 10).await;
     assert_eq!(
@@ -111,22 +51,9 @@ async fn seed_scenario(backend: Backend) {
     assert_eq!(got[1].read_uids, vec!["uid2"]);
     assert_eq!(got[1].unread_uids, vec!["uid1", "uid3"]);
 
-    let request = rpb::UnreadCountsRequest {
-        gids: vec![gid],
-        ..Default::default()
-    };
-    let unread = suite
-        .receipt(user("uid3"))
-        .unread_counts(request)
-        .await
-        .expect("unread")
-        .into_inner();
+    let unread = unread_in(&suite, "uid3", gid).await;
     assert_eq!(
-        unread
-            .groups
-            .iter()
-            .map(|g| (g.gid, g.unread))
-            .collect::<Vec<_>>(),
+        unread.iter().map(|g| (g.gid, g.unread)).collect::<Vec<_>>(),
         vec![(gid, 25)]
     );
 
@@ -161,17 +88,7 @@ async fn seed_scenario(backend: Backend) {
     assert!(synced.messages.windows(2).all(|w| w[1].seq == w[0].seq + 1));
 
     // An ack that moves backwards changes nothing.
-    let back = rpb::AckRequest {
-        gid,
-        up_to_seq: 5,
-        kind: rpb::AckKind::Read.into(),
-    };
-    let ack = suite
-        .receipt(user("uid1"))
-        .ack(back)
-        .await
-        .expect("ack")
-        .into_inner();
+    let ack = ack_read(&suite, "uid1", gid, 5).await;
     assert_eq!((ack.read_seq, ack.advanced), (20, false));
     assert_eq!(
         receipts(&suite, gid, vec![msgids[14]], 10).await[0].read_uids,
@@ -231,7 +148,8 @@ async fn a_thousand_member_group_gets_exact_answers_from_the_cursors() {
     let suite = Suite::start(Backend::MariaDb).await;
     let mut members: Vec<String> = vec!["uid1".into(), "uid2".into(), "uid3".into()];
     members.extend((4..=999).map(|i| format!("m{i:04}")));
-    let (gid, msgids) = play(&suite, members).await;
+    let names: Vec<&str> = members.iter().map(String::as_str).collect();
+    let (gid, msgids) = play(&suite, &names).await;
 
     let got = receipts(&suite, gid, vec![msgids[14], msgids[24]], 500).await;
     assert_eq!(got[0].tier(), rpb::ReceiptTier::Cursor);
@@ -264,16 +182,6 @@ async fn a_thousand_member_group_gets_exact_answers_from_the_cursors() {
     assert!(unread.contains(&"uid3".to_string()) && !unread.contains(&"uid1".to_string()));
     assert!(unread.windows(2).all(|w| w[0] < w[1]));
 
-    let request = rpb::UnreadCountsRequest {
-        gids: vec![gid],
-        ..Default::default()
-    };
-    let counts = suite
-        .receipt(user("uid3"))
-        .unread_counts(request)
-        .await
-        .expect("unread")
-        .into_inner();
-    assert_eq!(counts.groups[0].unread, 25);
+    assert_eq!(unread_in(&suite, "uid3", gid).await[0].unread, 25);
     suite.stop().await;
 }

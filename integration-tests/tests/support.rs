@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use parley_proto::{
     message::message_service_client::MessageServiceClient,
-    receipt::receipt_service_client::ReceiptServiceClient,
+    receipt::{self as rpb, receipt_service_client::ReceiptServiceClient},
 };
 use parley_testkit::TestDb;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -187,4 +187,101 @@ impl Suite {
         }
         self.stop_receipt().await;
     }
+}
+
+/// Creates a group as `creator` with `members` and returns its gid.
+pub async fn create_group(suite: &Suite, creator: &str, name: &str, members: &[&str]) -> u64 {
+    let request = parley_proto::message::CreateGroupRequest {
+        kind: parley_proto::message::GroupKind::Group.into(),
+        name: name.into(),
+        member_uids: members.iter().map(|m| m.to_string()).collect(),
+    };
+    let created = suite
+        .message(user(creator))
+        .create_group(request)
+        .await
+        .expect("create group");
+    created.into_inner().group.expect("group").gid
+}
+
+/// Acknowledges, as `uid`, everything up to `up_to` as read.
+pub async fn ack_read(suite: &Suite, uid: &str, gid: u64, up_to: u64) -> rpb::AckResponse {
+    let request = rpb::AckRequest {
+        gid,
+        up_to_seq: up_to,
+        kind: rpb::AckKind::Read.into(),
+    };
+    suite
+        .receipt(user(uid))
+        .ack(request)
+        .await
+        .expect("ack")
+        .into_inner()
+}
+
+fn get_receipts_request(gid: u64, msgids: Vec<u64>, page: u32) -> rpb::GetReceiptsRequest {
+    rpb::GetReceiptsRequest {
+        gid,
+        msgids,
+        list_page_size: page,
+    }
+}
+
+/// The receipts of A's messages, as A (the sender in every scenario).
+pub async fn receipts(
+    suite: &Suite,
+    gid: u64,
+    msgids: Vec<u64>,
+    page: u32,
+) -> Vec<rpb::MessageReceipt> {
+    let request = get_receipts_request(gid, msgids, page);
+    suite
+        .receipt(user("A"))
+        .get_receipts(request)
+        .await
+        .expect("receipts")
+        .into_inner()
+        .receipts
+}
+
+/// Waits until the receipt service has recorded every one of A's `msgids`
+/// (the outbox delivers them asynchronously) and returns their receipts.
+pub async fn wait_for_receipts(
+    suite: &Suite,
+    gid: u64,
+    msgids: Vec<u64>,
+    page: u32,
+) -> Vec<rpb::MessageReceipt> {
+    let client = suite.receipt(user("A"));
+    parley_testkit::eventually(
+        "the receipt service to record the messages",
+        Duration::from_secs(30),
+        || {
+            let mut client = client.clone();
+            let request = get_receipts_request(gid, msgids.clone(), page);
+            async move {
+                client
+                    .get_receipts(request)
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner().receipts)
+            }
+        },
+    )
+    .await
+}
+
+/// `uid`'s unread counts for one group.
+pub async fn unread_in(suite: &Suite, uid: &str, gid: u64) -> Vec<rpb::GroupUnread> {
+    let request = rpb::UnreadCountsRequest {
+        gids: vec![gid],
+        ..Default::default()
+    };
+    suite
+        .receipt(user(uid))
+        .unread_counts(request)
+        .await
+        .expect("unread")
+        .into_inner()
+        .groups
 }
