@@ -4,7 +4,7 @@ use parley_receipt::{
     domain::{AckKind, ReceiptState},
     error::ReceiptError,
     store::{
-        GroupSelection, InitMessage, MemberChange, MySqlReceiptStore, ReceiptStore,
+        AckOutcome, GroupSelection, InitMessage, MemberChange, MySqlReceiptStore, ReceiptStore,
         SqliteReceiptStore,
     },
 };
@@ -37,6 +37,17 @@ async fn seed_group<S: ReceiptStore>(store: &S) {
             .expect("membership"),
         4
     );
+}
+
+/// An ack that must succeed.
+async fn ack<S: ReceiptStore>(
+    store: &S,
+    uid: &str,
+    up_to: i64,
+    kind: AckKind,
+    at_ms: i64,
+) -> AckOutcome {
+    store.ack(GID, uid, up_to, kind, at_ms).await.expect("ack")
 }
 
 fn message(seq: i64, need_receipt: bool) -> InitMessage {
@@ -87,18 +98,9 @@ async fn batched_acks_flip_the_ledger_and_fold_fully_read_messages<S: ReceiptSto
             .created
     );
     assert_eq!(store.ledger_rows(GID, 5).await.expect("rows"), 3);
-    store
-        .ack(GID, "uid1", 10, AckKind::Read, 20)
-        .await
-        .expect("ack");
-    store
-        .ack(GID, "uid1", 20, AckKind::Read, 21)
-        .await
-        .expect("ack");
-    store
-        .ack(GID, "uid2", 25, AckKind::Read, 22)
-        .await
-        .expect("ack");
+    ack(&store, "uid1", 10, AckKind::Read, 20).await;
+    ack(&store, "uid1", 20, AckKind::Read, 21).await;
+    ack(&store, "uid2", 25, AckKind::Read, 22).await;
     assert_eq!(
         receipt(&store, 15).await,
         (2, true, uids(&["uid1", "uid2"]), uids(&["uid3"]))
@@ -107,17 +109,11 @@ async fn batched_acks_flip_the_ledger_and_fold_fully_read_messages<S: ReceiptSto
         receipt(&store, 25).await,
         (1, true, uids(&["uid2"]), uids(&["uid1", "uid3"]))
     );
-    let backwards = store
-        .ack(GID, "uid1", 5, AckKind::Read, 23)
-        .await
-        .expect("ack");
+    let backwards = ack(&store, "uid1", 5, AckKind::Read, 23).await;
     assert!(!backwards.advanced);
     assert_eq!(backwards.cursors.read, 20);
     // uid3 reads everything: messages 1..20 are now read by all and leave the ledger.
-    store
-        .ack(GID, "uid3", 20, AckKind::Read, 24)
-        .await
-        .expect("ack");
+    ack(&store, "uid3", 20, AckKind::Read, 24).await;
     assert_eq!(store.ledger_rows(GID, 15).await.expect("rows"), 0);
     assert_eq!(
         receipt(&store, 15).await,
@@ -142,14 +138,8 @@ async fn large_groups_are_answered_exactly_from_the_cursors<S: ReceiptStore>(sto
                 .ledger
         );
     }
-    store
-        .ack(GID, "uid1", 3, AckKind::Read, 20)
-        .await
-        .expect("ack");
-    store
-        .ack(GID, "uid2", 5, AckKind::Delivered, 21)
-        .await
-        .expect("ack");
+    ack(&store, "uid1", 3, AckKind::Read, 20).await;
+    ack(&store, "uid2", 5, AckKind::Delivered, 21).await;
     assert_eq!(store.ledger_rows(GID, 2).await.expect("rows"), 0);
     assert_eq!(
         receipt(&store, 2).await,
@@ -168,14 +158,8 @@ async fn a_message_recorded_after_its_acks_starts_from_the_cursors<S: ReceiptSto
         .await
         .expect("init");
     // uid1 and uid2 ack seq 3 before the receipt service has heard of seq 2 and 3.
-    store
-        .ack(GID, "uid1", 3, AckKind::Read, 20)
-        .await
-        .expect("ack");
-    store
-        .ack(GID, "uid2", 3, AckKind::Delivered, 20)
-        .await
-        .expect("ack");
+    ack(&store, "uid1", 3, AckKind::Read, 20).await;
+    ack(&store, "uid2", 3, AckKind::Delivered, 20).await;
     store
         .init_receipts(&message(2, true), LEDGER_MAX)
         .await
@@ -246,10 +230,7 @@ async fn retention_moves_old_messages_to_the_cursor_tier<S: ReceiptStore>(store:
             .await
             .expect("init");
     }
-    store
-        .ack(GID, "uid1", 2, AckKind::Read, 20)
-        .await
-        .expect("ack");
+    ack(&store, "uid1", 2, AckKind::Read, 20).await;
     let before = receipt(&store, 2).await;
     assert!(before.1);
     assert_eq!(store.expire_ledger(13, 100).await.expect("expire"), 2);
@@ -274,10 +255,7 @@ async fn a_returning_sender_pulls_changes_in_order<S: ReceiptStore>(store: S) {
         vec![1, 2, 3]
     );
     let last = first.last().expect("changes");
-    store
-        .ack(GID, "uid1", 2, AckKind::Read, 100)
-        .await
-        .expect("ack");
+    ack(&store, "uid1", 2, AckKind::Read, 100).await;
     let changed = store
         .pull("A", (last.changed_at_ms, last.msgid), 10)
         .await
