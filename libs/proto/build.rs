@@ -4,6 +4,7 @@
 use std::{env, error::Error, path::PathBuf};
 
 const PROTOS: &[&str] = &[
+    "parley/bus/v1/bus.proto",
     "parley/gateway/v1/gateway.proto",
     "parley/message/v1/message.proto",
     "parley/notification/v1/notification.proto",

@@ -1,0 +1,224 @@
+//! The bus: one channel per gateway, carrying message deliveries and receipt
+//! digests from the message and receipt services to the gateway that holds the
+//! recipients' streams. Two implementations share one interface: Redis pub/sub
+//! (production, several processes) and an in-process bus (`make dev`, tests).
+//!
+//! The bus is at-most-once by design. Nothing relies on it for correctness:
+//! gateways close seq gaps from the message service, and after a subscription
+//! is re-established they are told so ([`Signal::Resubscribed`]) and resync
+//! every connection, because events published meanwhile are gone.
+
+#![forbid(unsafe_code)]
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use deadpool_redis::redis::{self, AsyncCommands};
+use futures::StreamExt;
+use parley_proto::bus::BusEvent;
+use prost::Message;
+use tokio::sync::mpsc;
+
+/// Events a subscriber buffers before new ones are dropped (and recovered by
+/// seq-gap sync). A gateway drains its channel continuously.
+pub const SUBSCRIBER_BUFFER: usize = 8192;
+
+/// What a subscriber receives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Signal {
+    /// An event published on the channel.
+    Event(BusEvent),
+    /// The subscription was (re-)established; events published while it was
+    /// down are lost, so every connection should resync.
+    Resubscribed,
+}
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Redis refused or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No pooled Redis connection could be had.
+    #[error("redis pool: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    /// The bus URL is not usable.
+    #[error("bus configuration: {0}")]
+    Config(String),
+}
+
+/// The bus, cheap to clone.
+#[derive(Clone)]
+pub enum Bus {
+    /// Redis pub/sub.
+    Redis(RedisBus),
+    /// In-process channels.
+    Local(LocalBus),
+}
+
+impl Bus {
+    /// A Redis bus at `url` (`redis://host:port/db`).
+    pub fn redis(url: &str) -> Result<Self, BusError> {
+        RedisBus::new(url).map(Self::Redis)
+    }
+
+    /// A fresh in-process bus; clones share it.
+    pub fn local() -> Self {
+        Self::Local(LocalBus::default())
+    }
+
+    /// Publishes `event` on `gateway_id`'s channel. Succeeds even when nobody
+    /// listens: the bus is a hint, not a queue.
+    pub async fn publish(&self, gateway_id: &str, event: &BusEvent) -> Result<(), BusError> {
+        match self {
+            Self::Redis(bus) => bus.publish(gateway_id, event).await,
+            Self::Local(bus) => {
+                bus.publish(gateway_id, event);
+                Ok(())
+            }
+        }
+    }
+
+    /// Subscribes to `gateway_id`'s channel. The first signal is
+    /// [`Signal::Resubscribed`] once the subscription is live; the subscription
+    /// ends when the receiver is dropped.
+    pub fn subscribe(&self, gateway_id: &str) -> mpsc::Receiver<Signal> {
+        match self {
+            Self::Redis(bus) => bus.subscribe(gateway_id),
+            Self::Local(bus) => bus.subscribe(gateway_id),
+        }
+    }
+}
+
+/// The Redis channel of a gateway.
+pub fn channel_name(gateway_id: &str) -> String {
+    format!("parley:gw:{gateway_id}")
+}
+
+/// Redis pub/sub: pooled connections publish; each subscription holds its own
+/// connection and re-subscribes, with backoff, whenever it drops.
+#[derive(Clone)]
+pub struct RedisBus {
+    client: redis::Client,
+    pool: deadpool_redis::Pool,
+}
+
+impl RedisBus {
+    fn new(url: &str) -> Result<Self, BusError> {
+        let client = redis::Client::open(url)?;
+        let pool = deadpool_redis::Config::from_url(url)
+            .builder()
+            .map_err(|e| BusError::Config(e.to_string()))?
+            .max_size(16)
+            .wait_timeout(Some(Duration::from_secs(2)))
+            .create_timeout(Some(Duration::from_secs(2)))
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .map_err(|e| BusError::Config(e.to_string()))?;
+        Ok(Self { client, pool })
+    }
+
+    async fn publish(&self, gateway_id: &str, event: &BusEvent) -> Result<(), BusError> {
+        let mut connection = self.pool.get().await?;
+        let _receivers: i64 = connection
+            .publish(channel_name(gateway_id), event.encode_to_vec())
+            .await?;
+        Ok(())
+    }
+
+    fn subscribe(&self, gateway_id: &str) -> mpsc::Receiver<Signal> {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        tokio::spawn(subscription(
+            self.client.clone(),
+            channel_name(gateway_id),
+            tx,
+        ));
+        rx
+    }
+}
+
+/// Keeps one channel subscribed until the receiver goes away.
+async fn subscription(client: redis::Client, channel: String, tx: mpsc::Sender<Signal>) {
+    let mut failures = 0u32;
+    while !tx.is_closed() {
+        let mut pubsub = match client.get_async_pubsub().await {
+            Ok(pubsub) => pubsub,
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(error = %error, channel = %channel, "bus subscription cannot connect");
+                tokio::time::sleep(retry_delay(failures)).await;
+                continue;
+            }
+        };
+        if let Err(error) = pubsub.subscribe(&channel).await {
+            failures = failures.saturating_add(1);
+            tracing::warn!(error = %error, channel = %channel, "bus subscribe failed");
+            tokio::time::sleep(retry_delay(failures)).await;
+            continue;
+        }
+        failures = 0;
+        if tx.send(Signal::Resubscribed).await.is_err() {
+            return;
+        }
+        tracing::info!(channel = %channel, "bus subscribed");
+        let mut messages = pubsub.into_on_message();
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else { break };
+                    match BusEvent::decode(message.get_payload_bytes()) {
+                        Ok(event) => {
+                            if tx.try_send(Signal::Event(event)).is_err() && tx.is_closed() {
+                                return;
+                            }
+                        }
+                        Err(error) => tracing::warn!(error = %error, channel = %channel, "undecodable bus event dropped"),
+                    }
+                }
+                () = tx.closed() => return,
+            }
+        }
+        tracing::warn!(channel = %channel, "bus subscription dropped; resubscribing");
+    }
+}
+
+fn retry_delay(failures: u32) -> Duration {
+    Duration::from_millis(50u64.saturating_mul(1 << failures.min(5))).min(Duration::from_secs(1))
+}
+
+/// In-process channels, one per gateway id.
+#[derive(Clone, Default)]
+pub struct LocalBus {
+    channels: Arc<Mutex<HashMap<String, Vec<mpsc::Sender<Signal>>>>>,
+}
+
+impl LocalBus {
+    fn publish(&self, gateway_id: &str, event: &BusEvent) {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(subscribers) = channels.get_mut(gateway_id) {
+            subscribers.retain(|tx| !tx.is_closed());
+            for tx in subscribers.iter() {
+                // A full subscriber loses the event, as with Redis pub/sub.
+                let _ = tx.try_send(Signal::Event(event.clone()));
+            }
+        }
+    }
+
+    fn subscribe(&self, gateway_id: &str) -> mpsc::Receiver<Signal> {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let _ = tx.try_send(Signal::Resubscribed);
+        self.channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(gateway_id.to_owned())
+            .or_default()
+            .push(tx);
+        rx
+    }
+}
