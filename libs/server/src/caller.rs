@@ -132,6 +132,17 @@ impl Caller {
     }
 }
 
+/// A request acting for `uid`: what the gateway (or a service acting for a
+/// user) sends; the service identity interceptor adds its own name and token.
+pub fn acting_for<T>(uid: &Uid, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    // A valid Uid is always a valid header value.
+    if let Ok(value) = tonic::metadata::AsciiMetadataValue::try_from(uid.as_str()) {
+        request.metadata_mut().insert(UID_HEADER, value);
+    }
+    request
+}
+
 /// A client interceptor that marks outgoing requests as coming from an internal
 /// service (and carries the internal token, when one is configured).
 #[derive(Clone, Debug)]

@@ -33,6 +33,10 @@ pub struct GuardSettings {
     pub rate_burst: NonZeroU32,
     /// When set, every request must carry this token in `x-parley-internal-token`.
     pub internal_token: Option<crate::serve::Secret>,
+    /// RPCs under this path prefix are public: they carry no internal token or
+    /// caller metadata because they authenticate themselves (the gateway's
+    /// stream opens with a JWT). They still count against the concurrency limit.
+    pub public_prefix: Option<&'static str>,
 }
 
 /// The layer; cheap to clone, state shared by all connections.
@@ -117,18 +121,21 @@ impl Shared {
             .map_err(|_| Status::resource_exhausted("rate limit exceeded; retry later"))
     }
 
+    /// A concurrency permit, held until the request completes.
+    fn permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::unavailable("server overloaded; retry with backoff"))
+    }
+
     /// Decides whether a request may run: token, identity, rate, then a
     /// concurrency permit, held until the request completes.
     fn admit(&self, headers: &http::HeaderMap) -> Result<(Caller, OwnedSemaphorePermit), Status> {
         self.check_token(headers)?;
         let caller = Caller::from_headers(headers)?;
         self.check_rate(&caller)?;
-        let permit = self
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Status::unavailable("server overloaded; retry with backoff"))?;
-        Ok((caller, permit))
+        Ok((caller, self.permit()?))
     }
 }
 
@@ -154,9 +161,22 @@ where
             return Box::pin(inner.call(request));
         }
         let shared = &self.shared;
-        let permit = match shared.admit(request.headers()) {
+        let public = shared
+            .settings
+            .public_prefix
+            .is_some_and(|prefix| request.uri().path().starts_with(prefix));
+        let admitted = if public {
+            shared.permit().map(|permit| (None, permit))
+        } else {
+            shared
+                .admit(request.headers())
+                .map(|(caller, permit)| (Some(caller), permit))
+        };
+        let permit = match admitted {
             Ok((caller, permit)) => {
-                request.extensions_mut().insert(caller);
+                if let Some(caller) = caller {
+                    request.extensions_mut().insert(caller);
+                }
                 permit
             }
             Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
@@ -188,6 +208,7 @@ mod tests {
             rate_per_second: NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN),
             rate_burst: NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN),
             internal_token: None,
+            public_prefix: None,
         }
     }
 

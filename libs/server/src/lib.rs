@@ -12,7 +12,7 @@ pub mod serve;
 pub mod telemetry;
 
 pub use caller::{Caller, ServiceIdentity, Uid};
-pub use serve::{ServerArgs, serve};
+pub use serve::{ServerArgs, serve, serve_with};
 
 use std::future::Future;
 

@@ -98,6 +98,7 @@ impl ServerArgs {
             rate_per_second: self.rate_limit_per_second,
             rate_burst: self.rate_limit_burst,
             internal_token: self.internal_token.clone(),
+            public_prefix: None,
         }
     }
 }
@@ -119,6 +120,20 @@ pub enum ServeError {
 pub async fn serve<F>(
     listener: TcpListener,
     args: &ServerArgs,
+    routes: RoutesBuilder,
+    shutdown: F,
+) -> Result<(), ServeError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    serve_with(listener, args.guard_settings(), routes, shutdown).await
+}
+
+/// [`serve`] with explicit guard settings (the gateway marks its client stream
+/// public).
+pub async fn serve_with<F>(
+    listener: TcpListener,
+    settings: GuardSettings,
     mut routes: RoutesBuilder,
     shutdown: F,
 ) -> Result<(), ServeError>
@@ -132,7 +147,7 @@ where
         .build_v1()?;
     routes.add_service(health_service).add_service(reflection);
 
-    let guard = GuardLayer::new(args.guard_settings());
+    let guard = GuardLayer::new(settings);
     let janitor = tokio::spawn({
         let guard = guard.clone();
         async move {

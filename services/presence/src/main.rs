@@ -1,12 +1,19 @@
-//! `parley-presence`: the presence service (presence). Its gRPC contract is in
-//! `proto/parley/presence/v1/`; the service itself is built by issue #3 and this
-//! binary refuses to start until then rather than pretend to serve.
+//! `parley-presence`: reads config, sets up logging, binds and runs the service.
 
-#![forbid(unsafe_code)]
+use clap::Parser;
+use parley_presence::Cli;
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "parley-presence: not implemented yet (issue #3); its contract is proto/parley/presence/v1"
-    );
-    std::process::ExitCode::from(2)
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    parley_server::telemetry::init(cli.config.server.log_format);
+    let config = cli.config;
+    parley_server::main_with(
+        "parley-presence",
+        config.listen,
+        cli.command,
+        async { Ok::<(), parley_presence::StartError>(()) },
+        |listener| parley_presence::run(config, listener, parley_server::shutdown_signal()),
+    )
+    .await
 }

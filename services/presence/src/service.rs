@@ -1,0 +1,252 @@
+//! The PresenceService handlers: validate at the edge, then call the store.
+
+use std::{collections::BTreeSet, pin::Pin, sync::Arc, time::Duration};
+
+use futures::Stream;
+use parley_proto::presence::{self as pb, presence_service_server::PresenceService};
+use parley_server::{Caller, Uid, now_ms};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::store::{DeviceKey, PresenceError, PresenceStore, UserPresence};
+
+/// Devices in one heartbeat, and users in one BatchGetPresence.
+pub const MAX_BATCH: usize = 10_000;
+/// Users one WatchPresence follows.
+pub const MAX_WATCHED: usize = 1_000;
+
+/// Handlers over a store.
+pub struct PresenceApi<S> {
+    store: S,
+    ttl_ms: u32,
+    watch_interval: Duration,
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl<S: PresenceStore> PresenceApi<S> {
+    /// Handlers answering with entries that live `ttl_ms`; watchers re-read at
+    /// least every `watch_interval` (expiry and other replicas' changes).
+    pub fn new(store: S, ttl_ms: u32, watch_interval: Duration) -> Self {
+        Self {
+            store,
+            ttl_ms,
+            watch_interval,
+            changes: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+fn unavailable(error: PresenceError) -> Status {
+    tracing::error!(error = %error, "presence store failed");
+    Status::unavailable("presence store unavailable; retry")
+}
+
+fn uid(raw: &str) -> Result<Uid, Status> {
+    Uid::parse(raw).map_err(|e| Status::invalid_argument(format!("uid: {e}")))
+}
+
+/// Device ids and gateway ids: 1 to 64 printable ASCII characters, no spaces
+/// and no `|` (the stored entry's separator).
+fn token(what: &str, raw: &str) -> Result<String, Status> {
+    let valid = !raw.is_empty()
+        && raw.len() <= 64
+        && raw.bytes().all(|b| b.is_ascii_graphic() && b != b'|');
+    if valid {
+        Ok(raw.to_owned())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{what}: 1 to 64 printable ASCII characters without spaces or '|'"
+        )))
+    }
+}
+
+fn device_key(device: Option<&pb::DeviceRef>) -> Result<DeviceKey, Status> {
+    let device = device.ok_or_else(|| Status::invalid_argument("device is required"))?;
+    Ok(DeviceKey {
+        uid: uid(&device.uid)?,
+        device_id: token("device_id", &device.device_id)?,
+    })
+}
+
+fn uids(raw: &[String], max: usize) -> Result<Vec<Uid>, Status> {
+    if raw.len() > max {
+        return Err(Status::invalid_argument(format!("at most {max} uids")));
+    }
+    raw.iter().map(|u| uid(u)).collect()
+}
+
+fn user_to_pb(user: UserPresence) -> pb::UserPresence {
+    let uid = user.uid.into_string();
+    pb::UserPresence {
+        devices: user
+            .devices
+            .into_iter()
+            .map(|d| pb::DevicePresence {
+                device: Some(pb::DeviceRef {
+                    uid: uid.clone(),
+                    device_id: d.device_id,
+                }),
+                gateway_id: d.gateway_id,
+            })
+            .collect(),
+        uid,
+        last_seen_ms: user.last_seen_ms,
+    }
+}
+
+/// Only gateways register devices.
+fn require_gateway<T>(request: &Request<T>) -> Result<(), Status> {
+    Caller::require_service(request, "gateway")
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchPresenceResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: PresenceStore> PresenceService for PresenceApi<S> {
+    async fn online(
+        &self,
+        request: Request<pb::OnlineRequest>,
+    ) -> Result<Response<pb::OnlineResponse>, Status> {
+        require_gateway(&request)?;
+        let request = request.into_inner();
+        let device = device_key(request.device.as_ref())?;
+        let gateway = token("gateway_id", &request.gateway_id)?;
+        self.store
+            .online(&device, &gateway, now_ms())
+            .await
+            .map_err(unavailable)?;
+        self.changed();
+        Ok(Response::new(pb::OnlineResponse {
+            ttl_ms: self.ttl_ms,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        require_gateway(&request)?;
+        let request = request.into_inner();
+        let gateway = token("gateway_id", &request.gateway_id)?;
+        if request.devices.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_BATCH} devices per heartbeat"
+            )));
+        }
+        let devices = request
+            .devices
+            .iter()
+            .map(|d| device_key(Some(d)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let revived = self
+            .store
+            .heartbeat(&gateway, &devices, now_ms())
+            .await
+            .map_err(unavailable)?;
+        if revived > 0 {
+            self.changed();
+        }
+        Ok(Response::new(pb::HeartbeatResponse { revived }))
+    }
+
+    async fn offline(
+        &self,
+        request: Request<pb::OfflineRequest>,
+    ) -> Result<Response<pb::OfflineResponse>, Status> {
+        require_gateway(&request)?;
+        let request = request.into_inner();
+        let device = device_key(request.device.as_ref())?;
+        let gateway = token("gateway_id", &request.gateway_id)?;
+        let removed = self
+            .store
+            .offline(&device, &gateway, now_ms())
+            .await
+            .map_err(unavailable)?;
+        if removed {
+            self.changed();
+        }
+        Ok(Response::new(pb::OfflineResponse { removed }))
+    }
+
+    async fn batch_get_presence(
+        &self,
+        request: Request<pb::BatchGetPresenceRequest>,
+    ) -> Result<Response<pb::BatchGetPresenceResponse>, Status> {
+        let uids = uids(&request.get_ref().uids, MAX_BATCH)?;
+        let users = self.store.get(&uids, now_ms()).await.map_err(unavailable)?;
+        Ok(Response::new(pb::BatchGetPresenceResponse {
+            users: users.into_iter().map(user_to_pb).collect(),
+        }))
+    }
+
+    type WatchPresenceStream = WatchStream;
+
+    async fn watch_presence(
+        &self,
+        request: Request<pb::WatchPresenceRequest>,
+    ) -> Result<Response<Self::WatchPresenceStream>, Status> {
+        let raw = uids(&request.get_ref().uids, MAX_WATCHED)?;
+        let watched: Vec<Uid> = raw
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if watched.is_empty() {
+            return Err(Status::invalid_argument("name 1 to 1000 uids to watch"));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(follow(
+            self.store.clone(),
+            watched,
+            self.changes.subscribe(),
+            self.watch_interval,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Sends each watched user's presence, then every change of their devices,
+/// until the watcher goes away. Changes made through this replica wake it at
+/// once; expiry and other replicas' changes are seen on the periodic re-read.
+async fn follow<S: PresenceStore>(
+    store: S,
+    watched: Vec<Uid>,
+    mut changes: watch::Receiver<u64>,
+    interval: Duration,
+    tx: mpsc::Sender<Result<pb::WatchPresenceResponse, Status>>,
+) {
+    let mut last: Vec<Option<Vec<crate::store::DevicePresence>>> = vec![None; watched.len()];
+    loop {
+        match store.get(&watched, now_ms()).await {
+            Ok(users) => {
+                for (seen, user) in last.iter_mut().zip(users) {
+                    if seen.as_ref() == Some(&user.devices) {
+                        continue;
+                    }
+                    *seen = Some(user.devices.clone());
+                    let change = pb::WatchPresenceResponse {
+                        user: Some(user_to_pb(user)),
+                    };
+                    if tx.send(Ok(change)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(error) => {
+                let _ = tx.send(Err(unavailable(error))).await;
+                return;
+            }
+        }
+        tokio::select! {
+            () = tx.closed() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
