@@ -16,6 +16,18 @@ pub use serve::{ServerArgs, serve, serve_with};
 
 use std::future::Future;
 
+/// A lazily connected channel to another Parley service at `url`
+/// (`http://host:port`): it connects on first use and reconnects by itself.
+/// `what` names the service in the error.
+pub fn lazy_channel(what: &str, url: &str) -> Result<tonic::transport::Channel, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|_| format!("{what} URL is not a valid URI"))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(10))
+        .tcp_nodelay(true);
+    Ok(endpoint.connect_lazy())
+}
+
 /// The current time in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     let now = std::time::SystemTime::now();

@@ -7,26 +7,32 @@
 
 pub mod domain;
 pub mod error;
+pub mod fanout;
 pub mod outbox;
 pub mod service;
 pub mod store;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use parley_bus::Bus;
 use parley_proto::{
     message::message_service_server::MessageServiceServer,
+    notification::notification_service_client::NotificationServiceClient,
+    presence::presence_service_client::PresenceServiceClient,
     receipt::receipt_service_client::ReceiptServiceClient,
 };
 use parley_server::{
     ServerArgs, ServiceIdentity,
     db::{Backend, DatabaseUrl},
+    lazy_channel,
 };
 use tokio::{net::TcpListener, sync::Notify};
-use tonic::{service::RoutesBuilder, transport::Endpoint};
+use tonic::service::RoutesBuilder;
 
 use crate::{
     error::MessageError,
-    outbox::Drainer,
+    fanout::Fanout,
+    outbox::{Downstream, Drainer},
     service::{Limits, MessageApi},
     store::{MessageStore, MySqlMessageStore, SqliteMessageStore},
 };
@@ -52,6 +58,24 @@ pub struct Config {
         default_value = "http://127.0.0.1:50054"
     )]
     pub receipt_url: String,
+    /// The presence service, for fan-out.
+    #[arg(
+        long,
+        env = "PARLEY_PRESENCE_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub presence_url: String,
+    /// The notification service, for offline members.
+    #[arg(
+        long,
+        env = "PARLEY_NOTIFICATION_URL",
+        default_value = "http://127.0.0.1:50055"
+    )]
+    pub notification_url: String,
+    /// The bus to the gateways (`redis://host:6379/0`). Unset: an in-process
+    /// bus, which reaches only gateways in the same process (`parley dev`).
+    #[arg(long, env = "PARLEY_BUS_URL", hide_env_values = true)]
+    pub bus_url: Option<String>,
     /// Largest message content, in bytes (at most 3 MiB).
     #[arg(long, env = "PARLEY_MAX_CONTENT_BYTES", default_value_t = 65_536,
           value_parser = clap::value_parser!(u64).range(1..=3 * 1024 * 1024))]
@@ -98,8 +122,35 @@ pub async fn migrate(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The bus `config` names: Redis, or a fresh in-process one.
+pub fn bus_from(url: Option<&str>) -> Result<Bus, String> {
+    match url {
+        Some(url) => Bus::redis(url).map_err(|e| e.to_string()),
+        None => {
+            tracing::warn!(
+                "no bus URL: using an in-process bus, which reaches only gateways in this process"
+            );
+            Ok(Bus::local())
+        }
+    }
+}
+
 /// Runs the service on `listener` until `shutdown` resolves.
 pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let bus = bus_from(config.bus_url.as_deref()).map_err(StartError::Config)?;
+    run_on_bus(config, bus, listener, shutdown).await
+}
+
+/// [`run`] publishing on a given bus (an in-process one shared with gateways).
+pub async fn run_on_bus<F>(
+    config: Config,
+    bus: Bus,
+    listener: TcpListener,
+    shutdown: F,
+) -> Result<(), StartError>
 where
     F: Future<Output = ()> + Send + 'static,
 {
@@ -107,11 +158,12 @@ where
     match config.database_url.backend() {
         Backend::MySql => {
             let store = MySqlMessageStore::connect(&url, config.server.db_max_connections).await?;
-            run_with(store, config, listener, shutdown).await
+            run_with(store, bus, config, listener, shutdown).await
         }
         Backend::Sqlite => {
             run_with(
                 SqliteMessageStore::connect(&url).await?,
+                bus,
                 config,
                 listener,
                 shutdown,
@@ -123,6 +175,7 @@ where
 
 async fn run_with<S, F>(
     store: S,
+    bus: Bus,
     config: Config,
     listener: TcpListener,
     shutdown: F,
@@ -134,17 +187,31 @@ where
     if config.server.migrate_on_start {
         store.migrate().await?;
     }
-    let endpoint = Endpoint::from_shared(config.receipt_url.clone())
-        .map_err(|_| StartError::Config("receipt URL is not a valid URI".into()))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10));
     let identity = ServiceIdentity::new("message", config.server.internal_token.as_ref())
         .map_err(|e| StartError::Config(e.to_string()))?;
-    let receipt = ReceiptServiceClient::with_interceptor(endpoint.connect_lazy(), identity);
+    let channel = |what, url: &str| lazy_channel(what, url).map_err(StartError::Config);
+    let receipt = ReceiptServiceClient::with_interceptor(
+        channel("receipt", &config.receipt_url)?,
+        identity.clone(),
+    );
+    let presence = PresenceServiceClient::with_interceptor(
+        channel("presence", &config.presence_url)?,
+        identity.clone(),
+    );
+    let notification = NotificationServiceClient::with_interceptor(
+        channel("notification", &config.notification_url)?,
+        identity,
+    );
+    let fanout = Fanout::new(presence, bus);
+    let downstream = Downstream {
+        receipt,
+        notification,
+        fanout: fanout.clone(),
+    };
     let wake = Arc::new(Notify::new());
     let max_backoff = Duration::from_millis(config.outbox_max_backoff_ms);
     let drainer =
-        tokio::spawn(Drainer::new(store.clone(), receipt, wake.clone(), max_backoff).run());
+        tokio::spawn(Drainer::new(store.clone(), downstream, wake.clone(), max_backoff).run());
 
     let limits = Limits {
         max_content_bytes: usize::try_from(config.max_content_bytes).unwrap_or(usize::MAX),
@@ -152,7 +219,7 @@ where
     };
     let mut routes = RoutesBuilder::default();
     routes.add_service(MessageServiceServer::new(MessageApi::new(
-        store, limits, wake,
+        store, limits, wake, fanout,
     )));
     tracing::info!(addr = %listener.local_addr().map_err(|e| StartError::Config(e.to_string()))?, "message service listening");
     let served = parley_server::serve(listener, &config.server, routes, shutdown).await;

@@ -17,7 +17,8 @@ use tonic::{Code, codegen::InterceptedService, transport::Channel};
 use crate::{
     domain::{MAX_LISTED_RECIPIENTS, MAX_UIDS_PER_REQUEST, Role},
     error::MessageError,
-    store::{MessageStore, OUTBOX_MEMBERSHIP, OUTBOX_MESSAGE, OutboxEvent},
+    fanout::{Fanout, FanoutError, NotificationClient, offline_batch},
+    store::{MessageRecord, MessageStore, OUTBOX_MEMBERSHIP, OUTBOX_MESSAGE, OutboxEvent},
 };
 
 /// The receipt client the drainer uses.
@@ -71,6 +72,8 @@ enum DeliveryError {
     Rpc(#[from] tonic::Status),
     #[error(transparent)]
     Store(#[from] MessageError),
+    #[error("offline hand-off: {0}")]
+    Fanout(#[from] FanoutError),
     #[error("{0}")]
     Corrupt(&'static str),
 }
@@ -79,27 +82,41 @@ impl DeliveryError {
     /// Why retrying can never help, or `None` when it might.
     fn permanent_reason(&self) -> Option<String> {
         match self {
-            Self::Rpc(status) if is_permanent(status.code()) => Some(status.message().to_owned()),
+            Self::Rpc(status) | Self::Fanout(FanoutError::Rpc(status))
+                if is_permanent(status.code()) =>
+            {
+                Some(status.message().to_owned())
+            }
             Self::Corrupt(reason) => Some((*reason).to_owned()),
             _ => None,
         }
     }
 }
 
+/// Where the drainer delivers.
+pub struct Downstream {
+    /// The receipt service.
+    pub receipt: ReceiptClient,
+    /// The notification service, for offline members.
+    pub notification: NotificationClient,
+    /// Presence lookups.
+    pub fanout: Fanout,
+}
+
 /// The drainer task.
 pub struct Drainer<S> {
     store: S,
-    receipt: ReceiptClient,
+    downstream: Downstream,
     wake: Arc<Notify>,
     max_backoff: Duration,
 }
 
 impl<S: MessageStore> Drainer<S> {
-    /// A drainer of `store`'s outbox into `receipt`.
-    pub fn new(store: S, receipt: ReceiptClient, wake: Arc<Notify>, max_backoff: Duration) -> Self {
+    /// A drainer of `store`'s outbox into the receipt and notification services.
+    pub fn new(store: S, downstream: Downstream, wake: Arc<Notify>, max_backoff: Duration) -> Self {
         Self {
             store,
-            receipt,
+            downstream,
             wake,
             max_backoff,
         }
@@ -194,13 +211,35 @@ impl<S: MessageStore> Drainer<S> {
             gid: u64::try_from(message.gid).unwrap_or_default(),
             msgid: u64::try_from(message.msgid).unwrap_or_default(),
             seq: u64::try_from(message.seq).unwrap_or_default(),
-            sender_uid: message.sender_uid,
+            sender_uid: message.sender_uid.clone(),
             need_receipt: message.need_receipt,
             recipient_count: u32::try_from(message.recipient_count).unwrap_or(u32::MAX),
             recipient_uids: init.recipients,
             created_at_ms: message.created_at_ms,
         };
-        self.receipt.init_receipts(request).await?;
+        self.downstream.receipt.init_receipts(request).await?;
+        self.hand_off_offline(&message).await
+    }
+
+    /// Hands the members with no device online to the notification service,
+    /// as one batch. Re-delivery is harmless: the queue is keyed by message and
+    /// recipient.
+    async fn hand_off_offline(&mut self, message: &MessageRecord) -> Result<(), DeliveryError> {
+        let Some(audience) = self.store.audience(message.gid, message.seq).await? else {
+            return Err(DeliveryError::Corrupt(
+                "outbox names a group that does not exist",
+            ));
+        };
+        let routes = self
+            .downstream
+            .fanout
+            .routes(&message.sender_uid, &audience)
+            .await?;
+        if routes.offline.is_empty() {
+            return Ok(());
+        }
+        let batch = offline_batch(message, &audience, routes.offline);
+        self.downstream.notification.enqueue_offline(batch).await?;
         Ok(())
     }
 
@@ -232,7 +271,7 @@ impl<S: MessageStore> Drainer<S> {
             gid: u64::try_from(unit[0].gid).unwrap_or_default(),
             changes,
         };
-        self.receipt.apply_membership(request).await?;
+        self.downstream.receipt.apply_membership(request).await?;
         Ok(())
     }
 }

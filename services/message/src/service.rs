@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     domain::{self, Gid, GroupKind, MAX_MSGIDS_PER_REQUEST, NewGroup, Role, parse_uids},
     error::MessageError,
+    fanout::Fanout,
     store::{
         GroupRecord, MemberRecord, MembershipChange, MessageRecord, MessageStore, NewMessage,
         SendOutcome,
@@ -31,16 +32,38 @@ pub struct MessageApi<S> {
     store: S,
     limits: Limits,
     outbox_wake: Arc<Notify>,
+    fanout: Fanout,
 }
 
 impl<S: MessageStore> MessageApi<S> {
-    /// Handlers over `store`; `outbox_wake` is notified after each outbox write.
-    pub fn new(store: S, limits: Limits, outbox_wake: Arc<Notify>) -> Self {
+    /// Handlers over `store`; `outbox_wake` is notified after each outbox write
+    /// and `fanout` publishes committed messages to the gateways.
+    pub fn new(store: S, limits: Limits, outbox_wake: Arc<Notify>, fanout: Fanout) -> Self {
         Self {
             store,
             limits,
             outbox_wake,
+            fanout,
         }
+    }
+
+    /// Publishes a committed message to its online recipients' gateways, off
+    /// the request path: the sender's reply does not wait for the fan-out.
+    fn publish_after_commit(&self, record: &MessageRecord) {
+        let (store, fanout, record) = (self.store.clone(), self.fanout.clone(), record.clone());
+        tokio::spawn(async move {
+            let audience = match store.audience(record.gid, record.seq).await {
+                Ok(Some(audience)) => audience,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(error = %error, gid = record.gid, seq = record.seq, "fan-out skipped: members unavailable; clients will sync");
+                    return;
+                }
+            };
+            if let Err(error) = fanout.publish(&record, &audience).await {
+                tracing::warn!(error = %error, gid = record.gid, seq = record.seq, "fan-out failed; clients will sync");
+            }
+        });
     }
 }
 
@@ -225,6 +248,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         let (record, duplicate) = match self.store.send(&message, now_ms()).await? {
             SendOutcome::Sent(record) => {
                 self.outbox_wake.notify_one();
+                self.publish_after_commit(&record);
                 tracing::debug!(
                     gid = record.gid,
                     seq = record.seq,

@@ -1,12 +1,19 @@
-//! `parley-notification`: the notification service (offline push). Its gRPC contract is in
-//! `proto/parley/notification/v1/`; the service itself is built by issue #4 and this
-//! binary refuses to start until then rather than pretend to serve.
+//! `parley-notification`: reads config, sets up logging, binds and runs the service.
 
-#![forbid(unsafe_code)]
+use clap::Parser;
+use parley_notification::Cli;
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "parley-notification: not implemented yet (issue #4); its contract is proto/parley/notification/v1"
-    );
-    std::process::ExitCode::from(2)
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    parley_server::telemetry::init(cli.config.server.log_format);
+    let config = cli.config;
+    parley_server::main_with(
+        "parley-notification",
+        config.listen,
+        cli.command,
+        parley_notification::migrate(&config.clone()),
+        |listener| parley_notification::run(config, listener, parley_server::shutdown_signal()),
+    )
+    .await
 }

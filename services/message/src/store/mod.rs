@@ -75,6 +75,15 @@ pub struct MessageRecord {
     pub created_at_ms: i64,
 }
 
+/// Who a message is for: the members at its seq, sender included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Audience {
+    /// The group's display name.
+    pub group_name: String,
+    /// Members when the message was sent, in uid order.
+    pub members: Vec<String>,
+}
+
 /// A message to store.
 #[derive(Clone, Debug)]
 pub struct NewMessage {
@@ -239,6 +248,13 @@ pub trait MessageStore: Clone + Send + Sync + 'static {
         seq: i64,
         max_listed: i64,
     ) -> impl Future<Output = Result<Option<ReceiptInit>, MessageError>> + Send;
+
+    /// The group's name and its members at `seq` (for fan-out).
+    fn audience(
+        &self,
+        gid: i64,
+        seq: i64,
+    ) -> impl Future<Output = Result<Option<Audience>, MessageError>> + Send;
 
     /// Current membership rows (including left members) of some users.
     fn member_states(

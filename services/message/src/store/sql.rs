@@ -459,6 +459,30 @@ macro_rules! impl_message_store {
                 Ok(Some(crate::store::ReceiptInit { message, recipients }))
             }
 
+            async fn audience(
+                &self,
+                gid: i64,
+                seq: i64,
+            ) -> Result<Option<crate::store::Audience>, crate::error::MessageError> {
+                let name: Option<String> = sqlx::query_scalar("SELECT name FROM chat_groups WHERE gid = ?")
+                    .bind(gid)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(group_name) = name else {
+                    return Ok(None);
+                };
+                let members = sqlx::query_scalar(
+                    "SELECT uid FROM group_users WHERE gid = ? AND joined_seq < ? \
+                     AND (left_seq IS NULL OR left_seq >= ?) ORDER BY uid",
+                )
+                .bind(gid)
+                .bind(seq)
+                .bind(seq)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(Some(crate::store::Audience { group_name, members }))
+            }
+
             async fn member_states(
                 &self,
                 gid: i64,

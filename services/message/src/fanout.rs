@@ -1,0 +1,200 @@
+//! Fan-out: after a message is committed, ask presence where its members are,
+//! publish one bus event per gateway (not one per recipient), and hand the
+//! offline members to the notification service as one batch.
+//!
+//! Publishing is the fast path and runs right after the commit; a failure
+//! there costs latency only, because clients close seq gaps themselves. The
+//! offline hand-off runs from the outbox drainer, so it survives a crash of
+//! this service between commit and hand-off.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use parley_bus::Bus;
+use parley_proto::{
+    bus::{BusEvent, Delivery, bus_event},
+    gateway::DeliveredMessage,
+    notification::{self as npb, notification_service_client::NotificationServiceClient},
+    presence::{self as ppb, presence_service_client::PresenceServiceClient},
+};
+use parley_server::ServiceIdentity;
+use tonic::{codegen::InterceptedService, transport::Channel};
+
+use crate::store::{Audience, MessageRecord};
+
+/// Clients the fan-out calls.
+pub type PresenceClient = PresenceServiceClient<InterceptedService<Channel, ServiceIdentity>>;
+/// The notification client the drainer hands offline members to.
+pub type NotificationClient =
+    NotificationServiceClient<InterceptedService<Channel, ServiceIdentity>>;
+
+/// Users per BatchGetPresence call.
+const PRESENCE_CHUNK: usize = 10_000;
+
+/// Where a message goes: per gateway the recipients it holds, and the members
+/// with no device online (never the sender).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Routes {
+    /// Gateway id → recipients with a device on it, in uid order.
+    pub gateways: BTreeMap<String, Vec<String>>,
+    /// Members with no device online, in uid order.
+    pub offline: Vec<String>,
+}
+
+/// Partitions `members` by the gateways their devices are on. The sender's
+/// own devices get the message too (their other screens stay in step), but
+/// the sender is never notified offline of their own message.
+pub fn route(sender: &str, presence: &[ppb::UserPresence]) -> Routes {
+    let mut routes = Routes::default();
+    for user in presence {
+        let gateways: BTreeSet<&str> = user.devices.iter().map(|d| d.gateway_id.as_str()).collect();
+        if gateways.is_empty() {
+            if user.uid != sender {
+                routes.offline.push(user.uid.clone());
+            }
+            continue;
+        }
+        for gateway in gateways {
+            routes
+                .gateways
+                .entry(gateway.to_owned())
+                .or_default()
+                .push(user.uid.clone());
+        }
+    }
+    routes
+}
+
+/// The wire form a gateway pushes to a device.
+pub fn delivered(message: &MessageRecord) -> DeliveredMessage {
+    DeliveredMessage {
+        msgid: u64::try_from(message.msgid).unwrap_or_default(),
+        gid: u64::try_from(message.gid).unwrap_or_default(),
+        seq: u64::try_from(message.seq).unwrap_or_default(),
+        sender_uid: message.sender_uid.clone(),
+        content: message.content.clone(),
+        need_receipt: message.need_receipt,
+        created_at_ms: message.created_at_ms,
+    }
+}
+
+/// Why a fan-out step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    /// Presence or notification refused or could not be reached.
+    #[error("{0}")]
+    Rpc(#[from] tonic::Status),
+    /// The bus could not publish.
+    #[error(transparent)]
+    Bus(#[from] parley_bus::BusError),
+}
+
+/// The fan-out's connections; cheap to clone.
+#[derive(Clone)]
+pub struct Fanout {
+    presence: PresenceClient,
+    bus: Bus,
+}
+
+impl Fanout {
+    /// A fan-out through `presence` and `bus`.
+    pub fn new(presence: PresenceClient, bus: Bus) -> Self {
+        Self { presence, bus }
+    }
+
+    /// Where the audience is right now.
+    pub async fn routes(&self, sender: &str, audience: &Audience) -> Result<Routes, FanoutError> {
+        let mut presence = Vec::with_capacity(audience.members.len());
+        for chunk in audience.members.chunks(PRESENCE_CHUNK) {
+            let reply = self
+                .presence
+                .clone()
+                .batch_get_presence(ppb::BatchGetPresenceRequest {
+                    uids: chunk.to_vec(),
+                })
+                .await?;
+            presence.extend(reply.into_inner().users);
+        }
+        Ok(route(sender, &presence))
+    }
+
+    /// Publishes `message` to every gateway holding one of its recipients.
+    pub async fn publish(
+        &self,
+        message: &MessageRecord,
+        audience: &Audience,
+    ) -> Result<usize, FanoutError> {
+        let routes = self.routes(&message.sender_uid, audience).await?;
+        let delivered = delivered(message);
+        for (gateway, uids) in &routes.gateways {
+            let event = BusEvent {
+                event: Some(bus_event::Event::Delivery(Delivery {
+                    message: Some(delivered.clone()),
+                    uids: uids.clone(),
+                })),
+            };
+            self.bus.publish(gateway, &event).await?;
+        }
+        Ok(routes.gateways.len())
+    }
+}
+
+/// The EnqueueOffline request for a message's offline members.
+pub fn offline_batch(
+    message: &MessageRecord,
+    audience: &Audience,
+    offline: Vec<String>,
+) -> npb::EnqueueOfflineRequest {
+    npb::EnqueueOfflineRequest {
+        gid: u64::try_from(message.gid).unwrap_or_default(),
+        msgid: u64::try_from(message.msgid).unwrap_or_default(),
+        seq: u64::try_from(message.seq).unwrap_or_default(),
+        sender_uid: message.sender_uid.clone(),
+        group_name: audience.group_name.clone(),
+        recipient_uids: offline,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(uid: &str, gateways: &[&str]) -> ppb::UserPresence {
+        ppb::UserPresence {
+            uid: uid.into(),
+            devices: gateways
+                .iter()
+                .enumerate()
+                .map(|(i, g)| ppb::DevicePresence {
+                    device: Some(ppb::DeviceRef {
+                        uid: uid.into(),
+                        device_id: format!("d{i}"),
+                    }),
+                    gateway_id: (*g).into(),
+                })
+                .collect(),
+            last_seen_ms: 0,
+        }
+    }
+
+    #[test]
+    fn one_batch_per_gateway_and_offline_members_apart() {
+        let presence = vec![
+            user("A", &["gw1"]),
+            user("uid1", &["gw1", "gw2", "gw2"]),
+            user("uid2", &["gw2"]),
+            user("uid3", &[]),
+        ];
+        let routes = route("A", &presence);
+        assert_eq!(routes.gateways.len(), 2);
+        assert_eq!(routes.gateways["gw1"], vec!["A", "uid1"]);
+        assert_eq!(routes.gateways["gw2"], vec!["uid1", "uid2"]);
+        assert_eq!(routes.offline, vec!["uid3"]);
+    }
+
+    #[test]
+    fn an_offline_sender_is_not_notified_of_their_own_message() {
+        let routes = route("A", &[user("A", &[]), user("B", &[])]);
+        assert!(routes.gateways.is_empty());
+        assert_eq!(routes.offline, vec!["B"]);
+    }
+}
