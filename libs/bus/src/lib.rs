@@ -65,6 +65,20 @@ impl Bus {
         RedisBus::new(url).map(Self::Redis)
     }
 
+    /// The bus a service's `PARLEY_BUS_URL` names: Redis, or when unset a fresh
+    /// in-process bus, which reaches only gateways in the same process.
+    pub fn from_url(url: Option<&str>) -> Result<Self, BusError> {
+        match url {
+            Some(url) => Self::redis(url),
+            None => {
+                tracing::warn!(
+                    "no bus URL: using an in-process bus, which reaches only gateways in this process"
+                );
+                Ok(Self::local())
+            }
+        }
+    }
+
     /// A fresh in-process bus; clones share it.
     pub fn local() -> Self {
         Self::Local(LocalBus::default())

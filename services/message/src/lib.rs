@@ -140,7 +140,8 @@ pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Resul
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let bus = bus_from(config.bus_url.as_deref()).map_err(StartError::Config)?;
+    let bus =
+        Bus::from_url(config.bus_url.as_deref()).map_err(|e| StartError::Config(e.to_string()))?;
     run_on_bus(config, bus, listener, shutdown).await
 }
 

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod digest;
 pub mod domain;
 pub mod error;
 pub mod retention;
@@ -13,15 +14,21 @@ pub mod store;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use parley_proto::receipt::receipt_service_server::ReceiptServiceServer;
+use parley_bus::Bus;
+use parley_proto::{
+    presence::presence_service_client::PresenceServiceClient,
+    receipt::receipt_service_server::ReceiptServiceServer,
+};
 use parley_server::{
-    ServerArgs,
+    ServerArgs, ServiceIdentity,
     db::{Backend, DatabaseUrl},
+    lazy_channel,
 };
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 
 use crate::{
+    digest::Coalescer,
     error::ReceiptError,
     service::ReceiptApi,
     store::{MySqlReceiptStore, ReceiptStore, SqliteReceiptStore},
@@ -55,6 +62,22 @@ pub struct Config {
     #[arg(long, env = "PARLEY_RECEIPT_RETENTION_INTERVAL_SECS", default_value_t = 3600,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub retention_interval_secs: u64,
+    /// Read acks within this window, in milliseconds, reach a sender as one
+    /// receipt digest.
+    #[arg(long, env = "PARLEY_RECEIPT_DIGEST_WINDOW_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub digest_window_ms: u64,
+    /// The presence service, to find senders' gateways.
+    #[arg(
+        long,
+        env = "PARLEY_PRESENCE_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub presence_url: String,
+    /// The bus to the gateways (`redis://host:6379/0`). Unset: an in-process
+    /// bus, which reaches only gateways in the same process (`parley dev`).
+    #[arg(long, env = "PARLEY_BUS_URL", hide_env_values = true)]
+    pub bus_url: Option<String>,
     /// Flags shared by every service: storage pool, migrations, logging, request limits.
     #[command(flatten)]
     pub server: ServerArgs,
@@ -94,15 +117,32 @@ pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Resul
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    let bus =
+        Bus::from_url(config.bus_url.as_deref()).map_err(|e| StartError::Config(e.to_string()))?;
+    run_on_bus(config, bus, listener, shutdown).await
+}
+
+/// [`run`] publishing digests on a given bus (an in-process one shared with
+/// gateways).
+pub async fn run_on_bus<F>(
+    config: Config,
+    bus: Bus,
+    listener: TcpListener,
+    shutdown: F,
+) -> Result<(), StartError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     let url = config.database_url.expose().to_owned();
     match config.database_url.backend() {
         Backend::MySql => {
             let store = MySqlReceiptStore::connect(&url, config.server.db_max_connections).await?;
-            run_with(store, config, listener, shutdown).await
+            run_with(store, bus, config, listener, shutdown).await
         }
         Backend::Sqlite => {
             run_with(
                 SqliteReceiptStore::connect(&url).await?,
+                bus,
                 config,
                 listener,
                 shutdown,
@@ -114,6 +154,7 @@ where
 
 async fn run_with<S, F>(
     store: S,
+    bus: Bus,
     config: Config,
     listener: TcpListener,
     shutdown: F,
@@ -130,10 +171,25 @@ where
         Duration::from_secs(config.retention_hours * 3600),
         Duration::from_secs(config.retention_interval_secs),
     ));
+    let identity = ServiceIdentity::new("receipt", config.server.internal_token.as_ref())
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let presence = PresenceServiceClient::with_interceptor(
+        lazy_channel("presence", &config.presence_url).map_err(StartError::Config)?,
+        identity,
+    );
+    let coalescer = Coalescer::default();
+    let digests = tokio::spawn(digest::run(
+        store.clone(),
+        coalescer.clone(),
+        presence,
+        bus,
+        Duration::from_millis(config.digest_window_ms),
+    ));
     let mut routes = RoutesBuilder::default();
     routes.add_service(ReceiptServiceServer::new(ReceiptApi::new(
         store,
         config.ledger_max_members,
+        coalescer,
     )));
     let addr = listener
         .local_addr()
@@ -141,5 +197,6 @@ where
     tracing::info!(%addr, ledger_max_members = config.ledger_max_members, "receipt service listening");
     let served = parley_server::serve(listener, &config.server, routes, shutdown).await;
     retention.abort();
+    digests.abort();
     served.map_err(StartError::Serve)
 }

@@ -5,6 +5,7 @@ use parley_server::{Caller, Uid, now_ms, page};
 use tonic::{Request, Response, Status};
 
 use crate::{
+    digest::Coalescer,
     domain::{
         self, AckKind, MAX_LIST_PAGE, MAX_MSGIDS_PER_REQUEST, ReceiptState, parse_id, unread,
     },
@@ -16,12 +17,18 @@ use crate::{
 pub struct ReceiptApi<S> {
     store: S,
     ledger_max: i64,
+    digests: Coalescer,
 }
 
 impl<S: ReceiptStore> ReceiptApi<S> {
-    /// Handlers over `store`, keeping a ledger for groups up to `ledger_max` recipients.
-    pub fn new(store: S, ledger_max: i64) -> Self {
-        Self { store, ledger_max }
+    /// Handlers over `store`, keeping a ledger for groups up to `ledger_max`
+    /// recipients; read acks are reported to `digests` for the senders.
+    pub fn new(store: S, ledger_max: i64, digests: Coalescer) -> Self {
+        Self {
+            store,
+            ledger_max,
+            digests,
+        }
     }
 
     /// Loads messages by id and checks the caller may see their receipts: the
@@ -198,6 +205,10 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
                 other => break other?,
             }
         };
+        let (before, after) = (outcome.previous.read, outcome.cursors.read);
+        if after > before {
+            self.digests.mark(gid, before, after);
+        }
         Ok(Response::new(pb::AckResponse {
             delivered_seq: to_u64(outcome.cursors.delivered),
             read_seq: to_u64(outcome.cursors.read),
@@ -338,6 +349,7 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
                 unread: unread(r.last_seq, r.read_seq),
                 last_seq: to_u64(r.last_seq),
                 read_seq: to_u64(r.read_seq),
+                delivered_seq: to_u64(r.delivered_seq),
             })
             .collect();
         Ok(Response::new(pb::UnreadCountsResponse {

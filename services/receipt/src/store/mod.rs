@@ -66,6 +66,8 @@ pub struct MemberChange {
 pub struct AckOutcome {
     /// Cursors after the ack.
     pub cursors: Cursors,
+    /// Cursors before the ack.
+    pub previous: Cursors,
     /// False when the ack changed nothing.
     pub advanced: bool,
 }
@@ -115,6 +117,8 @@ pub struct UnreadRecord {
     pub last_seq: i64,
     /// The member's read cursor.
     pub read_seq: i64,
+    /// The member's delivered cursor.
+    pub delivered_seq: i64,
 }
 
 /// Which of a user's groups to count.
@@ -155,6 +159,16 @@ pub trait ReceiptStore: Clone + Send + Sync + 'static {
         kind: AckKind,
         now_ms: i64,
     ) -> impl Future<Output = Result<AckOutcome, ReceiptError>> + Send;
+
+    /// Receipt state of the group's messages with seq in `(after_seq,
+    /// up_to_seq]`, newest first, at most `limit`.
+    fn messages_between(
+        &self,
+        gid: i64,
+        after_seq: i64,
+        up_to_seq: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<MsgReceipt>, ReceiptError>> + Send;
 
     /// Whether the group is known.
     fn group_exists(&self, gid: i64) -> impl Future<Output = Result<bool, ReceiptError>> + Send;

@@ -236,7 +236,7 @@ macro_rules! impl_receipt_store {
                 };
                 let current = Cursors { delivered: cursor.delivered_seq, read: cursor.read_seq };
                 let Some(next) = advance(current, up_to, kind) else {
-                    return Ok(AckOutcome { cursors: current, advanced: false });
+                    return Ok(AckOutcome { cursors: current, previous: current, advanced: false });
                 };
                 sqlx::query(
                     "UPDATE receipt_cursors SET delivered_seq = ?, read_seq = ?, updated_at_ms = ? \
@@ -279,10 +279,29 @@ macro_rules! impl_receipt_store {
                 if next.delivered > current.delivered {
                     Self::flip_ledger(&mut tx, gid, uid, next.delivered, ACK_DELIVERED, now_ms).await?;
                 }
-                Ok(AckOutcome { cursors: next, advanced: true })
+                Ok(AckOutcome { cursors: next, previous: current, advanced: true })
                 }
                 .await;
                 parley_server::db::finish(tx, outcome).await
+            }
+
+            async fn messages_between(
+                &self,
+                gid: i64,
+                after_seq: i64,
+                up_to_seq: i64,
+                limit: u32,
+            ) -> Result<Vec<crate::store::MsgReceipt>, crate::error::ReceiptError> {
+                Ok(sqlx::query_as(
+                    "SELECT gid, seq, msgid, sender_uid, recipient_count, read_count, ledger, changed_at_ms \
+                     FROM receipt_msgs WHERE gid = ? AND seq > ? AND seq <= ? ORDER BY seq DESC LIMIT ?",
+                )
+                .bind(gid)
+                .bind(after_seq)
+                .bind(up_to_seq)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?)
             }
 
             async fn group_exists(&self, gid: i64) -> Result<bool, crate::error::ReceiptError> {
@@ -404,7 +423,7 @@ macro_rules! impl_receipt_store {
                 selection: crate::store::GroupSelection<'_>,
             ) -> Result<Vec<crate::store::UnreadRecord>, crate::error::ReceiptError> {
                 let mut select = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT c.gid, g.last_seq, c.read_seq FROM receipt_cursors c \
+                    "SELECT c.gid, g.last_seq, c.read_seq, c.delivered_seq FROM receipt_cursors c \
                      JOIN receipt_groups g ON g.gid = c.gid WHERE c.uid = ",
                 );
                 select.push_bind(uid).push(" AND c.left_seq IS NULL");

@@ -1,0 +1,209 @@
+//! Receipt digests to senders. An ack that moves a read cursor marks the
+//! group's seq range as changed; every window the changed ranges are read
+//! once, grouped by sender, and each online sender gets one digest on the bus
+//! per window, however many readers acked: 40 readers in one second are one
+//! push, not 40. Only the sender's own gateways get it. A sender who is
+//! offline (or misses a digest) pulls the changes with `PullReceipts`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use parley_bus::Bus;
+use parley_proto::{
+    bus::{BusEvent, ReceiptDigest, bus_event},
+    gateway::ReceiptDigestEntry,
+    presence::{self as ppb, presence_service_client::PresenceServiceClient},
+};
+use parley_server::ServiceIdentity;
+use tonic::{codegen::InterceptedService, transport::Channel};
+
+use crate::store::{MsgReceipt, ReceiptStore};
+
+/// The presence client the digests are routed with.
+pub type PresenceClient = PresenceServiceClient<InterceptedService<Channel, ServiceIdentity>>;
+
+/// Messages per group and window a digest reports (the newest).
+const MAX_MESSAGES_PER_GROUP: u32 = 200;
+
+/// Changed seq ranges per group, `(after, up_to]`, merged.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Dirty(BTreeMap<i64, (i64, i64)>);
+
+impl Dirty {
+    /// Marks `(after, up_to]` of `gid` as changed.
+    pub fn mark(&mut self, gid: i64, after: i64, up_to: i64) {
+        if up_to <= after {
+            return;
+        }
+        self.0
+            .entry(gid)
+            .and_modify(|(lo, hi)| {
+                *lo = (*lo).min(after);
+                *hi = (*hi).max(up_to);
+            })
+            .or_insert((after, up_to));
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One digest per sender: their changed messages, oldest first.
+pub fn by_sender(messages: Vec<MsgReceipt>) -> BTreeMap<String, Vec<ReceiptDigestEntry>> {
+    let mut digests: BTreeMap<String, Vec<ReceiptDigestEntry>> = BTreeMap::new();
+    for m in messages {
+        digests
+            .entry(m.sender_uid)
+            .or_default()
+            .push(ReceiptDigestEntry {
+                gid: u64::try_from(m.gid).unwrap_or_default(),
+                msgid: u64::try_from(m.msgid).unwrap_or_default(),
+                seq: u64::try_from(m.seq).unwrap_or_default(),
+                read_count: u32::try_from(m.read_count).unwrap_or(u32::MAX),
+                recipient_count: u32::try_from(m.recipient_count).unwrap_or(u32::MAX),
+            });
+    }
+    for entries in digests.values_mut() {
+        entries.sort_by_key(|e| (e.gid, e.seq));
+    }
+    digests
+}
+
+/// Collects changes from acks; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Coalescer {
+    dirty: Arc<Mutex<Dirty>>,
+}
+
+impl Coalescer {
+    /// Records that reads in `gid` moved from `after` to `up_to`.
+    pub fn mark(&self, gid: i64, after: i64, up_to: i64) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .mark(gid, after, up_to);
+    }
+
+    fn take(&self) -> Dirty {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Sends the coalesced digests every `window`, until dropped.
+pub async fn run<S: ReceiptStore>(
+    store: S,
+    coalescer: Coalescer,
+    presence: PresenceClient,
+    bus: Bus,
+    window: Duration,
+) {
+    let mut tick = tokio::time::interval(window);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let dirty = coalescer.take();
+        if dirty.is_empty() {
+            continue;
+        }
+        if let Err(error) = flush(&store, dirty, presence.clone(), &bus).await {
+            // Digests are a convenience: senders pull what they missed.
+            tracing::warn!(error = %error, "receipt digests dropped");
+        }
+    }
+}
+
+async fn flush<S: ReceiptStore>(
+    store: &S,
+    dirty: Dirty,
+    mut presence: PresenceClient,
+    bus: &Bus,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut changed = Vec::new();
+    for (gid, (after, up_to)) in dirty.0 {
+        changed.extend(
+            store
+                .messages_between(gid, after, up_to, MAX_MESSAGES_PER_GROUP)
+                .await?,
+        );
+    }
+    let digests = by_sender(changed);
+    if digests.is_empty() {
+        return Ok(());
+    }
+    let senders: Vec<String> = digests.keys().cloned().collect();
+    let mut gateways: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for chunk in senders.chunks(10_000) {
+        let reply = presence
+            .batch_get_presence(ppb::BatchGetPresenceRequest {
+                uids: chunk.to_vec(),
+            })
+            .await?;
+        for user in reply.into_inner().users {
+            let entry = gateways.entry(user.uid).or_default();
+            entry.extend(user.devices.into_iter().map(|d| d.gateway_id));
+        }
+    }
+    for (uid, entries) in digests {
+        let Some(targets) = gateways.get(&uid) else {
+            continue;
+        };
+        let event = BusEvent {
+            event: Some(bus_event::Event::Digest(ReceiptDigest {
+                uid: uid.clone(),
+                entries,
+            })),
+        };
+        for gateway in targets {
+            bus.publish(gateway, &event).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(seq: i64, sender: &str, read: i64) -> MsgReceipt {
+        MsgReceipt {
+            gid: 1,
+            seq,
+            msgid: 100 + seq,
+            sender_uid: sender.into(),
+            recipient_count: 40,
+            read_count: read,
+            ledger: true,
+            changed_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn forty_readers_make_one_range() {
+        let mut dirty = Dirty::default();
+        for _reader in 0..40 {
+            dirty.mark(1, 0, 15);
+        }
+        dirty.mark(1, 10, 20);
+        dirty.mark(2, 5, 5);
+        assert_eq!(dirty.0.len(), 1, "an ack that moved nothing marks nothing");
+        assert_eq!(dirty.0[&1], (0, 20));
+    }
+
+    #[test]
+    fn digests_go_to_each_sender_with_only_their_messages() {
+        let digests = by_sender(vec![
+            receipt(3, "A", 2),
+            receipt(2, "B", 1),
+            receipt(1, "A", 40),
+        ]);
+        assert_eq!(digests.len(), 2);
+        let a: Vec<(u64, u32)> = digests["A"].iter().map(|e| (e.seq, e.read_count)).collect();
+        assert_eq!(a, vec![(1, 40), (3, 2)]);
+        assert_eq!(digests["B"].len(), 1);
+    }
+}
