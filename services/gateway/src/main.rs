@@ -1,12 +1,19 @@
-//! `parley-gateway`: the gateway service (client streams). Its gRPC contract is in
-//! `proto/parley/gateway/v1/`; the service itself is built by issue #3 and this
-//! binary refuses to start until then rather than pretend to serve.
+//! `parley-gateway`: reads config, sets up logging, binds and runs the gateway.
 
-#![forbid(unsafe_code)]
+use clap::Parser;
+use parley_gateway::Cli;
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "parley-gateway: not implemented yet (issue #3); its contract is proto/parley/gateway/v1"
-    );
-    std::process::ExitCode::from(2)
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    parley_server::telemetry::init(cli.config.server.log_format);
+    let config = cli.config;
+    parley_server::main_with(
+        "parley-gateway",
+        config.listen,
+        cli.command,
+        async { Ok::<(), parley_gateway::StartError>(()) },
+        |listener| parley_gateway::run(config, listener, parley_server::shutdown_signal()),
+    )
+    .await
 }

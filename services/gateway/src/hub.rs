@@ -1,0 +1,238 @@
+//! The gateway's own connections (uid → devices) and the bus dispatcher that
+//! hands each event to the connections it names. Nothing here waits on a
+//! client: a connection whose inbox is full is kicked (it resyncs by seq when
+//! it reconnects), so one slow client never holds up another.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use parley_bus::Signal;
+use parley_proto::{
+    bus::bus_event,
+    gateway::{DeliveredMessage, ReceiptDigestEntry},
+};
+use parley_server::Uid;
+use tokio::sync::{Notify, mpsc};
+
+/// What the dispatcher hands a connection.
+#[derive(Clone, Debug)]
+pub enum Inbound {
+    /// A message of one of the user's groups.
+    Message(DeliveredMessage),
+    /// Receipt changes of the user's own messages.
+    Digest(Vec<ReceiptDigestEntry>),
+    /// The bus subscription was re-established: catch up from the store.
+    Resync,
+}
+
+/// A connection as the hub sees it.
+#[derive(Clone)]
+pub struct Handle {
+    id: u64,
+    device_id: String,
+    inbox: mpsc::Sender<Inbound>,
+    kick: Arc<Notify>,
+}
+
+impl Handle {
+    /// Hands `event` over without waiting; a full inbox kicks the connection.
+    fn offer(&self, event: Inbound) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.inbox.try_send(event) {
+            self.kick.notify_one();
+        }
+    }
+}
+
+/// The local connection table, shared by the sessions, the dispatcher and
+/// the presence heartbeat.
+#[derive(Clone, Default)]
+pub struct Hub {
+    connections: Arc<RwLock<HashMap<Uid, Vec<Handle>>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+/// A registered connection: its id, inbox and kick signal.
+pub struct Registration {
+    /// Unique within this gateway.
+    pub id: u64,
+    /// Events for the connection.
+    pub inbox: mpsc::Receiver<Inbound>,
+    /// Notified when the connection fell too far behind.
+    pub kick: Arc<Notify>,
+}
+
+impl Hub {
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<Uid, Vec<Handle>>> {
+        self.connections
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Uid, Vec<Handle>>> {
+        self.connections
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a connection of `uid`'s `device_id`, with an inbox of `capacity`.
+    pub fn register(&self, uid: &Uid, device_id: &str, capacity: usize) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(capacity);
+        let kick = Arc::new(Notify::new());
+        let handle = Handle {
+            id,
+            device_id: device_id.to_owned(),
+            inbox: tx,
+            kick: kick.clone(),
+        };
+        self.write().entry(uid.clone()).or_default().push(handle);
+        Registration {
+            id,
+            inbox: rx,
+            kick,
+        }
+    }
+
+    /// Removes a connection. Returns true when it was the device's last one
+    /// here, so the device is now offline on this gateway.
+    pub fn unregister(&self, uid: &Uid, id: u64) -> bool {
+        let mut connections = self.write();
+        let Some(handles) = connections.get_mut(uid) else {
+            return false;
+        };
+        let Some(position) = handles.iter().position(|h| h.id == id) else {
+            return false;
+        };
+        let removed = handles.swap_remove(position);
+        let last = !handles.iter().any(|h| h.device_id == removed.device_id);
+        if handles.is_empty() {
+            connections.remove(uid);
+        }
+        last
+    }
+
+    /// Every (user, device) connected here, for the presence heartbeat.
+    pub fn devices(&self) -> Vec<(Uid, String)> {
+        let mut devices: Vec<(Uid, String)> = self
+            .read()
+            .iter()
+            .flat_map(|(uid, handles)| handles.iter().map(|h| (uid.clone(), h.device_id.clone())))
+            .collect();
+        devices.sort();
+        devices.dedup();
+        devices
+    }
+
+    /// Connections held, for logs and tests.
+    pub fn connection_count(&self) -> usize {
+        self.read().values().map(Vec::len).sum()
+    }
+
+    /// Hands one bus signal to the connections it concerns.
+    pub fn dispatch(&self, signal: Signal) {
+        let connections = self.read();
+        let event = match signal {
+            Signal::Resubscribed => {
+                for handle in connections.values().flatten() {
+                    handle.offer(Inbound::Resync);
+                }
+                return;
+            }
+            Signal::Event(event) => event.event,
+        };
+        match event {
+            Some(bus_event::Event::Delivery(delivery)) => {
+                let Some(message) = delivery.message else {
+                    return;
+                };
+                for uid in &delivery.uids {
+                    let Ok(uid) = Uid::parse(uid) else { continue };
+                    for handle in connections.get(&uid).into_iter().flatten() {
+                        handle.offer(Inbound::Message(message.clone()));
+                    }
+                }
+            }
+            Some(bus_event::Event::Digest(digest)) => {
+                let Ok(uid) = Uid::parse(&digest.uid) else {
+                    return;
+                };
+                for handle in connections.get(&uid).into_iter().flatten() {
+                    handle.offer(Inbound::Digest(digest.entries.clone()));
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// Feeds bus signals to the hub until the subscription ends.
+pub async fn dispatch(hub: Hub, mut signals: mpsc::Receiver<Signal>) {
+    while let Some(signal) = signals.recv().await {
+        hub.dispatch(signal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use parley_proto::bus::{BusEvent, Delivery};
+
+    use super::*;
+
+    fn uid(raw: &str) -> Uid {
+        Uid::parse(raw).expect("valid uid")
+    }
+
+    fn delivery(seq: u64, uids: &[&str]) -> Signal {
+        Signal::Event(BusEvent {
+            event: Some(bus_event::Event::Delivery(Delivery {
+                message: Some(DeliveredMessage {
+                    seq,
+                    gid: 1,
+                    ..Default::default()
+                }),
+                uids: uids.iter().map(|u| (*u).to_owned()).collect(),
+            })),
+        })
+    }
+
+    #[test]
+    fn deliveries_reach_every_device_of_the_named_users_only() {
+        let hub = Hub::default();
+        let mut phone = hub.register(&uid("uid1"), "phone", 8);
+        let mut laptop = hub.register(&uid("uid1"), "laptop", 8);
+        let mut other = hub.register(&uid("uid2"), "phone", 8);
+        hub.dispatch(delivery(1, &["uid1", "nobody-here"]));
+        assert!(matches!(phone.inbox.try_recv(), Ok(Inbound::Message(m)) if m.seq == 1));
+        assert!(matches!(laptop.inbox.try_recv(), Ok(Inbound::Message(m)) if m.seq == 1));
+        assert!(other.inbox.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_full_inbox_kicks_its_connection_without_blocking_others() {
+        let hub = Hub::default();
+        let slow = hub.register(&uid("slow"), "d", 1);
+        let mut fast = hub.register(&uid("fast"), "d", 8);
+        hub.dispatch(delivery(1, &["slow", "fast"]));
+        hub.dispatch(delivery(2, &["slow", "fast"]));
+        let kicked = futures::FutureExt::now_or_never(slow.kick.notified());
+        assert!(kicked.is_some(), "the slow connection was told to go");
+        assert!(fast.inbox.try_recv().is_ok());
+        assert!(fast.inbox.try_recv().is_ok());
+    }
+
+    #[test]
+    fn a_device_is_offline_only_when_its_last_connection_goes() {
+        let hub = Hub::default();
+        let first = hub.register(&uid("uid1"), "phone", 8);
+        let second = hub.register(&uid("uid1"), "phone", 8);
+        assert_eq!(hub.devices(), vec![(uid("uid1"), "phone".to_owned())]);
+        assert!(!hub.unregister(&uid("uid1"), first.id));
+        assert!(hub.unregister(&uid("uid1"), second.id));
+        assert_eq!(hub.connection_count(), 0);
+    }
+}

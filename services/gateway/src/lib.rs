@@ -1,0 +1,372 @@
+//! The gateway: holds one bidirectional stream per device. The first frame
+//! authenticates with a JWT; the gateway then registers the device with
+//! presence, sends the backlog since the user's delivered cursor, and relays
+//! frames both ways: sends, acks, syncs and heartbeats from the client;
+//! messages and receipt digests from its own bus channel. It keeps only its
+//! own connections and calls every other service for everything else.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod hub;
+pub mod session;
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Duration};
+
+use futures::Stream;
+use parley_bus::Bus;
+use parley_proto::{
+    gateway::{
+        self as pb,
+        connect_request::Frame as In,
+        connect_response::Frame as Out,
+        gateway_service_server::{GatewayService, GatewayServiceServer},
+    },
+    message::message_service_client::MessageServiceClient,
+    presence::{self as ppb, presence_service_client::PresenceServiceClient},
+    receipt::receipt_service_client::ReceiptServiceClient,
+};
+use parley_server::{ServerArgs, ServiceIdentity, Uid, lazy_channel, serve::Secret};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, oneshot},
+};
+use tonic::{Request, Response, Status, Streaming, service::RoutesBuilder};
+
+use crate::{
+    auth::Verifier,
+    hub::Hub,
+    session::{Session, Start, Upstream},
+};
+
+/// Bus events buffered per connection before it is cut off as too slow.
+const INBOX: usize = 1024;
+/// Devices per presence heartbeat call.
+const HEARTBEAT_CHUNK: usize = 10_000;
+
+/// The gateway's configuration, from flags or `PARLEY_*` variables.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// Address to serve the client stream on.
+    #[arg(long, env = "PARLEY_GATEWAY_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// This gateway's id: its bus channel and what presence records for its
+    /// devices. Unset: a random id per start (use the pod name in Kubernetes).
+    #[arg(long, env = "PARLEY_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+    /// HS256 secret the client JWTs are signed with (development).
+    #[arg(long, env = "PARLEY_GATEWAY_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<Secret>,
+    /// PEM file of the RSA public key the client JWTs (RS256) are signed with.
+    #[arg(long, env = "PARLEY_GATEWAY_JWT_RS256_PUBLIC_KEY_FILE")]
+    pub jwt_rs256_public_key_file: Option<PathBuf>,
+    /// How often clients and the gateway heartbeat, in milliseconds. Presence
+    /// entries should live about 1.5 times this.
+    #[arg(long, env = "PARLEY_GATEWAY_HEARTBEAT_INTERVAL_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(50..=600_000))]
+    pub heartbeat_interval_ms: u32,
+    /// Frames queued for one client; a client that lets it fill is cut off
+    /// (it reconnects and resyncs by seq).
+    #[arg(long, env = "PARLEY_GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(4..=1_000_000))]
+    pub outbound_queue: u64,
+    /// Time a new stream has to send its auth frame, in milliseconds.
+    #[arg(long, env = "PARLEY_GATEWAY_AUTH_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub auth_timeout_ms: u64,
+    /// The message service.
+    #[arg(
+        long,
+        env = "PARLEY_MESSAGE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub message_url: String,
+    /// The receipt service.
+    #[arg(
+        long,
+        env = "PARLEY_RECEIPT_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    pub receipt_url: String,
+    /// The presence service.
+    #[arg(
+        long,
+        env = "PARLEY_PRESENCE_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub presence_url: String,
+    /// The bus (`redis://host:6379/0`). Unset: an in-process bus, which only
+    /// services in the same process publish on (`parley dev`).
+    #[arg(long, env = "PARLEY_BUS_URL", hide_env_values = true)]
+    pub bus_url: Option<String>,
+    /// Flags shared by every service: logging, request limits, internal token.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// The command line.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "parley-gateway",
+    version,
+    about = "Parley gateway: one stream per client device"
+)]
+pub struct Cli {
+    /// What to do (`migrate` has nothing to do here and succeeds).
+    #[command(subcommand)]
+    pub command: Option<parley_server::Command>,
+    /// Configuration.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct GatewayError(String);
+
+/// Why the service could not start or stopped with an error.
+pub type StartError = parley_server::serve::StartError<GatewayError>;
+
+impl Config {
+    /// The token verifier the configuration names: exactly one key.
+    pub fn verifier(&self) -> Result<Verifier, StartError> {
+        match (&self.jwt_hs256_secret, &self.jwt_rs256_public_key_file) {
+            (Some(secret), None) => Ok(Verifier::hs256(secret.expose().as_bytes())),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    StartError::Config(format!("cannot read the JWT public key {}: {e}", path.display()))
+                })?;
+                Verifier::rs256(&pem).map_err(|e| {
+                    StartError::Config(format!("the JWT public key {} is not an RSA PEM key: {e}", path.display()))
+                })
+            }
+            _ => Err(StartError::Config(
+                "set exactly one of PARLEY_GATEWAY_JWT_HS256_SECRET and PARLEY_GATEWAY_JWT_RS256_PUBLIC_KEY_FILE".into(),
+            )),
+        }
+    }
+}
+
+/// The Connect handler.
+pub struct GatewayApi {
+    verifier: Verifier,
+    hub: Hub,
+    upstream: Upstream,
+    gateway_id: String,
+    heartbeat_interval_ms: u32,
+    outbound_queue: usize,
+    auth_timeout: Duration,
+}
+
+fn valid_device_id(raw: &str) -> bool {
+    !raw.is_empty() && raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_graphic() && b != b'|')
+}
+
+impl GatewayApi {
+    /// Waits for the auth frame and checks it.
+    async fn authenticate(
+        &self,
+        frames: &mut Streaming<pb::ConnectRequest>,
+    ) -> Result<(Uid, pb::AuthFrame), Status> {
+        let first = tokio::time::timeout(self.auth_timeout, frames.message())
+            .await
+            .map_err(|_| Status::unauthenticated("no auth frame in time"))?
+            .map_err(|_| Status::unauthenticated("stream ended before auth"))?
+            .ok_or_else(|| Status::unauthenticated("stream ended before auth"))?;
+        let Some(In::Auth(auth)) = first.frame else {
+            return Err(Status::unauthenticated("the first frame must be auth"));
+        };
+        let uid = self.verifier.verify(&auth.token).map_err(|error| {
+            tracing::info!(error = %error, "stream refused: invalid token");
+            Status::unauthenticated("invalid token")
+        })?;
+        if !valid_device_id(&auth.device_id) {
+            return Err(Status::invalid_argument(
+                "device_id: 1 to 64 printable ASCII characters without spaces or '|'",
+            ));
+        }
+        Ok((uid, auth))
+    }
+}
+
+type ConnectStream = Pin<Box<dyn Stream<Item = Result<pb::ConnectResponse, Status>> + Send>>;
+
+/// The response stream: queued frames, or, once `close` fires, a closing frame
+/// ahead of anything still queued, and the end.
+fn outbound(
+    rx: mpsc::Receiver<pb::ConnectResponse>,
+    close: oneshot::Receiver<String>,
+) -> ConnectStream {
+    let state = (rx, Some(close));
+    Box::pin(futures::stream::unfold(
+        state,
+        |(mut rx, close)| async move {
+            let mut close = close?;
+            tokio::select! {
+                biased;
+                reason = &mut close => {
+                    let reason = reason.ok()?;
+                    let frame = pb::ConnectResponse {
+                        frame: Some(Out::Closing(pb::ClosingFrame { reason })),
+                    };
+                    Some((Ok(frame), (rx, None)))
+                }
+                frame = rx.recv() => frame.map(|f| (Ok(f), (rx, Some(close)))),
+            }
+        },
+    ))
+}
+
+#[tonic::async_trait]
+impl GatewayService for GatewayApi {
+    type ConnectStream = ConnectStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::ConnectRequest>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let mut frames = request.into_inner();
+        let (uid, auth) = self.authenticate(&mut frames).await?;
+        let registration = self.hub.register(&uid, &auth.device_id, INBOX);
+        let (out, rx) = mpsc::channel(self.outbound_queue);
+        let (close, close_rx) = oneshot::channel();
+        let ok = pb::ConnectResponse {
+            frame: Some(Out::AuthOk(pb::AuthOkFrame {
+                uid: uid.as_str().to_owned(),
+                heartbeat_interval_ms: self.heartbeat_interval_ms,
+            })),
+        };
+        // The queue is empty and at least 4 long.
+        let _ = out.try_send(ok);
+        tracing::debug!(uid = %uid, device = %auth.device_id, "stream authenticated");
+        let start = Start {
+            uid,
+            device_id: auth.device_id,
+            receipts_cursor: auth.receipts_cursor,
+            id: registration.id,
+            inbox: registration.inbox,
+            kick: registration.kick,
+            out,
+            close,
+        };
+        tokio::spawn(Session::run(
+            start,
+            self.upstream.clone(),
+            self.hub.clone(),
+            self.gateway_id.clone(),
+            frames,
+        ));
+        Ok(Response::new(outbound(rx, close_rx)))
+    }
+}
+
+/// Keeps this gateway's devices alive in presence.
+async fn heartbeat(
+    hub: Hub,
+    mut presence: session::PresenceClient,
+    gateway_id: String,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let devices = hub.devices();
+        for chunk in devices.chunks(HEARTBEAT_CHUNK) {
+            let request = ppb::HeartbeatRequest {
+                gateway_id: gateway_id.clone(),
+                devices: chunk
+                    .iter()
+                    .map(|(uid, device_id)| ppb::DeviceRef {
+                        uid: uid.as_str().to_owned(),
+                        device_id: device_id.clone(),
+                    })
+                    .collect(),
+            };
+            if let Err(status) = presence.heartbeat(request).await {
+                tracing::warn!(error = %status, devices = chunk.len(), "presence heartbeat failed");
+            }
+        }
+    }
+}
+
+/// Runs the gateway on `listener` until `shutdown` resolves.
+pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let bus =
+        Bus::from_url(config.bus_url.as_deref()).map_err(|e| StartError::Config(e.to_string()))?;
+    run_on_bus(config, bus, listener, shutdown).await
+}
+
+/// [`run`] on a given bus (an in-process one shared with the other services).
+pub async fn run_on_bus<F>(
+    config: Config,
+    bus: Bus,
+    listener: TcpListener,
+    shutdown: F,
+) -> Result<(), StartError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let verifier = config.verifier()?;
+    let gateway_id = match &config.gateway_id {
+        Some(id) if valid_device_id(id) => id.clone(),
+        Some(_) => {
+            return Err(StartError::Config(
+                "PARLEY_GATEWAY_ID: 1 to 64 printable ASCII characters without spaces or '|'"
+                    .into(),
+            ));
+        }
+        None => format!("gw-{:016x}", rand::random::<u64>()),
+    };
+    let identity = ServiceIdentity::new("gateway", config.server.internal_token.as_ref())
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let channel = |what, url: &str| lazy_channel(what, url).map_err(StartError::Config);
+    let upstream = Upstream {
+        message: MessageServiceClient::with_interceptor(
+            channel("message", &config.message_url)?,
+            identity.clone(),
+        ),
+        receipt: ReceiptServiceClient::with_interceptor(
+            channel("receipt", &config.receipt_url)?,
+            identity.clone(),
+        ),
+        presence: PresenceServiceClient::with_interceptor(
+            channel("presence", &config.presence_url)?,
+            identity,
+        ),
+    };
+    let hub = Hub::default();
+    let dispatcher = tokio::spawn(hub::dispatch(hub.clone(), bus.subscribe(&gateway_id)));
+    let interval = Duration::from_millis(u64::from(config.heartbeat_interval_ms));
+    let heartbeats = tokio::spawn(heartbeat(
+        hub.clone(),
+        upstream.presence.clone(),
+        gateway_id.clone(),
+        interval,
+    ));
+    let api = GatewayApi {
+        verifier,
+        hub,
+        upstream,
+        gateway_id: gateway_id.clone(),
+        heartbeat_interval_ms: config.heartbeat_interval_ms,
+        outbound_queue: usize::try_from(config.outbound_queue).unwrap_or(1024),
+        auth_timeout: Duration::from_millis(config.auth_timeout_ms),
+    };
+    let mut routes = RoutesBuilder::default();
+    routes.add_service(GatewayServiceServer::new(api));
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    tracing::info!(%addr, gateway_id = %gateway_id, "gateway listening");
+    let mut settings = config.server.guard_settings();
+    settings.public_prefix = Some("/parley.gateway.v1.GatewayService/");
+    let served = parley_server::serve_with(listener, settings, routes, shutdown).await;
+    dispatcher.abort();
+    heartbeats.abort();
+    served.map_err(StartError::Serve)
+}
