@@ -29,7 +29,7 @@ use parley_proto::{
 use parley_server::{ServerArgs, ServiceIdentity, Uid, lazy_channel, serve::Secret};
 use tokio::{
     net::TcpListener,
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
 };
 use tonic::{Request, Response, Status, Streaming, service::RoutesBuilder};
 
@@ -157,6 +157,7 @@ pub struct GatewayApi {
     heartbeat_interval_ms: u32,
     outbound_queue: usize,
     auth_timeout: Duration,
+    stopping: watch::Receiver<bool>,
 }
 
 fn valid_device_id(raw: &str) -> bool {
@@ -249,6 +250,7 @@ impl GatewayService for GatewayApi {
             kick: registration.kick,
             out,
             close,
+            stopping: self.stopping.clone(),
         };
         tokio::spawn(Session::run(
             start,
@@ -284,8 +286,17 @@ async fn heartbeat(
                     })
                     .collect(),
             };
-            if let Err(status) = presence.heartbeat(request).await {
-                tracing::warn!(error = %status, devices = chunk.len(), "presence heartbeat failed");
+            match presence.heartbeat(request).await {
+                // Devices presence had lost (expired, or Redis restarted) were
+                // invisible to fan-out meanwhile: catch them up from the store.
+                Ok(reply) if reply.get_ref().revived > 0 => {
+                    tracing::info!(revived = reply.get_ref().revived, "presence entries revived; resyncing connections");
+                    hub.dispatch(parley_bus::Signal::Resubscribed);
+                }
+                Ok(_) => {}
+                Err(status) => {
+                    tracing::warn!(error = %status, devices = chunk.len(), "presence heartbeat failed");
+                }
             }
         }
     }
@@ -340,14 +351,16 @@ where
         ),
     };
     let hub = Hub::default();
-    let dispatcher = tokio::spawn(hub::dispatch(hub.clone(), bus.subscribe(&gateway_id)));
     let interval = Duration::from_millis(u64::from(config.heartbeat_interval_ms));
-    let heartbeats = tokio::spawn(heartbeat(
-        hub.clone(),
-        upstream.presence.clone(),
-        gateway_id.clone(),
-        interval,
-    ));
+    // Everything the gateway does lives inside this future: dropping it (a
+    // crash, as far as clients and presence can tell) stops the sessions, the
+    // dispatcher and the heartbeats without a goodbye.
+    let background = futures::future::join(
+        hub::dispatch(hub.clone(), bus.subscribe(&gateway_id)),
+        heartbeat(hub.clone(), upstream.presence.clone(), gateway_id.clone(), interval),
+    );
+    let (stop, stopping) = watch::channel(false);
+    let stop = std::sync::Arc::new(stop);
     let api = GatewayApi {
         verifier,
         hub,
@@ -356,6 +369,7 @@ where
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         outbound_queue: usize::try_from(config.outbound_queue).unwrap_or(1024),
         auth_timeout: Duration::from_millis(config.auth_timeout_ms),
+        stopping,
     };
     let mut routes = RoutesBuilder::default();
     routes.add_service(GatewayServiceServer::new(api));
@@ -365,8 +379,19 @@ where
     tracing::info!(%addr, gateway_id = %gateway_id, "gateway listening");
     let mut settings = config.server.guard_settings();
     settings.public_prefix = Some("/parley.gateway.v1.GatewayService/");
-    let served = parley_server::serve_with(listener, settings, routes, shutdown).await;
-    dispatcher.abort();
-    heartbeats.abort();
+    // On shutdown the sessions say goodbye (closing frame, presence offline),
+    // which ends their streams so the server can finish.
+    let shutdown = {
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        }
+    };
+    let served = tokio::select! {
+        served = parley_server::serve_with(listener, settings, routes, shutdown) => served,
+        _ = background => return Err(StartError::Config("the bus subscription ended".into())),
+    };
+    drop(stop);
     served.map_err(StartError::Serve)
 }

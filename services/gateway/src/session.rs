@@ -13,7 +13,7 @@ use parley_proto::{
     receipt::{self as rpb, receipt_service_client::ReceiptServiceClient},
 };
 use parley_server::{ServiceIdentity, Uid, caller::acting_for};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tonic::{Status, Streaming, codegen::InterceptedService, transport::Channel};
 
 use crate::hub::{Hub, Inbound};
@@ -56,12 +56,18 @@ pub enum End {
     SlowConsumer,
     /// A service behind the gateway failed; the client should reconnect.
     Upstream(Status),
+    /// The gateway is shutting down; the client should reconnect elsewhere.
+    ShuttingDown,
+    /// The gateway's run future was dropped (a crash, as far as anyone outside
+    /// can tell): no goodbye to the client or to presence.
+    Dropped,
 }
 
 impl End {
     fn reason(&self) -> Option<String> {
         match self {
-            End::ClientGone => None,
+            End::ClientGone | End::Dropped => None,
+            End::ShuttingDown => Some("gateway shutting down; reconnect and resync by seq".into()),
             End::SlowConsumer => Some(
                 "outbound queue full: the client is not reading fast enough; reconnect and resync by seq"
                     .into(),
@@ -92,6 +98,9 @@ pub struct Start {
     pub out: mpsc::Sender<pb::ConnectResponse>,
     /// Closes the stream with a reason, ahead of anything queued.
     pub close: oneshot::Sender<String>,
+    /// Becomes true when the gateway shuts down; its sender is dropped when
+    /// the gateway is dropped.
+    pub stopping: watch::Receiver<bool>,
 }
 
 /// A running session.
@@ -129,6 +138,7 @@ impl Session {
             kick,
             out,
             close,
+            stopping,
         } = start;
         let mut session = Session {
             uid: uid.clone(),
@@ -139,9 +149,13 @@ impl Session {
             known: HashMap::new(),
             reported: HashMap::new(),
         };
-        let end = session
-            .serve(&gateway_id, receipts_cursor, inbox, kick, frames)
-            .await;
+        let end = tokio::select! {
+            end = session.serve(&gateway_id, receipts_cursor, inbox, kick, frames) => end,
+            end = stopped(stopping) => end,
+        };
+        if matches!(end, End::Dropped) {
+            return;
+        }
         if let Some(reason) = end.reason() {
             tracing::info!(uid = %uid, device = %device_id, reason = %reason, "closing stream");
             let _ = close.send(reason);
@@ -539,6 +553,14 @@ impl Session {
         self.push(Out::HeartbeatReply(pb::HeartbeatReplyFrame {
             receipt_changes: changes,
         }))
+    }
+}
+
+/// Resolves when the gateway stops: gracefully, or by being dropped.
+async fn stopped(mut stopping: watch::Receiver<bool>) -> End {
+    match stopping.wait_for(|stop| *stop).await {
+        Ok(_) => End::ShuttingDown,
+        Err(_) => End::Dropped,
     }
 }
 
