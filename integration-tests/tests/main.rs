@@ -1,7 +1,9 @@
 //! Integration tests: one binary, one fresh database per service per test, every
 //! service on port 0, real gRPC in between.
 
+mod device;
 mod malformed;
 mod outage;
+mod realtime;
 mod scenario;
 mod support;

@@ -4,9 +4,10 @@ use std::{net::SocketAddr, time::Duration};
 
 use parley_proto::{
     message::message_service_client::MessageServiceClient,
+    presence::presence_service_client::PresenceServiceClient,
     receipt::{self as rpb, receipt_service_client::ReceiptServiceClient},
 };
-use parley_testkit::TestDb;
+use parley_testkit::{TestDb, TestRedis};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
     Request, Status,
@@ -54,13 +55,31 @@ pub fn user(uid: &str) -> As {
 
 pub type MessageClient = MessageServiceClient<InterceptedService<Channel, As>>;
 pub type ReceiptClient = ReceiptServiceClient<InterceptedService<Channel, As>>;
+pub type PresenceClient = PresenceServiceClient<InterceptedService<Channel, As>>;
 
-struct Running {
+pub struct Running {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
 
 impl Running {
+    /// Runs a service future until `stop` (graceful) or `kill` (dropped).
+    fn spawn<F, Fut, E>(name: &'static str, run: F) -> Self
+    where
+        F: FnOnce(oneshot::Receiver<()>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let service = run(stopped);
+        let task = tokio::spawn(async move {
+            if let Err(error) = service.await {
+                panic!("{name} failed: {error}");
+            }
+        });
+        Self { stop, task }
+    }
+
     async fn stop(self) {
         let _ = self.stop.send(());
         tokio::time::timeout(Duration::from_secs(10), self.task)
@@ -68,16 +87,74 @@ impl Running {
             .expect("service stops within 10 s")
             .expect("service task");
     }
+
+    /// Drops the service without a goodbye, as a crash would.
+    pub fn kill(self) {
+        self.task.abort();
+    }
 }
 
-/// The message and receipt services, each on its own fresh database.
+async fn stopped(rx: oneshot::Receiver<()>) {
+    let _ = rx.await;
+}
+
+/// How a suite is started.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Gateways to run.
+    pub gateways: usize,
+    /// Gateway heartbeat interval, in milliseconds.
+    pub heartbeat_ms: u32,
+    /// Presence entry lifetime, in milliseconds.
+    pub presence_ttl_ms: u32,
+    /// Frames queued per client.
+    pub outbound_queue: u64,
+    /// How long a full client queue is waited on, in milliseconds.
+    pub slow_consumer_timeout_ms: u64,
+    /// Receipt digest window, in milliseconds.
+    pub digest_window_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            gateways: 1,
+            heartbeat_ms: 500,
+            presence_ttl_ms: 750,
+            outbound_queue: 1024,
+            slow_consumer_timeout_ms: 5_000,
+            digest_window_ms: 300,
+        }
+    }
+}
+
+/// The HS256 secret the suite's gateways accept.
+pub const JWT_SECRET: &str = "integration-test-secret-0123456789";
+
+/// Where presence and the bus live.
+enum Realtime {
+    /// A Redis server of the test's own (restartable).
+    Redis(TestRedis),
+    /// In process: a shared bus, presence in memory.
+    Local(parley_bus::Bus),
+}
+
+/// The whole suite, each service on port 0 and its own fresh database.
 pub struct Suite {
     pub receipt_addr: SocketAddr,
     receipt_db: TestDb,
-    _message_db: TestDb,
+    _dbs: Vec<TestDb>,
+    realtime: Realtime,
+    options: Options,
     message: Option<Running>,
     receipt: Option<Running>,
-    channels: (Channel, Channel),
+    others: Vec<Running>,
+    gateways: Vec<Option<Running>>,
+    pub gateway_addrs: Vec<SocketAddr>,
+    presence_url: String,
+    message_url: String,
+    receipt_url: String,
+    channels: (Channel, Channel, Channel),
 }
 
 async fn database(backend: Backend) -> TestDb {
@@ -94,67 +171,185 @@ const GENEROUS_LIMITS: [&str; 4] = [
     "100000",
 ];
 
-fn start_receipt(listener: TcpListener, db: &TestDb) -> Running {
-    let mut args = vec!["parley-receipt", "--database-url", db.url()];
-    args.extend(GENEROUS_LIMITS);
-    let config = <parley_receipt::Cli as clap::Parser>::try_parse_from(args)
-        .expect("receipt config")
-        .config;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        parley_receipt::run(config, listener, async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("receipt service runs");
-    });
-    Running { stop, task }
+fn parse<C: clap::Parser>(args: Vec<String>) -> C {
+    C::try_parse_from(args).expect("valid test configuration")
+}
+
+fn args(name: &str, pairs: &[(&str, &str)]) -> Vec<String> {
+    let mut args = vec![name.to_owned()];
+    for (flag, value) in pairs {
+        args.push(format!("--{flag}"));
+        args.push((*value).to_owned());
+    }
+    args.extend(GENEROUS_LIMITS.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+async fn listener() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    (listener, url)
+}
+
+fn lazy(url: &str) -> Channel {
+    Endpoint::from_shared(url.to_owned())
+        .expect("endpoint")
+        .connect_lazy()
 }
 
 impl Suite {
     pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, Options::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, options: Options) -> Self {
+        let realtime = match backend {
+            Backend::MariaDb => Realtime::Redis(TestRedis::start().await),
+            Backend::Sqlite => Realtime::Local(parley_bus::Bus::local()),
+        };
         let receipt_db = database(backend).await;
         let message_db = database(backend).await;
-        let receipt_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let notification_db = database(backend).await;
+        let (presence_listener, presence_url) = listener().await;
+        let (notification_listener, notification_url) = listener().await;
+        let (receipt_listener, receipt_url) = listener().await;
+        let (message_listener, message_url) = listener().await;
         let receipt_addr = receipt_listener.local_addr().expect("addr");
-        let receipt = start_receipt(receipt_listener, &receipt_db);
 
-        let message_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let message_addr = message_listener.local_addr().expect("addr");
-        let receipt_url = format!("http://{receipt_addr}");
-        let mut args = vec![
-            "parley-message",
-            "--database-url",
-            message_db.url(),
-            "--receipt-url",
-            &receipt_url,
-            "--outbox-max-backoff-ms",
-            "100",
-        ];
-        args.extend(GENEROUS_LIMITS);
-        let config = <parley_message::Cli as clap::Parser>::try_parse_from(args)
-            .expect("message config")
-            .config;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            parley_message::run(config, message_listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("message service runs");
-        });
-        let channel = |addr: SocketAddr| {
-            Endpoint::from_shared(format!("http://{addr}"))
-                .expect("endpoint")
-                .connect_lazy()
-        };
-        Self {
+        let mut suite = Self {
             receipt_addr,
             receipt_db,
-            _message_db: message_db,
-            message: Some(Running { stop, task }),
-            receipt: Some(receipt),
-            channels: (channel(message_addr), channel(receipt_addr)),
+            _dbs: vec![message_db, notification_db],
+            realtime,
+            options,
+            message: None,
+            receipt: None,
+            others: Vec::new(),
+            gateways: Vec::new(),
+            gateway_addrs: Vec::new(),
+            presence_url: presence_url.clone(),
+            message_url: message_url.clone(),
+            receipt_url: receipt_url.clone(),
+            channels: (lazy(&message_url), lazy(&receipt_url), lazy(&presence_url)),
+        };
+
+        let ttl = options.presence_ttl_ms.to_string();
+        let mut presence_args = vec![("ttl-ms", ttl.as_str()), ("watch-interval-ms", "100")];
+        let redis_url = suite.redis_url();
+        if let Some(url) = &redis_url {
+            presence_args.push(("redis-url", url));
+        }
+        let config = parse::<parley_presence::Cli>(args("parley-presence", &presence_args)).config;
+        suite.others.push(Running::spawn("presence", |rx| {
+            parley_presence::run(config, presence_listener, stopped(rx))
+        }));
+
+        let config = parse::<parley_notification::Cli>(args(
+            "parley-notification",
+            &[("database-url", suite._dbs[1].url())],
+        ))
+        .config;
+        suite.others.push(Running::spawn("notification", |rx| {
+            parley_notification::run(config, notification_listener, stopped(rx))
+        }));
+
+        suite.receipt = Some(suite.start_receipt(receipt_listener));
+
+        let config = parse::<parley_message::Cli>(args(
+            "parley-message",
+            &[
+                ("database-url", suite._dbs[0].url()),
+                ("receipt-url", &receipt_url),
+                ("presence-url", &presence_url),
+                ("notification-url", &notification_url),
+                ("outbox-max-backoff-ms", "100"),
+            ],
+        ))
+        .config;
+        let bus = suite.bus();
+        suite.message = Some(Running::spawn("message", |rx| {
+            parley_message::run_on_bus(config, bus, message_listener, stopped(rx))
+        }));
+
+        for _ in 0..options.gateways {
+            suite.start_gateway().await;
+        }
+        suite
+    }
+
+    fn redis_url(&self) -> Option<String> {
+        match &self.realtime {
+            Realtime::Redis(redis) => Some(redis.url()),
+            Realtime::Local(_) => None,
+        }
+    }
+
+    fn bus(&self) -> parley_bus::Bus {
+        match &self.realtime {
+            Realtime::Redis(redis) => parley_bus::Bus::redis(&redis.url()).expect("redis bus"),
+            Realtime::Local(bus) => bus.clone(),
+        }
+    }
+
+    fn start_receipt(&self, listener: TcpListener) -> Running {
+        let window = self.options.digest_window_ms.to_string();
+        let config = parse::<parley_receipt::Cli>(args(
+            "parley-receipt",
+            &[
+                ("database-url", self.receipt_db.url()),
+                ("presence-url", &self.presence_url),
+                ("digest-window-ms", &window),
+            ],
+        ))
+        .config;
+        let bus = self.bus();
+        Running::spawn("receipt", |rx| {
+            parley_receipt::run_on_bus(config, bus, listener, stopped(rx))
+        })
+    }
+
+    /// Starts one more gateway; returns its index.
+    pub async fn start_gateway(&mut self) -> usize {
+        let (listener, _url) = listener().await;
+        let addr = listener.local_addr().expect("addr");
+        let heartbeat = self.options.heartbeat_ms.to_string();
+        let queue = self.options.outbound_queue.to_string();
+        let slow = self.options.slow_consumer_timeout_ms.to_string();
+        let id = format!("gw{}-{:08x}", self.gateways.len(), rand::random::<u32>());
+        let config = parse::<parley_gateway::Cli>(args(
+            "parley-gateway",
+            &[
+                ("gateway-id", &id),
+                ("jwt-hs256-secret", JWT_SECRET),
+                ("heartbeat-interval-ms", &heartbeat),
+                ("outbound-queue", &queue),
+                ("slow-consumer-timeout-ms", &slow),
+                ("message-url", &self.message_url),
+                ("receipt-url", &self.receipt_url),
+                ("presence-url", &self.presence_url),
+            ],
+        ))
+        .config;
+        let bus = self.bus();
+        self.gateways.push(Some(Running::spawn("gateway", |rx| {
+            parley_gateway::run_on_bus(config, bus, listener, stopped(rx))
+        })));
+        self.gateway_addrs.push(addr);
+        self.gateways.len() - 1
+    }
+
+    /// Drops gateway `index` without a goodbye to anyone.
+    pub fn kill_gateway(&mut self, index: usize) {
+        if let Some(running) = self.gateways[index].take() {
+            running.kill();
+        }
+    }
+
+    /// Kills the test's Redis and starts it again, empty (MariaDB suites).
+    pub async fn restart_redis(&mut self) {
+        match &mut self.realtime {
+            Realtime::Redis(redis) => redis.restart().await,
+            Realtime::Local(_) => panic!("this suite has no Redis"),
         }
     }
 
@@ -164,6 +359,13 @@ impl Suite {
 
     pub fn receipt(&self, caller: As) -> ReceiptClient {
         ReceiptServiceClient::with_interceptor(self.channels.1.clone(), caller)
+    }
+
+    pub fn presence(&self) -> PresenceClient {
+        PresenceServiceClient::with_interceptor(
+            self.channels.2.clone(),
+            As::Raw("x-parley-service", "tests"),
+        )
     }
 
     /// Stops the receipt service; its database stays.
@@ -178,14 +380,20 @@ impl Suite {
         let listener = TcpListener::bind(self.receipt_addr)
             .await
             .expect("rebind the receipt address");
-        self.receipt = Some(start_receipt(listener, &self.receipt_db));
+        self.receipt = Some(self.start_receipt(listener));
     }
 
     pub async fn stop(mut self) {
+        for gateway in self.gateways.drain(..).flatten() {
+            gateway.stop().await;
+        }
         if let Some(running) = self.message.take() {
             running.stop().await;
         }
         self.stop_receipt().await;
+        for other in self.others.drain(..) {
+            other.stop().await;
+        }
     }
 }
 

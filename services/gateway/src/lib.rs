@@ -70,6 +70,11 @@ pub struct Config {
     #[arg(long, env = "PARLEY_GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(4..=1_000_000))]
     pub outbound_queue: u64,
+    /// How long a client's full outbound queue is waited on before the client
+    /// is cut off as too slow, in milliseconds.
+    #[arg(long, env = "PARLEY_GATEWAY_SLOW_CONSUMER_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub slow_consumer_timeout_ms: u64,
     /// Time a new stream has to send its auth frame, in milliseconds.
     #[arg(long, env = "PARLEY_GATEWAY_AUTH_TIMEOUT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
@@ -156,6 +161,7 @@ pub struct GatewayApi {
     gateway_id: String,
     heartbeat_interval_ms: u32,
     outbound_queue: usize,
+    slow_after: Duration,
     auth_timeout: Duration,
     stopping: watch::Receiver<bool>,
 }
@@ -250,6 +256,7 @@ impl GatewayService for GatewayApi {
             kick: registration.kick,
             out,
             close,
+            slow_after: self.slow_after,
             stopping: self.stopping.clone(),
         };
         tokio::spawn(Session::run(
@@ -290,7 +297,10 @@ async fn heartbeat(
                 // Devices presence had lost (expired, or Redis restarted) were
                 // invisible to fan-out meanwhile: catch them up from the store.
                 Ok(reply) if reply.get_ref().revived > 0 => {
-                    tracing::info!(revived = reply.get_ref().revived, "presence entries revived; resyncing connections");
+                    tracing::info!(
+                        revived = reply.get_ref().revived,
+                        "presence entries revived; resyncing connections"
+                    );
                     hub.dispatch(parley_bus::Signal::Resubscribed);
                 }
                 Ok(_) => {}
@@ -357,7 +367,12 @@ where
     // dispatcher and the heartbeats without a goodbye.
     let background = futures::future::join(
         hub::dispatch(hub.clone(), bus.subscribe(&gateway_id)),
-        heartbeat(hub.clone(), upstream.presence.clone(), gateway_id.clone(), interval),
+        heartbeat(
+            hub.clone(),
+            upstream.presence.clone(),
+            gateway_id.clone(),
+            interval,
+        ),
     );
     let (stop, stopping) = watch::channel(false);
     let stop = std::sync::Arc::new(stop);
@@ -368,6 +383,7 @@ where
         gateway_id: gateway_id.clone(),
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         outbound_queue: usize::try_from(config.outbound_queue).unwrap_or(1024),
+        slow_after: Duration::from_millis(config.slow_consumer_timeout_ms),
         auth_timeout: Duration::from_millis(config.auth_timeout_ms),
         stopping,
     };

@@ -98,6 +98,9 @@ pub struct Start {
     pub out: mpsc::Sender<pb::ConnectResponse>,
     /// Closes the stream with a reason, ahead of anything queued.
     pub close: oneshot::Sender<String>,
+    /// How long a full outbound queue is waited on before the client is
+    /// cut off as too slow.
+    pub slow_after: std::time::Duration,
     /// Becomes true when the gateway shuts down; its sender is dropped when
     /// the gateway is dropped.
     pub stopping: watch::Receiver<bool>,
@@ -109,6 +112,7 @@ pub struct Session {
     device_id: String,
     upstream: Upstream,
     out: mpsc::Sender<pb::ConnectResponse>,
+    slow_after: std::time::Duration,
     /// Per group, the highest seq pushed to this device.
     delivered: HashMap<u64, u64>,
     /// Message id → group, for messages seen on this stream.
@@ -138,6 +142,7 @@ impl Session {
             kick,
             out,
             close,
+            slow_after,
             stopping,
         } = start;
         let mut session = Session {
@@ -145,6 +150,7 @@ impl Session {
             device_id: device_id.clone(),
             upstream,
             out,
+            slow_after,
             delivered: HashMap::new(),
             known: HashMap::new(),
             reported: HashMap::new(),
@@ -280,7 +286,7 @@ impl Session {
                 return Ok(());
             };
             for message in reply.messages {
-                self.push_message(delivered(message))?;
+                self.push_message(delivered(message)).await?;
             }
             if last >= reply.last_seq {
                 return Ok(());
@@ -307,7 +313,7 @@ impl Session {
                 Err(status) => return Err(End::Upstream(status)),
             };
             let done = reply.receipts.len() < PULL_PAGE as usize;
-            let entries = reply
+            let entries: Vec<pb::ReceiptDigestEntry> = reply
                 .receipts
                 .into_iter()
                 .map(|r| pb::ReceiptDigestEntry {
@@ -319,10 +325,13 @@ impl Session {
                 })
                 .collect();
             cursor = reply.next_cursor;
-            self.push(Out::ReceiptDigest(pb::ReceiptDigestFrame {
-                entries,
-                receipts_cursor: cursor.clone(),
-            }))?;
+            if !entries.is_empty() {
+                self.push(Out::ReceiptDigest(pb::ReceiptDigestFrame {
+                    entries,
+                    receipts_cursor: cursor.clone(),
+                }))
+                .await?;
+            }
             if done {
                 return Ok(());
             }
@@ -333,10 +342,13 @@ impl Session {
     async fn on_event(&mut self, event: Inbound) -> Step {
         match event {
             Inbound::Message(message) => self.on_message(message).await,
-            Inbound::Digest(entries) => self.push(Out::ReceiptDigest(pb::ReceiptDigestFrame {
-                entries,
-                receipts_cursor: String::new(),
-            })),
+            Inbound::Digest(entries) => {
+                let digest = pb::ReceiptDigestFrame {
+                    entries,
+                    receipts_cursor: String::new(),
+                };
+                self.push(Out::ReceiptDigest(digest)).await
+            }
             Inbound::Resync => self.catch_up().await,
         }
     }
@@ -356,7 +368,7 @@ impl Session {
         if message.seq > position + 1 {
             self.sync_group(gid).await?;
         }
-        self.push_message(message)
+        self.push_message(message).await
     }
 
     async fn position_from_cursor(&mut self, gid: u64) -> Step {
@@ -381,14 +393,14 @@ impl Session {
     }
 
     /// Pushes a message unless it is not the next one for its group.
-    fn push_message(&mut self, message: pb::DeliveredMessage) -> Step {
+    async fn push_message(&mut self, message: pb::DeliveredMessage) -> Step {
         let position = self.delivered.entry(message.gid).or_insert(0);
         if message.seq <= *position {
             return Ok(());
         }
         *position = message.seq;
         self.remember(message.msgid, message.gid);
-        self.push(Out::Message(message))
+        self.push(Out::Message(message)).await
     }
 
     fn remember(&mut self, msgid: u64, gid: u64) {
@@ -399,13 +411,18 @@ impl Session {
         self.known.insert(msgid, gid);
     }
 
-    /// Queues a frame; a full queue means the client is not reading.
-    fn push(&self, frame: Out) -> Step {
+    /// Queues a frame. A queue that stays full for the slow-consumer timeout
+    /// means the client is not reading: the stream is closed rather than
+    /// letting its backlog grow.
+    async fn push(&self, frame: Out) -> Step {
         let response = pb::ConnectResponse { frame: Some(frame) };
-        self.out.try_send(response).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => End::SlowConsumer,
-            mpsc::error::TrySendError::Closed(_) => End::ClientGone,
-        })
+        self.out
+            .send_timeout(response, self.slow_after)
+            .await
+            .map_err(|error| match error {
+                mpsc::error::SendTimeoutError::Timeout(_) => End::SlowConsumer,
+                mpsc::error::SendTimeoutError::Closed(_) => End::ClientGone,
+            })
     }
 
     async fn on_frame(&mut self, frame: pb::ConnectRequest) -> Step {
@@ -451,7 +468,7 @@ impl Session {
                 error: status.message().to_owned(),
             },
         };
-        self.push(Out::SendResult(result))
+        self.push(Out::SendResult(result)).await
     }
 
     async fn on_ack(&mut self, ack: pb::AckFrame) -> Step {
@@ -507,6 +524,7 @@ impl Session {
             messages,
             last_seq: reply.last_seq,
         }))
+        .await
     }
 
     /// Answers a heartbeat with the receipt changes of the watched messages
@@ -553,6 +571,7 @@ impl Session {
         self.push(Out::HeartbeatReply(pb::HeartbeatReplyFrame {
             receipt_changes: changes,
         }))
+        .await
     }
 }
 

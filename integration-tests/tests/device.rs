@@ -1,0 +1,201 @@
+//! A test client: one device's stream to a gateway, over its own HTTP/2
+//! connection, with the frames it receives collected in order.
+
+use std::{net::SocketAddr, time::Duration};
+
+use parley_gateway::auth;
+use parley_proto::gateway::{
+    self as pb, connect_request::Frame as In, connect_response::Frame as Out,
+    gateway_service_client::GatewayServiceClient,
+};
+use parley_server::Uid;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, transport::Endpoint};
+
+use crate::support::JWT_SECRET;
+
+/// A dev token for `uid`, signed with the suite's secret.
+pub fn token(uid: &str) -> String {
+    let uid = Uid::parse(uid).expect("valid uid");
+    auth::issue_hs256(JWT_SECRET.as_bytes(), &uid, 3600).expect("sign")
+}
+
+/// One connected device.
+pub struct Device {
+    pub uid: String,
+    tx: mpsc::Sender<pb::ConnectRequest>,
+    rx: tonic::Streaming<pb::ConnectResponse>,
+    next_request: u64,
+}
+
+/// Opens a stream to `gateway` and sends `auth`; returns the stream and the
+/// first reply (or the status the gateway refused with).
+pub async fn open(
+    gateway: SocketAddr,
+    auth: pb::AuthFrame,
+) -> Result<
+    (
+        mpsc::Sender<pb::ConnectRequest>,
+        tonic::Streaming<pb::ConnectResponse>,
+    ),
+    Status,
+> {
+    open_with_window(gateway, auth, None).await
+}
+
+/// [`open`] with the HTTP/2 receive windows capped at `window` bytes: a client
+/// on a slow link, whose unread frames back up into the gateway quickly.
+pub async fn open_with_window(
+    gateway: SocketAddr,
+    auth: pb::AuthFrame,
+    window: Option<u32>,
+) -> Result<
+    (
+        mpsc::Sender<pb::ConnectRequest>,
+        tonic::Streaming<pb::ConnectResponse>,
+    ),
+    Status,
+> {
+    let channel = Endpoint::from_shared(format!("http://{gateway}"))
+        .expect("endpoint")
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window)
+        .connect()
+        .await
+        .expect("gateway reachable");
+    let (tx, rx) = mpsc::channel(1024);
+    tx.send(pb::ConnectRequest {
+        frame: Some(In::Auth(auth)),
+    })
+    .await
+    .expect("queue auth");
+    let response = GatewayServiceClient::new(channel)
+        .connect(ReceiverStream::new(rx))
+        .await?;
+    Ok((tx, response.into_inner()))
+}
+
+impl Device {
+    /// Connects `uid`'s `device_id` to `gateway` and waits for AuthOk.
+    pub async fn connect(gateway: SocketAddr, uid: &str, device_id: &str) -> Self {
+        Self::connect_with_window(gateway, uid, device_id, None).await
+    }
+
+    /// [`Device::connect`] over a link with small HTTP/2 windows.
+    pub async fn connect_with_window(
+        gateway: SocketAddr,
+        uid: &str,
+        device_id: &str,
+        window: Option<u32>,
+    ) -> Self {
+        let auth = pb::AuthFrame {
+            token: token(uid),
+            device_id: device_id.into(),
+            receipts_cursor: String::new(),
+        };
+        let (tx, rx) = open_with_window(gateway, auth, window)
+            .await
+            .expect("stream accepted");
+        let mut device = Self {
+            uid: uid.into(),
+            tx,
+            rx,
+            next_request: 1,
+        };
+        match device.frame().await {
+            Out::AuthOk(ok) => assert_eq!(ok.uid, uid),
+            other => panic!("expected auth_ok, got {other:?}"),
+        }
+        device
+    }
+
+    /// The next frame, within 20 s.
+    pub async fn frame(&mut self) -> Out {
+        self.try_frame(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("{}: no frame within 20 s", self.uid))
+    }
+
+    /// The next frame within `wait`, or `None` if the stream ended or nothing came.
+    pub async fn try_frame(&mut self, wait: Duration) -> Option<Out> {
+        let next = tokio::time::timeout(wait, self.rx.message()).await.ok()?;
+        next.ok().flatten().and_then(|f| f.frame)
+    }
+
+    pub async fn send_frame(&self, frame: In) {
+        self.tx
+            .send(pb::ConnectRequest { frame: Some(frame) })
+            .await
+            .expect("stream open");
+    }
+
+    /// Sends a message; returns the request id (the result comes as a frame).
+    pub async fn send(&mut self, gid: u64, client_msg_id: &str, content: &[u8]) -> u64 {
+        let request_id = self.next_request;
+        self.next_request += 1;
+        self.send_frame(In::Send(pb::SendFrame {
+            request_id,
+            gid,
+            client_msg_id: client_msg_id.into(),
+            content: content.to_vec(),
+            need_receipt: true,
+        }))
+        .await;
+        request_id
+    }
+
+    pub async fn ack(&self, gid: u64, up_to_seq: u64, read: bool) {
+        self.send_frame(In::Ack(pb::AckFrame {
+            entries: vec![pb::AckEntry {
+                gid,
+                up_to_seq,
+                read,
+            }],
+        }))
+        .await;
+    }
+
+    /// Collects message frames until `count` arrived, failing on anything
+    /// that breaks order; other frames go to `others`.
+    pub async fn messages(
+        &mut self,
+        count: usize,
+        others: &mut Vec<Out>,
+    ) -> Vec<pb::DeliveredMessage> {
+        let mut messages = Vec::with_capacity(count);
+        while messages.len() < count {
+            match self.frame().await {
+                Out::Message(m) => messages.push(m),
+                Out::Closing(c) => panic!("{}: stream closed: {}", self.uid, c.reason),
+                other => others.push(other),
+            }
+        }
+        messages
+    }
+
+    /// Sends a heartbeat and returns every frame before its reply: whatever
+    /// was still in flight on the stream.
+    pub async fn drain(&mut self, watching: Vec<u64>) -> (Vec<Out>, pb::HeartbeatReplyFrame) {
+        self.send_frame(In::Heartbeat(pb::HeartbeatFrame {
+            watching_msgids: watching,
+        }))
+        .await;
+        let mut before = Vec::new();
+        loop {
+            match self.frame().await {
+                Out::HeartbeatReply(reply) => return (before, reply),
+                other => before.push(other),
+            }
+        }
+    }
+}
+
+/// The seqs of `messages` of group `gid`.
+pub fn seqs(messages: &[pb::DeliveredMessage], gid: u64) -> Vec<u64> {
+    messages
+        .iter()
+        .filter(|m| m.gid == gid)
+        .map(|m| m.seq)
+        .collect()
+}

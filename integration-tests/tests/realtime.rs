@@ -1,0 +1,374 @@
+//! The real-time path over real gateway streams: once on MariaDB with Redis
+//! (presence and bus) and two gateways, once on the embedded default (SQLite,
+//! in-process bus and presence).
+
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use parley_proto::{
+    gateway::{self as pb, connect_response::Frame as Out},
+    message as mpb, presence as ppb, receipt as rpb,
+};
+use parley_server::Uid;
+use parley_testkit::eventually;
+
+use crate::{
+    device::{Device, open, seqs, token},
+    support::{Backend, JWT_SECRET, Options, Suite, create_group, user, wait_for_receipts},
+};
+
+fn two_gateways() -> Options {
+    Options {
+        gateways: 2,
+        ..Options::default()
+    }
+}
+
+async fn send_direct(suite: &Suite, sender: &str, gid: u64, id: &str, size: usize) -> mpb::Message {
+    let request = mpb::SendMessageRequest {
+        gid,
+        client_msg_id: id.into(),
+        content: vec![b'x'; size],
+        need_receipt: true,
+    };
+    suite
+        .message(user(sender))
+        .send_message(request)
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message")
+}
+
+fn no_messages(frames: &[Out]) -> bool {
+    !frames.iter().any(|f| matches!(f, Out::Message(_)))
+}
+
+async fn online_members_get_each_message_once_in_order(backend: Backend) {
+    let suite = Suite::start_with(backend, two_gateways()).await;
+    let gid = create_group(&suite, "A", "Design", &["uid1", "uid2", "uid3"]).await;
+    let gw = suite.gateway_addrs.clone();
+    let mut a = Device::connect(gw[0], "A", "a-phone").await;
+    let mut uid1 = Device::connect(gw[0], "uid1", "phone").await;
+    let mut uid2 = Device::connect(gw[1], "uid2", "phone").await;
+
+    for i in 1..=30 {
+        a.send(gid, &format!("m{i}"), b"hello").await;
+    }
+    let expected: Vec<u64> = (1..=30).collect();
+    for device in [&mut uid1, &mut uid2] {
+        let mut others = Vec::new();
+        let messages = device.messages(30, &mut others).await;
+        assert_eq!(
+            seqs(&messages, gid),
+            expected,
+            "{} got every message once, in order",
+            device.uid
+        );
+        let (late, _) = device.drain(vec![]).await;
+        assert!(
+            no_messages(&late),
+            "{} got a duplicate: {late:?}",
+            device.uid
+        );
+    }
+    // The sender's results come back in request order with the group's seqs.
+    let mut results = Vec::new();
+    while results.len() < 30 {
+        if let Out::SendResult(r) = a.frame().await {
+            assert_eq!(r.code, 0, "send accepted: {}", r.error);
+            results.push(r.seq);
+        }
+    }
+    assert_eq!(results, expected);
+    suite.stop().await;
+}
+
+async fn the_sender_gets_coalesced_digests_and_the_counts_end_right(backend: Backend) {
+    let suite = Suite::start_with(backend, two_gateways()).await;
+    let readers: Vec<String> = (1..=40).map(|i| format!("r{i:02}")).collect();
+    let members: Vec<&str> = readers.iter().map(String::as_str).collect();
+    let gid = create_group(&suite, "A", "Launch", &members).await;
+    let gw = suite.gateway_addrs.clone();
+    let mut a = Device::connect(gw[0], "A", "a-phone").await;
+    let mut r01 = Device::connect(gw[1], "r01", "phone").await;
+    let sent = send_direct(&suite, "A", gid, "launch", 16).await;
+    wait_for_receipts(&suite, gid, vec![sent.msgid], 0).await;
+
+    // One reader acks over its stream, the other 39 straight to the receipt
+    // service, all within about one digest window.
+    r01.ack(gid, sent.seq, true).await;
+    let acks = readers[1..].iter().map(|reader| {
+        let mut client = suite.receipt(user(reader));
+        async move {
+            let request = rpb::AckRequest {
+                gid,
+                up_to_seq: sent.seq,
+                kind: rpb::AckKind::Read.into(),
+            };
+            client.ack(request).await.expect("ack");
+        }
+    });
+    futures::future::join_all(acks).await;
+
+    let mut digests = 0;
+    let last = loop {
+        match a.frame().await {
+            Out::ReceiptDigest(digest) => {
+                digests += 1;
+                let entry = digest
+                    .entries
+                    .iter()
+                    .find(|e| e.msgid == sent.msgid)
+                    .cloned();
+                if let Some(entry) = entry.filter(|e| e.read_count == 40) {
+                    break entry;
+                }
+            }
+            _ => continue,
+        }
+    };
+    assert_eq!(
+        (last.read_count, last.recipient_count),
+        (40, 40),
+        "read by all 40"
+    );
+    assert!(
+        digests <= 4,
+        "40 readers made {digests} digests, not one per reader"
+    );
+    let (frames, _) = r01.drain(vec![]).await;
+    assert!(
+        !frames.iter().any(|f| matches!(f, Out::ReceiptDigest(_))),
+        "only the sender gets digests"
+    );
+    suite.stop().await;
+}
+
+async fn an_offline_member_gets_the_backlog_then_live_messages_without_gaps(backend: Backend) {
+    let suite = Suite::start(backend).await;
+    let gid = create_group(&suite, "A", "Catch-up", &["uid3"]).await;
+    for i in 1..=150 {
+        send_direct(&suite, "A", gid, &format!("b{i}"), 64).await;
+    }
+    // Messages keep arriving while uid3 connects and reads its backlog.
+    let sender = {
+        let mut client = suite.message(user("A"));
+        tokio::spawn(async move {
+            for i in 151..=300 {
+                let request = mpb::SendMessageRequest {
+                    gid,
+                    client_msg_id: format!("l{i}"),
+                    content: vec![b'y'; 64],
+                    need_receipt: false,
+                };
+                client.send_message(request).await.expect("live send");
+            }
+        })
+    };
+    let mut uid3 = Device::connect(suite.gateway_addrs[0], "uid3", "phone").await;
+    let mut others = Vec::new();
+    let messages = uid3.messages(300, &mut others).await;
+    sender.await.expect("sender task");
+    assert_eq!(seqs(&messages, gid), (1..=300).collect::<Vec<_>>());
+    let (late, _) = uid3.drain(vec![]).await;
+    assert!(
+        no_messages(&late),
+        "duplicates after the catch-up: {late:?}"
+    );
+    suite.stop().await;
+}
+
+async fn devices_of(suite: &Suite, uid: &str) -> Vec<ppb::DevicePresence> {
+    let request = ppb::BatchGetPresenceRequest {
+        uids: vec![uid.into()],
+    };
+    let reply = suite
+        .presence()
+        .batch_get_presence(request)
+        .await
+        .expect("presence");
+    reply
+        .into_inner()
+        .users
+        .into_iter()
+        .next()
+        .expect("one user")
+        .devices
+}
+
+async fn a_killed_gateways_devices_go_offline_within_two_heartbeats(backend: Backend) {
+    let options = two_gateways();
+    let mut suite = Suite::start_with(backend, options).await;
+    let gw = suite.gateway_addrs.clone();
+    let _survivor = Device::connect(gw[0], "uid2", "phone").await;
+    let _doomed = Device::connect(gw[1], "uid1", "phone").await;
+    eventually("uid1 online", Duration::from_secs(10), || async {
+        (!devices_of(&suite, "uid1").await.is_empty()).then_some(())
+    })
+    .await;
+
+    suite.kill_gateway(1);
+    let killed = Instant::now();
+    eventually("uid1 offline", Duration::from_secs(10), || async {
+        devices_of(&suite, "uid1").await.is_empty().then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    let limit = Duration::from_millis(2 * u64::from(options.heartbeat_ms));
+    assert!(
+        took <= limit,
+        "offline after {took:?}, more than two heartbeats ({limit:?})"
+    );
+    assert_eq!(
+        devices_of(&suite, "uid2").await.len(),
+        1,
+        "the other gateway's device stays online"
+    );
+    suite.stop().await;
+}
+
+async fn bad_expired_and_missing_tokens_are_refused(backend: Backend) {
+    let suite = Suite::start(backend).await;
+    let gw = suite.gateway_addrs[0];
+    let auth = |token: String| pb::AuthFrame {
+        token,
+        device_id: "phone".into(),
+        receipts_cursor: String::new(),
+    };
+    let uid = Uid::parse("uid1").expect("uid");
+    let forged = parley_gateway::auth::issue_hs256(b"not-the-gateway-secret-at-all!!", &uid, 60)
+        .expect("sign");
+    let expired = parley_gateway::auth::issue(
+        &Header::new(Algorithm::HS256),
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        &uid,
+        1_000_000,
+    )
+    .expect("sign");
+    for (what, token) in [
+        ("forged", forged),
+        ("expired", expired),
+        ("missing", String::new()),
+        ("garbage", "x.y.z".into()),
+    ] {
+        let refused = open(gw, auth(token))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{what} token accepted"));
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{what} token");
+    }
+    let good = open(gw, auth(token("uid1"))).await;
+    assert!(good.is_ok(), "a valid token is accepted");
+    suite.stop().await;
+}
+
+async fn a_slow_consumer_is_cut_off_without_stalling_the_others(backend: Backend) {
+    let options = Options {
+        outbound_queue: 8,
+        slow_consumer_timeout_ms: 1_000,
+        ..Options::default()
+    };
+    let suite = Suite::start_with(backend, options).await;
+    let gid = create_group(&suite, "A", "Firehose", &["slow", "fast"]).await;
+    let gw = suite.gateway_addrs[0];
+    let mut slow = Device::connect_with_window(gw, "slow", "phone", Some(65_535)).await;
+    let mut fast = Device::connect(gw, "fast", "phone").await;
+    // The fast device reads as messages come; the slow one reads nothing.
+    let reader = tokio::spawn(async move {
+        let mut others = Vec::new();
+        fast.messages(200, &mut others).await
+    });
+    for i in 1..=200 {
+        send_direct(&suite, "A", gid, &format!("f{i}"), 60_000).await;
+    }
+    let got = reader.await.expect("fast reader");
+    assert_eq!(
+        seqs(&got, gid),
+        (1..=200).collect::<Vec<_>>(),
+        "the fast reader got everything"
+    );
+
+    // The slow reader now reads what reached it before the gateway gave up.
+    let mut received = 0;
+    let reason = loop {
+        match slow.try_frame(Duration::from_secs(20)).await {
+            Some(Out::Message(_)) => received += 1,
+            Some(Out::Closing(closing)) => break closing.reason,
+            Some(_) => {}
+            None => {
+                panic!("the slow stream ended without a closing frame after {received} messages")
+            }
+        }
+    };
+    assert!(reason.contains("outbound queue full"), "reason: {reason}");
+    assert!(
+        received < 200,
+        "the slow reader was cut off (got {received})"
+    );
+    suite.stop().await;
+}
+
+async fn redis_restarting_loses_no_message() {
+    let mut suite = Suite::start(Backend::MariaDb).await;
+    let gid = create_group(&suite, "A", "Resilient", &["uid1"]).await;
+    let mut uid1 = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    for i in 1..=5 {
+        send_direct(&suite, "A", gid, &format!("r{i}"), 32).await;
+    }
+    let mut others = Vec::new();
+    assert_eq!(
+        seqs(&uid1.messages(5, &mut others).await, gid),
+        vec![1, 2, 3, 4, 5]
+    );
+
+    suite.restart_redis().await;
+    for i in 6..=10 {
+        send_direct(&suite, "A", gid, &format!("r{i}"), 32).await;
+    }
+    let after = uid1.messages(5, &mut others).await;
+    assert_eq!(
+        seqs(&after, gid),
+        vec![6, 7, 8, 9, 10],
+        "recovered by seq after the restart"
+    );
+    let (late, _) = uid1.drain(vec![]).await;
+    assert!(no_messages(&late), "duplicates: {late:?}");
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn redis_restart_loses_no_message_on_mariadb() {
+    redis_restarting_loses_no_message().await;
+}
+
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod mariadb_redis {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(crate::support::Backend::MariaDb).await;
+                }
+            )*
+        }
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(crate::support::Backend::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    online_members_get_each_message_once_in_order,
+    the_sender_gets_coalesced_digests_and_the_counts_end_right,
+    an_offline_member_gets_the_backlog_then_live_messages_without_gaps,
+    a_killed_gateways_devices_go_offline_within_two_heartbeats,
+    bad_expired_and_missing_tokens_are_refused,
+    a_slow_consumer_is_cut_off_without_stalling_the_others,
+);
