@@ -4,13 +4,18 @@ BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
 .DEFAULT_GOAL := help
-.PHONY: help dev build test test-services lint fmt fmt-check clippy buf-lint migrate clean
+.PHONY: help dev demo build test test-services lint fmt fmt-check clippy buf-lint migrate clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-dev: ## Run the services on localhost with embedded SQLite under ./data/
-	@scripts/dev.sh
+dev: ## Run all five services on localhost: SQLite under ./data/, in-process bus and presence
+	cargo build -p parley-cli
+	target/debug/parley dev --data data
+
+demo: ## Play the seeds' scenario against `make dev` (run it in another terminal)
+	@cargo build -q -p parley-cli
+	@target/debug/parley demo
 
 build: ## Build every crate
 	cargo build --workspace --all-targets
@@ -43,6 +48,7 @@ buf-lint: $(BUF) ## Lint the gRPC contracts under proto/
 migrate: ## Apply migrations to the dev databases under ./data/
 	cargo run --bin parley-message -- migrate
 	cargo run --bin parley-receipt -- migrate
+	cargo run --bin parley-notification -- migrate
 
 clean: ## Remove build output, dev data and tools
 	rm -rf target data .tools

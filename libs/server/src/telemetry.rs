@@ -14,7 +14,13 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default `info` level.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with(format, "info");
+}
+
+/// [`init`] with another filter than `info` when `RUST_LOG` is unset.
+pub fn init_with(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Text => registry

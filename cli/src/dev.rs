@@ -1,0 +1,134 @@
+//! `parley dev`: the whole suite in one process on localhost: embedded SQLite
+//! under a data directory, an in-process bus and presence, a dev JWT secret.
+
+use std::{future::Future, path::Path};
+
+use parley_bus::Bus;
+use tokio::{net::TcpListener, sync::watch};
+
+/// The HS256 secret `parley dev` gateways accept and `parley token` signs with.
+/// For development only: production gateways verify RS256 tokens.
+pub const DEV_JWT_SECRET: &str = "parley-dev-secret-not-for-production";
+
+/// The dev ports, as the services' defaults have them.
+pub const GATEWAY: &str = "127.0.0.1:50051";
+pub const MESSAGE: &str = "127.0.0.1:50052";
+pub const PRESENCE: &str = "127.0.0.1:50053";
+pub const RECEIPT: &str = "127.0.0.1:50054";
+pub const NOTIFICATION: &str = "127.0.0.1:50055";
+
+type Failure = String;
+
+async fn bind(name: &str, addr: &str) -> Result<TcpListener, Failure> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        format!("{name}: cannot listen on {addr}: {e} (is another `make dev` running?)")
+    })
+}
+
+fn config<C: clap::Parser>(args: &[&str]) -> Result<C, Failure> {
+    C::try_parse_from(args).map_err(|e| e.to_string())
+}
+
+/// Runs every service until Ctrl-C.
+pub async fn run(data: &Path) -> Result<(), Failure> {
+    std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    let db = |name: &str| format!("sqlite:{}", data.join(format!("{name}.db")).display());
+    let (message_db, receipt_db, notification_db) =
+        (db("message"), db("receipt"), db("notification"));
+    let bus = Bus::local();
+    let (stop, stopping) = watch::channel(false);
+    let until_stop = move || {
+        let mut stopping = stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        }
+    };
+
+    let presence = config::<parley_presence::Cli>(&["parley-presence"])?.config;
+    let notification = config::<parley_notification::Cli>(&[
+        "parley-notification",
+        "--database-url",
+        &notification_db,
+    ])?
+    .config;
+    let receipt =
+        config::<parley_receipt::Cli>(&["parley-receipt", "--database-url", &receipt_db])?.config;
+    let message =
+        config::<parley_message::Cli>(&["parley-message", "--database-url", &message_db])?.config;
+    let gateway = config::<parley_gateway::Cli>(&[
+        "parley-gateway",
+        "--gateway-id",
+        "dev-gateway",
+        "--jwt-hs256-secret",
+        DEV_JWT_SECRET,
+    ])?
+    .config;
+
+    let listeners = (
+        bind("presence", PRESENCE).await?,
+        bind("notification", NOTIFICATION).await?,
+        bind("receipt", RECEIPT).await?,
+        bind("message", MESSAGE).await?,
+        bind("gateway", GATEWAY).await?,
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    spawn(
+        &mut tasks,
+        "presence",
+        parley_presence::run(presence, listeners.0, until_stop()),
+    );
+    spawn(
+        &mut tasks,
+        "notification",
+        parley_notification::run(notification, listeners.1, until_stop()),
+    );
+    spawn(
+        &mut tasks,
+        "receipt",
+        parley_receipt::run_on_bus(receipt, bus.clone(), listeners.2, until_stop()),
+    );
+    spawn(
+        &mut tasks,
+        "message",
+        parley_message::run_on_bus(message, bus.clone(), listeners.3, until_stop()),
+    );
+    spawn(
+        &mut tasks,
+        "gateway",
+        parley_gateway::run_on_bus(gateway, bus, listeners.4, until_stop()),
+    );
+
+    println!(
+        "parley dev suite: embedded SQLite under {dir}, in-process bus and presence\n\
+         \x20 gateway       {GATEWAY}   (parley.gateway.v1.GatewayService, JWT HS256 dev secret)\n\
+         \x20 message       {MESSAGE}   (parley.message.v1.MessageService)\n\
+         \x20 presence      {PRESENCE}   (parley.presence.v1.PresenceService)\n\
+         \x20 receipt       {RECEIPT}   (parley.receipt.v1.ReceiptService)\n\
+         \x20 notification  {NOTIFICATION}   (parley.notification.v1.NotificationService)\n\
+         Try `make demo` in another terminal, or `cargo run -q -p parley-cli -- --help`.\n\
+         Ctrl-C stops everything.",
+        dir = data.display()
+    );
+
+    let outcome = tokio::select! {
+        () = parley_server::shutdown_signal() => Ok(()),
+        Some(done) = tasks.join_next() => match done {
+            Ok(Err(error)) => Err(error),
+            _ => Err("a service stopped unexpectedly".to_owned()),
+        },
+    };
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+    outcome
+}
+
+fn spawn<F, E>(
+    tasks: &mut tokio::task::JoinSet<Result<(), Failure>>,
+    name: &'static str,
+    service: F,
+) where
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    tasks.spawn(async move { service.await.map_err(|e| format!("{name}: {e}")) });
+}
