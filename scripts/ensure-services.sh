@@ -57,3 +57,6 @@ else
     --dir /var/lib/redis --logfile /var/log/redis/parley-test.log
   wait_for 6379 Redis
 fi
+
+# Tests that restart Redis run a redis-server of their own on a free port.
+install_pkg redis-server redis-server
