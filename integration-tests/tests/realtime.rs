@@ -275,6 +275,10 @@ async fn a_slow_consumer_is_cut_off_without_stalling_the_others(backend: Backend
     let gw = suite.gateway_addrs[0];
     let mut slow = Device::connect_with_window(gw, "slow", "phone", Some(65_535)).await;
     let mut fast = Device::connect(gw, "fast", "phone").await;
+    // A heartbeat is answered only once the login (backlog) is done, so from
+    // here on everything reaches both devices live.
+    slow.drain(vec![]).await;
+    fast.drain(vec![]).await;
     // The fast device reads as messages come; the slow one reads nothing.
     let reader = tokio::spawn(async move {
         let mut others = Vec::new();
@@ -372,3 +376,31 @@ on_both_backends!(
     bad_expired_and_missing_tokens_are_refused,
     a_slow_consumer_is_cut_off_without_stalling_the_others,
 );
+
+#[tokio::test]
+async fn presence_watchers_see_devices_come_and_go() {
+    let suite = Suite::start(Backend::Sqlite).await;
+    let request = ppb::WatchPresenceRequest {
+        uids: vec!["uid1".into()],
+    };
+    let mut changes = suite
+        .presence()
+        .watch_presence(request)
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut next = async || {
+        let change = tokio::time::timeout(Duration::from_secs(10), changes.message())
+            .await
+            .expect("a change within 10 s")
+            .expect("stream open")
+            .expect("a change");
+        change.user.expect("user").devices.len()
+    };
+    assert_eq!(next().await, 0, "first the current state: offline");
+    let device = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    assert_eq!(next().await, 1, "online on one device");
+    drop(device);
+    assert_eq!(next().await, 0, "offline again when the stream ends");
+    suite.stop().await;
+}

@@ -110,10 +110,12 @@ where
     S: PresenceStore,
     F: Future<Output = ()> + Send + 'static,
 {
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let api = PresenceApi::new(
         store,
         config.ttl_ms,
         Duration::from_millis(config.watch_interval_ms),
+        stopping,
     );
     let mut routes = RoutesBuilder::default();
     routes.add_service(PresenceServiceServer::new(api));
@@ -121,6 +123,10 @@ where
         .local_addr()
         .map_err(|e| StartError::Config(e.to_string()))?;
     tracing::info!(%addr, backend, ttl_ms = config.ttl_ms, "presence service listening");
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
     parley_server::serve(listener, &config.server, routes, shutdown)
         .await
         .map_err(StartError::Serve)

@@ -22,17 +22,26 @@ pub struct PresenceApi<S> {
     ttl_ms: u32,
     watch_interval: Duration,
     changes: Arc<watch::Sender<u64>>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl<S: PresenceStore> PresenceApi<S> {
     /// Handlers answering with entries that live `ttl_ms`; watchers re-read at
     /// least every `watch_interval` (expiry and other replicas' changes).
-    pub fn new(store: S, ttl_ms: u32, watch_interval: Duration) -> Self {
+    /// Watch streams end when `stopping` turns true, so a graceful stop is not
+    /// held up by watchers.
+    pub fn new(
+        store: S,
+        ttl_ms: u32,
+        watch_interval: Duration,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             store,
             ttl_ms,
             watch_interval,
             changes: Arc::new(watch::channel(0).0),
+            stopping,
         }
     }
 
@@ -200,13 +209,20 @@ impl<S: PresenceStore> PresenceService for PresenceApi<S> {
             return Err(Status::invalid_argument("name 1 to 1000 uids to watch"));
         }
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(follow(
+        let follower = follow(
             self.store.clone(),
             watched,
             self.changes.subscribe(),
             self.watch_interval,
             tx,
-        ));
+        );
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = follower => {}
+                _ = stopping.wait_for(|stop| *stop) => {}
+            }
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
