@@ -404,3 +404,36 @@ async fn presence_watchers_see_devices_come_and_go() {
     assert_eq!(next().await, 0, "offline again when the stream ends");
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn a_sender_who_was_offline_gets_the_receipt_changes_at_login() {
+    let suite = Suite::start(Backend::Sqlite).await;
+    let gid = create_group(&suite, "A", "Away", &["uid1", "uid2"]).await;
+    let sent = send_direct(&suite, "A", gid, "while-away", 16).await;
+    wait_for_receipts(&suite, gid, vec![sent.msgid], 0).await;
+    for reader in ["uid1", "uid2"] {
+        let request = rpb::AckRequest {
+            gid,
+            up_to_seq: sent.seq,
+            kind: rpb::AckKind::Read.into(),
+        };
+        suite.receipt(user(reader)).ack(request).await.expect("ack");
+    }
+    let mut a = Device::connect(suite.gateway_addrs[0], "A", "a-phone").await;
+    let digest = loop {
+        if let Out::ReceiptDigest(digest) = a.frame().await {
+            break digest;
+        }
+    };
+    let entry = digest
+        .entries
+        .iter()
+        .find(|e| e.msgid == sent.msgid)
+        .expect("the message's receipts");
+    assert_eq!((entry.read_count, entry.recipient_count), (2, 2));
+    assert!(
+        !digest.receipts_cursor.is_empty(),
+        "a cursor to resume from next time"
+    );
+    suite.stop().await;
+}
