@@ -155,7 +155,11 @@ pub async fn print_receipts(
 
 /// Prints `uid`'s unread counts.
 pub async fn print_unread(endpoints: &Endpoints, uid: &Uid) -> Result<(), String> {
-    for group in crate::unread(endpoints, uid).await? {
+    let reply = client::receipt(endpoints, uid)?
+        .unread_counts(rpb::UnreadCountsRequest::default())
+        .await
+        .map_err(|s| format!("unread counts: {}", s.message()))?;
+    for group in reply.into_inner().groups {
         if group.unread > 0 {
             println!(
                 "  [{uid}] group {}: {} unread (read up to seq {} of {})",

@@ -12,7 +12,7 @@ mod dev;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use parley_proto::{message as mpb, receipt as rpb};
+use parley_proto::message as mpb;
 use parley_server::Uid;
 
 use crate::client::{Device, Endpoints, print_frame};
@@ -258,13 +258,4 @@ async fn run(cli: Cli) -> Result<(), String> {
         } => demo::print_receipts(&endpoints, &uid(&raw)?, gid, msgids).await,
         Command::Unread { uid: raw } => demo::print_unread(&endpoints, &uid(&raw)?).await,
     }
-}
-
-/// Unread counts of one user, as the demo and `parley unread` print them.
-pub async fn unread(endpoints: &Endpoints, uid: &Uid) -> Result<Vec<rpb::GroupUnread>, String> {
-    let reply = client::receipt(endpoints, uid)?
-        .unread_counts(rpb::UnreadCountsRequest::default())
-        .await
-        .map_err(status("unread counts"))?;
-    Ok(reply.into_inner().groups)
 }

@@ -10,6 +10,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod routing;
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -48,6 +50,36 @@ pub enum BusError {
     /// The bus URL is not usable.
     #[error("bus configuration: {0}")]
     Config(String),
+}
+
+/// The `--bus-url` flag every publisher and gateway takes.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct BusArgs {
+    /// The bus to the gateways (`redis://host:6379/0`). Unset: an in-process
+    /// bus, which reaches only services in the same process (`parley dev`).
+    #[arg(long, env = "PARLEY_BUS_URL", hide_env_values = true)]
+    pub bus_url: Option<String>,
+}
+
+impl BusArgs {
+    /// The bus these flags name.
+    pub fn connect(&self) -> Result<Bus, BusError> {
+        Bus::from_url(self.bus_url.as_deref())
+    }
+}
+
+/// A Redis connection pool with the settings every Parley service uses:
+/// connections made on demand, 2 s to connect or to wait for a free one.
+pub fn redis_pool(url: &str, max_size: usize) -> Result<deadpool_redis::Pool, BusError> {
+    deadpool_redis::Config::from_url(url)
+        .builder()
+        .map_err(|e| BusError::Config(e.to_string()))?
+        .max_size(max_size)
+        .wait_timeout(Some(Duration::from_secs(2)))
+        .create_timeout(Some(Duration::from_secs(2)))
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
+        .map_err(|e| BusError::Config(e.to_string()))
 }
 
 /// The bus, cheap to clone.
@@ -123,15 +155,7 @@ pub struct RedisBus {
 impl RedisBus {
     fn new(url: &str) -> Result<Self, BusError> {
         let client = redis::Client::open(url)?;
-        let pool = deadpool_redis::Config::from_url(url)
-            .builder()
-            .map_err(|e| BusError::Config(e.to_string()))?
-            .max_size(16)
-            .wait_timeout(Some(Duration::from_secs(2)))
-            .create_timeout(Some(Duration::from_secs(2)))
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()
-            .map_err(|e| BusError::Config(e.to_string()))?;
+        let pool = redis_pool(url, 16)?;
         Ok(Self { client, pool })
     }
 

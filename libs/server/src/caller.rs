@@ -49,6 +49,12 @@ impl fmt::Display for Uid {
     }
 }
 
+/// Whether `raw` is a valid device id (or gateway id): 1 to 64 printable
+/// ASCII characters, no spaces and no `|` (presence stores ids joined by it).
+pub fn valid_device_id(raw: &str) -> bool {
+    !raw.is_empty() && raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_graphic() && b != b'|')
+}
+
 /// A string that is not a valid user id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("user ids are 1 to 64 characters from [A-Za-z0-9._@:-]")]

@@ -133,18 +133,22 @@ impl Hub {
         self.read().values().map(Vec::len).sum()
     }
 
+    /// Tells every connection to catch up from the store: deliveries may
+    /// have been missed (the bus subscription dropped, or presence had lost
+    /// the devices, so fan-out skipped them).
+    pub fn resync_all(&self) {
+        for handle in self.read().values().flatten() {
+            handle.offer(Inbound::Resync);
+        }
+    }
+
     /// Hands one bus signal to the connections it concerns.
     pub fn dispatch(&self, signal: Signal) {
-        let connections = self.read();
         let event = match signal {
-            Signal::Resubscribed => {
-                for handle in connections.values().flatten() {
-                    handle.offer(Inbound::Resync);
-                }
-                return;
-            }
+            Signal::Resubscribed => return self.resync_all(),
             Signal::Event(event) => event.event,
         };
+        let connections = self.read();
         match event {
             Some(bus_event::Event::Delivery(delivery)) => {
                 let Some(message) = delivery.message else {

@@ -14,7 +14,7 @@ pub mod session;
 use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Duration};
 
 use futures::Stream;
-use parley_bus::Bus;
+use parley_bus::{Bus, BusArgs, routing::PresenceClient};
 use parley_proto::{
     gateway::{
         self as pb,
@@ -26,7 +26,9 @@ use parley_proto::{
     presence::{self as ppb, presence_service_client::PresenceServiceClient},
     receipt::receipt_service_client::ReceiptServiceClient,
 };
-use parley_server::{ServerArgs, ServiceIdentity, Uid, lazy_channel, serve::Secret};
+use parley_server::{
+    ServerArgs, ServiceIdentity, Uid, caller::valid_device_id, lazy_channel, serve::Secret,
+};
 use tokio::{
     net::TcpListener,
     sync::{mpsc, oneshot, watch},
@@ -100,10 +102,9 @@ pub struct Config {
         default_value = "http://127.0.0.1:50053"
     )]
     pub presence_url: String,
-    /// The bus (`redis://host:6379/0`). Unset: an in-process bus, which only
-    /// services in the same process publish on (`parley dev`).
-    #[arg(long, env = "PARLEY_BUS_URL", hide_env_values = true)]
-    pub bus_url: Option<String>,
+    /// The bus this gateway subscribes to.
+    #[command(flatten)]
+    pub bus: BusArgs,
     /// Flags shared by every service: logging, request limits, internal token.
     #[command(flatten)]
     pub server: ServerArgs,
@@ -125,13 +126,9 @@ pub struct Cli {
     pub config: Config,
 }
 
-/// Why the gateway could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct GatewayError(String);
-
-/// Why the service could not start or stopped with an error.
-pub type StartError = parley_server::serve::StartError<GatewayError>;
+/// Why the gateway could not start or stopped with an error (it has no
+/// storage of its own to fail).
+pub type StartError = parley_server::serve::StartError<std::convert::Infallible>;
 
 impl Config {
     /// The token verifier the configuration names: exactly one key.
@@ -164,10 +161,6 @@ pub struct GatewayApi {
     slow_after: Duration,
     auth_timeout: Duration,
     stopping: watch::Receiver<bool>,
-}
-
-fn valid_device_id(raw: &str) -> bool {
-    !raw.is_empty() && raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_graphic() && b != b'|')
 }
 
 impl GatewayApi {
@@ -271,12 +264,7 @@ impl GatewayService for GatewayApi {
 }
 
 /// Keeps this gateway's devices alive in presence.
-async fn heartbeat(
-    hub: Hub,
-    mut presence: session::PresenceClient,
-    gateway_id: String,
-    interval: Duration,
-) {
+async fn heartbeat(hub: Hub, mut presence: PresenceClient, gateway_id: String, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -301,7 +289,7 @@ async fn heartbeat(
                         revived = reply.get_ref().revived,
                         "presence entries revived; resyncing connections"
                     );
-                    hub.dispatch(parley_bus::Signal::Resubscribed);
+                    hub.resync_all();
                 }
                 Ok(_) => {}
                 Err(status) => {
@@ -317,8 +305,10 @@ pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Resul
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let bus =
-        Bus::from_url(config.bus_url.as_deref()).map_err(|e| StartError::Config(e.to_string()))?;
+    let bus = config
+        .bus
+        .connect()
+        .map_err(|e| StartError::Config(e.to_string()))?;
     run_on_bus(config, bus, listener, shutdown).await
 }
 

@@ -6,10 +6,11 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use parley_bus::routing::PresenceClient;
 use parley_proto::{
     gateway::{self as pb, connect_request::Frame as In, connect_response::Frame as Out},
     message::{self as mpb, message_service_client::MessageServiceClient},
-    presence::{self as ppb, presence_service_client::PresenceServiceClient},
+    presence as ppb,
     receipt::{self as rpb, receipt_service_client::ReceiptServiceClient},
 };
 use parley_server::{ServiceIdentity, Uid, caller::acting_for};
@@ -19,8 +20,6 @@ use tonic::{Status, Streaming, codegen::InterceptedService, transport::Channel};
 use crate::hub::{Hub, Inbound};
 
 type Intercepted = InterceptedService<Channel, ServiceIdentity>;
-/// The presence client, as the gateway.
-pub type PresenceClient = PresenceServiceClient<Intercepted>;
 
 /// The services a gateway calls, as the gateway.
 #[derive(Clone)]
@@ -228,23 +227,57 @@ impl Session {
         self.pull_receipts(receipts_cursor).await
     }
 
+    /// The user's positions: one page of all groups, or the groups named.
+    async fn unread_counts(
+        &mut self,
+        gids: Vec<u64>,
+        page_token: String,
+    ) -> Result<rpb::UnreadCountsResponse, End> {
+        let request = rpb::UnreadCountsRequest {
+            gids,
+            page_size: GROUP_PAGE,
+            page_token,
+        };
+        let reply = self
+            .upstream
+            .receipt
+            .unread_counts(acting_for(&self.uid, request))
+            .await
+            .map_err(End::Upstream)?;
+        Ok(reply.into_inner())
+    }
+
+    /// Messages of `gid` after `after_seq`, as the user may see them; a
+    /// refusal (not a member, bad request) reads as no messages.
+    async fn sync(
+        &mut self,
+        gid: u64,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<mpb::SyncMessagesResponse, End> {
+        let request = mpb::SyncMessagesRequest {
+            gid,
+            after_seq,
+            limit,
+        };
+        match self
+            .upstream
+            .message
+            .sync_messages(acting_for(&self.uid, request))
+            .await
+        {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) if is_refusal(&status) => Ok(mpb::SyncMessagesResponse::default()),
+            Err(status) => Err(End::Upstream(status)),
+        }
+    }
+
     /// Sends, per group, everything after the delivered position (the user's
     /// delivered cursor the first time), in seq order.
     async fn catch_up(&mut self) -> Step {
         let mut page_token = String::new();
         loop {
-            let request = rpb::UnreadCountsRequest {
-                gids: Vec::new(),
-                page_size: GROUP_PAGE,
-                page_token,
-            };
-            let reply = self
-                .upstream
-                .receipt
-                .unread_counts(acting_for(&self.uid, request))
-                .await
-                .map_err(End::Upstream)?
-                .into_inner();
+            let reply = self.unread_counts(Vec::new(), page_token).await?;
             for group in reply.groups {
                 let position = self
                     .delivered
@@ -266,22 +299,8 @@ impl Session {
     async fn sync_group(&mut self, gid: u64) -> Step {
         loop {
             let after = self.delivered.get(&gid).copied().unwrap_or(0);
-            let request = mpb::SyncMessagesRequest {
-                gid,
-                after_seq: after,
-                limit: SYNC_PAGE,
-            };
-            let reply = match self
-                .upstream
-                .message
-                .sync_messages(acting_for(&self.uid, request))
-                .await
-            {
-                Ok(reply) => reply.into_inner(),
-                // No longer a member (or never was): nothing to send.
-                Err(status) if is_refusal(&status) => return Ok(()),
-                Err(status) => return Err(End::Upstream(status)),
-            };
+            // No longer a member (or never was) reads as nothing to send.
+            let reply = self.sync(gid, after, SYNC_PAGE).await?;
             let Some(last) = reply.messages.last().map(|m| m.seq) else {
                 return Ok(());
             };
@@ -372,18 +391,7 @@ impl Session {
     }
 
     async fn position_from_cursor(&mut self, gid: u64) -> Step {
-        let request = rpb::UnreadCountsRequest {
-            gids: vec![gid],
-            page_size: 0,
-            page_token: String::new(),
-        };
-        let reply = self
-            .upstream
-            .receipt
-            .unread_counts(acting_for(&self.uid, request))
-            .await
-            .map_err(End::Upstream)?
-            .into_inner();
+        let reply = self.unread_counts(vec![gid], String::new()).await?;
         // Unknown to the receipt service yet (the membership is still in the
         // message service's outbox): start at 0; SyncMessages only returns
         // what the member may see.
@@ -499,21 +507,7 @@ impl Session {
     }
 
     async fn on_sync(&mut self, sync: pb::SyncFrame) -> Step {
-        let request = mpb::SyncMessagesRequest {
-            gid: sync.gid,
-            after_seq: sync.after_seq,
-            limit: sync.limit,
-        };
-        let reply = match self
-            .upstream
-            .message
-            .sync_messages(acting_for(&self.uid, request))
-            .await
-        {
-            Ok(reply) => reply.into_inner(),
-            Err(status) if is_refusal(&status) => mpb::SyncMessagesResponse::default(),
-            Err(status) => return Err(End::Upstream(status)),
-        };
+        let reply = self.sync(sync.gid, sync.after_seq, sync.limit).await?;
         let messages: Vec<pb::DeliveredMessage> =
             reply.messages.into_iter().map(delivered).collect();
         for message in &messages {

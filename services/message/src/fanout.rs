@@ -7,28 +7,25 @@
 //! offline hand-off runs from the outbox drainer, so it survives a crash of
 //! this service between commit and hand-off.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use parley_bus::Bus;
+use parley_bus::{
+    Bus,
+    routing::{Located, PresenceClient, locate},
+};
 use parley_proto::{
     bus::{BusEvent, Delivery, bus_event},
     gateway::DeliveredMessage,
     notification::{self as npb, notification_service_client::NotificationServiceClient},
-    presence::{self as ppb, presence_service_client::PresenceServiceClient},
 };
 use parley_server::ServiceIdentity;
 use tonic::{codegen::InterceptedService, transport::Channel};
 
 use crate::store::{Audience, MessageRecord};
 
-/// Clients the fan-out calls.
-pub type PresenceClient = PresenceServiceClient<InterceptedService<Channel, ServiceIdentity>>;
 /// The notification client the drainer hands offline members to.
 pub type NotificationClient =
     NotificationServiceClient<InterceptedService<Channel, ServiceIdentity>>;
-
-/// Users per BatchGetPresence call.
-const PRESENCE_CHUNK: usize = 10_000;
 
 /// Where a message goes: per gateway the recipients it holds, and the members
 /// with no device online (never the sender).
@@ -40,25 +37,24 @@ pub struct Routes {
     pub offline: Vec<String>,
 }
 
-/// Partitions `members` by the gateways their devices are on. The sender's
-/// own devices get the message too (their other screens stay in step), but
-/// the sender is never notified offline of their own message.
-pub fn route(sender: &str, presence: &[ppb::UserPresence]) -> Routes {
+/// Partitions the located members by gateway. The sender's own devices get
+/// the message too (their other screens stay in step), but the sender is
+/// never notified offline of their own message.
+pub fn route(sender: &str, located: &[Located]) -> Routes {
     let mut routes = Routes::default();
-    for user in presence {
-        let gateways: BTreeSet<&str> = user.devices.iter().map(|d| d.gateway_id.as_str()).collect();
+    for (uid, gateways) in located {
         if gateways.is_empty() {
-            if user.uid != sender {
-                routes.offline.push(user.uid.clone());
+            if uid != sender {
+                routes.offline.push(uid.clone());
             }
             continue;
         }
         for gateway in gateways {
             routes
                 .gateways
-                .entry(gateway.to_owned())
+                .entry(gateway.clone())
                 .or_default()
-                .push(user.uid.clone());
+                .push(uid.clone());
         }
     }
     routes
@@ -101,29 +97,19 @@ impl Fanout {
         Self { presence, bus }
     }
 
-    /// Where the audience is right now.
-    pub async fn routes(&self, sender: &str, audience: &Audience) -> Result<Routes, FanoutError> {
-        let mut presence = Vec::with_capacity(audience.members.len());
-        for chunk in audience.members.chunks(PRESENCE_CHUNK) {
-            let reply = self
-                .presence
-                .clone()
-                .batch_get_presence(ppb::BatchGetPresenceRequest {
-                    uids: chunk.to_vec(),
-                })
-                .await?;
-            presence.extend(reply.into_inner().users);
-        }
-        Ok(route(sender, &presence))
+    /// Where `members` are right now.
+    pub async fn routes(&self, sender: &str, members: &[String]) -> Result<Routes, FanoutError> {
+        let located = locate(&self.presence, members).await?;
+        Ok(route(sender, &located))
     }
 
     /// Publishes `message` to every gateway holding one of its recipients.
     pub async fn publish(
         &self,
         message: &MessageRecord,
-        audience: &Audience,
+        members: &[String],
     ) -> Result<usize, FanoutError> {
-        let routes = self.routes(&message.sender_uid, audience).await?;
+        let routes = self.routes(&message.sender_uid, members).await?;
         let delivered = delivered(message);
         for (gateway, uids) in &routes.gateways {
             let event = BusEvent {
@@ -158,33 +144,22 @@ pub fn offline_batch(
 mod tests {
     use super::*;
 
-    fn user(uid: &str, gateways: &[&str]) -> ppb::UserPresence {
-        ppb::UserPresence {
-            uid: uid.into(),
-            devices: gateways
-                .iter()
-                .enumerate()
-                .map(|(i, g)| ppb::DevicePresence {
-                    device: Some(ppb::DeviceRef {
-                        uid: uid.into(),
-                        device_id: format!("d{i}"),
-                    }),
-                    gateway_id: (*g).into(),
-                })
-                .collect(),
-            last_seen_ms: 0,
-        }
+    fn user(uid: &str, gateways: &[&str]) -> Located {
+        (
+            uid.into(),
+            gateways.iter().map(|g| (*g).to_owned()).collect(),
+        )
     }
 
     #[test]
     fn one_batch_per_gateway_and_offline_members_apart() {
-        let presence = vec![
+        let located = vec![
             user("A", &["gw1"]),
             user("uid1", &["gw1", "gw2", "gw2"]),
             user("uid2", &["gw2"]),
             user("uid3", &[]),
         ];
-        let routes = route("A", &presence);
+        let routes = route("A", &located);
         assert_eq!(routes.gateways.len(), 2);
         assert_eq!(routes.gateways["gw1"], vec!["A", "uid1"]);
         assert_eq!(routes.gateways["gw2"], vec!["uid1", "uid2"]);

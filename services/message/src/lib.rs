@@ -14,7 +14,7 @@ pub mod store;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use parley_bus::Bus;
+use parley_bus::{Bus, BusArgs};
 use parley_proto::{
     message::message_service_server::MessageServiceServer,
     notification::notification_service_client::NotificationServiceClient,
@@ -72,10 +72,9 @@ pub struct Config {
         default_value = "http://127.0.0.1:50055"
     )]
     pub notification_url: String,
-    /// The bus to the gateways (`redis://host:6379/0`). Unset: an in-process
-    /// bus, which reaches only gateways in the same process (`parley dev`).
-    #[arg(long, env = "PARLEY_BUS_URL", hide_env_values = true)]
-    pub bus_url: Option<String>,
+    /// The bus to the gateways.
+    #[command(flatten)]
+    pub bus: BusArgs,
     /// Largest message content, in bytes (at most 3 MiB).
     #[arg(long, env = "PARLEY_MAX_CONTENT_BYTES", default_value_t = 65_536,
           value_parser = clap::value_parser!(u64).range(1..=3 * 1024 * 1024))]
@@ -122,26 +121,15 @@ pub async fn migrate(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The bus `config` names: Redis, or a fresh in-process one.
-pub fn bus_from(url: Option<&str>) -> Result<Bus, String> {
-    match url {
-        Some(url) => Bus::redis(url).map_err(|e| e.to_string()),
-        None => {
-            tracing::warn!(
-                "no bus URL: using an in-process bus, which reaches only gateways in this process"
-            );
-            Ok(Bus::local())
-        }
-    }
-}
-
 /// Runs the service on `listener` until `shutdown` resolves.
 pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let bus =
-        Bus::from_url(config.bus_url.as_deref()).map_err(|e| StartError::Config(e.to_string()))?;
+    let bus = config
+        .bus
+        .connect()
+        .map_err(|e| StartError::Config(e.to_string()))?;
     run_on_bus(config, bus, listener, shutdown).await
 }
 

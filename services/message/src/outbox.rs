@@ -233,7 +233,7 @@ impl<S: MessageStore> Drainer<S> {
         let routes = self
             .downstream
             .fanout
-            .routes(&message.sender_uid, &audience)
+            .routes(&message.sender_uid, &audience.members)
             .await?;
         if routes.offline.is_empty() {
             return Ok(());

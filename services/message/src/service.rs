@@ -52,15 +52,14 @@ impl<S: MessageStore> MessageApi<S> {
     fn publish_after_commit(&self, record: &MessageRecord) {
         let (store, fanout, record) = (self.store.clone(), self.fanout.clone(), record.clone());
         tokio::spawn(async move {
-            let audience = match store.audience(record.gid, record.seq).await {
-                Ok(Some(audience)) => audience,
-                Ok(None) => return,
+            let members = match store.members_at(record.gid, record.seq).await {
+                Ok(members) => members,
                 Err(error) => {
                     tracing::warn!(error = %error, gid = record.gid, seq = record.seq, "fan-out skipped: members unavailable; clients will sync");
                     return;
                 }
             };
-            if let Err(error) = fanout.publish(&record, &audience).await {
+            if let Err(error) = fanout.publish(&record, &members).await {
                 tracing::warn!(error = %error, gid = record.gid, seq = record.seq, "fan-out failed; clients will sync");
             }
         });

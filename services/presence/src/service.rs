@@ -59,13 +59,9 @@ fn uid(raw: &str) -> Result<Uid, Status> {
     Uid::parse(raw).map_err(|e| Status::invalid_argument(format!("uid: {e}")))
 }
 
-/// Device ids and gateway ids: 1 to 64 printable ASCII characters, no spaces
-/// and no `|` (the stored entry's separator).
+/// A device id or gateway id, checked by the rule every service shares.
 fn token(what: &str, raw: &str) -> Result<String, Status> {
-    let valid = !raw.is_empty()
-        && raw.len() <= 64
-        && raw.bytes().all(|b| b.is_ascii_graphic() && b != b'|');
-    if valid {
+    if parley_server::caller::valid_device_id(raw) {
         Ok(raw.to_owned())
     } else {
         Err(Status::invalid_argument(format!(

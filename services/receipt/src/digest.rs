@@ -6,24 +6,21 @@
 //! offline (or misses a digest) pulls the changes with `PullReceipts`.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
-use parley_bus::Bus;
+use parley_bus::{
+    Bus,
+    routing::{PresenceClient, locate},
+};
 use parley_proto::{
     bus::{BusEvent, ReceiptDigest, bus_event},
     gateway::ReceiptDigestEntry,
-    presence::{self as ppb, presence_service_client::PresenceServiceClient},
 };
-use parley_server::ServiceIdentity;
-use tonic::{codegen::InterceptedService, transport::Channel};
 
 use crate::store::{MsgReceipt, ReceiptStore};
-
-/// The presence client the digests are routed with.
-pub type PresenceClient = PresenceServiceClient<InterceptedService<Channel, ServiceIdentity>>;
 
 /// Messages per group and window a digest reports (the newest).
 const MAX_MESSAGES_PER_GROUP: u32 = 200;
@@ -110,7 +107,7 @@ pub async fn run<S: ReceiptStore>(
         if dirty.is_empty() {
             continue;
         }
-        if let Err(error) = flush(&store, dirty, presence.clone(), &bus).await {
+        if let Err(error) = flush(&store, dirty, &presence, &bus).await {
             // Digests are a convenience: senders pull what they missed.
             tracing::warn!(error = %error, "receipt digests dropped");
         }
@@ -120,7 +117,7 @@ pub async fn run<S: ReceiptStore>(
 async fn flush<S: ReceiptStore>(
     store: &S,
     dirty: Dirty,
-    mut presence: PresenceClient,
+    presence: &PresenceClient,
     bus: &Bus,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut changed = Vec::new();
@@ -136,18 +133,7 @@ async fn flush<S: ReceiptStore>(
         return Ok(());
     }
     let senders: Vec<String> = digests.keys().cloned().collect();
-    let mut gateways: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for chunk in senders.chunks(10_000) {
-        let reply = presence
-            .batch_get_presence(ppb::BatchGetPresenceRequest {
-                uids: chunk.to_vec(),
-            })
-            .await?;
-        for user in reply.into_inner().users {
-            let entry = gateways.entry(user.uid).or_default();
-            entry.extend(user.devices.into_iter().map(|d| d.gateway_id));
-        }
-    }
+    let gateways: BTreeMap<String, _> = locate(presence, &senders).await?.into_iter().collect();
     for (uid, entries) in digests {
         let Some(targets) = gateways.get(&uid) else {
             continue;

@@ -14,7 +14,7 @@ pub mod store;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use parley_bus::Bus;
+use parley_bus::{Bus, BusArgs};
 use parley_proto::{
     presence::presence_service_client::PresenceServiceClient,
     receipt::receipt_service_server::ReceiptServiceServer,
@@ -74,10 +74,9 @@ pub struct Config {
         default_value = "http://127.0.0.1:50053"
     )]
     pub presence_url: String,
-    /// The bus to the gateways (`redis://host:6379/0`). Unset: an in-process
-    /// bus, which reaches only gateways in the same process (`parley dev`).
-    #[arg(long, env = "PARLEY_BUS_URL", hide_env_values = true)]
-    pub bus_url: Option<String>,
+    /// The bus to the gateways.
+    #[command(flatten)]
+    pub bus: BusArgs,
     /// Flags shared by every service: storage pool, migrations, logging, request limits.
     #[command(flatten)]
     pub server: ServerArgs,
@@ -117,8 +116,10 @@ pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Resul
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let bus =
-        Bus::from_url(config.bus_url.as_deref()).map_err(|e| StartError::Config(e.to_string()))?;
+    let bus = config
+        .bus
+        .connect()
+        .map_err(|e| StartError::Config(e.to_string()))?;
     run_on_bus(config, bus, listener, shutdown).await
 }
 

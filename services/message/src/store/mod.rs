@@ -256,6 +256,14 @@ pub trait MessageStore: Clone + Send + Sync + 'static {
         seq: i64,
     ) -> impl Future<Output = Result<Option<Audience>, MessageError>> + Send;
 
+    /// The members at `seq`, sender included, in uid order: the fast path's
+    /// fan-out needs no more than this.
+    fn members_at(
+        &self,
+        gid: i64,
+        seq: i64,
+    ) -> impl Future<Output = Result<Vec<String>, MessageError>> + Send;
+
     /// Current membership rows (including left members) of some users.
     fn member_states(
         &self,

@@ -471,7 +471,12 @@ macro_rules! impl_message_store {
                 let Some(group_name) = name else {
                     return Ok(None);
                 };
-                let members = sqlx::query_scalar(
+                let members = self.members_at(gid, seq).await?;
+                Ok(Some(crate::store::Audience { group_name, members }))
+            }
+
+            async fn members_at(&self, gid: i64, seq: i64) -> Result<Vec<String>, crate::error::MessageError> {
+                Ok(sqlx::query_scalar(
                     "SELECT uid FROM group_users WHERE gid = ? AND joined_seq < ? \
                      AND (left_seq IS NULL OR left_seq >= ?) ORDER BY uid",
                 )
@@ -479,8 +484,7 @@ macro_rules! impl_message_store {
                 .bind(seq)
                 .bind(seq)
                 .fetch_all(&self.pool)
-                .await?;
-                Ok(Some(crate::store::Audience { group_name, members }))
+                .await?)
             }
 
             async fn member_states(

@@ -71,14 +71,7 @@ impl RedisPresenceStore {
         lifetimes: Lifetimes,
         max_connections: usize,
     ) -> Result<Self, PresenceError> {
-        let pool = deadpool_redis::Config::from_url(url)
-            .builder()
-            .map_err(|e| PresenceError::Config(e.to_string()))?
-            .max_size(max_connections)
-            .wait_timeout(Some(std::time::Duration::from_secs(2)))
-            .create_timeout(Some(std::time::Duration::from_secs(2)))
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()
+        let pool = parley_bus::redis_pool(url, max_connections)
             .map_err(|e| PresenceError::Config(e.to_string()))?;
         Ok(Self { pool, lifetimes })
     }

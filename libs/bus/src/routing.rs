@@ -1,0 +1,37 @@
+//! Finding the gateways to publish to: every publisher (the message service's
+//! fan-out, the receipt service's digests) asks presence where users are, in
+//! batches, and publishes once per gateway.
+
+use std::collections::BTreeSet;
+
+use parley_proto::presence::{self as ppb, presence_service_client::PresenceServiceClient};
+use parley_server::ServiceIdentity;
+use tonic::{codegen::InterceptedService, transport::Channel};
+
+/// The presence client every Parley service uses, as itself.
+pub type PresenceClient = PresenceServiceClient<InterceptedService<Channel, ServiceIdentity>>;
+
+/// Users per BatchGetPresence call (the RPC's limit).
+const PRESENCE_BATCH: usize = 10_000;
+
+/// One user and the gateways holding one of its devices (empty: offline).
+pub type Located = (String, BTreeSet<String>);
+
+/// Where each of `uids` is, in the order given.
+pub async fn locate(
+    presence: &PresenceClient,
+    uids: &[String],
+) -> Result<Vec<Located>, tonic::Status> {
+    let mut located = Vec::with_capacity(uids.len());
+    for chunk in uids.chunks(PRESENCE_BATCH) {
+        let request = ppb::BatchGetPresenceRequest {
+            uids: chunk.to_vec(),
+        };
+        let reply = presence.clone().batch_get_presence(request).await?;
+        located.extend(reply.into_inner().users.into_iter().map(|user| {
+            let gateways = user.devices.into_iter().map(|d| d.gateway_id).collect();
+            (user.uid, gateways)
+        }));
+    }
+    Ok(located)
+}
