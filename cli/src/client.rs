@@ -9,6 +9,7 @@ use parley_proto::{
         gateway_service_client::GatewayServiceClient,
     },
     message::message_service_client::MessageServiceClient,
+    notification::notification_service_client::NotificationServiceClient,
     receipt::receipt_service_client::ReceiptServiceClient,
 };
 use parley_server::Uid;
@@ -46,6 +47,14 @@ pub struct Endpoints {
         global = true
     )]
     pub receipt: String,
+    /// The notification service.
+    #[arg(
+        long,
+        env = "PARLEY_NOTIFICATION_URL",
+        default_value = "http://127.0.0.1:50055",
+        global = true
+    )]
+    pub notification: String,
     /// HS256 secret for the tokens the CLI signs (the dev suite's by default).
     #[arg(long, env = "PARLEY_DEV_JWT_SECRET", default_value = crate::dev::DEV_JWT_SECRET,
           hide_default_value = true, global = true)]
@@ -94,6 +103,17 @@ pub fn receipt(
 ) -> Result<ReceiptServiceClient<InterceptedService<Channel, ActingAs>>, String> {
     Ok(ReceiptServiceClient::with_interceptor(
         channel(&endpoints.receipt)?,
+        acting(uid)?,
+    ))
+}
+
+/// The notification service, as `uid`.
+pub fn notification(
+    endpoints: &Endpoints,
+    uid: &Uid,
+) -> Result<NotificationServiceClient<InterceptedService<Channel, ActingAs>>, String> {
+    Ok(NotificationServiceClient::with_interceptor(
+        channel(&endpoints.notification)?,
         acting(uid)?,
     ))
 }

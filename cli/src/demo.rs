@@ -1,12 +1,15 @@
 //! `parley demo`: the seeds' scenario against a running suite. A creates a
 //! group with uid1, uid2 and uid3; A, uid1 and uid2 are online, uid3 is not.
 //! A sends three messages that want receipts; uid1 reads all three, uid2 the
-//! first two; A sees the receipt digests arrive; uid3 then connects, catches
-//! up in order and reads, and A sees the counts reach 3 of 3.
+//! first two; A sees the receipt digests arrive; uid3's phone gets one push
+//! for the three; uid3 then connects, catches up in order and reads, and A
+//! sees the counts reach 3 of 3.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
-use parley_proto::{gateway::connect_response::Frame as Out, message as mpb, receipt as rpb};
+use parley_proto::{
+    gateway::connect_response::Frame as Out, message as mpb, notification as npb, receipt as rpb,
+};
 use parley_server::Uid;
 
 use crate::client::{self, Device, Endpoints, print_frame};
@@ -43,8 +46,45 @@ fn digest_reaches(frame: &Out, seq: u64, count: u32) -> bool {
     matches!(frame, Out::ReceiptDigest(d) if d.entries.iter().any(|e| e.seq == seq && e.read_count >= count))
 }
 
-/// Plays the scenario.
-pub async fn run(endpoints: &Endpoints) -> Result<(), String> {
+/// How long the demo waits for uid3's push: the collapse window (3 s by
+/// default) and a poll of the queue.
+const PUSH_WAIT: Duration = Duration::from_secs(15);
+
+/// Waits for the push the dev suite's logging sender appended for `uid` in
+/// `gid`, and prints it.
+async fn show_push(push_log: &Path, uid: &Uid, gid: u64) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + PUSH_WAIT;
+    loop {
+        let text = std::fs::read_to_string(push_log).unwrap_or_default();
+        let push = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|p| p["uid"] == uid.as_str() && p["gid"] == gid);
+        if let Some(p) = push {
+            println!(
+                "  [{uid}] {} push to {}: {:?} - {:?} (badge {}, seq {}-{})",
+                p["platform"].as_str().unwrap_or_default(),
+                p["device_id"].as_str().unwrap_or_default(),
+                p["title"].as_str().unwrap_or_default(),
+                p["body"].as_str().unwrap_or_default(),
+                p["badge"],
+                p["first_seq"],
+                p["last_seq"],
+            );
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "no push for {uid} in {} within {PUSH_WAIT:?} (is `make dev` running from this directory?)",
+                push_log.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Plays the scenario; `data` is the running dev suite's data directory.
+pub async fn run(endpoints: &Endpoints, data: &Path) -> Result<(), String> {
     let (a, uid1, uid2, uid3) = (uid("A")?, uid("uid1")?, uid("uid2")?, uid("uid3")?);
     let name = format!("Design {}", parley_server::now_ms() % 100_000);
     println!("1. A creates group {name:?} with uid1, uid2 and uid3");
@@ -61,6 +101,18 @@ pub async fn run(endpoints: &Endpoints) -> Result<(), String> {
         .group
         .unwrap_or_default();
     let gid = group.gid;
+    let phone = npb::RegisterDeviceRequest {
+        device_id: "uid3-phone".into(),
+        platform: npb::Platform::Fcm.into(),
+        token: format!("dev-token-uid3-{}", "0".repeat(24)),
+        app_id: String::new(),
+        locale: "en-GB".into(),
+    };
+    client::notification(endpoints, &uid3)?
+        .register_device(phone)
+        .await
+        .map_err(|s| format!("register device: {}", s.message()))?;
+    println!("  [uid3] registered its phone for push notifications (FCM)");
 
     println!("2. A, uid1 and uid2 connect to the gateway; uid3 stays offline");
     let mut a_dev = Device::connect(endpoints, &a, "a-phone").await?;
@@ -92,8 +144,12 @@ pub async fn run(endpoints: &Endpoints) -> Result<(), String> {
     uid2_dev.ack(gid, 2, true).await?;
 
     println!("6. A's receipt digests arrive (coalesced, only to the sender)");
+    // Until both reads are in: seq 2 by two readers, seq 3 by one.
+    let (mut second, mut third) = (false, false);
     show_until(&mut a_dev, Duration::from_secs(3), |f| {
-        digest_reaches(f, 2, 2)
+        second |= digest_reaches(f, 2, 2);
+        third |= digest_reaches(f, 3, 1);
+        second && third
     })
     .await?;
 
@@ -103,7 +159,13 @@ pub async fn run(endpoints: &Endpoints) -> Result<(), String> {
     println!("8. uid3, still offline, has unread messages");
     print_unread(endpoints, &uid3).await?;
 
-    println!("9. uid3 connects: the backlog arrives in seq order, then uid3 reads it");
+    println!(
+        "9. uid3's phone gets one push for all three, with the unread badge \
+         (the dev suite logs pushes instead of calling FCM)"
+    );
+    show_push(&crate::dev::push_log_path(data), &uid3, gid).await?;
+
+    println!("10. uid3 connects: the backlog arrives in seq order, then uid3 reads it");
     let mut uid3_dev = Device::connect(endpoints, &uid3, "uid3-phone").await?;
     show_until(&mut uid3_dev, Duration::from_secs(5), |f| {
         message_seq(f) == Some(3)
@@ -111,7 +173,7 @@ pub async fn run(endpoints: &Endpoints) -> Result<(), String> {
     .await?;
     uid3_dev.ack(gid, 3, true).await?;
 
-    println!("10. A sees the first message read by everyone");
+    println!("11. A sees the first message read by everyone");
     show_until(&mut a_dev, Duration::from_secs(3), |f| {
         digest_reaches(f, 1, 3)
     })

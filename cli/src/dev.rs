@@ -29,6 +29,11 @@ fn config<C: clap::Parser>(args: &[&str]) -> Result<C, Failure> {
     C::try_parse_from(args).map_err(|e| e.to_string())
 }
 
+/// Where `parley dev` appends the pushes its logging sender would have sent.
+pub fn push_log_path(data: &Path) -> std::path::PathBuf {
+    data.join("pushes.jsonl")
+}
+
 /// Runs every service until Ctrl-C.
 pub async fn run(data: &Path) -> Result<(), Failure> {
     std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
@@ -45,10 +50,14 @@ pub async fn run(data: &Path) -> Result<(), Failure> {
     };
 
     let presence = config::<parley_presence::Cli>(&["parley-presence"])?.config;
+    let push_log = push_log_path(data).display().to_string();
     let notification = config::<parley_notification::Cli>(&[
         "parley-notification",
         "--database-url",
         &notification_db,
+        "--push-log",
+        "--push-log-file",
+        &push_log,
     ])?
     .config;
     let receipt =
@@ -104,10 +113,12 @@ pub async fn run(data: &Path) -> Result<(), Failure> {
          \x20 message       {MESSAGE}   (parley.message.v1.MessageService)\n\
          \x20 presence      {PRESENCE}   (parley.presence.v1.PresenceService)\n\
          \x20 receipt       {RECEIPT}   (parley.receipt.v1.ReceiptService)\n\
-         \x20 notification  {NOTIFICATION}   (parley.notification.v1.NotificationService)\n\
+         \x20 notification  {NOTIFICATION}   (parley.notification.v1.NotificationService;\n\
+         \x20                                 pushes are logged, and appended to {pushes})\n\
          Try `make demo` in another terminal, or `cargo run -q -p parley-cli -- --help`.\n\
          Ctrl-C stops everything.",
-        dir = data.display()
+        dir = data.display(),
+        pushes = push_log.as_str(),
     );
 
     let outcome = tokio::select! {

@@ -39,7 +39,11 @@ enum Command {
         data: PathBuf,
     },
     /// Play the seeds' scenario against a running suite and print what each user sees.
-    Demo,
+    Demo {
+        /// The running `parley dev`'s data directory (its push log is read there).
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+    },
     /// Print a dev token (HS256) for a user.
     Token {
         /// The user.
@@ -154,7 +158,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let endpoints = cli.endpoints;
     match cli.command {
         Command::Dev { data } => dev::run(&data).await,
-        Command::Demo => demo::run(&endpoints).await,
+        Command::Demo { data } => demo::run(&endpoints, &data).await,
         Command::Token { uid: raw, ttl_secs } => {
             let token = parley_gateway::auth::issue_hs256(
                 endpoints.secret.as_bytes(),

@@ -4,6 +4,7 @@
 mod device;
 mod malformed;
 mod outage;
+mod push;
 mod realtime;
 mod scenario;
 mod support;

@@ -14,7 +14,10 @@ use parley_testkit::eventually;
 
 use crate::{
     device::{Device, open, seqs, token},
-    support::{Backend, JWT_SECRET, Options, Suite, create_group, user, wait_for_receipts},
+    support::{
+        Backend, JWT_SECRET, Options, Suite, create_group, on_both_backends, send_direct, user,
+        wait_for_receipts,
+    },
 };
 
 fn two_gateways() -> Options {
@@ -22,23 +25,6 @@ fn two_gateways() -> Options {
         gateways: 2,
         ..Options::default()
     }
-}
-
-async fn send_direct(suite: &Suite, sender: &str, gid: u64, id: &str, size: usize) -> mpb::Message {
-    let request = mpb::SendMessageRequest {
-        gid,
-        client_msg_id: id.into(),
-        content: vec![b'x'; size],
-        need_receipt: true,
-    };
-    suite
-        .message(user(sender))
-        .send_message(request)
-        .await
-        .expect("send")
-        .into_inner()
-        .message
-        .expect("message")
 }
 
 fn no_messages(frames: &[Out]) -> bool {
@@ -345,27 +331,6 @@ async fn redis_restarting_loses_no_message() {
 #[tokio::test]
 async fn redis_restart_loses_no_message_on_mariadb() {
     redis_restarting_loses_no_message().await;
-}
-
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod mariadb_redis {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::$case(crate::support::Backend::MariaDb).await;
-                }
-            )*
-        }
-        mod embedded {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::$case(crate::support::Backend::Sqlite).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends!(

@@ -2,12 +2,18 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use parley_notification::{
+    push::Device,
+    store::{DeadLetter, MySqlQueueStore, QueueStore, SqliteQueueStore},
+};
 use parley_proto::{
     message::message_service_client::MessageServiceClient,
+    notification::notification_service_client::NotificationServiceClient,
     presence::presence_service_client::PresenceServiceClient,
     receipt::{self as rpb, receipt_service_client::ReceiptServiceClient},
 };
-use parley_testkit::{TestDb, TestRedis};
+use parley_server::db::Backend as DbBackend;
+use parley_testkit::{TestDb, TestRedis, fcm::MockFcm};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
     Request, Status,
@@ -55,6 +61,7 @@ pub fn user(uid: &str) -> As {
 
 pub type MessageClient = MessageServiceClient<InterceptedService<Channel, As>>;
 pub type ReceiptClient = ReceiptServiceClient<InterceptedService<Channel, As>>;
+pub type NotificationClient = NotificationServiceClient<InterceptedService<Channel, As>>;
 pub type PresenceClient = PresenceServiceClient<InterceptedService<Channel, As>>;
 
 pub struct Running {
@@ -113,6 +120,8 @@ pub struct Options {
     pub slow_consumer_timeout_ms: u64,
     /// Receipt digest window, in milliseconds.
     pub digest_window_ms: u64,
+    /// Push collapse window, in milliseconds.
+    pub push_window_ms: u64,
 }
 
 impl Default for Options {
@@ -124,6 +133,7 @@ impl Default for Options {
             outbound_queue: 1024,
             slow_consumer_timeout_ms: 5_000,
             digest_window_ms: 300,
+            push_window_ms: 1_000,
         }
     }
 }
@@ -144,6 +154,10 @@ pub struct Suite {
     pub receipt_addr: SocketAddr,
     receipt_db: TestDb,
     _dbs: Vec<TestDb>,
+    /// The FCM stand-in the notification service pushes to.
+    pub fcm: MockFcm,
+    notification_addr: SocketAddr,
+    notification: Option<Running>,
     realtime: Realtime,
     options: Options,
     message: Option<Running>,
@@ -215,11 +229,15 @@ impl Suite {
         let (receipt_listener, receipt_url) = listener().await;
         let (message_listener, message_url) = listener().await;
         let receipt_addr = receipt_listener.local_addr().expect("addr");
+        let notification_addr = notification_listener.local_addr().expect("addr");
 
         let mut suite = Self {
             receipt_addr,
             receipt_db,
             _dbs: vec![message_db, notification_db],
+            fcm: MockFcm::start().await,
+            notification_addr,
+            notification: None,
             realtime,
             options,
             message: None,
@@ -244,14 +262,7 @@ impl Suite {
             parley_presence::run(config, presence_listener, stopped(rx))
         }));
 
-        let config = parse::<parley_notification::Cli>(args(
-            "parley-notification",
-            &[("database-url", suite._dbs[1].url())],
-        ))
-        .config;
-        suite.others.push(Running::spawn("notification", |rx| {
-            parley_notification::run(config, notification_listener, stopped(rx))
-        }));
+        suite.notification = Some(suite.start_notification(notification_listener));
 
         suite.receipt = Some(suite.start_receipt(receipt_listener));
 
@@ -306,6 +317,65 @@ impl Suite {
         Running::spawn("receipt", |rx| {
             parley_receipt::run_on_bus(config, bus, listener, stopped(rx))
         })
+    }
+
+    fn start_notification(&self, listener: TcpListener) -> Running {
+        let window = self.options.push_window_ms.to_string();
+        let config = parse::<parley_notification::Cli>(args(
+            "parley-notification",
+            &[
+                ("database-url", self._dbs[1].url()),
+                ("presence-url", &self.presence_url),
+                ("receipt-url", &self.receipt_url),
+                ("fcm-credentials", &self.fcm.service_account_json()),
+                ("fcm-base-url", self.fcm.base_url()),
+                ("collapse-window-ms", &window),
+                ("max-attempts", "3"),
+                ("backoff-ms", "20"),
+                ("poll-ms", "50"),
+            ],
+        ))
+        .config;
+        Running::spawn("notification", |rx| {
+            parley_notification::run(config, listener, stopped(rx))
+        })
+    }
+
+    /// Stops the notification service gracefully; its database stays.
+    pub async fn stop_notification(&mut self) {
+        if let Some(running) = self.notification.take() {
+            running.stop().await;
+        }
+    }
+
+    /// Starts the notification service again, on the same address and database.
+    pub async fn restart_notification(&mut self) {
+        let listener = TcpListener::bind(self.notification_addr)
+            .await
+            .expect("rebind the notification address");
+        self.notification = Some(self.start_notification(listener));
+    }
+
+    /// A notification client acting as `caller`.
+    pub fn notification(&self, caller: As) -> NotificationClient {
+        NotificationServiceClient::with_interceptor(
+            lazy(&format!("http://{}", self.notification_addr)),
+            caller,
+        )
+    }
+
+    /// The notification service's own database, for reading its queue,
+    /// registry and dead letters.
+    pub async fn notification_db(&self) -> NotificationDb {
+        let url = self._dbs[1].url();
+        match DbBackend::of_url(url).expect("backend") {
+            DbBackend::MySql => {
+                NotificationDb::MySql(MySqlQueueStore::connect(url, 2).await.expect("connect"))
+            }
+            DbBackend::Sqlite => {
+                NotificationDb::Sqlite(SqliteQueueStore::connect(url).await.expect("connect"))
+            }
+        }
     }
 
     /// Starts one more gateway; returns its index.
@@ -390,10 +460,43 @@ impl Suite {
         if let Some(running) = self.message.take() {
             running.stop().await;
         }
+        self.stop_notification().await;
         self.stop_receipt().await;
         for other in self.others.drain(..) {
             other.stop().await;
         }
+    }
+}
+
+/// The notification service's tables, on whichever backend the suite runs.
+pub enum NotificationDb {
+    MySql(MySqlQueueStore),
+    Sqlite(SqliteQueueStore),
+}
+
+macro_rules! on_store {
+    ($db:expr, $store:ident => $body:expr) => {
+        match $db {
+            NotificationDb::MySql($store) => $body,
+            NotificationDb::Sqlite($store) => $body,
+        }
+    };
+}
+
+impl NotificationDb {
+    /// (gid, seq) of the pushes queued for `uid`.
+    pub async fn queued_for(&self, uid: &str) -> Vec<(i64, i64)> {
+        on_store!(self, store => store.queued_for(uid).await.expect("queue"))
+    }
+
+    /// The devices with tokens of `uid`.
+    pub async fn devices(&self, uid: &str) -> Vec<Device> {
+        on_store!(self, store => store.devices(uid).await.expect("devices"))
+    }
+
+    /// The dead letters of `uid`.
+    pub async fn dead_letters(&self, uid: &str) -> Vec<DeadLetter> {
+        on_store!(self, store => store.dead_letters(uid).await.expect("dead letters"))
     }
 }
 
@@ -493,3 +596,52 @@ pub async fn unread_in(suite: &Suite, uid: &str, gid: u64) -> Vec<rpb::GroupUnre
         .into_inner()
         .groups
 }
+
+/// Sends a message as `sender` straight to the message service.
+pub async fn send_direct(
+    suite: &Suite,
+    sender: &str,
+    gid: u64,
+    id: &str,
+    size: usize,
+) -> parley_proto::message::Message {
+    let request = parley_proto::message::SendMessageRequest {
+        gid,
+        client_msg_id: id.into(),
+        content: vec![b'x'; size],
+        need_receipt: true,
+    };
+    suite
+        .message(user(sender))
+        .send_message(request)
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message")
+}
+
+/// Runs each named `async fn(Backend)` once on MariaDB with Redis and once on
+/// the embedded default.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod mariadb_redis {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(crate::support::Backend::MariaDb).await;
+                }
+            )*
+        }
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(crate::support::Backend::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+
+pub(crate) use on_both_backends;

@@ -4,6 +4,8 @@
 //! connections for both storage backends (`db`), opaque page tokens (`page`) and
 //! logging set-up (`telemetry`).
 
+use std::time::Duration;
+
 pub mod caller;
 pub mod db;
 pub mod guard;
@@ -34,6 +36,19 @@ pub fn now_ms() -> i64 {
     now.duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Delay before retry number `attempt` (0-based): exponential from `base`,
+/// capped at `max`, then scaled by a random factor in [0.5, 1.0] so retrying
+/// replicas and clients spread out.
+pub fn backoff_delay(attempt: u32, base: Duration, max: Duration) -> Duration {
+    backoff_with_jitter(attempt, base, max, 0.5 + rand::random::<f64>() / 2.0)
+}
+
+/// [`backoff_delay`] with a given jitter factor, clamped to [0.5, 1.0].
+pub fn backoff_with_jitter(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
+    let exponential = base.saturating_mul(1u32 << attempt.min(20));
+    exponential.min(max).mul_f64(jitter.clamp(0.5, 1.0))
 }
 
 /// Resolves when the process is asked to stop (SIGINT or SIGTERM).
@@ -69,11 +84,13 @@ pub enum Command {
     Migrate,
 }
 
-/// The body of every service's `main`: migrate, or bind `listen` and serve
-/// until SIGTERM; errors print one line and exit non-zero.
+/// The body of every service's `main`: migrate, or start the metrics
+/// listener (when configured), bind `listen` and serve until SIGTERM; errors
+/// print one line and exit non-zero.
 pub async fn main_with<E, M, S, F>(
     name: &'static str,
     listen: std::net::SocketAddr,
+    server: &ServerArgs,
     command: Option<Command>,
     migrate: M,
     serve: S,
@@ -86,13 +103,19 @@ where
 {
     let outcome = match command.unwrap_or_default() {
         Command::Migrate => migrate.await.map(|()| tracing::info!("migrations applied")),
-        Command::Serve => match tokio::net::TcpListener::bind(listen).await {
-            Ok(listener) => serve(listener).await,
-            Err(error) => {
-                eprintln!("{name}: cannot listen on {listen}: {error}");
+        Command::Serve => {
+            if let Err(error) = telemetry::serve_metrics(server.metrics_listen) {
+                eprintln!("{name}: {error}");
                 return std::process::ExitCode::FAILURE;
             }
-        },
+            match tokio::net::TcpListener::bind(listen).await {
+                Ok(listener) => serve(listener).await,
+                Err(error) => {
+                    eprintln!("{name}: cannot listen on {listen}: {error}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+        }
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -100,5 +123,30 @@ where
             eprintln!("{name}: {error}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let (base, max) = (Duration::from_millis(50), Duration::from_secs(5));
+        assert_eq!(
+            backoff_with_jitter(0, base, max, 1.0),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            backoff_with_jitter(3, base, max, 1.0),
+            Duration::from_millis(400)
+        );
+        assert_eq!(backoff_with_jitter(30, base, max, 1.0), max);
+        assert_eq!(
+            backoff_with_jitter(3, base, max, 0.5),
+            Duration::from_millis(200)
+        );
+        let jittered = backoff_delay(3, base, max);
+        assert!(jittered >= Duration::from_millis(200) && jittered <= Duration::from_millis(400));
     }
 }

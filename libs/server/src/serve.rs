@@ -68,6 +68,10 @@ pub struct ServerArgs {
     /// Log line format.
     #[arg(long, env = "PARLEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Serve Prometheus metrics over HTTP at this address (`/metrics`); unset:
+    /// no metrics listener.
+    #[arg(long, env = "PARLEY_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Longest time one request may take, in milliseconds (DEADLINE_EXCEEDED after).
     #[arg(long, env = "PARLEY_REQUEST_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]

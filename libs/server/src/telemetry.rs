@@ -31,3 +31,17 @@ pub fn init_with(format: LogFormat, default_filter: &str) {
             .try_init(),
     };
 }
+
+/// Installs the process's Prometheus recorder and serves it over HTTP at
+/// `addr` (any path answers with the text exposition). Does nothing for `None`.
+pub fn serve_metrics(addr: Option<std::net::SocketAddr>) -> Result<(), String> {
+    let Some(addr) = addr else {
+        return Ok(());
+    };
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    tracing::info!(%addr, "Prometheus metrics served");
+    Ok(())
+}

@@ -4,6 +4,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fcm;
+
 use std::{future::Future, time::Duration};
 
 use sqlx::{Connection, mysql::MySqlConnection};
@@ -176,6 +178,11 @@ impl TestRedis {
         };
         redis.spawn().await;
         redis
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
     }
 
     /// The server's URL.

@@ -11,6 +11,7 @@ async fn main() -> std::process::ExitCode {
     parley_server::main_with(
         "parley-gateway",
         config.listen,
+        &config.server.clone(),
         cli.command,
         async { Ok::<(), parley_gateway::StartError>(()) },
         |listener| parley_gateway::run(config, listener, parley_server::shutdown_signal()),

@@ -137,6 +137,7 @@ pub fn offline_batch(
         sender_uid: message.sender_uid.clone(),
         group_name: audience.group_name.clone(),
         recipient_uids: offline,
+        group_size: u32::try_from(audience.members.len()).unwrap_or(u32::MAX),
     }
 }
 

@@ -11,6 +11,7 @@ async fn main() -> std::process::ExitCode {
     parley_server::main_with(
         "parley-message",
         config.listen,
+        &config.server.clone(),
         cli.command,
         parley_message::migrate(&config.clone()),
         |listener| parley_message::run(config, listener, parley_server::shutdown_signal()),

@@ -10,7 +10,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use parley_proto::receipt::{self as pb, receipt_service_client::ReceiptServiceClient};
-use parley_server::ServiceIdentity;
+use parley_server::{ServiceIdentity, backoff_delay};
 use tokio::sync::Notify;
 use tonic::{Code, codegen::InterceptedService, transport::Channel};
 
@@ -33,13 +33,6 @@ pub fn is_permanent(code: Code) -> bool {
         code,
         Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange
     )
-}
-
-/// Delay before retry number `attempt` (0-based): exponential from `base`,
-/// capped at `max`, scaled by `jitter` in [0.5, 1.0] so replicas spread out.
-pub fn backoff_delay(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
-    let exponential = base.saturating_mul(1u32 << attempt.min(20));
-    exponential.min(max).mul_f64(jitter.clamp(0.5, 1.0))
 }
 
 /// Splits a batch into delivery units: each message alone, consecutive
@@ -135,12 +128,8 @@ impl<S: MessageStore> Drainer<S> {
                 }
                 Ok(_) => failures = 0,
                 Err(error) => {
-                    let delay = backoff_delay(
-                        failures,
-                        Duration::from_millis(50),
-                        self.max_backoff,
-                        0.5 + rand::random::<f64>() / 2.0,
-                    );
+                    let delay =
+                        backoff_delay(failures, Duration::from_millis(50), self.max_backoff);
                     failures = failures.saturating_add(1);
                     tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "outbox delivery failed");
                     tokio::time::sleep(delay).await;
@@ -303,15 +292,6 @@ mod tests {
         ];
         let sizes: Vec<usize> = delivery_units(&batch).iter().map(|u| u.len()).collect();
         assert_eq!(sizes, vec![2, 1, 1, 1, 1]);
-    }
-
-    #[test]
-    fn backoff_grows_caps_and_jitters() {
-        let (base, max) = (Duration::from_millis(50), Duration::from_secs(5));
-        assert_eq!(backoff_delay(0, base, max, 1.0), Duration::from_millis(50));
-        assert_eq!(backoff_delay(3, base, max, 1.0), Duration::from_millis(400));
-        assert_eq!(backoff_delay(30, base, max, 1.0), max);
-        assert_eq!(backoff_delay(3, base, max, 0.5), Duration::from_millis(200));
     }
 
     #[test]

@@ -1,27 +1,39 @@
-//! The notification service. This release keeps the durable offline-push
-//! queue: the message service hands it each message's offline members
-//! (`EnqueueOffline`), and the batch is stored before the call returns.
-//! Sending through APNs and FCM, device tokens and mutes are not built yet
-//! (issue #4): those RPCs answer UNIMPLEMENTED.
+//! The notification service: device push tokens and mutes, the durable
+//! offline-push queue the message service fills (`EnqueueOffline`, stored before
+//! it answers), and the worker that drains it through APNs (`a2`) and FCM HTTP
+//! v1 as one collapsed notification per user and group.
 
 #![forbid(unsafe_code)]
 
+pub mod apns;
+pub mod fcm;
+pub mod providers;
+pub mod push;
 pub mod service;
 pub mod store;
+pub mod worker;
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
 use parley_proto::notification::notification_service_server::NotificationServiceServer;
-use parley_server::{
-    ServerArgs,
-    db::{Backend, DatabaseUrl},
+use parley_proto::{
+    presence::presence_service_client::PresenceServiceClient,
+    receipt::receipt_service_client::ReceiptServiceClient,
 };
-use tokio::net::TcpListener;
+use parley_server::{
+    ServerArgs, ServiceIdentity,
+    db::{Backend, DatabaseUrl},
+    lazy_channel,
+};
+use tokio::{net::TcpListener, sync::watch};
 use tonic::service::RoutesBuilder;
 
 use crate::{
+    providers::PushArgs,
+    push::Senders,
     service::NotificationApi,
     store::{MySqlQueueStore, QueueError, QueueStore, SqliteQueueStore},
+    worker::{Policy, Worker},
 };
 
 /// The notification service's configuration, from flags or `PARLEY_*` variables.
@@ -42,9 +54,91 @@ pub struct Config {
         hide_env_values = true
     )]
     pub database_url: DatabaseUrl,
+    /// The presence service: users with a device online get no push.
+    #[arg(
+        long,
+        env = "PARLEY_PRESENCE_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub presence_url: String,
+    /// The receipt service: read cursors and unread counts (the badge).
+    #[arg(
+        long,
+        env = "PARLEY_RECEIPT_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    pub receipt_url: String,
+    /// Push providers and their credentials.
+    #[command(flatten)]
+    pub push: PushArgs,
+    /// Collapsing, throttling and retries.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Flags shared by every service: storage pool, migrations, logging, request limits.
     #[command(flatten)]
     pub server: ServerArgs,
+}
+
+/// How pushes are collapsed, throttled and retried.
+#[derive(Clone, Debug, clap::Args)]
+pub struct PolicyArgs {
+    /// Messages to a user in one group within this many milliseconds become
+    /// one notification ("3 new messages in Design").
+    #[arg(long, env = "PARLEY_NOTIFICATION_COLLAPSE_WINDOW_MS", default_value_t = 3_000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub collapse_window_ms: u64,
+    /// Groups with at least this many members are large.
+    #[arg(long, env = "PARLEY_NOTIFICATION_LARGE_GROUP", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(2..))]
+    pub large_group: u32,
+    /// Collapse window in large groups: a member is pushed at most once per
+    /// window per group, in milliseconds.
+    #[arg(long, env = "PARLEY_NOTIFICATION_LARGE_GROUP_WINDOW_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub large_group_window_ms: u64,
+    /// Attempts per push and device before it goes to the dead-letter table.
+    #[arg(long, env = "PARLEY_NOTIFICATION_MAX_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds; doubles per attempt, with jitter. A
+    /// provider's Retry-After is honoured when longer.
+    #[arg(long, env = "PARLEY_NOTIFICATION_BACKOFF_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub backoff_ms: u64,
+    /// Longest retry delay chosen by the service, in milliseconds.
+    #[arg(long, env = "PARLEY_NOTIFICATION_MAX_BACKOFF_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub max_backoff_ms: u64,
+    /// How long a worker holds a claimed push before another may take it over,
+    /// in milliseconds; every retry of the push must fit in it.
+    #[arg(long, env = "PARLEY_NOTIFICATION_LEASE_MS", default_value_t = 600_000,
+          value_parser = clap::value_parser!(u64).range(1_000..=86_400_000))]
+    pub lease_ms: u64,
+    /// How often the queue is checked for due pushes, in milliseconds.
+    #[arg(long, env = "PARLEY_NOTIFICATION_POLL_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub poll_ms: u64,
+    /// Users (with their groups) pushed to at once.
+    #[arg(long, env = "PARLEY_NOTIFICATION_WORKERS", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub workers: u32,
+}
+
+impl PolicyArgs {
+    /// The policy these flags describe.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            window: Duration::from_millis(self.collapse_window_ms),
+            large_group: self.large_group,
+            large_group_window: Duration::from_millis(self.large_group_window_ms),
+            max_attempts: self.max_attempts,
+            backoff_base: Duration::from_millis(self.backoff_ms),
+            backoff_max: Duration::from_millis(self.max_backoff_ms),
+            lease: Duration::from_millis(self.lease_ms),
+            poll: Duration::from_millis(self.poll_ms),
+            concurrency: usize::try_from(self.workers).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 /// The command line: serve (default) or migrate.
@@ -52,7 +146,7 @@ pub struct Config {
 #[command(
     name = "parley-notification",
     version,
-    about = "Parley notification service: the offline push queue"
+    about = "Parley notification service: offline pushes through APNs and FCM"
 )]
 pub struct Cli {
     /// What to do.
@@ -104,16 +198,53 @@ where
     S: QueueStore,
     F: Future<Output = ()> + Send + 'static,
 {
+    let senders = config
+        .push
+        .senders()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    run_with_senders(store, senders, config, listener, shutdown).await
+}
+
+/// Runs the service with given senders (tests use this to count pushes).
+pub async fn run_with_senders<S, F>(
+    store: S,
+    senders: Senders,
+    config: Config,
+    listener: TcpListener,
+    shutdown: F,
+) -> Result<(), StartError>
+where
+    S: QueueStore,
+    F: Future<Output = ()> + Send + 'static,
+{
     if config.server.migrate_on_start {
         store.migrate().await?;
     }
+    let identity = ServiceIdentity::new("notification", config.server.internal_token.as_ref())
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let channel = |what, url: &str| lazy_channel(what, url).map_err(StartError::Config);
+    let presence = PresenceServiceClient::with_interceptor(
+        channel("presence", &config.presence_url)?,
+        identity.clone(),
+    );
+    let receipt =
+        ReceiptServiceClient::with_interceptor(channel("receipt", &config.receipt_url)?, identity);
+    let policy = config.policy.policy();
+    let (stop, stopped) = watch::channel(false);
+    let worker = Worker::new(store.clone(), senders, presence, receipt, policy.clone());
+    let worker = tokio::spawn(worker.run(stopped));
+
     let mut routes = RoutesBuilder::default();
-    routes.add_service(NotificationServiceServer::new(NotificationApi::new(store)));
+    routes.add_service(NotificationServiceServer::new(NotificationApi::new(
+        store, policy,
+    )));
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Config(e.to_string()))?;
-    tracing::info!(%addr, "notification service listening (queue only: APNs and FCM senders are not built yet)");
-    parley_server::serve(listener, &config.server, routes, shutdown)
-        .await
-        .map_err(StartError::Serve)
+    tracing::info!(%addr, "notification service listening");
+    let served = parley_server::serve(listener, &config.server, routes, shutdown).await;
+    // Pushes in progress are handed back to the queue before the pool closes.
+    let _ = stop.send(true);
+    let _ = worker.await;
+    served.map_err(StartError::Serve)
 }

@@ -11,6 +11,7 @@ async fn main() -> std::process::ExitCode {
     parley_server::main_with(
         "parley-notification",
         config.listen,
+        &config.server.clone(),
         cli.command,
         parley_notification::migrate(&config.clone()),
         |listener| parley_notification::run(config, listener, parley_server::shutdown_signal()),

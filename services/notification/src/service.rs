@@ -3,25 +3,32 @@
 use std::collections::BTreeSet;
 
 use parley_proto::notification::{self as pb, notification_service_server::NotificationService};
-use parley_server::{Caller, Uid, now_ms};
+use parley_server::{Caller, Uid, caller::valid_device_id, now_ms};
 use tonic::{Request, Response, Status};
 
-use crate::store::{OfflineBatch, QueueError, QueueStore};
+use crate::{
+    push::{Device, Platform},
+    store::{OfflineBatch, QueueError, QueueStore},
+    worker::Policy,
+};
 
 /// Recipients in one EnqueueOffline batch.
 pub const MAX_RECIPIENTS: usize = 100_000;
 /// Longest group name accepted, in characters.
 const MAX_GROUP_NAME_CHARS: usize = 128;
+/// Devices with push tokens per user: each one is pushed for every message.
+pub const MAX_DEVICES: usize = 20;
 
-/// Handlers over a queue store.
+/// Handlers over a store.
 pub struct NotificationApi<S> {
     store: S,
+    policy: Policy,
 }
 
 impl<S: QueueStore> NotificationApi<S> {
-    /// Handlers over `store`.
-    pub fn new(store: S) -> Self {
-        Self { store }
+    /// Handlers over `store`, queueing with `policy`'s collapse windows.
+    pub fn new(store: S, policy: Policy) -> Self {
+        Self { store, policy }
     }
 }
 
@@ -61,36 +68,140 @@ fn batch(request: pb::EnqueueOfflineRequest) -> Result<OfflineBatch, Status> {
     })
 }
 
-fn unavailable(error: QueueError) -> Status {
-    tracing::error!(error = %error, "push queue failed");
-    Status::unavailable("push queue unavailable; retry")
+/// Whether every character of `raw` passes `allowed` and its length is in `len`.
+fn shaped(raw: &str, len: std::ops::RangeInclusive<usize>, allowed: fn(char) -> bool) -> bool {
+    len.contains(&raw.len()) && raw.chars().all(allowed)
 }
 
-fn not_built() -> Status {
-    Status::unimplemented("device registration and mutes are not available yet")
+/// Validates a registration: the token's shape for its platform, the app id
+/// (APNs topic, required; FCM project, optional) and the locale.
+fn device(uid: Uid, request: pb::RegisterDeviceRequest) -> Result<Device, Status> {
+    if !valid_device_id(&request.device_id) {
+        return Err(Status::invalid_argument(
+            "device_id must be 1 to 64 printable characters without spaces or '|'",
+        ));
+    }
+    let platform = Platform::from_proto(request.platform)
+        .ok_or_else(|| Status::invalid_argument("platform must be APNS or FCM"))?;
+    match platform {
+        Platform::Apns => {
+            if !shaped(&request.token, 64..=200, |c| c.is_ascii_hexdigit())
+                || !request.token.len().is_multiple_of(2)
+            {
+                return Err(Status::invalid_argument(
+                    "an APNs token is 64 to 200 hex digits",
+                ));
+            }
+            let topic = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+            if !shaped(&request.app_id, 1..=255, topic) {
+                return Err(Status::invalid_argument(
+                    "app_id must be the app's APNs topic (its bundle id)",
+                ));
+            }
+        }
+        Platform::Fcm => {
+            let token = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-');
+            if !shaped(&request.token, 32..=4096, token) {
+                return Err(Status::invalid_argument(
+                    "an FCM token is 32 to 4096 characters from [A-Za-z0-9_:-]",
+                ));
+            }
+            let project = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+            if !request.app_id.is_empty() && !shaped(&request.app_id, 6..=30, project) {
+                return Err(Status::invalid_argument(
+                    "app_id must be empty or an FCM project id (6 to 30 of [a-z0-9-])",
+                ));
+            }
+        }
+    }
+    let locale = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_');
+    if !shaped(&request.locale, 0..=35, locale) {
+        return Err(Status::invalid_argument(
+            "locale must be a BCP 47 tag such as en-GB",
+        ));
+    }
+    Ok(Device {
+        uid: uid.into_string(),
+        device_id: request.device_id,
+        platform,
+        token: request.token,
+        app_id: request.app_id,
+        locale: request.locale,
+    })
+}
+
+fn unavailable(error: QueueError) -> Status {
+    tracing::error!(error = %error, "notification storage failed");
+    Status::unavailable("notification storage unavailable; retry")
+}
+
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[tonic::async_trait]
 impl<S: QueueStore> NotificationService for NotificationApi<S> {
     async fn register_device(
         &self,
-        _request: Request<pb::RegisterDeviceRequest>,
+        request: Request<pb::RegisterDeviceRequest>,
     ) -> Result<Response<pb::RegisterDeviceResponse>, Status> {
-        Err(not_built())
+        let uid = Caller::user_of(&request)?;
+        let device = device(uid, request.into_inner())?;
+        let existing = self.store.devices(&device.uid).await.map_err(unavailable)?;
+        if existing.len() >= MAX_DEVICES
+            && !existing.iter().any(|d| d.device_id == device.device_id)
+        {
+            return Err(Status::resource_exhausted(format!(
+                "at most {MAX_DEVICES} devices per user have push tokens; unregister one first"
+            )));
+        }
+        let replaced = self
+            .store
+            .register_device(&device, now_ms())
+            .await
+            .map_err(unavailable)?;
+        tracing::info!(uid = %device.uid, device = %device.device_id, platform = device.platform.name(), replaced, "push token registered");
+        Ok(Response::new(pb::RegisterDeviceResponse { replaced }))
     }
 
     async fn unregister_device(
         &self,
-        _request: Request<pb::UnregisterDeviceRequest>,
+        request: Request<pb::UnregisterDeviceRequest>,
     ) -> Result<Response<pb::UnregisterDeviceResponse>, Status> {
-        Err(not_built())
+        let uid = Caller::user_of(&request)?;
+        let device_id = request.into_inner().device_id;
+        if !valid_device_id(&device_id) {
+            return Err(Status::invalid_argument(
+                "device_id must be 1 to 64 printable characters without spaces or '|'",
+            ));
+        }
+        let removed = self
+            .store
+            .unregister_device(uid.as_str(), &device_id)
+            .await
+            .map_err(unavailable)?;
+        Ok(Response::new(pb::UnregisterDeviceResponse { removed }))
     }
 
     async fn set_mute(
         &self,
-        _request: Request<pb::SetMuteRequest>,
+        request: Request<pb::SetMuteRequest>,
     ) -> Result<Response<pb::SetMuteResponse>, Status> {
-        Err(not_built())
+        let uid = Caller::user_of(&request)?;
+        let request = request.into_inner();
+        let gid = positive("gid", request.gid)?;
+        if request.until_ms < -1 {
+            return Err(Status::invalid_argument(
+                "until_ms is a time in milliseconds, -1 for ever or 0 to unmute",
+            ));
+        }
+        self.store
+            .set_mute(uid.as_str(), gid, request.until_ms)
+            .await
+            .map_err(unavailable)?;
+        Ok(Response::new(pb::SetMuteResponse {
+            until_ms: request.until_ms,
+        }))
     }
 
     async fn enqueue_offline(
@@ -98,13 +209,16 @@ impl<S: QueueStore> NotificationService for NotificationApi<S> {
         request: Request<pb::EnqueueOfflineRequest>,
     ) -> Result<Response<pb::EnqueueOfflineResponse>, Status> {
         Caller::require_service(&request, "message")?;
-        let batch = batch(request.into_inner())?;
+        let request = request.into_inner();
+        let window = self.policy.window_for(request.group_size);
+        let batch = batch(request)?;
+        let now = now_ms();
         let queued = self
             .store
-            .enqueue(&batch, now_ms())
+            .enqueue(&batch, now, now.saturating_add(millis(window)))
             .await
             .map_err(unavailable)?;
-        tracing::info!(
+        tracing::debug!(
             gid = batch.gid,
             seq = batch.seq,
             recipients = batch.recipients.len(),
@@ -114,5 +228,53 @@ impl<S: QueueStore> NotificationService for NotificationApi<S> {
         Ok(Response::new(pb::EnqueueOfflineResponse {
             queued: u32::try_from(queued).unwrap_or(u32::MAX),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(platform: pb::Platform, token: &str, app_id: &str) -> pb::RegisterDeviceRequest {
+        pb::RegisterDeviceRequest {
+            device_id: "phone-1".into(),
+            platform: platform.into(),
+            token: token.into(),
+            app_id: app_id.into(),
+            locale: "en-GB".into(),
+        }
+    }
+
+    fn check(request: pb::RegisterDeviceRequest) -> Result<Device, Status> {
+        device(Uid::parse("u1").expect("uid"), request)
+    }
+
+    #[test]
+    fn token_shapes_are_checked_per_platform() {
+        let apns = "0a".repeat(32);
+        let fcm = format!("{}:{}", "A".repeat(22), "b_-9".repeat(30));
+        assert!(check(request(pb::Platform::Apns, &apns, "com.example.chat")).is_ok());
+        assert!(check(request(pb::Platform::Fcm, &fcm, "")).is_ok());
+        assert!(check(request(pb::Platform::Fcm, &fcm, "parley-test")).is_ok());
+        for bad in [
+            request(pb::Platform::Apns, &fcm, "com.example.chat"),
+            request(pb::Platform::Apns, &apns[..63], "com.example.chat"),
+            request(pb::Platform::Apns, &apns, ""),
+            request(pb::Platform::Fcm, &apns.replace('0', "!"), ""),
+            request(pb::Platform::Fcm, "short", ""),
+            request(pb::Platform::Fcm, &fcm, "Not A Project"),
+            request(pb::Platform::Unspecified, &fcm, ""),
+            pb::RegisterDeviceRequest {
+                locale: "en GB".into(),
+                ..request(pb::Platform::Fcm, &fcm, "")
+            },
+            pb::RegisterDeviceRequest {
+                device_id: String::new(),
+                ..request(pb::Platform::Fcm, &fcm, "")
+            },
+        ] {
+            let status = check(bad).expect_err("refused");
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        }
     }
 }

@@ -1,9 +1,13 @@
-//! The durable push queue, behind one narrow trait with a MySQL-compatible and
-//! an SQLite implementation sharing one SQL body.
+//! The notification service's storage: device tokens, mutes, the durable push
+//! queue with its per-(user, group) due times, and dead letters. One narrow
+//! trait, with a MySQL-compatible and an SQLite implementation sharing one body;
+//! only the statements that differ in dialect are per backend.
 
 use std::future::Future;
 
 use sqlx::{MySql, MySqlPool, Sqlite, SqlitePool, migrate::Migrator};
+
+use crate::push::{Device, Platform};
 
 /// Why storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +37,77 @@ pub struct OfflineBatch {
     pub recipients: Vec<String>,
 }
 
+/// One queued message for one user.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Queued {
+    /// Seq in the group.
+    pub seq: i64,
+    /// Message id.
+    pub msgid: i64,
+    /// Sender.
+    pub sender_uid: String,
+    /// The group's display name when the message was sent.
+    pub group_name: String,
+    /// When it was queued.
+    pub enqueued_at_ms: i64,
+}
+
+/// A (user, group) whose collapsed push is due.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Pending {
+    /// The user.
+    pub uid: String,
+    /// The group.
+    pub gid: i64,
+    /// When it became due (the claim compares against it).
+    pub due_at_ms: i64,
+}
+
+/// A push given up on.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeadLetter {
+    /// The user.
+    pub uid: String,
+    /// The group.
+    pub gid: i64,
+    /// The last seq the push covered.
+    pub last_seq: i64,
+    /// The device it was for.
+    pub device_id: String,
+    /// The device's platform code.
+    pub platform: i16,
+    /// Messages the push covered.
+    pub messages: i32,
+    /// Attempts made.
+    pub attempts: i32,
+    /// Why it was given up on.
+    pub reason: String,
+    /// When.
+    pub failed_at_ms: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct DeviceRow {
+    device_id: String,
+    platform: i16,
+    token: String,
+    app_id: String,
+    locale: String,
+}
+
+impl DeviceRow {
+    fn into_device(self, uid: &str) -> Option<Device> {
+        Some(Device {
+            uid: uid.to_owned(),
+            device_id: self.device_id,
+            platform: Platform::from_code(self.platform)?,
+            token: self.token,
+            app_id: self.app_id,
+            locale: self.locale,
+        })
+    }
+}
+
 /// Rows per INSERT: 7 columns each stays far below both backends' limits.
 const CHUNK: usize = 500;
 
@@ -41,12 +116,15 @@ pub trait QueueStore: Clone + Send + Sync + 'static {
     /// Applies pending migrations.
     fn migrate(&self) -> impl Future<Output = Result<(), QueueError>> + Send;
 
-    /// Stores a batch; recipients already queued for the message are skipped.
-    /// Returns how many pushes were newly queued.
+    /// Stores a batch for the recipients who have a push token, and marks each
+    /// one's (user, group) push due at `due_at_ms` unless one is already
+    /// pending. Recipients already queued for the message are skipped. Returns
+    /// how many pushes were newly queued.
     fn enqueue(
         &self,
         batch: &OfflineBatch,
         now_ms: i64,
+        due_at_ms: i64,
     ) -> impl Future<Output = Result<u64, QueueError>> + Send;
 
     /// Pushes queued for one user, oldest first: for tests and operators.
@@ -54,6 +132,98 @@ pub trait QueueStore: Clone + Send + Sync + 'static {
         &self,
         uid: &str,
     ) -> impl Future<Output = Result<Vec<(i64, i64)>, QueueError>> + Send;
+
+    /// Up to `limit` (user, group) pairs due at `now_ms`, most overdue first.
+    fn due(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Pending>, QueueError>> + Send;
+
+    /// Claims a due pair until `lease_until_ms`; false if another worker did first.
+    fn claim(
+        &self,
+        pending: &Pending,
+        lease_until_ms: i64,
+    ) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// Makes a claimed pair due again at `due_at_ms` without sending (a worker
+    /// stopping, or a dependency down).
+    fn release(
+        &self,
+        uid: &str,
+        gid: i64,
+        due_at_ms: i64,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// The messages queued for a user in a group, in seq order.
+    fn queued(
+        &self,
+        uid: &str,
+        gid: i64,
+    ) -> impl Future<Output = Result<Vec<Queued>, QueueError>> + Send;
+
+    /// Removes the pair's queued messages up to `through_seq`; if later ones
+    /// arrived meanwhile, their push is due at `next_due_at_ms`.
+    fn complete(
+        &self,
+        uid: &str,
+        gid: i64,
+        through_seq: i64,
+        next_due_at_ms: i64,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Queue depth and the enqueue time of the oldest queued push.
+    fn queue_stats(&self) -> impl Future<Output = Result<(i64, Option<i64>), QueueError>> + Send;
+
+    /// Registers or replaces a device's token; true when one was replaced.
+    fn register_device(
+        &self,
+        device: &Device,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// Removes a device's token; false when it had none.
+    fn unregister_device(
+        &self,
+        uid: &str,
+        device_id: &str,
+    ) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// A user's devices with tokens.
+    fn devices(&self, uid: &str) -> impl Future<Output = Result<Vec<Device>, QueueError>> + Send;
+
+    /// Removes a token a push service rejected, unless the device has
+    /// registered a different one since. True when it was removed.
+    fn prune_token(&self, device: &Device)
+    -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// Mutes a group for a user until `until_ms` (-1 for ever); 0 unmutes.
+    fn set_mute(
+        &self,
+        uid: &str,
+        gid: i64,
+        until_ms: i64,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// The stored mute end for a user's group, if any.
+    fn muted_until(
+        &self,
+        uid: &str,
+        gid: i64,
+    ) -> impl Future<Output = Result<Option<i64>, QueueError>> + Send;
+
+    /// Records a push given up on.
+    fn dead_letter(
+        &self,
+        letter: &DeadLetter,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// A user's dead letters, newest first: for tests and operators.
+    fn dead_letters(
+        &self,
+        uid: &str,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, QueueError>> + Send;
 }
 
 macro_rules! impl_queue_store {
@@ -64,13 +234,43 @@ macro_rules! impl_queue_store {
                 Ok(())
             }
 
-            async fn enqueue(&self, batch: &OfflineBatch, now_ms: i64) -> Result<u64, QueueError> {
+            async fn enqueue(
+                &self,
+                batch: &OfflineBatch,
+                now_ms: i64,
+                due_at_ms: i64,
+            ) -> Result<u64, QueueError> {
                 let mut tx = self.pool.begin().await?;
                 let outcome: Result<u64, QueueError> = async {
                     let mut queued = 0;
                     for chunk in batch.recipients.chunks(CHUNK) {
-                        let mut insert = sqlx::QueryBuilder::<$db>::new(Self::INSERT);
-                        insert.push_values(chunk, |mut row, uid| {
+                        // Only users with a push token are queued: the others
+                        // would be dropped at push time anyway.
+                        let mut with_devices = sqlx::QueryBuilder::<$db>::new(
+                            "SELECT DISTINCT uid FROM push_devices WHERE uid IN ",
+                        );
+                        parley_server::db::push_list(&mut with_devices, chunk.iter().map(String::as_str));
+                        let chunk: Vec<String> = with_devices
+                            .build_query_scalar()
+                            .fetch_all(&mut *tx)
+                            .await?;
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                        // The pending row first: a worker completing the same
+                        // pair locks it before reading what is left.
+                        let mut pending = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO push_pending (uid, gid, due_at_ms) ",
+                        );
+                        pending.push_values(&chunk, |mut row, uid| {
+                            row.push_bind(uid.as_str())
+                                .push_bind(batch.gid)
+                                .push_bind(due_at_ms);
+                        });
+                        pending.push(Self::KEEP_PENDING);
+                        pending.build().execute(&mut *tx).await?;
+                        let mut insert = sqlx::QueryBuilder::<$db>::new(Self::INSERT_QUEUE);
+                        insert.push_values(&chunk, |mut row, uid| {
                             row.push_bind(uid.as_str())
                                 .push_bind(batch.gid)
                                 .push_bind(batch.seq)
@@ -95,6 +295,211 @@ macro_rules! impl_queue_store {
                 .fetch_all(&self.pool)
                 .await?)
             }
+
+            async fn due(&self, now_ms: i64, limit: u32) -> Result<Vec<Pending>, QueueError> {
+                Ok(sqlx::query_as(
+                    "SELECT uid, gid, due_at_ms FROM push_pending WHERE due_at_ms <= ? \
+                     ORDER BY due_at_ms LIMIT ?",
+                )
+                .bind(now_ms)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn claim(&self, pending: &Pending, lease_until_ms: i64) -> Result<bool, QueueError> {
+                let claimed = sqlx::query(
+                    "UPDATE push_pending SET due_at_ms = ? \
+                     WHERE uid = ? AND gid = ? AND due_at_ms = ?",
+                )
+                .bind(lease_until_ms)
+                .bind(&pending.uid)
+                .bind(pending.gid)
+                .bind(pending.due_at_ms)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(claimed == 1)
+            }
+
+            async fn release(&self, uid: &str, gid: i64, due_at_ms: i64) -> Result<(), QueueError> {
+                sqlx::query("UPDATE push_pending SET due_at_ms = ? WHERE uid = ? AND gid = ?")
+                    .bind(due_at_ms)
+                    .bind(uid)
+                    .bind(gid)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn queued(&self, uid: &str, gid: i64) -> Result<Vec<Queued>, QueueError> {
+                Ok(sqlx::query_as(
+                    "SELECT seq, msgid, sender_uid, group_name, enqueued_at_ms FROM push_queue \
+                     WHERE uid = ? AND gid = ? ORDER BY seq",
+                )
+                .bind(uid)
+                .bind(gid)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn complete(
+                &self,
+                uid: &str,
+                gid: i64,
+                through_seq: i64,
+                next_due_at_ms: i64,
+            ) -> Result<(), QueueError> {
+                let mut tx = self.pool.begin().await?;
+                let outcome: Result<(), QueueError> = async {
+                    sqlx::query(Self::LOCK_PENDING)
+                        .bind(uid)
+                        .bind(gid)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM push_queue WHERE uid = ? AND gid = ? AND seq <= ?")
+                        .bind(uid)
+                        .bind(gid)
+                        .bind(through_seq)
+                        .execute(&mut *tx)
+                        .await?;
+                    let left: Option<(i64,)> = sqlx::query_as(Self::ANY_QUEUED)
+                        .bind(uid)
+                        .bind(gid)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let pending = if left.is_some() {
+                        sqlx::query(
+                            "UPDATE push_pending SET due_at_ms = ? WHERE uid = ? AND gid = ?",
+                        )
+                        .bind(next_due_at_ms)
+                    } else {
+                        sqlx::query("DELETE FROM push_pending WHERE uid = ? AND gid = ?")
+                    };
+                    pending.bind(uid).bind(gid).execute(&mut *tx).await?;
+                    Ok(())
+                }
+                .await;
+                parley_server::db::finish(tx, outcome).await
+            }
+
+            async fn queue_stats(&self) -> Result<(i64, Option<i64>), QueueError> {
+                Ok(sqlx::query_as("SELECT COUNT(*), MIN(enqueued_at_ms) FROM push_queue")
+                    .fetch_one(&self.pool)
+                    .await?)
+            }
+
+            async fn register_device(&self, device: &Device, now_ms: i64) -> Result<bool, QueueError> {
+                let mut tx = self.pool.begin().await?;
+                let outcome: Result<bool, QueueError> = async {
+                    let existing: Option<(String,)> = sqlx::query_as(
+                        "SELECT token FROM push_devices WHERE uid = ? AND device_id = ?",
+                    )
+                    .bind(&device.uid)
+                    .bind(&device.device_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    sqlx::query(Self::UPSERT_DEVICE)
+                        .bind(&device.uid)
+                        .bind(&device.device_id)
+                        .bind(device.platform.code())
+                        .bind(&device.token)
+                        .bind(&device.app_id)
+                        .bind(&device.locale)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(existing.is_some())
+                }
+                .await;
+                parley_server::db::finish(tx, outcome).await
+            }
+
+            async fn unregister_device(&self, uid: &str, device_id: &str) -> Result<bool, QueueError> {
+                let removed = sqlx::query("DELETE FROM push_devices WHERE uid = ? AND device_id = ?")
+                    .bind(uid)
+                    .bind(device_id)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok(removed > 0)
+            }
+
+            async fn devices(&self, uid: &str) -> Result<Vec<Device>, QueueError> {
+                let rows: Vec<DeviceRow> = sqlx::query_as(
+                    "SELECT device_id, platform, token, app_id, locale FROM push_devices \
+                     WHERE uid = ? ORDER BY device_id",
+                )
+                .bind(uid)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().filter_map(|row| row.into_device(uid)).collect())
+            }
+
+            async fn prune_token(&self, device: &Device) -> Result<bool, QueueError> {
+                let removed = sqlx::query(
+                    "DELETE FROM push_devices WHERE uid = ? AND device_id = ? AND token = ?",
+                )
+                .bind(&device.uid)
+                .bind(&device.device_id)
+                .bind(&device.token)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(removed > 0)
+            }
+
+            async fn set_mute(&self, uid: &str, gid: i64, until_ms: i64) -> Result<(), QueueError> {
+                let query = if until_ms == 0 {
+                    sqlx::query("DELETE FROM push_mutes WHERE uid = ? AND gid = ?")
+                        .bind(uid)
+                        .bind(gid)
+                } else {
+                    sqlx::query(Self::UPSERT_MUTE).bind(uid).bind(gid).bind(until_ms)
+                };
+                query.execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn muted_until(&self, uid: &str, gid: i64) -> Result<Option<i64>, QueueError> {
+                let row: Option<(i64,)> =
+                    sqlx::query_as("SELECT until_ms FROM push_mutes WHERE uid = ? AND gid = ?")
+                        .bind(uid)
+                        .bind(gid)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(row.map(|(until,)| until))
+            }
+
+            async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), QueueError> {
+                sqlx::query(
+                    "REPLACE INTO push_dead_letters (uid, gid, last_seq, device_id, platform, \
+                     messages, attempts, reason, failed_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&letter.uid)
+                .bind(letter.gid)
+                .bind(letter.last_seq)
+                .bind(&letter.device_id)
+                .bind(letter.platform)
+                .bind(letter.messages)
+                .bind(letter.attempts)
+                .bind(&letter.reason)
+                .bind(letter.failed_at_ms)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn dead_letters(&self, uid: &str) -> Result<Vec<DeadLetter>, QueueError> {
+                Ok(sqlx::query_as(
+                    "SELECT uid, gid, last_seq, device_id, platform, messages, attempts, reason, \
+                     failed_at_ms FROM push_dead_letters WHERE uid = ? \
+                     ORDER BY failed_at_ms DESC, gid, last_seq",
+                )
+                .bind(uid)
+                .fetch_all(&self.pool)
+                .await?)
+            }
         }
     };
 }
@@ -107,8 +512,22 @@ pub struct MySqlQueueStore {
 
 impl MySqlQueueStore {
     const MIGRATOR: Migrator = sqlx::migrate!("../../migrations/mysql/notification");
-    const INSERT: &'static str = "INSERT IGNORE INTO push_queue \
+    const INSERT_QUEUE: &'static str = "INSERT IGNORE INTO push_queue \
          (uid, gid, seq, msgid, sender_uid, group_name, enqueued_at_ms) ";
+    // A no-op update still locks the existing row, which orders this against
+    // a worker's `complete`.
+    const KEEP_PENDING: &'static str = " ON DUPLICATE KEY UPDATE due_at_ms = due_at_ms";
+    const LOCK_PENDING: &'static str =
+        "SELECT due_at_ms FROM push_pending WHERE uid = ? AND gid = ? FOR UPDATE";
+    const ANY_QUEUED: &'static str =
+        "SELECT seq FROM push_queue WHERE uid = ? AND gid = ? LIMIT 1 FOR UPDATE";
+    const UPSERT_DEVICE: &'static str = "INSERT INTO push_devices \
+         (uid, device_id, platform, token, app_id, locale, updated_at_ms) \
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE platform = VALUES(platform), \
+         token = VALUES(token), app_id = VALUES(app_id), locale = VALUES(locale), \
+         updated_at_ms = VALUES(updated_at_ms)";
+    const UPSERT_MUTE: &'static str = "INSERT INTO push_mutes (uid, gid, until_ms) \
+         VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE until_ms = VALUES(until_ms)";
 
     /// Connects with up to `max_connections` connections.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, QueueError> {
@@ -125,8 +544,20 @@ pub struct SqliteQueueStore {
 
 impl SqliteQueueStore {
     const MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite/notification");
-    const INSERT: &'static str = "INSERT OR IGNORE INTO push_queue \
+    const INSERT_QUEUE: &'static str = "INSERT OR IGNORE INTO push_queue \
          (uid, gid, seq, msgid, sender_uid, group_name, enqueued_at_ms) ";
+    // One connection serialises every transaction: no row locks needed.
+    const KEEP_PENDING: &'static str = " ON CONFLICT (uid, gid) DO NOTHING";
+    const LOCK_PENDING: &'static str =
+        "SELECT due_at_ms FROM push_pending WHERE uid = ? AND gid = ?";
+    const ANY_QUEUED: &'static str = "SELECT seq FROM push_queue WHERE uid = ? AND gid = ? LIMIT 1";
+    const UPSERT_DEVICE: &'static str = "INSERT INTO push_devices \
+         (uid, device_id, platform, token, app_id, locale, updated_at_ms) \
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uid, device_id) DO UPDATE SET \
+         platform = excluded.platform, token = excluded.token, app_id = excluded.app_id, \
+         locale = excluded.locale, updated_at_ms = excluded.updated_at_ms";
+    const UPSERT_MUTE: &'static str = "INSERT INTO push_mutes (uid, gid, until_ms) \
+         VALUES (?, ?, ?) ON CONFLICT (uid, gid) DO UPDATE SET until_ms = excluded.until_ms";
 
     /// Opens (creating if needed) the database at `url`.
     pub async fn connect(url: &str) -> Result<Self, QueueError> {

@@ -1,6 +1,10 @@
-//! The push queue's contract, on MariaDB and SQLite.
+//! The notification store's contract, on MariaDB and SQLite: the queue and its
+//! due times, claims and completion, devices, mutes and dead letters.
 
-use parley_notification::store::{MySqlQueueStore, OfflineBatch, QueueStore, SqliteQueueStore};
+use parley_notification::{
+    push::{Device, Platform},
+    store::{DeadLetter, MySqlQueueStore, OfflineBatch, Pending, QueueStore, SqliteQueueStore},
+};
 
 fn batch(seq: i64, recipients: &[&str]) -> OfflineBatch {
     OfflineBatch {
@@ -13,17 +17,28 @@ fn batch(seq: i64, recipients: &[&str]) -> OfflineBatch {
     }
 }
 
+/// Gives each of `uids` a device: only users with a push token are queued.
+async fn with_devices<S: QueueStore>(store: &S, uids: &[&str]) {
+    for uid in uids {
+        store
+            .register_device(&device(uid, "phone", "token"), 1)
+            .await
+            .expect("register");
+    }
+}
+
 async fn batches_are_stored_once_per_recipient<S: QueueStore>(store: S) {
+    with_devices(&store, &["uid3", "uid4"]).await;
     assert_eq!(
         store
-            .enqueue(&batch(1, &["uid3", "uid4"]), 10)
+            .enqueue(&batch(1, &["uid3", "uid4"]), 10, 1_000)
             .await
             .expect("enqueue"),
         2
     );
     assert_eq!(
         store
-            .enqueue(&batch(1, &["uid3", "uid4"]), 11)
+            .enqueue(&batch(1, &["uid3", "uid4"]), 11, 1_000)
             .await
             .expect("again"),
         0,
@@ -31,7 +46,7 @@ async fn batches_are_stored_once_per_recipient<S: QueueStore>(store: S) {
     );
     assert_eq!(
         store
-            .enqueue(&batch(2, &["uid3"]), 12)
+            .enqueue(&batch(2, &["uid3"]), 12, 1_000)
             .await
             .expect("enqueue"),
         1
@@ -42,13 +57,34 @@ async fn batches_are_stored_once_per_recipient<S: QueueStore>(store: S) {
     );
     assert_eq!(store.queued_for("uid4").await.expect("read"), vec![(7, 1)]);
     assert!(store.queued_for("uid5").await.expect("read").is_empty());
+    assert_eq!(
+        store
+            .enqueue(&batch(3, &["uid5", "uid3"]), 13, 1_000)
+            .await
+            .expect("enqueue"),
+        1,
+        "a recipient without a push token is not queued"
+    );
+    assert!(store.queued_for("uid5").await.expect("read").is_empty());
+    assert!(
+        store
+            .due(i64::MAX, 10)
+            .await
+            .expect("due")
+            .iter()
+            .all(|p| p.uid != "uid5")
+    );
 }
 
 async fn large_batches_are_stored_whole<S: QueueStore>(store: S) {
     let many: Vec<String> = (0..1_234).map(|i| format!("m{i:05}")).collect();
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    with_devices(&store, &refs).await;
     assert_eq!(
-        store.enqueue(&batch(3, &refs), 10).await.expect("enqueue"),
+        store
+            .enqueue(&batch(3, &refs), 10, 1_000)
+            .await
+            .expect("enqueue"),
         1_234
     );
     assert_eq!(
@@ -57,10 +93,183 @@ async fn large_batches_are_stored_whole<S: QueueStore>(store: S) {
     );
 }
 
+async fn due_pairs_are_claimed_once_and_completed<S: QueueStore>(store: S) {
+    with_devices(&store, &["u1", "u2"]).await;
+    store
+        .enqueue(&batch(1, &["u1", "u2"]), 10, 100)
+        .await
+        .expect("enqueue");
+    // A later message keeps the first due time: the window runs from the first.
+    store
+        .enqueue(&batch(2, &["u1"]), 50, 140)
+        .await
+        .expect("enqueue");
+    assert!(
+        store.due(99, 10).await.expect("due").is_empty(),
+        "not due yet"
+    );
+    let due = store.due(100, 10).await.expect("due");
+    assert_eq!(due.len(), 2);
+    let u1 = due.iter().find(|p| p.uid == "u1").expect("u1 due").clone();
+    assert_eq!(
+        u1,
+        Pending {
+            uid: "u1".into(),
+            gid: 7,
+            due_at_ms: 100
+        }
+    );
+    assert!(store.claim(&u1, 5_000).await.expect("claim"));
+    assert!(
+        !store.claim(&u1, 6_000).await.expect("claim"),
+        "a pair is claimed once"
+    );
+    assert!(
+        store
+            .due(200, 10)
+            .await
+            .expect("due")
+            .iter()
+            .all(|p| p.uid != "u1"),
+        "a claimed pair is not due until its lease ends"
+    );
+    let queued = store.queued("u1", 7).await.expect("queued");
+    assert_eq!(queued.iter().map(|q| q.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(queued[1].msgid, 102);
+    assert_eq!(queued[1].group_name, "Design");
+
+    // A message queued while the push is being sent gets its own push later.
+    store
+        .enqueue(&batch(3, &["u1"]), 300, 400)
+        .await
+        .expect("enqueue");
+    store.complete("u1", 7, 2, 900).await.expect("complete");
+    assert_eq!(store.queued_for("u1").await.expect("read"), vec![(7, 3)]);
+    assert_eq!(
+        store
+            .due(900, 10)
+            .await
+            .expect("due")
+            .iter()
+            .find(|p| p.uid == "u1"),
+        Some(&Pending {
+            uid: "u1".into(),
+            gid: 7,
+            due_at_ms: 900
+        })
+    );
+    store.complete("u1", 7, 3, 1_000).await.expect("complete");
+    assert!(store.queued("u1", 7).await.expect("queued").is_empty());
+    assert!(
+        store
+            .due(i64::MAX, 10)
+            .await
+            .expect("due")
+            .iter()
+            .all(|p| p.uid != "u1")
+    );
+
+    // Released pairs are due again at once.
+    let u2 = store.due(100, 10).await.expect("due").remove(0);
+    assert!(store.claim(&u2, 5_000).await.expect("claim"));
+    store.release("u2", 7, 150).await.expect("release");
+    assert_eq!(store.due(150, 10).await.expect("due")[0].uid, "u2");
+    assert_eq!(store.queue_stats().await.expect("stats"), (1, Some(10)));
+}
+
+fn device(uid: &str, id: &str, token: &str) -> Device {
+    Device {
+        uid: uid.into(),
+        device_id: id.into(),
+        platform: Platform::Fcm,
+        token: token.into(),
+        app_id: "parley-test".into(),
+        locale: "en-GB".into(),
+    }
+}
+
+async fn devices_are_registered_replaced_and_pruned<S: QueueStore>(store: S) {
+    assert!(
+        !store
+            .register_device(&device("u1", "phone", "t1"), 1)
+            .await
+            .expect("register")
+    );
+    assert!(
+        !store
+            .register_device(&device("u1", "tablet", "t2"), 1)
+            .await
+            .expect("register")
+    );
+    assert!(
+        store
+            .register_device(&device("u1", "phone", "t3"), 2)
+            .await
+            .expect("replace")
+    );
+    assert_eq!(
+        store.devices("u1").await.expect("devices"),
+        vec![device("u1", "phone", "t3"), device("u1", "tablet", "t2")]
+    );
+    // A token rejected after the device registered a new one stays.
+    assert!(
+        !store
+            .prune_token(&device("u1", "phone", "t1"))
+            .await
+            .expect("prune")
+    );
+    assert!(
+        store
+            .prune_token(&device("u1", "tablet", "t2"))
+            .await
+            .expect("prune")
+    );
+    assert!(
+        store
+            .unregister_device("u1", "phone")
+            .await
+            .expect("unregister")
+    );
+    assert!(!store.unregister_device("u1", "phone").await.expect("again"));
+    assert!(store.devices("u1").await.expect("devices").is_empty());
+}
+
+async fn mutes_are_set_and_cleared<S: QueueStore>(store: S) {
+    assert_eq!(store.muted_until("u1", 7).await.expect("read"), None);
+    store.set_mute("u1", 7, -1).await.expect("mute");
+    assert_eq!(store.muted_until("u1", 7).await.expect("read"), Some(-1));
+    store.set_mute("u1", 7, 5_000).await.expect("mute");
+    assert_eq!(store.muted_until("u1", 7).await.expect("read"), Some(5_000));
+    assert_eq!(store.muted_until("u1", 8).await.expect("read"), None);
+    store.set_mute("u1", 7, 0).await.expect("unmute");
+    assert_eq!(store.muted_until("u1", 7).await.expect("read"), None);
+}
+
+async fn dead_letters_are_kept<S: QueueStore>(store: S) {
+    let letter = DeadLetter {
+        uid: "u1".into(),
+        gid: 7,
+        last_seq: 3,
+        device_id: "phone".into(),
+        platform: Platform::Fcm.code(),
+        messages: 3,
+        attempts: 5,
+        reason: "FCM HTTP 500 INTERNAL; gave up after 5 attempts".into(),
+        failed_at_ms: 42,
+    };
+    store.dead_letter(&letter).await.expect("store");
+    assert_eq!(store.dead_letters("u1").await.expect("read"), vec![letter]);
+    assert!(store.dead_letters("u2").await.expect("read").is_empty());
+}
+
 parley_testkit::contract_suite!(
     MySqlQueueStore,
     SqliteQueueStore,
     QueueStore;
     batches_are_stored_once_per_recipient,
     large_batches_are_stored_whole,
+    due_pairs_are_claimed_once_and_completed,
+    devices_are_registered_replaced_and_pruned,
+    mutes_are_set_and_cleared,
+    dead_letters_are_kept,
 );

@@ -11,6 +11,7 @@ async fn main() -> std::process::ExitCode {
     parley_server::main_with(
         "parley-presence",
         config.listen,
+        &config.server.clone(),
         cli.command,
         async { Ok::<(), parley_presence::StartError>(()) },
         |listener| parley_presence::run(config, listener, parley_server::shutdown_signal()),

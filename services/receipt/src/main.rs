@@ -11,6 +11,7 @@ async fn main() -> std::process::ExitCode {
     parley_server::main_with(
         "parley-receipt",
         config.listen,
+        &config.server.clone(),
         cli.command,
         parley_receipt::migrate(&config.clone()),
         |listener| parley_receipt::run(config, listener, parley_server::shutdown_signal()),

@@ -1,0 +1,412 @@
+//! Offline push end to end: the whole suite, with the notification service's
+//! FCM sender pushing over real HTTP/2 to a loopback stand-in that checks each
+//! request (path, bearer token from its own OAuth endpoint, JSON body).
+
+use std::{collections::BTreeSet, time::Duration};
+
+use parley_proto::notification::{self as npb};
+use parley_testkit::{
+    eventually,
+    fcm::{PROJECT, Recorded, Reply},
+};
+use serde_json::Value;
+
+use crate::{
+    device::Device,
+    support::{
+        Backend, NotificationDb, Options, Suite, ack_read, create_group, on_both_backends,
+        send_direct, unread_in, user,
+    },
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A well-formed FCM token naming its owner.
+fn fcm_token(name: &str) -> String {
+    format!("{name}:{}", "APA91b-x_".repeat(6))
+}
+
+async fn register(suite: &Suite, uid: &str, device_id: &str, token: &str) {
+    let request = npb::RegisterDeviceRequest {
+        device_id: device_id.into(),
+        platform: npb::Platform::Fcm.into(),
+        token: token.into(),
+        app_id: String::new(),
+        locale: "en-GB".into(),
+    };
+    suite
+        .notification(user(uid))
+        .register_device(request)
+        .await
+        .expect("register device");
+}
+
+fn data<'a>(send: &'a Recorded, key: &str) -> &'a str {
+    send.body["message"]["data"][key]
+        .as_str()
+        .unwrap_or_default()
+}
+
+fn seq_range(send: &Recorded) -> std::ops::RangeInclusive<u64> {
+    let seq = |key| data(send, key).parse::<u64>().expect("seq in data");
+    seq("first_seq")..=seq("last_seq")
+}
+
+/// Waits until `uid` has nothing left in the push queue.
+async fn queue_drained(db: &NotificationDb, uid: &str) {
+    eventually(&format!("{uid}'s push queue to drain"), WAIT, || async {
+        db.queued_for(uid).await.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// Waits until `uid` has at least `n` pushes queued.
+async fn queued(db: &NotificationDb, uid: &str, n: usize) {
+    eventually(&format!("{n} pushes queued for {uid}"), WAIT, || async {
+        (db.queued_for(uid).await.len() >= n).then_some(())
+    })
+    .await;
+}
+
+async fn an_offline_member_gets_one_collapsed_push_with_the_unread_badge(backend: Backend) {
+    let options = Options {
+        push_window_ms: 2_000,
+        ..Options::default()
+    };
+    let suite = Suite::start_with(backend, options).await;
+    let token = fcm_token("uid3-phone");
+    register(&suite, "uid3", "phone", &token).await;
+    let other = create_group(&suite, "A", "Other", &["uid3"]).await;
+    let design = create_group(&suite, "A", "Design", &["uid3"]).await;
+    for i in 1..=2 {
+        send_direct(&suite, "A", other, &format!("o{i}"), 8).await;
+    }
+    for i in 1..=5 {
+        send_direct(&suite, "A", design, &format!("d{i}"), 8).await;
+    }
+    let db = suite.notification_db().await;
+    let is_design = |send: &Recorded| data(send, "gid") == design.to_string();
+    eventually("the push for Design", WAIT, || async {
+        suite
+            .fcm
+            .sends_to(&token)
+            .iter()
+            .any(is_design)
+            .then_some(())
+    })
+    .await;
+    queue_drained(&db, "uid3").await;
+
+    let sends = suite.fcm.sends_to(&token);
+    assert!(
+        sends.iter().all(|s| s.problem.is_none() && s.status == 200),
+        "{sends:?}"
+    );
+    let design_pushes: Vec<&Recorded> = sends.iter().filter(|s| is_design(s)).collect();
+    assert_eq!(design_pushes.len(), 1, "one push for the burst: {sends:?}");
+    let push = design_pushes[0];
+    assert_eq!(push.project, PROJECT);
+    assert_eq!(seq_range(push), 1..=5);
+    let message = &push.body["message"];
+    assert_eq!(message["notification"]["title"], "Design");
+    assert_eq!(message["notification"]["body"], "5 new messages in Design");
+    // The badge is the unread count over every group: 2 in Other, 5 here.
+    assert_eq!(data(push, "badge"), "7");
+    assert_eq!(message["apns"]["payload"]["aps"]["badge"], 7);
+    assert_eq!(
+        message["android"]["collapse_key"],
+        format!("parley-group-{design}")
+    );
+    assert!(suite.fcm.tokens_issued() >= 1);
+    suite.stop().await;
+}
+
+async fn read_muted_and_online_members_get_no_push(backend: Backend) {
+    let suite = Suite::start(backend).await;
+    let members = ["reader", "muted", "online", "control"];
+    for uid in members {
+        register(&suite, uid, "phone", &fcm_token(uid)).await;
+    }
+    let gid = create_group(&suite, "A", "Quiet", &members).await;
+    let mute = npb::SetMuteRequest { gid, until_ms: -1 };
+    suite
+        .notification(user("muted"))
+        .set_mute(mute)
+        .await
+        .expect("mute");
+    let _online = Device::connect(suite.gateway_addrs[0], "online", "laptop").await;
+
+    send_direct(&suite, "A", gid, "q1", 8).await;
+    send_direct(&suite, "A", gid, "q2", 8).await;
+    // The reader reads both on another device before the push is due.
+    eventually("the reader's read cursor at 2", WAIT, || async {
+        ack_read(&suite, "reader", gid, 2).await;
+        (unread_in(&suite, "reader", gid).await[0].read_seq == 2).then_some(())
+    })
+    .await;
+
+    let db = suite.notification_db().await;
+    eventually("the control member's push", WAIT, || async {
+        (!suite.fcm.sends_to(&fcm_token("control")).is_empty()).then_some(())
+    })
+    .await;
+    for uid in ["reader", "muted"] {
+        queue_drained(&db, uid).await;
+    }
+    for uid in ["reader", "muted", "online"] {
+        assert!(
+            suite.fcm.sends_to(&fcm_token(uid)).is_empty(),
+            "{uid} was pushed: {:?}",
+            suite.fcm.sends_to(&fcm_token(uid))
+        );
+    }
+    assert_eq!(
+        seq_range(&suite.fcm.sends_to(&fcm_token("control"))[0]),
+        1..=2
+    );
+    suite.stop().await;
+}
+
+async fn restarting_the_notification_service_mid_burst_loses_no_push(backend: Backend) {
+    let options = Options {
+        push_window_ms: 1_500,
+        ..Options::default()
+    };
+    let mut suite = Suite::start_with(backend, options).await;
+    let token = fcm_token("uid3-phone");
+    register(&suite, "uid3", "phone", &token).await;
+    let gid = create_group(&suite, "A", "Burst", &["uid3"]).await;
+    for i in 1..=3 {
+        send_direct(&suite, "A", gid, &format!("b{i}"), 8).await;
+    }
+    let db = suite.notification_db().await;
+    queued(&db, "uid3", 3).await;
+    suite.stop_notification().await;
+    // Accepted while the service is down: the message outbox keeps retrying.
+    for i in 4..=6 {
+        send_direct(&suite, "A", gid, &format!("b{i}"), 8).await;
+    }
+    suite.restart_notification().await;
+
+    let covered = eventually("pushes covering seq 1-6", WAIT, || async {
+        let sends = suite.fcm.sends_to(&token);
+        let covered: BTreeSet<u64> = sends.iter().flat_map(seq_range).collect();
+        (covered.len() == 6).then_some(covered)
+    })
+    .await;
+    assert_eq!(covered, (1..=6).collect());
+    queue_drained(&db, "uid3").await;
+    let sends = suite.fcm.sends_to(&token);
+    let last = sends.last().expect("a push");
+    assert_eq!(*seq_range(last).end(), 6);
+    assert_eq!(
+        data(last, "count"),
+        seq_range(last).count().to_string(),
+        "a push's count is the messages it covers"
+    );
+    suite.stop().await;
+}
+
+on_both_backends!(
+    an_offline_member_gets_one_collapsed_push_with_the_unread_badge,
+    read_muted_and_online_members_get_no_push,
+    restarting_the_notification_service_mid_burst_loses_no_push,
+);
+
+/// The value of the metric line starting with `series` in a Prometheus text
+/// exposition, or 0 when absent.
+fn metric(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn fcm_failures_are_retried_pruned_and_dead_lettered() {
+    // This process's metrics (nextest runs each test in its own process; the
+    // counters below only move in this test, so they hold under `cargo test` too).
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("this test installs the process's metrics recorder");
+    let suite = Suite::start(Backend::MariaDb).await;
+    let fcm = &suite.fcm;
+    let tokens = ["flaky", "gone", "invalid", "down"].map(fcm_token);
+    fcm.script(
+        &tokens[0],
+        [Reply::RetryAfter(1), Reply::ServerError, Reply::Ok],
+    );
+    fcm.script(&tokens[1], [Reply::Unregistered]);
+    fcm.script(&tokens[2], [Reply::InvalidToken]);
+    fcm.script(&tokens[3], [Reply::ServerError; 3]);
+    for (device, token) in ["flaky", "gone", "invalid", "down"].iter().zip(&tokens) {
+        register(&suite, "uid3", device, token).await;
+    }
+    let gid = create_group(&suite, "A", "Ops", &["uid3"]).await;
+    send_direct(&suite, "A", gid, "alert", 8).await;
+
+    let db = suite.notification_db().await;
+    let letters = eventually(
+        "a dead letter for the device that stays down",
+        WAIT,
+        || async {
+            let letters = db.dead_letters("uid3").await;
+            (!letters.is_empty()).then_some(letters)
+        },
+    )
+    .await;
+    queue_drained(&db, "uid3").await;
+
+    let statuses =
+        |token: &str| -> Vec<u16> { fcm.sends_to(token).iter().map(|s| s.status).collect() };
+    assert_eq!(
+        statuses(&tokens[0]),
+        vec![429, 500, 200],
+        "retried until sent"
+    );
+    let flaky = fcm.sends_to(&tokens[0]);
+    assert!(
+        flaky[1].at.duration_since(flaky[0].at) >= Duration::from_secs(1),
+        "Retry-After: 1 was honoured"
+    );
+    assert_eq!(
+        statuses(&tokens[1]),
+        vec![404],
+        "UNREGISTERED is not retried"
+    );
+    assert_eq!(
+        statuses(&tokens[2]),
+        vec![400],
+        "an invalid token is not retried"
+    );
+    assert_eq!(
+        statuses(&tokens[3]),
+        vec![500, 500, 500],
+        "three attempts, then given up"
+    );
+    assert!(
+        fcm.sends().iter().all(|s| s.problem.is_none()),
+        "{:?}",
+        fcm.sends()
+    );
+
+    let kept: Vec<String> = db
+        .devices("uid3")
+        .await
+        .into_iter()
+        .map(|d| d.device_id)
+        .collect();
+    assert_eq!(
+        kept,
+        vec!["down", "flaky"],
+        "rejected tokens are gone from the registry"
+    );
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!((letter.device_id.as_str(), letter.attempts), ("down", 3));
+    assert_eq!(
+        (letter.gid, letter.last_seq, letter.messages),
+        (i64::try_from(gid).expect("gid"), 1, 1)
+    );
+    assert!(letter.reason.contains("500"), "{}", letter.reason);
+    let body: &Value = &flaky[2].body;
+    assert_eq!(
+        body["message"]["notification"]["body"],
+        "New message in Ops"
+    );
+
+    let exposition = metrics.render();
+    let fcm = |name: &str| metric(&exposition, &format!("{name}{{platform=\"fcm\"}}"));
+    assert!(fcm("parley_push_sent_total") >= 1.0, "{exposition}");
+    assert_eq!(
+        fcm("parley_push_retried_total"),
+        4.0,
+        "2 for flaky, 2 for down"
+    );
+    assert_eq!(fcm("parley_push_tokens_pruned_total"), 2.0);
+    assert_eq!(
+        metric(
+            &exposition,
+            "parley_push_failed_total{platform=\"fcm\",reason=\"dead_letter\"}"
+        ),
+        1.0,
+        "{exposition}"
+    );
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn bad_registrations_and_mutes_are_refused_and_change_nothing() {
+    let suite = Suite::start(Backend::Sqlite).await;
+    let mut client = suite.notification(user("uid3"));
+    let good = npb::RegisterDeviceRequest {
+        device_id: "phone".into(),
+        platform: npb::Platform::Fcm.into(),
+        token: fcm_token("phone"),
+        app_id: String::new(),
+        locale: "en-GB".into(),
+    };
+    let bad = [
+        npb::RegisterDeviceRequest {
+            platform: npb::Platform::Apns.into(),
+            ..good.clone()
+        },
+        npb::RegisterDeviceRequest {
+            token: "short".into(),
+            ..good.clone()
+        },
+        npb::RegisterDeviceRequest {
+            platform: 7,
+            ..good.clone()
+        },
+        npb::RegisterDeviceRequest {
+            device_id: "a|b".into(),
+            ..good.clone()
+        },
+    ];
+    for request in bad {
+        let status = client.register_device(request).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+    let status = suite
+        .notification(crate::support::As::Nobody)
+        .register_device(good.clone())
+        .await
+        .expect_err("no identity");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    for until_ms in [-2, i64::MIN] {
+        let status = client
+            .set_mute(npb::SetMuteRequest { gid: 1, until_ms })
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
+    let db = suite.notification_db().await;
+    assert!(db.devices("uid3").await.is_empty(), "nothing stored");
+
+    // A user's devices are bounded; replacing a token is always allowed.
+    for i in 0..20 {
+        let request = npb::RegisterDeviceRequest {
+            device_id: format!("d{i:02}"),
+            token: fcm_token(&format!("d{i:02}")),
+            ..good.clone()
+        };
+        client
+            .register_device(request)
+            .await
+            .expect("within the limit");
+    }
+    let status = client
+        .register_device(good.clone())
+        .await
+        .expect_err("a 21st device");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    let again = npb::RegisterDeviceRequest {
+        device_id: "d05".into(),
+        ..good
+    };
+    let replaced = client.register_device(again).await.expect("replace");
+    assert!(replaced.into_inner().replaced);
+    assert_eq!(db.devices("uid3").await.len(), 20);
+    suite.stop().await;
+}

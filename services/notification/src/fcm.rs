@@ -1,0 +1,284 @@
+//! FCM through the HTTP v1 API: `POST {base}/v1/projects/{project}/messages:send`
+//! with an OAuth2 bearer token from a service account (`gcp_auth`). The base URL
+//! is configurable so tests run it against a local HTTP/2 server.
+
+use std::{sync::Arc, time::Duration};
+
+use gcp_auth::{CustomServiceAccount, TokenProvider};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::push::{Device, Outcome, Push, Sender};
+
+/// The OAuth2 scope FCM requires.
+pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+/// Google's FCM endpoint.
+pub const DEFAULT_BASE_URL: &str = "https://fcm.googleapis.com";
+
+/// Why the FCM sender could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FcmSetupError {
+    /// The service-account key could not be read.
+    #[error("FCM service account: {0}")]
+    Credentials(#[from] gcp_auth::Error),
+    /// The HTTP client could not be built.
+    #[error("FCM HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// No project to send to.
+    #[error("FCM: the service account names no project_id")]
+    NoProject,
+}
+
+/// Sends through FCM HTTP v1.
+pub struct FcmSender {
+    http: reqwest::Client,
+    base_url: String,
+    project: String,
+    auth: Arc<dyn TokenProvider>,
+    in_flight: Semaphore,
+}
+
+impl FcmSender {
+    /// A sender authenticating with a service-account key (its JSON text),
+    /// posting to `base_url`, with at most `max_in_flight` requests at once.
+    pub fn new(
+        service_account_json: &str,
+        base_url: &str,
+        max_in_flight: usize,
+        timeout: Duration,
+    ) -> Result<Self, FcmSetupError> {
+        // reqwest is built without a default TLS provider; the first sender
+        // installs ring (a second install is refused and harmless).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let account = CustomServiceAccount::from_json(service_account_json)?;
+        let project = account
+            .project_id()
+            .map(str::to_owned)
+            .ok_or(FcmSetupError::NoProject)?;
+        let mut http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout);
+        if base_url.starts_with("http://") {
+            // Plain-text endpoints (local stand-ins) speak HTTP/2 without TLS.
+            http = http.http2_prior_knowledge();
+        }
+        Ok(Self {
+            http: http.build()?,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            project,
+            auth: Arc::new(account),
+            in_flight: Semaphore::new(max_in_flight.max(1)),
+        })
+    }
+
+    fn url(&self, device: &Device) -> String {
+        let project = if device.app_id.is_empty() {
+            &self.project
+        } else {
+            &device.app_id
+        };
+        format!("{}/v1/projects/{project}/messages:send", self.base_url)
+    }
+}
+
+/// The HTTP v1 request body for one push: a visible notification, the ids in
+/// `data` (FCM data values are strings), and the collapse key and badge for
+/// both Android and iOS devices.
+pub fn request_body(device: &Device, push: &Push) -> Value {
+    let collapse = push.collapse_id();
+    json!({
+        "message": {
+            "token": device.token,
+            "notification": { "title": push.title(), "body": push.body() },
+            "data": {
+                "gid": push.gid.to_string(),
+                "first_seq": push.first_seq.to_string(),
+                "last_seq": push.last_seq.to_string(),
+                "msgid": push.last_msgid.to_string(),
+                "count": push.count.to_string(),
+                "badge": push.badge.to_string(),
+            },
+            "android": {
+                "collapse_key": collapse,
+                "notification": { "tag": collapse, "notification_count": push.badge },
+            },
+            "apns": {
+                "headers": { "apns-collapse-id": collapse },
+                "payload": { "aps": { "badge": push.badge } },
+            },
+        }
+    })
+}
+
+/// What an FCM answer means. Documented error codes: `UNREGISTERED` (404) and
+/// `SENDER_ID_MISMATCH` (403) mean the token is dead for us; `INVALID_ARGUMENT`
+/// naming the registration token means it is malformed; `QUOTA_EXCEEDED` (429),
+/// `UNAVAILABLE` (503) and `INTERNAL` (500) are retried.
+pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outcome {
+    if (200..300).contains(&status) {
+        return Outcome::Sent;
+    }
+    let error: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    let code = error["error"]["details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|detail| detail["errorCode"].as_str())
+        .or_else(|| error["error"]["status"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let reason = if code.is_empty() {
+        format!("FCM HTTP {status}")
+    } else {
+        format!("FCM HTTP {status} {code}")
+    };
+    match (status, code.as_str()) {
+        (_, "UNREGISTERED" | "SENDER_ID_MISMATCH") => Outcome::BadToken { reason },
+        (400, "INVALID_ARGUMENT") if message.contains("registration token") => {
+            Outcome::BadToken { reason }
+        }
+        (429 | 500..=599, _) => Outcome::Retry {
+            after: retry_after,
+            reason,
+        },
+        _ => Outcome::Failed { reason },
+    }
+}
+
+/// A `Retry-After` header in seconds (the form FCM sends).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[tonic::async_trait]
+impl Sender for FcmSender {
+    async fn send(&self, device: &Device, push: &Push) -> Outcome {
+        let Ok(_permit) = self.in_flight.acquire().await else {
+            return Outcome::Failed {
+                reason: "FCM sender closed".into(),
+            };
+        };
+        let token = match self.auth.token(&[SCOPE]).await {
+            Ok(token) => token,
+            Err(error) => {
+                tracing::warn!(error = %error, "FCM OAuth token refresh failed");
+                return Outcome::Retry {
+                    after: None,
+                    reason: "FCM OAuth token unavailable".into(),
+                };
+            }
+        };
+        let sent = self
+            .http
+            .post(self.url(device))
+            .bearer_auth(token.as_str())
+            .json(&request_body(device, push))
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(error = %error.without_url(), "FCM request failed");
+                return Outcome::Retry {
+                    after: None,
+                    reason: "FCM unreachable".into(),
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let after = retry_after(response.headers());
+        let body = response.bytes().await.unwrap_or_default();
+        classify(status, after, &body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::Platform;
+
+    fn error(status: u16, code: &str, message: &str) -> Vec<u8> {
+        json!({"error": {"code": status, "message": message, "status": "X",
+            "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+                         "errorCode": code}]}})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn answers_map_to_actions() {
+        assert_eq!(classify(200, None, b"{}"), Outcome::Sent);
+        assert!(matches!(
+            classify(404, None, &error(404, "UNREGISTERED", "gone")),
+            Outcome::BadToken { .. }
+        ));
+        assert!(matches!(
+            classify(403, None, &error(403, "SENDER_ID_MISMATCH", "x")),
+            Outcome::BadToken { .. }
+        ));
+        assert!(matches!(
+            classify(
+                400,
+                None,
+                &error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "The registration token is not a valid FCM registration token"
+                )
+            ),
+            Outcome::BadToken { .. }
+        ));
+        assert!(matches!(
+            classify(400, None, &error(400, "INVALID_ARGUMENT", "bad payload")),
+            Outcome::Failed { .. }
+        ));
+        assert_eq!(
+            classify(
+                429,
+                Some(Duration::from_secs(3)),
+                &error(429, "QUOTA_EXCEEDED", "slow")
+            ),
+            Outcome::Retry {
+                after: Some(Duration::from_secs(3)),
+                reason: "FCM HTTP 429 QUOTA_EXCEEDED".into()
+            }
+        );
+        assert!(matches!(
+            classify(503, None, b"not json"),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(classify(401, None, b""), Outcome::Failed { .. }));
+    }
+
+    #[test]
+    fn body_carries_token_badge_and_collapse_key() {
+        let device = Device {
+            uid: "u".into(),
+            device_id: "d".into(),
+            platform: Platform::Fcm,
+            token: "tok".into(),
+            app_id: String::new(),
+            locale: String::new(),
+        };
+        let push = Push {
+            gid: 7,
+            group_name: "Design".into(),
+            count: 3,
+            first_seq: 4,
+            last_seq: 6,
+            last_msgid: 99,
+            badge: 5,
+        };
+        let body = request_body(&device, &push);
+        assert_eq!(body["message"]["token"], "tok");
+        assert_eq!(
+            body["message"]["notification"]["body"],
+            "3 new messages in Design"
+        );
+        assert_eq!(body["message"]["data"]["last_seq"], "6");
+        assert_eq!(body["message"]["android"]["collapse_key"], "parley-group-7");
+        assert_eq!(body["message"]["apns"]["payload"]["aps"]["badge"], 5);
+    }
+}

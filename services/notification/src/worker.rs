@@ -1,0 +1,420 @@
+//! The push worker: claims (user, group) pairs whose collapse window has
+//! passed, decides whether a push is still wanted (not muted, not online, not
+//! already read), and sends one collapsed notification to each of the user's
+//! devices, retrying, pruning dead tokens and dead-lettering as providers say.
+//!
+//! A pair is claimed by leasing its pending row; a worker that dies leaves the
+//! lease to expire and another takes the pair over. Queued rows are deleted only
+//! after the outcome is settled, so a crash re-sends rather than loses, and the
+//! re-sent push carries the same collapse id, so the phone replaces the first.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::future::join_all;
+use parley_bus::routing::{PresenceClient, locate};
+use parley_proto::receipt::{self as rpb, receipt_service_client::ReceiptServiceClient};
+use parley_server::{ServiceIdentity, Uid, backoff_delay, caller::acting_for, now_ms};
+use tokio::{
+    sync::{Semaphore, watch},
+    task::JoinSet,
+    time::Instant,
+};
+use tonic::{codegen::InterceptedService, transport::Channel};
+
+use crate::{
+    push::{Device, Outcome, Push, Senders},
+    store::{DeadLetter, Pending, QueueError, QueueStore, Queued},
+};
+
+/// The receipt client the worker reads unread counts with.
+pub type ReceiptClient = ReceiptServiceClient<InterceptedService<Channel, ServiceIdentity>>;
+
+/// How pushes are collapsed, throttled and retried.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Messages to one user in one group within this window become one push.
+    pub window: Duration,
+    /// Groups with at least this many members are "large".
+    pub large_group: u32,
+    /// The window in large groups: at most one push per member per window.
+    pub large_group_window: Duration,
+    /// Attempts per push and device before it is dead-lettered.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub backoff_base: Duration,
+    /// Longest retry delay the worker chooses itself.
+    pub backoff_max: Duration,
+    /// How long a claimed pair stays with its worker; retries must fit in it.
+    pub lease: Duration,
+    /// How often the queue is polled for due pushes.
+    pub poll: Duration,
+    /// Pairs processed at once.
+    pub concurrency: usize,
+}
+
+impl Policy {
+    /// The collapse window for a group of `members` (0: unknown).
+    pub fn window_for(&self, members: u32) -> Duration {
+        if members >= self.large_group {
+            self.large_group_window.max(self.window)
+        } else {
+            self.window
+        }
+    }
+}
+
+/// Retry a pair later when a dependency fails, after this long.
+const LATER: Duration = Duration::from_secs(5);
+/// Queue depth and age are reported this often.
+const STATS_EVERY: Duration = Duration::from_secs(10);
+/// Groups per UnreadCounts page when adding up the badge.
+const UNREAD_PAGE: u32 = 1_000;
+/// Pages read for the badge: users in more groups get a partial sum.
+const UNREAD_PAGES: usize = 20;
+
+/// Why a pair has to wait.
+#[derive(Debug, thiserror::Error)]
+enum Later {
+    #[error(transparent)]
+    Store(#[from] QueueError),
+    #[error("receipt service: {0}")]
+    Receipt(#[from] tonic::Status),
+}
+
+/// The push worker.
+pub struct Worker<S> {
+    store: S,
+    senders: Senders,
+    presence: PresenceClient,
+    receipt: ReceiptClient,
+    policy: Policy,
+}
+
+impl<S: QueueStore> Worker<S> {
+    /// A worker draining `store` through `senders`.
+    pub fn new(
+        store: S,
+        senders: Senders,
+        presence: PresenceClient,
+        receipt: ReceiptClient,
+        policy: Policy,
+    ) -> Self {
+        Self {
+            store,
+            senders,
+            presence,
+            receipt,
+            policy,
+        }
+    }
+
+    /// Drains until `stop` turns true; pairs in progress are then handed back
+    /// (due at once) for the next worker.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let worker = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(worker.policy.concurrency.max(1)));
+        let mut jobs = JoinSet::new();
+        let mut next_stats = Instant::now();
+        while !*stop.borrow() {
+            while jobs.try_join_next().is_some() {}
+            if Instant::now() >= next_stats {
+                worker.report_queue().await;
+                next_stats = Instant::now() + STATS_EVERY;
+            }
+            let claimed = worker.claim_due(&slots, &mut jobs, &stop).await;
+            if claimed == 0 {
+                tokio::select! {
+                    () = tokio::time::sleep(worker.policy.poll) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+        while jobs.join_next().await.is_some() {}
+    }
+
+    async fn claim_due(
+        self: &Arc<Self>,
+        slots: &Arc<Semaphore>,
+        jobs: &mut JoinSet<()>,
+        stop: &watch::Receiver<bool>,
+    ) -> usize {
+        let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
+        if free == 0 {
+            return 0;
+        }
+        let now = now_ms();
+        let due = match self.store.due(now, free).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(error = %error, "push queue unreadable");
+                return 0;
+            }
+        };
+        let lease_until = now.saturating_add(millis(self.policy.lease));
+        let mut claimed = 0;
+        for pending in due {
+            match self.store.claim(&pending, lease_until).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(error) => {
+                    tracing::warn!(error = %error, "push claim failed");
+                    continue;
+                }
+            }
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            claimed += 1;
+            let (worker, stop) = (self.clone(), stop.clone());
+            jobs.spawn(async move {
+                worker.job(pending, stop).await;
+                drop(slot);
+            });
+        }
+        claimed
+    }
+
+    async fn job(&self, pending: Pending, mut stop: watch::Receiver<bool>) {
+        let Pending { uid, gid, .. } = pending;
+        let deadline = Instant::now() + self.policy.lease.mul_f64(0.9);
+        let retry_at = tokio::select! {
+            outcome = self.process(&uid, gid, deadline) => match outcome {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(uid = %uid, gid, error = %error, "push postponed");
+                    now_ms().saturating_add(millis(LATER))
+                }
+            },
+            _ = stop.wait_for(|stopping| *stopping) => now_ms(),
+        };
+        if let Err(error) = self.store.release(&uid, gid, retry_at).await {
+            // The lease runs out and the pair is due again anyway.
+            tracing::warn!(uid = %uid, gid, error = %error, "push release failed");
+        }
+    }
+
+    async fn process(&self, uid: &str, gid: i64, deadline: Instant) -> Result<(), Later> {
+        let queued = self.store.queued(uid, gid).await?;
+        let next_due = now_ms().saturating_add(millis(self.policy.window));
+        let Some(newest) = queued.last().cloned() else {
+            self.store.complete(uid, gid, 0, next_due).await?;
+            return Ok(());
+        };
+        let settle = |reason: &'static str, count: usize| {
+            metrics::counter!("parley_push_dropped_total", "reason" => reason)
+                .increment(count as u64);
+            tracing::debug!(uid = %uid, gid, reason, messages = count, "push dropped");
+            self.store.complete(uid, gid, newest.seq, next_due)
+        };
+        if self.muted(uid, gid).await? {
+            return Ok(settle("muted", queued.len()).await?);
+        }
+        // Cheapest first: the device list, then presence, then the receipt service.
+        let devices = self.store.devices(uid).await?;
+        if devices.is_empty() {
+            return Ok(settle("no_device", queued.len()).await?);
+        }
+        if self.online(uid).await {
+            return Ok(settle("online", queued.len()).await?);
+        }
+        let Some((badge, read_seq)) = self.unread(uid, gid).await? else {
+            return Ok(settle("not_member", queued.len()).await?);
+        };
+        let unread: Vec<&Queued> = queued.iter().filter(|q| q.seq > read_seq).collect();
+        let read = queued.len() - unread.len();
+        if read > 0 {
+            metrics::counter!("parley_push_dropped_total", "reason" => "read")
+                .increment(read as u64);
+        }
+        let (Some(first), Some(last)) = (unread.first(), unread.last()) else {
+            return Ok(settle("read", 0).await?);
+        };
+        let push = Push {
+            gid,
+            group_name: last.group_name.clone(),
+            count: u32::try_from(unread.len()).unwrap_or(u32::MAX),
+            first_seq: first.seq,
+            last_seq: last.seq,
+            last_msgid: last.msgid,
+            badge,
+        };
+        metrics::counter!("parley_push_collapsed_total").increment(unread.len() as u64 - 1);
+        join_all(devices.iter().map(|d| self.deliver(d, &push, deadline))).await;
+        self.store.complete(uid, gid, newest.seq, next_due).await?;
+        Ok(())
+    }
+
+    async fn muted(&self, uid: &str, gid: i64) -> Result<bool, QueueError> {
+        Ok(match self.store.muted_until(uid, gid).await? {
+            Some(-1) => true,
+            Some(until) => until > now_ms(),
+            None => false,
+        })
+    }
+
+    /// Whether one of the user's devices is connected: then the gateway
+    /// delivers, and a push would only buzz twice. If presence cannot answer,
+    /// the push goes out (a spare notification beats a missed one).
+    async fn online(&self, uid: &str) -> bool {
+        match locate(&self.presence, &[uid.to_owned()]).await {
+            Ok(located) => located.iter().any(|(_, gateways)| !gateways.is_empty()),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), "presence unavailable; pushing anyway");
+                false
+            }
+        }
+    }
+
+    /// The user's unread count over every group (the badge) and read cursor in
+    /// `gid`; `None` when the user is no longer a member.
+    async fn unread(&self, uid: &str, gid: i64) -> Result<Option<(u32, i64)>, Later> {
+        let Ok(user) = Uid::parse(uid) else {
+            return Ok(None);
+        };
+        let (mut badge, mut read_seq, mut page_token) = (0u64, None, String::new());
+        for _ in 0..UNREAD_PAGES {
+            let request = rpb::UnreadCountsRequest {
+                gids: Vec::new(),
+                page_size: UNREAD_PAGE,
+                page_token,
+            };
+            let reply = self
+                .receipt
+                .clone()
+                .unread_counts(acting_for(&user, request))
+                .await?
+                .into_inner();
+            for group in &reply.groups {
+                badge = badge.saturating_add(group.unread);
+                if i64::try_from(group.gid) == Ok(gid) {
+                    read_seq = Some(i64::try_from(group.read_seq).unwrap_or(i64::MAX));
+                }
+            }
+            if reply.next_page_token.is_empty() {
+                break;
+            }
+            page_token = reply.next_page_token;
+        }
+        Ok(read_seq.map(|seq| (u32::try_from(badge).unwrap_or(u32::MAX), seq)))
+    }
+
+    /// Sends one push to one device until it is settled: sent, token pruned,
+    /// or dead-lettered after the last attempt.
+    async fn deliver(&self, device: &Device, push: &Push, deadline: Instant) {
+        let platform = device.platform.name();
+        let Some(sender) = self.senders.get(device.platform) else {
+            metrics::counter!("parley_push_failed_total", "platform" => platform, "reason" => "provider_disabled").increment(1);
+            tracing::debug!(uid = %device.uid, device = %device.device_id, platform, "no credentials for this platform; push skipped");
+            return;
+        };
+        let mut attempt = 0;
+        let reason = loop {
+            attempt += 1;
+            let (after, reason) = match sender.send(device, push).await {
+                Outcome::Sent => {
+                    metrics::counter!("parley_push_sent_total", "platform" => platform)
+                        .increment(1);
+                    return;
+                }
+                Outcome::BadToken { reason } => {
+                    self.prune(device, &reason).await;
+                    return;
+                }
+                Outcome::Failed { reason } => break reason,
+                Outcome::Retry { after, reason } => (after, reason),
+            };
+            if attempt >= self.policy.max_attempts {
+                break format!("{reason}; gave up after {attempt} attempts");
+            }
+            let delay = backoff_delay(
+                attempt - 1,
+                self.policy.backoff_base,
+                self.policy.backoff_max,
+            )
+            .max(after.unwrap_or_default());
+            if Instant::now() + delay > deadline {
+                break format!("{reason}; next retry in {delay:?} is past the lease");
+            }
+            metrics::counter!("parley_push_retried_total", "platform" => platform).increment(1);
+            tracing::debug!(uid = %device.uid, device = %device.device_id, platform, attempt, reason = %reason, delay_ms = millis(delay), "push retry");
+            tokio::time::sleep(delay).await;
+        };
+        metrics::counter!("parley_push_failed_total", "platform" => platform, "reason" => "dead_letter").increment(1);
+        tracing::warn!(uid = %device.uid, device = %device.device_id, platform, attempts = attempt, reason = %reason, "push dead-lettered");
+        let letter = DeadLetter {
+            uid: device.uid.clone(),
+            gid: push.gid,
+            last_seq: push.last_seq,
+            device_id: device.device_id.clone(),
+            platform: device.platform.code(),
+            messages: i32::try_from(push.count).unwrap_or(i32::MAX),
+            attempts: i32::try_from(attempt).unwrap_or(i32::MAX),
+            reason: reason.chars().take(255).collect(),
+            failed_at_ms: now_ms(),
+        };
+        if let Err(error) = self.store.dead_letter(&letter).await {
+            tracing::error!(error = %error, "dead letter not stored");
+        }
+    }
+
+    async fn prune(&self, device: &Device, reason: &str) {
+        let platform = device.platform.name();
+        match self.store.prune_token(device).await {
+            Ok(removed) => {
+                if removed {
+                    metrics::counter!("parley_push_tokens_pruned_total", "platform" => platform)
+                        .increment(1);
+                }
+                tracing::info!(uid = %device.uid, device = %device.device_id, platform, reason, "push token rejected by the provider; removed");
+            }
+            Err(error) => tracing::warn!(error = %error, "rejected push token not removed"),
+        }
+    }
+
+    async fn report_queue(&self) {
+        match self.store.queue_stats().await {
+            Ok((depth, oldest)) => {
+                metrics::gauge!("parley_push_queue_depth").set(depth as f64);
+                let age = oldest.map_or(0, |at| now_ms().saturating_sub(at).max(0));
+                metrics::gauge!("parley_push_queue_oldest_age_seconds").set(age as f64 / 1000.0);
+            }
+            Err(error) => tracing::warn!(error = %error, "push queue stats unavailable"),
+        }
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_groups_get_the_longer_window() {
+        let policy = Policy {
+            window: Duration::from_secs(3),
+            large_group: 500,
+            large_group_window: Duration::from_secs(60),
+            max_attempts: 5,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            lease: Duration::from_secs(600),
+            poll: Duration::from_millis(500),
+            concurrency: 32,
+        };
+        assert_eq!(policy.window_for(0), Duration::from_secs(3), "size unknown");
+        assert_eq!(policy.window_for(499), Duration::from_secs(3));
+        assert_eq!(policy.window_for(500), Duration::from_secs(60));
+        let short = Policy {
+            large_group_window: Duration::from_secs(1),
+            ..policy
+        };
+        assert_eq!(
+            short.window_for(10_000),
+            Duration::from_secs(3),
+            "never shorter"
+        );
+    }
+}
