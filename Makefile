@@ -4,7 +4,7 @@ BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
 .DEFAULT_GOAL := help
-.PHONY: help dev demo build test test-services lint fmt fmt-check clippy buf-lint migrate clean
+.PHONY: help dev demo build test test-services lint fmt fmt-check clippy buf-lint migrate clean bench bench-full bench-build
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -26,6 +26,15 @@ test: test-services ## Run every test (unit, contract on MariaDB and SQLite, int
 
 test-services: ## Start MariaDB and Redis for the tests when they are not running
 	@scripts/ensure-services.sh
+
+bench-build:
+	cargo build --release -p parley-bench -p parley-gateway -p parley-message -p parley-presence -p parley-receipt -p parley-notification
+
+bench: test-services bench-build ## Short benchmark (about 2 minutes after the build): table with baselines, JSON in bench-results.json
+	target/release/parley-bench
+
+bench-full: test-services bench-build ## Every part of the benchmark at full size
+	target/release/parley-bench --full --json bench-full-results.json
 
 lint: fmt-check clippy buf-lint ## rustfmt, clippy -D warnings and buf lint
 

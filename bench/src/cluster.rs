@@ -1,0 +1,311 @@
+//! The suite as separate processes (release binaries next to this one), on
+//! MariaDB and a Redis of the benchmark's own, so each service's CPU time and
+//! memory can be read from `/proc`.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use parley_testkit::TestRedis;
+use sqlx::{Connection, mysql::MySqlConnection};
+
+/// The HS256 secret the benchmark's gateway accepts.
+pub const JWT_SECRET: &str = "parley-bench-secret-0123456789";
+
+/// The five services, in start order.
+pub const SERVICES: [&str; 5] = ["presence", "receipt", "notification", "message", "gateway"];
+
+/// One running service process.
+pub struct Service {
+    /// Its name.
+    pub name: &'static str,
+    /// Where it serves gRPC.
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+/// The running suite.
+pub struct Cluster {
+    /// The services, in [`SERVICES`] order.
+    pub services: Vec<Service>,
+    /// The MariaDB server URL (no database).
+    pub mysql: String,
+    /// The benchmark's databases (dropped at the end).
+    databases: Vec<String>,
+    /// The benchmark's Redis, stopped with the cluster.
+    _redis: TestRedis,
+}
+
+fn free_port() -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    listener.local_addr().map_err(|e| e.to_string())
+}
+
+fn binary(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let path = exe
+        .parent()
+        .ok_or("no directory for the benchmark binary")?
+        .join(format!("parley-{name}"));
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} not found: build the services first (make bench does)",
+            path.display()
+        ))
+    }
+}
+
+impl Cluster {
+    /// Starts the five services; `extra` adds environment per service (for
+    /// example the notification service's FCM stand-in).
+    pub async fn start(extra: &[(&str, &str, String)]) -> Result<Self, String> {
+        let mysql = parley_testkit::mysql_server_url();
+        let tag = format!("{:08x}", rand::random::<u32>());
+        let mut server = MySqlConnection::connect(&mysql)
+            .await
+            .map_err(|e| format!("MariaDB at {mysql}: {e} (make bench starts it)"))?;
+        let mut databases = Vec::new();
+        for service in ["message", "receipt", "notification"] {
+            let name = format!("parley_bench_{tag}_{service}");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+                .execute(&mut server)
+                .await
+                .map_err(|e| e.to_string())?;
+            databases.push(name);
+        }
+        let redis = TestRedis::start().await;
+        let mut addrs = Vec::new();
+        for _ in SERVICES {
+            addrs.push(free_port()?);
+        }
+        let url = |i: usize| format!("http://{}", addrs[i]);
+        let db = |i: usize| format!("{mysql}/{}", databases[i]);
+        let common = [
+            ("PARLEY_RATE_LIMIT_PER_SECOND", "1000000".to_owned()),
+            ("PARLEY_RATE_LIMIT_BURST", "1000000".to_owned()),
+            ("PARLEY_MAX_CONCURRENT_REQUESTS", "100000".to_owned()),
+            ("PARLEY_PRESENCE_URL", url(0)),
+            ("PARLEY_RECEIPT_URL", url(1)),
+            ("PARLEY_NOTIFICATION_URL", url(2)),
+            ("PARLEY_MESSAGE_URL", url(3)),
+            ("PARLEY_BUS_URL", redis.url()),
+            ("RUST_LOG", "warn".to_owned()),
+        ];
+        let own: [Vec<(&str, String)>; 5] = [
+            vec![
+                ("PARLEY_PRESENCE_LISTEN", addrs[0].to_string()),
+                ("PARLEY_PRESENCE_REDIS_URL", redis.url()),
+            ],
+            vec![
+                ("PARLEY_RECEIPT_LISTEN", addrs[1].to_string()),
+                ("PARLEY_RECEIPT_DATABASE_URL", db(1)),
+            ],
+            vec![
+                ("PARLEY_NOTIFICATION_LISTEN", addrs[2].to_string()),
+                ("PARLEY_NOTIFICATION_DATABASE_URL", db(2)),
+            ],
+            vec![
+                ("PARLEY_MESSAGE_LISTEN", addrs[3].to_string()),
+                ("PARLEY_MESSAGE_DATABASE_URL", db(0)),
+            ],
+            vec![
+                ("PARLEY_GATEWAY_LISTEN", addrs[4].to_string()),
+                ("PARLEY_GATEWAY_ID", format!("bench-gw-{tag}")),
+                ("PARLEY_GATEWAY_JWT_HS256_SECRET", JWT_SECRET.to_owned()),
+            ],
+        ];
+        let mut cluster = Self {
+            services: Vec::new(),
+            mysql,
+            databases,
+            _redis: redis,
+        };
+        for (i, name) in SERVICES.into_iter().enumerate() {
+            let mut command = Command::new(binary(name)?);
+            command
+                .envs(common.iter().map(|(k, v)| (*k, v.as_str())))
+                .envs(own[i].iter().map(|(k, v)| (*k, v.as_str())))
+                .envs(
+                    extra
+                        .iter()
+                        .filter(|(service, _, _)| *service == name)
+                        .map(|(_, k, v)| (*k, v.as_str())),
+                )
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            let child = command
+                .spawn()
+                .map_err(|e| format!("cannot start parley-{name}: {e}"))?;
+            cluster.services.push(Service {
+                name,
+                addr: addrs[i],
+                child,
+            });
+            cluster.wait_serving(i).await?;
+        }
+        Ok(cluster)
+    }
+
+    async fn wait_serving(&mut self, index: usize) -> Result<(), String> {
+        let service = &mut self.services[index];
+        let url = format!("http://{}", service.addr);
+        for _ in 0..300 {
+            if let Ok(Some(status)) = service.child.try_wait() {
+                return Err(format!("parley-{} exited at start: {status}", service.name));
+            }
+            if let Ok(channel) = tonic::transport::Endpoint::from_shared(url.clone())
+                .map_err(|e| e.to_string())?
+                .connect()
+                .await
+            {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let request = tonic_health::pb::HealthCheckRequest::default();
+                if health.check(request).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!(
+            "parley-{} did not start serving within 30 s",
+            service.name
+        ))
+    }
+
+    /// The gRPC URL of a service.
+    pub fn url(&self, name: &str) -> String {
+        let service = self.services.iter().find(|s| s.name == name);
+        service.map_or_else(String::new, |s| format!("http://{}", s.addr))
+    }
+
+    /// CPU seconds (user + system) each service has used so far, then the
+    /// MariaDB server's (when it runs on this machine) and the Redis server's.
+    pub fn cpu_seconds(&self) -> Vec<(&'static str, f64)> {
+        let mut cpu: Vec<(&'static str, f64)> = self
+            .services
+            .iter()
+            .map(|s| (s.name, process_cpu_seconds(s.child.id()).unwrap_or(0.0)))
+            .collect();
+        let mariadb = pid_of("mariadbd").and_then(process_cpu_seconds);
+        cpu.push(("mariadb", mariadb.unwrap_or(0.0)));
+        let redis = self._redis.pid().and_then(process_cpu_seconds);
+        cpu.push(("redis", redis.unwrap_or(0.0)));
+        cpu
+    }
+
+    /// Resident memory of one service, in bytes.
+    pub fn rss_bytes(&self, name: &str) -> u64 {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| process_rss_bytes(s.child.id()))
+            .unwrap_or(0)
+    }
+
+    /// Rows inserted, updated and deleted by the MariaDB server so far (its
+    /// `Handler_write`, `Handler_update` and `Handler_delete` counters; MariaDB
+    /// 10.11 has no `Innodb_rows_*`).
+    pub async fn rows_written(&self) -> Result<u64, String> {
+        let mut conn = MySqlConnection::connect(&self.mysql)
+            .await
+            .map_err(|e| e.to_string())?;
+        let rows: i64 = sqlx::query_scalar(
+            "SELECT CAST(SUM(VARIABLE_VALUE) AS SIGNED) FROM information_schema.GLOBAL_STATUS \
+             WHERE VARIABLE_NAME IN \
+             ('HANDLER_WRITE', 'HANDLER_UPDATE', 'HANDLER_DELETE')",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| format!("row counters: {e}"))?;
+        Ok(u64::try_from(rows).unwrap_or(0))
+    }
+
+    /// Waits until the message outbox is empty and no push is pending: the
+    /// work of one part must not run into the next. Returns how long it took
+    /// and how many entries there were at first.
+    pub async fn quiesce(&self, limit: Duration) -> Result<(Duration, i64), String> {
+        let started = std::time::Instant::now();
+        let mut conn = MySqlConnection::connect(&self.mysql)
+            .await
+            .map_err(|e| e.to_string())?;
+        let count = format!(
+            "SELECT (SELECT COUNT(*) FROM `{}`.msg_outbox) + (SELECT COUNT(*) FROM `{}`.push_pending)",
+            self.databases[0], self.databases[2]
+        );
+        let mut first = None;
+        loop {
+            let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count.clone()))
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|e| format!("outbox count: {e}"))?;
+            let backlog = *first.get_or_insert(left);
+            if left == 0 {
+                return Ok((started.elapsed(), backlog));
+            }
+            if started.elapsed() > limit {
+                return Err(format!(
+                    "{left} outbox entries and pending pushes after {limit:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops every service and drops the databases.
+    pub async fn stop(mut self) {
+        for service in self.services.iter_mut().rev() {
+            let _ = service.child.kill();
+            let _ = service.child.wait();
+        }
+        if let Ok(mut server) = MySqlConnection::connect(&self.mysql).await {
+            for name in &self.databases {
+                let drop = format!("DROP DATABASE IF EXISTS `{name}`");
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+                    .execute(&mut server)
+                    .await;
+            }
+        }
+    }
+}
+
+/// Clock ticks per second for `/proc/<pid>/stat` (100 on Linux).
+const TICKS: f64 = 100.0;
+
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS)
+}
+
+/// The process id of a running program, by name (the first one found).
+fn pid_of(name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim() == name).then_some(pid)
+        })
+}
+
+fn process_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// CPU seconds this benchmark process (the load generator) has used so far.
+pub fn own_cpu_seconds() -> f64 {
+    process_cpu_seconds(std::process::id()).unwrap_or(0.0)
+}

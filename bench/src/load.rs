@@ -1,0 +1,495 @@
+//! Groups under load through real gateway streams: members online on the
+//! gateway, one sender per group at a paced rate, readers acking in batches
+//! (every 10 messages or 1 s), every message wanting receipts. Measures send
+//! → delivery latency from a timestamp in each message's content, and ack →
+//! sender-digest latency from the first ack covering a message.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use parley_proto::{
+    gateway::{
+        self as pb, connect_request::Frame as In, connect_response::Frame as Out,
+        gateway_service_client::GatewayServiceClient,
+    },
+    message::{self as mpb, message_service_client::MessageServiceClient},
+};
+use parley_server::Uid;
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::{
+    baseline::{micros, new_histogram},
+    cluster::{Cluster, JWT_SECRET},
+};
+
+/// Every timestamp is microseconds since this instant.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_us() -> u64 {
+    micros(epoch().elapsed())
+}
+
+/// Device streams per HTTP/2 connection to the gateway.
+const STREAMS_PER_CONNECTION: usize = 50;
+/// A reader acks after this many messages...
+const ACK_EVERY: u64 = 10;
+/// ...or after this long with something unacked.
+const ACK_AFTER: Duration = Duration::from_secs(1);
+
+/// One device's stream.
+pub struct Stream {
+    tx: mpsc::Sender<pb::ConnectRequest>,
+    rx: tonic::Streaming<pb::ConnectResponse>,
+}
+
+/// Opens a device stream as `uid` and waits for `auth_ok`.
+pub async fn open(channel: Channel, uid: &str, device: &str) -> Result<Stream, String> {
+    let uid = Uid::parse(uid).map_err(|e| e.to_string())?;
+    let token = parley_gateway::auth::issue_hs256(JWT_SECRET.as_bytes(), &uid, 3600)
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel(1024);
+    let auth = pb::AuthFrame {
+        token,
+        device_id: device.to_owned(),
+        receipts_cursor: String::new(),
+    };
+    tx.send(pb::ConnectRequest {
+        frame: Some(In::Auth(auth)),
+    })
+    .await
+    .map_err(|_| "stream closed".to_owned())?;
+    let mut rx = GatewayServiceClient::new(channel)
+        .connect(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("gateway refused a stream: {}", s.message()))?
+        .into_inner();
+    loop {
+        match rx.message().await {
+            Ok(Some(pb::ConnectResponse {
+                frame: Some(Out::AuthOk(_)),
+            })) => return Ok(Stream { tx, rx }),
+            Ok(Some(_)) => continue,
+            Ok(None) => return Err("the gateway closed a stream at login".into()),
+            Err(status) => return Err(format!("login failed: {}", status.message())),
+        }
+    }
+}
+
+/// Gateway connections for `streams` device streams.
+pub async fn gateway_channels(cluster: &Cluster, streams: usize) -> Result<Vec<Channel>, String> {
+    let mut channels = Vec::new();
+    for _ in 0..streams.div_ceil(STREAMS_PER_CONNECTION).max(1) {
+        let channel = tonic::transport::Endpoint::from_shared(cluster.url("gateway"))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("gateway: {e}"))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+/// Names the acting user on internal calls, as a trusted service would.
+#[derive(Clone)]
+pub struct Acting(tonic::metadata::AsciiMetadataValue);
+
+impl Acting {
+    /// Acting as `uid`.
+    pub fn new(uid: &str) -> Result<Self, String> {
+        tonic::metadata::AsciiMetadataValue::try_from(uid)
+            .map(Self)
+            .map_err(|_| format!("{uid:?} is not a valid uid"))
+    }
+}
+
+impl tonic::service::Interceptor for Acting {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert(parley_server::caller::UID_HEADER, self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A lazily connected channel to a service of the cluster.
+pub fn channel(cluster: &Cluster, service: &str) -> Result<Channel, String> {
+    parley_server::lazy_channel(service, &cluster.url(service))
+}
+
+/// Creates a group of `members` users (`prefix-00000`...) as the first one.
+pub async fn create_group(cluster: &Cluster, prefix: &str, members: usize) -> Result<u64, String> {
+    let uid = |i: usize| format!("{prefix}-{i:05}");
+    let channel = channel(cluster, "message")?;
+    let mut client = MessageServiceClient::with_interceptor(channel, Acting::new(&uid(0))?);
+    let uids: Vec<String> = (1..members).map(uid).collect();
+    let mut chunks = uids.chunks(1000);
+    let request = mpb::CreateGroupRequest {
+        kind: mpb::GroupKind::Group.into(),
+        name: format!("{prefix} bench"),
+        member_uids: chunks.next().map(<[String]>::to_vec).unwrap_or_default(),
+    };
+    let gid = client
+        .create_group(request)
+        .await
+        .map_err(|s| format!("create group: {}", s.message()))?
+        .into_inner()
+        .group
+        .ok_or("no group in the reply")?
+        .gid;
+    for chunk in chunks {
+        let request = mpb::AddMembersRequest {
+            gid,
+            uids: chunk.to_vec(),
+        };
+        client
+            .add_members(request)
+            .await
+            .map_err(|s| format!("add members: {}", s.message()))?;
+    }
+    Ok(gid)
+}
+
+/// What the readers and senders count.
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    deliveries: AtomicU64,
+}
+
+/// Everything shared between the load's tasks.
+struct Shared {
+    counters: Counters,
+    delivery: Mutex<Histogram<u64>>,
+    digest: Mutex<Histogram<u64>>,
+    /// (gid, seq) → when the first ack covering it was sent.
+    first_ack: Mutex<HashMap<(u64, u64), u64>>,
+    /// Messages per second per group, in thousandths.
+    rate_milli: AtomicU64,
+}
+
+/// The figures of one step of the ramp.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// The send rate aimed at, messages per second over all groups.
+    pub target: f64,
+    /// Messages accepted per second.
+    pub accepted: f64,
+    /// Messages refused.
+    pub refused: u64,
+    /// Deliveries to devices per second.
+    pub deliveries: f64,
+    /// Send → delivery latency.
+    pub delivery: crate::report::Quantiles,
+    /// First ack → sender digest latency.
+    pub digest: crate::report::Quantiles,
+    /// Rows inserted, updated and deleted per accepted message.
+    pub rows_per_message: f64,
+    /// CPU seconds per 1,000 accepted messages, per service (and the load
+    /// generator itself, which shares the cores).
+    pub cpu_per_1000: Vec<(&'static str, f64)>,
+    /// Why the row counters could not be read, if they could not.
+    pub rows_error: Option<String>,
+}
+
+/// A running load: groups, their devices and tasks.
+pub struct Load {
+    shared: Arc<Shared>,
+    tasks: JoinSet<()>,
+    groups: usize,
+    /// The groups' ids.
+    pub gids: Vec<u64>,
+}
+
+impl Load {
+    /// Sets up `groups` groups of `members`, connects `online` of each (the
+    /// sender first) and starts their readers; nothing is sent until a step.
+    pub async fn start(
+        cluster: &Cluster,
+        name: &str,
+        groups: usize,
+        members: usize,
+        online: usize,
+        progress: &dyn Fn(&str),
+    ) -> Result<Self, String> {
+        let _ = epoch();
+        let shared = Arc::new(Shared {
+            counters: Counters::default(),
+            delivery: Mutex::new(new_histogram()),
+            digest: Mutex::new(new_histogram()),
+            first_ack: Mutex::new(HashMap::new()),
+            rate_milli: AtomicU64::new(0),
+        });
+        let mut gids = Vec::new();
+        for g in 0..groups {
+            gids.push(create_group(cluster, &format!("{name}{g}"), members).await?);
+            progress(&format!(
+                "{name}: created group {}/{groups} ({members} members)",
+                g + 1
+            ));
+        }
+        let channels = gateway_channels(cluster, groups * online).await?;
+        let mut tasks = JoinSet::new();
+        let mut opened = 0usize;
+        for (g, gid) in gids.iter().copied().enumerate() {
+            for i in 0..online {
+                let channel = channels[opened % channels.len()].clone();
+                let uid = format!("{name}{g}-{i:05}");
+                let stream = open(channel, &uid, "bench").await?;
+                opened += 1;
+                let shared = shared.clone();
+                if i == 0 {
+                    tasks.spawn(sender(stream, gid, groups, shared));
+                } else {
+                    tasks.spawn(reader(stream, shared));
+                }
+            }
+            progress(&format!("{name}: {opened} devices online"));
+        }
+        Ok(Self {
+            shared,
+            tasks,
+            groups,
+            gids,
+        })
+    }
+
+    /// Runs one step of the ramp at `rate` messages per second over all groups.
+    pub async fn step(&self, cluster: &Cluster, rate: f64, length: Duration) -> Step {
+        let shared = &self.shared;
+        let reset = |h: &Mutex<Histogram<u64>>| {
+            if let Ok(mut h) = h.lock() {
+                h.reset();
+            }
+        };
+        reset(&shared.delivery);
+        reset(&shared.digest);
+        let counters = &shared.counters;
+        let start = (
+            counters.accepted.load(Ordering::Relaxed),
+            counters.refused.load(Ordering::Relaxed),
+            counters.deliveries.load(Ordering::Relaxed),
+        );
+        let mut cpu_before = cluster.cpu_seconds();
+        cpu_before.push(("load generator", crate::cluster::own_cpu_seconds()));
+        let rows_before = cluster.rows_written().await;
+        let started = Instant::now();
+        let per_group = rate / self.groups as f64;
+        shared
+            .rate_milli
+            .store((per_group * 1000.0) as u64, Ordering::Relaxed);
+        tokio::time::sleep(length).await;
+        shared.rate_milli.store(0, Ordering::Relaxed);
+        let elapsed = started.elapsed().as_secs_f64();
+        let accepted = counters.accepted.load(Ordering::Relaxed) - start.0;
+        let refused = counters.refused.load(Ordering::Relaxed) - start.1;
+        let deliveries = counters.deliveries.load(Ordering::Relaxed) - start.2;
+        let rows = match (rows_before, cluster.rows_written().await) {
+            (Ok(before), Ok(after)) => Ok(after.saturating_sub(before)),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        let mut cpu_after = cluster.cpu_seconds();
+        cpu_after.push(("load generator", crate::cluster::own_cpu_seconds()));
+        let thousands = (accepted as f64 / 1000.0).max(f64::MIN_POSITIVE);
+        let cpu_per_1000 = cpu_before
+            .iter()
+            .zip(&cpu_after)
+            .map(|((name, before), (_, after))| (*name, (after - before) / thousands))
+            .collect();
+        let quantiles = |h: &Mutex<Histogram<u64>>| {
+            h.lock()
+                .map(|h| crate::report::Quantiles::of(&h))
+                .unwrap_or_default()
+        };
+        // Let the last messages and digests of the step arrive before the next.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Step {
+            target: rate,
+            accepted: accepted as f64 / elapsed,
+            refused,
+            deliveries: deliveries as f64 / elapsed,
+            delivery: quantiles(&shared.delivery),
+            digest: quantiles(&shared.digest),
+            rows_per_message: rows
+                .as_ref()
+                .map_or(0.0, |r| *r as f64 / accepted.max(1) as f64),
+            rows_error: rows.err(),
+            cpu_per_1000,
+        }
+    }
+
+    /// Stops every task (closing the streams).
+    pub async fn stop(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+fn content(sent_us: u64) -> Vec<u8> {
+    sent_us.to_le_bytes().to_vec()
+}
+
+fn sent_at(content: &[u8]) -> Option<u64> {
+    content.get(..8)?.try_into().ok().map(u64::from_le_bytes)
+}
+
+/// One group's sender: sends at the shared rate and reads its results and
+/// receipt digests.
+async fn sender(stream: Stream, gid: u64, groups: usize, shared: Arc<Shared>) {
+    let Stream { tx, mut rx } = stream;
+    let reading = shared.clone();
+    let results = tokio::spawn(async move {
+        while let Ok(Some(frame)) = rx.message().await {
+            match frame.frame {
+                Some(Out::SendResult(r)) => {
+                    let counter = if r.code == 0 {
+                        &reading.counters.accepted
+                    } else {
+                        &reading.counters.refused
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Out::ReceiptDigest(digest)) => {
+                    let now = now_us();
+                    let mut acks = reading.first_ack.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut latency = reading.digest.lock().unwrap_or_else(|p| p.into_inner());
+                    for entry in digest.entries {
+                        if let Some(at) = acks.remove(&(entry.gid, entry.seq)) {
+                            let _ = latency.record(now.saturating_sub(at).max(1));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    let _ = groups;
+    let mut request_id = 0u64;
+    let mut next = Instant::now();
+    loop {
+        let rate = shared.rate_milli.load(Ordering::Relaxed) as f64 / 1000.0;
+        if rate <= 0.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            next = Instant::now();
+            continue;
+        }
+        tokio::time::sleep_until(next.into()).await;
+        next += Duration::from_secs_f64(1.0 / rate);
+        request_id += 1;
+        let frame = In::Send(pb::SendFrame {
+            request_id,
+            gid,
+            client_msg_id: format!("b{request_id}"),
+            content: content(now_us()),
+            need_receipt: true,
+        });
+        if tx
+            .send(pb::ConnectRequest { frame: Some(frame) })
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    results.abort();
+}
+
+/// One online reader: counts deliveries and their latency, acks in batches.
+async fn reader(stream: Stream, shared: Arc<Shared>) {
+    let Stream { tx, mut rx } = stream;
+    let mut local = new_histogram();
+    let mut last: HashMap<u64, (u64, u64)> = HashMap::new(); // gid → (seq seen, seq acked)
+    let mut unacked = 0u64;
+    let mut ticker = tokio::time::interval(ACK_AFTER);
+    loop {
+        let frame = tokio::select! {
+            frame = rx.message() => match frame {
+                Ok(Some(frame)) => frame,
+                _ => break,
+            },
+            _ = ticker.tick() => {
+                if unacked > 0 {
+                    unacked = 0;
+                    ack(&tx, &mut last, &shared).await;
+                    flush(&mut local, &shared);
+                }
+                continue;
+            }
+        };
+        if let Some(Out::Message(message)) = frame.frame {
+            shared.counters.deliveries.fetch_add(1, Ordering::Relaxed);
+            if let Some(sent) = sent_at(&message.content) {
+                let _ = local.record(now_us().saturating_sub(sent).max(1));
+            }
+            let entry = last.entry(message.gid).or_insert((0, 0));
+            entry.0 = entry.0.max(message.seq);
+            unacked += 1;
+            if unacked >= ACK_EVERY {
+                unacked = 0;
+                ack(&tx, &mut last, &shared).await;
+                flush(&mut local, &shared);
+            }
+        }
+    }
+}
+
+fn flush(local: &mut Histogram<u64>, shared: &Shared) {
+    if let Ok(mut h) = shared.delivery.lock() {
+        let _ = h.add(&*local);
+    }
+    local.reset();
+}
+
+async fn ack(
+    tx: &mpsc::Sender<pb::ConnectRequest>,
+    last: &mut HashMap<u64, (u64, u64)>,
+    shared: &Shared,
+) {
+    let now = now_us();
+    let mut entries = Vec::new();
+    {
+        let mut first = shared.first_ack.lock().unwrap_or_else(|p| p.into_inner());
+        for (gid, (seen, acked)) in last.iter_mut() {
+            if *seen > *acked {
+                for seq in *acked + 1..=*seen {
+                    first.entry((*gid, seq)).or_insert(now);
+                }
+                *acked = *seen;
+                entries.push(pb::AckEntry {
+                    gid: *gid,
+                    up_to_seq: *seen,
+                    read: true,
+                });
+            }
+        }
+    }
+    if !entries.is_empty() {
+        let frame = In::Ack(pb::AckFrame { entries });
+        let _ = tx.send(pb::ConnectRequest { frame: Some(frame) }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_carries_its_send_time() {
+        assert_eq!(sent_at(&content(1_234_567)), Some(1_234_567));
+        assert_eq!(sent_at(b"short"), None, "content from someone else");
+    }
+}

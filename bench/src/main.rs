@@ -1,0 +1,472 @@
+//! `parley-bench`: the seeds' scenario under load against the suite on
+//! MariaDB and Redis, with the same machine's raw limits measured in the same
+//! run, so every headline figure comes with a ratio that holds on any box.
+//! `make bench` runs the short version; `make bench-full` all five parts.
+
+#![forbid(unsafe_code)]
+
+mod baseline;
+mod cluster;
+mod load;
+mod parts;
+mod report;
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+use crate::{
+    cluster::Cluster,
+    load::{Load, Step},
+    report::{Machine, Report, Row},
+};
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "parley-bench",
+    about = "Parley under load, beside the machine's own limits"
+)]
+struct Cli {
+    /// Run every part (seed scenario, large group, connections, push,
+    /// baselines) at full size; without it, the short run.
+    #[arg(long)]
+    full: bool,
+    /// Where to write the JSON result.
+    #[arg(long, default_value = "bench-results.json")]
+    json: PathBuf,
+}
+
+fn progress(line: &str) {
+    eprintln!("[{:>6.1}s] {line}", started().elapsed().as_secs_f64());
+}
+
+fn started() -> std::time::Instant {
+    static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(std::time::Instant::now)
+}
+
+/// Sizes of one run.
+struct Plan {
+    baseline: Duration,
+    seed_groups: usize,
+    seed_rates: Vec<f64>,
+    step: Duration,
+    /// Large group (2,000 members, 400 online) rates; empty: skipped.
+    large_rates: Vec<f64>,
+    /// Members of the cursor-tier group whose receipts are read; 0: skipped.
+    huge_members: usize,
+    idle_streams: usize,
+    idle_for: Duration,
+    push_members: usize,
+}
+
+impl Plan {
+    fn short() -> Self {
+        Self {
+            baseline: Duration::from_secs(3),
+            seed_groups: 5,
+            seed_rates: vec![100.0, 200.0, 400.0],
+            step: Duration::from_secs(8),
+            large_rates: Vec::new(),
+            huge_members: 0,
+            idle_streams: 1_000,
+            idle_for: Duration::from_secs(10),
+            push_members: 300,
+        }
+    }
+
+    fn full() -> Self {
+        Self {
+            baseline: Duration::from_secs(5),
+            seed_groups: 20,
+            seed_rates: vec![100.0, 200.0, 400.0, 800.0, 1600.0],
+            step: Duration::from_secs(15),
+            large_rates: vec![25.0, 50.0, 100.0, 200.0],
+            huge_members: 20_000,
+            idle_streams: 10_000,
+            idle_for: Duration::from_secs(20),
+            push_members: 2_000,
+        }
+    }
+}
+
+/// The machine's limits, measured before the suite starts.
+struct Baselines {
+    commits: f64,
+    publish: f64,
+    unary_p50_ms: f64,
+    fanout: f64,
+}
+
+async fn baselines(plan: &Plan, rows: &mut Vec<Row>) -> Result<Baselines, String> {
+    let part = "baseline";
+    let scratch = baseline::Scratch::create(&parley_testkit::mysql_server_url()).await?;
+    progress("baseline: MariaDB single-row commits");
+    let commits = scratch.single_row_commits(plan.baseline).await?;
+    progress("baseline: MariaDB 500-row inserts");
+    let multi_rows = scratch.multi_row_inserts(plan.baseline).await?;
+    scratch.drop().await;
+    let redis = parley_testkit::TestRedis::start().await;
+    progress("baseline: Redis PUBLISH and SET");
+    let (publish, set) = baseline::redis_ops(&redis.url(), plan.baseline).await?;
+    drop(redis);
+    progress("baseline: tonic unary echo");
+    let (unary, unary_latency) = baseline::tonic_unary(plan.baseline).await?;
+    progress("baseline: bare in-process fan-out to 40 subscribers");
+    let fanout = baseline::bare_fanout(40, plan.baseline).await;
+    let connections = baseline::DB_CONNECTIONS;
+    rows.extend([
+        Row::plain(
+            part,
+            &format!("MariaDB single-row commits ({connections} conns)"),
+            commits,
+            "/s",
+        ),
+        Row::plain(
+            part,
+            &format!("MariaDB rows in 500-row inserts ({connections} conns)"),
+            multi_rows,
+            "rows/s",
+        ),
+        Row::plain(part, "Redis PUBLISH (16 conns)", publish, "/s"),
+        Row::plain(part, "Redis SET (16 conns)", set, "/s"),
+        Row::plain(part, "tonic unary echo (64 in flight)", unary, "/s"),
+        Row::plain(part, "tonic unary echo p50", unary_latency.p50_ms, "ms"),
+        Row::plain(part, "bare fan-out to 40 channels", fanout, "deliv/s"),
+    ]);
+    Ok(Baselines {
+        commits,
+        publish,
+        unary_p50_ms: unary_latency.p50_ms,
+        fanout,
+    })
+}
+
+fn step_rows(part: &str, step: &Step, base: &Baselines, rows: &mut Vec<Row>) {
+    let at = format!("@{:.0}/s", step.target);
+    rows.push(
+        Row::plain(
+            part,
+            &format!("{at} accepted messages"),
+            step.accepted,
+            "msg/s",
+        )
+        .against("MariaDB single-row commits", base.commits),
+    );
+    rows.push(
+        Row::plain(
+            part,
+            &format!("{at} deliveries"),
+            step.deliveries,
+            "deliv/s",
+        )
+        .against("bare fan-out", base.fanout),
+    );
+    rows.push(
+        Row::plain(
+            part,
+            &format!("{at} bus publishes (≤1 per message)"),
+            step.accepted,
+            "msg/s",
+        )
+        .against("Redis PUBLISH", base.publish),
+    );
+    rows.push(
+        Row::plain(
+            part,
+            &format!("{at} send→delivery p50"),
+            step.delivery.p50_ms,
+            "ms",
+        )
+        .against("tonic unary p50", base.unary_p50_ms),
+    );
+    rows.push(Row::plain(
+        part,
+        &format!("{at} send→delivery p50/p95/p99/max"),
+        step.delivery.p99_ms,
+        &format!("{} ms", step.delivery.brief()),
+    ));
+    let digest = if step.digest.count == 0 {
+        "none within the step".to_owned()
+    } else {
+        format!("{} ms", step.digest.brief())
+    };
+    rows.push(Row::plain(
+        part,
+        &format!("{at} ack→digest p50/p95/p99/max"),
+        step.digest.p99_ms,
+        &digest,
+    ));
+    match &step.rows_error {
+        None => rows.push(Row::plain(
+            part,
+            &format!("{at} rows written per message"),
+            step.rows_per_message,
+            "rows",
+        )),
+        Some(error) => progress(&format!("{part}: rows written not measured: {error}")),
+    }
+    for (service, cpu) in &step.cpu_per_1000 {
+        rows.push(Row::plain(
+            part,
+            &format!("{at} CPU s per 1k msgs: {service}"),
+            *cpu,
+            "cpu-s",
+        ));
+    }
+    if step.refused > 0 {
+        rows.push(Row::plain(
+            part,
+            &format!("{at} sends refused"),
+            step.refused as f64,
+            "msgs",
+        ));
+    }
+}
+
+/// The groups one part drives.
+struct Shape {
+    part: &'static str,
+    groups: usize,
+    members: usize,
+    online: usize,
+}
+
+async fn group_load(
+    cluster: &Cluster,
+    shape: &Shape,
+    rates: &[f64],
+    plan: &Plan,
+    base: &Baselines,
+    rows: &mut Vec<Row>,
+) -> Result<Load, String> {
+    let part = shape.part;
+    let load = Load::start(
+        cluster,
+        part,
+        shape.groups,
+        shape.members,
+        shape.online,
+        &progress,
+    )
+    .await?;
+    for rate in rates {
+        progress(&format!("{part}: {rate:.0} msg/s for {:?}", plan.step));
+        let step = load.step(cluster, *rate, plan.step).await;
+        progress(&format!(
+            "{part}: accepted {:.0}/s, {:.0} deliveries/s, p99 {:.1} ms",
+            step.accepted, step.deliveries, step.delivery.p99_ms
+        ));
+        let saturated = step.accepted < 0.8 * rate;
+        step_rows(part, &step, base, rows);
+        if saturated {
+            progress(&format!(
+                "{part}: saturated below {rate:.0} msg/s; ramp stops"
+            ));
+            break;
+        }
+    }
+    progress(&format!(
+        "{part}: waiting for the outbox and push queue to drain"
+    ));
+    let (drained, backlog) = cluster.quiesce(Duration::from_secs(600)).await?;
+    rows.push(Row::plain(
+        part,
+        "outbox backlog after the ramp",
+        backlog as f64,
+        "entries",
+    ));
+    rows.push(Row::plain(
+        part,
+        "backlog drained in",
+        drained.as_secs_f64(),
+        "s",
+    ));
+    Ok(load)
+}
+
+/// The gateway's heartbeat interval in the benchmark (its default).
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+async fn parts(
+    cluster: &Cluster,
+    fcm: &parley_testkit::fcm::MockFcm,
+    plan: &Plan,
+    base: &Baselines,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    let seed = Shape {
+        part: "seed",
+        groups: plan.seed_groups,
+        members: 200,
+        online: 40,
+    };
+    let seed = group_load(cluster, &seed, &plan.seed_rates, plan, base, rows).await?;
+    seed.stop().await;
+
+    if !plan.large_rates.is_empty() {
+        let large = Shape {
+            part: "large",
+            groups: 1,
+            members: 2_000,
+            online: 400,
+        };
+        let large = group_load(cluster, &large, &plan.large_rates, plan, base, rows).await?;
+        let gid = large.gids[0];
+        progress("large: 50 more messages, then receipt reads");
+        let msgids = parts::send_messages(cluster, "large0", gid, 50).await?;
+        let reads = parts::receipt_reads(cluster, "large0", gid, &msgids).await?;
+        large.stop().await;
+        receipt_rows("large", "2,000", &reads, base, rows);
+    }
+    if plan.huge_members > 0 {
+        progress(&format!("huge: a group of {} members", plan.huge_members));
+        let gid = load::create_group(cluster, "huge0", plan.huge_members).await?;
+        let msgids = parts::send_messages(cluster, "huge0", gid, 50).await?;
+        let reads = parts::receipt_reads(cluster, "huge0", gid, &msgids).await?;
+        receipt_rows("huge", &plan.huge_members.to_string(), &reads, base, rows);
+    }
+
+    cluster.quiesce(Duration::from_secs(600)).await?;
+    progress(&format!(
+        "connections: opening {} idle streams",
+        plan.idle_streams
+    ));
+    let idle = parts::idle_connections(
+        cluster,
+        plan.idle_streams,
+        plan.idle_for,
+        HEARTBEAT,
+        &progress,
+    )
+    .await?;
+    let part = "connections";
+    rows.push(Row::plain(
+        part,
+        &format!("gateway memory per idle stream ({})", idle.streams),
+        idle.bytes_per_stream / 1024.0,
+        "KiB",
+    ));
+    rows.push(Row::plain(
+        part,
+        "gateway CPU per device heartbeat",
+        idle.cpu_us_per_heartbeat,
+        "µs",
+    ));
+
+    let part = "push";
+    progress("push: bare HTTP/2 client against the FCM stand-in");
+    let ceiling = parts::fcm_baseline(fcm, plan.baseline).await?;
+    rows.push(Row::plain(
+        "baseline",
+        "bare HTTP/2 POSTs to the FCM stand-in (64 in flight)",
+        ceiling,
+        "req/s",
+    ));
+    for (throttled, label) in [
+        (false, "pushes, all 200"),
+        (true, "pushes, each first 429 Retry-After 1"),
+    ] {
+        progress(&format!(
+            "push: {} offline members, {label}",
+            plan.push_members
+        ));
+        let prefix = if throttled { "push429" } else { "push200" };
+        cluster.quiesce(Duration::from_secs(600)).await?;
+        let pushes = parts::pushes(cluster, fcm, prefix, plan.push_members, throttled).await?;
+        rows.push(
+            Row::plain(
+                part,
+                &format!("{label} ({})", pushes.pushes),
+                pushes.per_second,
+                "push/s",
+            )
+            .against("bare HTTP/2 POSTs", ceiling),
+        );
+    }
+    Ok(())
+}
+
+fn receipt_rows(
+    part: &str,
+    size: &str,
+    reads: &parts::Receipts,
+    base: &Baselines,
+    rows: &mut Vec<Row>,
+) {
+    rows.push(
+        Row::plain(
+            part,
+            &format!("GetReceipts, 50 msgs, {size} members p50"),
+            reads.counts.p50_ms,
+            "ms",
+        )
+        .against("tonic unary p50", base.unary_p50_ms),
+    );
+    rows.push(Row::plain(
+        part,
+        "GetReceipts counts p50/p95/p99/max",
+        reads.counts.p99_ms,
+        &format!("{} ms", reads.counts.brief()),
+    ));
+    rows.push(
+        Row::plain(
+            part,
+            "ListReceiptMembers page of 200 p50",
+            reads.page.p50_ms,
+            "ms",
+        )
+        .against("tonic unary p50", base.unary_p50_ms),
+    );
+    rows.push(Row::plain(
+        part,
+        "ListReceiptMembers page p50/p95/p99/max",
+        reads.page.p99_ms,
+        &format!("{} ms", reads.page.brief()),
+    ));
+}
+
+async fn run(cli: &Cli) -> Result<Report, String> {
+    let plan = if cli.full {
+        Plan::full()
+    } else {
+        Plan::short()
+    };
+    let mut rows = Vec::new();
+    let base = baselines(&plan, &mut rows).await?;
+    progress("starting the suite (release binaries, MariaDB, Redis)");
+    let fcm = parley_testkit::fcm::MockFcm::start().await;
+    let cluster = Cluster::start(&parts::push_env(&fcm)).await?;
+    let outcome = parts(&cluster, &fcm, &plan, &base, &mut rows).await;
+    cluster.stop().await;
+    outcome?;
+    Ok(Report {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: Machine::this(),
+        rows,
+    })
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let _ = started();
+    match run(&cli).await {
+        Ok(report) => {
+            println!("{}", report.table());
+            match serde_json::to_string_pretty(&report) {
+                Ok(json) => match std::fs::write(&cli.json, json) {
+                    Ok(()) => eprintln!("JSON written to {}", cli.json.display()),
+                    Err(e) => eprintln!("cannot write {}: {e}", cli.json.display()),
+                },
+                Err(e) => eprintln!("cannot encode the result: {e}"),
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("parley-bench: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

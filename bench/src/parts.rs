@@ -1,0 +1,359 @@
+//! The parts beyond group load: idle connections, pushes through the FCM
+//! sender, and receipt reads in large groups.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, stream};
+use parley_proto::{
+    message::{self as mpb, message_service_client::MessageServiceClient},
+    notification::{self as npb, notification_service_client::NotificationServiceClient},
+    receipt::{self as rpb, receipt_service_client::ReceiptServiceClient},
+};
+use parley_testkit::fcm::MockFcm;
+
+use crate::{
+    baseline::{micros, new_histogram},
+    cluster::Cluster,
+    load::{Acting, Stream, channel, create_group, gateway_channels, open},
+    report::Quantiles,
+};
+
+/// Streams opened at once while connecting idle devices.
+const OPEN_AT_ONCE: usize = 64;
+
+/// What idle connections cost the gateway.
+pub struct Idle {
+    /// Streams open.
+    pub streams: usize,
+    /// Gateway resident memory per stream, in bytes.
+    pub bytes_per_stream: f64,
+    /// Gateway CPU per device heartbeat (one device in one presence batch), in µs.
+    pub cpu_us_per_heartbeat: f64,
+}
+
+/// Opens `streams` idle device streams on the gateway and watches it for
+/// `idle` (the gateway heartbeats every device to presence every `interval`).
+pub async fn idle_connections(
+    cluster: &Cluster,
+    streams: usize,
+    idle: Duration,
+    interval: Duration,
+    progress: &dyn Fn(&str),
+) -> Result<Idle, String> {
+    let before = cluster.rss_bytes("gateway");
+    let channels = gateway_channels(cluster, streams).await?;
+    let opened: Vec<Result<Stream, String>> = stream::iter(0..streams)
+        .map(|i| {
+            let channel = channels[i % channels.len()].clone();
+            async move { open(channel, &format!("idle-{i:06}"), "phone").await }
+        })
+        .buffer_unordered(OPEN_AT_ONCE)
+        .collect()
+        .await;
+    let open_streams: Vec<Stream> = opened.into_iter().collect::<Result<_, _>>()?;
+    progress(&format!(
+        "connections: {} streams open; idle for {idle:?}",
+        open_streams.len()
+    ));
+    let after = cluster.rss_bytes("gateway");
+    let cpu = |c: &Cluster| {
+        c.cpu_seconds()
+            .into_iter()
+            .find(|(n, _)| *n == "gateway")
+            .map_or(0.0, |(_, s)| s)
+    };
+    let cpu_before = cpu(cluster);
+    tokio::time::sleep(idle).await;
+    let cpu_used = cpu(cluster) - cpu_before;
+    let heartbeats = streams as f64 * (idle.as_secs_f64() / interval.as_secs_f64());
+    drop(open_streams);
+    Ok(Idle {
+        streams,
+        bytes_per_stream: after.saturating_sub(before) as f64 / streams.max(1) as f64,
+        cpu_us_per_heartbeat: cpu_used * 1e6 / heartbeats.max(1.0),
+    })
+}
+
+/// Push throughput.
+pub struct Pushes {
+    /// Pushes accepted by the stand-in per second, end to end from one send.
+    pub per_second: f64,
+    /// Pushes counted.
+    pub pushes: usize,
+}
+
+/// The notification service's settings for the push part: no collapse
+/// window, fast polling, the FCM stand-in.
+pub fn push_env(fcm: &MockFcm) -> Vec<(&'static str, &'static str, String)> {
+    vec![
+        (
+            "notification",
+            "PARLEY_NOTIFICATION_FCM_CREDENTIALS",
+            fcm.service_account_json(),
+        ),
+        (
+            "notification",
+            "PARLEY_NOTIFICATION_FCM_BASE_URL",
+            fcm.base_url().to_owned(),
+        ),
+        (
+            "notification",
+            "PARLEY_NOTIFICATION_COLLAPSE_WINDOW_MS",
+            "0".into(),
+        ),
+        ("notification", "PARLEY_NOTIFICATION_POLL_MS", "20".into()),
+        ("notification", "PARLEY_NOTIFICATION_WORKERS", "64".into()),
+        (
+            "notification",
+            "PARLEY_NOTIFICATION_BACKOFF_MS",
+            "50".into(),
+        ),
+    ]
+}
+
+fn fcm_token(uid: &str) -> String {
+    format!("{uid}:{}", "APA91b-bench_".repeat(4))
+}
+
+/// Registers an FCM token for every member but the first of a `prefix` group
+/// of `members`, sends one message, and times the pushes until the stand-in
+/// has accepted one per member. With `throttled`, every token is first
+/// answered 429 with `Retry-After: 1`.
+pub async fn pushes(
+    cluster: &Cluster,
+    fcm: &MockFcm,
+    prefix: &str,
+    members: usize,
+    throttled: bool,
+) -> Result<Pushes, String> {
+    let gid = create_group(cluster, prefix, members).await?;
+    let notification = channel(cluster, "notification")?;
+    let registered: Vec<Result<(), String>> = stream::iter(1..members)
+        .map(|i| {
+            let uid = format!("{prefix}-{i:05}");
+            let channel = notification.clone();
+            let token = fcm_token(&uid);
+            if throttled {
+                fcm.script(&token, [parley_testkit::fcm::Reply::RetryAfter(1)]);
+            }
+            async move {
+                let mut client =
+                    NotificationServiceClient::with_interceptor(channel, Acting::new(&uid)?);
+                let request = npb::RegisterDeviceRequest {
+                    device_id: "phone".into(),
+                    platform: npb::Platform::Fcm.into(),
+                    token,
+                    app_id: String::new(),
+                    locale: "en-GB".into(),
+                };
+                client
+                    .register_device(request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| format!("register device: {}", s.message()))
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    registered.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let before = fcm.delivered();
+    let expected = members - 1;
+    let started = Instant::now();
+    send_messages(cluster, prefix, gid, 1).await?;
+    let deadline = started + Duration::from_secs(300);
+    while fcm.delivered() - before < expected {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {} of {expected} pushes within 300 s",
+                fcm.delivered() - before
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(Pushes {
+        per_second: expected as f64 / started.elapsed().as_secs_f64(),
+        pushes: expected,
+    })
+}
+
+/// Sends `count` messages as the group's first member; returns their msgids.
+pub async fn send_messages(
+    cluster: &Cluster,
+    prefix: &str,
+    gid: u64,
+    count: usize,
+) -> Result<Vec<u64>, String> {
+    let mut client = MessageServiceClient::with_interceptor(
+        channel(cluster, "message")?,
+        Acting::new(&format!("{prefix}-00000"))?,
+    );
+    let mut msgids = Vec::new();
+    for i in 0..count {
+        let request = mpb::SendMessageRequest {
+            gid,
+            client_msg_id: format!("{prefix}-{i}"),
+            content: vec![b'x'; 16],
+            need_receipt: true,
+        };
+        let sent = client
+            .send_message(request)
+            .await
+            .map_err(|s| format!("send: {}", s.message()))?;
+        msgids.extend(sent.into_inner().message.map(|m| m.msgid));
+    }
+    Ok(msgids)
+}
+
+/// Requests per second a bare HTTP/2 client gets from the FCM stand-in with
+/// 64 requests in flight: the ceiling for the push path on this machine.
+pub async fn fcm_baseline(fcm: &MockFcm, duration: Duration) -> Result<f64, String> {
+    let _ = rustls_provider();
+    let client = reqwest_client()?;
+    let bearer = fcm.issue_token();
+    let url = format!(
+        "{}/v1/projects/{}/messages:send",
+        fcm.base_url(),
+        parley_testkit::fcm::PROJECT
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let body = serde_json::json!({"message": {"token": fcm_token("baseline"),
+        "notification": {"title": "t", "body": "b"}, "data": {"gid": "1"}}});
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (client, url, bearer, body) =
+                (client.clone(), url.clone(), bearer.clone(), body.clone());
+            let (stop, done) = (stop.clone(), done.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = client
+                        .post(&url)
+                        .bearer_auth(&bearer)
+                        .json(&body)
+                        .send()
+                        .await;
+                    if sent.is_ok_and(|r| r.status().is_success()) {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    for task in tasks {
+        let _ = task.await;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / elapsed)
+}
+
+fn rustls_provider() -> bool {
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_ok()
+}
+
+fn reqwest_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// GetReceipts latency in a group of `members` (cursor tier above 200):
+/// counts for the last 50 messages, and one message's readers listed in
+/// pages of 200.
+pub struct Receipts {
+    /// Counts for 50 messages.
+    pub counts: Quantiles,
+    /// One page of 200 readers or non-readers.
+    pub page: Quantiles,
+}
+
+/// Rounds of each receipt read.
+const READS: usize = 30;
+
+/// Times receipt reads as the sender of `msgids` in `gid`.
+pub async fn receipt_reads(
+    cluster: &Cluster,
+    prefix: &str,
+    gid: u64,
+    msgids: &[u64],
+) -> Result<Receipts, String> {
+    let mut client = ReceiptServiceClient::with_interceptor(
+        channel(cluster, "receipt")?,
+        Acting::new(&format!("{prefix}-00000"))?,
+    );
+    let last50: Vec<u64> = msgids.iter().rev().take(50).copied().collect();
+    // The receipt service learns of messages through the message outbox.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let request = rpb::GetReceiptsRequest {
+            gid,
+            msgids: last50.clone(),
+            list_page_size: 0,
+        };
+        match client.get_receipts(request).await {
+            Ok(_) => break,
+            Err(status) if Instant::now() > deadline => {
+                return Err(format!(
+                    "receipts never became readable: {}",
+                    status.message()
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut counts = new_histogram();
+    for _ in 0..READS {
+        let started = Instant::now();
+        let request = rpb::GetReceiptsRequest {
+            gid,
+            msgids: last50.clone(),
+            list_page_size: 0,
+        };
+        client
+            .get_receipts(request)
+            .await
+            .map_err(|s| format!("get receipts: {}", s.message()))?;
+        let _ = counts.record(micros(started.elapsed()));
+    }
+    let mut page = new_histogram();
+    let one = last50.first().copied().ok_or("no messages sent")?;
+    for _ in 0..READS {
+        let mut token = String::new();
+        loop {
+            let started = Instant::now();
+            let request = rpb::ListReceiptMembersRequest {
+                gid,
+                msgid: one,
+                state: rpb::ReceiptState::Unread.into(),
+                page_size: 200,
+                page_token: token,
+            };
+            let reply = client
+                .list_receipt_members(request)
+                .await
+                .map_err(|s| format!("list receipt members: {}", s.message()))?
+                .into_inner();
+            let _ = page.record(micros(started.elapsed()));
+            if reply.next_page_token.is_empty() {
+                break;
+            }
+            token = reply.next_page_token;
+        }
+    }
+    Ok(Receipts {
+        counts: Quantiles::of(&counts),
+        page: Quantiles::of(&page),
+    })
+}
