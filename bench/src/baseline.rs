@@ -212,11 +212,11 @@ pub async fn redis_ops(url: &str, duration: Duration) -> Result<(f64, f64), Stri
 }
 
 /// Calls in flight for the unary baseline.
-const UNARY_IN_FLIGHT: usize = 64;
+pub const UNARY_IN_FLIGHT: usize = 64;
 
 /// A minimal tonic unary call (`grpc.health.v1.Health/Check` on a bare server
 /// over loopback): calls per second and latency.
-pub async fn tonic_unary(duration: Duration) -> Result<(f64, Quantiles), String> {
+pub async fn tonic_unary(in_flight: usize, duration: Duration) -> Result<(f64, Quantiles), String> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
@@ -233,7 +233,7 @@ pub async fn tonic_unary(duration: Duration) -> Result<(f64, Quantiles), String>
         .await
         .map_err(|e| e.to_string())?;
     let histogram = Arc::new(std::sync::Mutex::new(new_histogram()));
-    let rate = throughput(UNARY_IN_FLIGHT, duration, |_, stop, done| {
+    let rate = throughput(in_flight, duration, |_, stop, done| {
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
         let histogram = histogram.clone();
         async move {

@@ -27,6 +27,26 @@ pub struct Service {
     child: Child,
 }
 
+/// MariaDB's server-wide counters at one moment.
+#[derive(Clone, Copy, Debug)]
+pub struct DbCounters {
+    /// Rows inserted, updated and deleted (Handler_write/update/delete).
+    pub rows: u64,
+    /// Statements received (Questions).
+    pub statements: u64,
+}
+
+/// Where the services' logs go: `bench-logs/` beside the benchmark binary.
+pub fn log_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = exe
+        .parent()
+        .ok_or("no directory for the benchmark binary")?
+        .join("bench-logs");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
 /// The running suite.
 pub struct Cluster {
     /// The services, in [`SERVICES`] order.
@@ -125,7 +145,11 @@ impl Cluster {
             databases,
             _redis: redis,
         };
+        let logs = log_dir()?;
         for (i, name) in SERVICES.into_iter().enumerate() {
+            let log_path = logs.join(format!("parley-{name}.log"));
+            let log = std::fs::File::create(&log_path)
+                .map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
             let mut command = Command::new(binary(name)?);
             command
                 .envs(common.iter().map(|(k, v)| (*k, v.as_str())))
@@ -137,7 +161,8 @@ impl Cluster {
                         .map(|(_, k, v)| (*k, v.as_str())),
                 )
                 .stdin(Stdio::null())
-                .stdout(Stdio::null());
+                .stdout(Stdio::null())
+                .stderr(log);
             let child = command
                 .spawn()
                 .map_err(|e| format!("cannot start parley-{name}: {e}"))?;
@@ -207,22 +232,26 @@ impl Cluster {
             .unwrap_or(0)
     }
 
-    /// Rows inserted, updated and deleted by the MariaDB server so far (its
-    /// `Handler_write`, `Handler_update` and `Handler_delete` counters; MariaDB
-    /// 10.11 has no `Innodb_rows_*`).
-    pub async fn rows_written(&self) -> Result<u64, String> {
+    /// MariaDB's counters of rows written (inserted, updated, deleted) and
+    /// of statements received, server-wide (the benchmark has it to itself).
+    pub async fn db_counters(&self) -> Result<DbCounters, String> {
         let mut conn = MySqlConnection::connect(&self.mysql)
             .await
             .map_err(|e| e.to_string())?;
-        let rows: i64 = sqlx::query_scalar(
-            "SELECT CAST(SUM(VARIABLE_VALUE) AS SIGNED) FROM information_schema.GLOBAL_STATUS \
-             WHERE VARIABLE_NAME IN \
-             ('HANDLER_WRITE', 'HANDLER_UPDATE', 'HANDLER_DELETE')",
+        let (rows, statements): (i64, i64) = sqlx::query_as(
+            "SELECT \
+             CAST(SUM(IF(VARIABLE_NAME = 'QUESTIONS', 0, VARIABLE_VALUE)) AS SIGNED), \
+             CAST(SUM(IF(VARIABLE_NAME = 'QUESTIONS', VARIABLE_VALUE, 0)) AS SIGNED) \
+             FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME IN \
+             ('HANDLER_WRITE', 'HANDLER_UPDATE', 'HANDLER_DELETE', 'QUESTIONS')",
         )
         .fetch_one(&mut conn)
         .await
-        .map_err(|e| format!("row counters: {e}"))?;
-        Ok(u64::try_from(rows).unwrap_or(0))
+        .map_err(|e| format!("MariaDB counters: {e}"))?;
+        Ok(DbCounters {
+            rows: u64::try_from(rows).unwrap_or(0),
+            statements: u64::try_from(statements).unwrap_or(0),
+        })
     }
 
     /// Waits until the message outbox is empty and no push is pending: the

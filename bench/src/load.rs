@@ -47,6 +47,8 @@ const STREAMS_PER_CONNECTION: usize = 50;
 const ACK_EVERY: u64 = 10;
 /// ...or after this long with something unacked.
 const ACK_AFTER: Duration = Duration::from_secs(1);
+/// Longest wait for a step's backlog to drain.
+const DRAIN_LIMIT: Duration = Duration::from_secs(600);
 
 /// One device's stream.
 pub struct Stream {
@@ -170,6 +172,7 @@ struct Counters {
     accepted: AtomicU64,
     refused: AtomicU64,
     deliveries: AtomicU64,
+    acks: AtomicU64,
 }
 
 /// Everything shared between the load's tasks.
@@ -194,17 +197,26 @@ pub struct Step {
     pub refused: u64,
     /// Deliveries to devices per second.
     pub deliveries: f64,
+    /// Ack frames the readers sent per second.
+    pub acks: f64,
     /// Send → delivery latency.
     pub delivery: crate::report::Quantiles,
     /// First ack → sender digest latency.
     pub digest: crate::report::Quantiles,
-    /// Rows inserted, updated and deleted per accepted message.
+    /// Outbox entries and pending pushes left when the senders stopped.
+    pub backlog: i64,
+    /// How long that backlog took to drain.
+    pub drained: Duration,
+    /// Rows inserted, updated and deleted per accepted message, from the
+    /// step's start until its backlog drained.
     pub rows_per_message: f64,
+    /// SQL statements per accepted message, counted the same way.
+    pub statements_per_message: f64,
     /// CPU seconds per 1,000 accepted messages, per service (and the load
-    /// generator itself, which shares the cores).
+    /// generator itself, which shares the cores), until the backlog drained.
     pub cpu_per_1000: Vec<(&'static str, f64)>,
-    /// Why the row counters could not be read, if they could not.
-    pub rows_error: Option<String>,
+    /// Why MariaDB's counters could not be read, if they could not.
+    pub db_error: Option<String>,
 }
 
 /// A running load: groups, their devices and tasks.
@@ -269,8 +281,15 @@ impl Load {
         })
     }
 
-    /// Runs one step of the ramp at `rate` messages per second over all groups.
-    pub async fn step(&self, cluster: &Cluster, rate: f64, length: Duration) -> Step {
+    /// Runs one step of the ramp at `rate` messages per second over all
+    /// groups for `length`, then waits for the work it left behind (outbox,
+    /// pushes) so that rows and CPU are counted per message whole.
+    pub async fn step(
+        &self,
+        cluster: &Cluster,
+        rate: f64,
+        length: Duration,
+    ) -> Result<Step, String> {
         let shared = &self.shared;
         let reset = |h: &Mutex<Histogram<u64>>| {
             if let Ok(mut h) = h.lock() {
@@ -284,10 +303,11 @@ impl Load {
             counters.accepted.load(Ordering::Relaxed),
             counters.refused.load(Ordering::Relaxed),
             counters.deliveries.load(Ordering::Relaxed),
+            counters.acks.load(Ordering::Relaxed),
         );
         let mut cpu_before = cluster.cpu_seconds();
         cpu_before.push(("load generator", crate::cluster::own_cpu_seconds()));
-        let rows_before = cluster.rows_written().await;
+        let db_before = cluster.db_counters().await;
         let started = Instant::now();
         let per_group = rate / self.groups as f64;
         shared
@@ -299,8 +319,15 @@ impl Load {
         let accepted = counters.accepted.load(Ordering::Relaxed) - start.0;
         let refused = counters.refused.load(Ordering::Relaxed) - start.1;
         let deliveries = counters.deliveries.load(Ordering::Relaxed) - start.2;
-        let rows = match (rows_before, cluster.rows_written().await) {
-            (Ok(before), Ok(after)) => Ok(after.saturating_sub(before)),
+        let acks = counters.acks.load(Ordering::Relaxed) - start.3;
+        let (drained, backlog) = cluster.quiesce(DRAIN_LIMIT).await?;
+        // The readers' last batched acks (every 1 s) and their digests.
+        tokio::time::sleep(ACK_AFTER * 2).await;
+        let db = match (db_before, cluster.db_counters().await) {
+            (Ok(before), Ok(after)) => Ok((
+                after.rows.saturating_sub(before.rows),
+                after.statements.saturating_sub(before.statements),
+            )),
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
         let mut cpu_after = cluster.cpu_seconds();
@@ -316,21 +343,25 @@ impl Load {
                 .map(|h| crate::report::Quantiles::of(&h))
                 .unwrap_or_default()
         };
-        // Let the last messages and digests of the step arrive before the next.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        Step {
+        Ok(Step {
             target: rate,
+            backlog,
+            drained,
             accepted: accepted as f64 / elapsed,
             refused,
             deliveries: deliveries as f64 / elapsed,
+            acks: acks as f64 / elapsed,
             delivery: quantiles(&shared.delivery),
             digest: quantiles(&shared.digest),
-            rows_per_message: rows
+            rows_per_message: db
                 .as_ref()
-                .map_or(0.0, |r| *r as f64 / accepted.max(1) as f64),
-            rows_error: rows.err(),
+                .map_or(0.0, |(rows, _)| *rows as f64 / accepted.max(1) as f64),
+            statements_per_message: db.as_ref().map_or(0.0, |(_, statements)| {
+                *statements as f64 / accepted.max(1) as f64
+            }),
+            db_error: db.err(),
             cpu_per_1000,
-        }
+        })
     }
 
     /// Stops every task (closing the streams).
@@ -478,6 +509,7 @@ async fn ack(
         }
     }
     if !entries.is_empty() {
+        shared.counters.acks.fetch_add(1, Ordering::Relaxed);
         let frame = In::Ack(pb::AckFrame { entries });
         let _ = tx.send(pb::ConnectRequest { frame: Some(frame) }).await;
     }

@@ -107,6 +107,13 @@ pub fn push_env(fcm: &MockFcm) -> Vec<(&'static str, &'static str, String)> {
             "PARLEY_NOTIFICATION_COLLAPSE_WINDOW_MS",
             "0".into(),
         ),
+        // Pushes are measured as fast as the sender goes, not at the large
+        // group throttle (one push per member per minute by default).
+        (
+            "notification",
+            "PARLEY_NOTIFICATION_LARGE_GROUP_WINDOW_MS",
+            "0".into(),
+        ),
         ("notification", "PARLEY_NOTIFICATION_POLL_MS", "20".into()),
         ("notification", "PARLEY_NOTIFICATION_WORKERS", "64".into()),
         (
