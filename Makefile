@@ -2,9 +2,13 @@
 SHELL := /bin/bash
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
+CHART_PY := .tools/chart-venv/bin/python
+SERVICE_CRATES := -p parley-gateway -p parley-message -p parley-presence -p parley-receipt -p parley-notification
+IMAGE_REPOSITORY ?= ghcr.io/parley-chat
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' helm/parley/Chart.yaml)
 
 .DEFAULT_GOAL := help
-.PHONY: help dev demo build test test-services lint fmt fmt-check clippy buf-lint migrate clean bench bench-full bench-build
+.PHONY: help dev demo build test test-services lint fmt fmt-check clippy buf-lint chart-lint chart-test images migrate clean bench bench-full bench-build
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -20,15 +24,16 @@ demo: ## Play the seeds' scenario against `make dev` (run it in another terminal
 build: ## Build every crate
 	cargo build --workspace --all-targets
 
-test: test-services ## Run every test (unit, contract on MariaDB and SQLite, integration)
+test: test-services ## Run every test (unit, contract on MariaDB and SQLite, integration, chart against the binaries)
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 	cargo nextest run --workspace --profile $(if $(CI),ci,default)
+	@$(MAKE) --no-print-directory chart-test
 
 test-services: ## Start MariaDB and Redis for the tests when they are not running
 	@scripts/ensure-services.sh
 
 bench-build:
-	cargo build --release -p parley-bench -p parley-gateway -p parley-message -p parley-presence -p parley-receipt -p parley-notification
+	cargo build --release -p parley-bench $(SERVICE_CRATES)
 
 bench: test-services bench-build ## Short benchmark (about 2 minutes after the build): table with baselines, JSON in bench-results.json
 	target/release/parley-bench
@@ -36,7 +41,7 @@ bench: test-services bench-build ## Short benchmark (about 2 minutes after the b
 bench-full: test-services bench-build ## Every part of the benchmark at full size
 	target/release/parley-bench --full --json bench-full-results.json
 
-lint: fmt-check clippy buf-lint ## rustfmt, clippy -D warnings and buf lint
+lint: fmt-check clippy buf-lint chart-lint ## rustfmt, clippy -D warnings, buf lint, Helm chart lint and validation
 
 fmt: ## Format the code
 	cargo fmt --all
@@ -53,6 +58,24 @@ $(BUF):
 
 buf-lint: $(BUF) ## Lint the gRPC contracts under proto/
 	$(BUF) lint
+
+$(CHART_PY): scripts/chart-requirements.txt
+	@scripts/ensure-python.sh
+	python3 -m venv .tools/chart-venv
+	.tools/chart-venv/bin/pip install --quiet --disable-pip-version-check -r scripts/chart-requirements.txt
+	@touch $(CHART_PY)
+
+chart-lint: $(CHART_PY) ## Lint, render and validate the Helm chart (default and production values)
+	$(CHART_PY) scripts/chart_check.py
+
+chart-test: $(CHART_PY) ## The chart's env, ports, probes and commands against what the binaries read
+	cargo build $(SERVICE_CRATES)
+	$(CHART_PY) scripts/chart_check.py --binaries target/debug
+
+images: ## Build the five service images (needs a Docker engine)
+	for s in gateway message presence receipt notification; do \
+	  docker build --target $$s -t $(IMAGE_REPOSITORY)/parley-$$s:$(IMAGE_TAG) . || exit 1; \
+	done
 
 migrate: ## Apply migrations to the dev databases under ./data/
 	cargo run --bin parley-message -- migrate
