@@ -8,3 +8,4 @@ mod push;
 mod realtime;
 mod scenario;
 mod support;
+mod telemetry;

@@ -160,6 +160,8 @@ where
         if is_infrastructure(request.uri().path()) {
             return Box::pin(inner.call(request));
         }
+        let started = std::time::Instant::now();
+        let path = request.uri().path().to_owned();
         let shared = &self.shared;
         let public = shared
             .settings
@@ -179,18 +181,54 @@ where
                 }
                 permit
             }
-            Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+            Err(status) => {
+                let response = status.into_http();
+                record(&path, &response, started.elapsed());
+                return Box::pin(async move { Ok(response) });
+            }
         };
         let timeout = shared.settings.request_timeout;
         Box::pin(async move {
             let outcome = tokio::time::timeout(timeout, inner.call(request)).await;
             drop(permit);
-            match outcome {
-                Ok(result) => result,
-                Err(_elapsed) => Ok(Status::deadline_exceeded("request timed out").into_http()),
-            }
+            let response = match outcome {
+                Ok(result) => result?,
+                Err(_elapsed) => Status::deadline_exceeded("request timed out").into_http(),
+            };
+            record(&path, &response, started.elapsed());
+            Ok(response)
         })
     }
+}
+
+/// The gRPC code of a response as far as its headers tell: an error answered
+/// before any message is trailers-only and carries `grpc-status` there; a
+/// response that starts normally (every stream, every unary success) counts
+/// as OK when it starts.
+fn code_of(response: &http::Response<Body>) -> tonic::Code {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from)
+}
+
+/// Counts one RPC and its time to the response's start, by method and code.
+/// Paths no route knows (UNIMPLEMENTED) share one label, so a client cannot
+/// grow the label set.
+fn record(path: &str, response: &http::Response<Body>, took: std::time::Duration) {
+    let code = code_of(response);
+    let method = if code == tonic::Code::Unimplemented {
+        "unknown".to_owned()
+    } else {
+        path.to_owned()
+    };
+    let code = format!("{code:?}");
+    metrics::counter!("parley_rpc_requests_total", "method" => method.clone(), "code" => code.clone())
+        .increment(1);
+    metrics::histogram!("parley_rpc_duration_seconds", "method" => method, "code" => code)
+        .record(took.as_secs_f64());
 }
 
 #[cfg(test)]

@@ -104,7 +104,7 @@ where
     let outcome = match command.unwrap_or_default() {
         Command::Migrate => migrate.await.map(|()| tracing::info!("migrations applied")),
         Command::Serve => {
-            if let Err(error) = telemetry::serve_metrics(server.metrics_listen) {
+            if let Err(error) = telemetry::serve_metrics(server.metrics_listen).await {
                 eprintln!("{name}: {error}");
                 return std::process::ExitCode::FAILURE;
             }
