@@ -144,7 +144,11 @@ async fn main() -> ExitCode {
     } else {
         "warn"
     };
-    parley_server::telemetry::init_with(parley_server::telemetry::LogFormat::Text, filter);
+    parley_server::telemetry::init_with(
+        "parley",
+        parley_server::telemetry::LogFormat::Text,
+        filter,
+    );
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -113,3 +113,83 @@ async fn metrics_endpoint_serves_rpc_counts_and_latency_histograms() {
     assert_eq!(status, 404);
     suite.stop().await;
 }
+
+/// The process's spans, kept in memory, with W3C propagation between the
+/// in-process services exactly as between processes (each RPC's server span is
+/// parented only through the `traceparent` its request carries).
+fn in_memory_traces() -> (
+    opentelemetry_sdk::trace::InMemorySpanExporter,
+    opentelemetry_sdk::trace::SdkTracerProvider,
+) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::prelude::*;
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    parley_server::telemetry::install_propagator();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("info"))
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("parley-tests")));
+    tracing::subscriber::set_global_default(subscriber)
+        .expect("this test installs the process's subscriber");
+    (exporter, provider)
+}
+
+#[tokio::test]
+async fn one_send_is_one_trace_through_every_service() {
+    let (exporter, provider) = in_memory_traces();
+    let suite = Suite::start(Backend::MariaDb).await;
+    // uid3 stays offline, so the send reaches the notification service too.
+    let gid = create_group(&suite, "A", "Traced", &["uid1", "uid3"]).await;
+    let mut a = crate::device::Device::connect(suite.gateway_addrs[0], "A", "phone").await;
+    let mut uid1 = crate::device::Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    a.send(gid, "traced-1", b"hello").await;
+    let delivered = uid1.messages(1, &mut Vec::new()).await;
+    assert_eq!(delivered.len(), 1);
+
+    let offline = "/parley.notification.v1.NotificationService/EnqueueOffline";
+    let spans = parley_testkit::eventually(
+        "the outbox's hand-off to the notification service is traced",
+        std::time::Duration::from_secs(10),
+        || async {
+            let _ = provider.force_flush();
+            let spans = exporter.get_finished_spans().unwrap_or_default();
+            // The outbox's span ends after the hand-off it contains.
+            let ended = |name: &str| spans.iter().any(|s| s.name == name);
+            (ended(offline) && ended("outbox.deliver")).then_some(spans)
+        },
+    )
+    .await;
+    let send = spans
+        .iter()
+        .find(|s| s.name == "gateway.send")
+        .expect("the gateway's send span");
+    let trace = send.span_context.trace_id();
+    let in_trace: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.span_context.trace_id() == trace)
+        .map(|s| s.name.as_ref())
+        .collect();
+    for expected in [
+        "gateway.send",
+        "/parley.message.v1.MessageService/SendMessage",
+        "/parley.presence.v1.PresenceService/BatchGetPresence",
+        "outbox.deliver",
+        "/parley.receipt.v1.ReceiptService/InitReceipts",
+        offline,
+    ] {
+        assert!(
+            in_trace.contains(&expected),
+            "{expected} is not in the send's trace {trace}: {in_trace:?}"
+        );
+    }
+    // Calls made for other reasons (creating the group, logging in) are
+    // traces of their own.
+    let create = spans
+        .iter()
+        .find(|s| s.name == "/parley.message.v1.MessageService/CreateGroup")
+        .expect("CreateGroup traced");
+    assert_ne!(create.span_context.trace_id(), trace);
+    suite.stop().await;
+}

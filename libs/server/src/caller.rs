@@ -187,6 +187,7 @@ impl tonic::service::Interceptor for ServiceIdentity {
         if let Some(token) = &self.token {
             metadata.insert(INTERNAL_TOKEN_HEADER, token.clone());
         }
+        crate::telemetry::inject_current(metadata);
         Ok(request)
     }
 }

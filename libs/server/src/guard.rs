@@ -17,6 +17,8 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::caller::{Caller, INTERNAL_TOKEN_HEADER, Uid};
 
@@ -188,8 +190,16 @@ where
             }
         };
         let timeout = shared.settings.request_timeout;
+        // One server span per RPC, continuing the caller's trace.
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %path,
+            otel.kind = "server",
+            rpc.system = "grpc",
+        );
+        let _ = span.set_parent(crate::telemetry::extract(request.headers()));
         Box::pin(async move {
-            let outcome = tokio::time::timeout(timeout, inner.call(request)).await;
+            let outcome = tokio::time::timeout(timeout, inner.call(request).instrument(span)).await;
             drop(permit);
             let response = match outcome {
                 Ok(result) => result?,

@@ -117,6 +117,7 @@ where
             }
         }
     };
+    telemetry::shutdown();
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

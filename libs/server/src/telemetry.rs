@@ -1,5 +1,18 @@
-//! Logging set-up: text or JSON lines on stderr, filtered by `RUST_LOG`.
+//! Telemetry: text or JSON log lines on stderr filtered by `RUST_LOG`;
+//! OpenTelemetry traces exported over OTLP/gRPC when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is
+//! set, with W3C trace context carried in the metadata of every internal call;
+//! Prometheus metrics served at `/metrics`.
 
+use std::sync::OnceLock;
+
+use opentelemetry::{
+    Context, global,
+    propagation::{Extractor, Injector},
+    trace::TracerProvider as _,
+};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// The log line format.
@@ -12,16 +25,25 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default `info` level.
-pub fn init(format: LogFormat) {
-    init_with(format, "info");
+/// The process's tracer provider, when traces are exported; flushed by [`shutdown`].
+static TRACER_PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Installs the global subscriber for `service` (its OpenTelemetry
+/// `service.name`). `RUST_LOG` overrides the default `info` level.
+pub fn init(service: &'static str, format: LogFormat) {
+    init_with(service, format, "info");
 }
 
 /// [`init`] with another filter than `info` when `RUST_LOG` is unset.
-pub fn init_with(format: LogFormat, default_filter: &str) {
+pub fn init_with(service: &'static str, format: LogFormat, default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let registry = tracing_subscriber::registry().with(filter);
+    install_propagator();
+    let provider = otlp_provider(service);
+    let traces = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service)));
+    let registry = tracing_subscriber::registry().with(filter).with(traces);
     let _ = match format {
         LogFormat::Text => registry
             .with(fmt::layer().with_writer(std::io::stderr))
@@ -30,6 +52,102 @@ pub fn init_with(format: LogFormat, default_filter: &str) {
             .with(fmt::layer().json().with_writer(std::io::stderr))
             .try_init(),
     };
+    if provider.is_some() {
+        tracing::info!(service, "OpenTelemetry traces exported over OTLP");
+    }
+}
+
+/// W3C trace context (`traceparent`, `tracestate`) as the process's propagator.
+pub fn install_propagator() {
+    global::set_text_map_propagator(TraceContextPropagator::new());
+}
+
+fn otlp_provider(service: &'static str) -> Option<SdkTracerProvider> {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return None;
+    }
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+    {
+        Ok(exporter) => exporter,
+        Err(error) => {
+            eprintln!("{service}: OTLP trace export disabled: {error}");
+            return None;
+        }
+    };
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(Resource::builder().with_service_name(service).build())
+        .build();
+    let _ = TRACER_PROVIDER.set(provider.clone());
+    Some(provider)
+}
+
+/// Flushes and stops trace export (at the end of `main`).
+pub fn shutdown() {
+    if let Some(provider) = TRACER_PROVIDER.get() {
+        let _ = provider.shutdown();
+    }
+}
+
+struct Metadata<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for Metadata<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes());
+        let value = tonic::metadata::AsciiMetadataValue::try_from(value);
+        if let (Ok(key), Ok(value)) = (key, value) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// Puts the current span's trace context into an outgoing call's metadata.
+pub fn inject_current(metadata: &mut tonic::metadata::MetadataMap) {
+    let context = tracing::Span::current().context();
+    global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut Metadata(metadata));
+    });
+}
+
+/// The trace context an incoming call carries (empty when it carries none).
+pub fn extract(headers: &http::HeaderMap) -> Context {
+    global::get_text_map_propagator(|propagator| propagator.extract(&Headers(headers)))
+}
+
+/// The current span's trace context as a `traceparent` value, to be stored
+/// with work done later (the message outbox); empty when there is none.
+pub fn current_traceparent() -> String {
+    let context = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    global::get_text_map_propagator(|propagator| propagator.inject_context(&context, &mut carrier));
+    carrier.remove("traceparent").unwrap_or_default()
+}
+
+/// Makes `span` a child of the trace a stored `traceparent` names (nothing
+/// for an empty or malformed one).
+pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    if traceparent.is_empty() {
+        return;
+    }
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let context = global::get_text_map_propagator(|propagator| propagator.extract(&carrier));
+    let _ = span.set_parent(context);
 }
 
 /// Latency buckets of every `*_seconds` histogram, from 0.5 ms to 10 s.

@@ -16,6 +16,7 @@ use parley_proto::{
 use parley_server::{ServiceIdentity, Uid, caller::acting_for};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tonic::{Status, Streaming, codegen::InterceptedService, transport::Channel};
+use tracing::Instrument;
 
 use crate::hub::{Hub, Inbound};
 
@@ -451,10 +452,15 @@ impl Session {
             content: send.content,
             need_receipt: send.need_receipt,
         };
+        // A send is where a message's trace starts: the message service, the
+        // fan-out's presence lookup and the outbox's receipt and notification
+        // calls all continue it.
+        let span = tracing::info_span!("gateway.send", otel.kind = "client", gid = send.gid);
         let outcome = self
             .upstream
             .message
             .send_message(acting_for(&self.uid, request))
+            .instrument(span)
             .await;
         let result = match outcome {
             Ok(reply) => {

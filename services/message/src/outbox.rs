@@ -13,6 +13,7 @@ use parley_proto::receipt::{self as pb, receipt_service_client::ReceiptServiceCl
 use parley_server::{ServiceIdentity, backoff_delay};
 use tokio::sync::Notify;
 use tonic::{Code, codegen::InterceptedService, transport::Channel};
+use tracing::Instrument;
 
 use crate::{
     domain::{MAX_LISTED_RECIPIENTS, MAX_UIDS_PER_REQUEST, Role},
@@ -179,7 +180,12 @@ impl<S: MessageStore> Drainer<S> {
     async fn deliver(&mut self, unit: &[OutboxEvent]) -> Result<(), DeliveryError> {
         let first = &unit[0];
         match first.kind {
-            OUTBOX_MESSAGE => self.deliver_message(first).await,
+            OUTBOX_MESSAGE => {
+                // The delivery continues the trace of the send that wrote it.
+                let span = tracing::info_span!("outbox.deliver", gid = first.gid, seq = first.seq);
+                parley_server::telemetry::continue_trace(&span, &first.trace_context);
+                self.deliver_message(first).instrument(span).await
+            }
             OUTBOX_MEMBERSHIP => self.deliver_membership(unit).await,
             _ => Err(DeliveryError::Corrupt("unknown outbox kind")),
         }
@@ -271,6 +277,7 @@ mod tests {
 
     fn event(id: i64, kind: i64, gid: i64) -> OutboxEvent {
         OutboxEvent {
+            trace_context: String::new(),
             id,
             kind,
             gid,

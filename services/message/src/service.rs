@@ -7,6 +7,7 @@ use parley_proto::message::{self as pb, message_service_server::MessageService};
 use parley_server::{Caller, now_ms, page};
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::{
     domain::{self, Gid, GroupKind, MAX_MSGIDS_PER_REQUEST, NewGroup, Role, parse_uids},
@@ -51,7 +52,7 @@ impl<S: MessageStore> MessageApi<S> {
     /// the request path: the sender's reply does not wait for the fan-out.
     fn publish_after_commit(&self, record: &MessageRecord) {
         let (store, fanout, record) = (self.store.clone(), self.fanout.clone(), record.clone());
-        tokio::spawn(async move {
+        let fan_out = async move {
             let members = match store.members_at(record.gid, record.seq).await {
                 Ok(members) => members,
                 Err(error) => {
@@ -62,7 +63,9 @@ impl<S: MessageStore> MessageApi<S> {
             if let Err(error) = fanout.publish(&record, &members).await {
                 tracing::warn!(error = %error, gid = record.gid, seq = record.seq, "fan-out failed; clients will sync");
             }
-        });
+        };
+        // Still part of the send's trace.
+        tokio::spawn(fan_out.in_current_span());
     }
 }
 
@@ -243,6 +246,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
             client_msg_id,
             content: req.content,
             need_receipt: req.need_receipt,
+            trace_context: parley_server::telemetry::current_traceparent(),
         };
         let (record, duplicate) = match self.store.send(&message, now_ms()).await? {
             SendOutcome::Sent(record) => {

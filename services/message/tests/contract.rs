@@ -45,6 +45,7 @@ async fn send<S: MessageStore>(
         client_msg_id: client_msg_id.into(),
         content: b"hello".to_vec(),
         need_receipt: true,
+        trace_context: String::new(),
     };
     store.send(&message, 2).await.expect("send")
 }
@@ -86,6 +87,7 @@ async fn strangers_are_refused_and_unknown_groups_are_not_found<S: MessageStore>
         client_msg_id: "x".into(),
         content: b"x".to_vec(),
         need_receipt: false,
+        trace_context: String::new(),
     };
     assert!(matches!(
         store.send(&message, 1).await,

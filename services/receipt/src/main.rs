@@ -6,7 +6,7 @@ use parley_receipt::Cli;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    parley_server::telemetry::init(cli.config.server.log_format);
+    parley_server::telemetry::init("parley-receipt", cli.config.server.log_format);
     let config = cli.config;
     parley_server::main_with(
         "parley-receipt",

@@ -97,6 +97,9 @@ pub struct NewMessage {
     pub content: Vec<u8>,
     /// Receipts wanted.
     pub need_receipt: bool,
+    /// W3C `traceparent` of the send, stored with its outbox entry so the
+    /// delivery continues the same trace; empty when not traced.
+    pub trace_context: String,
 }
 
 /// The result of a send.
@@ -149,6 +152,8 @@ pub struct OutboxEvent {
     pub uid: String,
     /// Delivery attempts so far.
     pub attempts: i64,
+    /// W3C `traceparent` of the request that wrote it, or empty.
+    pub trace_context: String,
 }
 
 /// Outbox kind of a sent message.

@@ -357,11 +357,14 @@ macro_rules! impl_message_store {
                 .bind(now_ms)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("INSERT INTO msg_outbox (kind, gid, seq, created_at_ms) VALUES (?, ?, ?, ?)")
+                sqlx::query(
+                    "INSERT INTO msg_outbox (kind, gid, seq, created_at_ms, trace_context) VALUES (?, ?, ?, ?, ?)",
+                )
                     .bind(crate::store::OUTBOX_MESSAGE)
                     .bind(gid)
                     .bind(seq)
                     .bind(now_ms)
+                    .bind(message.trace_context.as_str())
                     .execute(&mut *tx)
                     .await?;
                 Ok(crate::store::SendOutcome::Sent(crate::store::MessageRecord {
@@ -418,7 +421,7 @@ macro_rules! impl_message_store {
                 limit: u32,
             ) -> Result<Vec<crate::store::OutboxEvent>, crate::error::MessageError> {
                 Ok(sqlx::query_as(
-                    "SELECT id, kind, gid, seq, uid, attempts FROM msg_outbox WHERE dead = 0 ORDER BY id LIMIT ?",
+                    "SELECT id, kind, gid, seq, uid, attempts, trace_context FROM msg_outbox WHERE dead = 0 ORDER BY id LIMIT ?",
                 )
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
