@@ -7,5 +7,6 @@ mod outage;
 mod push;
 mod realtime;
 mod scenario;
+mod shutdown;
 mod support;
 mod telemetry;

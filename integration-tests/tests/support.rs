@@ -105,6 +105,36 @@ async fn stopped(rx: oneshot::Receiver<()>) {
     let _ = rx.await;
 }
 
+/// A gateway running as a process of its own.
+pub struct GatewayProcess {
+    child: tokio::process::Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    log: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl GatewayProcess {
+    /// Sends it SIGTERM, as Kubernetes does when a pod is stopped.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("still running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM sent");
+    }
+
+    /// Waits for it to exit; its exit status and log lines.
+    pub async fn exited(mut self, within: Duration) -> (std::process::ExitStatus, Vec<String>) {
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("the gateway exits in time")
+            .expect("wait");
+        let log = self.log.await.unwrap_or_default();
+        (status, log)
+    }
+}
+
 /// How a suite is started.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
@@ -406,6 +436,72 @@ impl Suite {
         })));
         self.gateway_addrs.push(addr);
         self.gateways.len() - 1
+    }
+
+    /// Runs the gateway binary as a process of its own, on port 0, joined to
+    /// this suite (MariaDB suites: the bus is the test's Redis). Returns once
+    /// it listens.
+    pub async fn spawn_gateway_process(&self) -> GatewayProcess {
+        let Realtime::Redis(redis) = &self.realtime else {
+            panic!("a gateway process needs the Redis bus (a MariaDB suite)");
+        };
+        let mut child =
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_parley-gateway-under-test"))
+                .env_clear()
+                .env("PARLEY_GATEWAY_LISTEN", "127.0.0.1:0")
+                .env(
+                    "PARLEY_GATEWAY_ID",
+                    format!("gw-process-{:08x}", rand::random::<u32>()),
+                )
+                .env("PARLEY_GATEWAY_JWT_HS256_SECRET", JWT_SECRET)
+                .env(
+                    "PARLEY_GATEWAY_HEARTBEAT_INTERVAL_MS",
+                    self.options.heartbeat_ms.to_string(),
+                )
+                .env("PARLEY_MESSAGE_URL", &self.message_url)
+                .env("PARLEY_RECEIPT_URL", &self.receipt_url)
+                .env("PARLEY_PRESENCE_URL", &self.presence_url)
+                .env("PARLEY_BUS_URL", redis.url())
+                .env("PARLEY_RATE_LIMIT_PER_SECOND", "100000")
+                .env("PARLEY_RATE_LIMIT_BURST", "100000")
+                .env("RUST_LOG", "info")
+                .env("PARLEY_LOG_FORMAT", "json")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("the gateway binary starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+        // Its start line names the address it bound.
+        let addr = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if entry["fields"]["message"] == "gateway listening" {
+                    let addr = entry["fields"]["addr"]
+                        .as_str()
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
+                    if let Some(addr) = addr {
+                        return addr;
+                    }
+                }
+            }
+            panic!("the gateway process exited before listening");
+        })
+        .await
+        .expect("the gateway process listens within 20 s");
+        // Keep reading its log, so it never blocks on a full pipe.
+        let log = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.push(line);
+            }
+            kept
+        });
+        GatewayProcess { child, addr, log }
     }
 
     /// Drops gateway `index` without a goodbye to anyone.

@@ -300,6 +300,25 @@ async fn heartbeat(hub: Hub, mut presence: PresenceClient, gateway_id: String, i
     }
 }
 
+/// The `parley-gateway` command: reads flags and `PARLEY_*` variables, sets up
+/// telemetry, and serves until SIGTERM or Ctrl-C (then says goodbye to every
+/// client, which reconnects elsewhere).
+pub async fn main() -> std::process::ExitCode {
+    use clap::Parser as _;
+    let cli = Cli::parse();
+    parley_server::telemetry::init("parley-gateway", cli.config.server.log_format);
+    let config = cli.config;
+    parley_server::main_with(
+        "parley-gateway",
+        config.listen,
+        &config.server.clone(),
+        cli.command,
+        async { Ok::<(), StartError>(()) },
+        |listener| run(config, listener, parley_server::shutdown_signal()),
+    )
+    .await
+}
+
 /// Runs the gateway on `listener` until `shutdown` resolves.
 pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
 where

@@ -1,0 +1,7 @@
+//! The gateway binary, built beside the integration tests: they run it as a
+//! child process to stop it with a real SIGTERM.
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    parley_gateway::main().await
+}

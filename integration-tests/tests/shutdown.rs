@@ -1,0 +1,131 @@
+//! Stopping a gateway the way Kubernetes does: SIGTERM to its process while
+//! messages flow. Its clients are told to go, reconnect to another gateway,
+//! and end up with every message once, in order.
+
+use std::time::Duration;
+
+use parley_proto::gateway::connect_response::Frame as Out;
+
+use crate::{
+    device::Device,
+    support::{Backend, Suite, create_group},
+};
+
+const MESSAGES: u64 = 60;
+const READERS: [&str; 3] = ["uid1", "uid2", "uid3"];
+
+/// What one reader has seen: the seqs it kept (in arrival order) and the
+/// repeats it dropped after reconnecting (it resyncs by seq, as clients do).
+#[derive(Default)]
+struct Seen {
+    kept: Vec<u64>,
+    repeats: usize,
+}
+
+impl Seen {
+    fn last(&self) -> u64 {
+        self.kept.last().copied().unwrap_or(0)
+    }
+
+    fn take(&mut self, seq: u64) {
+        if seq <= self.last() {
+            self.repeats += 1;
+        } else {
+            self.kept.push(seq);
+        }
+    }
+}
+
+/// Reads until the gateway says it is closing; true if it did (rather than the
+/// stream just breaking).
+async fn read_until_closing(device: &mut Device, seen: &mut Seen) -> bool {
+    while let Some(frame) = device.try_frame(Duration::from_secs(20)).await {
+        match frame {
+            Out::Message(message) => seen.take(message.seq),
+            Out::Closing(_) => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn sigterm_moves_a_gateways_clients_to_another_without_loss_or_disorder() {
+    let suite = Suite::start(Backend::MariaDb).await;
+    let process = suite.spawn_gateway_process().await;
+    let gid = create_group(&suite, "A", "Handover", &READERS).await;
+    let mut readers = Vec::new();
+    for uid in READERS {
+        readers.push(Device::connect(process.addr, uid, "phone").await);
+    }
+
+    // Messages keep coming while the gateway stops: one every 25 ms.
+    let sending = {
+        let message = suite.message(crate::support::user("A"));
+        tokio::spawn(async move {
+            let mut message = message;
+            for i in 1..=MESSAGES {
+                let request = parley_proto::message::SendMessageRequest {
+                    gid,
+                    client_msg_id: format!("handover-{i}"),
+                    content: format!("message {i}").into_bytes(),
+                    need_receipt: true,
+                };
+                message.send_message(request).await.expect("send");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+
+    // Each reader has some messages from the process gateway; then SIGTERM.
+    let mut seen: Vec<Seen> = READERS.iter().map(|_| Seen::default()).collect();
+    for (device, seen) in readers.iter_mut().zip(&mut seen) {
+        while seen.kept.len() < 10 {
+            match device.frame().await {
+                Out::Message(message) => seen.take(message.seq),
+                other => panic!("unexpected frame before SIGTERM: {other:?}"),
+            }
+        }
+    }
+    process.terminate();
+    for (device, seen) in readers.iter_mut().zip(&mut seen) {
+        assert!(
+            read_until_closing(device, seen).await,
+            "{} was told the gateway is closing",
+            device.uid
+        );
+    }
+    let (status, log) = process.exited(Duration::from_secs(30)).await;
+    assert!(status.success(), "the gateway exits cleanly: {status}");
+    assert!(
+        log.iter().any(|line| line.contains("closing stream")),
+        "its log shows the goodbyes"
+    );
+
+    // They reconnect to the other gateway and resync by seq.
+    let other = suite.gateway_addrs[0];
+    for ((uid, device), seen) in READERS.iter().zip(readers.iter_mut()).zip(&mut seen) {
+        *device = Device::connect(other, uid, "phone").await;
+        while seen.last() < MESSAGES {
+            if let Out::Message(message) = device.frame().await {
+                seen.take(message.seq);
+            }
+        }
+    }
+    sending.await.expect("every send accepted");
+
+    let all: Vec<u64> = (1..=MESSAGES).collect();
+    for (uid, seen) in READERS.iter().zip(&seen) {
+        assert_eq!(seen.kept, all, "{uid} has every message once, in order");
+    }
+    // Nothing more comes after the last one.
+    for device in &mut readers {
+        let more = device.try_frame(Duration::from_millis(300)).await;
+        assert!(
+            !matches!(more, Some(Out::Message(_))),
+            "{}: a message after the last: {more:?}",
+            device.uid
+        );
+    }
+    suite.stop().await;
+}
