@@ -47,9 +47,12 @@ async fn metrics_endpoint_serves_rpc_counts_and_latency_histograms() {
     parley_server::telemetry::serve_metrics_on(listener).expect("metrics served");
     let suite = Suite::start(Backend::Sqlite).await;
     let gid = create_group(&suite, "A", "Metrics", &["uid1"]).await;
+    let mut uid1 = crate::device::Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
     for i in 0..3 {
         send_direct(&suite, "A", gid, &format!("m{i}"), 8).await;
     }
+    assert_eq!(uid1.messages(3, &mut Vec::new()).await.len(), 3);
+    uid1.ack(gid, 3, true).await;
     let outsider = parley_proto::message::SendMessageRequest {
         gid,
         client_msg_id: "intruder".into(),
@@ -106,6 +109,29 @@ async fn metrics_endpoint_serves_rpc_counts_and_latency_histograms() {
         || async {
             let (_, text) = http_get(addr, "/metrics").await;
             (sample(&text, init) >= Some(1.0)).then_some(())
+        },
+    )
+    .await;
+    // The real-time path's own figures: connections on the gateway, fan-out
+    // sizes, commit → gateway lag, and how long acks wait for their digest.
+    let (_, text) = http_get(addr, "/metrics").await;
+    assert_eq!(sample(&text, "parley_gateway_connections "), Some(1.0));
+    assert_eq!(sample(&text, "parley_fanout_members_count "), Some(3.0));
+    assert_eq!(
+        sample(&text, "parley_fanout_members_sum "),
+        Some(6.0),
+        "2 members each"
+    );
+    assert_eq!(
+        sample(&text, "parley_bus_delivery_lag_seconds_count "),
+        Some(3.0)
+    );
+    parley_testkit::eventually(
+        "the read's digest is timed",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (_, text) = http_get(addr, "/metrics").await;
+            (sample(&text, "parley_receipt_digest_delay_seconds_count ") >= Some(1.0)).then_some(())
         },
     )
     .await;

@@ -91,6 +91,7 @@ impl Hub {
             kick: kick.clone(),
         };
         self.write().entry(uid.clone()).or_default().push(handle);
+        metrics::gauge!("parley_gateway_connections").increment(1.0);
         Registration {
             id,
             inbox: rx,
@@ -109,6 +110,7 @@ impl Hub {
             return false;
         };
         let removed = handles.swap_remove(position);
+        metrics::gauge!("parley_gateway_connections").decrement(1.0);
         let last = !handles.iter().any(|h| h.device_id == removed.device_id);
         if handles.is_empty() {
             connections.remove(uid);
@@ -154,6 +156,11 @@ impl Hub {
                 let Some(message) = delivery.message else {
                     return;
                 };
+                // Commit (the message's timestamp) to its arrival here: the
+                // fan-out and the bus.
+                let lag_ms = parley_server::now_ms().saturating_sub(message.created_at_ms);
+                metrics::histogram!("parley_bus_delivery_lag_seconds")
+                    .record(lag_ms.max(0) as f64 / 1000.0);
                 for uid in &delivery.uids {
                     let Ok(uid) = Uid::parse(uid) else { continue };
                     for handle in connections.get(&uid).into_iter().flatten() {

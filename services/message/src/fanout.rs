@@ -110,6 +110,8 @@ impl Fanout {
         members: &[String],
     ) -> Result<usize, FanoutError> {
         let routes = self.routes(&message.sender_uid, members).await?;
+        metrics::histogram!("parley_fanout_members").record(members.len() as f64);
+        metrics::histogram!("parley_fanout_gateways").record(routes.gateways.len() as f64);
         let delivered = delivered(message);
         for (gateway, uids) in &routes.gateways {
             let event = BusEvent {

@@ -74,20 +74,28 @@ pub fn by_sender(messages: Vec<MsgReceipt>) -> BTreeMap<String, Vec<ReceiptDiges
 /// Collects changes from acks; cheap to clone.
 #[derive(Clone, Default)]
 pub struct Coalescer {
-    dirty: Arc<Mutex<Dirty>>,
+    pending: Arc<Mutex<Pending>>,
+}
+
+/// The changes of the current window, and when its first one came.
+#[derive(Default)]
+struct Pending {
+    dirty: Dirty,
+    since: Option<std::time::Instant>,
 }
 
 impl Coalescer {
     /// Records that reads in `gid` moved from `after` to `up_to`.
     pub fn mark(&self, gid: i64, after: i64, up_to: i64) {
-        self.dirty
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .mark(gid, after, up_to);
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.dirty.mark(gid, after, up_to);
+        if !pending.dirty.is_empty() {
+            pending.since.get_or_insert_with(std::time::Instant::now);
+        }
     }
 
-    fn take(&self) -> Dirty {
-        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner))
+    fn take(&self) -> Pending {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -103,13 +111,20 @@ pub async fn run<S: ReceiptStore>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let dirty = coalescer.take();
+        let Pending { dirty, since } = coalescer.take();
         if dirty.is_empty() {
             continue;
         }
-        if let Err(error) = flush(&store, dirty, &presence, &bus).await {
+        match flush(&store, dirty, &presence, &bus).await {
+            // The longest an ack of this window waited for its digest.
+            Ok(()) => {
+                if let Some(since) = since {
+                    metrics::histogram!("parley_receipt_digest_delay_seconds")
+                        .record(since.elapsed().as_secs_f64());
+                }
+            }
             // Digests are a convenience: senders pull what they missed.
-            tracing::warn!(error = %error, "receipt digests dropped");
+            Err(error) => tracing::warn!(error = %error, "receipt digests dropped"),
         }
     }
 }
