@@ -86,6 +86,12 @@ pub struct ServerArgs {
     /// Requests per user allowed in a burst above the sustained rate.
     #[arg(long, env = "PARLEY_RATE_LIMIT_BURST", default_value = "400")]
     pub rate_limit_burst: NonZeroU32,
+    /// After SIGTERM, how long in-flight requests and streams may take to
+    /// finish before the remaining connections are closed, in milliseconds.
+    /// Keep it below the pod's termination grace period.
+    #[arg(long, env = "PARLEY_SHUTDOWN_GRACE_MS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub shutdown_grace_ms: u64,
     /// Shared token every caller must send in `x-parley-internal-token` (at least
     /// 16 characters). Unset: callers are trusted by network policy alone.
     #[arg(long, env = "PARLEY_INTERNAL_TOKEN", hide_env_values = true)]
@@ -120,7 +126,8 @@ pub enum ServeError {
 
 /// Serves `routes` on `listener` behind the guard, with `grpc.health.v1` and
 /// reflection, until `shutdown` resolves; then reports NOT_SERVING and stops
-/// accepting while in-flight requests finish.
+/// accepting while in-flight requests finish, for at most the shutdown grace
+/// period.
 pub async fn serve<F>(
     listener: TcpListener,
     args: &ServerArgs,
@@ -130,14 +137,29 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    serve_with(listener, args.guard_settings(), routes, shutdown).await
+    serve_with(
+        listener,
+        args.guard_settings(),
+        args.shutdown_grace(),
+        routes,
+        shutdown,
+    )
+    .await
+}
+
+impl ServerArgs {
+    /// How long a stopping server waits for in-flight work.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
 }
 
 /// [`serve`] with explicit guard settings (the gateway marks its client stream
-/// public).
+/// public) and grace period.
 pub async fn serve_with<F>(
     listener: TcpListener,
     settings: GuardSettings,
+    grace: Duration,
     mut routes: RoutesBuilder,
     shutdown: F,
 ) -> Result<(), ServeError>
@@ -168,17 +190,32 @@ where
             let _ = stream.set_nodelay(true);
         })
     });
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     let stop = async move {
         shutdown.await;
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;
+        let _ = stopping.send(());
     };
-    let served = Server::builder()
+    let server = Server::builder()
         .layer(guard)
         .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(incoming, stop)
-        .await;
+        .serve_with_incoming_shutdown(incoming, stop);
+    // Once stopping, in-flight work gets `grace`; then the rest is cut off.
+    let deadline = async move {
+        match stopped.await {
+            Ok(()) => tokio::time::sleep(grace).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let served = tokio::select! {
+        served = server => served,
+        () = deadline => {
+            tracing::warn!(?grace, "shutdown grace period over; closing the remaining connections");
+            Ok(())
+        }
+    };
     janitor.abort();
     Ok(served?)
 }
@@ -196,4 +233,68 @@ pub enum StartError<E: std::error::Error + 'static> {
     /// Serving failed.
     #[error(transparent)]
     Serve(ServeError),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stream_left_open_holds_the_stop_no_longer_than_the_grace_period() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let settings = GuardSettings {
+            request_timeout: Duration::from_secs(600),
+            max_concurrent_requests: 16,
+            rate_per_second: NonZeroU32::MIN,
+            rate_burst: NonZeroU32::MIN,
+            internal_token: None,
+            public_prefix: None,
+        };
+        let grace = Duration::from_millis(300);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with(
+            listener,
+            settings,
+            grace,
+            RoutesBuilder::default(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = HealthClient::new(channel);
+        // A health watch never ends by itself.
+        let mut watch = client
+            .watch(HealthCheckRequest::default())
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = watch.message().await.expect("status").expect("a status");
+        assert_eq!(first.status, ServingStatus::Serving as i32);
+
+        let asked = std::time::Instant::now();
+        let _ = stop.send(());
+        // The watcher hears NOT_SERVING first.
+        let next = watch.message().await.expect("status").expect("a status");
+        assert_eq!(next.status, ServingStatus::NotServing as i32);
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the server stops after the grace period")
+            .expect("task")
+            .expect("served");
+        let took = asked.elapsed();
+        assert!(
+            took >= grace,
+            "the open stream had its grace period: {took:?}"
+        );
+    }
 }

@@ -414,7 +414,7 @@ where
         }
     };
     let served = tokio::select! {
-        served = parley_server::serve_with(listener, settings, routes, shutdown) => served,
+        served = parley_server::serve_with(listener, settings, config.server.shutdown_grace(), routes, shutdown) => served,
         _ = background => return Err(StartError::Config("the bus subscription ended".into())),
     };
     drop(stop);
