@@ -54,6 +54,41 @@ impl FromStr for Secret {
     }
 }
 
+/// Parses secrets for clap without ever echoing them: clap's own message for a
+/// refused value quotes the value, which for a secret would print it.
+#[derive(Clone, Copy, Debug)]
+pub struct SecretParser;
+
+impl clap::builder::TypedValueParser for SecretParser {
+    type Value = Secret;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Secret, clap::Error> {
+        let name = arg.map_or_else(|| "a secret".to_owned(), ToString::to_string);
+        let refuse = |why: &str| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for {name}: {why} (the value is not shown)\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| refuse("not UTF-8"))?;
+        text.parse::<Secret>().map_err(|why| refuse(&why))
+    }
+}
+
+impl clap::builder::ValueParserFactory for Secret {
+    type Parser = SecretParser;
+
+    fn value_parser() -> Self::Parser {
+        SecretParser
+    }
+}
+
 /// Flags shared by every service: storage pool, migrations, logging, request
 /// limits and the internal token.
 #[derive(Clone, Debug, clap::Args)]
@@ -242,6 +277,26 @@ mod tests {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
     use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct WithSecret {
+        #[arg(long)]
+        token: Option<Secret>,
+    }
+
+    #[test]
+    fn a_refused_secret_is_not_echoed() {
+        use clap::Parser as _;
+        let error = WithSecret::try_parse_from(["x", "--token", "hunter2"])
+            .expect_err("too short")
+            .to_string();
+        assert!(error.contains("--token"), "{error}");
+        assert!(error.contains("at least 16 characters"), "{error}");
+        assert!(!error.contains("hunter2"), "the secret leaked: {error}");
+        let parsed = WithSecret::try_parse_from(["x", "--token", "correct horse battery staple"])
+            .expect("long enough");
+        assert!(format!("{parsed:?}").contains("Secret(***)"));
+    }
 
     #[tokio::test]
     async fn a_stream_left_open_holds_the_stop_no_longer_than_the_grace_period() {

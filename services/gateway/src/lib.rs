@@ -306,6 +306,11 @@ async fn heartbeat(hub: Hub, mut presence: PresenceClient, gateway_id: String, i
 pub async fn main() -> std::process::ExitCode {
     use clap::Parser as _;
     let cli = Cli::parse();
+    // Settings that cannot work stop the start before anything is bound.
+    if let Err(error) = cli.config.verifier() {
+        eprintln!("parley-gateway: {error}");
+        return std::process::ExitCode::from(2);
+    }
     parley_server::telemetry::init("parley-gateway", cli.config.server.log_format);
     let config = cli.config;
     parley_server::main_with(
