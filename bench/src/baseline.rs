@@ -98,14 +98,19 @@ impl Scratch {
         }
     }
 
-    /// Single-row INSERT commits per second into `group_msgs`, one per
-    /// autocommit statement, on [`DB_CONNECTIONS`] connections.
-    pub async fn single_row_commits(&self, duration: Duration) -> Result<f64, String> {
+    /// [`DB_CONNECTIONS`] connections, one per worker.
+    async fn connections(&self) -> Result<Arc<Vec<tokio::sync::Mutex<MySqlConnection>>>, String> {
         let mut conns = Vec::new();
         for _ in 0..DB_CONNECTIONS {
             conns.push(tokio::sync::Mutex::new(self.connect().await?));
         }
-        let conns = Arc::new(conns);
+        Ok(Arc::new(conns))
+    }
+
+    /// Single-row INSERT commits per second into `group_msgs`, one per
+    /// autocommit statement, on [`DB_CONNECTIONS`] connections.
+    pub async fn single_row_commits(&self, duration: Duration) -> Result<f64, String> {
+        let conns = self.connections().await?;
         Ok(throughput(DB_CONNECTIONS, duration, |w, stop, done| {
             let conns = conns.clone();
             async move {
@@ -136,11 +141,7 @@ impl Scratch {
 
     /// Rows per second written by 500-row INSERTs into `msg_acks`.
     pub async fn multi_row_inserts(&self, duration: Duration) -> Result<f64, String> {
-        let mut conns = Vec::new();
-        for _ in 0..DB_CONNECTIONS {
-            conns.push(tokio::sync::Mutex::new(self.connect().await?));
-        }
-        let conns = Arc::new(conns);
+        let conns = self.connections().await?;
         Ok(throughput(DB_CONNECTIONS, duration, |w, stop, done| {
             let conns = conns.clone();
             async move {

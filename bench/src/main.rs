@@ -442,36 +442,25 @@ fn receipt_rows(
     base: &Baselines,
     rows: &mut Vec<Row>,
 ) {
-    rows.push(
-        Row::plain(
+    let calls = [
+        (
+            format!("GetReceipts, 50 msgs, {size} members"),
+            &reads.counts,
+        ),
+        ("ListReceiptMembers page of 200".to_owned(), &reads.page),
+    ];
+    for (call, latency) in calls {
+        rows.push(
+            Row::plain(part, &format!("{call} p50"), latency.p50_ms, "ms")
+                .against("tonic unary p50, 1 in flight", base.unary_p50_ms),
+        );
+        rows.push(Row::plain(
             part,
-            &format!("GetReceipts, 50 msgs, {size} members p50"),
-            reads.counts.p50_ms,
-            "ms",
-        )
-        .against("tonic unary p50, 1 in flight", base.unary_p50_ms),
-    );
-    rows.push(Row::plain(
-        part,
-        "GetReceipts counts p50/p95/p99/max",
-        reads.counts.p99_ms,
-        &format!("{} ms", reads.counts.brief()),
-    ));
-    rows.push(
-        Row::plain(
-            part,
-            "ListReceiptMembers page of 200 p50",
-            reads.page.p50_ms,
-            "ms",
-        )
-        .against("tonic unary p50, 1 in flight", base.unary_p50_ms),
-    );
-    rows.push(Row::plain(
-        part,
-        "ListReceiptMembers page p50/p95/p99/max",
-        reads.page.p99_ms,
-        &format!("{} ms", reads.page.brief()),
-    ));
+            &format!("{call} p50/p95/p99/max"),
+            latency.p99_ms,
+            &format!("{} ms", latency.brief()),
+        ));
+    }
 }
 
 async fn run(cli: &Cli) -> Result<Report, String> {
