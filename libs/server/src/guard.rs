@@ -190,12 +190,15 @@ where
             }
         };
         let timeout = shared.settings.request_timeout;
-        // One server span per RPC, continuing the caller's trace.
+        // One server span per RPC, continuing the caller's trace; its request
+        // id (the caller's `x-request-id`, or a new one) is on every log line
+        // the RPC writes.
         let span = tracing::info_span!(
             "rpc",
             otel.name = %path,
             otel.kind = "server",
             rpc.system = "grpc",
+            request_id = %request_id(request.headers()),
         );
         let _ = span.set_parent(crate::telemetry::extract(request.headers()));
         Box::pin(async move {
@@ -209,6 +212,21 @@ where
             Ok(response)
         })
     }
+}
+
+/// The caller's `x-request-id` when it is a short printable token, or a new
+/// random one.
+fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_owned)
 }
 
 /// The gRPC code of a response as far as its headers tell: an error answered
@@ -248,6 +266,28 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    #[test]
+    fn a_request_id_is_the_callers_when_sane_or_a_new_one() {
+        let mut headers = http::HeaderMap::new();
+        let fresh = request_id(&headers);
+        assert_eq!(fresh.len(), 16);
+        assert_ne!(fresh, request_id(&headers), "new ids differ");
+        headers.insert(
+            "x-request-id",
+            http::HeaderValue::from_static("req-42.a:b_c"),
+        );
+        assert_eq!(request_id(&headers), "req-42.a:b_c");
+        headers.insert(
+            "x-request-id",
+            http::HeaderValue::from_static("bad id\"with spaces"),
+        );
+        assert_eq!(
+            request_id(&headers).len(),
+            16,
+            "a log-breaking id is replaced"
+        );
+    }
 
     fn settings(timeout_ms: u64, concurrent: usize, rate: u32) -> GuardSettings {
         GuardSettings {
