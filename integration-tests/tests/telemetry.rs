@@ -116,6 +116,10 @@ async fn metrics_endpoint_serves_rpc_counts_and_latency_histograms() {
     // sizes, commit → gateway lag, and how long acks wait for their digest.
     let (_, text) = http_get(addr, "/metrics").await;
     assert_eq!(sample(&text, "parley_gateway_connections "), Some(1.0));
+    assert!(
+        sample(&text, "parley_outbox_depth ").is_some(),
+        "the outbox backlog gauge is reported from the start"
+    );
     assert_eq!(sample(&text, "parley_fanout_members_count "), Some(3.0));
     assert_eq!(
         sample(&text, "parley_fanout_members_sum "),

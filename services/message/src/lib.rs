@@ -201,6 +201,7 @@ where
     let max_backoff = Duration::from_millis(config.outbox_max_backoff_ms);
     let drainer =
         tokio::spawn(Drainer::new(store.clone(), downstream, wake.clone(), max_backoff).run());
+    let gauges = tokio::spawn(Drainer::report(store.clone(), Duration::from_secs(10)));
 
     let limits = Limits {
         max_content_bytes: usize::try_from(config.max_content_bytes).unwrap_or(usize::MAX),
@@ -213,5 +214,6 @@ where
     tracing::info!(addr = %listener.local_addr().map_err(|e| StartError::Config(e.to_string()))?, "message service listening");
     let served = parley_server::serve(listener, &config.server, routes, shutdown).await;
     drainer.abort();
+    gauges.abort();
     served.map_err(StartError::Serve)
 }

@@ -116,6 +116,25 @@ impl<S: MessageStore> Drainer<S> {
         }
     }
 
+    /// Reports the backlog as gauges every `every`, until dropped.
+    pub async fn report(store: S, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            match store.outbox_stats().await {
+                Ok(stats) => {
+                    metrics::gauge!("parley_outbox_depth").set(stats.pending as f64);
+                    metrics::gauge!("parley_outbox_dead").set(stats.dead as f64);
+                    let age = stats
+                        .oldest_ms
+                        .map_or(0, |at| parley_server::now_ms().saturating_sub(at).max(0));
+                    metrics::gauge!("parley_outbox_oldest_age_seconds").set(age as f64 / 1000.0);
+                }
+                Err(error) => tracing::warn!(error = %error, "outbox stats unavailable"),
+            }
+        }
+    }
+
     /// Drains until the task is dropped.
     pub async fn run(mut self) {
         let mut failures = 0u32;

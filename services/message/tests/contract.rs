@@ -5,7 +5,7 @@ use parley_message::{
     error::MessageError,
     store::{
         MembershipChange, MessageStore, MySqlMessageStore, NewMessage, OUTBOX_MEMBERSHIP,
-        OUTBOX_MESSAGE, SendOutcome, SqliteMessageStore,
+        OUTBOX_MESSAGE, OutboxStats, SendOutcome, SqliteMessageStore,
     },
 };
 use parley_server::Uid;
@@ -225,6 +225,9 @@ async fn the_outbox_holds_every_change_in_order_until_done<S: MessageStore>(stor
     let gid = group_of(&store, "A", &["uid1", "uid2"]).await;
     sent(send(&store, gid, "A", "m1").await);
     let batch = store.outbox_batch(100).await.expect("outbox");
+    let stats = store.outbox_stats().await.expect("stats");
+    assert_eq!((stats.pending, stats.dead), (4, 0));
+    assert!(stats.oldest_ms.is_some_and(|at| at > 0));
     let kinds: Vec<i64> = batch.iter().map(|e| e.kind).collect();
     assert_eq!(
         kinds,
@@ -264,6 +267,16 @@ async fn the_outbox_holds_every_change_in_order_until_done<S: MessageStore>(stor
     let ids: Vec<i64> = batch.iter().skip(1).map(|e| e.id).collect();
     store.outbox_done(&ids).await.expect("done");
     assert!(store.outbox_batch(100).await.expect("outbox").is_empty());
+    let stats = store.outbox_stats().await.expect("stats");
+    assert_eq!(
+        stats,
+        OutboxStats {
+            pending: 0,
+            dead: 1,
+            oldest_ms: None
+        },
+        "the dead entry is counted apart"
+    );
 }
 
 parley_testkit::contract_suite!(

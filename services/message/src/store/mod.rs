@@ -137,6 +137,17 @@ pub struct MembershipChange<'a> {
     pub now_ms: i64,
 }
 
+/// The outbox's backlog, for the operators' gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct OutboxStats {
+    /// Entries waiting for delivery.
+    pub pending: i64,
+    /// Entries set aside after a permanent failure.
+    pub dead: i64,
+    /// When the oldest waiting entry was written (ms since the epoch).
+    pub oldest_ms: Option<i64>,
+}
+
 /// An outbox entry still to deliver.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct OutboxEvent {
@@ -278,6 +289,10 @@ pub trait MessageStore: Clone + Send + Sync + 'static {
 
     /// Deletes delivered outbox entries.
     fn outbox_done(&self, ids: &[i64]) -> impl Future<Output = Result<(), MessageError>> + Send;
+
+    /// How far behind the outbox is: entries waiting, entries set aside, and
+    /// when the oldest waiting one was written.
+    fn outbox_stats(&self) -> impl Future<Output = Result<OutboxStats, MessageError>> + Send;
 
     /// Records a failed attempt; `dead` sets the entry aside for good.
     fn outbox_failed(

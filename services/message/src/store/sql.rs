@@ -511,6 +511,16 @@ macro_rules! impl_message_store {
                 Ok(())
             }
 
+            async fn outbox_stats(&self) -> Result<crate::store::OutboxStats, crate::error::MessageError> {
+                Ok(sqlx::query_as(
+                    "SELECT CAST(COALESCE(SUM(CASE WHEN dead = 0 THEN 1 ELSE 0 END), 0) AS SIGNED) AS pending, \
+                     CAST(COALESCE(SUM(CASE WHEN dead = 0 THEN 0 ELSE 1 END), 0) AS SIGNED) AS dead, \
+                     MIN(CASE WHEN dead = 0 THEN created_at_ms END) AS oldest_ms FROM msg_outbox",
+                )
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
             async fn outbox_failed(&self, id: i64, error: &str, dead: bool) -> Result<(), crate::error::MessageError> {
                 sqlx::query("UPDATE msg_outbox SET attempts = attempts + 1, last_error = ?, dead = ? WHERE id = ?")
                     .bind(crate::store::sql::short_error(error))
