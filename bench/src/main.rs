@@ -32,6 +32,10 @@ struct Cli {
     /// baselines) at full size; without it, the short run.
     #[arg(long)]
     full: bool,
+    /// Idle device streams in the connections part, instead of the plan's
+    /// (1,000 short, 10,000 full).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    idle_streams: Option<u32>,
     /// Where to write the JSON result.
     #[arg(long, default_value = "bench-results.json")]
     json: PathBuf,
@@ -464,11 +468,14 @@ fn receipt_rows(
 }
 
 async fn run(cli: &Cli) -> Result<Report, String> {
-    let plan = if cli.full {
+    let mut plan = if cli.full {
         Plan::full()
     } else {
         Plan::short()
     };
+    if let Some(streams) = cli.idle_streams {
+        plan.idle_streams = streams as usize;
+    }
     let mut rows = Vec::new();
     let base = baselines(&plan, &mut rows).await?;
     progress(&format!(

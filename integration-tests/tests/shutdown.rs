@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use parley_proto::gateway::connect_response::Frame as Out;
 
 use crate::{
@@ -127,5 +129,53 @@ async fn sigterm_moves_a_gateways_clients_to_another_without_loss_or_disorder() 
             device.uid
         );
     }
+    suite.stop().await;
+}
+
+/// Devices of `uids` that presence has online.
+async fn online(suite: &Suite, uids: &[String]) -> usize {
+    let request = parley_proto::presence::BatchGetPresenceRequest {
+        uids: uids.to_vec(),
+    };
+    let reply = suite
+        .presence()
+        .batch_get_presence(request)
+        .await
+        .expect("presence")
+        .into_inner();
+    reply.users.iter().map(|u| u.devices.len()).sum()
+}
+
+/// Many devices leaving one gateway at once (a network blip, a load balancer
+/// draining) must all be marked offline, not left to lapse: the gateway sends
+/// presence one Offline per device, all at once on one connection.
+#[tokio::test]
+async fn a_thousand_and_a_half_devices_leaving_at_once_all_go_offline() {
+    const DEVICES: usize = 1_500;
+    let options = crate::support::Options {
+        // Long enough that only the gateway's Offline calls can clear them.
+        presence_ttl_ms: 120_000,
+        heartbeat_ms: 60_000,
+        ..crate::support::Options::default()
+    };
+    let suite = Suite::start_with(Backend::MariaDb, options).await;
+    let gateway = suite.gateway_addrs[0];
+    let uids: Vec<String> = (0..DEVICES).map(|i| format!("crowd-{i:05}")).collect();
+    let devices: Vec<Device> = futures::stream::iter(uids.clone())
+        .map(|uid| async move { Device::connect(gateway, &uid, "phone").await })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    // Presence hears of each login just after the stream is accepted.
+    parley_testkit::eventually("every device online", Duration::from_secs(30), || async {
+        (online(&suite, &uids).await == DEVICES).then_some(())
+    })
+    .await;
+
+    drop(devices);
+    parley_testkit::eventually("every device offline", Duration::from_secs(30), || async {
+        (online(&suite, &uids).await == 0).then_some(())
+    })
+    .await;
     suite.stop().await;
 }

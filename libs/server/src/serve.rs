@@ -148,6 +148,11 @@ impl ServerArgs {
     }
 }
 
+/// Streams one client connection may have open at once.
+const MAX_CONCURRENT_STREAMS: u32 = 1000;
+/// HTTP/2 connection-level receive window, in bytes.
+const CONNECTION_WINDOW: u32 = 4 << 20;
+
 /// A serving failure.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -234,6 +239,14 @@ where
         let _ = stopping.send(());
     };
     let server = Server::builder()
+        // HTTP/2 limits sized for callers that multiplex thousands of calls on
+        // one connection (a gateway telling presence that 10,000 devices went
+        // offline): the client queues streams above the limit, and the larger
+        // connection window keeps h2's budget for small buffered DATA frames
+        // (half the window) above what that many request bodies can take. With
+        // h2's defaults such a burst ends in GOAWAY ENHANCE_YOUR_CALM.
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .layer(guard)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, stop);
