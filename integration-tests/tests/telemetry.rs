@@ -130,6 +130,11 @@ async fn metrics_endpoint_serves_rpc_counts_and_latency_histograms() {
         sample(&text, "parley_bus_delivery_lag_seconds_count "),
         Some(3.0)
     );
+    assert_eq!(
+        sample(&text, "parley_bus_publish_total{outcome=\"ok\"}"),
+        Some(3.0),
+        "one publish per message to the one gateway with a member online"
+    );
     parley_testkit::eventually(
         "the read's digest is timed",
         std::time::Duration::from_secs(10),

@@ -119,13 +119,16 @@ impl Bus {
     /// Publishes `event` on `gateway_id`'s channel. Succeeds even when nobody
     /// listens: the bus is a hint, not a queue.
     pub async fn publish(&self, gateway_id: &str, event: &BusEvent) -> Result<(), BusError> {
-        match self {
+        let published = match self {
             Self::Redis(bus) => bus.publish(gateway_id, event).await,
             Self::Local(bus) => {
                 bus.publish(gateway_id, event);
                 Ok(())
             }
-        }
+        };
+        let outcome = if published.is_ok() { "ok" } else { "failed" };
+        metrics::counter!("parley_bus_publish_total", "outcome" => outcome).increment(1);
+        published
     }
 
     /// Subscribes to `gateway_id`'s channel. The first signal is
