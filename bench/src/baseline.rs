@@ -12,7 +12,7 @@ use std::{
 
 use deadpool_redis::redis;
 use hdrhistogram::Histogram;
-use sqlx::{Connection, mysql::MySqlConnection};
+use sqlx::{Connection, MySql, QueryBuilder, mysql::MySqlConnection};
 use tokio::net::TcpListener;
 
 use crate::report::Quantiles;
@@ -110,37 +110,52 @@ impl Scratch {
     /// Single-row INSERT commits per second into `group_msgs`, one per
     /// autocommit statement, on [`DB_CONNECTIONS`] connections.
     pub async fn single_row_commits(&self, duration: Duration) -> Result<f64, String> {
-        let conns = self.connections().await?;
-        Ok(throughput(DB_CONNECTIONS, duration, |w, stop, done| {
-            let conns = conns.clone();
-            async move {
-                let mut conn = conns[w].lock().await;
-                let mut seq = 0i64;
-                while !stop.load(Ordering::Relaxed) {
-                    seq += 1;
-                    let ok = sqlx::query(
-                        "INSERT INTO group_msgs (gid, seq, sender_uid, client_msg_id, content, \
-                         need_receipt, recipient_count, created_at_ms) VALUES (?, ?, ?, ?, ?, 1, 199, 0)",
-                    )
-                    .bind(w as i64 + 1)
-                    .bind(seq)
-                    .bind("bench-sender")
-                    .bind(format!("c{seq}"))
-                    .bind(vec![b'x'; 16])
-                    .execute(&mut *conn)
-                    .await
-                    .is_ok();
-                    if ok {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
+        self.statements_per_second(duration, 1, |worker, seq| {
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO group_msgs (gid, seq, sender_uid, client_msg_id, content, \
+                 need_receipt, recipient_count, created_at_ms) VALUES (",
+            );
+            insert
+                .separated(", ")
+                .push_bind(worker)
+                .push_bind(seq)
+                .push_bind("bench-sender")
+                .push_bind(format!("c{seq}"))
+                .push_bind(vec![b'x'; 16]);
+            insert.push(", 1, 199, 0)");
+            insert
         })
-        .await)
+        .await
     }
 
     /// Rows per second written by 500-row INSERTs into `msg_acks`.
     pub async fn multi_row_inserts(&self, duration: Duration) -> Result<f64, String> {
+        self.statements_per_second(duration, ROWS_PER_INSERT as u64, |worker, seq| {
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO msg_acks (gid, recv_uid, seq, msgid, sender_uid, if_ack, changed_at_ms) ",
+            );
+            insert.push_values(0..ROWS_PER_INSERT, |mut row, r| {
+                row.push_bind(worker)
+                    .push_bind(format!("u{r:04}"))
+                    .push_bind(seq)
+                    .push_bind(seq)
+                    .push_bind("bench-sender")
+                    .push_bind(0i16)
+                    .push_bind(0i64);
+            });
+            insert
+        })
+        .await
+    }
+
+    /// Runs `statement(worker, seq)` in a loop on each of [`DB_CONNECTIONS`]
+    /// connections for `duration`; `rows` per statement that succeeds, per second.
+    async fn statements_per_second(
+        &self,
+        duration: Duration,
+        rows: u64,
+        statement: fn(i64, i64) -> QueryBuilder<MySql>,
+    ) -> Result<f64, String> {
         let conns = self.connections().await?;
         Ok(throughput(DB_CONNECTIONS, duration, |w, stop, done| {
             let conns = conns.clone();
@@ -149,20 +164,9 @@ impl Scratch {
                 let mut seq = 0i64;
                 while !stop.load(Ordering::Relaxed) {
                     seq += 1;
-                    let mut insert = sqlx::QueryBuilder::<sqlx::MySql>::new(
-                        "INSERT INTO msg_acks (gid, recv_uid, seq, msgid, sender_uid, if_ack, changed_at_ms) ",
-                    );
-                    insert.push_values(0..ROWS_PER_INSERT, |mut row, r| {
-                        row.push_bind(w as i64 + 1)
-                            .push_bind(format!("u{r:04}"))
-                            .push_bind(seq)
-                            .push_bind(seq)
-                            .push_bind("bench-sender")
-                            .push_bind(0i16)
-                            .push_bind(0i64);
-                    });
-                    if insert.build().execute(&mut *conn).await.is_ok() {
-                        done.fetch_add(ROWS_PER_INSERT as u64, Ordering::Relaxed);
+                    let mut query = statement(w as i64 + 1, seq);
+                    if query.build().execute(&mut *conn).await.is_ok() {
+                        done.fetch_add(rows, Ordering::Relaxed);
                     }
                 }
             }

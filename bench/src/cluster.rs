@@ -38,11 +38,7 @@ pub struct DbCounters {
 
 /// Where the services' logs go: `bench-logs/` beside the benchmark binary.
 pub fn log_dir() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let dir = exe
-        .parent()
-        .ok_or("no directory for the benchmark binary")?
-        .join("bench-logs");
+    let dir = build_dir()?.join("bench-logs");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     Ok(dir)
 }
@@ -64,12 +60,17 @@ fn free_port() -> Result<SocketAddr, String> {
     listener.local_addr().map_err(|e| e.to_string())
 }
 
-fn binary(name: &str) -> Result<PathBuf, String> {
+/// The directory of the benchmark binary, where the release build put the
+/// services too.
+fn build_dir() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let path = exe
-        .parent()
-        .ok_or("no directory for the benchmark binary")?
-        .join(format!("parley-{name}"));
+    exe.parent()
+        .map(PathBuf::from)
+        .ok_or_else(|| "no directory for the benchmark binary".to_owned())
+}
+
+fn binary(name: &str) -> Result<PathBuf, String> {
+    let path = build_dir()?.join(format!("parley-{name}"));
     if path.exists() {
         Ok(path)
     } else {

@@ -185,7 +185,7 @@ where
             }
             Err(status) => {
                 let response = status.into_http();
-                record(&path, &response, started.elapsed());
+                record(path, &response, started.elapsed());
                 return Box::pin(async move { Ok(response) });
             }
         };
@@ -208,7 +208,7 @@ where
                 Ok(result) => result?,
                 Err(_elapsed) => Status::deadline_exceeded("request timed out").into_http(),
             };
-            record(&path, &response, started.elapsed());
+            record(path, &response, started.elapsed());
             Ok(response)
         })
     }
@@ -245,18 +245,44 @@ fn code_of(response: &http::Response<Body>) -> tonic::Code {
 /// Counts one RPC and its time to the response's start, by method and code.
 /// Paths no route knows (UNIMPLEMENTED) share one label, so a client cannot
 /// grow the label set.
-fn record(path: &str, response: &http::Response<Body>, took: std::time::Duration) {
+fn record(path: String, response: &http::Response<Body>, took: std::time::Duration) {
     let code = code_of(response);
     let method = if code == tonic::Code::Unimplemented {
         "unknown".to_owned()
     } else {
-        path.to_owned()
+        path
     };
-    let code = format!("{code:?}");
-    metrics::counter!("parley_rpc_requests_total", "method" => method.clone(), "code" => code.clone())
-        .increment(1);
-    metrics::histogram!("parley_rpc_duration_seconds", "method" => method, "code" => code)
-        .record(took.as_secs_f64());
+    let labels = [
+        metrics::Label::new("method", method),
+        metrics::Label::from_static_parts("code", code_name(code)),
+    ];
+    metrics::counter!("parley_rpc_requests_total", labels.iter()).increment(1);
+    metrics::histogram!("parley_rpc_duration_seconds", labels.iter()).record(took.as_secs_f64());
+}
+
+/// The code's name as the metrics label ("Ok", "PermissionDenied", ...),
+/// without formatting one per call.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod guard;
 pub mod page;
 pub mod serve;
 pub mod telemetry;
+pub mod upstream;
 
 pub use caller::{Caller, ServiceIdentity, Uid};
 pub use serve::{ServerArgs, serve, serve_with};
@@ -34,8 +35,20 @@ pub fn lazy_channel(what: &str, url: &str) -> Result<tonic::transport::Channel, 
 pub fn now_ms() -> i64 {
     let now = std::time::SystemTime::now();
     now.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .map(millis)
         .unwrap_or(0)
+}
+
+/// A duration in whole milliseconds, as stored timestamps count them
+/// (saturating at `i64::MAX`).
+pub fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Seconds since `at_ms` (ms since the epoch), 0 for none or a future time:
+/// the age of the oldest entry of a queue, for its gauge.
+pub fn age_seconds(at_ms: Option<i64>) -> f64 {
+    at_ms.map_or(0, |at| now_ms().saturating_sub(at).max(0)) as f64 / 1000.0
 }
 
 /// Delay before retry number `attempt` (0-based): exponential from `base`,

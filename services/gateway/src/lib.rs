@@ -27,7 +27,10 @@ use parley_proto::{
     receipt::receipt_service_client::ReceiptServiceClient,
 };
 use parley_server::{
-    ServerArgs, ServiceIdentity, Uid, caller::valid_device_id, lazy_channel, serve::Secret,
+    ServerArgs, ServiceIdentity, Uid,
+    caller::valid_device_id,
+    serve::Secret,
+    upstream::{MessageUrl, PresenceUrl, ReceiptUrl},
 };
 use tokio::{
     net::TcpListener,
@@ -82,26 +85,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub auth_timeout_ms: u64,
     /// The message service.
-    #[arg(
-        long,
-        env = "PARLEY_MESSAGE_URL",
-        default_value = "http://127.0.0.1:50052"
-    )]
-    pub message_url: String,
+    #[command(flatten)]
+    pub message: MessageUrl,
     /// The receipt service.
-    #[arg(
-        long,
-        env = "PARLEY_RECEIPT_URL",
-        default_value = "http://127.0.0.1:50054"
-    )]
-    pub receipt_url: String,
+    #[command(flatten)]
+    pub receipt: ReceiptUrl,
     /// The presence service.
-    #[arg(
-        long,
-        env = "PARLEY_PRESENCE_URL",
-        default_value = "http://127.0.0.1:50053"
-    )]
-    pub presence_url: String,
+    #[command(flatten)]
+    pub presence: PresenceUrl,
     /// The bus this gateway subscribes to.
     #[command(flatten)]
     pub bus: BusArgs,
@@ -359,18 +350,17 @@ where
     };
     let identity = ServiceIdentity::new("gateway", config.server.internal_token.as_ref())
         .map_err(|e| StartError::Config(e.to_string()))?;
-    let channel = |what, url: &str| lazy_channel(what, url).map_err(StartError::Config);
     let upstream = Upstream {
         message: MessageServiceClient::with_interceptor(
-            channel("message", &config.message_url)?,
+            config.message.channel().map_err(StartError::Config)?,
             identity.clone(),
         ),
         receipt: ReceiptServiceClient::with_interceptor(
-            channel("receipt", &config.receipt_url)?,
+            config.receipt.channel().map_err(StartError::Config)?,
             identity.clone(),
         ),
         presence: PresenceServiceClient::with_interceptor(
-            channel("presence", &config.presence_url)?,
+            config.presence.channel().map_err(StartError::Config)?,
             identity,
         ),
     };

@@ -24,7 +24,7 @@ use parley_proto::{
 use parley_server::{
     ServerArgs, ServiceIdentity,
     db::{Backend, DatabaseUrl},
-    lazy_channel,
+    upstream::{NotificationUrl, PresenceUrl, ReceiptUrl},
 };
 use tokio::{net::TcpListener, sync::Notify};
 use tonic::service::RoutesBuilder;
@@ -52,26 +52,14 @@ pub struct Config {
     )]
     pub database_url: DatabaseUrl,
     /// The receipt service, for the outbox drainer.
-    #[arg(
-        long,
-        env = "PARLEY_RECEIPT_URL",
-        default_value = "http://127.0.0.1:50054"
-    )]
-    pub receipt_url: String,
+    #[command(flatten)]
+    pub receipt: ReceiptUrl,
     /// The presence service, for fan-out.
-    #[arg(
-        long,
-        env = "PARLEY_PRESENCE_URL",
-        default_value = "http://127.0.0.1:50053"
-    )]
-    pub presence_url: String,
+    #[command(flatten)]
+    pub presence: PresenceUrl,
     /// The notification service, for offline members.
-    #[arg(
-        long,
-        env = "PARLEY_NOTIFICATION_URL",
-        default_value = "http://127.0.0.1:50055"
-    )]
-    pub notification_url: String,
+    #[command(flatten)]
+    pub notification: NotificationUrl,
     /// The bus to the gateways.
     #[command(flatten)]
     pub bus: BusArgs,
@@ -178,17 +166,16 @@ where
     }
     let identity = ServiceIdentity::new("message", config.server.internal_token.as_ref())
         .map_err(|e| StartError::Config(e.to_string()))?;
-    let channel = |what, url: &str| lazy_channel(what, url).map_err(StartError::Config);
     let receipt = ReceiptServiceClient::with_interceptor(
-        channel("receipt", &config.receipt_url)?,
+        config.receipt.channel().map_err(StartError::Config)?,
         identity.clone(),
     );
     let presence = PresenceServiceClient::with_interceptor(
-        channel("presence", &config.presence_url)?,
+        config.presence.channel().map_err(StartError::Config)?,
         identity.clone(),
     );
     let notification = NotificationServiceClient::with_interceptor(
-        channel("notification", &config.notification_url)?,
+        config.notification.channel().map_err(StartError::Config)?,
         identity,
     );
     let fanout = Fanout::new(presence, bus);

@@ -125,10 +125,8 @@ impl<S: MessageStore> Drainer<S> {
                 Ok(stats) => {
                     metrics::gauge!("parley_outbox_depth").set(stats.pending as f64);
                     metrics::gauge!("parley_outbox_dead").set(stats.dead as f64);
-                    let age = stats
-                        .oldest_ms
-                        .map_or(0, |at| parley_server::now_ms().saturating_sub(at).max(0));
-                    metrics::gauge!("parley_outbox_oldest_age_seconds").set(age as f64 / 1000.0);
+                    metrics::gauge!("parley_outbox_oldest_age_seconds")
+                        .set(parley_server::age_seconds(stats.oldest_ms));
                 }
                 Err(error) => tracing::warn!(error = %error, "outbox stats unavailable"),
             }

@@ -23,7 +23,7 @@ use parley_proto::{
 use parley_server::{
     ServerArgs, ServiceIdentity,
     db::{Backend, DatabaseUrl},
-    lazy_channel,
+    upstream::{PresenceUrl, ReceiptUrl},
 };
 use tokio::{net::TcpListener, sync::watch};
 use tonic::service::RoutesBuilder;
@@ -55,19 +55,11 @@ pub struct Config {
     )]
     pub database_url: DatabaseUrl,
     /// The presence service: users with a device online get no push.
-    #[arg(
-        long,
-        env = "PARLEY_PRESENCE_URL",
-        default_value = "http://127.0.0.1:50053"
-    )]
-    pub presence_url: String,
+    #[command(flatten)]
+    pub presence: PresenceUrl,
     /// The receipt service: read cursors and unread counts (the badge).
-    #[arg(
-        long,
-        env = "PARLEY_RECEIPT_URL",
-        default_value = "http://127.0.0.1:50054"
-    )]
-    pub receipt_url: String,
+    #[command(flatten)]
+    pub receipt: ReceiptUrl,
     /// Push providers and their credentials.
     #[command(flatten)]
     pub push: PushArgs,
@@ -222,13 +214,14 @@ where
     }
     let identity = ServiceIdentity::new("notification", config.server.internal_token.as_ref())
         .map_err(|e| StartError::Config(e.to_string()))?;
-    let channel = |what, url: &str| lazy_channel(what, url).map_err(StartError::Config);
     let presence = PresenceServiceClient::with_interceptor(
-        channel("presence", &config.presence_url)?,
+        config.presence.channel().map_err(StartError::Config)?,
         identity.clone(),
     );
-    let receipt =
-        ReceiptServiceClient::with_interceptor(channel("receipt", &config.receipt_url)?, identity);
+    let receipt = ReceiptServiceClient::with_interceptor(
+        config.receipt.channel().map_err(StartError::Config)?,
+        identity,
+    );
     let policy = config.policy.policy();
     let (stop, stopped) = watch::channel(false);
     let worker = Worker::new(store.clone(), senders, presence, receipt, policy.clone());

@@ -115,26 +115,39 @@ fn read(what: &'static str, path: &PathBuf) -> Result<String, ProviderError> {
     })
 }
 
+/// A credential given as a file or inline (the file wins; clap refuses both).
+fn credential(
+    what: &'static str,
+    file: Option<&PathBuf>,
+    inline: Option<&Secret>,
+) -> Result<Option<String>, ProviderError> {
+    match (file, inline) {
+        (Some(path), _) => read(what, path).map(Some),
+        (None, Some(secret)) => Ok(Some(secret.expose().to_owned())),
+        (None, None) => Ok(None),
+    }
+}
+
 impl PushArgs {
     /// Builds the senders and logs which providers are enabled.
     pub fn senders(&self) -> Result<Senders, ProviderError> {
         let timeout = Duration::from_millis(self.push_timeout_ms);
         let in_flight = usize::try_from(self.max_in_flight).unwrap_or(usize::MAX);
         let mut senders = Senders::default();
-        let fcm_key = match (&self.fcm_credentials_file, &self.fcm_credentials) {
-            (Some(path), _) => Some(read("FCM credentials", path)?),
-            (None, Some(json)) => Some(json.expose().to_owned()),
-            (None, None) => None,
-        };
+        let fcm_key = credential(
+            "FCM credentials",
+            self.fcm_credentials_file.as_ref(),
+            self.fcm_credentials.as_ref(),
+        )?;
         if let Some(key) = fcm_key {
             let sender = FcmSender::new(&key, &self.fcm_base_url, in_flight, timeout)?;
             senders.fcm = Some(Arc::new(sender));
         }
-        let apns_key = match (&self.apns_key_file, &self.apns_key) {
-            (Some(path), _) => Some(read("APNs key", path)?),
-            (None, Some(pem)) => Some(pem.expose().to_owned()),
-            (None, None) => None,
-        };
+        let apns_key = credential(
+            "APNs key",
+            self.apns_key_file.as_ref(),
+            self.apns_key.as_ref(),
+        )?;
         if let Some(key) = apns_key {
             let (Some(key_id), Some(team_id)) = (&self.apns_key_id, &self.apns_team_id) else {
                 return Err(ProviderError::ApnsIds);

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use parley_proto::notification::{self as pb, notification_service_server::NotificationService};
-use parley_server::{Caller, Uid, caller::valid_device_id, now_ms};
+use parley_server::{Caller, Uid, caller::valid_device_id, millis, now_ms};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -133,10 +133,6 @@ fn device(uid: Uid, request: pb::RegisterDeviceRequest) -> Result<Device, Status
 fn unavailable(error: QueueError) -> Status {
     tracing::error!(error = %error, "notification storage failed");
     Status::unavailable("notification storage unavailable; retry")
-}
-
-fn millis(duration: std::time::Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[tonic::async_trait]

@@ -13,7 +13,7 @@ use std::{sync::Arc, time::Duration};
 use futures::future::join_all;
 use parley_bus::routing::{PresenceClient, locate};
 use parley_proto::receipt::{self as rpb, receipt_service_client::ReceiptServiceClient};
-use parley_server::{ServiceIdentity, Uid, backoff_delay, caller::acting_for, now_ms};
+use parley_server::{ServiceIdentity, Uid, backoff_delay, caller::acting_for, millis, now_ms};
 use tokio::{
     sync::{Semaphore, watch},
     task::JoinSet,
@@ -375,16 +375,12 @@ impl<S: QueueStore> Worker<S> {
         match self.store.queue_stats().await {
             Ok((depth, oldest)) => {
                 metrics::gauge!("parley_push_queue_depth").set(depth as f64);
-                let age = oldest.map_or(0, |at| now_ms().saturating_sub(at).max(0));
-                metrics::gauge!("parley_push_queue_oldest_age_seconds").set(age as f64 / 1000.0);
+                metrics::gauge!("parley_push_queue_oldest_age_seconds")
+                    .set(parley_server::age_seconds(oldest));
             }
             Err(error) => tracing::warn!(error = %error, "push queue stats unavailable"),
         }
     }
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use parley_proto::{
 use parley_server::{
     ServerArgs, ServiceIdentity,
     db::{Backend, DatabaseUrl},
-    lazy_channel,
+    upstream::PresenceUrl,
 };
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
@@ -68,12 +68,8 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub digest_window_ms: u64,
     /// The presence service, to find senders' gateways.
-    #[arg(
-        long,
-        env = "PARLEY_PRESENCE_URL",
-        default_value = "http://127.0.0.1:50053"
-    )]
-    pub presence_url: String,
+    #[command(flatten)]
+    pub presence: PresenceUrl,
     /// The bus to the gateways.
     #[command(flatten)]
     pub bus: BusArgs,
@@ -175,7 +171,7 @@ where
     let identity = ServiceIdentity::new("receipt", config.server.internal_token.as_ref())
         .map_err(|e| StartError::Config(e.to_string()))?;
     let presence = PresenceServiceClient::with_interceptor(
-        lazy_channel("presence", &config.presence_url).map_err(StartError::Config)?,
+        config.presence.channel().map_err(StartError::Config)?,
         identity,
     );
     let coalescer = Coalescer::default();

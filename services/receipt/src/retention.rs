@@ -16,7 +16,7 @@ pub async fn expire_once<S: ReceiptStore>(
     store: &S,
     max_age: Duration,
 ) -> Result<u64, crate::error::ReceiptError> {
-    let cutoff = now_ms().saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+    let cutoff = now_ms().saturating_sub(parley_server::millis(max_age));
     let mut total = 0u64;
     loop {
         let expired = store.expire_ledger(cutoff, BATCH).await?;
