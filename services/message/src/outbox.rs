@@ -59,15 +59,18 @@ pub fn delivery_units(batch: &[OutboxEvent]) -> Vec<&[OutboxEvent]> {
     units
 }
 
-/// Why a delivery failed.
+/// Why a delivery failed; each callee is named, so the log says which
+/// service an outage is in.
 #[derive(Debug, thiserror::Error)]
 enum DeliveryError {
     #[error("receipt service: {0}")]
-    Rpc(#[from] tonic::Status),
+    Receipt(tonic::Status),
+    #[error("notification service: {0}")]
+    Notification(tonic::Status),
     #[error(transparent)]
     Store(#[from] MessageError),
-    #[error("offline hand-off: {0}")]
-    Fanout(#[from] FanoutError),
+    #[error("presence lookup for the offline hand-off: {0}")]
+    Presence(#[from] FanoutError),
     #[error("{0}")]
     Corrupt(&'static str),
 }
@@ -76,7 +79,9 @@ impl DeliveryError {
     /// Why retrying can never help, or `None` when it might.
     fn permanent_reason(&self) -> Option<String> {
         match self {
-            Self::Rpc(status) | Self::Fanout(FanoutError::Rpc(status))
+            Self::Receipt(status)
+            | Self::Notification(status)
+            | Self::Presence(FanoutError::Rpc(status))
                 if is_permanent(status.code()) =>
             {
                 Some(status.message().to_owned())
@@ -229,7 +234,11 @@ impl<S: MessageStore> Drainer<S> {
             recipient_uids: init.recipients,
             created_at_ms: message.created_at_ms,
         };
-        self.downstream.receipt.init_receipts(request).await?;
+        self.downstream
+            .receipt
+            .init_receipts(request)
+            .await
+            .map_err(DeliveryError::Receipt)?;
         self.hand_off_offline(&message).await
     }
 
@@ -251,7 +260,11 @@ impl<S: MessageStore> Drainer<S> {
             return Ok(());
         }
         let batch = offline_batch(message, &audience, routes.offline);
-        self.downstream.notification.enqueue_offline(batch).await?;
+        self.downstream
+            .notification
+            .enqueue_offline(batch)
+            .await
+            .map_err(DeliveryError::Notification)?;
         Ok(())
     }
 
@@ -283,7 +296,11 @@ impl<S: MessageStore> Drainer<S> {
             gid: u64::try_from(unit[0].gid).unwrap_or_default(),
             changes,
         };
-        self.downstream.receipt.apply_membership(request).await?;
+        self.downstream
+            .receipt
+            .apply_membership(request)
+            .await
+            .map_err(DeliveryError::Receipt)?;
         Ok(())
     }
 }
@@ -316,6 +333,20 @@ mod tests {
         ];
         let sizes: Vec<usize> = delivery_units(&batch).iter().map(|u| u.len()).collect();
         assert_eq!(sizes, vec![2, 1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn a_failed_delivery_names_the_service_that_failed() {
+        let down = || tonic::Status::unavailable("connection refused");
+        let notification = DeliveryError::Notification(down()).to_string();
+        assert!(
+            notification.starts_with("notification service:"),
+            "{notification}"
+        );
+        let receipt = DeliveryError::Receipt(down()).to_string();
+        assert!(receipt.starts_with("receipt service:"), "{receipt}");
+        let presence = DeliveryError::Presence(FanoutError::Rpc(down())).to_string();
+        assert!(presence.starts_with("presence lookup"), "{presence}");
     }
 
     #[test]
