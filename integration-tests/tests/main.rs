@@ -2,6 +2,7 @@
 //! service on port 0, real gRPC in between.
 
 mod device;
+mod faults;
 mod malformed;
 mod outage;
 mod push;

@@ -152,6 +152,11 @@ pub struct Options {
     pub digest_window_ms: u64,
     /// Push collapse window, in milliseconds.
     pub push_window_ms: u64,
+    /// Longest delay between the message outbox's retries, in milliseconds.
+    pub outbox_max_backoff_ms: u64,
+    /// The message service's per-user rate limit (burst: twice this); unset,
+    /// every service gets limits no test reaches.
+    pub message_rate_per_second: Option<u32>,
 }
 
 impl Default for Options {
@@ -164,6 +169,8 @@ impl Default for Options {
             slow_consumer_timeout_ms: 5_000,
             digest_window_ms: 300,
             push_window_ms: 1_000,
+            outbox_max_backoff_ms: 100,
+            message_rate_per_second: None,
         }
     }
 }
@@ -220,12 +227,17 @@ fn parse<C: clap::Parser>(args: Vec<String>) -> C {
 }
 
 fn args(name: &str, pairs: &[(&str, &str)]) -> Vec<String> {
+    let mut args = args_without_limits(name, pairs);
+    args.extend(GENEROUS_LIMITS.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+fn args_without_limits(name: &str, pairs: &[(&str, &str)]) -> Vec<String> {
     let mut args = vec![name.to_owned()];
     for (flag, value) in pairs {
         args.push(format!("--{flag}"));
         args.push((*value).to_owned());
     }
-    args.extend(GENEROUS_LIMITS.iter().map(|s| (*s).to_owned()));
     args
 }
 
@@ -296,17 +308,28 @@ impl Suite {
 
         suite.receipt = Some(suite.start_receipt(receipt_listener));
 
-        let config = parse::<parley_message::Cli>(args(
-            "parley-message",
-            &[
-                ("database-url", suite._dbs[0].url()),
-                ("receipt-url", &receipt_url),
-                ("presence-url", &presence_url),
-                ("notification-url", &notification_url),
-                ("outbox-max-backoff-ms", "100"),
-            ],
-        ))
-        .config;
+        let backoff = options.outbox_max_backoff_ms.to_string();
+        let message_args = [
+            ("database-url", suite._dbs[0].url()),
+            ("receipt-url", &receipt_url),
+            ("presence-url", &presence_url),
+            ("notification-url", &notification_url),
+            ("outbox-max-backoff-ms", &backoff),
+        ];
+        let message_args = match options.message_rate_per_second {
+            None => args("parley-message", &message_args),
+            Some(rate) => {
+                let mut limited = args_without_limits("parley-message", &message_args);
+                limited.extend([
+                    "--rate-limit-per-second".to_owned(),
+                    rate.to_string(),
+                    "--rate-limit-burst".to_owned(),
+                    (2 * rate).to_string(),
+                ]);
+                limited
+            }
+        };
+        let config = parse::<parley_message::Cli>(message_args).config;
         let bus = suite.bus();
         suite.message = Some(Running::spawn("message", |rx| {
             parley_message::run_on_bus(config, bus, message_listener, stopped(rx))
@@ -339,6 +362,7 @@ impl Suite {
             &[
                 ("database-url", self.receipt_db.url()),
                 ("presence-url", &self.presence_url),
+                ("message-url", &self.message_url),
                 ("digest-window-ms", &window),
             ],
         ))
@@ -532,6 +556,27 @@ impl Suite {
             self.channels.2.clone(),
             As::Raw("x-parley-service", "tests"),
         )
+    }
+
+    /// Failed delivery attempts of the oldest entry in the message service's
+    /// outbox (0 when it is empty): how far its retries have backed off.
+    pub async fn outbox_attempts(&self) -> i64 {
+        use parley_message::store::{MessageStore, MySqlMessageStore, SqliteMessageStore};
+        let url = self._dbs[0].url();
+        let batch = match DbBackend::of_url(url).expect("backend") {
+            DbBackend::MySql => {
+                let store = MySqlMessageStore::connect(url, 1).await.expect("connect");
+                store.outbox_batch(1).await
+            }
+            DbBackend::Sqlite => {
+                let store = SqliteMessageStore::connect(url).await.expect("connect");
+                store.outbox_batch(1).await
+            }
+        };
+        batch
+            .expect("outbox")
+            .first()
+            .map_or(0, |entry| entry.attempts)
     }
 
     /// Stops the receipt service; its database stays.

@@ -31,7 +31,7 @@ reaches Redis. Kept in step with the binaries by scripts/chart_check.py.
 gateway: {database: false, calls: [message, receipt, presence], redis: PARLEY_BUS_URL}
 message: {database: true, calls: [receipt, presence, notification], redis: PARLEY_BUS_URL}
 presence: {database: false, calls: [], redis: PARLEY_PRESENCE_REDIS_URL}
-receipt: {database: true, calls: [presence], redis: PARLEY_BUS_URL}
+receipt: {database: true, calls: [presence, message], redis: PARLEY_BUS_URL}
 notification: {database: true, calls: [presence, receipt], redis: ""}
 {{- end -}}
 

@@ -118,17 +118,25 @@ impl Shared {
         let Some(uid) = caller.rate_key() else {
             return Ok(());
         };
-        self.limiter
-            .check_key(uid)
-            .map_err(|_| Status::resource_exhausted("rate limit exceeded; retry later"))
+        self.limiter.check_key(uid).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(self.limiter.clock()));
+            crate::shed::refuse(
+                tonic::Code::ResourceExhausted,
+                "rate limit exceeded; retry later",
+                wait.max(Duration::from_millis(1)),
+            )
+        })
     }
 
     /// A concurrency permit, held until the request completes.
     fn permit(&self) -> Result<OwnedSemaphorePermit, Status> {
-        self.permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Status::unavailable("server overloaded; retry with backoff"))
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            crate::shed::refuse(
+                tonic::Code::Unavailable,
+                "server overloaded; retry with backoff",
+                crate::backoff_delay(2, Duration::from_millis(100), Duration::from_secs(1)),
+            )
+        })
     }
 
     /// Decides whether a request may run: token, identity, rate, then a

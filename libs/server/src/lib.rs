@@ -1,8 +1,9 @@
 //! The scaffold every Parley service stands on: who is calling (`caller`), the
 //! request guard that applies timeouts, load shedding and per-caller rate limits
 //! (`guard`), serving with `grpc.health.v1` and reflection (`serve`), database
-//! connections for both storage backends (`db`), opaque page tokens (`page`) and
-//! logging set-up (`telemetry`).
+//! connections for both storage backends (`db`), opaque page tokens (`page`),
+//! refusals with a retry hint and bounded admission (`shed`) and logging
+//! set-up (`telemetry`).
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ pub mod db;
 pub mod guard;
 pub mod page;
 pub mod serve;
+pub mod shed;
 pub mod telemetry;
 pub mod upstream;
 

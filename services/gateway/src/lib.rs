@@ -80,6 +80,23 @@ pub struct Config {
     #[arg(long, env = "PARLEY_GATEWAY_SLOW_CONSUMER_TIMEOUT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub slow_consumer_timeout_ms: u64,
+    /// Sends a stream may queue behind the one in flight; a send beyond is
+    /// refused with RESOURCE_EXHAUSTED and a retry hint.
+    #[arg(long, env = "PARLEY_GATEWAY_SEND_QUEUE", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub send_queue: u32,
+    /// Longest a queued send may wait for its turn, in milliseconds; one that
+    /// waited longer is refused with UNAVAILABLE and a retry hint rather than
+    /// sent late (load shedding under overload).
+    #[arg(long, env = "PARLEY_GATEWAY_SEND_WAIT_MS", default_value_t = 250,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub send_wait_ms: u64,
+    /// Longest delay between retries of what a service behind the gateway
+    /// could not do for a stream (catch-up, gap syncs, acks), in
+    /// milliseconds. Retries start at 100 ms and double up to this.
+    #[arg(long, env = "PARLEY_GATEWAY_RETRY_MAX_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(100..=300_000))]
+    pub retry_max_ms: u64,
     /// Time a new stream has to send its auth frame, in milliseconds.
     #[arg(long, env = "PARLEY_GATEWAY_AUTH_TIMEOUT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
@@ -149,7 +166,7 @@ pub struct GatewayApi {
     gateway_id: String,
     heartbeat_interval_ms: u32,
     outbound_queue: usize,
-    slow_after: Duration,
+    limits: session::Limits,
     auth_timeout: Duration,
     stopping: watch::Receiver<bool>,
 }
@@ -240,7 +257,7 @@ impl GatewayService for GatewayApi {
             kick: registration.kick,
             out,
             close,
-            slow_after: self.slow_after,
+            limits: self.limits,
             stopping: self.stopping.clone(),
         };
         tokio::spawn(Session::run(
@@ -387,7 +404,12 @@ where
         gateway_id: gateway_id.clone(),
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         outbound_queue: usize::try_from(config.outbound_queue).unwrap_or(1024),
-        slow_after: Duration::from_millis(config.slow_consumer_timeout_ms),
+        limits: session::Limits {
+            slow_after: Duration::from_millis(config.slow_consumer_timeout_ms),
+            send_queue: usize::try_from(config.send_queue).unwrap_or(32),
+            send_wait: Duration::from_millis(config.send_wait_ms),
+            retry_max: Duration::from_millis(config.retry_max_ms),
+        },
         auth_timeout: Duration::from_millis(config.auth_timeout_ms),
         stopping,
     };

@@ -3,9 +3,22 @@
 //! Events are handled one at a time, so ordering is simple to reason about:
 //! every message reaches the device in seq order, once, whether it came from
 //! the login backlog, the bus or a gap sync.
+//!
+//! The stream is always read. Sends wait in a bounded queue of their own and
+//! go to the message service one at a time, in order; a send that finds the
+//! queue full, or waits in it too long, is refused with a retry hint instead
+//! of piling up. Acks are coalesced per group and written in the background.
+//! Work a service behind the gateway cannot do right now (a catch-up, a gap
+//! sync, an ack, the login's receipt pull) is owed and retried with backoff:
+//! a neighbour's outage never closes the stream.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 
+use futures::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use parley_bus::routing::PresenceClient;
 use parley_proto::{
     gateway::{self as pb, connect_request::Frame as In, connect_response::Frame as Out},
@@ -13,9 +26,16 @@ use parley_proto::{
     presence as ppb,
     receipt::{self as rpb, receipt_service_client::ReceiptServiceClient},
 };
-use parley_server::{ServiceIdentity, Uid, caller::acting_for};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
-use tonic::{Status, Streaming, codegen::InterceptedService, transport::Channel};
+use parley_server::{
+    ServiceIdentity, Uid, backoff_delay,
+    caller::acting_for,
+    shed::{is_transient, refuse, retry_after, retry_after_ms},
+};
+use tokio::{
+    sync::{Notify, mpsc, oneshot, watch},
+    time::Instant,
+};
+use tonic::{Code, Status, Streaming, codegen::InterceptedService, transport::Channel};
 use tracing::Instrument;
 
 use crate::hub::{Hub, Inbound};
@@ -35,7 +55,7 @@ pub struct Upstream {
 
 /// Messages fetched per SyncMessages call.
 const SYNC_PAGE: u32 = 500;
-/// Groups per UnreadCounts page at login.
+/// Groups per ListGroups page at login (also the most UnreadCounts takes).
 const GROUP_PAGE: u32 = 1000;
 /// Receipt summaries per PullReceipts page, and pages pulled at login.
 const PULL_PAGE: u32 = 500;
@@ -44,8 +64,30 @@ const MAX_PULL_PAGES: usize = 20;
 const KNOWN_MESSAGES: usize = 10_000;
 /// Groups acknowledged per ack frame.
 const MAX_ACK_ENTRIES: usize = 100;
+/// Unwritten acks kept per connection (two per group at most).
+const MAX_PENDING_ACKS: usize = 4096;
 /// Message ids watched per heartbeat.
 const MAX_WATCHED: usize = 100;
+/// First delay before owed work is retried.
+const RETRY_BASE: Duration = Duration::from_millis(100);
+/// Acks still unwritten when a stream ends get this long to be written.
+const FINAL_ACK_WAIT: Duration = Duration::from_secs(2);
+
+/// How a session paces and bounds its work, from the gateway's config.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long a full outbound queue is waited on before the client is cut
+    /// off as too slow.
+    pub slow_after: Duration,
+    /// Sends queued behind the one in flight; a send beyond is refused with
+    /// RESOURCE_EXHAUSTED.
+    pub send_queue: usize,
+    /// Longest a send may wait in the queue; one that waited longer is
+    /// refused with UNAVAILABLE instead of being sent late.
+    pub send_wait: Duration,
+    /// Longest delay between retries of owed work.
+    pub retry_max: Duration,
+}
 
 /// Why a session ends; sent to the client as the closing reason.
 #[derive(Debug)]
@@ -54,7 +96,8 @@ pub enum End {
     ClientGone,
     /// The client does not read fast enough.
     SlowConsumer,
-    /// A service behind the gateway failed; the client should reconnect.
+    /// A service the login cannot do without failed; the client should
+    /// reconnect.
     Upstream(Status),
     /// The gateway is shutting down; the client should reconnect elsewhere.
     ShuttingDown,
@@ -80,6 +123,23 @@ impl End {
     }
 }
 
+/// Why a piece of work stopped: the session is over, or a service could not
+/// do its part now and the work is owed.
+#[derive(Debug)]
+enum Stop {
+    End(End),
+    Later(Status),
+}
+
+impl From<End> for Stop {
+    fn from(end: End) -> Self {
+        Stop::End(end)
+    }
+}
+
+type Step = Result<(), End>;
+type Work = Result<(), Stop>;
+
 /// What a session starts with.
 pub struct Start {
     /// The authenticated user.
@@ -98,12 +158,61 @@ pub struct Start {
     pub out: mpsc::Sender<pb::ConnectResponse>,
     /// Closes the stream with a reason, ahead of anything queued.
     pub close: oneshot::Sender<String>,
-    /// How long a full outbound queue is waited on before the client is
-    /// cut off as too slow.
-    pub slow_after: std::time::Duration,
+    /// Pacing and bounds.
+    pub limits: Limits,
     /// Becomes true when the gateway shuts down; its sender is dropped when
     /// the gateway is dropped.
     pub stopping: watch::Receiver<bool>,
+}
+
+/// Work owed to the device because a service could not do it when asked.
+#[derive(Debug, Default)]
+struct Owed {
+    /// Every group: the login's or a resync's catch-up did not finish.
+    catch_up: bool,
+    /// Single groups: a gap sync failed, or the position of a group first
+    /// seen live could not be read.
+    groups: BTreeSet<u64>,
+    /// The login's receipt pull, from this cursor.
+    pull: Option<String>,
+}
+
+/// When owed work and unwritten acks are tried again.
+#[derive(Debug, Default)]
+struct Retry {
+    failures: u32,
+    at: Option<Instant>,
+}
+
+impl Retry {
+    /// Schedules the next try: backoff, or the callee's hint when longer.
+    fn schedule(&mut self, hint: Option<Duration>, max: Duration) {
+        let delay = backoff_delay(self.failures, RETRY_BASE, max).max(hint.unwrap_or_default());
+        self.failures = self.failures.saturating_add(1);
+        let at = Instant::now() + delay.min(max.max(RETRY_BASE));
+        self.at = Some(self.at.map_or(at, |earlier| earlier.min(at)));
+    }
+}
+
+/// A send waiting its turn.
+struct Queued {
+    frame: pb::SendFrame,
+    since: Instant,
+}
+
+/// A send's outcome.
+struct Sent {
+    request_id: u64,
+    outcome: Result<mpb::Message, Status>,
+}
+
+/// Acks by (gid, read): the highest seq not yet written.
+type AckBatch = BTreeMap<(u64, bool), u64>;
+
+/// Acks that could not be written, and why the first one failed.
+struct AckFailure {
+    unwritten: AckBatch,
+    status: Status,
 }
 
 /// A running session.
@@ -112,16 +221,23 @@ pub struct Session {
     device_id: String,
     upstream: Upstream,
     out: mpsc::Sender<pb::ConnectResponse>,
-    slow_after: std::time::Duration,
+    limits: Limits,
     /// Per group, the highest seq pushed to this device.
     delivered: HashMap<u64, u64>,
     /// Message id → group, for messages seen on this stream.
     known: HashMap<u64, u64>,
     /// Last read count reported per watched message.
     reported: HashMap<u64, u32>,
+    /// Sends waiting behind the one in flight.
+    sends: VecDeque<Queued>,
+    /// Acks received and not yet written.
+    acks: AckBatch,
+    /// Work a service could not do yet.
+    owed: Owed,
+    /// Set when acks failed to be written: they wait for the retry.
+    acks_held: bool,
+    retry: Retry,
 }
-
-type Step = Result<(), End>;
 
 impl Session {
     /// Runs the session until the client goes or it is closed; then takes the
@@ -142,7 +258,7 @@ impl Session {
             kick,
             out,
             close,
-            slow_after,
+            limits,
             stopping,
         } = start;
         let mut session = Session {
@@ -150,13 +266,19 @@ impl Session {
             device_id: device_id.clone(),
             upstream,
             out,
-            slow_after,
+            limits,
             delivered: HashMap::new(),
             known: HashMap::new(),
             reported: HashMap::new(),
+            sends: VecDeque::new(),
+            acks: BTreeMap::new(),
+            owed: Owed::default(),
+            acks_held: false,
+            retry: Retry::default(),
         };
+        let mut acking = FuturesUnordered::new();
         let end = tokio::select! {
-            end = session.serve(&gateway_id, receipts_cursor, inbox, kick, frames) => end,
+            end = session.serve(&gateway_id, receipts_cursor, inbox, kick, frames, &mut acking) => end,
             end = stopped(stopping) => end,
         };
         if matches!(end, End::Dropped) {
@@ -166,6 +288,7 @@ impl Session {
             tracing::info!(uid = %uid, device = %device_id, reason = %reason, "closing stream");
             let _ = close.send(reason);
         }
+        session.write_last_acks(acking).await;
         if hub.unregister(&uid, id) {
             let request = ppb::OfflineRequest {
                 device: Some(ppb::DeviceRef {
@@ -187,13 +310,16 @@ impl Session {
         mut inbox: mpsc::Receiver<Inbound>,
         kick: Arc<Notify>,
         mut frames: Streaming<pb::ConnectRequest>,
+        acking: &mut FuturesUnordered<BoxFuture<'static, Result<(), AckFailure>>>,
     ) -> End {
         // Registered in the hub already, so live messages queue in the inbox
         // while the backlog is read: nothing falls between the two.
         if let Err(end) = self.login(gateway_id, receipts_cursor).await {
             return end;
         }
+        let mut sending: FuturesUnordered<BoxFuture<'static, Sent>> = FuturesUnordered::new();
         loop {
+            let retry_at = self.retry.at;
             let step = tokio::select! {
                 frame = frames.message() => match frame {
                     Ok(Some(frame)) => self.on_frame(frame).await,
@@ -203,10 +329,34 @@ impl Session {
                     Some(event) => self.on_event(event).await,
                     None => Err(End::ClientGone),
                 },
+                Some(sent) = sending.next(), if !sending.is_empty() => self.on_sent(sent).await,
+                Some(written) = acking.next(), if !acking.is_empty() => {
+                    self.on_acks_written(written);
+                    Ok(())
+                }
+                () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                    self.retry.at = None;
+                    self.acks_held = false;
+                    self.repair().await
+                }
                 () = kick.notified() => Err(End::SlowConsumer),
             };
             if let Err(end) = step {
                 return end;
+            }
+            if sending.is_empty() {
+                match self.next_send().await {
+                    Ok(Some(send)) => sending.push(send),
+                    Ok(None) => {}
+                    Err(end) => return end,
+                }
+            }
+            // After a failure, acks wait for the retry.
+            if acking.is_empty()
+                && !self.acks_held
+                && let Some(write) = self.write_acks()
+            {
+                acking.push(write);
             }
         }
     }
@@ -224,67 +374,81 @@ impl Session {
             .online(online)
             .await
             .map_err(End::Upstream)?;
-        self.catch_up().await?;
-        self.pull_receipts(receipts_cursor).await
+        self.owed.catch_up = true;
+        self.owed.pull = Some(receipts_cursor);
+        self.repair().await
     }
 
-    /// The user's positions: one page of all groups, or the groups named.
-    async fn unread_counts(
-        &mut self,
-        gids: Vec<u64>,
-        page_token: String,
-    ) -> Result<rpb::UnreadCountsResponse, End> {
-        let request = rpb::UnreadCountsRequest {
-            gids,
-            page_size: GROUP_PAGE,
-            page_token,
-        };
-        let reply = self
-            .upstream
-            .receipt
-            .unread_counts(acting_for(&self.uid, request))
-            .await
-            .map_err(End::Upstream)?;
-        Ok(reply.into_inner())
-    }
-
-    /// Messages of `gid` after `after_seq`, as the user may see them; a
-    /// refusal (not a member, bad request) reads as no messages.
-    async fn sync(
-        &mut self,
-        gid: u64,
-        after_seq: u64,
-        limit: u32,
-    ) -> Result<mpb::SyncMessagesResponse, End> {
-        let request = mpb::SyncMessagesRequest {
-            gid,
-            after_seq,
-            limit,
-        };
-        match self
-            .upstream
-            .message
-            .sync_messages(acting_for(&self.uid, request))
-            .await
-        {
-            Ok(reply) => Ok(reply.into_inner()),
-            Err(status) if is_refusal(&status) => Ok(mpb::SyncMessagesResponse::default()),
-            Err(status) => Err(End::Upstream(status)),
+    /// Does the owed work; what a service still cannot do stays owed and is
+    /// tried again later.
+    async fn repair(&mut self) -> Step {
+        match self.do_owed().await {
+            Ok(()) => {
+                self.retry.failures = 0;
+                Ok(())
+            }
+            Err(Stop::End(end)) => Err(end),
+            Err(Stop::Later(status)) => {
+                self.retry_later(&status, "catch-up");
+                Ok(())
+            }
         }
     }
 
+    fn retry_later(&mut self, status: &Status, what: &'static str) {
+        tracing::info!(uid = %self.uid, code = ?status.code(), error = %status.message(), what, "a service could not do its part; retrying later");
+        self.retry
+            .schedule(retry_after(status), self.limits.retry_max);
+    }
+
+    async fn do_owed(&mut self) -> Work {
+        if self.owed.catch_up {
+            self.catch_up().await?;
+            self.owed.catch_up = false;
+        }
+        while let Some(&gid) = self.owed.groups.first() {
+            if !self.delivered.contains_key(&gid) {
+                self.read_positions(vec![gid]).await?;
+            }
+            self.sync_group(gid).await?;
+            self.owed.groups.remove(&gid);
+        }
+        if self.owed.pull.is_some() {
+            self.pull_receipts().await?;
+        }
+        Ok(())
+    }
+
     /// Sends, per group, everything after the delivered position (the user's
-    /// delivered cursor the first time), in seq order.
-    async fn catch_up(&mut self) -> Step {
+    /// delivered cursor the first time), in seq order. The groups and their
+    /// last seq come from the message service, which commits them: the
+    /// receipt service learns of both through the outbox, which may be behind.
+    async fn catch_up(&mut self) -> Work {
         let mut page_token = String::new();
         loop {
-            let reply = self.unread_counts(Vec::new(), page_token).await?;
-            for group in reply.groups {
-                let position = self
-                    .delivered
-                    .entry(group.gid)
-                    .or_insert(group.delivered_seq);
-                if group.last_seq > *position {
+            let request = mpb::ListGroupsRequest {
+                page_size: GROUP_PAGE,
+                page_token,
+            };
+            let reply = self
+                .upstream
+                .message
+                .list_groups(acting_for(&self.uid, request))
+                .await
+                .map_err(Stop::Later)?
+                .into_inner();
+            let unpositioned: Vec<u64> = reply
+                .groups
+                .iter()
+                .map(|group| group.gid)
+                .filter(|gid| !self.delivered.contains_key(gid))
+                .collect();
+            if !unpositioned.is_empty() {
+                self.read_positions(unpositioned).await?;
+            }
+            for group in &reply.groups {
+                let position = self.delivered.get(&group.gid).copied().unwrap_or(0);
+                if group.last_seq > position {
                     self.sync_group(group.gid).await?;
                 }
             }
@@ -295,13 +459,59 @@ impl Session {
         }
     }
 
+    /// Starts each group at the user's delivered cursor. A group the receipt
+    /// service does not know yet (the membership is still in the message
+    /// service's outbox) starts at 0: SyncMessages only returns what the
+    /// member may see.
+    async fn read_positions(&mut self, gids: Vec<u64>) -> Work {
+        let request = rpb::UnreadCountsRequest {
+            gids: gids.clone(),
+            page_size: 0,
+            page_token: String::new(),
+        };
+        let reply = self
+            .upstream
+            .receipt
+            .unread_counts(acting_for(&self.uid, request))
+            .await
+            .map_err(Stop::Later)?
+            .into_inner();
+        let cursors: HashMap<u64, u64> = reply
+            .groups
+            .into_iter()
+            .map(|group| (group.gid, group.delivered_seq))
+            .collect();
+        for gid in gids {
+            let position = cursors.get(&gid).copied().unwrap_or(0);
+            self.delivered.insert(gid, position);
+        }
+        Ok(())
+    }
+
     /// Sends the messages of `gid` after the delivered position, up to the
-    /// group's last seq.
-    async fn sync_group(&mut self, gid: u64) -> Step {
+    /// group's last seq. No longer a member (or never was) reads as nothing
+    /// to send; a service that is down or busy leaves the rest owed.
+    async fn sync_group(&mut self, gid: u64) -> Work {
         loop {
             let after = self.delivered.get(&gid).copied().unwrap_or(0);
-            // No longer a member (or never was) reads as nothing to send.
-            let reply = self.sync(gid, after, SYNC_PAGE).await?;
+            let request = mpb::SyncMessagesRequest {
+                gid,
+                after_seq: after,
+                limit: SYNC_PAGE,
+            };
+            let reply = match self
+                .upstream
+                .message
+                .sync_messages(acting_for(&self.uid, request))
+                .await
+            {
+                Ok(reply) => reply.into_inner(),
+                Err(status) if is_transient(status.code()) => return Err(Stop::Later(status)),
+                Err(status) => {
+                    tracing::debug!(gid, code = ?status.code(), "group not synced: refused");
+                    return Ok(());
+                }
+            };
             let Some(last) = reply.messages.last().map(|m| m.seq) else {
                 return Ok(());
             };
@@ -314,11 +524,15 @@ impl Session {
         }
     }
 
-    /// Receipt changes of the user's own messages since the last login.
-    async fn pull_receipts(&mut self, mut cursor: String) -> Step {
+    /// Receipt changes of the user's own messages since the last login, from
+    /// the owed cursor; the cursor moves with each page sent.
+    async fn pull_receipts(&mut self) -> Work {
         for _ in 0..MAX_PULL_PAGES {
+            let Some(cursor) = self.owed.pull.clone() else {
+                return Ok(());
+            };
             let request = rpb::PullReceiptsRequest {
-                cursor: cursor.clone(),
+                cursor,
                 limit: PULL_PAGE,
             };
             let reply = match self
@@ -328,9 +542,12 @@ impl Session {
                 .await
             {
                 Ok(reply) => reply.into_inner(),
+                Err(status) if is_transient(status.code()) => return Err(Stop::Later(status)),
                 // A cursor from another deployment: start over next time.
-                Err(status) if status.code() == tonic::Code::InvalidArgument => return Ok(()),
-                Err(status) => return Err(End::Upstream(status)),
+                Err(_) => {
+                    self.owed.pull = None;
+                    return Ok(());
+                }
             };
             let done = reply.receipts.len() < PULL_PAGE as usize;
             let entries: Vec<pb::ReceiptDigestEntry> = reply
@@ -344,18 +561,19 @@ impl Session {
                     recipient_count: r.recipient_count,
                 })
                 .collect();
-            cursor = reply.next_cursor;
+            self.owed.pull = Some(reply.next_cursor.clone());
             if !entries.is_empty() {
                 self.push(Out::ReceiptDigest(pb::ReceiptDigestFrame {
                     entries,
-                    receipts_cursor: cursor.clone(),
+                    receipts_cursor: reply.next_cursor,
                 }))
                 .await?;
             }
             if done {
-                return Ok(());
+                break;
             }
         }
+        self.owed.pull = None;
         Ok(())
     }
 
@@ -369,36 +587,55 @@ impl Session {
                 };
                 self.push(Out::ReceiptDigest(digest)).await
             }
-            Inbound::Resync => self.catch_up().await,
+            Inbound::Resync => {
+                self.owed.catch_up = true;
+                self.repair().await
+            }
         }
     }
 
     /// A live message: pushed if it is the next one, dropped if already sent,
-    /// and a gap is first filled from the message service.
+    /// and a gap is first filled from the message service. While the group's
+    /// position is unknown or its sync is owed, the message is left to the
+    /// owed sync, which reads it from the store.
     async fn on_message(&mut self, message: pb::DeliveredMessage) -> Step {
         let gid = message.gid;
+        let outcome = self.place(&message).await;
+        match outcome {
+            Ok(true) => self.push_message(message).await,
+            Ok(false) => Ok(()),
+            Err(Stop::End(end)) => Err(end),
+            Err(Stop::Later(status)) => {
+                self.owed.groups.insert(gid);
+                self.retry_later(&status, "gap sync");
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether `message` can be pushed now: the group's position is known and
+    /// everything before the message has been pushed.
+    async fn place(&mut self, message: &pb::DeliveredMessage) -> Result<bool, Stop> {
+        let gid = message.gid;
+        if self.owed.groups.contains(&gid) {
+            return Ok(false);
+        }
         if !self.delivered.contains_key(&gid) {
+            if self.owed.catch_up {
+                // The owed catch-up will position the group and sync it.
+                return Ok(false);
+            }
             // A group joined after login: start from the user's cursor.
-            self.position_from_cursor(gid).await?;
+            self.read_positions(vec![gid]).await?;
         }
         let position = self.delivered.get(&gid).copied().unwrap_or(0);
         if message.seq <= position {
-            return Ok(());
+            return Ok(false);
         }
         if message.seq > position + 1 {
             self.sync_group(gid).await?;
         }
-        self.push_message(message).await
-    }
-
-    async fn position_from_cursor(&mut self, gid: u64) -> Step {
-        let reply = self.unread_counts(vec![gid], String::new()).await?;
-        // Unknown to the receipt service yet (the membership is still in the
-        // message service's outbox): start at 0; SyncMessages only returns
-        // what the member may see.
-        let position = reply.groups.first().map_or(0, |g| g.delivered_seq);
-        self.delivered.insert(gid, position);
-        Ok(())
+        Ok(true)
     }
 
     /// Pushes a message unless it is not the next one for its group.
@@ -426,7 +663,7 @@ impl Session {
     async fn push(&self, frame: Out) -> Step {
         let response = pb::ConnectResponse { frame: Some(frame) };
         self.out
-            .send_timeout(response, self.slow_after)
+            .send_timeout(response, self.limits.slow_after)
             .await
             .map_err(|error| match error {
                 mpsc::error::SendTimeoutError::Timeout(_) => End::SlowConsumer,
@@ -437,7 +674,10 @@ impl Session {
     async fn on_frame(&mut self, frame: pb::ConnectRequest) -> Step {
         match frame.frame {
             Some(In::Send(send)) => self.on_send(send).await,
-            Some(In::Ack(ack)) => self.on_ack(ack).await,
+            Some(In::Ack(ack)) => {
+                self.on_ack(ack);
+                Ok(())
+            }
             Some(In::Sync(sync)) => self.on_sync(sync).await,
             Some(In::Heartbeat(heartbeat)) => self.on_heartbeat(heartbeat).await,
             // A second auth frame or an empty one changes nothing.
@@ -445,90 +685,222 @@ impl Session {
         }
     }
 
-    async fn on_send(&mut self, send: pb::SendFrame) -> Step {
-        let request = mpb::SendMessageRequest {
-            gid: send.gid,
-            client_msg_id: send.client_msg_id,
-            content: send.content,
-            need_receipt: send.need_receipt,
-        };
+    /// Queues a send behind the others of this stream, or refuses it when
+    /// the queue is full.
+    async fn on_send(&mut self, frame: pb::SendFrame) -> Step {
+        if self.sends.len() >= self.limits.send_queue {
+            let status = refuse(
+                Code::ResourceExhausted,
+                "too many sends queued on this stream; wait for results or retry later",
+                self.limits.send_wait.min(Duration::from_millis(100)),
+            );
+            return self
+                .refuse_send(frame.request_id, &status, "queue full")
+                .await;
+        }
+        self.sends.push_back(Queued {
+            frame,
+            since: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// The next queued send to start; sends that waited past the limit are
+    /// refused on the way, so the ones admitted are not late.
+    async fn next_send(&mut self) -> Result<Option<BoxFuture<'static, Sent>>, End> {
+        while let Some(queued) = self.sends.pop_front() {
+            if queued.since.elapsed() > self.limits.send_wait {
+                let status = refuse(
+                    Code::Unavailable,
+                    "gateway overloaded; retry later",
+                    backoff_delay(1, self.limits.send_wait, Duration::from_secs(5)),
+                );
+                self.refuse_send(queued.frame.request_id, &status, "waited too long")
+                    .await?;
+                continue;
+            }
+            return Ok(Some(self.start_send(queued.frame)));
+        }
+        Ok(None)
+    }
+
+    fn start_send(&self, send: pb::SendFrame) -> BoxFuture<'static, Sent> {
+        let request = acting_for(
+            &self.uid,
+            mpb::SendMessageRequest {
+                gid: send.gid,
+                client_msg_id: send.client_msg_id,
+                content: send.content,
+                need_receipt: send.need_receipt,
+            },
+        );
+        let mut message = self.upstream.message.clone();
         // A send is where a message's trace starts: the message service, the
         // fan-out's presence lookup and the outbox's receipt and notification
         // calls all continue it.
         let span = tracing::info_span!("gateway.send", otel.kind = "client", gid = send.gid);
-        let outcome = self
-            .upstream
-            .message
-            .send_message(acting_for(&self.uid, request))
-            .instrument(span)
-            .await;
-        let result = match outcome {
-            Ok(reply) => {
-                let message = reply.into_inner().message.unwrap_or_default();
+        async move {
+            let outcome = message
+                .send_message(request)
+                .await
+                .map(|reply| reply.into_inner().message.unwrap_or_default());
+            Sent {
+                request_id: send.request_id,
+                outcome,
+            }
+        }
+        .instrument(span)
+        .boxed()
+    }
+
+    async fn on_sent(&mut self, sent: Sent) -> Step {
+        let result = match sent.outcome {
+            Ok(message) => {
                 self.remember(message.msgid, message.gid);
                 pb::SendResultFrame {
-                    request_id: send.request_id,
+                    request_id: sent.request_id,
                     msgid: message.msgid,
                     seq: message.seq,
-                    code: 0,
-                    error: String::new(),
+                    ..Default::default()
                 }
             }
-            Err(status) => pb::SendResultFrame {
-                request_id: send.request_id,
-                msgid: 0,
-                seq: 0,
-                code: status.code() as i32,
-                error: status.message().to_owned(),
-            },
+            Err(status) => refused_send(sent.request_id, &status),
         };
         self.push(Out::SendResult(result)).await
     }
 
-    async fn on_ack(&mut self, ack: pb::AckFrame) -> Step {
-        for entry in ack.entries.into_iter().take(MAX_ACK_ENTRIES) {
-            let kind = if entry.read {
-                rpb::AckKind::Read
-            } else {
-                rpb::AckKind::Delivered
-            };
-            let request = rpb::AckRequest {
-                gid: entry.gid,
-                up_to_seq: entry.up_to_seq,
-                kind: kind.into(),
-            };
-            if let Err(status) = self
-                .upstream
-                .receipt
-                .ack(acting_for(&self.uid, request))
-                .await
-            {
-                if !is_refusal(&status) {
-                    return Err(End::Upstream(status));
-                }
-                tracing::debug!(gid = entry.gid, code = ?status.code(), "ack refused");
-            }
-        }
-        Ok(())
+    async fn refuse_send(&mut self, request_id: u64, status: &Status, why: &'static str) -> Step {
+        metrics::counter!("parley_gateway_sends_refused_total", "reason" => why).increment(1);
+        self.push(Out::SendResult(refused_send(request_id, status)))
+            .await
     }
 
-    async fn on_sync(&mut self, sync: pb::SyncFrame) -> Step {
-        let reply = self.sync(sync.gid, sync.after_seq, sync.limit).await?;
-        let messages: Vec<pb::DeliveredMessage> =
-            reply.messages.into_iter().map(delivered).collect();
-        for message in &messages {
-            self.remember(message.msgid, message.gid);
+    /// Merges an ack frame into the unwritten acks: cumulative, so only the
+    /// highest seq per group and kind matters, and a read covers delivered.
+    fn on_ack(&mut self, ack: pb::AckFrame) {
+        for entry in ack.entries.into_iter().take(MAX_ACK_ENTRIES) {
+            merge_ack(&mut self.acks, (entry.gid, entry.read), entry.up_to_seq);
         }
-        self.push(Out::SyncResult(pb::SyncResultFrame {
-            request_id: sync.request_id,
-            messages,
-            last_seq: reply.last_seq,
-        }))
-        .await
+        while self.acks.len() > MAX_PENDING_ACKS {
+            // A client acking more groups than it can be in: drop the excess.
+            self.acks.pop_last();
+        }
+    }
+
+    /// Writes the unwritten acks in the background, one call per group and
+    /// kind; a refused ack (not a member, bad seq) is dropped, the rest are
+    /// kept for the retry when a service is down.
+    fn write_acks(&mut self) -> Option<BoxFuture<'static, Result<(), AckFailure>>> {
+        if self.acks.is_empty() {
+            return None;
+        }
+        let batch = std::mem::take(&mut self.acks);
+        let mut receipt = self.upstream.receipt.clone();
+        let uid = self.uid.clone();
+        let write = async move {
+            let mut entries = batch.iter();
+            while let Some((&(gid, read), &up_to_seq)) = entries.next() {
+                let kind = if read {
+                    rpb::AckKind::Read
+                } else {
+                    rpb::AckKind::Delivered
+                };
+                let request = rpb::AckRequest {
+                    gid,
+                    up_to_seq,
+                    kind: kind.into(),
+                };
+                match receipt.ack(acting_for(&uid, request)).await {
+                    Ok(_) => {}
+                    Err(status) if is_transient(status.code()) => {
+                        let mut unwritten: AckBatch = entries.map(|(k, v)| (*k, *v)).collect();
+                        unwritten.insert((gid, read), up_to_seq);
+                        return Err(AckFailure { unwritten, status });
+                    }
+                    Err(status) => tracing::debug!(gid, code = ?status.code(), "ack refused"),
+                }
+            }
+            Ok(())
+        };
+        Some(write.boxed())
+    }
+
+    fn on_acks_written(&mut self, written: Result<(), AckFailure>) {
+        let Err(failure) = written else {
+            return;
+        };
+        for (key, seq) in failure.unwritten {
+            merge_ack(&mut self.acks, key, seq);
+        }
+        self.acks_held = true;
+        self.retry_later(&failure.status, "ack");
+    }
+
+    /// Gives the acks still unwritten when the stream ends a last, bounded
+    /// chance, so a client that acked and left is not read as unread.
+    async fn write_last_acks(
+        &mut self,
+        mut acking: FuturesUnordered<BoxFuture<'static, Result<(), AckFailure>>>,
+    ) {
+        let last = async {
+            while let Some(written) = acking.next().await {
+                if let Err(failure) = written {
+                    for (key, seq) in failure.unwritten {
+                        merge_ack(&mut self.acks, key, seq);
+                    }
+                }
+            }
+            if let Some(write) = self.write_acks()
+                && write.await.is_err()
+            {
+                tracing::warn!(uid = %self.uid, "acks unwritten at stream end: the receipt service is unavailable");
+            }
+        };
+        let _ = tokio::time::timeout(FINAL_ACK_WAIT, last).await;
+    }
+
+    /// Answers a client's sync. A refusal is reported with its status, never
+    /// as an empty result.
+    async fn on_sync(&mut self, sync: pb::SyncFrame) -> Step {
+        let request = mpb::SyncMessagesRequest {
+            gid: sync.gid,
+            after_seq: sync.after_seq,
+            limit: sync.limit,
+        };
+        let outcome = self
+            .upstream
+            .message
+            .sync_messages(acting_for(&self.uid, request))
+            .await;
+        let result = match outcome {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                let messages: Vec<pb::DeliveredMessage> =
+                    reply.messages.into_iter().map(delivered).collect();
+                for message in &messages {
+                    self.remember(message.msgid, message.gid);
+                }
+                pb::SyncResultFrame {
+                    request_id: sync.request_id,
+                    messages,
+                    last_seq: reply.last_seq,
+                    ..Default::default()
+                }
+            }
+            Err(status) => pb::SyncResultFrame {
+                request_id: sync.request_id,
+                code: status.code() as i32,
+                error: status.message().to_owned(),
+                retry_after_ms: retry_after_ms(&status),
+                ..Default::default()
+            },
+        };
+        self.push(Out::SyncResult(result)).await
     }
 
     /// Answers a heartbeat with the receipt changes of the watched messages
-    /// since the last answer (seed 002 §7: no extra request).
+    /// since the last answer (seed 002 §7: no extra request). Receipts that
+    /// cannot be read now are reported at a later heartbeat.
     async fn on_heartbeat(&mut self, heartbeat: pb::HeartbeatFrame) -> Step {
         let mut by_group: HashMap<u64, Vec<u64>> = HashMap::new();
         for msgid in heartbeat.watching_msgids.into_iter().take(MAX_WATCHED) {
@@ -550,8 +922,10 @@ impl Session {
                 .await
             {
                 Ok(reply) => reply.into_inner().receipts,
-                Err(status) if is_refusal(&status) => continue,
-                Err(status) => return Err(End::Upstream(status)),
+                Err(status) => {
+                    tracing::debug!(gid, code = ?status.code(), "watched receipts unavailable");
+                    continue;
+                }
             };
             for receipt in receipts {
                 if self.reported.insert(receipt.msgid, receipt.read_count)
@@ -575,27 +949,37 @@ impl Session {
     }
 }
 
+/// Adds an ack to a batch: the highest seq per (group, kind) wins, and a read
+/// ack makes a delivered ack up to the same seq redundant.
+fn merge_ack(batch: &mut AckBatch, key: (u64, bool), seq: u64) {
+    let (gid, read) = key;
+    if !read && batch.get(&(gid, true)).is_some_and(|&r| r >= seq) {
+        return;
+    }
+    let entry = batch.entry(key).or_insert(seq);
+    *entry = (*entry).max(seq);
+    if read && batch.get(&(gid, false)).is_some_and(|&d| d <= seq) {
+        batch.remove(&(gid, false));
+    }
+}
+
+/// The result frame of a refused send, with the callee's retry hint.
+fn refused_send(request_id: u64, status: &Status) -> pb::SendResultFrame {
+    pb::SendResultFrame {
+        request_id,
+        code: status.code() as i32,
+        error: status.message().to_owned(),
+        retry_after_ms: retry_after_ms(status),
+        ..Default::default()
+    }
+}
+
 /// Resolves when the gateway stops: gracefully, or by being dropped.
 async fn stopped(mut stopping: watch::Receiver<bool>) -> End {
     match stopping.wait_for(|stop| *stop).await {
         Ok(_) => End::ShuttingDown,
         Err(_) => End::Dropped,
     }
-}
-
-/// A refusal about this request (bad input, not a member, not found), as
-/// opposed to a service that is down.
-fn is_refusal(status: &Status) -> bool {
-    use tonic::Code;
-    matches!(
-        status.code(),
-        Code::InvalidArgument
-            | Code::NotFound
-            | Code::PermissionDenied
-            | Code::FailedPrecondition
-            | Code::OutOfRange
-            | Code::ResourceExhausted
-    )
 }
 
 /// The stream form of a stored message.

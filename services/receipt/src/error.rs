@@ -17,6 +17,10 @@ pub enum ReceiptError {
     /// The caller may not do this.
     #[error("{0}")]
     Denied(&'static str),
+    /// An ack past the highest seq the receipt service can vouch for: the
+    /// handler asks the message service what was committed and acks up to it.
+    #[error("up_to_seq is past the group's last seq")]
+    PastLastSeq,
     /// The storage backend failed.
     #[error("storage: {0}")]
     Storage(#[from] sqlx::Error),
@@ -51,6 +55,9 @@ impl From<ReceiptError> for Status {
             ReceiptError::GroupNotFound => Status::not_found("group not found"),
             ReceiptError::MessageNotFound => Status::not_found("message not found"),
             ReceiptError::Denied(message) => Status::permission_denied(message),
+            ReceiptError::PastLastSeq => {
+                Status::out_of_range("up_to_seq is past the group's last seq")
+            }
             ReceiptError::Storage(error) => {
                 // The cause stays in the log; the client never sees SQL.
                 tracing::error!(error = %error, "storage failure");

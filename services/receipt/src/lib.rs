@@ -16,13 +16,14 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use parley_bus::{Bus, BusArgs};
 use parley_proto::{
+    message::message_service_client::MessageServiceClient,
     presence::presence_service_client::PresenceServiceClient,
     receipt::receipt_service_server::ReceiptServiceServer,
 };
 use parley_server::{
     ServerArgs, ServiceIdentity,
     db::{Backend, DatabaseUrl},
-    upstream::PresenceUrl,
+    upstream::{MessageUrl, PresenceUrl},
 };
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
@@ -70,6 +71,10 @@ pub struct Config {
     /// The presence service, to find senders' gateways.
     #[command(flatten)]
     pub presence: PresenceUrl,
+    /// The message service, which says how far a group's messages go when an
+    /// ack is past what the outbox has delivered here.
+    #[command(flatten)]
+    pub message: MessageUrl,
     /// The bus to the gateways.
     #[command(flatten)]
     pub bus: BusArgs,
@@ -172,6 +177,10 @@ where
         .map_err(|e| StartError::Config(e.to_string()))?;
     let presence = PresenceServiceClient::with_interceptor(
         config.presence.channel().map_err(StartError::Config)?,
+        identity.clone(),
+    );
+    let message = MessageServiceClient::with_interceptor(
+        config.message.channel().map_err(StartError::Config)?,
         identity,
     );
     let coalescer = Coalescer::default();
@@ -187,6 +196,7 @@ where
         store,
         config.ledger_max_members,
         coalescer,
+        message,
     )));
     let addr = listener
         .local_addr()

@@ -1,8 +1,11 @@
 //! The gRPC handlers: validate, authorise, call the store, convert back.
 
-use parley_proto::receipt::{self as pb, receipt_service_server::ReceiptService};
-use parley_server::{Caller, Uid, now_ms, page};
-use tonic::{Request, Response, Status};
+use parley_proto::{
+    message::{self as mpb, message_service_client::MessageServiceClient},
+    receipt::{self as pb, receipt_service_server::ReceiptService},
+};
+use parley_server::{Caller, ServiceIdentity, Uid, caller::acting_for, now_ms, page};
+use tonic::{Request, Response, Status, codegen::InterceptedService, transport::Channel};
 
 use crate::{
     digest::Coalescer,
@@ -10,25 +13,74 @@ use crate::{
         self, AckKind, MAX_LIST_PAGE, MAX_MSGIDS_PER_REQUEST, ReceiptState, parse_id, unread,
     },
     error::ReceiptError,
-    store::{GroupSelection, InitMessage, MemberChange, MsgReceipt, ReceiptStore},
+    store::{AckOutcome, GroupSelection, InitMessage, MemberChange, MsgReceipt, ReceiptStore},
 };
+
+/// The message service client, which vouches for a group's committed last seq.
+pub type MessageClient = MessageServiceClient<InterceptedService<Channel, ServiceIdentity>>;
 
 /// The ReceiptService implementation over a store.
 pub struct ReceiptApi<S> {
     store: S,
     ledger_max: i64,
     digests: Coalescer,
+    message: MessageClient,
 }
 
 impl<S: ReceiptStore> ReceiptApi<S> {
     /// Handlers over `store`, keeping a ledger for groups up to `ledger_max`
-    /// recipients; read acks are reported to `digests` for the senders.
-    pub fn new(store: S, ledger_max: i64, digests: Coalescer) -> Self {
+    /// recipients; read acks are reported to `digests` for the senders, and
+    /// `message` is asked for a group's committed last seq when an ack goes
+    /// past what the outbox has delivered here.
+    pub fn new(store: S, ledger_max: i64, digests: Coalescer, message: MessageClient) -> Self {
         Self {
             store,
             ledger_max,
             digests,
+            message,
         }
+    }
+
+    /// One ack transaction, run again when the database broke a deadlock.
+    async fn ack_once(
+        &self,
+        gid: i64,
+        uid: &Uid,
+        up_to: i64,
+        kind: AckKind,
+        committed: Option<i64>,
+    ) -> Result<AckOutcome, ReceiptError> {
+        let mut attempt = 1;
+        loop {
+            match self
+                .store
+                .ack(gid, uid.as_str(), up_to, kind, committed, now_ms())
+                .await
+            {
+                Err(error) if error.is_deadlock() && attempt < ACK_ATTEMPTS => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// The group's last committed seq, from the message service (which also
+    /// checks that the caller is a member). The receipt service's own last
+    /// seq trails it while the outbox is behind.
+    async fn committed_last_seq(&self, gid: i64, caller: &Uid) -> Result<i64, Status> {
+        let request = mpb::SyncMessagesRequest {
+            gid: to_u64(gid),
+            // Messages past the last recorded seq are not needed, only the
+            // group's last seq: ask for one at most.
+            after_seq: u64::try_from(i64::MAX).unwrap_or_default(),
+            limit: 1,
+        };
+        let reply = self
+            .message
+            .clone()
+            .sync_messages(acting_for(caller, request))
+            .await?;
+        i64::try_from(reply.into_inner().last_seq)
+            .map_err(|_| Status::internal("the message service answered an invalid last seq"))
     }
 
     /// Loads messages by id and checks the caller may see their receipts: the
@@ -194,16 +246,18 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
             Ok(pb::AckKind::Read) => AckKind::Read,
             _ => return Err(ReceiptError::invalid("kind must be DELIVERED or READ").into()),
         };
-        let mut attempt = 1;
-        let outcome = loop {
-            match self
-                .store
-                .ack(gid, caller.as_str(), up_to, kind, now_ms())
-                .await
-            {
-                Err(error) if error.is_deadlock() && attempt < ACK_ATTEMPTS => attempt += 1,
-                other => break other?,
+        // Past what the receipt service has recorded, only the message
+        // service knows what was committed: an ack never moves beyond it.
+        let (outcome, capped) = match self.ack_once(gid, &caller, up_to, kind, None).await {
+            Err(ReceiptError::PastLastSeq) => {
+                let committed = self.committed_last_seq(gid, &caller).await?;
+                let capped = up_to.min(committed);
+                let outcome = self
+                    .ack_once(gid, &caller, capped, kind, Some(committed))
+                    .await?;
+                (outcome, capped < up_to)
             }
+            other => (other?, false),
         };
         let (before, after) = (outcome.previous.read, outcome.cursors.read);
         if after > before {
@@ -213,6 +267,7 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
             delivered_seq: to_u64(outcome.cursors.delivered),
             read_seq: to_u64(outcome.cursors.read),
             advanced: outcome.advanced,
+            capped,
         }))
     }
 

@@ -39,7 +39,7 @@ async fn seed_group<S: ReceiptStore>(store: &S) {
     );
 }
 
-/// An ack that must succeed.
+/// An ack that must succeed, up to a seq the message service committed.
 async fn ack<S: ReceiptStore>(
     store: &S,
     uid: &str,
@@ -47,7 +47,10 @@ async fn ack<S: ReceiptStore>(
     kind: AckKind,
     at_ms: i64,
 ) -> AckOutcome {
-    store.ack(GID, uid, up_to, kind, at_ms).await.expect("ack")
+    store
+        .ack(GID, uid, up_to, kind, Some(up_to), at_ms)
+        .await
+        .expect("ack")
 }
 
 fn message(seq: i64, need_receipt: bool) -> InitMessage {
@@ -175,6 +178,42 @@ async fn a_message_recorded_after_its_acks_starts_from_the_cursors<S: ReceiptSto
     assert_eq!((unread[0].last_seq, unread[0].read_seq), (2, 3));
 }
 
+async fn an_ack_past_every_known_seq_changes_nothing<S: ReceiptStore>(store: S) {
+    seed_group(&store).await;
+    store
+        .init_receipts(&message(1, true), LEDGER_MAX)
+        .await
+        .expect("init");
+    for committed in [None, Some(0), Some(1)] {
+        assert!(
+            matches!(
+                store
+                    .ack(GID, "uid1", 99, AckKind::Read, committed, 5)
+                    .await,
+                Err(ReceiptError::PastLastSeq)
+            ),
+            "committed {committed:?}"
+        );
+    }
+    let cursor = store
+        .cursor(GID, "uid1")
+        .await
+        .expect("cursor")
+        .expect("member");
+    assert_eq!(
+        (cursor.delivered_seq, cursor.read_seq),
+        (0, 0),
+        "nothing moved"
+    );
+    // Up to what the message service committed, the receipt service's own
+    // last seq may trail: the ack stands.
+    let outcome = store
+        .ack(GID, "uid1", 3, AckKind::Read, Some(3), 6)
+        .await
+        .expect("ack up to the committed seq");
+    assert_eq!(outcome.cursors.read, 3);
+}
+
 async fn membership_versions_and_departures_are_respected<S: ReceiptStore>(store: S) {
     seed_group(&store).await;
     let left = MemberChange {
@@ -195,15 +234,17 @@ async fn membership_versions_and_departures_are_respected<S: ReceiptStore>(store
         0
     );
     assert!(matches!(
-        store.ack(GID, "uid3", 1, AckKind::Read, 4).await,
+        store.ack(GID, "uid3", 1, AckKind::Read, Some(1), 4).await,
         Err(ReceiptError::Denied(_))
     ));
     assert!(matches!(
-        store.ack(GID, "stranger", 1, AckKind::Read, 4).await,
+        store
+            .ack(GID, "stranger", 1, AckKind::Read, Some(1), 4)
+            .await,
         Err(ReceiptError::Denied(_))
     ));
     assert!(matches!(
-        store.ack(999, "uid1", 1, AckKind::Read, 4).await,
+        store.ack(999, "uid1", 1, AckKind::Read, Some(1), 4).await,
         Err(ReceiptError::GroupNotFound)
     ));
     // A member who joins later starts with nothing unread before their join.
@@ -283,6 +324,7 @@ parley_testkit::contract_suite!(
     batched_acks_flip_the_ledger_and_fold_fully_read_messages,
     large_groups_are_answered_exactly_from_the_cursors,
     a_message_recorded_after_its_acks_starts_from_the_cursors,
+    an_ack_past_every_known_seq_changes_nothing,
     membership_versions_and_departures_are_respected,
     retention_moves_old_messages_to_the_cursor_tier,
     a_returning_sender_pulls_changes_in_order,

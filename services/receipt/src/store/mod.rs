@@ -150,13 +150,16 @@ pub trait ReceiptStore: Clone + Send + Sync + 'static {
         now_ms: i64,
     ) -> impl Future<Output = Result<u32, ReceiptError>> + Send;
 
-    /// A cumulative ack by `uid` in `gid`.
+    /// A cumulative ack by `uid` in `gid`. An `up_to` past both the group's
+    /// recorded last seq and `committed` (the message service's last seq,
+    /// when the caller has it) changes nothing and fails with `PastLastSeq`.
     fn ack(
         &self,
         gid: i64,
         uid: &str,
         up_to: i64,
         kind: AckKind,
+        committed: Option<i64>,
         now_ms: i64,
     ) -> impl Future<Output = Result<AckOutcome, ReceiptError>> + Send;
 

@@ -214,6 +214,7 @@ macro_rules! impl_receipt_store {
                 uid: &str,
                 up_to: i64,
                 kind: crate::domain::AckKind,
+                committed: Option<i64>,
                 now_ms: i64,
             ) -> Result<crate::store::AckOutcome, crate::error::ReceiptError> {
                 use crate::{
@@ -225,8 +226,11 @@ macro_rules! impl_receipt_store {
                 let outcome: Result<_, crate::error::ReceiptError> = async {
                 let group: Option<i64> =
                     sqlx::query_scalar(Self::LOCK_GROUP_SHARED).bind(gid).fetch_optional(&mut *tx).await?;
-                if group.is_none() {
+                let Some(last_seq) = group else {
                     return Err(ReceiptError::GroupNotFound);
+                };
+                if up_to > last_seq.max(committed.unwrap_or(0)) {
+                    return Err(ReceiptError::PastLastSeq);
                 }
                 let cursor: Option<CursorRecord> =
                     sqlx::query_as(Self::CURSOR_FOR_UPDATE).bind(gid).bind(uid).fetch_optional(&mut *tx).await?;

@@ -1,0 +1,276 @@
+//! Delivery under faults: a neighbour's outage or a busy service makes
+//! delivery wait, never skip, and never closes a stream that does not need
+//! the service that failed.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use parley_proto::gateway::{
+    self as pb, connect_request::Frame as In, connect_response::Frame as Out,
+};
+use parley_testkit::eventually;
+
+use crate::{
+    device::{Device, seqs},
+    support::{
+        Backend, Options, Suite, ack_read, create_group, on_both_backends, send_direct, unread_in,
+        user,
+    },
+};
+
+on_both_backends!(
+    a_login_while_the_outbox_is_stalled_gets_every_committed_message,
+    a_receipt_outage_closes_no_stream_and_fails_no_send,
+    an_ack_past_the_committed_last_seq_moves_nothing_beyond_it,
+    a_login_in_a_thousand_groups_gets_every_group_and_refused_syncs_say_so,
+);
+
+/// Waits until the receipt service knows `uid` is in `gid` (membership
+/// reaches it through the outbox).
+async fn wait_for_membership(suite: &Suite, uid: &str, gid: u64) {
+    let client = suite.receipt(user(uid));
+    eventually(
+        "the membership to reach the receipt service",
+        Duration::from_secs(30),
+        || {
+            let mut client = client.clone();
+            async move {
+                let request = parley_proto::receipt::UnreadCountsRequest {
+                    gids: vec![gid],
+                    ..Default::default()
+                };
+                let reply = client.unread_counts(request).await.ok()?.into_inner();
+                (!reply.groups.is_empty()).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// The receipt service's view of `uid` in `gid`: (last seq, read cursor).
+async fn receipt_view(suite: &Suite, uid: &str, gid: u64) -> (u64, u64) {
+    let groups = unread_in(suite, uid, gid).await;
+    let group = groups.first().expect("the receipt service knows the group");
+    (group.last_seq, group.read_seq)
+}
+
+async fn a_login_while_the_outbox_is_stalled_gets_every_committed_message(backend: Backend) {
+    let options = Options {
+        outbox_max_backoff_ms: 60_000,
+        ..Options::default()
+    };
+    let mut suite = Suite::start_with(backend, options).await;
+    let gid = create_group(&suite, "A", "Stalled", &["uid1"]).await;
+    wait_for_membership(&suite, "uid1", gid).await;
+
+    suite.stop_receipt().await;
+    for i in 1..=3 {
+        send_direct(&suite, "A", gid, &format!("s{i}"), 16).await;
+    }
+    // Let the outbox back off far enough (about 3 s to its next try) that the
+    // receipt service will not hear of the messages before the login.
+    eventually(
+        "the outbox to back off",
+        Duration::from_secs(60),
+        || async { (suite.outbox_attempts().await >= 7).then_some(()) },
+    )
+    .await;
+    suite.restart_receipt().await;
+    assert_eq!(
+        receipt_view(&suite, "uid1", gid).await.0,
+        0,
+        "the receipt service has not heard of the messages yet"
+    );
+
+    let mut device = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    let mut others = Vec::new();
+    let got = device.messages(3, &mut others).await;
+    assert_eq!(
+        seqs(&got, gid),
+        vec![1, 2, 3],
+        "every committed message, in order"
+    );
+    suite.stop().await;
+}
+
+async fn a_receipt_outage_closes_no_stream_and_fails_no_send(backend: Backend) {
+    let mut suite = Suite::start(backend).await;
+    let gid = create_group(&suite, "A", "Outage", &["uid1"]).await;
+    wait_for_membership(&suite, "uid1", gid).await;
+    let gw = suite.gateway_addrs[0];
+    let mut sender = Device::connect(gw, "A", "phone").await;
+    let mut reader = Device::connect(gw, "uid1", "phone").await;
+    reader.drain(vec![]).await;
+
+    suite.stop_receipt().await;
+    let mut msgids = Vec::new();
+    for i in 1..=5 {
+        let request_id = sender.send(gid, &format!("o{i}"), b"hello").await;
+        let result = loop {
+            match sender.frame().await {
+                Out::SendResult(result) if result.request_id == request_id => break result,
+                Out::Closing(closing) => panic!("sender's stream closed: {}", closing.reason),
+                _ => {}
+            }
+        };
+        assert_eq!(result.code, 0, "send {i} accepted: {}", result.error);
+        msgids.push(result.msgid);
+        let mut others = Vec::new();
+        let live = reader.messages(1, &mut others).await;
+        assert_eq!(live[0].seq, i, "message {i} delivered live");
+        // Acks and receipt watches meet the outage; neither closes a stream.
+        reader.ack(gid, i, true).await;
+        let (_, reply) = sender.drain(msgids.clone()).await;
+        assert!(reply.receipt_changes.is_empty());
+    }
+    // A device logging in meanwhile is served too: its backlog waits for the
+    // receipt service, its sends do not.
+    let mut laptop = Device::connect(gw, "uid1", "laptop").await;
+    let request_id = laptop.send(gid, "from-laptop", b"hi").await;
+    let result = loop {
+        match laptop.frame().await {
+            Out::SendResult(result) if result.request_id == request_id => break result,
+            Out::Closing(closing) => panic!("laptop's stream closed: {}", closing.reason),
+            _ => {}
+        }
+    };
+    assert_eq!(result.code, 0, "a send from a new login is accepted");
+
+    suite.restart_receipt().await;
+    // The reader's last ack was kept and written once the service came back.
+    eventually(
+        "uid1's read cursor to reach 5",
+        Duration::from_secs(30),
+        || async {
+            let (_, read) = receipt_view(&suite, "uid1", gid).await;
+            (read >= 5).then_some(())
+        },
+    )
+    .await;
+    // The laptop's owed backlog arrives after the outage, in order, from
+    // uid1's delivered cursor (which the reader's acks may have moved) to
+    // the laptop's own message.
+    let mut backlog = Vec::new();
+    while backlog.last() != Some(&6) {
+        let mut others = Vec::new();
+        backlog.extend(seqs(&laptop.messages(1, &mut others).await, gid));
+    }
+    let first = backlog[0];
+    assert_eq!(backlog, (first..=6).collect::<Vec<_>>(), "in order, no gap");
+    for (name, device) in [("sender", &mut sender), ("reader", &mut reader)] {
+        let (before, _) = device.drain(vec![]).await;
+        assert!(
+            !before.iter().any(|f| matches!(f, Out::Closing(_))),
+            "{name}'s stream is open"
+        );
+    }
+    suite.stop().await;
+}
+
+async fn an_ack_past_the_committed_last_seq_moves_nothing_beyond_it(backend: Backend) {
+    let suite = Suite::start(backend).await;
+    let gid = create_group(&suite, "A", "Ahead", &["uid1"]).await;
+    send_direct(&suite, "A", gid, "a1", 16).await;
+    eventually(
+        "the receipt service to record seq 1",
+        Duration::from_secs(30),
+        || async {
+            let groups = unread_in(&suite, "uid1", gid).await;
+            groups
+                .first()
+                .is_some_and(|g| g.last_seq == 1)
+                .then_some(())
+        },
+    )
+    .await;
+
+    for up_to in [99, i64::MAX as u64] {
+        let reply = ack_read(&suite, "uid1", gid, up_to).await;
+        assert!(reply.capped, "the reply says the ack was capped");
+        assert_eq!(
+            (reply.read_seq, reply.delivered_seq),
+            (1, 1),
+            "up to {up_to}"
+        );
+    }
+
+    // The next message is unread for uid1, and a new device of theirs gets it.
+    send_direct(&suite, "A", gid, "a2", 16).await;
+    eventually(
+        "uid1 to have one unread message",
+        Duration::from_secs(30),
+        || async {
+            let groups = unread_in(&suite, "uid1", gid).await;
+            groups.first().is_some_and(|g| g.unread == 1).then_some(())
+        },
+    )
+    .await;
+    let mut device = Device::connect(suite.gateway_addrs[0], "uid1", "tablet").await;
+    let mut others = Vec::new();
+    let got = device.messages(1, &mut others).await;
+    assert_eq!(seqs(&got, gid), vec![2]);
+    let exact = ack_read(&suite, "uid1", gid, 2).await;
+    assert!(!exact.capped, "an ack at the last seq is not capped");
+    suite.stop().await;
+}
+
+async fn a_login_in_a_thousand_groups_gets_every_group_and_refused_syncs_say_so(backend: Backend) {
+    const GROUPS: usize = 1000;
+    let options = Options {
+        message_rate_per_second: Some(200),
+        ..Options::default()
+    };
+    let suite = Suite::start_with(backend, options).await;
+    // Each group has its own creator and sender, so setting up stays within
+    // every user's rate limit; uid1 alone is in all of them.
+    let mut gids = BTreeSet::new();
+    for i in 0..GROUPS {
+        let owner = format!("owner{i}");
+        let gid = create_group(&suite, &owner, "Many", &["uid1"]).await;
+        send_direct(&suite, &owner, gid, "only", 8).await;
+        gids.insert(gid);
+    }
+
+    let mut device = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    let mut others = Vec::new();
+    let got = device.messages(GROUPS, &mut others).await;
+    let reached: BTreeSet<u64> = got.iter().map(|m| m.gid).collect();
+    assert_eq!(reached, gids, "one message from every group");
+    assert!(got.iter().all(|m| m.seq == 1));
+
+    // The login used up uid1's rate: a burst of syncs meets the limit, and
+    // each refused one says so instead of reading as "nothing new".
+    let gid = *gids.first().expect("a group");
+    const SYNCS: u64 = 450;
+    for request_id in 1..=SYNCS {
+        device
+            .send_frame(In::Sync(pb::SyncFrame {
+                request_id,
+                gid,
+                after_seq: 0,
+                limit: 10,
+            }))
+            .await;
+    }
+    let mut refused = 0;
+    let mut answered = 0;
+    while refused + answered < SYNCS {
+        let Out::SyncResult(result) = device.frame().await else {
+            continue;
+        };
+        if result.code == 0 {
+            assert_eq!(
+                seqs(&result.messages, gid),
+                vec![1],
+                "an answered sync has the message"
+            );
+            answered += 1;
+        } else {
+            assert_eq!(result.code, tonic::Code::ResourceExhausted as i32);
+            assert!(result.messages.is_empty());
+            assert!(result.retry_after_ms > 0, "a refusal says when to retry");
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "the burst met the rate limit");
+    suite.stop().await;
+}
