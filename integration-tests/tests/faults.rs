@@ -24,6 +24,37 @@ on_both_backends!(
     a_login_in_a_thousand_groups_gets_every_group_and_refused_syncs_say_so,
 );
 
+/// A message whose fan-out failed (presence down) reaches an online member
+/// once presence is back, with no later message, reconnect or heartbeat to
+/// prompt it: the heartbeat interval is a minute, longer than the test. Only
+/// on MariaDB and Redis, where presence keeps its entries across a restart.
+#[tokio::test]
+async fn a_failed_fan_out_is_repaired_without_a_later_message() {
+    let options = Options {
+        heartbeat_ms: 60_000,
+        presence_ttl_ms: 120_000,
+        ..Options::default()
+    };
+    let mut suite = Suite::start_with(Backend::MariaDb, options).await;
+    let gid = create_group(&suite, "A", "Repair", &["uid1"]).await;
+    wait_for_membership(&suite, "uid1", gid).await;
+    let mut reader = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    reader.drain(vec![]).await;
+
+    suite.stop_presence().await;
+    send_direct(&suite, "A", gid, "lone", 16).await;
+    assert!(
+        reader.try_frame(Duration::from_millis(300)).await.is_none(),
+        "nothing can be routed while presence is down"
+    );
+    suite.restart_presence().await;
+
+    let mut others = Vec::new();
+    let got = reader.messages(1, &mut others).await;
+    assert_eq!(seqs(&got, gid), vec![1], "the lone message arrived live");
+    suite.stop().await;
+}
+
 /// Waits until the receipt service knows `uid` is in `gid` (membership
 /// reaches it through the outbox).
 async fn wait_for_membership(suite: &Suite, uid: &str, gid: u64) {

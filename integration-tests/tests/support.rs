@@ -195,11 +195,12 @@ pub struct Suite {
     pub fcm: MockFcm,
     notification_addr: SocketAddr,
     notification: Option<Running>,
+    presence: Option<Running>,
+    presence_addr: SocketAddr,
     realtime: Realtime,
     options: Options,
     message: Option<Running>,
     receipt: Option<Running>,
-    others: Vec<Running>,
     gateways: Vec<Option<Running>>,
     pub gateway_addrs: Vec<SocketAddr>,
     presence_url: String,
@@ -272,6 +273,7 @@ impl Suite {
         let (message_listener, message_url) = listener().await;
         let receipt_addr = receipt_listener.local_addr().expect("addr");
         let notification_addr = notification_listener.local_addr().expect("addr");
+        let presence_addr = presence_listener.local_addr().expect("addr");
 
         let mut suite = Self {
             receipt_addr,
@@ -280,11 +282,12 @@ impl Suite {
             fcm: MockFcm::start().await,
             notification_addr,
             notification: None,
+            presence: None,
+            presence_addr,
             realtime,
             options,
             message: None,
             receipt: None,
-            others: Vec::new(),
             gateways: Vec::new(),
             gateway_addrs: Vec::new(),
             presence_url: presence_url.clone(),
@@ -293,16 +296,7 @@ impl Suite {
             channels: (lazy(&message_url), lazy(&receipt_url), lazy(&presence_url)),
         };
 
-        let ttl = options.presence_ttl_ms.to_string();
-        let mut presence_args = vec![("ttl-ms", ttl.as_str()), ("watch-interval-ms", "100")];
-        let redis_url = suite.redis_url();
-        if let Some(url) = &redis_url {
-            presence_args.push(("redis-url", url));
-        }
-        let config = parse::<parley_presence::Cli>(args("parley-presence", &presence_args)).config;
-        suite.others.push(Running::spawn("presence", |rx| {
-            parley_presence::run(config, presence_listener, stopped(rx))
-        }));
+        suite.presence = Some(suite.start_presence(presence_listener));
 
         suite.notification = Some(suite.start_notification(notification_listener));
 
@@ -315,6 +309,7 @@ impl Suite {
             ("presence-url", &presence_url),
             ("notification-url", &notification_url),
             ("outbox-max-backoff-ms", &backoff),
+            ("fanout-retry-ms", "100"),
         ];
         let message_args = match options.message_rate_per_second {
             None => args("parley-message", &message_args),
@@ -353,6 +348,34 @@ impl Suite {
             Realtime::Redis(redis) => parley_bus::Bus::redis(&redis.url()).expect("redis bus"),
             Realtime::Local(bus) => bus.clone(),
         }
+    }
+
+    fn start_presence(&self, listener: TcpListener) -> Running {
+        let ttl = self.options.presence_ttl_ms.to_string();
+        let mut presence_args = vec![("ttl-ms", ttl.as_str()), ("watch-interval-ms", "100")];
+        let redis_url = self.redis_url();
+        if let Some(url) = &redis_url {
+            presence_args.push(("redis-url", url));
+        }
+        let config = parse::<parley_presence::Cli>(args("parley-presence", &presence_args)).config;
+        Running::spawn("presence", |rx| {
+            parley_presence::run(config, listener, stopped(rx))
+        })
+    }
+
+    /// Stops the presence service (its Redis keeps the entries).
+    pub async fn stop_presence(&mut self) {
+        if let Some(running) = self.presence.take() {
+            running.stop().await;
+        }
+    }
+
+    /// Starts the presence service again, on the same address.
+    pub async fn restart_presence(&mut self) {
+        let listener = TcpListener::bind(self.presence_addr)
+            .await
+            .expect("rebind the presence address");
+        self.presence = Some(self.start_presence(listener));
     }
 
     fn start_receipt(&self, listener: TcpListener) -> Running {
@@ -603,9 +626,7 @@ impl Suite {
         }
         self.stop_notification().await;
         self.stop_receipt().await;
-        for other in self.others.drain(..) {
-            other.stop().await;
-        }
+        self.stop_presence().await;
     }
 }
 

@@ -2,12 +2,19 @@
 //! publish one bus event per gateway (not one per recipient), and hand the
 //! offline members to the notification service as one batch.
 //!
-//! Publishing is the fast path and runs right after the commit; a failure
-//! there costs latency only, because clients close seq gaps themselves. The
-//! offline hand-off runs from the outbox drainer, so it survives a crash of
-//! this service between commit and hand-off.
+//! Publishing is the fast path and runs right after the commit. When it
+//! fails (presence or the bus unreachable), the group is noted and the repair
+//! loop publishes its latest failed message again until it gets through: a
+//! gateway that receives seq S syncs whatever it missed before S, so online
+//! members are caught up without waiting for another message, a reconnect or
+//! a heartbeat. The offline hand-off runs from the outbox drainer, so it
+//! survives a crash of this service between commit and hand-off.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
 
 use parley_bus::{
     Bus,
@@ -21,7 +28,15 @@ use parley_proto::{
 use parley_server::ServiceIdentity;
 use tonic::{codegen::InterceptedService, transport::Channel};
 
-use crate::store::{Audience, MessageRecord};
+use crate::{
+    domain::Gid,
+    error::MessageError,
+    store::{Audience, MessageRecord, MessageStore},
+};
+
+/// Most groups whose failed fan-out waits for the repair loop; past it, a
+/// group's online members catch up at their next gap sync, login or resync.
+const MAX_FAILED: usize = 100_000;
 
 /// The notification client the drainer hands offline members to.
 pub type NotificationClient =
@@ -82,19 +97,120 @@ pub enum FanoutError {
     /// The bus could not publish.
     #[error(transparent)]
     Bus(#[from] parley_bus::BusError),
+    /// The members could not be read.
+    #[error(transparent)]
+    Store(#[from] MessageError),
 }
 
-/// The fan-out's connections; cheap to clone.
+/// The fan-out's connections and the groups whose fan-out failed; cheap to
+/// clone, clones share both.
 #[derive(Clone)]
 pub struct Fanout {
     presence: PresenceClient,
     bus: Bus,
+    /// Per group, the latest seq whose fan-out failed.
+    failed: Arc<Mutex<BTreeMap<i64, i64>>>,
 }
 
 impl Fanout {
     /// A fan-out through `presence` and `bus`.
     pub fn new(presence: PresenceClient, bus: Bus) -> Self {
-        Self { presence, bus }
+        Self {
+            presence,
+            bus,
+            failed: Arc::default(),
+        }
+    }
+
+    fn failed(&self) -> MutexGuard<'_, BTreeMap<i64, i64>> {
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Notes that the fan-out of (gid, seq) failed; the repair loop publishes
+    /// the group's latest such message again.
+    fn note_failed(&self, gid: i64, seq: i64) {
+        let mut failed = self.failed();
+        if failed.len() >= MAX_FAILED && !failed.contains_key(&gid) {
+            tracing::warn!(
+                gid,
+                seq,
+                "fan-out repair list full; members catch up at their next sync"
+            );
+            return;
+        }
+        let latest = failed.entry(gid).or_insert(seq);
+        *latest = (*latest).max(seq);
+        metrics::gauge!("parley_fanout_repair_groups").set(failed.len() as f64);
+    }
+
+    /// Publishes a just-committed message to its members' gateways; a
+    /// failure is noted for the repair loop.
+    pub async fn after_commit<S: MessageStore>(&self, store: &S, record: &MessageRecord) {
+        if let Err(error) = self.deliver(store, record).await {
+            tracing::warn!(error = %error, gid = record.gid, seq = record.seq, "fan-out failed; the repair loop will retry it");
+            self.note_failed(record.gid, record.seq);
+        }
+    }
+
+    async fn deliver<S: MessageStore>(
+        &self,
+        store: &S,
+        record: &MessageRecord,
+    ) -> Result<(), FanoutError> {
+        let members = store.members_at(record.gid, record.seq).await?;
+        self.publish(record, &members).await?;
+        Ok(())
+    }
+
+    /// Publishes the failed fan-outs again every `every` until each gets
+    /// through; runs until dropped.
+    pub async fn repair<S: MessageStore>(self, store: S, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let due = std::mem::take(&mut *self.failed());
+            if due.is_empty() {
+                continue;
+            }
+            let mut still_failing = None;
+            for (gid, seq) in due {
+                match self.republish(&store, gid, seq).await {
+                    Ok(()) => metrics::counter!("parley_fanout_repaired_total").increment(1),
+                    Err(error) => {
+                        still_failing = Some(error);
+                        self.note_failed(gid, seq);
+                    }
+                }
+            }
+            let waiting = self.failed().len();
+            metrics::gauge!("parley_fanout_repair_groups").set(waiting as f64);
+            match still_failing {
+                Some(error) => {
+                    tracing::warn!(error = %error, groups = waiting, "fan-out repair failed; retrying")
+                }
+                None => tracing::info!("failed fan-outs repaired"),
+            }
+        }
+    }
+
+    async fn republish<S: MessageStore>(
+        &self,
+        store: &S,
+        gid: i64,
+        seq: i64,
+    ) -> Result<(), FanoutError> {
+        let group = Gid::from_stored(gid);
+        let found = store
+            .messages_after(group, seq.saturating_sub(1), 1)
+            .await?;
+        match found.into_iter().next() {
+            Some(record) if record.seq == seq => self.deliver(store, &record).await,
+            // Gone since (the group was deleted): nothing to deliver.
+            _ => Ok(()),
+        }
     }
 
     /// Where `members` are right now.

@@ -71,6 +71,12 @@ pub struct Config {
     #[arg(long, env = "PARLEY_MAX_GROUP_MEMBERS", default_value_t = 100_000,
           value_parser = clap::value_parser!(i64).range(2..=10_000_000))]
     pub max_group_members: i64,
+    /// How often a fan-out that failed (presence or the bus unreachable) is
+    /// tried again until it gets through, in milliseconds: the longest an
+    /// online member waits for a message after the outage ends.
+    #[arg(long, env = "PARLEY_MESSAGE_FANOUT_RETRY_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub fanout_retry_ms: u64,
     /// Longest pause between outbox delivery retries, in milliseconds.
     #[arg(long, env = "PARLEY_OUTBOX_MAX_BACKOFF_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
@@ -189,6 +195,11 @@ where
     let drainer =
         tokio::spawn(Drainer::new(store.clone(), downstream, wake.clone(), max_backoff).run());
     let gauges = tokio::spawn(Drainer::report(store.clone(), Duration::from_secs(10)));
+    let repair = tokio::spawn(
+        fanout
+            .clone()
+            .repair(store.clone(), Duration::from_millis(config.fanout_retry_ms)),
+    );
 
     let limits = Limits {
         max_content_bytes: usize::try_from(config.max_content_bytes).unwrap_or(usize::MAX),
@@ -202,5 +213,6 @@ where
     let served = parley_server::serve(listener, &config.server, routes, shutdown).await;
     drainer.abort();
     gauges.abort();
+    repair.abort();
     served.map_err(StartError::Serve)
 }

@@ -52,18 +52,7 @@ impl<S: MessageStore> MessageApi<S> {
     /// the request path: the sender's reply does not wait for the fan-out.
     fn publish_after_commit(&self, record: &MessageRecord) {
         let (store, fanout, record) = (self.store.clone(), self.fanout.clone(), record.clone());
-        let fan_out = async move {
-            let members = match store.members_at(record.gid, record.seq).await {
-                Ok(members) => members,
-                Err(error) => {
-                    tracing::warn!(error = %error, gid = record.gid, seq = record.seq, "fan-out skipped: members unavailable; clients will sync");
-                    return;
-                }
-            };
-            if let Err(error) = fanout.publish(&record, &members).await {
-                tracing::warn!(error = %error, gid = record.gid, seq = record.seq, "fan-out failed; clients will sync");
-            }
-        };
+        let fan_out = async move { fanout.after_commit(&store, &record).await };
         // Still part of the send's trace.
         tokio::spawn(fan_out.in_current_span());
     }
