@@ -11,7 +11,10 @@ use parley_proto::gateway::{
 use parley_server::Uid;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, transport::Endpoint};
+use tonic::{
+    Status,
+    transport::{Channel, Endpoint},
+};
 
 use crate::support::JWT_SECRET;
 
@@ -64,6 +67,21 @@ pub async fn open_with_window(
         .connect()
         .await
         .expect("gateway reachable");
+    open_on(channel, auth).await
+}
+
+/// Opens a stream on an existing HTTP/2 connection: several devices behind
+/// one proxy share one.
+pub async fn open_on(
+    channel: Channel,
+    auth: pb::AuthFrame,
+) -> Result<
+    (
+        mpsc::Sender<pb::ConnectRequest>,
+        tonic::Streaming<pb::ConnectResponse>,
+    ),
+    Status,
+> {
     let (tx, rx) = mpsc::channel(1024);
     tx.send(pb::ConnectRequest {
         frame: Some(In::Auth(auth)),
@@ -82,6 +100,14 @@ impl Device {
         Self::connect_with_window(gateway, uid, device_id, None).await
     }
 
+    /// Connects `uid`'s `device_id` on a shared HTTP/2 connection.
+    pub async fn connect_on(channel: Channel, uid: &str, device_id: &str) -> Self {
+        let (tx, rx) = open_on(channel, auth_frame(uid, device_id))
+            .await
+            .expect("stream accepted");
+        Self::authenticated(uid, tx, rx).await
+    }
+
     /// [`Device::connect`] over a link with small HTTP/2 windows.
     pub async fn connect_with_window(
         gateway: SocketAddr,
@@ -89,14 +115,17 @@ impl Device {
         device_id: &str,
         window: Option<u32>,
     ) -> Self {
-        let auth = pb::AuthFrame {
-            token: token(uid),
-            device_id: device_id.into(),
-            receipts_cursor: String::new(),
-        };
-        let (tx, rx) = open_with_window(gateway, auth, window)
+        let (tx, rx) = open_with_window(gateway, auth_frame(uid, device_id), window)
             .await
             .expect("stream accepted");
+        Self::authenticated(uid, tx, rx).await
+    }
+
+    async fn authenticated(
+        uid: &str,
+        tx: mpsc::Sender<pb::ConnectRequest>,
+        rx: tonic::Streaming<pb::ConnectResponse>,
+    ) -> Self {
         let mut device = Self {
             uid: uid.into(),
             tx,
@@ -188,6 +217,14 @@ impl Device {
                 other => before.push(other),
             }
         }
+    }
+}
+
+fn auth_frame(uid: &str, device_id: &str) -> pb::AuthFrame {
+    pb::AuthFrame {
+        token: token(uid),
+        device_id: device_id.into(),
+        receipts_cursor: String::new(),
     }
 }
 

@@ -22,6 +22,7 @@ on_both_backends!(
     a_receipt_outage_closes_no_stream_and_fails_no_send,
     an_ack_past_the_committed_last_seq_moves_nothing_beyond_it,
     a_login_in_a_thousand_groups_gets_every_group_and_refused_syncs_say_so,
+    a_burst_past_capacity_is_refused_with_hints_and_loses_nothing,
 );
 
 /// A message whose fan-out failed (presence down) reaches an online member
@@ -303,5 +304,119 @@ async fn a_login_in_a_thousand_groups_gets_every_group_and_refused_syncs_say_so(
         }
     }
     assert!(refused > 0, "the burst met the rate limit");
+    suite.stop().await;
+}
+
+/// Sends `ids` from `device` without waiting between them; returns the
+/// result of each, by client message id.
+async fn burst(
+    device: &mut Device,
+    gid: u64,
+    ids: &[String],
+) -> Vec<(String, pb::SendResultFrame)> {
+    let mut pending = std::collections::HashMap::new();
+    for id in ids {
+        let request_id = device.send(gid, id, b"load").await;
+        pending.insert(request_id, id.clone());
+    }
+    let mut results = Vec::new();
+    while !pending.is_empty() {
+        match device.frame().await {
+            Out::SendResult(result) => {
+                let id = pending
+                    .remove(&result.request_id)
+                    .expect("one result per send");
+                results.push((id, result));
+            }
+            Out::Closing(closing) => panic!("{}: stream closed: {}", device.uid, closing.reason),
+            _ => {}
+        }
+    }
+    results
+}
+
+async fn a_burst_past_capacity_is_refused_with_hints_and_loses_nothing(backend: Backend) {
+    const SHARED: usize = 20;
+    const OWN: usize = 5;
+    const SENDS: usize = 100;
+    let suite = Suite::start(backend).await;
+    let senders: Vec<String> = (0..SHARED + OWN).map(|i| format!("load{i}")).collect();
+    // A group per sender, so the check is per group and each device gets
+    // only its own messages back.
+    let mut gids = Vec::new();
+    for uid in &senders {
+        gids.push(create_group(&suite, "A", "Flood", &[uid]).await);
+    }
+    let gw = suite.gateway_addrs[0];
+    // Twenty devices behind one HTTP/2 connection (as behind a proxy), five
+    // on connections of their own.
+    let shared = tonic::transport::Endpoint::from_shared(format!("http://{gw}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("gateway reachable");
+    let mut devices = Vec::new();
+    for (i, uid) in senders.iter().enumerate() {
+        let device = if i < SHARED {
+            Device::connect_on(shared.clone(), uid, "phone").await
+        } else {
+            Device::connect(gw, uid, "phone").await
+        };
+        devices.push(device);
+    }
+
+    // Every device sends its burst at once; retried sends keep their ids.
+    let mut outstanding: Vec<Vec<String>> = senders
+        .iter()
+        .map(|uid| (0..SENDS).map(|i| format!("{uid}-{i}")).collect())
+        .collect();
+    let mut seqs = vec![Vec::new(); senders.len()];
+    let mut refused = 0;
+    for round in 0.. {
+        assert!(round < 100, "every send is accepted within 100 rounds");
+        let bursts = devices
+            .iter_mut()
+            .zip(&gids)
+            .zip(&outstanding)
+            .map(|((device, &gid), ids)| burst(device, gid, ids));
+        let results = futures::future::join_all(bursts).await;
+        let mut longest_hint = 0;
+        for ((ids, results), stored) in outstanding.iter_mut().zip(results).zip(&mut seqs) {
+            ids.clear();
+            for (id, result) in results {
+                match tonic::Code::from_i32(result.code) {
+                    tonic::Code::Ok => stored.push(result.seq),
+                    tonic::Code::ResourceExhausted | tonic::Code::Unavailable => {
+                        assert!(result.retry_after_ms > 0, "a refusal says when to retry");
+                        longest_hint = longest_hint.max(result.retry_after_ms);
+                        refused += 1;
+                        ids.push(id);
+                    }
+                    other => panic!("send refused with {other:?}: {}", result.error),
+                }
+            }
+        }
+        if outstanding.iter().all(Vec::is_empty) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(u64::from(longest_hint))).await;
+    }
+    assert!(
+        refused > 0,
+        "a burst past the queue is refused, not queued without bound"
+    );
+    for stored in &mut seqs {
+        stored.sort_unstable();
+        assert_eq!(
+            *stored,
+            (1..=SENDS as u64).collect::<Vec<_>>(),
+            "each send stored once, seq dense"
+        );
+    }
+    // No stream was cut: each still answers.
+    for device in &mut devices {
+        let (before, _) = device.drain(vec![]).await;
+        assert!(!before.iter().any(|f| matches!(f, Out::Closing(_))));
+    }
     suite.stop().await;
 }

@@ -71,6 +71,16 @@ pub struct Config {
     #[arg(long, env = "PARLEY_MAX_GROUP_MEMBERS", default_value_t = 100_000,
           value_parser = clap::value_parser!(i64).range(2..=10_000_000))]
     pub max_group_members: i64,
+    /// Sends whose transaction may run at once; more wait for a turn.
+    #[arg(long, env = "PARLEY_MESSAGE_MAX_CONCURRENT_SENDS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_concurrent_sends: u32,
+    /// Longest a send waits for its turn, in milliseconds; past it the send is
+    /// refused with UNAVAILABLE and a retry hint, so under overload the sends
+    /// admitted stay fast and the rest are shed with a reason.
+    #[arg(long, env = "PARLEY_MESSAGE_SEND_WAIT_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub send_wait_ms: u64,
     /// How often a fan-out that failed (presence or the bus unreachable) is
     /// tried again until it gets through, in milliseconds: the longest an
     /// online member waits for a message after the outage ends.
@@ -204,6 +214,11 @@ where
     let limits = Limits {
         max_content_bytes: usize::try_from(config.max_content_bytes).unwrap_or(usize::MAX),
         max_group_members: config.max_group_members,
+        sends: parley_server::shed::Admission::new(
+            "message service",
+            usize::try_from(config.max_concurrent_sends).unwrap_or(8),
+            Duration::from_millis(config.send_wait_ms),
+        ),
     };
     let mut routes = RoutesBuilder::default();
     routes.add_service(MessageServiceServer::new(MessageApi::new(

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use parley_proto::message::{self as pb, message_service_server::MessageService};
-use parley_server::{Caller, now_ms, page};
+use parley_server::{Caller, now_ms, page, shed::Admission};
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -20,12 +20,15 @@ use crate::{
 };
 
 /// Limits the handlers enforce, from config.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     /// Largest message content, in bytes.
     pub max_content_bytes: usize,
     /// Largest group.
     pub max_group_members: i64,
+    /// Turns for send transactions: a send that waits too long for one is
+    /// shed with UNAVAILABLE and a retry hint.
+    pub sends: Admission,
 }
 
 /// The MessageService implementation over a store.
@@ -237,7 +240,10 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
             need_receipt: req.need_receipt,
             trace_context: parley_server::telemetry::current_traceparent(),
         };
-        let (record, duplicate) = match self.store.send(&message, now_ms()).await? {
+        let turn = self.limits.sends.admit().await?;
+        let stored = self.store.send(&message, now_ms()).await;
+        drop(turn);
+        let (record, duplicate) = match stored? {
             SendOutcome::Sent(record) => {
                 self.outbox_wake.notify_one();
                 self.publish_after_commit(&record);
