@@ -177,18 +177,32 @@ struct Owed {
     pull: Option<String>,
 }
 
-/// When owed work and unwritten acks are tried again.
+/// When owed work and unwritten acks are tried again. Each keeps its own
+/// count of failures in a row, so one succeeding does not make the other
+/// retry at full speed against a service that is still down.
 #[derive(Debug, Default)]
 struct Retry {
-    failures: u32,
+    owed_failures: u32,
+    ack_failures: u32,
     at: Option<Instant>,
+}
+
+/// What failed and is to be retried.
+#[derive(Clone, Copy, Debug)]
+enum Retried {
+    Owed,
+    Acks,
 }
 
 impl Retry {
     /// Schedules the next try: backoff, or the callee's hint when longer.
-    fn schedule(&mut self, hint: Option<Duration>, max: Duration) {
-        let delay = backoff_delay(self.failures, RETRY_BASE, max).max(hint.unwrap_or_default());
-        self.failures = self.failures.saturating_add(1);
+    fn schedule(&mut self, what: Retried, hint: Option<Duration>, max: Duration) {
+        let failures = match what {
+            Retried::Owed => &mut self.owed_failures,
+            Retried::Acks => &mut self.ack_failures,
+        };
+        let delay = backoff_delay(*failures, RETRY_BASE, max).max(hint.unwrap_or_default());
+        *failures = failures.saturating_add(1);
         let at = Instant::now() + delay.min(max.max(RETRY_BASE));
         self.at = Some(self.at.map_or(at, |earlier| earlier.min(at)));
     }
@@ -384,21 +398,21 @@ impl Session {
     async fn repair(&mut self) -> Step {
         match self.do_owed().await {
             Ok(()) => {
-                self.retry.failures = 0;
+                self.retry.owed_failures = 0;
                 Ok(())
             }
             Err(Stop::End(end)) => Err(end),
             Err(Stop::Later(status)) => {
-                self.retry_later(&status, "catch-up");
+                self.retry_later(Retried::Owed, &status);
                 Ok(())
             }
         }
     }
 
-    fn retry_later(&mut self, status: &Status, what: &'static str) {
-        tracing::info!(uid = %self.uid, code = ?status.code(), error = %status.message(), what, "a service could not do its part; retrying later");
+    fn retry_later(&mut self, what: Retried, status: &Status) {
+        tracing::info!(uid = %self.uid, code = ?status.code(), error = %status.message(), ?what, "a service could not do its part; retrying later");
         self.retry
-            .schedule(retry_after(status), self.limits.retry_max);
+            .schedule(what, retry_after(status), self.limits.retry_max);
     }
 
     async fn do_owed(&mut self) -> Work {
@@ -607,7 +621,7 @@ impl Session {
             Err(Stop::End(end)) => Err(end),
             Err(Stop::Later(status)) => {
                 self.owed.groups.insert(gid);
-                self.retry_later(&status, "gap sync");
+                self.retry_later(Retried::Owed, &status);
                 Ok(())
             }
         }
@@ -827,13 +841,14 @@ impl Session {
 
     fn on_acks_written(&mut self, written: Result<(), AckFailure>) {
         let Err(failure) = written else {
+            self.retry.ack_failures = 0;
             return;
         };
         for (key, seq) in failure.unwritten {
             merge_ack(&mut self.acks, key, seq);
         }
         self.acks_held = true;
-        self.retry_later(&failure.status, "ack");
+        self.retry_later(Retried::Acks, &failure.status);
     }
 
     /// Gives the acks still unwritten when the stream ends a last, bounded
@@ -992,5 +1007,58 @@ fn delivered(message: mpb::Message) -> pb::DeliveredMessage {
         content: message.content,
         need_receipt: message.need_receipt,
         created_at_ms: message.created_at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_keep_the_highest_seq_and_a_read_covers_delivered() {
+        let mut batch = AckBatch::new();
+        merge_ack(&mut batch, (1, false), 5);
+        merge_ack(&mut batch, (1, false), 3);
+        assert_eq!(batch.get(&(1, false)), Some(&5), "acks are cumulative");
+        merge_ack(&mut batch, (1, true), 7);
+        assert_eq!(
+            batch.get(&(1, false)),
+            None,
+            "read up to 7 covers delivered up to 5"
+        );
+        merge_ack(&mut batch, (1, false), 6);
+        assert_eq!(
+            batch.get(&(1, false)),
+            None,
+            "delivered below the read is redundant"
+        );
+        merge_ack(&mut batch, (1, false), 9);
+        assert_eq!(
+            (batch.get(&(1, true)), batch.get(&(1, false))),
+            (Some(&7), Some(&9))
+        );
+        merge_ack(&mut batch, (2, true), 1);
+        assert_eq!(batch.len(), 3);
+    }
+
+    #[test]
+    fn retries_back_off_apart_and_honour_a_longer_hint() {
+        let max = Duration::from_secs(5);
+        let mut retry = Retry::default();
+        for _ in 0..6 {
+            retry.schedule(Retried::Acks, None, max);
+        }
+        assert_eq!((retry.ack_failures, retry.owed_failures), (6, 0));
+        retry.at = None;
+        retry.schedule(Retried::Owed, Some(Duration::from_secs(2)), max);
+        let wait = retry.at.expect("scheduled") - Instant::now();
+        assert!(
+            wait > Duration::from_millis(1900),
+            "the hint wins: {wait:?}"
+        );
+        retry.at = None;
+        retry.schedule(Retried::Owed, Some(Duration::from_secs(3600)), max);
+        let wait = retry.at.expect("scheduled") - Instant::now();
+        assert!(wait <= max, "never past the configured maximum: {wait:?}");
     }
 }
