@@ -1,8 +1,11 @@
 //! Groups under load through real gateway streams: members online on the
 //! gateway, one sender per group at a paced rate, readers acking in batches
 //! (every 10 messages or 1 s), every message wanting receipts. Measures send
-//! → delivery latency from a timestamp in each message's content, and ack →
-//! sender-digest latency from the first ack covering a message.
+//! → delivery latency from a timestamp in each message's content, send →
+//! result latency of accepted sends from the request id (the send's time),
+//! and ack → sender-digest latency from the first ack covering a message.
+//! Refused sends are counted by code and not retried (the offered rate stays
+//! what was asked); a device whose stream ends reconnects, and is counted.
 
 use std::{
     collections::HashMap,
@@ -171,15 +174,27 @@ pub async fn create_group(cluster: &Cluster, prefix: &str, members: usize) -> Re
 struct Counters {
     accepted: AtomicU64,
     refused: AtomicU64,
+    /// Refused with RESOURCE_EXHAUSTED (a stream's queue, a user's rate).
+    exhausted: AtomicU64,
+    /// Refused with UNAVAILABLE (a service overloaded or down).
+    unavailable: AtomicU64,
+    /// Refusals that carried a retry hint.
+    hinted: AtomicU64,
     deliveries: AtomicU64,
     acks: AtomicU64,
+    /// Device streams that ended (closed by the gateway, GOAWAY, errors).
+    lost: AtomicU64,
 }
 
 /// Everything shared between the load's tasks.
 struct Shared {
     counters: Counters,
     delivery: Mutex<Histogram<u64>>,
+    /// Send → result latency of accepted sends.
+    send: Mutex<Histogram<u64>>,
     digest: Mutex<Histogram<u64>>,
+    /// How the first few lost streams ended.
+    lost_reasons: Mutex<Vec<String>>,
     /// (gid, seq) → when the first ack covering it was sent.
     first_ack: Mutex<HashMap<(u64, u64), u64>>,
     /// Messages per second per group, in thousandths.
@@ -243,7 +258,9 @@ impl Load {
         let shared = Arc::new(Shared {
             counters: Counters::default(),
             delivery: Mutex::new(new_histogram()),
+            send: Mutex::new(new_histogram()),
             digest: Mutex::new(new_histogram()),
+            lost_reasons: Mutex::new(Vec::new()),
             first_ack: Mutex::new(HashMap::new()),
             rate_milli: AtomicU64::new(0),
         });
@@ -262,13 +279,19 @@ impl Load {
             for i in 0..online {
                 let channel = channels[opened % channels.len()].clone();
                 let uid = format!("{name}{g}-{i:05}");
-                let stream = open(channel, &uid, "bench").await?;
+                let stream = open(channel.clone(), &uid, "bench").await?;
                 opened += 1;
-                let shared = shared.clone();
+                let device = Device {
+                    channel,
+                    uid,
+                    shared: shared.clone(),
+                };
                 if i == 0 {
-                    tasks.spawn(sender(stream, gid, groups, shared));
+                    tasks.spawn(
+                        device.run(stream, move |stream, shared| sender(stream, gid, shared)),
+                    );
                 } else {
-                    tasks.spawn(reader(stream, shared));
+                    tasks.spawn(device.run(stream, reader));
                 }
             }
             progress(&format!("{name}: {opened} devices online"));
@@ -297,6 +320,7 @@ impl Load {
             }
         };
         reset(&shared.delivery);
+        reset(&shared.send);
         reset(&shared.digest);
         let counters = &shared.counters;
         let start = (
@@ -364,9 +388,140 @@ impl Load {
         })
     }
 
+    /// Drives `rate` messages per second over all groups for `length` and
+    /// reports what the senders and readers saw, without waiting for any
+    /// backlog: for windows of an overload and its recovery.
+    pub async fn window(&self, rate: f64, length: Duration) -> Window {
+        let shared = &self.shared;
+        for histogram in [&shared.delivery, &shared.send] {
+            if let Ok(mut h) = histogram.lock() {
+                h.reset();
+            }
+        }
+        let counters = &shared.counters;
+        let read = || {
+            [
+                &counters.accepted,
+                &counters.exhausted,
+                &counters.unavailable,
+                &counters.hinted,
+                &counters.lost,
+                &counters.deliveries,
+            ]
+            .map(|c| c.load(Ordering::Relaxed))
+        };
+        let before = read();
+        let started = Instant::now();
+        shared.rate_milli.store(
+            (rate / self.groups as f64 * 1000.0) as u64,
+            Ordering::Relaxed,
+        );
+        tokio::time::sleep(length).await;
+        let after = read();
+        let elapsed = started.elapsed().as_secs_f64();
+        let delta = |i: usize| after[i].saturating_sub(before[i]);
+        let quantiles = |h: &Mutex<Histogram<u64>>| {
+            h.lock()
+                .map(|h| crate::report::Quantiles::of(&h))
+                .unwrap_or_default()
+        };
+        Window {
+            offered: rate,
+            accepted: delta(0) as f64 / elapsed,
+            exhausted: delta(1),
+            unavailable: delta(2),
+            hinted: delta(3),
+            lost: delta(4),
+            deliveries: delta(5) as f64 / elapsed,
+            send: quantiles(&shared.send),
+            delivery: quantiles(&shared.delivery),
+        }
+    }
+
+    /// Stops sending (the readers stay).
+    pub fn pause(&self) {
+        self.shared.rate_milli.store(0, Ordering::Relaxed);
+    }
+
+    /// How the first lost streams ended.
+    pub fn lost_reasons(&self) -> Vec<String> {
+        self.shared
+            .lost_reasons
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
     /// Stops every task (closing the streams).
     pub async fn stop(mut self) {
         self.tasks.shutdown().await;
+    }
+}
+
+/// What one window of a load saw.
+#[derive(Clone, Debug)]
+pub struct Window {
+    /// Messages per second offered.
+    pub offered: f64,
+    /// Messages per second accepted.
+    pub accepted: f64,
+    /// Sends refused with RESOURCE_EXHAUSTED.
+    pub exhausted: u64,
+    /// Sends refused with UNAVAILABLE.
+    pub unavailable: u64,
+    /// Refusals that carried a retry hint.
+    pub hinted: u64,
+    /// Device streams that ended.
+    pub lost: u64,
+    /// Deliveries per second.
+    pub deliveries: f64,
+    /// Send → result latency of accepted sends.
+    pub send: crate::report::Quantiles,
+    /// Send → delivery latency.
+    pub delivery: crate::report::Quantiles,
+}
+
+/// One device of the load: reconnects when its stream ends.
+struct Device {
+    channel: Channel,
+    uid: String,
+    shared: Arc<Shared>,
+}
+
+impl Device {
+    /// Runs `role` on the stream, and again on a new stream each time the
+    /// gateway ends one (counted, with the first reasons kept).
+    async fn run<F, Fut>(self, mut stream: Stream, role: F)
+    where
+        F: Fn(Stream, Arc<Shared>) -> Fut,
+        Fut: std::future::Future<Output = String>,
+    {
+        loop {
+            let why = role(stream, self.shared.clone()).await;
+            self.shared.counters.lost.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut reasons) = self.shared.lost_reasons.lock()
+                && reasons.len() < 5
+            {
+                reasons.push(format!("{}: {why}", self.uid));
+            }
+            stream = loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Ok(stream) = open(self.channel.clone(), &self.uid, "bench").await {
+                    break stream;
+                }
+            };
+        }
+    }
+}
+
+/// Why a stream ended, from what its last read returned.
+fn ended(read: Result<Option<pb::ConnectResponse>, tonic::Status>) -> String {
+    match read {
+        Ok(Some(pb::ConnectResponse {
+            frame: Some(Out::Closing(closing)),
+        })) => format!("closed: {}", closing.reason),
+        Ok(_) => "the stream ended".to_owned(),
+        Err(status) => format!("{:?}: {}", status.code(), status.message()),
     }
 }
 
@@ -379,21 +534,18 @@ fn sent_at(content: &[u8]) -> Option<u64> {
 }
 
 /// One group's sender: sends at the shared rate and reads its results and
-/// receipt digests.
-async fn sender(stream: Stream, gid: u64, groups: usize, shared: Arc<Shared>) {
+/// receipt digests; returns why its stream ended.
+async fn sender(stream: Stream, gid: u64, shared: Arc<Shared>) -> String {
     let Stream { tx, mut rx } = stream;
     let reading = shared.clone();
-    let results = tokio::spawn(async move {
-        while let Ok(Some(frame)) = rx.message().await {
+    let mut results = tokio::spawn(async move {
+        loop {
+            let frame = match rx.message().await {
+                Ok(Some(frame)) if !matches!(frame.frame, Some(Out::Closing(_))) => frame,
+                other => return ended(other),
+            };
             match frame.frame {
-                Some(Out::SendResult(r)) => {
-                    let counter = if r.code == 0 {
-                        &reading.counters.accepted
-                    } else {
-                        &reading.counters.refused
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
+                Some(Out::SendResult(r)) => record_result(&reading, &r),
                 Some(Out::ReceiptDigest(digest)) => {
                     let now = now_us();
                     let mut acks = reading.first_ack.lock().unwrap_or_else(|p| p.into_inner());
@@ -408,24 +560,31 @@ async fn sender(stream: Stream, gid: u64, groups: usize, shared: Arc<Shared>) {
             }
         }
     });
-    let _ = groups;
-    let mut request_id = 0u64;
+    let mut sent = 0u64;
     let mut next = Instant::now();
     loop {
         let rate = shared.rate_milli.load(Ordering::Relaxed) as f64 / 1000.0;
         if rate <= 0.0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                why = &mut results => return why.unwrap_or_else(|e| e.to_string()),
+            }
             next = Instant::now();
             continue;
         }
-        tokio::time::sleep_until(next.into()).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(next.into()) => {}
+            why = &mut results => return why.unwrap_or_else(|e| e.to_string()),
+        }
         next += Duration::from_secs_f64(1.0 / rate);
-        request_id += 1;
+        sent += 1;
+        let now = now_us();
+        // The request id is the send's time, so its result tells the latency.
         let frame = In::Send(pb::SendFrame {
-            request_id,
+            request_id: now,
             gid,
-            client_msg_id: format!("b{request_id}"),
-            content: content(now_us()),
+            client_msg_id: format!("b{now}-{sent}"),
+            content: content(now),
             need_receipt: true,
         });
         if tx
@@ -433,14 +592,36 @@ async fn sender(stream: Stream, gid: u64, groups: usize, shared: Arc<Shared>) {
             .await
             .is_err()
         {
-            break;
+            results.abort();
+            return "the stream's sending side closed".to_owned();
         }
     }
-    results.abort();
 }
 
-/// One online reader: counts deliveries and their latency, acks in batches.
-async fn reader(stream: Stream, shared: Arc<Shared>) {
+/// Counts a send's result: its latency when accepted, its code when refused.
+fn record_result(shared: &Shared, result: &pb::SendResultFrame) {
+    let counters = &shared.counters;
+    if result.code == 0 {
+        counters.accepted.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut latency) = shared.send.lock() {
+            let _ = latency.record(now_us().saturating_sub(result.request_id).max(1));
+        }
+        return;
+    }
+    counters.refused.fetch_add(1, Ordering::Relaxed);
+    if result.retry_after_ms > 0 {
+        counters.hinted.fetch_add(1, Ordering::Relaxed);
+    }
+    match tonic::Code::from_i32(result.code) {
+        tonic::Code::ResourceExhausted => counters.exhausted.fetch_add(1, Ordering::Relaxed),
+        tonic::Code::Unavailable => counters.unavailable.fetch_add(1, Ordering::Relaxed),
+        _ => 0,
+    };
+}
+
+/// One online reader: counts deliveries and their latency, acks in batches;
+/// returns why its stream ended.
+async fn reader(stream: Stream, shared: Arc<Shared>) -> String {
     let Stream { tx, mut rx } = stream;
     let mut local = new_histogram();
     let mut last: HashMap<u64, (u64, u64)> = HashMap::new(); // gid → (seq seen, seq acked)
@@ -449,8 +630,8 @@ async fn reader(stream: Stream, shared: Arc<Shared>) {
     loop {
         let frame = tokio::select! {
             frame = rx.message() => match frame {
-                Ok(Some(frame)) => frame,
-                _ => break,
+                Ok(Some(frame)) if !matches!(frame.frame, Some(Out::Closing(_))) => frame,
+                other => return ended(other),
             },
             _ = ticker.tick() => {
                 if unacked > 0 {

@@ -17,7 +17,7 @@ use clap::Parser;
 
 use crate::{
     cluster::Cluster,
-    load::{Load, Step},
+    load::{Load, Step, Window},
     report::{Machine, Report, Row},
 };
 
@@ -63,6 +63,18 @@ struct Plan {
     idle_streams: usize,
     idle_for: Duration,
     push_members: usize,
+    /// The seed scenario at its sustained rate, then at multiples of it,
+    /// then back.
+    overload: Overload,
+}
+
+/// The lengths of the overload part's phases.
+struct Overload {
+    nominal: Duration,
+    /// Each overload window's length.
+    doubled: Duration,
+    /// One-second windows watched after the overload.
+    recovery_windows: u32,
 }
 
 impl Plan {
@@ -77,6 +89,11 @@ impl Plan {
             idle_streams: 1_000,
             idle_for: Duration::from_secs(10),
             push_members: 300,
+            overload: Overload {
+                nominal: Duration::from_secs(5),
+                doubled: Duration::from_secs(10),
+                recovery_windows: 8,
+            },
         }
     }
 
@@ -91,6 +108,11 @@ impl Plan {
             idle_streams: 10_000,
             idle_for: Duration::from_secs(20),
             push_members: 2_000,
+            overload: Overload {
+                nominal: Duration::from_secs(10),
+                doubled: Duration::from_secs(30),
+                recovery_windows: 10,
+            },
         }
     }
 }
@@ -278,6 +300,8 @@ struct Shape {
     online: usize,
 }
 
+/// Drives a shape up the `rates` until it saturates; returns the load and the
+/// highest rate it sustained.
 async fn group_load(
     cluster: &Cluster,
     shape: &Shape,
@@ -285,7 +309,7 @@ async fn group_load(
     plan: &Plan,
     base: &Baselines,
     rows: &mut Vec<Row>,
-) -> Result<Load, String> {
+) -> Result<(Load, Option<f64>), String> {
     let part = shape.part;
     let load = Load::start(
         cluster,
@@ -296,6 +320,7 @@ async fn group_load(
         &progress,
     )
     .await?;
+    let mut sustained = None;
     for rate in rates {
         progress(&format!("{part}: {rate:.0} msg/s for {:?}", plan.step));
         let step = load.step(cluster, *rate, plan.step).await?;
@@ -315,8 +340,203 @@ async fn group_load(
             ));
             break;
         }
+        sustained = Some(*rate);
     }
-    Ok(load)
+    Ok((load, sustained))
+}
+
+/// Multiples of the sustained rate the overload part drives: twice it, and
+/// four times it (past what the send path itself takes here).
+const OVERLOADS: [f64; 2] = [2.0, 4.0];
+
+/// The seed scenario at its sustained rate, then at each multiple of it in
+/// [`OVERLOADS`] (the excess should be refused with a reason, the admitted
+/// sends stay fast, no stream is cut, memory stays bounded), each followed by
+/// the sustained rate again, watched one second at a time until latency is
+/// nominal again.
+async fn overload(
+    cluster: &Cluster,
+    load: &Load,
+    rate: f64,
+    plan: &Overload,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    let part = "overload";
+    load.pause();
+    cluster.quiesce(Duration::from_secs(600)).await?;
+    progress(&format!(
+        "{part}: nominal {rate:.0} msg/s for {:?}",
+        plan.nominal
+    ));
+    let nominal = load.window(rate, plan.nominal).await;
+    window_rows(part, "nominal", &nominal, None, rows);
+    for multiple in OVERLOADS {
+        overload_window(cluster, load, rate * multiple, &nominal, plan, rows).await;
+        recovery(load, rate, multiple, &nominal, plan, rows).await;
+        load.pause();
+        cluster.quiesce(Duration::from_secs(600)).await?;
+    }
+    Ok(())
+}
+
+/// One overload window at `offered` msg/s, with the gateway's memory sampled.
+async fn overload_window(
+    cluster: &Cluster,
+    load: &Load,
+    offered: f64,
+    nominal: &Window,
+    plan: &Overload,
+    rows: &mut Vec<Row>,
+) {
+    let part = "overload";
+    let what = format!("{:.0}×", offered / nominal.offered);
+    progress(&format!(
+        "{part}: {offered:.0} msg/s for {:?}",
+        plan.doubled
+    ));
+    let rss_before = cluster.rss_bytes("gateway");
+    let sampling = std::sync::atomic::AtomicBool::new(true);
+    let peak = async {
+        let mut peak = rss_before;
+        while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+            peak = peak.max(cluster.rss_bytes("gateway"));
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        peak
+    };
+    let window = async {
+        let window = load.window(offered, plan.doubled).await;
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        window
+    };
+    let (over, peak) = tokio::join!(window, peak);
+    window_rows(part, &what, &over, Some(nominal), rows);
+    let refusals = over.exhausted + over.unavailable;
+    let mib = |bytes: u64| bytes as f64 / 1048576.0;
+    rows.extend([
+        Row::plain(
+            part,
+            &format!("{what} sends refused RESOURCE_EXHAUSTED"),
+            over.exhausted as f64,
+            "msgs",
+        ),
+        Row::plain(
+            part,
+            &format!("{what} sends refused UNAVAILABLE"),
+            over.unavailable as f64,
+            "msgs",
+        ),
+        Row::plain(
+            part,
+            &format!("{what} refusals with a retry hint"),
+            100.0 * over.hinted as f64 / refusals.max(1) as f64,
+            "%",
+        ),
+        Row::plain(
+            part,
+            &format!("{what} gateway RSS before"),
+            mib(rss_before),
+            "MiB",
+        ),
+        Row::plain(part, &format!("{what} gateway RSS peak"), mib(peak), "MiB"),
+    ]);
+    progress(&format!(
+        "{part}: {what}: accepted {:.0}/s, refused {refusals}, admitted send p99 {:.1} ms (nominal {:.1}), {} streams lost",
+        over.accepted, over.send.p99_ms, nominal.send.p99_ms, over.lost
+    ));
+    for reason in load.lost_reasons() {
+        progress(&format!("{part}: lost stream: {reason}"));
+    }
+}
+
+/// The sustained rate again after an overload, one second at a time.
+async fn recovery(
+    load: &Load,
+    rate: f64,
+    multiple: f64,
+    nominal: &Window,
+    plan: &Overload,
+    rows: &mut Vec<Row>,
+) {
+    let part = "overload";
+    let mut back = None;
+    let mut lost = 0;
+    for second in 1..=plan.recovery_windows {
+        let window = load.window(rate, Duration::from_secs(1)).await;
+        lost += window.lost;
+        progress(&format!(
+            "{part}: after {multiple:.0}×, second {second}: send p99 {:.1} ms, delivery p99 {:.1} ms",
+            window.send.p99_ms, window.delivery.p99_ms
+        ));
+        let nominal_again = window.send.p99_ms <= 1.25 * nominal.send.p99_ms.max(1.0)
+            && window.delivery.p99_ms <= 1.25 * nominal.delivery.p99_ms.max(1.0);
+        if back.is_none() && nominal_again {
+            back = Some(second);
+        }
+    }
+    rows.push(Row::plain(
+        part,
+        &format!("after {multiple:.0}×: seconds until send and delivery p99 ≤ 1.25× nominal"),
+        back.map_or(f64::INFINITY, f64::from),
+        "s",
+    ));
+    rows.push(Row::plain(
+        part,
+        &format!("after {multiple:.0}×: streams lost"),
+        lost as f64,
+        "streams",
+    ));
+}
+
+fn window_rows(
+    part: &str,
+    what: &str,
+    window: &Window,
+    nominal: Option<&Window>,
+    rows: &mut Vec<Row>,
+) {
+    let at = format!("{what} @{:.0}/s", window.offered);
+    rows.push(Row::plain(
+        part,
+        &format!("{at} accepted"),
+        window.accepted,
+        "msg/s",
+    ));
+    rows.push(Row::plain(
+        part,
+        &format!("{at} deliveries"),
+        window.deliveries,
+        "deliv/s",
+    ));
+    let mut send = Row::plain(
+        part,
+        &format!(
+            "{at} admitted send p99 (p50/p95/p99/max {} ms)",
+            window.send.brief()
+        ),
+        window.send.p99_ms,
+        "ms",
+    );
+    let mut delivery = Row::plain(
+        part,
+        &format!(
+            "{at} send→delivery p99 (p50/p95/p99/max {} ms)",
+            window.delivery.brief()
+        ),
+        window.delivery.p99_ms,
+        "ms",
+    );
+    if let Some(nominal) = nominal {
+        send = send.against("nominal send p99", nominal.send.p99_ms);
+        delivery = delivery.against("nominal delivery p99", nominal.delivery.p99_ms);
+    }
+    rows.extend([send, delivery]);
+    rows.push(Row::plain(
+        part,
+        &format!("{at} streams lost"),
+        window.lost as f64,
+        "streams",
+    ));
 }
 
 /// Why a step shows the suite no longer keeping up, if it does: senders
@@ -353,7 +573,9 @@ async fn parts(
         members: 200,
         online: 40,
     };
-    let seed = group_load(cluster, &seed, &plan.seed_rates, plan, base, rows).await?;
+    let (seed, sustained) = group_load(cluster, &seed, &plan.seed_rates, plan, base, rows).await?;
+    let rate = sustained.unwrap_or(plan.seed_rates[0] / 2.0);
+    overload(cluster, &seed, rate, &plan.overload, rows).await?;
     seed.stop().await;
 
     if !plan.large_rates.is_empty() {
@@ -363,7 +585,7 @@ async fn parts(
             members: 2_000,
             online: 400,
         };
-        let large = group_load(cluster, &large, &plan.large_rates, plan, base, rows).await?;
+        let (large, _) = group_load(cluster, &large, &plan.large_rates, plan, base, rows).await?;
         let gid = large.gids[0];
         progress("large: 50 more messages, then receipt reads");
         let msgids = parts::send_messages(cluster, "large0", gid, 50).await?;
