@@ -166,14 +166,16 @@ async fn a_thousand_and_a_half_devices_leaving_at_once_all_go_offline() {
         .buffer_unordered(64)
         .collect()
         .await;
-    // Presence hears of each login just after the stream is accepted.
-    parley_testkit::eventually("every device online", Duration::from_secs(30), || async {
+    // Presence hears of each login just after the stream is accepted. The
+    // ceilings are generous: on a busy machine 1,500 logins and departures
+    // take a while, and only a device that never changes state is a failure.
+    parley_testkit::eventually("every device online", Duration::from_secs(120), || async {
         (online(&suite, &uids).await == DEVICES).then_some(())
     })
     .await;
 
     drop(devices);
-    parley_testkit::eventually("every device offline", Duration::from_secs(30), || async {
+    parley_testkit::eventually("every device offline", Duration::from_secs(120), || async {
         (online(&suite, &uids).await == 0).then_some(())
     })
     .await;
