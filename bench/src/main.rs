@@ -345,6 +345,10 @@ async fn group_load(
     Ok((load, sustained))
 }
 
+/// The one busy group's nominal rate: what its sender's stream carries with
+/// room to spare.
+const BUSY_NOMINAL: f64 = 50.0;
+
 /// Multiples of the sustained rate the overload part drives: twice it, and
 /// four times it (past what the send path itself takes here).
 const OVERLOADS: [f64; 2] = [2.0, 4.0];
@@ -355,13 +359,13 @@ const OVERLOADS: [f64; 2] = [2.0, 4.0];
 /// the sustained rate again, watched one second at a time until latency is
 /// nominal again.
 async fn overload(
+    part: &'static str,
     cluster: &Cluster,
     load: &Load,
     rate: f64,
     plan: &Overload,
     rows: &mut Vec<Row>,
 ) -> Result<(), String> {
-    let part = "overload";
     load.pause();
     cluster.quiesce(Duration::from_secs(600)).await?;
     progress(&format!(
@@ -371,8 +375,8 @@ async fn overload(
     let nominal = load.window(rate, plan.nominal).await;
     window_rows(part, "nominal", &nominal, None, rows);
     for multiple in OVERLOADS {
-        overload_window(cluster, load, rate * multiple, &nominal, plan, rows).await;
-        recovery(load, rate, multiple, &nominal, plan, rows).await;
+        overload_window(part, cluster, load, rate * multiple, &nominal, plan, rows).await;
+        recovery(part, load, rate, multiple, &nominal, plan, rows).await;
         load.pause();
         cluster.quiesce(Duration::from_secs(600)).await?;
     }
@@ -381,6 +385,7 @@ async fn overload(
 
 /// One overload window at `offered` msg/s, with the gateway's memory sampled.
 async fn overload_window(
+    part: &str,
     cluster: &Cluster,
     load: &Load,
     offered: f64,
@@ -388,7 +393,6 @@ async fn overload_window(
     plan: &Overload,
     rows: &mut Vec<Row>,
 ) {
-    let part = "overload";
     let what = format!("{:.0}×", offered / nominal.offered);
     progress(&format!(
         "{part}: {offered:.0} msg/s for {:?}",
@@ -451,6 +455,7 @@ async fn overload_window(
 
 /// The sustained rate again after an overload, one second at a time.
 async fn recovery(
+    part: &str,
     load: &Load,
     rate: f64,
     multiple: f64,
@@ -458,7 +463,6 @@ async fn recovery(
     plan: &Overload,
     rows: &mut Vec<Row>,
 ) {
-    let part = "overload";
     let mut back = None;
     let mut lost = 0;
     for second in 1..=plan.recovery_windows {
@@ -575,8 +579,21 @@ async fn parts(
     };
     let (seed, sustained) = group_load(cluster, &seed, &plan.seed_rates, plan, base, rows).await?;
     let rate = sustained.unwrap_or(plan.seed_rates[0] / 2.0);
-    overload(cluster, &seed, rate, &plan.overload, rows).await?;
+    overload("overload", cluster, &seed, rate, &plan.overload, rows).await?;
     seed.stop().await;
+    // One busy group: its one sender's stream carries every message, so
+    // past one send per round trip the stream's own queue is what sheds.
+    let busy = Load::start(cluster, "busy", 1, 200, 40, &progress).await?;
+    overload(
+        "busy group",
+        cluster,
+        &busy,
+        BUSY_NOMINAL,
+        &plan.overload,
+        rows,
+    )
+    .await?;
+    busy.stop().await;
 
     if !plan.large_rates.is_empty() {
         let large = Shape {

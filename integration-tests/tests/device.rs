@@ -32,18 +32,18 @@ pub struct Device {
     next_request: u64,
 }
 
-/// Opens a stream to `gateway` and sends `auth`; returns the stream and the
-/// first reply (or the status the gateway refused with).
-pub async fn open(
-    gateway: SocketAddr,
-    auth: pb::AuthFrame,
-) -> Result<
+/// An opened stream's two halves, or the status the gateway refused it with.
+pub type Opened = Result<
     (
         mpsc::Sender<pb::ConnectRequest>,
         tonic::Streaming<pb::ConnectResponse>,
     ),
     Status,
-> {
+>;
+
+/// Opens a stream to `gateway` and sends `auth`; returns the stream and the
+/// first reply (or the status the gateway refused with).
+pub async fn open(gateway: SocketAddr, auth: pb::AuthFrame) -> Opened {
     open_with_window(gateway, auth, None).await
 }
 
@@ -53,13 +53,7 @@ pub async fn open_with_window(
     gateway: SocketAddr,
     auth: pb::AuthFrame,
     window: Option<u32>,
-) -> Result<
-    (
-        mpsc::Sender<pb::ConnectRequest>,
-        tonic::Streaming<pb::ConnectResponse>,
-    ),
-    Status,
-> {
+) -> Opened {
     let channel = Endpoint::from_shared(format!("http://{gateway}"))
         .expect("endpoint")
         .initial_stream_window_size(window)
@@ -72,16 +66,7 @@ pub async fn open_with_window(
 
 /// Opens a stream on an existing HTTP/2 connection: several devices behind
 /// one proxy share one.
-pub async fn open_on(
-    channel: Channel,
-    auth: pb::AuthFrame,
-) -> Result<
-    (
-        mpsc::Sender<pb::ConnectRequest>,
-        tonic::Streaming<pb::ConnectResponse>,
-    ),
-    Status,
-> {
+pub async fn open_on(channel: Channel, auth: pb::AuthFrame) -> Opened {
     let (tx, rx) = mpsc::channel(1024);
     tx.send(pb::ConnectRequest {
         frame: Some(In::Auth(auth)),

@@ -78,6 +78,18 @@ async fn wait_for_membership(suite: &Suite, uid: &str, gid: u64) {
     .await;
 }
 
+/// Sends one message from `device` and waits for its result.
+async fn send_and_wait(device: &mut Device, gid: u64, id: &str) -> pb::SendResultFrame {
+    let request_id = device.send(gid, id, b"hello").await;
+    loop {
+        match device.frame().await {
+            Out::SendResult(result) if result.request_id == request_id => return result,
+            Out::Closing(closing) => panic!("{}: stream closed: {}", device.uid, closing.reason),
+            _ => {}
+        }
+    }
+}
+
 /// The receipt service's view of `uid` in `gid`: (last seq, read cursor).
 async fn receipt_view(suite: &Suite, uid: &str, gid: u64) -> (u64, u64) {
     let groups = unread_in(suite, uid, gid).await;
@@ -136,14 +148,7 @@ async fn a_receipt_outage_closes_no_stream_and_fails_no_send(backend: Backend) {
     suite.stop_receipt().await;
     let mut msgids = Vec::new();
     for i in 1..=5 {
-        let request_id = sender.send(gid, &format!("o{i}"), b"hello").await;
-        let result = loop {
-            match sender.frame().await {
-                Out::SendResult(result) if result.request_id == request_id => break result,
-                Out::Closing(closing) => panic!("sender's stream closed: {}", closing.reason),
-                _ => {}
-            }
-        };
+        let result = send_and_wait(&mut sender, gid, &format!("o{i}")).await;
         assert_eq!(result.code, 0, "send {i} accepted: {}", result.error);
         msgids.push(result.msgid);
         let mut others = Vec::new();
@@ -157,14 +162,7 @@ async fn a_receipt_outage_closes_no_stream_and_fails_no_send(backend: Backend) {
     // A device logging in meanwhile is served too: its backlog waits for the
     // receipt service, its sends do not.
     let mut laptop = Device::connect(gw, "uid1", "laptop").await;
-    let request_id = laptop.send(gid, "from-laptop", b"hi").await;
-    let result = loop {
-        match laptop.frame().await {
-            Out::SendResult(result) if result.request_id == request_id => break result,
-            Out::Closing(closing) => panic!("laptop's stream closed: {}", closing.reason),
-            _ => {}
-        }
-    };
+    let result = send_and_wait(&mut laptop, gid, "from-laptop").await;
     assert_eq!(result.code, 0, "a send from a new login is accepted");
 
     suite.restart_receipt().await;

@@ -101,6 +101,20 @@ impl Running {
     }
 }
 
+/// Stops a service gracefully, if it runs.
+async fn stop(service: &mut Option<Running>) {
+    if let Some(running) = service.take() {
+        running.stop().await;
+    }
+}
+
+/// Binds a stopped service's address again, to restart it there.
+async fn rebind(addr: SocketAddr) -> TcpListener {
+    TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("rebind {addr}: {e}"))
+}
+
 async fn stopped(rx: oneshot::Receiver<()>) {
     let _ = rx.await;
 }
@@ -365,16 +379,12 @@ impl Suite {
 
     /// Stops the presence service (its Redis keeps the entries).
     pub async fn stop_presence(&mut self) {
-        if let Some(running) = self.presence.take() {
-            running.stop().await;
-        }
+        stop(&mut self.presence).await;
     }
 
     /// Starts the presence service again, on the same address.
     pub async fn restart_presence(&mut self) {
-        let listener = TcpListener::bind(self.presence_addr)
-            .await
-            .expect("rebind the presence address");
+        let listener = rebind(self.presence_addr).await;
         self.presence = Some(self.start_presence(listener));
     }
 
@@ -420,16 +430,12 @@ impl Suite {
 
     /// Stops the notification service gracefully; its database stays.
     pub async fn stop_notification(&mut self) {
-        if let Some(running) = self.notification.take() {
-            running.stop().await;
-        }
+        stop(&mut self.notification).await;
     }
 
     /// Starts the notification service again, on the same address and database.
     pub async fn restart_notification(&mut self) {
-        let listener = TcpListener::bind(self.notification_addr)
-            .await
-            .expect("rebind the notification address");
+        let listener = rebind(self.notification_addr).await;
         self.notification = Some(self.start_notification(listener));
     }
 
@@ -604,16 +610,12 @@ impl Suite {
 
     /// Stops the receipt service; its database stays.
     pub async fn stop_receipt(&mut self) {
-        if let Some(running) = self.receipt.take() {
-            running.stop().await;
-        }
+        stop(&mut self.receipt).await;
     }
 
     /// Starts the receipt service again, on the same address and database.
     pub async fn restart_receipt(&mut self) {
-        let listener = TcpListener::bind(self.receipt_addr)
-            .await
-            .expect("rebind the receipt address");
+        let listener = rebind(self.receipt_addr).await;
         self.receipt = Some(self.start_receipt(listener));
     }
 
