@@ -88,7 +88,7 @@ pub struct Config {
     /// Longest a queued send may wait for its turn, in milliseconds; one that
     /// waited longer is refused with UNAVAILABLE and a retry hint rather than
     /// sent late (load shedding under overload).
-    #[arg(long, env = "PARLEY_GATEWAY_SEND_WAIT_MS", default_value_t = 250,
+    #[arg(long, env = "PARLEY_GATEWAY_SEND_WAIT_MS", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub send_wait_ms: u64,
     /// Longest delay between retries of what a service behind the gateway
