@@ -87,8 +87,10 @@ pub struct Config {
     pub send_queue: u32,
     /// Longest a queued send may wait for its turn, in milliseconds; one that
     /// waited longer is refused with UNAVAILABLE and a retry hint rather than
-    /// sent late (load shedding under overload).
-    #[arg(long, env = "PARLEY_GATEWAY_SEND_WAIT_MS", default_value_t = 100,
+    /// sent late. A safety net for a stalled message service: system overload
+    /// is shed by the message service's own send gate, and a stream's own
+    /// burst by the queue's length.
+    #[arg(long, env = "PARLEY_GATEWAY_SEND_WAIT_MS", default_value_t = 2_000,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub send_wait_ms: u64,
     /// Longest delay between retries of what a service behind the gateway
