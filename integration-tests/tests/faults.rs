@@ -23,6 +23,7 @@ on_both_backends!(
     an_ack_past_the_committed_last_seq_moves_nothing_beyond_it,
     a_login_in_a_thousand_groups_gets_every_group_and_refused_syncs_say_so,
     a_burst_past_capacity_is_refused_with_hints_and_loses_nothing,
+    a_presence_outage_at_login_closes_no_stream,
 );
 
 /// A message whose fan-out failed (presence down) reaches an online member
@@ -416,5 +417,26 @@ async fn a_burst_past_capacity_is_refused_with_hints_and_loses_nothing(backend: 
         let (before, _) = device.drain(vec![]).await;
         assert!(!before.iter().any(|f| matches!(f, Out::Closing(_))));
     }
+    suite.stop().await;
+}
+
+async fn a_presence_outage_at_login_closes_no_stream(backend: Backend) {
+    let mut suite = Suite::start(backend).await;
+    let gid = create_group(&suite, "A", "NoPresence", &["uid1"]).await;
+    wait_for_membership(&suite, "uid1", gid).await;
+
+    suite.stop_presence().await;
+    let mut device = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    let result = send_and_wait(&mut device, gid, "while-presence-is-down").await;
+    assert_eq!(result.code, 0, "a send needs no presence: {}", result.error);
+    send_direct(&suite, "A", gid, "to-uid1", 16).await;
+    suite.restart_presence().await;
+
+    // The gateway's heartbeat registers the device; it gets both messages,
+    // in order, on the stream it opened during the outage.
+    let mut others = Vec::new();
+    let got = device.messages(2, &mut others).await;
+    assert_eq!(seqs(&got, gid), vec![1, 2]);
+    assert!(!others.iter().any(|f| matches!(f, Out::Closing(_))));
     suite.stop().await;
 }

@@ -96,9 +96,6 @@ pub enum End {
     ClientGone,
     /// The client does not read fast enough.
     SlowConsumer,
-    /// A service the login cannot do without failed; the client should
-    /// reconnect.
-    Upstream(Status),
     /// The gateway is shutting down; the client should reconnect elsewhere.
     ShuttingDown,
     /// The gateway's run future was dropped (a crash, as far as anyone outside
@@ -115,10 +112,6 @@ impl End {
                 "outbound queue full: the client is not reading fast enough; reconnect and resync by seq"
                     .into(),
             ),
-            End::Upstream(status) => Some(format!(
-                "service unavailable ({}); reconnect and resync by seq",
-                status.code()
-            )),
         }
     }
 }
@@ -383,11 +376,13 @@ impl Session {
             }),
             gateway_id: gateway_id.to_owned(),
         };
-        self.upstream
-            .presence
-            .online(online)
-            .await
-            .map_err(End::Upstream)?;
+        // Without presence the device is invisible to fan-out until the
+        // gateway's next heartbeat registers it; that heartbeat reports the
+        // entry as revived and every connection here resyncs, so nothing is
+        // missed and the stream stays open meanwhile.
+        if let Err(status) = self.upstream.presence.online(online).await {
+            tracing::warn!(uid = %self.uid, error = %status, "presence registration failed; the next heartbeat registers the device");
+        }
         self.owed.catch_up = true;
         self.owed.pull = Some(receipts_cursor);
         self.repair().await
