@@ -35,7 +35,7 @@ test-services: ## Start MariaDB and Redis for the tests when they are not runnin
 bench-build:
 	cargo build --release -p parley-bench $(SERVICE_CRATES)
 
-bench: test-services bench-build ## Short benchmark (about 1½ minutes after the build): table with baselines, JSON in bench-results.json
+bench: test-services bench-build ## Short benchmark (about 3 minutes after the build): table with baselines, JSON in bench-results.json
 	target/release/parley-bench
 
 bench-full: test-services bench-build ## Every part of the benchmark at full size
