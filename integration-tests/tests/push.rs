@@ -335,6 +335,40 @@ async fn fcm_failures_are_retried_pruned_and_dead_lettered() {
     suite.stop().await;
 }
 
+/// A provider answering with an absurd `Retry-After` (the largest number the
+/// header can hold) gets its push dead-lettered, not a panicking worker: the
+/// next push is sent as usual.
+#[tokio::test]
+async fn a_huge_retry_after_dead_letters_the_push_and_the_worker_goes_on() {
+    let suite = Suite::start(Backend::MariaDb).await;
+    let (huge, fine) = (fcm_token("huge"), fcm_token("fine"));
+    suite.fcm.script(&huge, [Reply::RetryAfter(u64::MAX)]);
+    register(&suite, "uid3", "phone", &huge).await;
+    register(&suite, "uid4", "phone", &fine).await;
+    let gid = create_group(&suite, "A", "Ops", &["uid3"]).await;
+    send_direct(&suite, "A", gid, "alert", 8).await;
+    let db = suite.notification_db().await;
+    let letters = eventually("the throttled push dead-lettered", WAIT, || async {
+        let letters = db.dead_letters("uid3").await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    assert!(letters[0].reason.contains("past the lease"), "{letters:?}");
+
+    let other = create_group(&suite, "A", "Later", &["uid4"]).await;
+    send_direct(&suite, "A", other, "next", 8).await;
+    eventually("the next push sent", WAIT, || async {
+        suite
+            .fcm
+            .sends_to(&fine)
+            .iter()
+            .any(|s| s.status == 200)
+            .then_some(())
+    })
+    .await;
+    suite.stop().await;
+}
+
 #[tokio::test]
 async fn bad_registrations_and_mutes_are_refused_and_change_nothing() {
     let suite = Suite::start(Backend::Sqlite).await;

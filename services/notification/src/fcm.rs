@@ -146,10 +146,16 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outc
     }
 }
 
-/// A `Retry-After` header in seconds (the form FCM sends).
+/// The longest `Retry-After` taken from a provider; a longer one (or a
+/// number too large to add to a clock) reads as this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// A `Retry-After` header in seconds (the form FCM sends), at most
+/// [`MAX_RETRY_AFTER`].
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let seconds = value.trim().parse::<u64>().ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
 #[tonic::async_trait]
@@ -280,5 +286,20 @@ mod tests {
         assert_eq!(body["message"]["data"]["last_seq"], "6");
         assert_eq!(body["message"]["android"]["collapse_key"], "parley-group-7");
         assert_eq!(body["message"]["apns"]["payload"]["aps"]["badge"], 5);
+    }
+
+    #[test]
+    fn a_huge_retry_after_is_clamped() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            reqwest::header::HeaderValue::from_static("18446744073709551615"),
+        );
+        assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            reqwest::header::HeaderValue::from_static(" 7 "),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
     }
 }

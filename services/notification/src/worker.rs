@@ -332,7 +332,12 @@ impl<S: QueueStore> Worker<S> {
                 self.policy.backoff_max,
             )
             .max(after.unwrap_or_default());
-            if Instant::now() + delay > deadline {
+            // A sender's hint is the provider's word: never trust it to fit
+            // on the clock.
+            if Instant::now()
+                .checked_add(delay)
+                .is_none_or(|due| due > deadline)
+            {
                 break format!("{reason}; next retry in {delay:?} is past the lease");
             }
             metrics::counter!("parley_push_retried_total", "platform" => platform).increment(1);
