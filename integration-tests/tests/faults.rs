@@ -13,7 +13,7 @@ use crate::{
     device::{Device, seqs},
     support::{
         Backend, Options, Suite, ack_read, create_group, on_both_backends, send_direct, unread_in,
-        user,
+        wait_for_membership,
     },
 };
 
@@ -55,28 +55,6 @@ async fn a_failed_fan_out_is_repaired_without_a_later_message() {
     let got = reader.messages(1, &mut others).await;
     assert_eq!(seqs(&got, gid), vec![1], "the lone message arrived live");
     suite.stop().await;
-}
-
-/// Waits until the receipt service knows `uid` is in `gid` (membership
-/// reaches it through the outbox).
-async fn wait_for_membership(suite: &Suite, uid: &str, gid: u64) {
-    let client = suite.receipt(user(uid));
-    eventually(
-        "the membership to reach the receipt service",
-        Duration::from_secs(30),
-        || {
-            let mut client = client.clone();
-            async move {
-                let request = parley_proto::receipt::UnreadCountsRequest {
-                    gids: vec![gid],
-                    ..Default::default()
-                };
-                let reply = client.unread_counts(request).await.ok()?.into_inner();
-                (!reply.groups.is_empty()).then_some(())
-            }
-        },
-    )
-    .await;
 }
 
 /// Sends one message from `device` and waits for its result.

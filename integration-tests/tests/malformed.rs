@@ -296,3 +296,38 @@ async fn malformed_requests_to_every_rpc_get_documented_codes_and_change_nothing
     assert!(counts.iter().all(|g| g.read_seq == 0));
     suite.stop().await;
 }
+
+/// InitReceipts naming a recipient twice is refused as malformed and writes
+/// nothing (it was a unique-key violation, answered INTERNAL).
+#[tokio::test]
+async fn init_receipts_with_a_recipient_twice_is_refused_and_writes_nothing() {
+    let suite = crate::support::Suite::start(crate::support::Backend::MariaDb).await;
+    let gid = crate::support::create_group(&suite, "A", "Twice", &["uid1", "uid2"]).await;
+    crate::support::wait_for_membership(&suite, "uid1", gid).await;
+    let mut outbox =
+        parley_proto::receipt::receipt_service_client::ReceiptServiceClient::with_interceptor(
+            tonic::transport::Endpoint::from_shared(format!("http://{}", suite.receipt_addr))
+                .expect("endpoint")
+                .connect_lazy(),
+            crate::support::As::Raw("x-parley-service", "message"),
+        );
+    let request = parley_proto::receipt::InitReceiptsRequest {
+        gid,
+        msgid: 77,
+        seq: 1,
+        sender_uid: "A".into(),
+        need_receipt: true,
+        recipient_count: 2,
+        recipient_uids: vec!["uid1".into(), "uid2".into(), "uid1".into()],
+        created_at_ms: 0,
+    };
+    let refused = outbox.init_receipts(request).await.expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("uid1"), "{}", refused.message());
+    assert_eq!(
+        crate::support::unread_in(&suite, "uid1", gid).await[0].last_seq,
+        0,
+        "no message recorded"
+    );
+    suite.stop().await;
+}

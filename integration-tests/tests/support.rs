@@ -751,6 +751,28 @@ pub async fn wait_for_receipts(
     .await
 }
 
+/// Waits until the receipt service knows `uid` is in `gid` (membership
+/// reaches it through the outbox).
+pub async fn wait_for_membership(suite: &Suite, uid: &str, gid: u64) {
+    let client = suite.receipt(user(uid));
+    parley_testkit::eventually(
+        "the membership to reach the receipt service",
+        Duration::from_secs(30),
+        || {
+            let mut client = client.clone();
+            async move {
+                let request = parley_proto::receipt::UnreadCountsRequest {
+                    gids: vec![gid],
+                    ..Default::default()
+                };
+                let reply = client.unread_counts(request).await.ok()?.into_inner();
+                (!reply.groups.is_empty()).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
 /// `uid`'s unread counts for one group.
 pub async fn unread_in(suite: &Suite, uid: &str, gid: u64) -> Vec<rpb::GroupUnread> {
     let request = rpb::UnreadCountsRequest {

@@ -180,6 +180,12 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
             .map(|u| Uid::parse(u).map(Uid::into_string))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ReceiptError::invalid(format!("recipient_uids: {e}")))?;
+        let mut listed = std::collections::HashSet::with_capacity(recipients.len());
+        if let Some(twice) = recipients.iter().find(|uid| !listed.insert(uid.as_str())) {
+            return Err(
+                ReceiptError::invalid(format!("recipient_uids: {twice} is listed twice")).into(),
+            );
+        }
         let message = InitMessage {
             gid: parse_id(req.gid, "gid")?,
             msgid: parse_id(req.msgid, "msgid")?,
