@@ -39,15 +39,64 @@ async fn send<S: MessageStore>(
     sender: &str,
     client_msg_id: &str,
 ) -> SendOutcome {
-    let message = NewMessage {
+    store
+        .send(&new_message(gid, sender, client_msg_id), 2)
+        .await
+        .expect("send")
+}
+
+fn new_message(gid: Gid, sender: &str, client_msg_id: &str) -> NewMessage {
+    NewMessage {
         gid,
         sender: uid(sender),
         client_msg_id: client_msg_id.into(),
         content: b"hello".to_vec(),
         need_receipt: true,
         trace_context: String::new(),
-    };
-    store.send(&message, 2).await.expect("send")
+    }
+}
+
+fn seq_of(outcome: &SendOutcome) -> (bool, i64) {
+    match outcome {
+        SendOutcome::Sent(m) => (true, m.seq),
+        SendOutcome::Duplicate(m) => (false, m.seq),
+    }
+}
+
+async fn a_batch_is_stored_in_order_with_dense_seqs_and_retries_are_originals<S: MessageStore>(
+    store: S,
+) {
+    let gid = group_of(&store, "A", &["uid1"]).await;
+    send(&store, gid, "A", "before").await;
+    let batch: Vec<NewMessage> = ["b1", "b2", "b1", "b3"]
+        .iter()
+        .map(|id| new_message(gid, "A", id))
+        .collect();
+    let outcomes = store.send_batch(&batch, 5).await.expect("batch");
+    let seqs: Vec<(bool, i64)> = outcomes.iter().map(seq_of).collect();
+    assert_eq!(
+        seqs,
+        vec![(true, 2), (true, 3), (false, 2), (true, 4)],
+        "in order; the repeated id is its original"
+    );
+    let again = store.send_batch(&batch, 6).await.expect("retried batch");
+    assert!(
+        again.iter().all(|o| !seq_of(o).0),
+        "a retried batch stores nothing"
+    );
+    let next = send(&store, gid, "A", "after").await;
+    assert_eq!(seq_of(&next), (true, 5), "no seq consumed by duplicates");
+    let mixed = [new_message(gid, "A", "m1"), new_message(gid, "uid1", "m2")];
+    assert!(matches!(
+        store.send_batch(&mixed, 7).await,
+        Err(MessageError::Invalid(_))
+    ));
+    assert!(store.send_batch(&[], 7).await.expect("empty").is_empty());
+    let stranger = [new_message(gid, "stranger", "s1")];
+    assert!(matches!(
+        store.send_batch(&stranger, 7).await,
+        Err(MessageError::Denied(_))
+    ));
 }
 
 fn sent(outcome: SendOutcome) -> (i64, i64) {
@@ -289,4 +338,5 @@ parley_testkit::contract_suite!(
     direct_conversations_are_unique_and_closed,
     reads_start_after_the_join_point,
     the_outbox_holds_every_change_in_order_until_done,
+    a_batch_is_stored_in_order_with_dense_seqs_and_retries_are_originals,
 );

@@ -233,7 +233,26 @@ pub trait MessageStore: Clone + Send + Sync + 'static {
         &self,
         message: &NewMessage,
         now_ms: i64,
-    ) -> impl Future<Output = Result<SendOutcome, MessageError>> + Send;
+    ) -> impl Future<Output = Result<SendOutcome, MessageError>> + Send {
+        async move {
+            let mut outcomes = self
+                .send_batch(std::slice::from_ref(message), now_ms)
+                .await?;
+            outcomes
+                .pop()
+                .ok_or(MessageError::Invalid("nothing to send".into()))
+        }
+    }
+
+    /// Stores messages of one sender to one group in one transaction, in
+    /// order, each with the next seq (a retried one, even within the batch,
+    /// returns its original). Every message must name the same group and
+    /// sender; an empty batch stores nothing.
+    fn send_batch(
+        &self,
+        messages: &[NewMessage],
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Vec<SendOutcome>, MessageError>> + Send;
 
     /// Messages with seq above `after_seq`, in seq order.
     fn messages_after(
