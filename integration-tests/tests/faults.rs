@@ -13,7 +13,7 @@ use crate::{
     device::{Device, seqs},
     support::{
         Backend, Options, Suite, ack_read, create_group, on_both_backends, send_direct, unread_in,
-        wait_for_membership,
+        user, wait_for_membership,
     },
 };
 
@@ -24,6 +24,7 @@ on_both_backends!(
     a_login_in_a_thousand_groups_gets_every_group_and_refused_syncs_say_so,
     a_burst_past_capacity_is_refused_with_hints_and_loses_nothing,
     a_presence_outage_at_login_closes_no_stream,
+    a_batch_of_sends_is_stored_in_order_and_refusals_take_no_seq,
 );
 
 /// A message whose fan-out failed (presence down) reaches an online member
@@ -416,5 +417,67 @@ async fn a_presence_outage_at_login_closes_no_stream(backend: Backend) {
     let got = device.messages(2, &mut others).await;
     assert_eq!(seqs(&got, gid), vec![1, 2]);
     assert!(!others.iter().any(|f| matches!(f, Out::Closing(_))));
+    suite.stop().await;
+}
+
+async fn a_batch_of_sends_is_stored_in_order_and_refusals_take_no_seq(backend: Backend) {
+    let suite = Suite::start(backend).await;
+    let gid = create_group(&suite, "A", "Batch", &["uid1"]).await;
+    let mut reader = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    reader.drain(vec![]).await;
+    let item = |id: &str, gid: u64| parley_proto::message::SendMessageRequest {
+        gid,
+        client_msg_id: id.into(),
+        content: b"x".to_vec(),
+        need_receipt: true,
+    };
+    let request = parley_proto::message::SendMessagesRequest {
+        gid,
+        messages: vec![
+            item("m1", 0),
+            item("", gid),
+            item("m2", gid),
+            item("m1", 0),
+            item("m3", gid + 1),
+        ],
+    };
+    let results = suite
+        .message(user("A"))
+        .send_messages(request)
+        .await
+        .expect("batch")
+        .into_inner()
+        .results;
+    let summary: Vec<(i32, u64, bool)> = results
+        .iter()
+        .map(|r| (r.code, r.message.as_ref().map_or(0, |m| m.seq), r.duplicate))
+        .collect();
+    let invalid = tonic::Code::InvalidArgument as i32;
+    assert_eq!(
+        summary,
+        vec![
+            (0, 1, false),
+            (invalid, 0, false),
+            (0, 2, false),
+            (0, 1, true),
+            (invalid, 0, false)
+        ],
+        "in order; refusals and the repeat take no seq"
+    );
+    let mut others = Vec::new();
+    let got = reader.messages(2, &mut others).await;
+    assert_eq!(seqs(&got, gid), vec![1, 2]);
+    let stranger = parley_proto::message::SendMessagesRequest {
+        gid,
+        messages: vec![item("s1", gid)],
+    };
+    let refused = suite
+        .message(user("stranger"))
+        .send_messages(stranger)
+        .await;
+    assert_eq!(
+        refused.expect_err("not a member").code(),
+        tonic::Code::PermissionDenied
+    );
     suite.stop().await;
 }

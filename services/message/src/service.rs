@@ -51,13 +51,89 @@ impl<S: MessageStore> MessageApi<S> {
         }
     }
 
-    /// Publishes a committed message to its online recipients' gateways, off
-    /// the request path: the sender's reply does not wait for the fan-out.
-    fn publish_after_commit(&self, record: &MessageRecord) {
-        let (store, fanout, record) = (self.store.clone(), self.fanout.clone(), record.clone());
-        let fan_out = async move { fanout.after_commit(&store, &record).await };
+    /// A wire send, validated, as the caller's message to `gid`.
+    fn new_message(
+        &self,
+        gid: Gid,
+        caller: &parley_server::Uid,
+        req: pb::SendMessageRequest,
+    ) -> Result<NewMessage, MessageError> {
+        let client_msg_id = domain::parse_client_msg_id(&req.client_msg_id)?;
+        domain::check_content(&req.content, self.limits.max_content_bytes)?;
+        Ok(NewMessage {
+            gid,
+            sender: caller.clone(),
+            client_msg_id,
+            content: req.content,
+            need_receipt: req.need_receipt,
+            trace_context: parley_server::telemetry::current_traceparent(),
+        })
+    }
+
+    /// Stores a run of messages in one transaction, once the send gate
+    /// admits it; the new ones are handed to the outbox and fanned out.
+    async fn store_sends(&self, messages: &[NewMessage]) -> Result<Vec<SendOutcome>, Status> {
+        let turn = self.limits.sends.admit().await?;
+        let stored = self.store.send_batch(messages, now_ms()).await;
+        drop(turn);
+        let outcomes = stored?;
+        let sent: Vec<MessageRecord> = outcomes
+            .iter()
+            .filter_map(|outcome| match outcome {
+                SendOutcome::Sent(record) => Some(record.clone()),
+                SendOutcome::Duplicate(_) => None,
+            })
+            .collect();
+        if !sent.is_empty() {
+            self.outbox_wake.notify_one();
+            for record in &sent {
+                tracing::debug!(
+                    gid = record.gid,
+                    seq = record.seq,
+                    msgid = record.msgid,
+                    "message stored"
+                );
+            }
+            self.publish_after_commit(sent);
+        }
+        Ok(outcomes)
+    }
+
+    /// Publishes committed messages to their online recipients' gateways, in
+    /// seq order, off the request path: the sender's reply does not wait for
+    /// the fan-out.
+    fn publish_after_commit(&self, records: Vec<MessageRecord>) {
+        let (store, fanout) = (self.store.clone(), self.fanout.clone());
+        let fan_out = async move {
+            for record in &records {
+                fanout.after_commit(&store, record).await;
+            }
+        };
         // Still part of the send's trace.
         tokio::spawn(fan_out.in_current_span());
+    }
+}
+
+/// Most messages per SendMessages call.
+const MAX_BATCH: usize = 100;
+
+/// The result of one message of a batch.
+fn send_result(outcome: Result<SendOutcome, Status>) -> pb::SendMessageResult {
+    match outcome {
+        Ok(SendOutcome::Sent(record)) => pb::SendMessageResult {
+            message: Some(message_to_pb(record)),
+            ..Default::default()
+        },
+        Ok(SendOutcome::Duplicate(record)) => pb::SendMessageResult {
+            message: Some(message_to_pb(record)),
+            duplicate: true,
+            ..Default::default()
+        },
+        Err(status) => pb::SendMessageResult {
+            code: status.code() as i32,
+            error: status.message().to_owned(),
+            ..Default::default()
+        },
     }
 }
 
@@ -230,37 +306,66 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         let caller = Caller::user_of(&request)?;
         let req = request.into_inner();
         let gid = Gid::parse(req.gid)?;
-        let client_msg_id = domain::parse_client_msg_id(&req.client_msg_id)?;
-        domain::check_content(&req.content, self.limits.max_content_bytes)?;
-        let message = NewMessage {
-            gid,
-            sender: caller,
-            client_msg_id,
-            content: req.content,
-            need_receipt: req.need_receipt,
-            trace_context: parley_server::telemetry::current_traceparent(),
-        };
-        let turn = self.limits.sends.admit().await?;
-        let stored = self.store.send(&message, now_ms()).await;
-        drop(turn);
-        let (record, duplicate) = match stored? {
-            SendOutcome::Sent(record) => {
-                self.outbox_wake.notify_one();
-                self.publish_after_commit(&record);
-                tracing::debug!(
-                    gid = record.gid,
-                    seq = record.seq,
-                    msgid = record.msgid,
-                    "message stored"
-                );
-                (record, false)
-            }
-            SendOutcome::Duplicate(record) => (record, true),
+        let message = self.new_message(gid, &caller, req)?;
+        let outcome = self.store_sends(std::slice::from_ref(&message)).await?;
+        let (record, duplicate) = match outcome.into_iter().next() {
+            Some(SendOutcome::Sent(record)) => (record, false),
+            Some(SendOutcome::Duplicate(record)) => (record, true),
+            None => return Err(Status::internal("the message was not stored")),
         };
         Ok(Response::new(pb::SendMessageResponse {
             message: Some(message_to_pb(record)),
             duplicate,
         }))
+    }
+
+    async fn send_messages(
+        &self,
+        request: Request<pb::SendMessagesRequest>,
+    ) -> Result<Response<pb::SendMessagesResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let gid = Gid::parse(req.gid)?;
+        if req.messages.is_empty() || req.messages.len() > MAX_BATCH {
+            return Err(MessageError::invalid(format!(
+                "messages must hold 1 to {MAX_BATCH} messages"
+            ))
+            .into());
+        }
+        // Malformed messages are refused one by one and take no seq; the
+        // rest are stored together, in order.
+        let mut results: Vec<Option<pb::SendMessageResult>> = vec![None; req.messages.len()];
+        let mut valid = Vec::new();
+        let mut positions = Vec::new();
+        for (position, item) in req.messages.into_iter().enumerate() {
+            let checked = if item.gid != 0 && item.gid != req.gid {
+                Err(MessageError::invalid(
+                    "a message's gid differs from the batch's",
+                ))
+            } else {
+                self.new_message(gid, &caller, item)
+            };
+            match checked {
+                Ok(message) => {
+                    valid.push(message);
+                    positions.push(position);
+                }
+                Err(error) => results[position] = Some(send_result(Err(error.into()))),
+            }
+        }
+        if !valid.is_empty() {
+            let outcomes = self.store_sends(&valid).await?;
+            for (position, outcome) in positions.into_iter().zip(outcomes) {
+                results[position] = Some(send_result(Ok(outcome)));
+            }
+        }
+        let results = results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| send_result(Err(Status::internal("not stored"))))
+            })
+            .collect();
+        Ok(Response::new(pb::SendMessagesResponse { results }))
     }
 
     async fn sync_messages(
