@@ -208,7 +208,7 @@ async fn one_send_is_one_trace_through_every_service() {
         .collect();
     for expected in [
         "gateway.send",
-        "/parley.message.v1.MessageService/SendMessage",
+        "/parley.message.v1.MessageService/SendMessages",
         "/parley.presence.v1.PresenceService/BatchGetPresence",
         "outbox.deliver",
         "/parley.receipt.v1.ReceiptService/InitReceipts",

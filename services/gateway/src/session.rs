@@ -66,6 +66,9 @@ const KNOWN_MESSAGES: usize = 10_000;
 const MAX_ACK_ENTRIES: usize = 100;
 /// Unwritten acks kept per connection (two per group at most).
 const MAX_PENDING_ACKS: usize = 4096;
+/// Most queued sends to one group stored in one call (the message service
+/// takes up to 100).
+const MAX_SEND_RUN: usize = 100;
 /// Message ids watched per heartbeat.
 const MAX_WATCHED: usize = 100;
 /// First delay before owed work is retried.
@@ -207,10 +210,11 @@ struct Queued {
     since: Instant,
 }
 
-/// A send's outcome.
+/// The outcome of a run of sends: one result per request, or the status
+/// that refused them all.
 struct Sent {
-    request_id: u64,
-    outcome: Result<mpb::Message, Status>,
+    request_ids: Vec<u64>,
+    outcome: Result<Vec<mpb::SendMessageResult>, Status>,
 }
 
 /// Acks by (gid, read): the highest seq not yet written.
@@ -714,8 +718,10 @@ impl Session {
         Ok(())
     }
 
-    /// The next queued send to start; sends that waited past the limit are
-    /// refused on the way, so the ones admitted are not late.
+    /// The next run of queued sends to start: the sends at the head of the
+    /// queue that go to the same group, stored together in order. Sends that
+    /// waited past the limit are refused on the way, so the ones admitted are
+    /// not late (those behind the head are newer).
     async fn next_send(&mut self) -> Result<Option<BoxFuture<'static, Sent>>, End> {
         while let Some(queued) = self.sends.pop_front() {
             if queued.since.elapsed() > self.limits.send_wait {
@@ -728,33 +734,46 @@ impl Session {
                     .await?;
                 continue;
             }
-            return Ok(Some(self.start_send(queued.frame)));
+            let gid = queued.frame.gid;
+            let mut run = vec![queued.frame];
+            while run.len() < MAX_SEND_RUN
+                && let Some(next) = self.sends.pop_front()
+            {
+                if next.frame.gid != gid {
+                    self.sends.push_front(next);
+                    break;
+                }
+                run.push(next.frame);
+            }
+            return Ok(Some(self.start_sends(gid, run)));
         }
         Ok(None)
     }
 
-    fn start_send(&self, send: pb::SendFrame) -> BoxFuture<'static, Sent> {
-        let request = acting_for(
-            &self.uid,
-            mpb::SendMessageRequest {
-                gid: send.gid,
+    fn start_sends(&self, gid: u64, run: Vec<pb::SendFrame>) -> BoxFuture<'static, Sent> {
+        let request_ids = run.iter().map(|send| send.request_id).collect();
+        let messages = run
+            .into_iter()
+            .map(|send| mpb::SendMessageRequest {
+                gid,
                 client_msg_id: send.client_msg_id,
                 content: send.content,
                 need_receipt: send.need_receipt,
-            },
-        );
+            })
+            .collect();
+        let request = acting_for(&self.uid, mpb::SendMessagesRequest { gid, messages });
         let mut message = self.upstream.message.clone();
         // A send is where a message's trace starts: the message service, the
         // fan-out's presence lookup and the outbox's receipt and notification
         // calls all continue it.
-        let span = tracing::info_span!("gateway.send", otel.kind = "client", gid = send.gid);
+        let span = tracing::info_span!("gateway.send", otel.kind = "client", gid);
         async move {
             let outcome = message
-                .send_message(request)
+                .send_messages(request)
                 .await
-                .map(|reply| reply.into_inner().message.unwrap_or_default());
+                .map(|reply| reply.into_inner().results);
             Sent {
-                request_id: send.request_id,
+                request_ids,
                 outcome,
             }
         }
@@ -763,19 +782,35 @@ impl Session {
     }
 
     async fn on_sent(&mut self, sent: Sent) -> Step {
-        let result = match sent.outcome {
-            Ok(message) => {
-                self.remember(message.msgid, message.gid);
-                pb::SendResultFrame {
-                    request_id: sent.request_id,
-                    msgid: message.msgid,
-                    seq: message.seq,
-                    ..Default::default()
+        let mut results = match sent.outcome {
+            Ok(results) => results.into_iter().map(Ok).collect(),
+            Err(status) => vec![Err(status); sent.request_ids.len()],
+        }
+        .into_iter();
+        for request_id in sent.request_ids {
+            let frame = match results.next() {
+                Some(Ok(result)) if result.code == 0 => {
+                    let message = result.message.unwrap_or_default();
+                    self.remember(message.msgid, message.gid);
+                    pb::SendResultFrame {
+                        request_id,
+                        msgid: message.msgid,
+                        seq: message.seq,
+                        ..Default::default()
+                    }
                 }
-            }
-            Err(status) => refused_send(sent.request_id, &status),
-        };
-        self.push(Out::SendResult(result)).await
+                Some(Ok(result)) => pb::SendResultFrame {
+                    request_id,
+                    code: result.code,
+                    error: result.error,
+                    ..Default::default()
+                },
+                Some(Err(status)) => refused_send(request_id, &status),
+                None => refused_send(request_id, &Status::internal("no result for this send")),
+            };
+            self.push(Out::SendResult(frame)).await?;
+        }
+        Ok(())
     }
 
     async fn refuse_send(&mut self, request_id: u64, status: &Status, why: &'static str) -> Step {
