@@ -314,14 +314,7 @@ impl Load {
         length: Duration,
     ) -> Result<Step, String> {
         let shared = &self.shared;
-        let reset = |h: &Mutex<Histogram<u64>>| {
-            if let Ok(mut h) = h.lock() {
-                h.reset();
-            }
-        };
-        reset(&shared.delivery);
-        reset(&shared.send);
-        reset(&shared.digest);
+        reset(&[&shared.delivery, &shared.digest]);
         let counters = &shared.counters;
         let start = (
             counters.accepted.load(Ordering::Relaxed),
@@ -333,12 +326,9 @@ impl Load {
         cpu_before.push(("load generator", crate::cluster::own_cpu_seconds()));
         let db_before = cluster.db_counters().await;
         let started = Instant::now();
-        let per_group = rate / self.groups as f64;
-        shared
-            .rate_milli
-            .store((per_group * 1000.0) as u64, Ordering::Relaxed);
+        self.drive(rate);
         tokio::time::sleep(length).await;
-        shared.rate_milli.store(0, Ordering::Relaxed);
+        self.pause();
         let elapsed = started.elapsed().as_secs_f64();
         let accepted = counters.accepted.load(Ordering::Relaxed) - start.0;
         let refused = counters.refused.load(Ordering::Relaxed) - start.1;
@@ -362,11 +352,6 @@ impl Load {
             .zip(&cpu_after)
             .map(|((name, before), (_, after))| (*name, (after - before) / thousands))
             .collect();
-        let quantiles = |h: &Mutex<Histogram<u64>>| {
-            h.lock()
-                .map(|h| crate::report::Quantiles::of(&h))
-                .unwrap_or_default()
-        };
         Ok(Step {
             target: rate,
             backlog,
@@ -393,11 +378,7 @@ impl Load {
     /// backlog: for windows of an overload and its recovery.
     pub async fn window(&self, rate: f64, length: Duration) -> Window {
         let shared = &self.shared;
-        for histogram in [&shared.delivery, &shared.send] {
-            if let Ok(mut h) = histogram.lock() {
-                h.reset();
-            }
-        }
+        reset(&[&shared.delivery, &shared.send]);
         let counters = &shared.counters;
         let read = || {
             [
@@ -412,19 +393,11 @@ impl Load {
         };
         let before = read();
         let started = Instant::now();
-        shared.rate_milli.store(
-            (rate / self.groups as f64 * 1000.0) as u64,
-            Ordering::Relaxed,
-        );
+        self.drive(rate);
         tokio::time::sleep(length).await;
         let after = read();
         let elapsed = started.elapsed().as_secs_f64();
         let delta = |i: usize| after[i].saturating_sub(before[i]);
-        let quantiles = |h: &Mutex<Histogram<u64>>| {
-            h.lock()
-                .map(|h| crate::report::Quantiles::of(&h))
-                .unwrap_or_default()
-        };
         Window {
             offered: rate,
             accepted: delta(0) as f64 / elapsed,
@@ -438,9 +411,18 @@ impl Load {
         }
     }
 
+    /// Sets the rate the senders keep, `rate` messages per second over all
+    /// groups.
+    fn drive(&self, rate: f64) {
+        let per_group_milli = (rate / self.groups as f64 * 1000.0) as u64;
+        self.shared
+            .rate_milli
+            .store(per_group_milli, Ordering::Relaxed);
+    }
+
     /// Stops sending (the readers stay).
     pub fn pause(&self) {
-        self.shared.rate_milli.store(0, Ordering::Relaxed);
+        self.drive(0.0);
     }
 
     /// How the first lost streams ended.
@@ -456,6 +438,23 @@ impl Load {
     pub async fn stop(mut self) {
         self.tasks.shutdown().await;
     }
+}
+
+/// Empties histograms for a new step or window.
+fn reset(histograms: &[&Mutex<Histogram<u64>>]) {
+    for histogram in histograms {
+        if let Ok(mut h) = histogram.lock() {
+            h.reset();
+        }
+    }
+}
+
+/// The quantiles a histogram holds now.
+fn quantiles(histogram: &Mutex<Histogram<u64>>) -> crate::report::Quantiles {
+    histogram
+        .lock()
+        .map(|h| crate::report::Quantiles::of(&h))
+        .unwrap_or_default()
 }
 
 /// What one window of a load saw.

@@ -13,7 +13,7 @@ use crate::{
     device::{Device, seqs},
     support::{
         Backend, Options, Suite, ack_read, create_group, on_both_backends, send_direct, unread_in,
-        user, wait_for_membership,
+        user, wait_for_membership, wait_for_position,
     },
 };
 
@@ -71,13 +71,6 @@ async fn send_and_wait(device: &mut Device, gid: u64, id: &str) -> pb::SendResul
     }
 }
 
-/// The receipt service's view of `uid` in `gid`: (last seq, read cursor).
-async fn receipt_view(suite: &Suite, uid: &str, gid: u64) -> (u64, u64) {
-    let groups = unread_in(suite, uid, gid).await;
-    let group = groups.first().expect("the receipt service knows the group");
-    (group.last_seq, group.read_seq)
-}
-
 async fn a_login_while_the_outbox_is_stalled_gets_every_committed_message(backend: Backend) {
     let options = Options {
         outbox_max_backoff_ms: 60_000,
@@ -102,7 +95,7 @@ async fn a_login_while_the_outbox_is_stalled_gets_every_committed_message(backen
     .await;
     suite.restart_receipt().await;
     assert_eq!(
-        receipt_view(&suite, "uid1", gid).await.0,
+        unread_in(&suite, "uid1", gid).await[0].last_seq,
         0,
         "the receipt service has not heard of the messages yet"
     );
@@ -149,15 +142,8 @@ async fn a_receipt_outage_closes_no_stream_and_fails_no_send(backend: Backend) {
 
     suite.restart_receipt().await;
     // The reader's last ack was kept and written once the service came back.
-    eventually(
-        "uid1's read cursor to reach 5",
-        Duration::from_secs(30),
-        || async {
-            let (_, read) = receipt_view(&suite, "uid1", gid).await;
-            (read >= 5).then_some(())
-        },
-    )
-    .await;
+    let what = "uid1's read cursor to reach 5";
+    wait_for_position(&suite, "uid1", gid, what, |g| g.read_seq >= 5).await;
     // The laptop's owed backlog arrives after the outage, in order, from
     // uid1's delivered cursor (which the reader's acks may have moved) to
     // the laptop's own message.
@@ -182,18 +168,8 @@ async fn an_ack_past_the_committed_last_seq_moves_nothing_beyond_it(backend: Bac
     let suite = Suite::start(backend).await;
     let gid = create_group(&suite, "A", "Ahead", &["uid1"]).await;
     send_direct(&suite, "A", gid, "a1", 16).await;
-    eventually(
-        "the receipt service to record seq 1",
-        Duration::from_secs(30),
-        || async {
-            let groups = unread_in(&suite, "uid1", gid).await;
-            groups
-                .first()
-                .is_some_and(|g| g.last_seq == 1)
-                .then_some(())
-        },
-    )
-    .await;
+    let what = "the receipt service to record seq 1";
+    wait_for_position(&suite, "uid1", gid, what, |g| g.last_seq == 1).await;
 
     for up_to in [99, i64::MAX as u64] {
         let reply = ack_read(&suite, "uid1", gid, up_to).await;
@@ -207,15 +183,8 @@ async fn an_ack_past_the_committed_last_seq_moves_nothing_beyond_it(backend: Bac
 
     // The next message is unread for uid1, and a new device of theirs gets it.
     send_direct(&suite, "A", gid, "a2", 16).await;
-    eventually(
-        "uid1 to have one unread message",
-        Duration::from_secs(30),
-        || async {
-            let groups = unread_in(&suite, "uid1", gid).await;
-            groups.first().is_some_and(|g| g.unread == 1).then_some(())
-        },
-    )
-    .await;
+    let what = "uid1 to have one unread message";
+    wait_for_position(&suite, "uid1", gid, what, |g| g.unread == 1).await;
     let mut device = Device::connect(suite.gateway_addrs[0], "uid1", "tablet").await;
     let mut others = Vec::new();
     let got = device.messages(1, &mut others).await;

@@ -751,26 +751,36 @@ pub async fn wait_for_receipts(
     .await
 }
 
-/// Waits until the receipt service knows `uid` is in `gid` (membership
-/// reaches it through the outbox).
-pub async fn wait_for_membership(suite: &Suite, uid: &str, gid: u64) {
+/// Waits until the receipt service's view of `uid` in `gid` satisfies
+/// `holds` (membership and messages reach it through the outbox, and it may
+/// be restarting): an error reads as "not yet".
+pub async fn wait_for_position(
+    suite: &Suite,
+    uid: &str,
+    gid: u64,
+    what: &str,
+    holds: impl Fn(&rpb::GroupUnread) -> bool,
+) {
     let client = suite.receipt(user(uid));
-    parley_testkit::eventually(
-        "the membership to reach the receipt service",
-        Duration::from_secs(30),
-        || {
-            let mut client = client.clone();
-            async move {
-                let request = parley_proto::receipt::UnreadCountsRequest {
-                    gids: vec![gid],
-                    ..Default::default()
-                };
-                let reply = client.unread_counts(request).await.ok()?.into_inner();
-                (!reply.groups.is_empty()).then_some(())
-            }
-        },
-    )
+    let holds = &holds;
+    parley_testkit::eventually(what, Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move {
+            let request = rpb::UnreadCountsRequest {
+                gids: vec![gid],
+                ..Default::default()
+            };
+            let reply = client.unread_counts(request).await.ok()?.into_inner();
+            reply.groups.first().filter(|g| holds(g)).map(|_| ())
+        }
+    })
     .await;
+}
+
+/// Waits until the receipt service knows `uid` is in `gid`.
+pub async fn wait_for_membership(suite: &Suite, uid: &str, gid: u64) {
+    let what = "the membership to reach the receipt service";
+    wait_for_position(suite, uid, gid, what, |_| true).await;
 }
 
 /// `uid`'s unread counts for one group.

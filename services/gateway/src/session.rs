@@ -4,8 +4,9 @@
 //! every message reaches the device in seq order, once, whether it came from
 //! the login backlog, the bus or a gap sync.
 //!
-//! The stream is always read. Sends wait in a bounded queue of their own and
-//! go to the message service one at a time, in order; a send that finds the
+//! The stream is always read. Sends wait in a bounded queue of their own; the
+//! queued sends to one group at its head go to the message service together
+//! (one transaction, in order), one such run at a time. A send that finds the
 //! queue full, or waits in it too long, is refused with a retry hint instead
 //! of piling up. Acks are coalesced per group and written in the background.
 //! Work a service behind the gateway cannot do right now (a catch-up, a gap
@@ -345,7 +346,9 @@ impl Session {
                     self.on_acks_written(written);
                     Ok(())
                 }
-                () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                // Built lazily: a disabled branch's future is still built on
+                // every turn of the loop (every delivery), but never polled.
+                () = async { if let Some(at) = retry_at { tokio::time::sleep_until(at).await } }, if retry_at.is_some() => {
                     self.retry.at = None;
                     self.acks_held = false;
                     self.repair().await
@@ -519,9 +522,9 @@ impl Session {
                 .await
             {
                 Ok(reply) => reply.into_inner(),
-                Err(status) if is_transient(status.code()) => return Err(Stop::Later(status)),
                 Err(status) => {
-                    tracing::debug!(gid, code = ?status.code(), "group not synced: refused");
+                    let refused = later_if_transient(status)?;
+                    tracing::debug!(gid, code = ?refused.code(), "group not synced: refused");
                     return Ok(());
                 }
             };
@@ -555,9 +558,9 @@ impl Session {
                 .await
             {
                 Ok(reply) => reply.into_inner(),
-                Err(status) if is_transient(status.code()) => return Err(Stop::Later(status)),
-                // A cursor from another deployment: start over next time.
-                Err(_) => {
+                // Refused: a cursor from another deployment; start over next time.
+                Err(status) => {
+                    later_if_transient(status)?;
                     self.owed.pull = None;
                     return Ok(());
                 }
@@ -874,11 +877,16 @@ impl Session {
             self.retry.ack_failures = 0;
             return;
         };
-        for (key, seq) in failure.unwritten {
-            merge_ack(&mut self.acks, key, seq);
-        }
+        self.keep_unwritten(failure.unwritten);
         self.acks_held = true;
         self.retry_later(Retried::Acks, &failure.status);
+    }
+
+    /// Puts acks that could not be written back with those received since.
+    fn keep_unwritten(&mut self, unwritten: AckBatch) {
+        for (key, seq) in unwritten {
+            merge_ack(&mut self.acks, key, seq);
+        }
     }
 
     /// Gives the acks still unwritten when the stream ends a last, bounded
@@ -890,9 +898,7 @@ impl Session {
         let last = async {
             while let Some(written) = acking.next().await {
                 if let Err(failure) = written {
-                    for (key, seq) in failure.unwritten {
-                        merge_ack(&mut self.acks, key, seq);
-                    }
+                    self.keep_unwritten(failure.unwritten);
                 }
             }
             if let Some(write) = self.write_acks()
@@ -991,6 +997,16 @@ impl Session {
             receipt_changes: changes,
         }))
         .await
+    }
+}
+
+/// A failed call's status when the callee refused the request itself (which
+/// no retry changes); the work is owed instead when the callee may yet do it.
+fn later_if_transient(status: Status) -> Result<Status, Stop> {
+    if is_transient(status.code()) {
+        Err(Stop::Later(status))
+    } else {
+        Ok(status)
     }
 }
 

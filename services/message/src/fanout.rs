@@ -145,22 +145,31 @@ impl Fanout {
         metrics::gauge!("parley_fanout_repair_groups").set(failed.len() as f64);
     }
 
-    /// Publishes a just-committed message to its members' gateways; a
-    /// failure is noted for the repair loop.
-    pub async fn after_commit<S: MessageStore>(&self, store: &S, record: &MessageRecord) {
-        if let Err(error) = self.deliver(store, record).await {
-            tracing::warn!(error = %error, gid = record.gid, seq = record.seq, "fan-out failed; the repair loop will retry it");
-            self.note_failed(record.gid, record.seq);
+    /// Publishes a just-committed run of messages (one sender, one group,
+    /// one transaction, in seq order) to their members' gateways; a failure
+    /// is noted for the repair loop.
+    pub async fn after_commit<S: MessageStore>(&self, store: &S, run: &[MessageRecord]) {
+        let Some(last) = run.last() else {
+            return;
+        };
+        if let Err(error) = self.deliver(store, run).await {
+            tracing::warn!(error = %error, gid = last.gid, seq = last.seq, "fan-out failed; the repair loop will retry it");
+            self.note_failed(last.gid, last.seq);
         }
     }
 
+    /// Reads the members once for the run: no membership change falls
+    /// between messages committed in one transaction under the group lock.
     async fn deliver<S: MessageStore>(
         &self,
         store: &S,
-        record: &MessageRecord,
+        run: &[MessageRecord],
     ) -> Result<(), FanoutError> {
-        let members = store.members_at(record.gid, record.seq).await?;
-        self.publish(record, &members).await?;
+        let Some(last) = run.last() else {
+            return Ok(());
+        };
+        let members = store.members_at(last.gid, last.seq).await?;
+        self.publish(run, &members).await?;
         Ok(())
     }
 
@@ -207,7 +216,9 @@ impl Fanout {
             .messages_after(group, seq.saturating_sub(1), 1)
             .await?;
         match found.into_iter().next() {
-            Some(record) if record.seq == seq => self.deliver(store, &record).await,
+            Some(record) if record.seq == seq => {
+                self.deliver(store, std::slice::from_ref(&record)).await
+            }
             // Gone since (the group was deleted): nothing to deliver.
             _ => Ok(()),
         }
@@ -219,24 +230,31 @@ impl Fanout {
         Ok(route(sender, &located))
     }
 
-    /// Publishes `message` to every gateway holding one of its recipients.
+    /// Publishes each message of a run (one sender's, to one group's
+    /// `members`), in order, to every gateway holding one of its recipients:
+    /// one presence lookup for the run.
     pub async fn publish(
         &self,
-        message: &MessageRecord,
+        run: &[MessageRecord],
         members: &[String],
     ) -> Result<usize, FanoutError> {
-        let routes = self.routes(&message.sender_uid, members).await?;
-        metrics::histogram!("parley_fanout_members").record(members.len() as f64);
-        metrics::histogram!("parley_fanout_gateways").record(routes.gateways.len() as f64);
-        let delivered = delivered(message);
-        for (gateway, uids) in &routes.gateways {
-            let event = BusEvent {
-                event: Some(bus_event::Event::Delivery(Delivery {
-                    message: Some(delivered.clone()),
-                    uids: uids.clone(),
-                })),
-            };
-            self.bus.publish(gateway, &event).await?;
+        let Some(first) = run.first() else {
+            return Ok(0);
+        };
+        let routes = self.routes(&first.sender_uid, members).await?;
+        for message in run {
+            metrics::histogram!("parley_fanout_members").record(members.len() as f64);
+            metrics::histogram!("parley_fanout_gateways").record(routes.gateways.len() as f64);
+            let delivered = delivered(message);
+            for (gateway, uids) in &routes.gateways {
+                let event = BusEvent {
+                    event: Some(bus_event::Event::Delivery(Delivery {
+                        message: Some(delivered.clone()),
+                        uids: uids.clone(),
+                    })),
+                };
+                self.bus.publish(gateway, &event).await?;
+            }
         }
         Ok(routes.gateways.len())
     }

@@ -99,16 +99,12 @@ impl<S: MessageStore> MessageApi<S> {
         Ok(outcomes)
     }
 
-    /// Publishes committed messages to their online recipients' gateways, in
-    /// seq order, off the request path: the sender's reply does not wait for
-    /// the fan-out.
-    fn publish_after_commit(&self, records: Vec<MessageRecord>) {
+    /// Publishes a committed run of messages to their online recipients'
+    /// gateways, in seq order, off the request path: the sender's reply does
+    /// not wait for the fan-out.
+    fn publish_after_commit(&self, run: Vec<MessageRecord>) {
         let (store, fanout) = (self.store.clone(), self.fanout.clone());
-        let fan_out = async move {
-            for record in &records {
-                fanout.after_commit(&store, record).await;
-            }
-        };
+        let fan_out = async move { fanout.after_commit(&store, &run).await };
         // Still part of the send's trace.
         tokio::spawn(fan_out.in_current_span());
     }

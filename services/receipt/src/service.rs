@@ -42,7 +42,7 @@ impl<S: ReceiptStore> ReceiptApi<S> {
     }
 
     /// One ack transaction, run again when the database broke a deadlock.
-    async fn ack_once(
+    async fn ack_retrying_deadlocks(
         &self,
         gid: i64,
         uid: &Uid,
@@ -254,12 +254,15 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         };
         // Past what the receipt service has recorded, only the message
         // service knows what was committed: an ack never moves beyond it.
-        let (outcome, capped) = match self.ack_once(gid, &caller, up_to, kind, None).await {
+        let (outcome, capped) = match self
+            .ack_retrying_deadlocks(gid, &caller, up_to, kind, None)
+            .await
+        {
             Err(ReceiptError::PastLastSeq) => {
                 let committed = self.committed_last_seq(gid, &caller).await?;
                 let capped = up_to.min(committed);
                 let outcome = self
-                    .ack_once(gid, &caller, capped, kind, Some(committed))
+                    .ack_retrying_deadlocks(gid, &caller, capped, kind, Some(committed))
                     .await?;
                 (outcome, capped < up_to)
             }

@@ -228,25 +228,9 @@ pub trait MessageStore: Clone + Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<GroupRecord>, MessageError>> + Send;
 
-    /// Stores a message with the next seq, or returns the original on a retry.
-    fn send(
-        &self,
-        message: &NewMessage,
-        now_ms: i64,
-    ) -> impl Future<Output = Result<SendOutcome, MessageError>> + Send {
-        async move {
-            let mut outcomes = self
-                .send_batch(std::slice::from_ref(message), now_ms)
-                .await?;
-            outcomes
-                .pop()
-                .ok_or(MessageError::Invalid("nothing to send".into()))
-        }
-    }
-
     /// Stores messages of one sender to one group in one transaction, in
-    /// order, each with the next seq (a retried one, even within the batch,
-    /// returns its original). Every message must name the same group and
+    /// order, each with the next seq under the group's lock, so seqs stay
+    /// dense; a retried one (even within the batch) returns its original. Every message must name the same group and
     /// sender; an empty batch stores nothing.
     fn send_batch(
         &self,
