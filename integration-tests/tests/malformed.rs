@@ -193,9 +193,16 @@ async fn malformed_requests_to_every_rpc_get_documented_codes_and_change_nothing
             recipient_uids: rng.pick(&lists),
             created_at_ms: 0,
         };
+        let batch = rpb::InitReceiptsBatchRequest {
+            messages: vec![init.clone()],
+        };
         assert!(
             !check("InitReceipts", r.init_receipts(init).await),
             "only the message service may call InitReceipts"
+        );
+        assert!(
+            !check("InitReceiptsBatch", r.init_receipts_batch(batch).await),
+            "only the message service may call InitReceiptsBatch"
         );
         let change = rpb::MembershipChange {
             uid: rng.pick(&uids),
@@ -304,13 +311,7 @@ async fn init_receipts_with_a_recipient_twice_is_refused_and_writes_nothing() {
     let suite = crate::support::Suite::start(crate::support::Backend::MariaDb).await;
     let gid = crate::support::create_group(&suite, "A", "Twice", &["uid1", "uid2"]).await;
     crate::support::wait_for_membership(&suite, "uid1", gid).await;
-    let mut outbox =
-        parley_proto::receipt::receipt_service_client::ReceiptServiceClient::with_interceptor(
-            tonic::transport::Endpoint::from_shared(format!("http://{}", suite.receipt_addr))
-                .expect("endpoint")
-                .connect_lazy(),
-            crate::support::As::Raw("x-parley-service", "message"),
-        );
+    let mut outbox = receipt_as_message_service(&suite);
     let request = parley_proto::receipt::InitReceiptsRequest {
         gid,
         msgid: 77,
@@ -328,6 +329,93 @@ async fn init_receipts_with_a_recipient_twice_is_refused_and_writes_nothing() {
         crate::support::unread_in(&suite, "uid1", gid).await[0].last_seq,
         0,
         "no message recorded"
+    );
+    suite.stop().await;
+}
+
+/// The receipt service as the message service's outbox calls it.
+fn receipt_as_message_service(suite: &crate::support::Suite) -> crate::support::ReceiptClient {
+    parley_proto::receipt::receipt_service_client::ReceiptServiceClient::with_interceptor(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", suite.receipt_addr))
+            .expect("endpoint")
+            .connect_lazy(),
+        crate::support::As::Raw("x-parley-service", "message"),
+    )
+}
+
+/// InitReceiptsBatch takes 1 to 100 messages with at most 20,000 listed
+/// recipients, and records all of them or none: one malformed message
+/// refuses the batch, named by its index.
+#[tokio::test]
+async fn init_receipts_batches_are_bounded_and_all_or_nothing() {
+    let suite = crate::support::Suite::start(crate::support::Backend::MariaDb).await;
+    let gid = crate::support::create_group(&suite, "A", "Batch", &["uid1", "uid2"]).await;
+    crate::support::wait_for_membership(&suite, "uid1", gid).await;
+    let mut outbox = receipt_as_message_service(&suite);
+    let message = |seq: u64, recipients: Vec<String>| rpb::InitReceiptsRequest {
+        gid,
+        msgid: 100 + seq,
+        seq,
+        sender_uid: "A".into(),
+        need_receipt: true,
+        recipient_count: 2,
+        recipient_uids: recipients,
+        created_at_ms: 0,
+    };
+    let both = || vec!["uid1".to_string(), "uid2".to_string()];
+    let batch = |messages| rpb::InitReceiptsBatchRequest { messages };
+    let cases = [
+        ("no messages", batch(Vec::new()), "1 to 100"),
+        (
+            "101 messages",
+            batch((1..=101).map(|seq| message(seq, both())).collect()),
+            "1 to 100",
+        ),
+        (
+            "20,001 recipients",
+            batch(
+                (1..=5)
+                    .map(|seq| {
+                        let listed = if seq == 5 { 1 } else { 5000 };
+                        message(seq, (0..listed).map(|i| format!("u{i}")).collect())
+                    })
+                    .collect(),
+            ),
+            "20000",
+        ),
+        (
+            "a malformed second message",
+            batch(vec![
+                message(1, both()),
+                message(2, vec!["not a uid!".into()]),
+            ]),
+            "messages[1]",
+        ),
+    ];
+    for (what, request, says) in cases {
+        let refused = outbox.init_receipts_batch(request).await.expect_err(what);
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{what}");
+        assert!(
+            refused.message().contains(says),
+            "{what}: {}",
+            refused.message()
+        );
+    }
+    assert_eq!(
+        crate::support::unread_in(&suite, "uid1", gid).await[0].last_seq,
+        0,
+        "nothing recorded, not even the batch's well-formed first message"
+    );
+    let recorded = outbox
+        .init_receipts_batch(batch(vec![message(1, both()), message(2, both())]))
+        .await
+        .expect("a well-formed batch")
+        .into_inner();
+    assert_eq!(recorded.results.len(), 2);
+    assert!(recorded.results.iter().all(|r| r.created && r.ledger));
+    assert_eq!(
+        crate::support::unread_in(&suite, "uid1", gid).await[0].last_seq,
+        2
     );
     suite.stop().await;
 }

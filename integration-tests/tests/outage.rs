@@ -3,7 +3,9 @@
 
 use parley_proto::{message as mpb, receipt as rpb};
 
-use crate::support::{Backend, Suite, ack_read, create_group, receipts, user, wait_for_receipts};
+use crate::support::{
+    Backend, Suite, ack_read, create_group, receipts, send_direct, user, wait_for_receipts,
+};
 
 #[tokio::test]
 async fn sends_during_a_receipt_outage_end_with_a_complete_ledger() {
@@ -59,3 +61,37 @@ async fn sends_during_a_receipt_outage_end_with_a_complete_ledger() {
     assert_eq!(after[0].read_uids, vec!["uid1"]);
     suite.stop().await;
 }
+
+/// Messages are passed on to the receipt service in batches; an outbox entry
+/// that can never be delivered is set aside alone, and the messages batched
+/// with it are recorded.
+async fn an_undeliverable_outbox_entry_is_set_aside_alone(backend: Backend) {
+    let mut suite = Suite::start(backend).await;
+    let gid = create_group(&suite, "A", "Damaged", &["uid1", "uid2"]).await;
+    // With the receipt service down, the three entries wait side by side.
+    suite.stop_receipt().await;
+    let before = send_direct(&suite, "A", gid, "before", 8).await;
+    suite.write_undeliverable_outbox_entry(gid).await;
+    let after = send_direct(&suite, "A", gid, "after", 8).await;
+    suite.restart_receipt().await;
+
+    let recorded = wait_for_receipts(&suite, gid, vec![before.msgid, after.msgid], 10).await;
+    let seqs: Vec<u64> = recorded.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![1, 2]);
+    for receipt in &recorded {
+        assert_eq!(receipt.unread_uids, vec!["uid1", "uid2"]);
+    }
+    let stats = parley_testkit::eventually(
+        "the outbox to drain",
+        std::time::Duration::from_secs(30),
+        || async {
+            let stats = suite.outbox_stats().await;
+            (stats.pending == 0).then_some(stats)
+        },
+    )
+    .await;
+    assert_eq!(stats.dead, 1, "only the undeliverable entry is set aside");
+    suite.stop().await;
+}
+
+crate::support::on_both_backends!(an_undeliverable_outbox_entry_is_set_aside_alone);

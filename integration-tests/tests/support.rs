@@ -55,6 +55,16 @@ impl Interceptor for As {
     }
 }
 
+/// Runs `$body` with `$store` bound to whichever backend `$db` holds.
+macro_rules! on_store {
+    ($kind:ident, $db:expr, $store:ident => $body:expr) => {
+        match $db {
+            $kind::MySql($store) => $body,
+            $kind::Sqlite($store) => $body,
+        }
+    };
+}
+
 pub fn user(uid: &str) -> As {
     As::User(AsciiMetadataValue::try_from(uid).expect("ascii uid"))
 }
@@ -592,25 +602,66 @@ impl Suite {
         )
     }
 
+    /// The message service's own database, for reading and writing its outbox.
+    pub async fn message_db(&self) -> MessageDb {
+        use parley_message::store::{MySqlMessageStore, SqliteMessageStore};
+        let url = self._dbs[0].url();
+        match DbBackend::of_url(url).expect("backend") {
+            DbBackend::MySql => {
+                MessageDb::MySql(MySqlMessageStore::connect(url, 1).await.expect("connect"))
+            }
+            DbBackend::Sqlite => {
+                MessageDb::Sqlite(SqliteMessageStore::connect(url).await.expect("connect"))
+            }
+        }
+    }
+
     /// Failed delivery attempts of the oldest entry in the message service's
     /// outbox (0 when it is empty): how far its retries have backed off.
     pub async fn outbox_attempts(&self) -> i64 {
-        use parley_message::store::{MessageStore, MySqlMessageStore, SqliteMessageStore};
-        let url = self._dbs[0].url();
-        let batch = match DbBackend::of_url(url).expect("backend") {
-            DbBackend::MySql => {
-                let store = MySqlMessageStore::connect(url, 1).await.expect("connect");
-                store.outbox_batch(1).await
-            }
-            DbBackend::Sqlite => {
-                let store = SqliteMessageStore::connect(url).await.expect("connect");
-                store.outbox_batch(1).await
-            }
-        };
-        batch
+        use parley_message::store::MessageStore;
+        let db = self.message_db().await;
+        on_store!(MessageDb, db, store => store.outbox_batch(1).await)
             .expect("outbox")
             .first()
             .map_or(0, |entry| entry.attempts)
+    }
+
+    /// The message service's outbox backlog: entries waiting and set aside.
+    pub async fn outbox_stats(&self) -> parley_message::store::OutboxStats {
+        use parley_message::store::MessageStore;
+        let db = self.message_db().await;
+        on_store!(MessageDb, db, store => store.outbox_stats().await).expect("outbox stats")
+    }
+
+    /// Writes an outbox entry for a message `gid` never had, as a damaged or
+    /// hand-edited database would hold: it can never be delivered.
+    pub async fn write_undeliverable_outbox_entry(&self, gid: u64) {
+        let insert = "INSERT INTO msg_outbox (kind, gid, seq, created_at_ms) VALUES (1, ?, ?, 0)";
+        let gid = i64::try_from(gid).expect("gid");
+        let seq = i64::MAX;
+        let url = self._dbs[0].url();
+        let written = match DbBackend::of_url(url).expect("backend") {
+            DbBackend::MySql => {
+                let pool = sqlx::MySqlPool::connect(url).await.expect("connect");
+                sqlx::query(insert)
+                    .bind(gid)
+                    .bind(seq)
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+            }
+            DbBackend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(url).await.expect("connect");
+                sqlx::query(insert)
+                    .bind(gid)
+                    .bind(seq)
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        written.expect("outbox entry written");
     }
 
     /// Stops the receipt service; its database stays.
@@ -643,29 +694,26 @@ pub enum NotificationDb {
     Sqlite(SqliteQueueStore),
 }
 
-macro_rules! on_store {
-    ($db:expr, $store:ident => $body:expr) => {
-        match $db {
-            NotificationDb::MySql($store) => $body,
-            NotificationDb::Sqlite($store) => $body,
-        }
-    };
+/// The message service's database.
+pub enum MessageDb {
+    MySql(parley_message::store::MySqlMessageStore),
+    Sqlite(parley_message::store::SqliteMessageStore),
 }
 
 impl NotificationDb {
     /// (gid, seq) of the pushes queued for `uid`.
     pub async fn queued_for(&self, uid: &str) -> Vec<(i64, i64)> {
-        on_store!(self, store => store.queued_for(uid).await.expect("queue"))
+        on_store!(NotificationDb, self, store => store.queued_for(uid).await.expect("queue"))
     }
 
     /// The devices with tokens of `uid`.
     pub async fn devices(&self, uid: &str) -> Vec<Device> {
-        on_store!(self, store => store.devices(uid).await.expect("devices"))
+        on_store!(NotificationDb, self, store => store.devices(uid).await.expect("devices"))
     }
 
     /// The dead letters of `uid`.
     pub async fn dead_letters(&self, uid: &str) -> Vec<DeadLetter> {
-        on_store!(self, store => store.dead_letters(uid).await.expect("dead letters"))
+        on_store!(NotificationDb, self, store => store.dead_letters(uid).await.expect("dead letters"))
     }
 }
 

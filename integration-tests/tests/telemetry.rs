@@ -102,9 +102,9 @@ async fn metrics_endpoint_serves_rpc_counts_and_latency_histograms() {
     );
     // The outbox's internal calls (made after the sends, asynchronously) are
     // counted by the receipt service too.
-    let init = "parley_rpc_requests_total{method=\"/parley.receipt.v1.ReceiptService/InitReceipts\",code=\"Ok\"}";
+    let init = "parley_rpc_requests_total{method=\"/parley.receipt.v1.ReceiptService/InitReceiptsBatch\",code=\"Ok\"}";
     parley_testkit::eventually(
-        "InitReceipts counted for the three messages",
+        "InitReceiptsBatch counted for the three messages",
         std::time::Duration::from_secs(10),
         || async {
             let (_, text) = http_get(addr, "/metrics").await;
@@ -211,7 +211,7 @@ async fn one_send_is_one_trace_through_every_service() {
         "/parley.message.v1.MessageService/SendMessages",
         "/parley.presence.v1.PresenceService/BatchGetPresence",
         "outbox.deliver",
-        "/parley.receipt.v1.ReceiptService/InitReceipts",
+        "/parley.receipt.v1.ReceiptService/InitReceiptsBatch",
         offline,
     ] {
         assert!(

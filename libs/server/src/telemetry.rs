@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use opentelemetry::{
     Context, global,
     propagation::{Extractor, Injector},
-    trace::TracerProvider as _,
+    trace::{TraceContextExt as _, TracerProvider as _},
 };
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -138,16 +138,32 @@ pub fn current_traceparent() -> String {
     carrier.remove("traceparent").unwrap_or_default()
 }
 
-/// Makes `span` a child of the trace a stored `traceparent` names (nothing
-/// for an empty or malformed one).
-pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+/// Makes `span` a child of the trace the first stored `traceparent` names
+/// and links it to the others' traces: work done for several requests at
+/// once (the outbox's batches) is found from each request's trace. Empty or
+/// malformed values are skipped.
+pub fn continue_traces<'a>(span: &tracing::Span, traceparents: impl IntoIterator<Item = &'a str>) {
+    let mut parented = false;
+    for context in traceparents.into_iter().filter_map(stored_context) {
+        if parented {
+            span.add_link(context.span().span_context().clone());
+        } else {
+            let _ = span.set_parent(context);
+            parented = true;
+        }
+    }
+}
+
+/// The trace context a stored `traceparent` names; `None` when empty.
+fn stored_context(traceparent: &str) -> Option<Context> {
     if traceparent.is_empty() {
-        return;
+        return None;
     }
     let carrier =
         std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-    let context = global::get_text_map_propagator(|propagator| propagator.extract(&carrier));
-    let _ = span.set_parent(context);
+    Some(global::get_text_map_propagator(|propagator| {
+        propagator.extract(&carrier)
+    }))
 }
 
 /// Latency buckets of every `*_seconds` histogram, from 0.5 ms to 10 s.

@@ -233,9 +233,24 @@ pub fn check_membership_change(
     Ok(())
 }
 
+/// Whether a member who joined at `joined_seq` (and left at `left_seq`, if
+/// they did) is one of the message at `seq`'s audience: joined before it and
+/// not gone before it.
+pub fn member_at(joined_seq: i64, left_seq: Option<i64>, seq: i64) -> bool {
+    joined_seq < seq && left_seq.is_none_or(|left| left >= seq)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_is_for_the_members_between_join_and_leave() {
+        assert!(!member_at(5, None, 5), "joined at the message's seq");
+        assert!(member_at(4, None, 5));
+        assert!(member_at(4, Some(5), 5), "left at its seq: still counted");
+        assert!(!member_at(4, Some(4), 5), "left before it");
+    }
 
     fn uid(s: &str) -> Uid {
         Uid::parse(s).expect("valid uid")

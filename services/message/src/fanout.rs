@@ -11,7 +11,7 @@
 //! survives a crash of this service between commit and hand-off.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet, HashSet},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -228,6 +228,33 @@ impl Fanout {
     pub async fn routes(&self, sender: &str, members: &[String]) -> Result<Routes, FanoutError> {
         let located = locate(&self.presence, members).await?;
         Ok(route(sender, &located))
+    }
+
+    /// For each message and its audience, the members with no device online
+    /// (never its sender): one presence lookup for the members of them all.
+    pub async fn offline(
+        &self,
+        sent: &[(&MessageRecord, Audience)],
+    ) -> Result<Vec<Vec<String>>, FanoutError> {
+        let everyone: BTreeSet<&String> = sent.iter().flat_map(|(_, a)| &a.members).collect();
+        let everyone: Vec<String> = everyone.into_iter().cloned().collect();
+        let online: HashSet<String> = locate(&self.presence, &everyone)
+            .await?
+            .into_iter()
+            .filter(|(_, gateways)| !gateways.is_empty())
+            .map(|(uid, _)| uid)
+            .collect();
+        Ok(sent
+            .iter()
+            .map(|(message, audience)| {
+                audience
+                    .members
+                    .iter()
+                    .filter(|uid| **uid != message.sender_uid && !online.contains(*uid))
+                    .cloned()
+                    .collect()
+            })
+            .collect())
     }
 
     /// Publishes each message of a run (one sender's, to one group's

@@ -19,13 +19,21 @@ use crate::{
     domain::{MAX_LISTED_RECIPIENTS, MAX_UIDS_PER_REQUEST, Role},
     error::MessageError,
     fanout::{Fanout, FanoutError, NotificationClient, offline_batch},
-    store::{MessageRecord, MessageStore, OUTBOX_MEMBERSHIP, OUTBOX_MESSAGE, OutboxEvent},
+    store::{
+        Audience, MessageRecord, MessageStore, OUTBOX_MEMBERSHIP, OUTBOX_MESSAGE, OutboxEvent,
+    },
 };
 
 /// The receipt client the drainer uses.
 pub type ReceiptClient = ReceiptServiceClient<InterceptedService<Channel, ServiceIdentity>>;
 
 const BATCH: u32 = 200;
+/// Most messages delivered together: one InitReceiptsBatch, one presence
+/// lookup, one read per group.
+const MESSAGES_PER_UNIT: usize = 32;
+/// The receipt service's limits on one InitReceiptsBatch.
+const MAX_INIT_BATCH: usize = 100;
+const MAX_INIT_BATCH_RECIPIENTS: usize = 20_000;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Whether a failed delivery can never succeed, so retrying is pointless.
@@ -36,27 +44,79 @@ pub fn is_permanent(code: Code) -> bool {
     )
 }
 
-/// Splits a batch into delivery units: each message alone, consecutive
-/// membership changes of one group together (up to the RPC's list limit).
+/// Splits a batch into delivery units, in order: consecutive messages
+/// together (up to [`MESSAGES_PER_UNIT`], whatever their groups: order
+/// matters within a group, and a unit keeps it), consecutive membership
+/// changes of one group together (up to the RPC's list limit).
 pub fn delivery_units(batch: &[OutboxEvent]) -> Vec<&[OutboxEvent]> {
     let mut units = Vec::new();
     let mut start = 0;
     while start < batch.len() {
         let first = &batch[start];
         let mut end = start + 1;
-        if first.kind == OUTBOX_MEMBERSHIP {
-            while end < batch.len()
-                && end - start < MAX_UIDS_PER_REQUEST
-                && batch[end].kind == OUTBOX_MEMBERSHIP
-                && batch[end].gid == first.gid
-            {
-                end += 1;
-            }
+        let (limit, joins): (usize, fn(&OutboxEvent, &OutboxEvent) -> bool) = match first.kind {
+            OUTBOX_MESSAGE => (MESSAGES_PER_UNIT, |_, next| next.kind == OUTBOX_MESSAGE),
+            OUTBOX_MEMBERSHIP => (MAX_UIDS_PER_REQUEST, |first, next| {
+                next.kind == OUTBOX_MEMBERSHIP && next.gid == first.gid
+            }),
+            _ => (1, |_, _| false),
+        };
+        while end < batch.len() && end - start < limit && joins(first, &batch[end]) {
+            end += 1;
         }
         units.push(&batch[start..end]);
         start = end;
     }
     units
+}
+
+/// The InitReceiptsBatch calls for some messages, in order: each within the
+/// receipt service's limits on messages and listed recipients per call.
+pub fn init_batches(messages: Vec<pb::InitReceiptsRequest>) -> Vec<pb::InitReceiptsBatchRequest> {
+    let mut batches: Vec<pb::InitReceiptsBatchRequest> = Vec::new();
+    let mut listed = 0;
+    for message in messages {
+        let full = batches.last().is_none_or(|batch| {
+            batch.messages.len() >= MAX_INIT_BATCH
+                || listed + message.recipient_uids.len() > MAX_INIT_BATCH_RECIPIENTS
+        });
+        if full {
+            batches.push(pb::InitReceiptsBatchRequest::default());
+            listed = 0;
+        }
+        listed += message.recipient_uids.len();
+        if let Some(batch) = batches.last_mut() {
+            batch.messages.push(message);
+        }
+    }
+    batches
+}
+
+/// What InitReceipts needs about a message: its recipients are listed when
+/// it wants receipts and they are few enough for a ledger.
+fn init_request(message: &MessageRecord, audience: &Audience) -> pb::InitReceiptsRequest {
+    let listed =
+        message.need_receipt && message.recipient_count <= i64::from(MAX_LISTED_RECIPIENTS);
+    let recipient_uids = if listed {
+        audience
+            .members
+            .iter()
+            .filter(|uid| **uid != message.sender_uid)
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    pb::InitReceiptsRequest {
+        gid: u64::try_from(message.gid).unwrap_or_default(),
+        msgid: u64::try_from(message.msgid).unwrap_or_default(),
+        seq: u64::try_from(message.seq).unwrap_or_default(),
+        sender_uid: message.sender_uid.clone(),
+        need_receipt: message.need_receipt,
+        recipient_count: u32::try_from(message.recipient_count).unwrap_or(u32::MAX),
+        recipient_uids,
+        created_at_ms: message.created_at_ms,
+    }
 }
 
 /// Why a delivery failed; each callee is named, so the log says which
@@ -90,6 +150,15 @@ impl DeliveryError {
             _ => None,
         }
     }
+}
+
+/// What one drain got done.
+#[derive(Default)]
+struct Progress {
+    /// Entries delivered, to delete.
+    done: Vec<i64>,
+    /// Entries set aside for good.
+    set_aside: usize,
 }
 
 /// Where the drainer delivers.
@@ -166,105 +235,149 @@ impl<S: MessageStore> Drainer<S> {
     /// lost they are delivered again, which the receipt service ignores.
     async fn drain_once(&mut self) -> Result<usize, DeliveryError> {
         let batch = self.store.outbox_batch(BATCH).await?;
-        let mut done = Vec::new();
-        let mut set_aside = 0;
+        let mut progress = Progress::default();
         let mut outcome = Ok(());
         for unit in delivery_units(&batch) {
-            let ids = unit.iter().map(|e| e.id);
-            let Err(error) = self.deliver(unit).await else {
-                done.extend(ids);
-                continue;
-            };
-            let first = unit[0].id;
-            match error.permanent_reason() {
-                Some(reason) => {
-                    tracing::error!(outbox_id = first, reason = %reason, "outbox entry cannot be delivered; set aside");
-                    for id in ids {
-                        self.store.outbox_failed(id, &reason, true).await?;
-                    }
-                    set_aside += unit.len();
-                }
-                None => {
-                    self.store
-                        .outbox_failed(first, &error.to_string(), false)
-                        .await?;
-                    outcome = Err(error);
-                    break;
-                }
+            outcome = self.settle(unit, &mut progress).await;
+            if outcome.is_err() {
+                break;
             }
         }
-        if !done.is_empty() {
-            self.store.outbox_done(&done).await?;
+        if !progress.done.is_empty() {
+            self.store.outbox_done(&progress.done).await?;
         }
-        outcome.map(|()| done.len() + set_aside)
+        outcome.map(|()| progress.done.len() + progress.set_aside)
+    }
+
+    /// Delivers a unit. When several messages fail for good, each is tried
+    /// alone, so only the one that cannot be delivered is set aside.
+    async fn settle(
+        &mut self,
+        unit: &[OutboxEvent],
+        progress: &mut Progress,
+    ) -> Result<(), DeliveryError> {
+        match self.deliver(unit).await {
+            Err(error)
+                if error.permanent_reason().is_some()
+                    && unit.len() > 1
+                    && unit[0].kind == OUTBOX_MESSAGE =>
+            {
+                for single in unit.chunks(1) {
+                    let result = self.deliver(single).await;
+                    self.record(single, result, progress).await?;
+                }
+                Ok(())
+            }
+            result => self.record(unit, result, progress).await,
+        }
+    }
+
+    /// Notes how a unit's delivery went: done, set aside for good, or failed
+    /// for now (`Err`, which ends this drain).
+    async fn record(
+        &mut self,
+        unit: &[OutboxEvent],
+        result: Result<(), DeliveryError>,
+        progress: &mut Progress,
+    ) -> Result<(), DeliveryError> {
+        let Err(error) = result else {
+            progress.done.extend(unit.iter().map(|e| e.id));
+            return Ok(());
+        };
+        let first = unit[0].id;
+        let Some(reason) = error.permanent_reason() else {
+            self.store
+                .outbox_failed(first, &error.to_string(), false)
+                .await?;
+            return Err(error);
+        };
+        tracing::error!(outbox_id = first, reason = %reason, "outbox entry cannot be delivered; set aside");
+        for event in unit {
+            self.store.outbox_failed(event.id, &reason, true).await?;
+        }
+        progress.set_aside += unit.len();
+        Ok(())
     }
 
     async fn deliver(&mut self, unit: &[OutboxEvent]) -> Result<(), DeliveryError> {
-        let first = &unit[0];
-        match first.kind {
+        match unit[0].kind {
             OUTBOX_MESSAGE => {
-                // The delivery continues the trace of the send that wrote it.
-                let span = tracing::info_span!("outbox.deliver", gid = first.gid, seq = first.seq);
-                parley_server::telemetry::continue_trace(&span, &first.trace_context);
-                self.deliver_message(first).instrument(span).await
+                // The delivery continues the traces of the sends that wrote it.
+                let span = tracing::info_span!(
+                    "outbox.deliver",
+                    messages = unit.len(),
+                    gid = unit[0].gid,
+                    seq = unit[0].seq
+                );
+                parley_server::telemetry::continue_traces(
+                    &span,
+                    unit.iter().map(|e| e.trace_context.as_str()),
+                );
+                self.deliver_messages(unit).instrument(span).await
             }
             OUTBOX_MEMBERSHIP => self.deliver_membership(unit).await,
             _ => Err(DeliveryError::Corrupt("unknown outbox kind")),
         }
     }
 
-    async fn deliver_message(&mut self, event: &OutboxEvent) -> Result<(), DeliveryError> {
-        let init = self
-            .store
-            .receipt_init(event.gid, event.seq, i64::from(MAX_LISTED_RECIPIENTS))
-            .await?;
-        let Some(init) = init else {
-            return Err(DeliveryError::Corrupt(
-                "outbox names a message that does not exist",
-            ));
-        };
-        let message = init.message;
-        let request = pb::InitReceiptsRequest {
-            gid: u64::try_from(message.gid).unwrap_or_default(),
-            msgid: u64::try_from(message.msgid).unwrap_or_default(),
-            seq: u64::try_from(message.seq).unwrap_or_default(),
-            sender_uid: message.sender_uid.clone(),
-            need_receipt: message.need_receipt,
-            recipient_count: u32::try_from(message.recipient_count).unwrap_or(u32::MAX),
-            recipient_uids: init.recipients,
-            created_at_ms: message.created_at_ms,
-        };
-        self.downstream
-            .receipt
-            .init_receipts(request)
-            .await
-            .map_err(DeliveryError::Receipt)?;
-        self.hand_off_offline(&message).await
+    /// Records the messages with the receipt service and hands their offline
+    /// members to the notification service: one read per group, one
+    /// InitReceiptsBatch and one presence lookup for them all.
+    async fn deliver_messages(&mut self, unit: &[OutboxEvent]) -> Result<(), DeliveryError> {
+        let mut seqs: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        for event in unit {
+            seqs.entry(event.gid).or_default().push(event.seq);
+        }
+        let mut groups = BTreeMap::new();
+        for (gid, seqs) in seqs {
+            let Some(committed) = self.store.committed(gid, &seqs).await? else {
+                return Err(DeliveryError::Corrupt(
+                    "outbox names a group that does not exist",
+                ));
+            };
+            groups.insert(gid, committed);
+        }
+        let mut sent = Vec::with_capacity(unit.len());
+        for event in unit {
+            let found = groups
+                .get(&event.gid)
+                .and_then(|group| Some((group.message(event.seq)?, group.audience(event.seq))));
+            let Some(message) = found else {
+                return Err(DeliveryError::Corrupt(
+                    "outbox names a message that does not exist",
+                ));
+            };
+            sent.push(message);
+        }
+        let requests = sent.iter().map(|(m, a)| init_request(m, a)).collect();
+        for batch in init_batches(requests) {
+            self.downstream
+                .receipt
+                .init_receipts_batch(batch)
+                .await
+                .map_err(DeliveryError::Receipt)?;
+        }
+        self.hand_off_offline(&sent).await
     }
 
-    /// Hands the members with no device online to the notification service,
-    /// as one batch. Re-delivery is harmless: the queue is keyed by message and
-    /// recipient.
-    async fn hand_off_offline(&mut self, message: &MessageRecord) -> Result<(), DeliveryError> {
-        let Some(audience) = self.store.audience(message.gid, message.seq).await? else {
-            return Err(DeliveryError::Corrupt(
-                "outbox names a group that does not exist",
-            ));
-        };
-        let routes = self
-            .downstream
-            .fanout
-            .routes(&message.sender_uid, &audience.members)
-            .await?;
-        if routes.offline.is_empty() {
-            return Ok(());
+    /// Hands each message's members with no device online to the
+    /// notification service. Re-delivery is harmless: the queue is keyed by
+    /// message and recipient.
+    async fn hand_off_offline(
+        &mut self,
+        sent: &[(&MessageRecord, Audience)],
+    ) -> Result<(), DeliveryError> {
+        let offline = self.downstream.fanout.offline(sent).await?;
+        for ((message, audience), offline) in sent.iter().zip(offline) {
+            if offline.is_empty() {
+                continue;
+            }
+            self.downstream
+                .notification
+                .enqueue_offline(offline_batch(message, audience, offline))
+                .await
+                .map_err(DeliveryError::Notification)?;
         }
-        let batch = offline_batch(message, &audience, routes.offline);
-        self.downstream
-            .notification
-            .enqueue_offline(batch)
-            .await
-            .map_err(DeliveryError::Notification)?;
         Ok(())
     }
 
@@ -322,7 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn membership_runs_of_one_group_travel_together_and_messages_alone() {
+    fn runs_of_messages_and_of_one_group_s_membership_travel_together() {
         let batch = vec![
             event(1, OUTBOX_MEMBERSHIP, 7),
             event(2, OUTBOX_MEMBERSHIP, 7),
@@ -332,7 +445,38 @@ mod tests {
             event(6, OUTBOX_MEMBERSHIP, 8),
         ];
         let sizes: Vec<usize> = delivery_units(&batch).iter().map(|u| u.len()).collect();
-        assert_eq!(sizes, vec![2, 1, 1, 1, 1]);
+        assert_eq!(sizes, vec![2, 2, 1, 1]);
+        let messages: Vec<OutboxEvent> = (1..=70)
+            .map(|id| event(id, OUTBOX_MESSAGE, id % 3))
+            .collect();
+        let sizes: Vec<usize> = delivery_units(&messages).iter().map(|u| u.len()).collect();
+        assert_eq!(sizes, vec![MESSAGES_PER_UNIT, MESSAGES_PER_UNIT, 6]);
+    }
+
+    #[test]
+    fn init_batches_keep_order_within_the_receipt_service_s_limits() {
+        let message = |seq: u64, listed: usize| pb::InitReceiptsRequest {
+            seq,
+            recipient_uids: vec!["u".into(); listed],
+            ..Default::default()
+        };
+        let batches = init_batches(vec![
+            message(1, 5000),
+            message(2, 5000),
+            message(3, 5000),
+            message(4, 5000),
+            message(5, 1),
+            message(6, 0),
+        ]);
+        let seqs: Vec<Vec<u64>> = batches
+            .iter()
+            .map(|b| b.messages.iter().map(|m| m.seq).collect())
+            .collect();
+        assert_eq!(seqs, vec![vec![1, 2, 3, 4], vec![5, 6]]);
+        let many = init_batches((1..=250).map(|seq| message(seq, 0)).collect());
+        let sizes: Vec<usize> = many.iter().map(|b| b.messages.len()).collect();
+        assert_eq!(sizes, vec![100, 100, 50]);
+        assert!(init_batches(Vec::new()).is_empty());
     }
 
     #[test]

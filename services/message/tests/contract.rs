@@ -299,16 +299,6 @@ async fn the_outbox_holds_every_change_in_order_until_done<S: MessageStore>(stor
         ]
     );
     assert!(batch.windows(2).all(|w| w[0].id < w[1].id));
-    let init = store
-        .receipt_init(gid.get(), 1, 5000)
-        .await
-        .expect("init")
-        .expect("message exists");
-    assert_eq!(
-        init.recipients,
-        vec!["uid1".to_string(), "uid2".to_string()]
-    );
-    assert_eq!(init.message.recipient_count, 2);
     let states = store
         .member_states(gid.get(), &["A".into(), "uid1".into()])
         .await
@@ -339,6 +329,44 @@ async fn the_outbox_holds_every_change_in_order_until_done<S: MessageStore>(stor
     );
 }
 
+async fn the_outbox_reads_each_message_with_its_audience<S: MessageStore>(store: S) {
+    let gid = group_of(&store, "A", &["uid1", "uid2"]).await;
+    sent(send(&store, gid, "A", "m1").await);
+    // uid1 leaves after m1 and uid4 joins: m2's audience has changed.
+    let a = uid("A");
+    let uid1 = uid("uid1");
+    store
+        .remove_members(change(gid, &uid1, std::slice::from_ref(&uid1), 10))
+        .await
+        .expect("leave");
+    store
+        .add_members(change(gid, &a, &[uid("uid4")], 10))
+        .await
+        .expect("join");
+    sent(send(&store, gid, "A", "m2").await);
+    let committed = store
+        .committed(gid.get(), &[2, 1, 99])
+        .await
+        .expect("committed")
+        .expect("group exists");
+    assert_eq!(committed.group_name, "Design");
+    let seqs: Vec<i64> = committed.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![1, 2], "seq 99 does not exist");
+    let first = committed.message(1).expect("m1");
+    assert_eq!((first.recipient_count, first.need_receipt), (2, true));
+    assert!(first.content.is_empty(), "the outbox does not read content");
+    assert!(committed.message(99).is_none());
+    assert_eq!(committed.audience(1).members, vec!["A", "uid1", "uid2"]);
+    assert_eq!(committed.audience(2).members, vec!["A", "uid2", "uid4"]);
+    assert!(
+        store
+            .committed(gid.get() + 1000, &[1])
+            .await
+            .expect("committed")
+            .is_none()
+    );
+}
+
 parley_testkit::contract_suite!(
     MySqlMessageStore,
     SqliteMessageStore,
@@ -349,5 +377,6 @@ parley_testkit::contract_suite!(
     direct_conversations_are_unique_and_closed,
     reads_start_after_the_join_point,
     the_outbox_holds_every_change_in_order_until_done,
+    the_outbox_reads_each_message_with_its_audience,
     a_batch_is_stored_in_order_with_dense_seqs_and_retries_are_originals,
 );

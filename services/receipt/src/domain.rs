@@ -11,6 +11,11 @@ pub const MAX_LIST_PAGE: u32 = 500;
 /// Largest ledger a receipt service may be configured with: the message service
 /// lists recipients in InitReceipts up to this many.
 pub const MAX_LEDGER_MEMBERS: u32 = 5000;
+/// Most messages one InitReceiptsBatch records.
+pub const MAX_INIT_BATCH: usize = 100;
+/// Most recipients listed in one InitReceiptsBatch, over all its messages:
+/// four messages at the largest ledger.
+pub const MAX_INIT_BATCH_RECIPIENTS: usize = 20_000;
 
 /// Ledger state: not yet delivered.
 pub const ACK_NONE: i64 = 0;

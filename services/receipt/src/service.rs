@@ -13,7 +13,10 @@ use crate::{
         self, AckKind, MAX_LIST_PAGE, MAX_MSGIDS_PER_REQUEST, ReceiptState, parse_id, unread,
     },
     error::ReceiptError,
-    store::{AckOutcome, GroupSelection, InitMessage, MemberChange, MsgReceipt, ReceiptStore},
+    store::{
+        AckOutcome, GroupSelection, InitMessage, InitOutcome, MemberChange, MsgReceipt,
+        ReceiptStore,
+    },
 };
 
 /// The message service client, which vouches for a group's committed last seq.
@@ -158,6 +161,44 @@ fn tier(message: &MsgReceipt) -> pb::ReceiptTier {
     }
 }
 
+/// Checks one committed message as the message service describes it.
+fn init_message(req: pb::InitReceiptsRequest) -> Result<InitMessage, Status> {
+    let sender = Uid::parse(&req.sender_uid)
+        .map_err(|e| ReceiptError::invalid(format!("sender_uid: {e}")))?;
+    if req.recipient_uids.len() > domain::MAX_LEDGER_MEMBERS as usize {
+        return Err(ReceiptError::invalid("too many recipient_uids").into());
+    }
+    let recipients = req
+        .recipient_uids
+        .iter()
+        .map(|u| Uid::parse(u).map(Uid::into_string))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ReceiptError::invalid(format!("recipient_uids: {e}")))?;
+    let mut listed = std::collections::HashSet::with_capacity(recipients.len());
+    if let Some(twice) = recipients.iter().find(|uid| !listed.insert(uid.as_str())) {
+        return Err(
+            ReceiptError::invalid(format!("recipient_uids: {twice} is listed twice")).into(),
+        );
+    }
+    Ok(InitMessage {
+        gid: parse_id(req.gid, "gid")?,
+        msgid: parse_id(req.msgid, "msgid")?,
+        seq: parse_id(req.seq, "seq")?,
+        sender_uid: sender.into_string(),
+        need_receipt: req.need_receipt,
+        recipient_count: i64::from(req.recipient_count),
+        recipients,
+        created_at_ms: req.created_at_ms,
+    })
+}
+
+fn init_result(outcome: &InitOutcome) -> pb::InitReceiptsResponse {
+    pb::InitReceiptsResponse {
+        ledger: outcome.ledger,
+        created: outcome.created,
+    }
+}
+
 /// Acks retried at most this often when the database breaks a deadlock.
 const ACK_ATTEMPTS: u32 = 3;
 
@@ -168,38 +209,52 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         request: Request<pb::InitReceiptsRequest>,
     ) -> Result<Response<pb::InitReceiptsResponse>, Status> {
         Caller::require_service(&request, "message")?;
+        let message = init_message(request.into_inner())?;
+        let outcomes = self
+            .store
+            .init_receipts(std::slice::from_ref(&message), self.ledger_max)
+            .await?;
+        let result = outcomes.first().map(init_result).unwrap_or_default();
+        Ok(Response::new(result))
+    }
+
+    async fn init_receipts_batch(
+        &self,
+        request: Request<pb::InitReceiptsBatchRequest>,
+    ) -> Result<Response<pb::InitReceiptsBatchResponse>, Status> {
+        Caller::require_service(&request, "message")?;
         let req = request.into_inner();
-        let sender = Uid::parse(&req.sender_uid)
-            .map_err(|e| ReceiptError::invalid(format!("sender_uid: {e}")))?;
-        if req.recipient_uids.len() > domain::MAX_LEDGER_MEMBERS as usize {
-            return Err(ReceiptError::invalid("too many recipient_uids").into());
+        if req.messages.is_empty() || req.messages.len() > domain::MAX_INIT_BATCH {
+            return Err(ReceiptError::invalid(format!(
+                "messages must hold 1 to {} entries",
+                domain::MAX_INIT_BATCH
+            ))
+            .into());
         }
-        let recipients = req
-            .recipient_uids
-            .iter()
-            .map(|u| Uid::parse(u).map(Uid::into_string))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ReceiptError::invalid(format!("recipient_uids: {e}")))?;
-        let mut listed = std::collections::HashSet::with_capacity(recipients.len());
-        if let Some(twice) = recipients.iter().find(|uid| !listed.insert(uid.as_str())) {
-            return Err(
-                ReceiptError::invalid(format!("recipient_uids: {twice} is listed twice")).into(),
-            );
+        let listed: usize = req.messages.iter().map(|m| m.recipient_uids.len()).sum();
+        if listed > domain::MAX_INIT_BATCH_RECIPIENTS {
+            return Err(ReceiptError::invalid(format!(
+                "messages list {listed} recipient_uids in all; at most {} are taken",
+                domain::MAX_INIT_BATCH_RECIPIENTS
+            ))
+            .into());
         }
-        let message = InitMessage {
-            gid: parse_id(req.gid, "gid")?,
-            msgid: parse_id(req.msgid, "msgid")?,
-            seq: parse_id(req.seq, "seq")?,
-            sender_uid: sender.into_string(),
-            need_receipt: req.need_receipt,
-            recipient_count: i64::from(req.recipient_count),
-            recipients,
-            created_at_ms: req.created_at_ms,
-        };
-        let outcome = self.store.init_receipts(&message, self.ledger_max).await?;
-        Ok(Response::new(pb::InitReceiptsResponse {
-            ledger: outcome.ledger,
-            created: outcome.created,
+        let messages = req
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                init_message(m).map_err(|status| {
+                    Status::new(
+                        status.code(),
+                        format!("messages[{i}]: {}", status.message()),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let outcomes = self.store.init_receipts(&messages, self.ledger_max).await?;
+        Ok(Response::new(pb::InitReceiptsBatchResponse {
+            results: outcomes.iter().map(init_result).collect(),
         }))
     }
 

@@ -4,8 +4,8 @@ use parley_receipt::{
     domain::{AckKind, ReceiptState},
     error::ReceiptError,
     store::{
-        AckOutcome, GroupSelection, InitMessage, MemberChange, MySqlReceiptStore, ReceiptStore,
-        SqliteReceiptStore,
+        AckOutcome, GroupSelection, InitMessage, InitOutcome, MemberChange, MySqlReceiptStore,
+        ReceiptStore, SqliteReceiptStore,
     },
 };
 
@@ -66,6 +66,16 @@ fn message(seq: i64, need_receipt: bool) -> InitMessage {
     }
 }
 
+/// Records one message, as a batch of one.
+async fn init<S: ReceiptStore>(store: &S, message: InitMessage, ledger_max: i64) -> InitOutcome {
+    let outcomes = store
+        .init_receipts(std::slice::from_ref(&message), ledger_max)
+        .await
+        .expect("init");
+    assert_eq!(outcomes.len(), 1);
+    outcomes[0]
+}
+
 async fn receipt<S: ReceiptStore>(store: &S, seq: i64) -> (i64, bool, Vec<String>, Vec<String>) {
     let found = store.messages(GID, &[1000 + seq]).await.expect("messages");
     let m = found.first().expect("message recorded");
@@ -87,19 +97,10 @@ fn uids(list: &[&str]) -> Vec<String> {
 async fn batched_acks_flip_the_ledger_and_fold_fully_read_messages<S: ReceiptStore>(store: S) {
     seed_group(&store).await;
     for seq in 1..=25 {
-        let outcome = store
-            .init_receipts(&message(seq, true), LEDGER_MAX)
-            .await
-            .expect("init");
+        let outcome = init(&store, message(seq, true), LEDGER_MAX).await;
         assert!(outcome.created && outcome.ledger);
     }
-    assert!(
-        !store
-            .init_receipts(&message(5, true), LEDGER_MAX)
-            .await
-            .expect("retry")
-            .created
-    );
+    assert!(!init(&store, message(5, true), LEDGER_MAX).await.created);
     assert_eq!(store.ledger_rows(GID, 5).await.expect("rows"), 3);
     ack(&store, "uid1", 10, AckKind::Read, 20).await;
     ack(&store, "uid1", 20, AckKind::Read, 21).await;
@@ -133,13 +134,7 @@ async fn batched_acks_flip_the_ledger_and_fold_fully_read_messages<S: ReceiptSto
 async fn large_groups_are_answered_exactly_from_the_cursors<S: ReceiptStore>(store: S) {
     seed_group(&store).await;
     for seq in 1..=5 {
-        assert!(
-            !store
-                .init_receipts(&message(seq, true), 2)
-                .await
-                .expect("init")
-                .ledger
-        );
+        assert!(!init(&store, message(seq, true), 2).await.ledger);
     }
     ack(&store, "uid1", 3, AckKind::Read, 20).await;
     ack(&store, "uid2", 5, AckKind::Delivered, 21).await;
@@ -156,17 +151,11 @@ async fn large_groups_are_answered_exactly_from_the_cursors<S: ReceiptStore>(sto
 
 async fn a_message_recorded_after_its_acks_starts_from_the_cursors<S: ReceiptStore>(store: S) {
     seed_group(&store).await;
-    store
-        .init_receipts(&message(1, true), LEDGER_MAX)
-        .await
-        .expect("init");
+    init(&store, message(1, true), LEDGER_MAX).await;
     // uid1 and uid2 ack seq 3 before the receipt service has heard of seq 2 and 3.
     ack(&store, "uid1", 3, AckKind::Read, 20).await;
     ack(&store, "uid2", 3, AckKind::Delivered, 20).await;
-    store
-        .init_receipts(&message(2, true), LEDGER_MAX)
-        .await
-        .expect("late init");
+    init(&store, message(2, true), LEDGER_MAX).await;
     assert_eq!(
         receipt(&store, 2).await,
         (1, true, uids(&["uid1"]), uids(&["uid2", "uid3"]))
@@ -180,10 +169,7 @@ async fn a_message_recorded_after_its_acks_starts_from_the_cursors<S: ReceiptSto
 
 async fn an_ack_past_every_known_seq_changes_nothing<S: ReceiptStore>(store: S) {
     seed_group(&store).await;
-    store
-        .init_receipts(&message(1, true), LEDGER_MAX)
-        .await
-        .expect("init");
+    init(&store, message(1, true), LEDGER_MAX).await;
     for committed in [None, Some(0), Some(1)] {
         assert!(
             matches!(
@@ -248,10 +234,7 @@ async fn membership_versions_and_departures_are_respected<S: ReceiptStore>(store
         Err(ReceiptError::GroupNotFound)
     ));
     // A member who joins later starts with nothing unread before their join.
-    store
-        .init_receipts(&message(1, false), LEDGER_MAX)
-        .await
-        .expect("init");
+    init(&store, message(1, false), LEDGER_MAX).await;
     store
         .apply_membership(GID, &[member("late", false, 1, 11)], 5)
         .await
@@ -266,10 +249,7 @@ async fn membership_versions_and_departures_are_respected<S: ReceiptStore>(store
 async fn retention_moves_old_messages_to_the_cursor_tier<S: ReceiptStore>(store: S) {
     seed_group(&store).await;
     for seq in 1..=3 {
-        store
-            .init_receipts(&message(seq, true), LEDGER_MAX)
-            .await
-            .expect("init");
+        init(&store, message(seq, true), LEDGER_MAX).await;
     }
     ack(&store, "uid1", 2, AckKind::Read, 20).await;
     let before = receipt(&store, 2).await;
@@ -285,10 +265,7 @@ async fn retention_moves_old_messages_to_the_cursor_tier<S: ReceiptStore>(store:
 async fn a_returning_sender_pulls_changes_in_order<S: ReceiptStore>(store: S) {
     seed_group(&store).await;
     for seq in 1..=3 {
-        store
-            .init_receipts(&message(seq, true), LEDGER_MAX)
-            .await
-            .expect("init");
+        init(&store, message(seq, true), LEDGER_MAX).await;
     }
     let first = store.pull("A", (i64::MIN, 0), 10).await.expect("pull");
     assert_eq!(
@@ -317,6 +294,36 @@ async fn a_returning_sender_pulls_changes_in_order<S: ReceiptStore>(store: S) {
     );
 }
 
+async fn a_batch_records_each_message_once_in_order<S: ReceiptStore>(store: S) {
+    seed_group(&store).await;
+    init(&store, message(1, true), LEDGER_MAX).await;
+    // uid1 read seq 2 before the batch arrives: the batch's seq 2 starts read by
+    // uid1, its seq 3 does not; seq 1 is a retry and seq 2 is listed twice.
+    ack(&store, "uid1", 2, AckKind::Read, 20).await;
+    let batch = [
+        message(1, true),
+        message(2, true),
+        message(3, true),
+        message(2, true),
+    ];
+    let outcomes = store
+        .init_receipts(&batch, LEDGER_MAX)
+        .await
+        .expect("batch");
+    let created: Vec<bool> = outcomes.iter().map(|o| o.created).collect();
+    assert_eq!(created, vec![false, true, true, false]);
+    assert!(outcomes.iter().all(|o| o.ledger));
+    assert_eq!(
+        receipt(&store, 2).await,
+        (1, true, uids(&["uid1"]), uids(&["uid2", "uid3"]))
+    );
+    assert_eq!(
+        receipt(&store, 3).await,
+        (0, true, vec![], uids(&["uid1", "uid2", "uid3"]))
+    );
+    assert_eq!(store.ledger_rows(GID, 3).await.expect("rows"), 3);
+}
+
 parley_testkit::contract_suite!(
     MySqlReceiptStore,
     SqliteReceiptStore,
@@ -328,4 +335,5 @@ parley_testkit::contract_suite!(
     membership_versions_and_departures_are_respected,
     retention_moves_old_messages_to_the_cursor_tier,
     a_returning_sender_pulls_changes_in_order,
+    a_batch_records_each_message_once_in_order,
 );

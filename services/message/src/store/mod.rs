@@ -65,7 +65,8 @@ pub struct MessageRecord {
     pub sender_uid: String,
     /// Sender's idempotency key.
     pub client_msg_id: String,
-    /// Body.
+    /// Body (empty where only the header was read).
+    #[sqlx(default)]
     pub content: Vec<u8>,
     /// Receipts wanted.
     pub need_receipt: bool,
@@ -172,13 +173,51 @@ pub const OUTBOX_MESSAGE: i64 = 1;
 /// Outbox kind of a membership change.
 pub const OUTBOX_MEMBERSHIP: i64 = 2;
 
-/// Everything the receipt service needs about one sent message.
+/// One member's stay in a group, left members included.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct MemberSpan {
+    /// The member.
+    pub uid: String,
+    /// Group seq when they joined.
+    pub joined_seq: i64,
+    /// Group seq when they left, if they did.
+    pub left_seq: Option<i64>,
+}
+
+/// What the outbox passes on about committed messages of one group.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReceiptInit {
-    /// The message.
-    pub message: MessageRecord,
-    /// Its recipients, listed when it wants receipts and they are few enough.
-    pub recipients: Vec<String>,
+pub struct Committed {
+    /// The group's display name.
+    pub group_name: String,
+    /// Every membership row of the group, left members included, in uid order.
+    pub spans: Vec<MemberSpan>,
+    /// The messages asked for that exist, in seq order, without their
+    /// content: the outbox does not pass it on.
+    pub messages: Vec<MessageRecord>,
+}
+
+impl Committed {
+    /// The stored message at `seq`, if it was asked for and exists.
+    pub fn message(&self, seq: i64) -> Option<&MessageRecord> {
+        self.messages
+            .binary_search_by_key(&seq, |m| m.seq)
+            .ok()
+            .and_then(|i| self.messages.get(i))
+    }
+
+    /// Who the message at `seq` is for: the members at that seq, sender
+    /// included, in uid order (what [`MessageStore::members_at`] reads).
+    pub fn audience(&self, seq: i64) -> Audience {
+        Audience {
+            group_name: self.group_name.clone(),
+            members: self
+                .spans
+                .iter()
+                .filter(|s| crate::domain::member_at(s.joined_seq, s.left_seq, seq))
+                .map(|s| s.uid.clone())
+                .collect(),
+        }
+    }
 }
 
 /// Storage of the message service. Every method is one transaction.
@@ -260,20 +299,13 @@ pub trait MessageStore: Clone + Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<OutboxEvent>, MessageError>> + Send;
 
-    /// What InitReceipts needs for the message at (gid, seq).
-    fn receipt_init(
+    /// What the outbox passes on for the messages at `seqs` of one group
+    /// (see [`Committed`]); `None` when the group does not exist.
+    fn committed(
         &self,
         gid: i64,
-        seq: i64,
-        max_listed: i64,
-    ) -> impl Future<Output = Result<Option<ReceiptInit>, MessageError>> + Send;
-
-    /// The group's name and its members at `seq` (for fan-out).
-    fn audience(
-        &self,
-        gid: i64,
-        seq: i64,
-    ) -> impl Future<Output = Result<Option<Audience>, MessageError>> + Send;
+        seqs: &[i64],
+    ) -> impl Future<Output = Result<Option<Committed>, MessageError>> + Send;
 
     /// The members at `seq`, sender included, in uid order: the fast path's
     /// fan-out needs no more than this.

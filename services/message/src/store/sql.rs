@@ -3,7 +3,8 @@
 //! supplies (`UPSERT_MEMBER_SUFFIX`, `inserted_id`). The macro expands this one
 //! body for each backend's concrete sqlx types, so there is one copy to review.
 
-/// Rows per multi-row insert: far below both backends' bind-parameter limits.
+/// Rows per multi-row insert (and ids per `IN` list): far below both
+/// backends' bind-parameter limits.
 pub(super) const INSERT_CHUNK: usize = 500;
 
 /// Truncates an error text for the outbox's `last_error` column.
@@ -445,45 +446,11 @@ macro_rules! impl_message_store {
                 .await?)
             }
 
-            async fn receipt_init(
+            async fn committed(
                 &self,
                 gid: i64,
-                seq: i64,
-                max_listed: i64,
-            ) -> Result<Option<crate::store::ReceiptInit>, crate::error::MessageError> {
-                let message: Option<crate::store::MessageRecord> = sqlx::query_as(
-                    "SELECT msgid, gid, seq, sender_uid, client_msg_id, content, need_receipt, recipient_count, \
-                     created_at_ms FROM group_msgs WHERE gid = ? AND seq = ?",
-                )
-                .bind(gid)
-                .bind(seq)
-                .fetch_optional(&self.pool)
-                .await?;
-                let Some(message) = message else {
-                    return Ok(None);
-                };
-                let recipients = if message.need_receipt && message.recipient_count <= max_listed {
-                    sqlx::query_scalar(
-                        "SELECT uid FROM group_users WHERE gid = ? AND joined_seq < ? \
-                         AND (left_seq IS NULL OR left_seq >= ?) AND uid <> ? ORDER BY uid",
-                    )
-                    .bind(gid)
-                    .bind(seq)
-                    .bind(seq)
-                    .bind(message.sender_uid.as_str())
-                    .fetch_all(&self.pool)
-                    .await?
-                } else {
-                    Vec::new()
-                };
-                Ok(Some(crate::store::ReceiptInit { message, recipients }))
-            }
-
-            async fn audience(
-                &self,
-                gid: i64,
-                seq: i64,
-            ) -> Result<Option<crate::store::Audience>, crate::error::MessageError> {
+                seqs: &[i64],
+            ) -> Result<Option<crate::store::Committed>, crate::error::MessageError> {
                 let name: Option<String> = sqlx::query_scalar("SELECT name FROM chat_groups WHERE gid = ?")
                     .bind(gid)
                     .fetch_optional(&self.pool)
@@ -491,8 +458,25 @@ macro_rules! impl_message_store {
                 let Some(group_name) = name else {
                     return Ok(None);
                 };
-                let members = self.members_at(gid, seq).await?;
-                Ok(Some(crate::store::Audience { group_name, members }))
+                let spans = sqlx::query_as(
+                    "SELECT uid, joined_seq, left_seq FROM group_users WHERE gid = ? ORDER BY uid",
+                )
+                .bind(gid)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut messages = Vec::with_capacity(seqs.len());
+                for chunk in seqs.chunks(crate::store::sql::INSERT_CHUNK) {
+                    let mut select = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT msgid, gid, seq, sender_uid, client_msg_id, need_receipt, recipient_count, \
+                         created_at_ms FROM group_msgs WHERE gid = ",
+                    );
+                    select.push_bind(gid).push(" AND seq IN ");
+                    parley_server::db::push_list(&mut select, chunk.iter().copied());
+                    select.push(" ORDER BY seq");
+                    messages.extend(select.build_query_as::<crate::store::MessageRecord>().fetch_all(&self.pool).await?);
+                }
+                messages.sort_by_key(|m| m.seq);
+                Ok(Some(crate::store::Committed { group_name, spans, messages }))
             }
 
             async fn members_at(&self, gid: i64, seq: i64) -> Result<Vec<String>, crate::error::MessageError> {

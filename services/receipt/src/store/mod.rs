@@ -135,12 +135,13 @@ pub trait ReceiptStore: Clone + Send + Sync + 'static {
     /// Applies pending migrations.
     fn migrate(&self) -> impl Future<Output = Result<(), ReceiptError>> + Send;
 
-    /// Records a sent message (idempotent on (gid, seq)).
+    /// Records sent messages in one transaction, in order (each idempotent
+    /// on (gid, seq)); one outcome per message.
     fn init_receipts(
         &self,
-        message: &InitMessage,
+        messages: &[InitMessage],
         ledger_max: i64,
-    ) -> impl Future<Output = Result<InitOutcome, ReceiptError>> + Send;
+    ) -> impl Future<Output = Result<Vec<InitOutcome>, ReceiptError>> + Send;
 
     /// Applies membership changes newer than the stored ones; returns how many.
     fn apply_membership(

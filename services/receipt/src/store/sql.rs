@@ -59,6 +59,80 @@ macro_rules! impl_receipt_store {
                 Ok(())
             }
 
+            /// Records one sent message inside the caller's transaction.
+            async fn init_one(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                message: &crate::store::InitMessage,
+                ledger_max: i64,
+            ) -> Result<crate::store::InitOutcome, crate::error::ReceiptError> {
+                use crate::domain::{Cursors, ledger_state, wants_ledger};
+                sqlx::query(Self::UPSERT_GROUP).bind(message.gid).bind(message.seq).execute(&mut **tx).await?;
+                let existing: Option<bool> =
+                    sqlx::query_scalar("SELECT ledger FROM receipt_msgs WHERE gid = ? AND seq = ?")
+                        .bind(message.gid)
+                        .bind(message.seq)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                if let Some(ledger) = existing {
+                    return Ok(crate::store::InitOutcome { created: false, ledger });
+                }
+                // Acks that arrived before this message was recorded already moved
+                // the cursors; they count from the start.
+                let read_count: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM receipt_cursors WHERE gid = ? AND read_seq >= ? AND joined_seq < ? \
+                     AND (left_seq IS NULL OR left_seq >= ?) AND uid <> ?",
+                )
+                .bind(message.gid)
+                .bind(message.seq)
+                .bind(message.seq)
+                .bind(message.seq)
+                .bind(message.sender_uid.as_str())
+                .fetch_one(&mut **tx)
+                .await?;
+                let ledger = wants_ledger(
+                    message.need_receipt,
+                    message.recipient_count,
+                    message.recipients.len(),
+                    read_count,
+                    ledger_max,
+                );
+                if ledger {
+                    let cursors = Self::recipient_cursors(tx, message.gid, &message.recipients).await?;
+                    for chunk in message.recipients.chunks(crate::store::sql::CHUNK) {
+                        let mut insert = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO msg_acks (gid, recv_uid, seq, msgid, sender_uid, if_ack, changed_at_ms) ",
+                        );
+                        insert.push_values(chunk, |mut row, uid| {
+                            let at = cursors.get(uid).copied().unwrap_or(Cursors { delivered: 0, read: 0 });
+                            row.push_bind(message.gid)
+                                .push_bind(uid.as_str())
+                                .push_bind(message.seq)
+                                .push_bind(message.msgid)
+                                .push_bind(message.sender_uid.as_str())
+                                .push_bind(ledger_state(at, message.seq))
+                                .push_bind(message.created_at_ms);
+                        });
+                        insert.build().execute(&mut **tx).await?;
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO receipt_msgs (gid, seq, msgid, sender_uid, recipient_count, read_count, ledger, \
+                     created_at_ms, changed_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(message.gid)
+                .bind(message.seq)
+                .bind(message.msgid)
+                .bind(message.sender_uid.as_str())
+                .bind(message.recipient_count)
+                .bind(read_count)
+                .bind(ledger)
+                .bind(message.created_at_ms)
+                .bind(message.created_at_ms)
+                .execute(&mut **tx)
+                .await?;
+                Ok(crate::store::InitOutcome { created: true, ledger })
+            }
+
             async fn delete_ledger_of(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 gid: i64,
@@ -86,77 +160,16 @@ macro_rules! impl_receipt_store {
 
             async fn init_receipts(
                 &self,
-                message: &crate::store::InitMessage,
+                messages: &[crate::store::InitMessage],
                 ledger_max: i64,
-            ) -> Result<crate::store::InitOutcome, crate::error::ReceiptError> {
-                use crate::domain::{Cursors, ledger_state, wants_ledger};
+            ) -> Result<Vec<crate::store::InitOutcome>, crate::error::ReceiptError> {
                 let mut tx = self.pool.begin().await?;
                 let outcome: Result<_, crate::error::ReceiptError> = async {
-                sqlx::query(Self::UPSERT_GROUP).bind(message.gid).bind(message.seq).execute(&mut *tx).await?;
-                let existing: Option<bool> =
-                    sqlx::query_scalar("SELECT ledger FROM receipt_msgs WHERE gid = ? AND seq = ?")
-                        .bind(message.gid)
-                        .bind(message.seq)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if let Some(ledger) = existing {
-                    return Ok(crate::store::InitOutcome { created: false, ledger });
-                }
-                // Acks that arrived before this message was recorded already moved
-                // the cursors; they count from the start.
-                let read_count: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM receipt_cursors WHERE gid = ? AND read_seq >= ? AND joined_seq < ? \
-                     AND (left_seq IS NULL OR left_seq >= ?) AND uid <> ?",
-                )
-                .bind(message.gid)
-                .bind(message.seq)
-                .bind(message.seq)
-                .bind(message.seq)
-                .bind(message.sender_uid.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-                let ledger = wants_ledger(
-                    message.need_receipt,
-                    message.recipient_count,
-                    message.recipients.len(),
-                    read_count,
-                    ledger_max,
-                );
-                if ledger {
-                    let cursors = Self::recipient_cursors(&mut tx, message.gid, &message.recipients).await?;
-                    for chunk in message.recipients.chunks(crate::store::sql::CHUNK) {
-                        let mut insert = sqlx::QueryBuilder::<$db>::new(
-                            "INSERT INTO msg_acks (gid, recv_uid, seq, msgid, sender_uid, if_ack, changed_at_ms) ",
-                        );
-                        insert.push_values(chunk, |mut row, uid| {
-                            let at = cursors.get(uid).copied().unwrap_or(Cursors { delivered: 0, read: 0 });
-                            row.push_bind(message.gid)
-                                .push_bind(uid.as_str())
-                                .push_bind(message.seq)
-                                .push_bind(message.msgid)
-                                .push_bind(message.sender_uid.as_str())
-                                .push_bind(ledger_state(at, message.seq))
-                                .push_bind(message.created_at_ms);
-                        });
-                        insert.build().execute(&mut *tx).await?;
+                    let mut outcomes = Vec::with_capacity(messages.len());
+                    for message in messages {
+                        outcomes.push(Self::init_one(&mut tx, message, ledger_max).await?);
                     }
-                }
-                sqlx::query(
-                    "INSERT INTO receipt_msgs (gid, seq, msgid, sender_uid, recipient_count, read_count, ledger, \
-                     created_at_ms, changed_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(message.gid)
-                .bind(message.seq)
-                .bind(message.msgid)
-                .bind(message.sender_uid.as_str())
-                .bind(message.recipient_count)
-                .bind(read_count)
-                .bind(ledger)
-                .bind(message.created_at_ms)
-                .bind(message.created_at_ms)
-                .execute(&mut *tx)
-                .await?;
-                Ok(crate::store::InitOutcome { created: true, ledger })
+                    Ok(outcomes)
                 }
                 .await;
                 parley_server::db::finish(tx, outcome).await
