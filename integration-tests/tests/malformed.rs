@@ -344,10 +344,10 @@ fn receipt_as_message_service(suite: &crate::support::Suite) -> crate::support::
 }
 
 /// InitReceiptsBatch takes 1 to 100 messages with at most 20,000 listed
-/// recipients, and records all of them or none: one malformed message
-/// refuses the batch, named by its index.
+/// recipients, all checked before any is recorded: one malformed message
+/// refuses the batch, named by its index, and nothing is written.
 #[tokio::test]
-async fn init_receipts_batches_are_bounded_and_all_or_nothing() {
+async fn init_receipts_batches_are_bounded_and_checked_whole() {
     let suite = crate::support::Suite::start(crate::support::Backend::MariaDb).await;
     let gid = crate::support::create_group(&suite, "A", "Batch", &["uid1", "uid2"]).await;
     crate::support::wait_for_membership(&suite, "uid1", gid).await;

@@ -135,8 +135,9 @@ pub trait ReceiptStore: Clone + Send + Sync + 'static {
     /// Applies pending migrations.
     fn migrate(&self) -> impl Future<Output = Result<(), ReceiptError>> + Send;
 
-    /// Records sent messages in one transaction, in order (each idempotent
-    /// on (gid, seq)); one outcome per message.
+    /// Records sent messages in order, each in a transaction of its own and
+    /// idempotent on (gid, seq); one outcome per message. On failure the
+    /// messages before the failed one stay recorded.
     fn init_receipts(
         &self,
         messages: &[InitMessage],

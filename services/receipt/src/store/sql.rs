@@ -163,16 +163,15 @@ macro_rules! impl_receipt_store {
                 messages: &[crate::store::InitMessage],
                 ledger_max: i64,
             ) -> Result<Vec<crate::store::InitOutcome>, crate::error::ReceiptError> {
-                let mut tx = self.pool.begin().await?;
-                let outcome: Result<_, crate::error::ReceiptError> = async {
-                    let mut outcomes = Vec::with_capacity(messages.len());
-                    for message in messages {
-                        outcomes.push(Self::init_one(&mut tx, message, ledger_max).await?);
-                    }
-                    Ok(outcomes)
+                // One short transaction per message: each holds its group's
+                // row exclusively, and acks of the group wait for it.
+                let mut outcomes = Vec::with_capacity(messages.len());
+                for message in messages {
+                    let mut tx = self.pool.begin().await?;
+                    let outcome = Self::init_one(&mut tx, message, ledger_max).await;
+                    outcomes.push(parley_server::db::finish(tx, outcome).await?);
                 }
-                .await;
-                parley_server::db::finish(tx, outcome).await
+                Ok(outcomes)
             }
 
             async fn apply_membership(
