@@ -137,6 +137,21 @@ impl Device {
         next.ok().flatten().and_then(|f| f.frame)
     }
 
+    /// Reads until the stream ends (within 20 s) and returns the status it
+    /// ended with: `Code::Ok` for a plain end.
+    pub async fn end_status(&mut self) -> Status {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(20), self.rx.message())
+                .await
+                .unwrap_or_else(|_| panic!("{}: the stream did not end within 20 s", self.uid));
+            match next {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Status::ok(""),
+                Err(status) => return status,
+            }
+        }
+    }
+
     pub async fn send_frame(&self, frame: In) {
         self.tx
             .send(pb::ConnectRequest { frame: Some(frame) })

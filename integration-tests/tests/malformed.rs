@@ -419,3 +419,132 @@ async fn init_receipts_batches_are_bounded_and_checked_whole() {
     );
     suite.stop().await;
 }
+
+/// A frame past a documented limit ends the stream with a status that says
+/// why (it was silently cut, or the stream ended with OK and no reason): an
+/// ack frame of 101 entries, none of them applied, and a 5 MiB send frame.
+#[tokio::test]
+async fn frames_past_the_limits_end_the_stream_with_a_reason() {
+    use parley_proto::gateway::{AckEntry, AckFrame, connect_request::Frame as In};
+    let suite = Suite::start(Backend::MariaDb).await;
+    let gid = create_group(&suite, "A", "Limits", &["uid1"]).await;
+    crate::support::send_direct(&suite, "A", gid, "m1", 8).await;
+    crate::support::wait_for_position(&suite, "uid1", gid, "m1 recorded", |g| g.last_seq == 1)
+        .await;
+    let gateway = suite.gateway_addrs[0];
+
+    let mut reader = crate::device::Device::connect(gateway, "uid1", "phone").await;
+    let mut entries = vec![AckEntry {
+        gid,
+        up_to_seq: 1,
+        read: true,
+    }];
+    entries.extend((1..=100).map(|i| AckEntry {
+        gid: gid + i,
+        up_to_seq: 1,
+        read: true,
+    }));
+    reader.send_frame(In::Ack(AckFrame { entries })).await;
+    let refused = reader.end_status().await;
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("at most 100"), "{refused:?}");
+    // The session writes what acks it holds before it goes offline.
+    parley_testkit::eventually(
+        "the refused stream's device to go offline",
+        std::time::Duration::from_secs(30),
+        || async {
+            crate::support::devices_of(&suite, "uid1")
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        unread_in(&suite, "uid1", gid).await[0].read_seq,
+        0,
+        "no entry applied"
+    );
+
+    let mut sender = crate::device::Device::connect(gateway, "A", "laptop").await;
+    sender.send(gid, "huge", &vec![b'x'; 5 << 20]).await;
+    let refused = sender.end_status().await;
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("too large"), "{refused:?}");
+    suite.stop().await;
+}
+
+/// Streams that never authenticate hold nothing a login needs. 1,100 of them
+/// (more than the 1,024 requests the guard admits at once, each of which they
+/// used to hold for the auth wait) and a real login still gets in; past its
+/// share, a connection's next anonymous stream is refused with
+/// RESOURCE_EXHAUSTED and a retry hint.
+#[tokio::test]
+async fn anonymous_streams_hold_nothing_a_login_needs() {
+    use parley_proto::gateway::gateway_service_client::GatewayServiceClient;
+    const CONNECTIONS: usize = 5;
+    const PER_CONNECTION: usize = 220;
+    let options = crate::support::Options {
+        gateway_flags: &[
+            ("max-unauthenticated-per-connection", "220"),
+            ("max-unauthenticated-per-address", "2000"),
+            ("auth-timeout-ms", "60000"),
+        ],
+        ..Default::default()
+    };
+    let suite = Suite::start_with(Backend::MariaDb, options).await;
+    let gateway = suite.gateway_addrs[0];
+    // A stream that sends nothing: its open resolves only when the gateway
+    // answers, which for an admitted stream is after the auth wait.
+    let anonymous = |channel: &tonic::transport::Channel| {
+        let (tx, rx) = tokio::sync::mpsc::channel::<parley_proto::gateway::ConnectRequest>(1);
+        let mut client = GatewayServiceClient::new(channel.clone());
+        let open = tokio::spawn(async move {
+            client
+                .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map(|_| ())
+        });
+        (tx, open)
+    };
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("gateway reachable");
+        for _ in 0..PER_CONNECTION {
+            held.push(anonymous(&channel));
+        }
+        // Streams are admitted until the connection holds its share; the
+        // next is refused at once. An admitted probe waits like the others.
+        let mut refused = None;
+        for _ in 0..1_000 {
+            let (tx, mut probe) = anonymous(&channel);
+            match tokio::time::timeout(std::time::Duration::from_millis(500), &mut probe).await {
+                Ok(Ok(Err(status))) => {
+                    refused = Some(status);
+                    break;
+                }
+                Ok(other) => panic!("an anonymous stream was answered: {other:?}"),
+                Err(_waiting) => held.push((tx, probe)),
+            }
+        }
+        let refused = refused.expect("the connection's share fills");
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains("this connection"), "{refused:?}");
+        assert!(parley_server::shed::retry_after(&refused).is_some());
+    }
+    let waiting = held.iter().filter(|(_, open)| !open.is_finished()).count();
+    assert_eq!(
+        waiting,
+        CONNECTIONS * PER_CONNECTION,
+        "each connection holds its share"
+    );
+    // A real login is not held up by them.
+    let device = crate::device::Device::connect(gateway, "uid1", "phone").await;
+    drop(device);
+    drop(held);
+    suite.stop().await;
+}

@@ -15,8 +15,8 @@ use parley_testkit::eventually;
 use crate::{
     device::{Device, open, seqs, token},
     support::{
-        Backend, JWT_SECRET, Options, Suite, create_group, on_both_backends, send_direct, user,
-        wait_for_receipts,
+        Backend, JWT_SECRET, Options, Suite, create_group, devices_of, on_both_backends,
+        send_direct, user, wait_for_receipts,
     },
 };
 
@@ -164,24 +164,6 @@ async fn an_offline_member_gets_the_backlog_then_live_messages_without_gaps(back
         "duplicates after the catch-up: {late:?}"
     );
     suite.stop().await;
-}
-
-async fn devices_of(suite: &Suite, uid: &str) -> Vec<ppb::DevicePresence> {
-    let request = ppb::BatchGetPresenceRequest {
-        uids: vec![uid.into()],
-    };
-    let reply = suite
-        .presence()
-        .batch_get_presence(request)
-        .await
-        .expect("presence");
-    reply
-        .into_inner()
-        .users
-        .into_iter()
-        .next()
-        .expect("one user")
-        .devices
 }
 
 async fn a_killed_gateways_devices_go_offline_within_two_heartbeats(backend: Backend) {

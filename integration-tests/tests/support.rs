@@ -181,6 +181,8 @@ pub struct Options {
     /// The message service's per-user rate limit (burst: twice this); unset,
     /// every service gets limits no test reaches.
     pub message_rate_per_second: Option<u32>,
+    /// More gateway flags, as (flag, value) pairs.
+    pub gateway_flags: &'static [(&'static str, &'static str)],
 }
 
 impl Default for Options {
@@ -195,6 +197,7 @@ impl Default for Options {
             push_window_ms: 1_000,
             outbox_max_backoff_ms: 100,
             message_rate_per_second: None,
+            gateway_flags: &[],
         }
     }
 }
@@ -483,21 +486,19 @@ impl Suite {
         let queue = self.options.outbound_queue.to_string();
         let slow = self.options.slow_consumer_timeout_ms.to_string();
         let id = format!("gw{}-{:08x}", self.gateways.len(), rand::random::<u32>());
-        let config = parse::<parley_gateway::Cli>(args(
-            "parley-gateway",
-            &[
-                ("gateway-id", &id),
-                ("jwt-hs256-secret", JWT_SECRET),
-                ("heartbeat-interval-ms", &heartbeat),
-                ("outbound-queue", &queue),
-                ("slow-consumer-timeout-ms", &slow),
-                ("send-wait-ms", "60000"),
-                ("message-url", &self.message_url),
-                ("receipt-url", &self.receipt_url),
-                ("presence-url", &self.presence_url),
-            ],
-        ))
-        .config;
+        let mut flags = vec![
+            ("gateway-id", id.as_str()),
+            ("jwt-hs256-secret", JWT_SECRET),
+            ("heartbeat-interval-ms", &heartbeat),
+            ("outbound-queue", &queue),
+            ("slow-consumer-timeout-ms", &slow),
+            ("send-wait-ms", "60000"),
+            ("message-url", &self.message_url),
+            ("receipt-url", &self.receipt_url),
+            ("presence-url", &self.presence_url),
+        ];
+        flags.extend(self.options.gateway_flags.iter().copied());
+        let config = parse::<parley_gateway::Cli>(args("parley-gateway", &flags)).config;
         let bus = self.bus();
         self.gateways.push(Some(Running::spawn("gateway", |rx| {
             parley_gateway::run_on_bus(config, bus, listener, stopped(rx))
@@ -868,6 +869,25 @@ pub async fn send_direct(
         .into_inner()
         .message
         .expect("message")
+}
+
+/// The devices presence lists for `uid`.
+pub async fn devices_of(suite: &Suite, uid: &str) -> Vec<parley_proto::presence::DevicePresence> {
+    let request = parley_proto::presence::BatchGetPresenceRequest {
+        uids: vec![uid.into()],
+    };
+    let reply = suite
+        .presence()
+        .batch_get_presence(request)
+        .await
+        .expect("presence");
+    reply
+        .into_inner()
+        .users
+        .into_iter()
+        .next()
+        .expect("one user")
+        .devices
 }
 
 /// Runs each named `async fn(Backend)` once on MariaDB with Redis and once on

@@ -37,7 +37,9 @@ pub struct GuardSettings {
     pub internal_token: Option<crate::serve::Secret>,
     /// RPCs under this path prefix are public: they carry no internal token or
     /// caller metadata because they authenticate themselves (the gateway's
-    /// stream opens with a JWT). They still count against the concurrency limit.
+    /// stream opens with a JWT), and they take no concurrency permit: the
+    /// service bounds them per client, so anonymous clients cannot hold the
+    /// permits everyone else needs.
     pub public_prefix: Option<&'static str>,
 }
 
@@ -178,19 +180,15 @@ where
             .public_prefix
             .is_some_and(|prefix| request.uri().path().starts_with(prefix));
         let admitted = if public {
-            shared.permit().map(|permit| (None, permit))
+            Ok(None)
         } else {
-            shared
-                .admit(request.headers())
-                .map(|(caller, permit)| (Some(caller), permit))
+            shared.admit(request.headers()).map(|(caller, permit)| {
+                request.extensions_mut().insert(caller);
+                Some(permit)
+            })
         };
         let permit = match admitted {
-            Ok((caller, permit)) => {
-                if let Some(caller) = caller {
-                    request.extensions_mut().insert(caller);
-                }
-                permit
-            }
+            Ok(permit) => permit,
             Err(status) => {
                 let response = status.into_http();
                 record(path, &response, started.elapsed());

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod hub;
+pub mod pending;
 pub mod session;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Duration};
@@ -41,7 +42,8 @@ use tonic::{Request, Response, Status, Streaming, service::RoutesBuilder};
 use crate::{
     auth::Verifier,
     hub::Hub,
-    session::{Session, Start, Upstream},
+    pending::{Pending, PendingLimits},
+    session::{Close, Session, Start, Upstream},
 };
 
 /// Bus events buffered per connection before it is cut off as too slow.
@@ -103,6 +105,17 @@ pub struct Config {
     #[arg(long, env = "PARLEY_GATEWAY_AUTH_TIMEOUT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub auth_timeout_ms: u64,
+    /// Streams one HTTP/2 connection may have waiting for their auth frame;
+    /// one more is refused with RESOURCE_EXHAUSTED and a retry hint.
+    #[arg(long, env = "PARLEY_GATEWAY_MAX_UNAUTHENTICATED_PER_CONNECTION", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_unauthenticated_per_connection: u32,
+    /// Streams one client address may have waiting for their auth frame,
+    /// over all its connections (a proxy in front of many devices counts as
+    /// one address: raise it there).
+    #[arg(long, env = "PARLEY_GATEWAY_MAX_UNAUTHENTICATED_PER_ADDRESS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_unauthenticated_per_address: u32,
     /// The message service.
     #[command(flatten)]
     pub message: MessageUrl,
@@ -170,6 +183,7 @@ pub struct GatewayApi {
     outbound_queue: usize,
     limits: session::Limits,
     auth_timeout: Duration,
+    pending: Pending,
     stopping: watch::Receiver<bool>,
 }
 
@@ -206,7 +220,7 @@ type ConnectStream = Pin<Box<dyn Stream<Item = Result<pb::ConnectResponse, Statu
 /// ahead of anything still queued, and the end.
 fn outbound(
     rx: mpsc::Receiver<pb::ConnectResponse>,
-    close: oneshot::Receiver<String>,
+    close: oneshot::Receiver<Close>,
 ) -> ConnectStream {
     let state = (rx, Some(close));
     Box::pin(futures::stream::unfold(
@@ -215,12 +229,14 @@ fn outbound(
             let mut close = close?;
             tokio::select! {
                 biased;
-                reason = &mut close => {
-                    let reason = reason.ok()?;
-                    let frame = pb::ConnectResponse {
-                        frame: Some(Out::Closing(pb::ClosingFrame { reason })),
+                how = &mut close => {
+                    let last = match how.ok()? {
+                        Close::Frame(reason) => Ok(pb::ConnectResponse {
+                            frame: Some(Out::Closing(pb::ClosingFrame { reason })),
+                        }),
+                        Close::Status(status) => Err(status),
                     };
-                    Some((Ok(frame), (rx, None)))
+                    Some((last, (rx, None)))
                 }
                 frame = rx.recv() => frame.map(|f| (Ok(f), (rx, Some(close)))),
             }
@@ -236,8 +252,10 @@ impl GatewayService for GatewayApi {
         &self,
         request: Request<Streaming<pb::ConnectRequest>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        let waiting = self.pending.admit(request.remote_addr())?;
         let mut frames = request.into_inner();
         let (uid, auth) = self.authenticate(&mut frames).await?;
+        drop(waiting);
         let registration = self.hub.register(&uid, &auth.device_id, INBOX);
         let (out, rx) = mpsc::channel(self.outbound_queue);
         let (close, close_rx) = oneshot::channel();
@@ -413,6 +431,12 @@ where
             retry_max: Duration::from_millis(config.retry_max_ms),
         },
         auth_timeout: Duration::from_millis(config.auth_timeout_ms),
+        pending: Pending::new(PendingLimits {
+            per_connection: usize::try_from(config.max_unauthenticated_per_connection)
+                .unwrap_or(usize::MAX),
+            per_address: usize::try_from(config.max_unauthenticated_per_address)
+                .unwrap_or(usize::MAX),
+        }),
         stopping,
     };
     let mut routes = RoutesBuilder::default();

@@ -105,17 +105,50 @@ pub enum End {
     /// The gateway's run future was dropped (a crash, as far as anyone outside
     /// can tell): no goodbye to the client or to presence.
     Dropped,
+    /// The client broke the protocol (a frame too large, undecodable or over
+    /// a documented limit): the stream ends with this status.
+    Refused(Status),
+}
+
+/// How the gateway ends a stream it closes.
+#[derive(Debug)]
+pub enum Close {
+    /// A closing frame saying why, then the end: the client may reconnect.
+    Frame(String),
+    /// This status as the stream's final status.
+    Status(Status),
 }
 
 impl End {
-    fn reason(&self) -> Option<String> {
+    fn close(self) -> Option<Close> {
         match self {
             End::ClientGone | End::Dropped => None,
-            End::ShuttingDown => Some("gateway shutting down; reconnect and resync by seq".into()),
-            End::SlowConsumer => Some(
+            End::ShuttingDown => Some(Close::Frame(
+                "gateway shutting down; reconnect and resync by seq".into(),
+            )),
+            End::SlowConsumer => Some(Close::Frame(
                 "outbound queue full: the client is not reading fast enough; reconnect and resync by seq"
                     .into(),
-            ),
+            )),
+            End::Refused(status) => Some(Close::Status(status)),
+        }
+    }
+
+    /// What a failed read of the client's frames means: a frame the gateway
+    /// cannot take (too large, undecodable) ends the stream with a status
+    /// that says so; a broken transport is the client gone.
+    fn of_read(status: &Status) -> End {
+        use std::error::Error as _;
+        match status.code() {
+            Code::OutOfRange => End::Refused(Status::resource_exhausted(format!(
+                "frame too large: {}",
+                status.message()
+            ))),
+            // Transport errors carry their cause; a decode error does not.
+            Code::Internal if status.source().is_none() => End::Refused(Status::invalid_argument(
+                format!("undecodable frame: {}", status.message()),
+            )),
+            _ => End::ClientGone,
         }
     }
 }
@@ -154,7 +187,7 @@ pub struct Start {
     /// The outbound queue.
     pub out: mpsc::Sender<pb::ConnectResponse>,
     /// Closes the stream with a reason, ahead of anything queued.
-    pub close: oneshot::Sender<String>,
+    pub close: oneshot::Sender<Close>,
     /// Pacing and bounds.
     pub limits: Limits,
     /// Becomes true when the gateway shuts down; its sender is dropped when
@@ -296,9 +329,16 @@ impl Session {
         if matches!(end, End::Dropped) {
             return;
         }
-        if let Some(reason) = end.reason() {
-            tracing::info!(uid = %uid, device = %device_id, reason = %reason, "closing stream");
-            let _ = close.send(reason);
+        if let Some(how) = end.close() {
+            match &how {
+                Close::Frame(reason) => {
+                    tracing::info!(uid = %uid, device = %device_id, reason = %reason, "closing stream")
+                }
+                Close::Status(status) => {
+                    tracing::info!(uid = %uid, device = %device_id, code = ?status.code(), reason = %status.message(), "stream refused")
+                }
+            }
+            let _ = close.send(how);
         }
         session.write_last_acks(acking).await;
         if hub.unregister(&uid, id) {
@@ -335,7 +375,8 @@ impl Session {
             let step = tokio::select! {
                 frame = frames.message() => match frame {
                     Ok(Some(frame)) => self.on_frame(frame).await,
-                    Ok(None) | Err(_) => Err(End::ClientGone),
+                    Ok(None) => Err(End::ClientGone),
+                    Err(status) => Err(End::of_read(&status)),
                 },
                 event = inbox.recv() => match event {
                     Some(event) => self.on_event(event).await,
@@ -690,10 +731,7 @@ impl Session {
     async fn on_frame(&mut self, frame: pb::ConnectRequest) -> Step {
         match frame.frame {
             Some(In::Send(send)) => self.on_send(send).await,
-            Some(In::Ack(ack)) => {
-                self.on_ack(ack);
-                Ok(())
-            }
+            Some(In::Ack(ack)) => self.on_ack(ack),
             Some(In::Sync(sync)) => self.on_sync(sync).await,
             Some(In::Heartbeat(heartbeat)) => self.on_heartbeat(heartbeat).await,
             // A second auth frame or an empty one changes nothing.
@@ -824,14 +862,23 @@ impl Session {
 
     /// Merges an ack frame into the unwritten acks: cumulative, so only the
     /// highest seq per group and kind matters, and a read covers delivered.
-    fn on_ack(&mut self, ack: pb::AckFrame) {
-        for entry in ack.entries.into_iter().take(MAX_ACK_ENTRIES) {
+    /// A frame over the documented limit ends the stream with
+    /// INVALID_ARGUMENT, none of it applied.
+    fn on_ack(&mut self, ack: pb::AckFrame) -> Step {
+        if ack.entries.len() > MAX_ACK_ENTRIES {
+            return Err(End::Refused(Status::invalid_argument(format!(
+                "an ack frame holds at most {MAX_ACK_ENTRIES} entries; this one held {}",
+                ack.entries.len()
+            ))));
+        }
+        for entry in ack.entries {
             merge_ack(&mut self.acks, (entry.gid, entry.read), entry.up_to_seq);
         }
         while self.acks.len() > MAX_PENDING_ACKS {
             // A client acking more groups than it can be in: drop the excess.
             self.acks.pop_last();
         }
+        Ok(())
     }
 
     /// Writes the unwritten acks in the background, one call per group and
