@@ -548,3 +548,36 @@ async fn anonymous_streams_hold_nothing_a_login_needs() {
     drop(held);
     suite.stop().await;
 }
+
+/// Where each device is connected is for Parley's services only: a user
+/// reading or watching anyone's presence (their own included) is refused.
+#[tokio::test]
+async fn users_cannot_read_or_watch_presence() {
+    use parley_proto::presence::{BatchGetPresenceRequest, WatchPresenceRequest};
+    let suite = Suite::start(Backend::Sqlite).await;
+    let _online = crate::device::Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    let mut as_user = suite.presence_as(user("uid2"));
+    let read = as_user
+        .batch_get_presence(BatchGetPresenceRequest {
+            uids: vec!["uid1".into()],
+        })
+        .await
+        .expect_err("a user's read is refused");
+    assert_eq!(read.code(), Code::PermissionDenied, "{read:?}");
+    let watch = as_user
+        .watch_presence(WatchPresenceRequest {
+            uids: vec!["uid1".into()],
+        })
+        .await
+        .map(|_| ())
+        .expect_err("a user's watch is refused");
+    assert_eq!(watch.code(), Code::PermissionDenied, "{watch:?}");
+    // A service still sees the device.
+    parley_testkit::eventually(
+        "a service to see uid1's device",
+        std::time::Duration::from_secs(30),
+        || async { (crate::support::devices_of(&suite, "uid1").await.len() == 1).then_some(()) },
+    )
+    .await;
+    suite.stop().await;
+}

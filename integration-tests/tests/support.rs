@@ -596,11 +596,14 @@ impl Suite {
         ReceiptServiceClient::with_interceptor(self.channels.1.clone(), caller)
     }
 
+    /// The presence service, called as a service of the tests' own.
     pub fn presence(&self) -> PresenceClient {
-        PresenceServiceClient::with_interceptor(
-            self.channels.2.clone(),
-            As::Raw("x-parley-service", "tests"),
-        )
+        self.presence_as(As::Raw("x-parley-service", "tests"))
+    }
+
+    /// The presence service, called as `caller`.
+    pub fn presence_as(&self, caller: As) -> PresenceClient {
+        PresenceServiceClient::with_interceptor(self.channels.2.clone(), caller)
     }
 
     /// The message service's own database, for reading and writing its outbox.

@@ -128,6 +128,18 @@ impl Caller {
         }
     }
 
+    /// Succeeds for any internal service, refuses users: for reads that
+    /// expose what only Parley's own services may see (where each device is
+    /// connected).
+    pub fn require_any_service<T>(request: &tonic::Request<T>) -> Result<(), Status> {
+        match Self::of(request)? {
+            Self::Service(_) => Ok(()),
+            Self::User(_) => Err(Status::permission_denied(
+                "internal RPC: only Parley's services may call it",
+            )),
+        }
+    }
+
     /// The user rate limits are counted for; internal services are trusted and
     /// bounded by the concurrency limit alone.
     pub fn rate_key(&self) -> Option<&Uid> {

@@ -55,6 +55,24 @@ impl Verifier {
         ))
     }
 
+    /// Also requires the `aud` claim to name `audience` and the `iss` claim
+    /// to be `issuer`, each when given: a token the identity provider issued
+    /// for another service, or another provider's, is refused.
+    pub fn expecting(mut self, audience: Option<&str>, issuer: Option<&str>) -> Self {
+        let mut required = vec!["exp", "sub"];
+        if let Some(audience) = audience {
+            self.validation.set_audience(&[audience]);
+            self.validation.validate_aud = true;
+            required.push("aud");
+        }
+        if let Some(issuer) = issuer {
+            self.validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        self.validation.set_required_spec_claims(&required);
+        self
+    }
+
     /// The user a token speaks for.
     pub fn verify(&self, token: &str) -> Result<Uid, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)?;
@@ -121,6 +139,50 @@ mod tests {
         assert!(verifier.verify(&expired).is_err());
         assert!(verifier.verify("not.a.token").is_err());
         assert!(verifier.verify("").is_err());
+    }
+
+    #[test]
+    fn audience_and_issuer_are_checked_when_configured() {
+        #[derive(serde::Serialize)]
+        struct WithClaims<'a> {
+            sub: &'a str,
+            exp: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            aud: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            iss: Option<&'a str>,
+        }
+        let sign = |aud, iss| {
+            let claims = WithClaims {
+                sub: "uid1",
+                exp: u64::MAX / 2,
+                aud,
+                iss,
+            };
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(SECRET),
+            )
+            .expect("sign")
+        };
+        let strict = Verifier::hs256(SECRET).expecting(Some("parley"), Some("https://id.example"));
+        let good = sign(Some("parley"), Some("https://id.example"));
+        assert_eq!(strict.verify(&good).ok(), Some(uid("uid1")));
+        for (aud, iss) in [
+            (Some("billing"), Some("https://id.example")),
+            (Some("parley"), Some("https://evil.example")),
+            (None, Some("https://id.example")),
+            (Some("parley"), None),
+        ] {
+            assert!(strict.verify(&sign(aud, iss)).is_err(), "{aud:?} {iss:?}");
+        }
+        // Unconfigured, the claims are not looked at.
+        assert!(
+            Verifier::hs256(SECRET)
+                .verify(&sign(Some("billing"), None))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -67,6 +67,12 @@ pub struct Config {
     /// PEM file of the RSA public key the client JWTs (RS256) are signed with.
     #[arg(long, env = "PARLEY_GATEWAY_JWT_RS256_PUBLIC_KEY_FILE")]
     pub jwt_rs256_public_key_file: Option<PathBuf>,
+    /// When set, client tokens must carry this `aud` claim.
+    #[arg(long, env = "PARLEY_GATEWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// When set, client tokens must carry this `iss` claim.
+    #[arg(long, env = "PARLEY_GATEWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
     /// How often clients and the gateway heartbeat, in milliseconds. Presence
     /// entries should live about 1.5 times this.
     #[arg(long, env = "PARLEY_GATEWAY_HEARTBEAT_INTERVAL_MS", default_value_t = 10_000,
@@ -156,7 +162,7 @@ pub type StartError = parley_server::serve::StartError<std::convert::Infallible>
 impl Config {
     /// The token verifier the configuration names: exactly one key.
     pub fn verifier(&self) -> Result<Verifier, StartError> {
-        match (&self.jwt_hs256_secret, &self.jwt_rs256_public_key_file) {
+        let verifier = match (&self.jwt_hs256_secret, &self.jwt_rs256_public_key_file) {
             (Some(secret), None) => Ok(Verifier::hs256(secret.expose().as_bytes())),
             (None, Some(path)) => {
                 let pem = std::fs::read(path).map_err(|e| {
@@ -169,7 +175,8 @@ impl Config {
             _ => Err(StartError::Config(
                 "set exactly one of PARLEY_GATEWAY_JWT_HS256_SECRET and PARLEY_GATEWAY_JWT_RS256_PUBLIC_KEY_FILE".into(),
             )),
-        }
+        }?;
+        Ok(verifier.expecting(self.jwt_audience.as_deref(), self.jwt_issuer.as_deref()))
     }
 }
 

@@ -182,6 +182,7 @@ impl<S: PresenceStore> PresenceService for PresenceApi<S> {
         &self,
         request: Request<pb::BatchGetPresenceRequest>,
     ) -> Result<Response<pb::BatchGetPresenceResponse>, Status> {
+        Caller::require_any_service(&request)?;
         let uids = uids(&request.get_ref().uids, MAX_BATCH)?;
         let users = self.store.get(&uids, now_ms()).await.map_err(unavailable)?;
         Ok(Response::new(pb::BatchGetPresenceResponse {
@@ -195,6 +196,7 @@ impl<S: PresenceStore> PresenceService for PresenceApi<S> {
         &self,
         request: Request<pb::WatchPresenceRequest>,
     ) -> Result<Response<Self::WatchPresenceStream>, Status> {
+        Caller::require_any_service(&request)?;
         let raw = uids(&request.get_ref().uids, MAX_WATCHED)?;
         let watched: Vec<Uid> = raw
             .into_iter()
