@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     push::{Device, Platform},
-    store::{OfflineBatch, QueueError, QueueStore},
+    store::{OfflineBatch, QueueError, QueueStore, Registered},
     worker::Policy,
 };
 
@@ -143,19 +143,20 @@ impl<S: QueueStore> NotificationService for NotificationApi<S> {
     ) -> Result<Response<pb::RegisterDeviceResponse>, Status> {
         let uid = Caller::user_of(&request)?;
         let device = device(uid, request.into_inner())?;
-        let existing = self.store.devices(&device.uid).await.map_err(unavailable)?;
-        if existing.len() >= MAX_DEVICES
-            && !existing.iter().any(|d| d.device_id == device.device_id)
-        {
-            return Err(Status::resource_exhausted(format!(
-                "at most {MAX_DEVICES} devices per user have push tokens; unregister one first"
-            )));
-        }
-        let replaced = self
+        let registered = self
             .store
-            .register_device(&device, now_ms())
+            .register_device(&device, MAX_DEVICES, now_ms())
             .await
             .map_err(unavailable)?;
+        let replaced = match registered {
+            Registered::Full => {
+                return Err(Status::resource_exhausted(format!(
+                    "at most {MAX_DEVICES} devices per user have push tokens; unregister one first"
+                )));
+            }
+            Registered::Replaced => true,
+            Registered::New => false,
+        };
         tracing::info!(uid = %device.uid, device = %device.device_id, platform = device.platform.name(), replaced, "push token registered");
         Ok(Response::new(pb::RegisterDeviceResponse { replaced }))
     }

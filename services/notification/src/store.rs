@@ -20,6 +20,17 @@ pub enum QueueError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// What registering a device's token did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registered {
+    /// A device new to the user.
+    New,
+    /// The device had a token; it is replaced.
+    Replaced,
+    /// The user has the most devices allowed; nothing was written.
+    Full,
+}
+
 /// One message's offline recipients.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OfflineBatch {
@@ -176,12 +187,16 @@ pub trait QueueStore: Clone + Send + Sync + 'static {
     /// Queue depth and the enqueue time of the oldest queued push.
     fn queue_stats(&self) -> impl Future<Output = Result<(i64, Option<i64>), QueueError>> + Send;
 
-    /// Registers or replaces a device's token; true when one was replaced.
+    /// Registers or replaces a device's token, unless the user already has
+    /// `max_devices` other devices with one. Checked and written in one
+    /// transaction that locks the user's devices, so concurrent registrations
+    /// cannot pass the cap together.
     fn register_device(
         &self,
         device: &Device,
+        max_devices: usize,
         now_ms: i64,
-    ) -> impl Future<Output = Result<bool, QueueError>> + Send;
+    ) -> impl Future<Output = Result<Registered, QueueError>> + Send;
 
     /// Removes a device's token; false when it had none.
     fn unregister_device(
@@ -389,16 +404,22 @@ macro_rules! impl_queue_store {
                     .await?)
             }
 
-            async fn register_device(&self, device: &Device, now_ms: i64) -> Result<bool, QueueError> {
+            async fn register_device(
+                &self,
+                device: &Device,
+                max_devices: usize,
+                now_ms: i64,
+            ) -> Result<Registered, QueueError> {
                 let mut tx = self.pool.begin().await?;
-                let outcome: Result<bool, QueueError> = async {
-                    let existing: Option<(String,)> = sqlx::query_as(
-                        "SELECT token FROM push_devices WHERE uid = ? AND device_id = ?",
-                    )
-                    .bind(&device.uid)
-                    .bind(&device.device_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                let outcome: Result<Registered, QueueError> = async {
+                    let registered: Vec<String> = sqlx::query_scalar(Self::LOCK_DEVICES)
+                        .bind(&device.uid)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let replacing = registered.contains(&device.device_id);
+                    if !replacing && registered.len() >= max_devices {
+                        return Ok(Registered::Full);
+                    }
                     sqlx::query(Self::UPSERT_DEVICE)
                         .bind(&device.uid)
                         .bind(&device.device_id)
@@ -409,7 +430,7 @@ macro_rules! impl_queue_store {
                         .bind(now_ms)
                         .execute(&mut *tx)
                         .await?;
-                    Ok(existing.is_some())
+                    Ok(if replacing { Registered::Replaced } else { Registered::New })
                 }
                 .await;
                 parley_server::db::finish(tx, outcome).await
@@ -521,6 +542,11 @@ impl MySqlQueueStore {
         "SELECT due_at_ms FROM push_pending WHERE uid = ? AND gid = ? FOR UPDATE";
     const ANY_QUEUED: &'static str =
         "SELECT seq FROM push_queue WHERE uid = ? AND gid = ? LIMIT 1 FOR UPDATE";
+    // Locks the user's rows and the gap after them: a concurrent
+    // registration of the same user waits (or, with no rows yet, one of the
+    // two is aborted as a deadlock and retried by its caller).
+    const LOCK_DEVICES: &'static str =
+        "SELECT device_id FROM push_devices WHERE uid = ? FOR UPDATE";
     const UPSERT_DEVICE: &'static str = "INSERT INTO push_devices \
          (uid, device_id, platform, token, app_id, locale, updated_at_ms) \
          VALUES (?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE platform = VALUES(platform), \
@@ -551,6 +577,7 @@ impl SqliteQueueStore {
     const LOCK_PENDING: &'static str =
         "SELECT due_at_ms FROM push_pending WHERE uid = ? AND gid = ?";
     const ANY_QUEUED: &'static str = "SELECT seq FROM push_queue WHERE uid = ? AND gid = ? LIMIT 1";
+    const LOCK_DEVICES: &'static str = "SELECT device_id FROM push_devices WHERE uid = ?";
     const UPSERT_DEVICE: &'static str = "INSERT INTO push_devices \
          (uid, device_id, platform, token, app_id, locale, updated_at_ms) \
          VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uid, device_id) DO UPDATE SET \

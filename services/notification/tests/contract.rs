@@ -3,7 +3,10 @@
 
 use parley_notification::{
     push::{Device, Platform},
-    store::{DeadLetter, MySqlQueueStore, OfflineBatch, Pending, QueueStore, SqliteQueueStore},
+    store::{
+        DeadLetter, MySqlQueueStore, OfflineBatch, Pending, QueueStore, Registered,
+        SqliteQueueStore,
+    },
 };
 
 fn batch(seq: i64, recipients: &[&str]) -> OfflineBatch {
@@ -21,7 +24,7 @@ fn batch(seq: i64, recipients: &[&str]) -> OfflineBatch {
 async fn with_devices<S: QueueStore>(store: &S, uids: &[&str]) {
     for uid in uids {
         store
-            .register_device(&device(uid, "phone", "token"), 1)
+            .register_device(&device(uid, "phone", "token"), 20, 1)
             .await
             .expect("register");
     }
@@ -189,23 +192,26 @@ fn device(uid: &str, id: &str, token: &str) -> Device {
 }
 
 async fn devices_are_registered_replaced_and_pruned<S: QueueStore>(store: S) {
-    assert!(
-        !store
-            .register_device(&device("u1", "phone", "t1"), 1)
-            .await
-            .expect("register")
+    let register = |d: Device, max: usize, at: i64| {
+        let store = store.clone();
+        async move { store.register_device(&d, max, at).await.expect("register") }
+    };
+    assert_eq!(
+        register(device("u1", "phone", "t1"), 2, 1).await,
+        Registered::New
     );
-    assert!(
-        !store
-            .register_device(&device("u1", "tablet", "t2"), 1)
-            .await
-            .expect("register")
+    assert_eq!(
+        register(device("u1", "tablet", "t2"), 2, 1).await,
+        Registered::New
     );
-    assert!(
-        store
-            .register_device(&device("u1", "phone", "t3"), 2)
-            .await
-            .expect("replace")
+    assert_eq!(
+        register(device("u1", "watch", "t4"), 2, 1).await,
+        Registered::Full
+    );
+    // At the cap, a device that has a token may still replace it.
+    assert_eq!(
+        register(device("u1", "phone", "t3"), 2, 2).await,
+        Registered::Replaced
     );
     assert_eq!(
         store.devices("u1").await.expect("devices"),
@@ -262,6 +268,39 @@ async fn dead_letters_are_kept<S: QueueStore>(store: S) {
     assert!(store.dead_letters("u2").await.expect("read").is_empty());
 }
 
+/// Registrations racing each other cannot pass the cap together: with one
+/// place left, eight at once leave exactly one more device.
+async fn concurrent_registrations_respect_the_device_cap<S: QueueStore>(store: S) {
+    for i in 0..3 {
+        let d = device("u1", &format!("old-{i}"), "t");
+        assert_eq!(
+            store.register_device(&d, 4, 1).await.expect("register"),
+            Registered::New
+        );
+    }
+    let racing = (0..8).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .register_device(&device("u1", &format!("new-{i}"), "t"), 4, 2)
+                .await
+        }
+    });
+    let outcomes = futures::future::join_all(racing).await;
+    let new = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Registered::New)))
+        .count();
+    assert_eq!(new, 1, "{outcomes:?}");
+    assert_eq!(store.devices("u1").await.expect("devices").len(), 3 + new);
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Ok(Registered::New | Registered::Full) | Err(_))),
+        "{outcomes:?}"
+    );
+}
+
 parley_testkit::contract_suite!(
     MySqlQueueStore,
     SqliteQueueStore,
@@ -270,6 +309,7 @@ parley_testkit::contract_suite!(
     large_batches_are_stored_whole,
     due_pairs_are_claimed_once_and_completed,
     devices_are_registered_replaced_and_pruned,
+    concurrent_registrations_respect_the_device_cap,
     mutes_are_set_and_cleared,
     dead_letters_are_kept,
 );
