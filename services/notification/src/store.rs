@@ -190,7 +190,9 @@ pub trait QueueStore: Clone + Send + Sync + 'static {
     /// Registers or replaces a device's token, unless the user already has
     /// `max_devices` other devices with one. Checked and written in one
     /// transaction that locks the user's devices, so concurrent registrations
-    /// cannot pass the cap together.
+    /// of a user with a device cannot pass the cap together. (A user with no
+    /// device yet has no row to lock: more than `max_devices` first
+    /// registrations at the same instant could all pass.)
     fn register_device(
         &self,
         device: &Device,
@@ -410,7 +412,12 @@ macro_rules! impl_queue_store {
                 max_devices: usize,
                 now_ms: i64,
             ) -> Result<Registered, QueueError> {
-                let mut tx = self.pool.begin().await?;
+                use sqlx::Connection as _;
+                let mut conn = self.pool.acquire().await?;
+                if let Some(isolation) = Self::REGISTRATION_ISOLATION {
+                    sqlx::query(isolation).execute(&mut *conn).await?;
+                }
+                let mut tx = conn.begin().await?;
                 let outcome: Result<Registered, QueueError> = async {
                     let registered: Vec<String> = sqlx::query_scalar(Self::LOCK_DEVICES)
                         .bind(&device.uid)
@@ -542,9 +549,14 @@ impl MySqlQueueStore {
         "SELECT due_at_ms FROM push_pending WHERE uid = ? AND gid = ? FOR UPDATE";
     const ANY_QUEUED: &'static str =
         "SELECT seq FROM push_queue WHERE uid = ? AND gid = ? LIMIT 1 FOR UPDATE";
-    // Locks the user's rows and the gap after them: a concurrent
-    // registration of the same user waits (or, with no rows yet, one of the
-    // two is aborted as a deadlock and retried by its caller).
+    // Read committed: the locking read below takes the user's rows and no
+    // gap, so registrations of different users never wait for each other
+    // (under repeatable read they shared gap locks and deadlocked in a burst
+    // of registrations).
+    const REGISTRATION_ISOLATION: Option<&'static str> =
+        Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED");
+    // Locks the user's rows: a concurrent registration of the same user waits
+    // for this one and then counts its device.
     const LOCK_DEVICES: &'static str =
         "SELECT device_id FROM push_devices WHERE uid = ? FOR UPDATE";
     const UPSERT_DEVICE: &'static str = "INSERT INTO push_devices \
@@ -577,6 +589,8 @@ impl SqliteQueueStore {
     const LOCK_PENDING: &'static str =
         "SELECT due_at_ms FROM push_pending WHERE uid = ? AND gid = ?";
     const ANY_QUEUED: &'static str = "SELECT seq FROM push_queue WHERE uid = ? AND gid = ? LIMIT 1";
+    // One connection serialises every transaction.
+    const REGISTRATION_ISOLATION: Option<&'static str> = None;
     const LOCK_DEVICES: &'static str = "SELECT device_id FROM push_devices WHERE uid = ?";
     const UPSERT_DEVICE: &'static str = "INSERT INTO push_devices \
          (uid, device_id, platform, token, app_id, locale, updated_at_ms) \

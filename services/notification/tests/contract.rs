@@ -301,6 +301,22 @@ async fn concurrent_registrations_respect_the_device_cap<S: QueueStore>(store: S
     );
 }
 
+/// A burst of first registrations by different users all succeed: the cap's
+/// lock holds one user's rows, never a range others insert into.
+async fn a_burst_of_registrations_by_different_users_all_succeed<S: QueueStore>(store: S) {
+    let burst = (0..64).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .register_device(&device(&format!("user-{i:02}"), "phone", "t"), 20, 1)
+                .await
+        }
+    });
+    for outcome in futures::future::join_all(burst).await {
+        assert!(matches!(outcome, Ok(Registered::New)), "{outcome:?}");
+    }
+}
+
 parley_testkit::contract_suite!(
     MySqlQueueStore,
     SqliteQueueStore,
@@ -310,6 +326,7 @@ parley_testkit::contract_suite!(
     due_pairs_are_claimed_once_and_completed,
     devices_are_registered_replaced_and_pruned,
     concurrent_registrations_respect_the_device_cap,
+    a_burst_of_registrations_by_different_users_all_succeed,
     mutes_are_set_and_cleared,
     dead_letters_are_kept,
 );
