@@ -174,6 +174,18 @@ impl Device {
         request_id
     }
 
+    /// Sends a message and waits for its result, skipping other frames.
+    pub async fn send_and_wait(&mut self, gid: u64, id: &str) -> pb::SendResultFrame {
+        let request_id = self.send(gid, id, b"hello").await;
+        loop {
+            match self.frame().await {
+                Out::SendResult(result) if result.request_id == request_id => return result,
+                Out::Closing(closing) => panic!("{}: stream closed: {}", self.uid, closing.reason),
+                _ => {}
+            }
+        }
+    }
+
     pub async fn ack(&self, gid: u64, up_to_seq: u64, read: bool) {
         self.send_frame(In::Ack(pb::AckFrame {
             entries: vec![pb::AckEntry {
@@ -220,7 +232,8 @@ impl Device {
     }
 }
 
-fn auth_frame(uid: &str, device_id: &str) -> pb::AuthFrame {
+/// An auth frame with a valid token for `uid`.
+pub fn auth_frame(uid: &str, device_id: &str) -> pb::AuthFrame {
     pb::AuthFrame {
         token: token(uid),
         device_id: device_id.into(),

@@ -60,17 +60,6 @@ async fn a_failed_fan_out_is_repaired_without_a_later_message() {
 }
 
 /// Sends one message from `device` and waits for its result.
-async fn send_and_wait(device: &mut Device, gid: u64, id: &str) -> pb::SendResultFrame {
-    let request_id = device.send(gid, id, b"hello").await;
-    loop {
-        match device.frame().await {
-            Out::SendResult(result) if result.request_id == request_id => return result,
-            Out::Closing(closing) => panic!("{}: stream closed: {}", device.uid, closing.reason),
-            _ => {}
-        }
-    }
-}
-
 async fn a_login_while_the_outbox_is_stalled_gets_every_committed_message(backend: Backend) {
     let options = Options {
         outbox_max_backoff_ms: 60_000,
@@ -123,7 +112,7 @@ async fn a_receipt_outage_closes_no_stream_and_fails_no_send(backend: Backend) {
     suite.stop_receipt().await;
     let mut msgids = Vec::new();
     for i in 1..=5 {
-        let result = send_and_wait(&mut sender, gid, &format!("o{i}")).await;
+        let result = sender.send_and_wait(gid, &format!("o{i}")).await;
         assert_eq!(result.code, 0, "send {i} accepted: {}", result.error);
         msgids.push(result.msgid);
         let mut others = Vec::new();
@@ -137,7 +126,7 @@ async fn a_receipt_outage_closes_no_stream_and_fails_no_send(backend: Backend) {
     // A device logging in meanwhile is served too: its backlog waits for the
     // receipt service, its sends do not.
     let mut laptop = Device::connect(gw, "uid1", "laptop").await;
-    let result = send_and_wait(&mut laptop, gid, "from-laptop").await;
+    let result = laptop.send_and_wait(gid, "from-laptop").await;
     assert_eq!(result.code, 0, "a send from a new login is accepted");
 
     suite.restart_receipt().await;
@@ -388,7 +377,7 @@ async fn a_presence_outage_at_login_closes_no_stream(backend: Backend) {
 
     suite.stop_presence().await;
     let mut device = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
-    let result = send_and_wait(&mut device, gid, "while-presence-is-down").await;
+    let result = device.send_and_wait(gid, "while-presence-is-down").await;
     assert_eq!(result.code, 0, "a send needs no presence: {}", result.error);
     send_direct(&suite, "A", gid, "to-uid1", 16).await;
     suite.restart_presence().await;

@@ -581,3 +581,70 @@ async fn users_cannot_read_or_watch_presence() {
     .await;
     suite.stop().await;
 }
+
+/// A user's streams on one gateway are bounded: past the limit the next is
+/// refused with RESOURCE_EXHAUSTED and a retry hint, and other users are not
+/// affected.
+#[tokio::test]
+async fn a_user_s_streams_are_bounded() {
+    use crate::device::{Device, auth_frame, open};
+    let options = crate::support::Options {
+        gateway_flags: &[("max-streams-per-user", "2")],
+        ..Default::default()
+    };
+    let suite = Suite::start_with(Backend::Sqlite, options).await;
+    let gateway = suite.gateway_addrs[0];
+    let _phone = Device::connect(gateway, "uid1", "phone").await;
+    let _laptop = Device::connect(gateway, "uid1", "laptop").await;
+    let refused = open(gateway, auth_frame("uid1", "tablet"))
+        .await
+        .map(|_| ())
+        .expect_err("a third stream is refused");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(parley_server::shed::retry_after(&refused).is_some());
+    let _other = Device::connect(gateway, "uid2", "phone").await;
+    suite.stop().await;
+}
+
+/// A heartbeat's watch list is bounded (101 ids end the stream with
+/// INVALID_ARGUMENT), and a watched message's read still reaches its sender in
+/// a heartbeat reply when the client heartbeats faster than receipts are read.
+#[tokio::test]
+async fn heartbeat_watches_are_bounded_and_still_report_reads() {
+    use parley_proto::gateway::{HeartbeatFrame, connect_request::Frame as In};
+    let suite = Suite::start(Backend::Sqlite).await;
+    let gid = create_group(&suite, "A", "Watch", &["uid1"]).await;
+    let gateway = suite.gateway_addrs[0];
+    let mut sender = crate::device::Device::connect(gateway, "A", "phone").await;
+    let sent = sender.send_and_wait(gid, "watched").await;
+    assert_eq!(sent.code, 0, "{}", sent.error);
+    crate::support::wait_for_position(&suite, "uid1", gid, "the message recorded", |g| {
+        g.last_seq == 1
+    })
+    .await;
+    crate::support::ack_read(&suite, "uid1", gid, 1).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, reply) = sender.drain(vec![sent.msgid]).await;
+        if reply
+            .receipt_changes
+            .iter()
+            .any(|c| c.msgid == sent.msgid && c.read_count == 1)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the read never reached a heartbeat reply"
+        );
+    }
+    sender
+        .send_frame(In::Heartbeat(HeartbeatFrame {
+            watching_msgids: (1..=101).collect(),
+        }))
+        .await;
+    let refused = sender.end_status().await;
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("at most 100"), "{refused:?}");
+    suite.stop().await;
+}

@@ -79,24 +79,36 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Adds a connection of `uid`'s `device_id`, with an inbox of `capacity`.
-    pub fn register(&self, uid: &Uid, device_id: &str, capacity: usize) -> Registration {
+    /// Adds a connection of `uid`'s `device_id`, with an inbox of
+    /// `capacity`; `None` when the user holds `max_per_user` connections here
+    /// already.
+    pub fn register(
+        &self,
+        uid: &Uid,
+        device_id: &str,
+        capacity: usize,
+        max_per_user: usize,
+    ) -> Option<Registration> {
+        let mut connections = self.write();
+        let handles = connections.entry(uid.clone()).or_default();
+        if handles.len() >= max_per_user {
+            return None;
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(capacity);
         let kick = Arc::new(Notify::new());
-        let handle = Handle {
+        handles.push(Handle {
             id,
             device_id: device_id.to_owned(),
             inbox: tx,
             kick: kick.clone(),
-        };
-        self.write().entry(uid.clone()).or_default().push(handle);
+        });
         metrics::gauge!("parley_gateway_connections").increment(1.0);
-        Registration {
+        Some(Registration {
             id,
             inbox: rx,
             kick,
-        }
+        })
     }
 
     /// Removes a connection. Returns true when it was the device's last one
@@ -214,9 +226,9 @@ mod tests {
     #[test]
     fn deliveries_reach_every_device_of_the_named_users_only() {
         let hub = Hub::default();
-        let mut phone = hub.register(&uid("uid1"), "phone", 8);
-        let mut laptop = hub.register(&uid("uid1"), "laptop", 8);
-        let mut other = hub.register(&uid("uid2"), "phone", 8);
+        let mut phone = hub.register(&uid("uid1"), "phone", 8, 8).expect("room");
+        let mut laptop = hub.register(&uid("uid1"), "laptop", 8, 8).expect("room");
+        let mut other = hub.register(&uid("uid2"), "phone", 8, 8).expect("room");
         hub.dispatch(delivery(1, &["uid1", "nobody-here"]));
         assert!(matches!(phone.inbox.try_recv(), Ok(Inbound::Message(m)) if m.seq == 1));
         assert!(matches!(laptop.inbox.try_recv(), Ok(Inbound::Message(m)) if m.seq == 1));
@@ -226,8 +238,8 @@ mod tests {
     #[test]
     fn a_full_inbox_kicks_its_connection_without_blocking_others() {
         let hub = Hub::default();
-        let slow = hub.register(&uid("slow"), "d", 1);
-        let mut fast = hub.register(&uid("fast"), "d", 8);
+        let slow = hub.register(&uid("slow"), "d", 1, 8).expect("room");
+        let mut fast = hub.register(&uid("fast"), "d", 8, 8).expect("room");
         hub.dispatch(delivery(1, &["slow", "fast"]));
         hub.dispatch(delivery(2, &["slow", "fast"]));
         let kicked = futures::FutureExt::now_or_never(slow.kick.notified());
@@ -237,10 +249,24 @@ mod tests {
     }
 
     #[test]
+    fn a_user_holds_at_most_the_allowed_connections() {
+        let hub = Hub::default();
+        let first = hub.register(&uid("uid1"), "phone", 8, 2).expect("room");
+        let _second = hub.register(&uid("uid1"), "laptop", 8, 2).expect("room");
+        assert!(hub.register(&uid("uid1"), "tablet", 8, 2).is_none());
+        assert!(
+            hub.register(&uid("uid2"), "phone", 8, 2).is_some(),
+            "others unaffected"
+        );
+        hub.unregister(&uid("uid1"), first.id);
+        assert!(hub.register(&uid("uid1"), "tablet", 8, 2).is_some());
+    }
+
+    #[test]
     fn a_device_is_offline_only_when_its_last_connection_goes() {
         let hub = Hub::default();
-        let first = hub.register(&uid("uid1"), "phone", 8);
-        let second = hub.register(&uid("uid1"), "phone", 8);
+        let first = hub.register(&uid("uid1"), "phone", 8, 8).expect("room");
+        let second = hub.register(&uid("uid1"), "phone", 8, 8).expect("room");
         assert_eq!(hub.devices(), vec![(uid("uid1"), "phone".to_owned())]);
         assert!(!hub.unregister(&uid("uid1"), first.id));
         assert!(hub.unregister(&uid("uid1"), second.id));

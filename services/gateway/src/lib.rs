@@ -31,13 +31,14 @@ use parley_server::{
     ServerArgs, ServiceIdentity, Uid,
     caller::valid_device_id,
     serve::Secret,
+    shed::refuse,
     upstream::{MessageUrl, PresenceUrl, ReceiptUrl},
 };
 use tokio::{
     net::TcpListener,
     sync::{mpsc, oneshot, watch},
 };
-use tonic::{Request, Response, Status, Streaming, service::RoutesBuilder};
+use tonic::{Code, Request, Response, Status, Streaming, service::RoutesBuilder};
 
 use crate::{
     auth::Verifier,
@@ -111,6 +112,11 @@ pub struct Config {
     #[arg(long, env = "PARLEY_GATEWAY_AUTH_TIMEOUT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub auth_timeout_ms: u64,
+    /// Streams one user may have open on this gateway (phones, tablets,
+    /// browser tabs); one more is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PARLEY_GATEWAY_MAX_STREAMS_PER_USER", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_streams_per_user: u32,
     /// Streams one HTTP/2 connection may have waiting for their auth frame;
     /// one more is refused with RESOURCE_EXHAUSTED and a retry hint.
     #[arg(long, env = "PARLEY_GATEWAY_MAX_UNAUTHENTICATED_PER_CONNECTION", default_value_t = 256,
@@ -191,6 +197,7 @@ pub struct GatewayApi {
     limits: session::Limits,
     auth_timeout: Duration,
     pending: Pending,
+    max_streams_per_user: usize,
     stopping: watch::Receiver<bool>,
 }
 
@@ -263,7 +270,19 @@ impl GatewayService for GatewayApi {
         let mut frames = request.into_inner();
         let (uid, auth) = self.authenticate(&mut frames).await?;
         drop(waiting);
-        let registration = self.hub.register(&uid, &auth.device_id, INBOX);
+        let registration = self
+            .hub
+            .register(&uid, &auth.device_id, INBOX, self.max_streams_per_user)
+            .ok_or_else(|| {
+                refuse(
+                    Code::ResourceExhausted,
+                    format!(
+                        "this user has {} streams open on this gateway; close one first",
+                        self.max_streams_per_user
+                    ),
+                    Duration::from_secs(1),
+                )
+            })?;
         let (out, rx) = mpsc::channel(self.outbound_queue);
         let (close, close_rx) = oneshot::channel();
         let ok = pb::ConnectResponse {
@@ -444,6 +463,7 @@ where
             per_address: usize::try_from(config.max_unauthenticated_per_address)
                 .unwrap_or(usize::MAX),
         }),
+        max_streams_per_user: usize::try_from(config.max_streams_per_user).unwrap_or(usize::MAX),
         stopping,
     };
     let mut routes = RoutesBuilder::default();

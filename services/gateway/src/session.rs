@@ -72,6 +72,8 @@ const MAX_PENDING_ACKS: usize = 4096;
 const MAX_SEND_RUN: usize = 100;
 /// Message ids watched per heartbeat.
 const MAX_WATCHED: usize = 100;
+/// Watched receipts are read at most this often per stream.
+const MIN_WATCH_GAP: Duration = Duration::from_secs(1);
 /// First delay before owed work is retried.
 const RETRY_BASE: Duration = Duration::from_millis(100);
 /// Acks still unwritten when a stream ends get this long to be written.
@@ -273,6 +275,8 @@ pub struct Session {
     known: HashMap<u64, u64>,
     /// Last read count reported per watched message.
     reported: HashMap<u64, u32>,
+    /// When a heartbeat last read the watched receipts.
+    watch_read_at: Option<Instant>,
     /// Sends waiting behind the one in flight.
     sends: VecDeque<Queued>,
     /// Acks received and not yet written.
@@ -315,6 +319,7 @@ impl Session {
             delivered: HashMap::new(),
             known: HashMap::new(),
             reported: HashMap::new(),
+            watch_read_at: None,
             sends: VecDeque::new(),
             acks: BTreeMap::new(),
             owed: Owed::default(),
@@ -998,10 +1003,29 @@ impl Session {
 
     /// Answers a heartbeat with the receipt changes of the watched messages
     /// since the last answer (seed 002 §7: no extra request). Receipts that
-    /// cannot be read now are reported at a later heartbeat.
+    /// cannot be read now are reported at a later heartbeat, and so are those
+    /// of a heartbeat sooner than [`MIN_WATCH_GAP`] after the last read: a
+    /// client heartbeating in a loop costs the receipt service nothing more.
+    /// A watch list over [`MAX_WATCHED`] ends the stream with INVALID_ARGUMENT.
     async fn on_heartbeat(&mut self, heartbeat: pb::HeartbeatFrame) -> Step {
+        if heartbeat.watching_msgids.len() > MAX_WATCHED {
+            return Err(End::Refused(Status::invalid_argument(format!(
+                "a heartbeat watches at most {MAX_WATCHED} messages; this one named {}",
+                heartbeat.watching_msgids.len()
+            ))));
+        }
+        let now = Instant::now();
+        if self
+            .watch_read_at
+            .is_some_and(|at| now.saturating_duration_since(at) < MIN_WATCH_GAP)
+        {
+            return self
+                .push(Out::HeartbeatReply(pb::HeartbeatReplyFrame::default()))
+                .await;
+        }
+        self.watch_read_at = Some(now);
         let mut by_group: HashMap<u64, Vec<u64>> = HashMap::new();
-        for msgid in heartbeat.watching_msgids.into_iter().take(MAX_WATCHED) {
+        for msgid in heartbeat.watching_msgids {
             if let Some(&gid) = self.known.get(&msgid) {
                 by_group.entry(gid).or_default().push(msgid);
             }
