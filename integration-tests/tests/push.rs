@@ -444,3 +444,34 @@ async fn bad_registrations_and_mutes_are_refused_and_change_nothing() {
     assert_eq!(db.devices("uid3").await.len(), 20);
     suite.stop().await;
 }
+
+/// Only a member mutes a group: a stranger is refused PERMISSION_DENIED, a
+/// group that does not exist NOT_FOUND; unmuting is
+/// always allowed.
+#[tokio::test]
+async fn only_members_mute_a_group() {
+    let suite = Suite::start(Backend::Sqlite).await;
+    let gid = create_group(&suite, "A", "Members only", &["uid1"]).await;
+    let mute = |gid, until_ms| npb::SetMuteRequest { gid, until_ms };
+    let mut stranger = suite.notification(user("stranger"));
+    let refused = stranger
+        .set_mute(mute(gid, -1))
+        .await
+        .expect_err("a stranger");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let missing = stranger
+        .set_mute(mute(gid + 1000, -1))
+        .await
+        .expect_err("no such group");
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    stranger
+        .set_mute(mute(gid, 0))
+        .await
+        .expect("unmuting is allowed");
+    suite
+        .notification(user("uid1"))
+        .set_mute(mute(gid, -1))
+        .await
+        .expect("a member mutes");
+    suite.stop().await;
+}

@@ -55,6 +55,18 @@ impl Interceptor for As {
     }
 }
 
+/// Opens a service's database beside the running service, as the `$kind`
+/// variant for the backend `$url` names.
+macro_rules! open_store {
+    ($kind:ident, $url:expr, $mysql:ty, $sqlite:ty) => {{
+        let url = $url;
+        match DbBackend::of_url(url).expect("backend") {
+            DbBackend::MySql => $kind::MySql(<$mysql>::connect(url, 2).await.expect("connect")),
+            DbBackend::Sqlite => $kind::Sqlite(<$sqlite>::connect(url).await.expect("connect")),
+        }
+    }};
+}
+
 /// Runs `$body` with `$store` bound to whichever backend `$db` holds.
 macro_rules! on_store {
     ($kind:ident, $db:expr, $store:ident => $body:expr) => {
@@ -431,6 +443,7 @@ impl Suite {
                 ("database-url", self._dbs[1].url()),
                 ("presence-url", &self.presence_url),
                 ("receipt-url", &self.receipt_url),
+                ("message-url", &self.message_url),
                 ("fcm-credentials", &self.fcm.service_account_json()),
                 ("fcm-base-url", self.fcm.base_url()),
                 ("collapse-window-ms", &window),
@@ -467,15 +480,12 @@ impl Suite {
     /// The notification service's own database, for reading its queue,
     /// registry and dead letters.
     pub async fn notification_db(&self) -> NotificationDb {
-        let url = self._dbs[1].url();
-        match DbBackend::of_url(url).expect("backend") {
-            DbBackend::MySql => {
-                NotificationDb::MySql(MySqlQueueStore::connect(url, 2).await.expect("connect"))
-            }
-            DbBackend::Sqlite => {
-                NotificationDb::Sqlite(SqliteQueueStore::connect(url).await.expect("connect"))
-            }
-        }
+        open_store!(
+            NotificationDb,
+            self._dbs[1].url(),
+            MySqlQueueStore,
+            SqliteQueueStore
+        )
     }
 
     /// Starts one more gateway; returns its index.
@@ -609,15 +619,12 @@ impl Suite {
     /// The message service's own database, for reading and writing its outbox.
     pub async fn message_db(&self) -> MessageDb {
         use parley_message::store::{MySqlMessageStore, SqliteMessageStore};
-        let url = self._dbs[0].url();
-        match DbBackend::of_url(url).expect("backend") {
-            DbBackend::MySql => {
-                MessageDb::MySql(MySqlMessageStore::connect(url, 1).await.expect("connect"))
-            }
-            DbBackend::Sqlite => {
-                MessageDb::Sqlite(SqliteMessageStore::connect(url).await.expect("connect"))
-            }
-        }
+        open_store!(
+            MessageDb,
+            self._dbs[0].url(),
+            MySqlMessageStore,
+            SqliteMessageStore
+        )
     }
 
     /// Failed delivery attempts of the oldest entry in the message service's

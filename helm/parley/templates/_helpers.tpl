@@ -32,7 +32,7 @@ gateway: {database: false, calls: [message, receipt, presence], redis: PARLEY_BU
 message: {database: true, calls: [receipt, presence, notification], redis: PARLEY_BUS_URL}
 presence: {database: false, calls: [], redis: PARLEY_PRESENCE_REDIS_URL}
 receipt: {database: true, calls: [presence, message], redis: PARLEY_BUS_URL}
-notification: {database: true, calls: [presence, receipt], redis: ""}
+notification: {database: true, calls: [presence, receipt, message], redis: ""}
 {{- end -}}
 
 {{- define "parley.chartLabel" -}}

@@ -17,13 +17,14 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use parley_proto::notification::notification_service_server::NotificationServiceServer;
 use parley_proto::{
+    message::message_service_client::MessageServiceClient,
     presence::presence_service_client::PresenceServiceClient,
     receipt::receipt_service_client::ReceiptServiceClient,
 };
 use parley_server::{
     ServerArgs, ServiceIdentity,
     db::{Backend, DatabaseUrl},
-    upstream::{PresenceUrl, ReceiptUrl},
+    upstream::{MessageUrl, PresenceUrl, ReceiptUrl},
 };
 use tokio::{net::TcpListener, sync::watch};
 use tonic::service::RoutesBuilder;
@@ -60,6 +61,9 @@ pub struct Config {
     /// The receipt service: read cursors and unread counts (the badge).
     #[command(flatten)]
     pub receipt: ReceiptUrl,
+    /// The message service: a group is muted only by its members.
+    #[command(flatten)]
+    pub message: MessageUrl,
     /// Push providers and their credentials.
     #[command(flatten)]
     pub push: PushArgs,
@@ -220,6 +224,10 @@ where
     );
     let receipt = ReceiptServiceClient::with_interceptor(
         config.receipt.channel().map_err(StartError::Config)?,
+        identity.clone(),
+    );
+    let message = MessageServiceClient::with_interceptor(
+        config.message.channel().map_err(StartError::Config)?,
         identity,
     );
     let policy = config.policy.policy();
@@ -229,7 +237,7 @@ where
 
     let mut routes = RoutesBuilder::default();
     routes.add_service(NotificationServiceServer::new(NotificationApi::new(
-        store, policy,
+        store, policy, message,
     )));
     let addr = listener
         .local_addr()

@@ -2,9 +2,16 @@
 
 use std::collections::BTreeSet;
 
-use parley_proto::notification::{self as pb, notification_service_server::NotificationService};
-use parley_server::{Caller, Uid, caller::valid_device_id, millis, now_ms};
-use tonic::{Request, Response, Status};
+use parley_proto::{
+    message::{self as mpb, message_service_client::MessageServiceClient},
+    notification::{self as pb, notification_service_server::NotificationService},
+};
+use parley_server::{
+    Caller, ServiceIdentity, Uid,
+    caller::{acting_for, valid_device_id},
+    millis, now_ms,
+};
+use tonic::{Request, Response, Status, codegen::InterceptedService, transport::Channel};
 
 use crate::{
     push::{Device, Platform},
@@ -23,12 +30,37 @@ pub const MAX_DEVICES: usize = 20;
 pub struct NotificationApi<S> {
     store: S,
     policy: Policy,
+    message: MessageClient,
 }
 
+/// The message service, asked whether a user is a member of a group.
+pub type MessageClient = MessageServiceClient<InterceptedService<Channel, ServiceIdentity>>;
+
 impl<S: QueueStore> NotificationApi<S> {
-    /// Handlers over `store`, queueing with `policy`'s collapse windows.
-    pub fn new(store: S, policy: Policy) -> Self {
-        Self { store, policy }
+    /// Handlers over `store`, queueing with `policy`'s collapse windows;
+    /// `message` vouches for membership.
+    pub fn new(store: S, policy: Policy, message: MessageClient) -> Self {
+        Self {
+            store,
+            policy,
+            message,
+        }
+    }
+
+    /// Succeeds when `uid` is a member of `gid`; the message service's own
+    /// refusal (PERMISSION_DENIED for a non-member, NOT_FOUND for no such
+    /// group) otherwise.
+    async fn require_member(&self, uid: &Uid, gid: u64) -> Result<(), Status> {
+        let request = mpb::ListMembersRequest {
+            gid,
+            page_size: 1,
+            page_token: String::new(),
+        };
+        self.message
+            .clone()
+            .list_members(acting_for(uid, request))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -191,6 +223,10 @@ impl<S: QueueStore> NotificationService for NotificationApi<S> {
             return Err(Status::invalid_argument(
                 "until_ms is a time in milliseconds, -1 for ever or 0 to unmute",
             ));
+        }
+        // Unmuting is always allowed: a member who left may clear their mute.
+        if request.until_ms != 0 {
+            self.require_member(&uid, request.gid).await?;
         }
         self.store
             .set_mute(uid.as_str(), gid, request.until_ms)
