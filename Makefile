@@ -8,7 +8,7 @@ IMAGE_REPOSITORY ?= ghcr.io/parley-chat
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' helm/parley/Chart.yaml)
 
 .DEFAULT_GOAL := help
-.PHONY: help dev demo build test test-services lint fmt fmt-check clippy buf-lint chart-lint chart-test images migrate clean bench bench-full bench-build
+.PHONY: help dev demo build test test-services fuzz lint fmt fmt-check clippy buf-lint chart-lint chart-test images migrate clean bench bench-full bench-build
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -28,6 +28,10 @@ test: test-services ## Run every test (unit, contract on MariaDB and SQLite, int
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 	cargo nextest run --workspace --profile $(if $(CI),ci,default)
 	@$(MAKE) --no-print-directory chart-test
+
+fuzz: ## Every parser property (page tokens, uids, identity headers, cursors, presence entries, Retry-After, bus payloads) with 20,000 cases each, in at most 10 minutes
+	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+	PROPTEST_CASES=$${PROPTEST_CASES:-20000} timeout 600 cargo nextest run --workspace -E 'test(/::properties::/)'
 
 test-services: ## Start MariaDB and Redis for the tests when they are not running
 	@scripts/ensure-services.sh

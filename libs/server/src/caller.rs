@@ -247,33 +247,38 @@ mod tests {
         );
     }
 
-    proptest::proptest! {
-        /// A uid is accepted exactly when it is 1 to 64 characters from the
-        /// documented set.
-        #[test]
-        fn uids_are_accepted_exactly_by_the_rule(raw in "\\PC{0,80}") {
-            let allowed = |c: char| c.is_ascii_alphanumeric() || "._@:-".contains(c);
-            let valid = !raw.is_empty() && raw.len() <= MAX_UID_LEN && raw.chars().all(allowed);
-            proptest::prop_assert_eq!(Uid::parse(&raw).is_ok(), valid);
-        }
+    /// Properties over any input; `make fuzz` runs them with many more cases.
+    mod properties {
+        use super::*;
 
-        /// Any bytes in the identity headers give a caller or
-        /// UNAUTHENTICATED, never a panic; a user named is a valid uid.
-        #[test]
-        fn identity_headers_are_read_or_refused(
-            uid in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
-            service in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
-        ) {
-            let mut headers = http::HeaderMap::new();
-            for (name, value) in [(UID_HEADER, uid), (SERVICE_HEADER, service)] {
-                if let Ok(value) = http::HeaderValue::from_bytes(&value) {
-                    headers.insert(name, value);
-                }
+        proptest::proptest! {
+            /// A uid is accepted exactly when it is 1 to 64 characters from the
+            /// documented set.
+            #[test]
+            fn uids_are_accepted_exactly_by_the_rule(raw in "\\PC{0,80}") {
+                let allowed = |c: char| c.is_ascii_alphanumeric() || "._@:-".contains(c);
+                let valid = !raw.is_empty() && raw.len() <= MAX_UID_LEN && raw.chars().all(allowed);
+                proptest::prop_assert_eq!(Uid::parse(&raw).is_ok(), valid);
             }
-            match Caller::from_headers(&headers) {
-                Ok(Caller::User(uid)) => proptest::prop_assert!(Uid::parse(uid.as_str()).is_ok()),
-                Ok(Caller::Service(name)) => proptest::prop_assert!(!name.is_empty() && name.len() <= 32),
-                Err(status) => proptest::prop_assert_eq!(status.code(), tonic::Code::Unauthenticated),
+
+            /// Any bytes in the identity headers give a caller or
+            /// UNAUTHENTICATED, never a panic; a user named is a valid uid.
+            #[test]
+            fn identity_headers_are_read_or_refused(
+                uid in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+                service in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+            ) {
+                let mut headers = http::HeaderMap::new();
+                for (name, value) in [(UID_HEADER, uid), (SERVICE_HEADER, service)] {
+                    if let Ok(value) = http::HeaderValue::from_bytes(&value) {
+                        headers.insert(name, value);
+                    }
+                }
+                match Caller::from_headers(&headers) {
+                    Ok(Caller::User(uid)) => proptest::prop_assert!(Uid::parse(uid.as_str()).is_ok()),
+                    Ok(Caller::Service(name)) => proptest::prop_assert!(!name.is_empty() && name.len() <= 32),
+                    Err(status) => proptest::prop_assert_eq!(status.code(), tonic::Code::Unauthenticated),
+                }
             }
         }
     }

@@ -273,24 +273,29 @@ mod tests {
         assert_eq!(hub.connection_count(), 0);
     }
 
-    proptest::proptest! {
-        /// Whatever arrives on the bus (anyone who can publish to its Redis
-        /// can send bytes) is dropped or dispatched, never a panic, and a
-        /// delivery reaches only connections of the users it names.
-        #[test]
-        fn any_bus_payload_is_dropped_or_dispatched(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-            use prost::Message as _;
-            let hub = Hub::default();
-            let mut inbox = hub.register(&uid("uid1"), "phone", 64, 8).expect("room").inbox;
-            if let Ok(event) = parley_proto::bus::BusEvent::decode(payload.as_slice()) {
-                let names_uid1 = match &event.event {
-                    Some(bus_event::Event::Delivery(d)) => d.uids.iter().any(|u| u == "uid1"),
-                    Some(bus_event::Event::Digest(d)) => d.uid == "uid1",
-                    _ => false,
-                };
-                hub.dispatch(Signal::Event(event));
-                if !names_uid1 {
-                    proptest::prop_assert!(inbox.try_recv().is_err());
+    /// Properties over any input; `make fuzz` runs them with many more cases.
+    mod properties {
+        use super::*;
+
+        proptest::proptest! {
+            /// Whatever arrives on the bus (anyone who can publish to its Redis
+            /// can send bytes) is dropped or dispatched, never a panic, and a
+            /// delivery reaches only connections of the users it names.
+            #[test]
+            fn any_bus_payload_is_dropped_or_dispatched(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+                use prost::Message as _;
+                let hub = Hub::default();
+                let mut inbox = hub.register(&uid("uid1"), "phone", 64, 8).expect("room").inbox;
+                if let Ok(event) = parley_proto::bus::BusEvent::decode(payload.as_slice()) {
+                    let names_uid1 = match &event.event {
+                        Some(bus_event::Event::Delivery(d)) => d.uids.iter().any(|u| u == "uid1"),
+                        Some(bus_event::Event::Digest(d)) => d.uid == "uid1",
+                        _ => false,
+                    };
+                    hub.dispatch(Signal::Event(event));
+                    if !names_uid1 {
+                        proptest::prop_assert!(inbox.try_recv().is_err());
+                    }
                 }
             }
         }

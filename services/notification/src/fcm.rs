@@ -303,27 +303,32 @@ mod tests {
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
     }
 
-    proptest::proptest! {
-        /// Whatever FCM sends as Retry-After is read as at most an hour, or
-        /// not at all: never a panic and never a delay that overflows a clock.
-        #[test]
-        fn any_retry_after_is_bounded(value in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
-            let mut headers = reqwest::header::HeaderMap::new();
-            if let Ok(value) = reqwest::header::HeaderValue::from_bytes(&value) {
-                headers.insert(reqwest::header::RETRY_AFTER, value);
-            }
-            if let Some(delay) = retry_after(&headers) {
-                proptest::prop_assert!(delay <= MAX_RETRY_AFTER);
-                proptest::prop_assert!(std::time::Instant::now().checked_add(delay).is_some());
-            }
-        }
+    /// Properties over any input; `make fuzz` runs them with many more cases.
+    mod properties {
+        use super::*;
 
-        #[test]
-        fn numeric_retry_after_is_taken_up_to_the_cap(seconds in proptest::num::u64::ANY) {
-            let mut headers = reqwest::header::HeaderMap::new();
-            headers.insert(reqwest::header::RETRY_AFTER, reqwest::header::HeaderValue::from(seconds));
-            let expected = std::time::Duration::from_secs(seconds).min(MAX_RETRY_AFTER);
-            proptest::prop_assert_eq!(retry_after(&headers), Some(expected));
+        proptest::proptest! {
+            /// Whatever FCM sends as Retry-After is read as at most an hour, or
+            /// not at all: never a panic and never a delay that overflows a clock.
+            #[test]
+            fn any_retry_after_is_bounded(value in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
+                let mut headers = reqwest::header::HeaderMap::new();
+                if let Ok(value) = reqwest::header::HeaderValue::from_bytes(&value) {
+                    headers.insert(reqwest::header::RETRY_AFTER, value);
+                }
+                if let Some(delay) = retry_after(&headers) {
+                    proptest::prop_assert!(delay <= MAX_RETRY_AFTER);
+                    proptest::prop_assert!(std::time::Instant::now().checked_add(delay).is_some());
+                }
+            }
+
+            #[test]
+            fn numeric_retry_after_is_taken_up_to_the_cap(seconds in proptest::num::u64::ANY) {
+                let mut headers = reqwest::header::HeaderMap::new();
+                headers.insert(reqwest::header::RETRY_AFTER, reqwest::header::HeaderValue::from(seconds));
+                let expected = std::time::Duration::from_secs(seconds).min(MAX_RETRY_AFTER);
+                proptest::prop_assert_eq!(retry_after(&headers), Some(expected));
+            }
         }
     }
 }

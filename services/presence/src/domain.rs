@@ -96,19 +96,24 @@ mod tests {
         assert!(!removes(None, "gw1"));
     }
 
-    proptest::proptest! {
-        /// An entry with any valid gateway id survives the stored form, and
-        /// whatever Redis holds decodes or is skipped, never a panic.
-        #[test]
-        fn entries_round_trip(gateway in "[!-{}~]{1,64}", expires in proptest::num::i64::ANY) {
-            let entry = Entry { gateway_id: gateway, expires_at_ms: expires };
-            proptest::prop_assert_eq!(Entry::decode(&entry.encode()), Some(entry));
-        }
+    /// Properties over any input; `make fuzz` runs them with many more cases.
+    mod properties {
+        use super::*;
 
-        #[test]
-        fn any_stored_value_decodes_or_is_skipped(raw in "\\PC{0,100}") {
-            if let Some(entry) = Entry::decode(&raw) {
+        proptest::proptest! {
+            /// An entry with any valid gateway id survives the stored form, and
+            /// whatever Redis holds decodes or is skipped, never a panic.
+            #[test]
+            fn entries_round_trip(gateway in "[!-{}~]{1,64}", expires in proptest::num::i64::ANY) {
+                let entry = Entry { gateway_id: gateway, expires_at_ms: expires };
                 proptest::prop_assert_eq!(Entry::decode(&entry.encode()), Some(entry));
+            }
+
+            #[test]
+            fn any_stored_value_decodes_or_is_skipped(raw in "\\PC{0,100}") {
+                if let Some(entry) = Entry::decode(&raw) {
+                    proptest::prop_assert_eq!(Entry::decode(&entry.encode()), Some(entry));
+                }
             }
         }
     }
