@@ -4,6 +4,7 @@
 mod device;
 mod faults;
 mod malformed;
+mod matrix;
 mod outage;
 mod push;
 mod realtime;

@@ -210,6 +210,7 @@ async fn malformed_requests_to_every_rpc_get_documented_codes_and_change_nothing
             joined_seq: 0,
             left_seq: 0,
             version: 1,
+            left: false,
         };
         let membership = rpb::ApplyMembershipRequest {
             gid: g,

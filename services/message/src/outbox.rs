@@ -398,6 +398,7 @@ impl<S: MessageStore> Drainer<S> {
                     .left_seq
                     .and_then(|s| u64::try_from(s).ok())
                     .unwrap_or(0),
+                left: member.left_seq.is_some(),
                 version: versions
                     .get(&member.uid)
                     .and_then(|&v| u64::try_from(v).ok())

@@ -281,10 +281,10 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
                     uid: uid.into_string(),
                     admin: c.admin,
                     joined_seq: seq(c.joined_seq)?,
-                    left_seq: if c.left_seq == 0 {
-                        None
-                    } else {
+                    left_seq: if c.left || c.left_seq > 0 {
                         Some(seq(c.left_seq)?)
+                    } else {
+                        None
                     },
                     version: parse_id(c.version, "version")?,
                 })
