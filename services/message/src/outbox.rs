@@ -231,22 +231,23 @@ impl<S: MessageStore> Drainer<S> {
     }
 
     /// Delivers one batch in order; stops at the first retryable failure.
-    /// Delivered entries are deleted together at the end: if that delete is
-    /// lost they are delivered again, which the receipt service ignores.
+    /// Each unit's delivered entries are deleted as soon as it is through, so
+    /// the backlog gauge counts only what is still owed; if a delete is lost
+    /// those entries are delivered again, which the receipt service ignores.
     async fn drain_once(&mut self) -> Result<usize, DeliveryError> {
         let batch = self.store.outbox_batch(BATCH).await?;
         let mut progress = Progress::default();
-        let mut outcome = Ok(());
+        let mut delivered = 0;
         for unit in delivery_units(&batch) {
-            outcome = self.settle(unit, &mut progress).await;
-            if outcome.is_err() {
-                break;
+            let outcome = self.settle(unit, &mut progress).await;
+            if !progress.done.is_empty() {
+                self.store.outbox_done(&progress.done).await?;
+                delivered += progress.done.len();
+                progress.done.clear();
             }
+            outcome?;
         }
-        if !progress.done.is_empty() {
-            self.store.outbox_done(&progress.done).await?;
-        }
-        outcome.map(|()| progress.done.len() + progress.set_aside)
+        Ok(delivered + progress.set_aside)
     }
 
     /// Delivers a unit. When several messages fail for good, each is tried
