@@ -649,3 +649,119 @@ async fn heartbeat_watches_are_bounded_and_still_report_reads() {
     assert!(refused.message().contains("at most 100"), "{refused:?}");
     suite.stop().await;
 }
+
+/// Frames written as raw bytes: the test's way to send what no well-formed
+/// client can (a frame that does not decode).
+#[derive(Clone, Copy, Default)]
+struct RawFrames;
+
+struct RawEncoder;
+struct ReplyDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for ReplyDecoder {
+    type Item = parley_proto::gateway::ConnectResponse;
+    type Error = Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Self::Item>, Status> {
+        use prost::Message as _;
+        Self::Item::decode(src)
+            .map(Some)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Codec for RawFrames {
+    type Encode = Vec<u8>;
+    type Decode = parley_proto::gateway::ConnectResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ReplyDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> ReplyDecoder {
+        ReplyDecoder
+    }
+}
+
+/// A frame that does not decode ends the stream with INVALID_ARGUMENT and a
+/// reason (it ended with OK and none).
+#[tokio::test]
+async fn an_undecodable_frame_ends_the_stream_with_invalid_argument() {
+    use parley_proto::gateway::{ConnectRequest, connect_request::Frame as In};
+    use prost::Message as _;
+    let suite = Suite::start(Backend::Sqlite).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", suite.gateway_addrs[0]))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("gateway reachable");
+    let auth = ConnectRequest {
+        frame: Some(In::Auth(crate::device::auth_frame("uid1", "phone"))),
+    }
+    .encode_to_vec();
+    // Eleven continuation bytes: a varint that never ends.
+    let garbage = vec![0xFF; 11];
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(auth).await.expect("queue auth");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/parley.gateway.v1.GatewayService/Connect",
+    );
+    let mut replies = grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            path,
+            RawFrames,
+        )
+        .await
+        .expect("stream accepted")
+        .into_inner();
+    let first = replies.message().await.expect("auth ok").expect("a frame");
+    assert!(
+        matches!(
+            first.frame,
+            Some(parley_proto::gateway::connect_response::Frame::AuthOk(_))
+        ),
+        "{first:?}"
+    );
+    tx.send(garbage).await.expect("queue garbage");
+    let refused = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), replies.message())
+            .await
+            .expect("the stream ends in time")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended with OK"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("undecodable frame"),
+        "{refused:?}"
+    );
+    drop(tx);
+    suite.stop().await;
+}
