@@ -765,3 +765,97 @@ async fn an_undecodable_frame_ends_the_stream_with_invalid_argument() {
     drop(tx);
     suite.stop().await;
 }
+
+/// Generated sequences of frames (sends, acks, syncs and heartbeats to real,
+/// unknown and zero groups, at any seq, a second auth) on one stream each:
+/// the stream stays open, answers its heartbeat, and every result carries a
+/// documented code, never INTERNAL or UNKNOWN.
+#[tokio::test]
+async fn any_sequence_of_frames_gets_documented_answers() {
+    use parley_proto::gateway::{
+        AckEntry, AckFrame, HeartbeatFrame, SendFrame, SyncFrame, connect_request::Frame as In,
+        connect_response::Frame as Out,
+    };
+    use proptest::{prelude::*, strategy::ValueTree, test_runner::TestRunner};
+    let suite = Suite::start(Backend::Sqlite).await;
+    let gid = create_group(&suite, "A", "Sequences", &["uid1"]).await;
+    let group = prop_oneof![Just(gid), Just(0u64), Just(gid + 1_000), any::<u64>()];
+    let seq = prop_oneof![Just(0u64), 1u64..5, Just(u64::MAX), any::<u64>()];
+    let frame = prop_oneof![
+        (
+            group.clone(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(gid, request_id, content)| In::Send(SendFrame {
+                request_id,
+                gid,
+                client_msg_id: format!("seq-{request_id}"),
+                content,
+                need_receipt: true,
+            })),
+        proptest::collection::vec((group.clone(), seq.clone(), any::<bool>()), 0..4).prop_map(
+            |entries| In::Ack(AckFrame {
+                entries: entries
+                    .into_iter()
+                    .map(|(gid, up_to_seq, read)| AckEntry {
+                        gid,
+                        up_to_seq,
+                        read,
+                    })
+                    .collect(),
+            })
+        ),
+        (group, seq, any::<u32>()).prop_map(|(gid, after_seq, limit)| In::Sync(SyncFrame {
+            request_id: 7,
+            gid,
+            after_seq,
+            limit,
+        })),
+        proptest::collection::vec(any::<u64>(), 0..5)
+            .prop_map(|watching_msgids| { In::Heartbeat(HeartbeatFrame { watching_msgids }) }),
+        Just(In::Auth(crate::device::auth_frame("uid2", "other"))),
+    ];
+    let documented = [
+        Code::Ok,
+        Code::InvalidArgument,
+        Code::NotFound,
+        Code::PermissionDenied,
+        Code::FailedPrecondition,
+        Code::ResourceExhausted,
+        Code::Unavailable,
+    ];
+    let mut runner = TestRunner::deterministic();
+    let sequences = proptest::collection::vec(frame, 1..16);
+    for case in 0..24 {
+        let frames = sequences
+            .new_tree(&mut runner)
+            .expect("a generated sequence")
+            .current();
+        let mut device =
+            crate::device::Device::connect(suite.gateway_addrs[0], "uid1", &format!("d{case}"))
+                .await;
+        for frame in frames.iter().cloned() {
+            device.send_frame(frame).await;
+        }
+        let (answers, _reply) = device.drain(Vec::new()).await;
+        for answer in answers {
+            let code = match &answer {
+                Out::SendResult(result) => Some(result.code),
+                Out::SyncResult(result) => Some(result.code),
+                Out::Closing(closing) => {
+                    panic!("case {case}: closed ({}) after {frames:?}", closing.reason)
+                }
+                _ => None,
+            };
+            if let Some(code) = code {
+                let code = Code::from(code);
+                assert!(
+                    documented.contains(&code),
+                    "case {case}: {code:?} in {answer:?} after {frames:?}"
+                );
+            }
+        }
+    }
+    suite.stop().await;
+}
