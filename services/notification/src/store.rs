@@ -189,10 +189,9 @@ pub trait QueueStore: Clone + Send + Sync + 'static {
 
     /// Registers or replaces a device's token, unless the user already has
     /// `max_devices` other devices with one. Checked and written in one
-    /// transaction that locks the user's devices, so concurrent registrations
-    /// of a user with a device cannot pass the cap together. (A user with no
-    /// device yet has no row to lock: more than `max_devices` first
-    /// registrations at the same instant could all pass.)
+    /// transaction that first locks the user's own row, so concurrent
+    /// registrations of one user take turns and cannot pass the cap
+    /// together, while other users' registrations never wait for them.
     fn register_device(
         &self,
         device: &Device,
@@ -412,17 +411,20 @@ macro_rules! impl_queue_store {
                 max_devices: usize,
                 now_ms: i64,
             ) -> Result<Registered, QueueError> {
-                use sqlx::Connection as _;
-                let mut conn = self.pool.acquire().await?;
-                if let Some(isolation) = Self::REGISTRATION_ISOLATION {
-                    sqlx::query(isolation).execute(&mut *conn).await?;
-                }
-                let mut tx = conn.begin().await?;
+                let mut tx = self.pool.begin().await?;
                 let outcome: Result<Registered, QueueError> = async {
-                    let registered: Vec<String> = sqlx::query_scalar(Self::LOCK_DEVICES)
+                    // The user's own row, locked exclusively (created on the
+                    // first registration): their registrations take turns, and
+                    // no range of push_devices is locked.
+                    sqlx::query(Self::LOCK_USER)
                         .bind(&device.uid)
-                        .fetch_all(&mut *tx)
+                        .execute(&mut *tx)
                         .await?;
+                    let registered: Vec<String> =
+                        sqlx::query_scalar("SELECT device_id FROM push_devices WHERE uid = ?")
+                            .bind(&device.uid)
+                            .fetch_all(&mut *tx)
+                            .await?;
                     let replacing = registered.contains(&device.device_id);
                     if !replacing && registered.len() >= max_devices {
                         return Ok(Registered::Full);
@@ -549,16 +551,10 @@ impl MySqlQueueStore {
         "SELECT due_at_ms FROM push_pending WHERE uid = ? AND gid = ? FOR UPDATE";
     const ANY_QUEUED: &'static str =
         "SELECT seq FROM push_queue WHERE uid = ? AND gid = ? LIMIT 1 FOR UPDATE";
-    // Read committed: the locking read below takes the user's rows and no
-    // gap, so registrations of different users never wait for each other
-    // (under repeatable read they shared gap locks and deadlocked in a burst
-    // of registrations).
-    const REGISTRATION_ISOLATION: Option<&'static str> =
-        Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED");
-    // Locks the user's rows: a concurrent registration of the same user waits
-    // for this one and then counts its device.
-    const LOCK_DEVICES: &'static str =
-        "SELECT device_id FROM push_devices WHERE uid = ? FOR UPDATE";
+    // An upsert takes the row's exclusive lock at once (INSERT IGNORE would
+    // take a shared one first, and two registrations upgrading it deadlock).
+    const LOCK_USER: &'static str =
+        "INSERT INTO push_users (uid) VALUES (?) ON DUPLICATE KEY UPDATE uid = uid";
     const UPSERT_DEVICE: &'static str = "INSERT INTO push_devices \
          (uid, device_id, platform, token, app_id, locale, updated_at_ms) \
          VALUES (?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE platform = VALUES(platform), \
@@ -589,9 +585,9 @@ impl SqliteQueueStore {
     const LOCK_PENDING: &'static str =
         "SELECT due_at_ms FROM push_pending WHERE uid = ? AND gid = ?";
     const ANY_QUEUED: &'static str = "SELECT seq FROM push_queue WHERE uid = ? AND gid = ? LIMIT 1";
-    // One connection serialises every transaction.
-    const REGISTRATION_ISOLATION: Option<&'static str> = None;
-    const LOCK_DEVICES: &'static str = "SELECT device_id FROM push_devices WHERE uid = ?";
+    // One connection serialises every transaction: the row only exists.
+    const LOCK_USER: &'static str =
+        "INSERT INTO push_users (uid) VALUES (?) ON CONFLICT (uid) DO NOTHING";
     const UPSERT_DEVICE: &'static str = "INSERT INTO push_devices \
          (uid, device_id, platform, token, app_id, locale, updated_at_ms) \
          VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uid, device_id) DO UPDATE SET \

@@ -269,7 +269,7 @@ async fn dead_letters_are_kept<S: QueueStore>(store: S) {
 }
 
 /// Registrations racing each other cannot pass the cap together: with one
-/// place left, eight at once leave exactly one more device.
+/// place left, thirty-two at once leave exactly one more device.
 async fn concurrent_registrations_respect_the_device_cap<S: QueueStore>(store: S) {
     for i in 0..3 {
         let d = device("u1", &format!("old-{i}"), "t");
@@ -278,7 +278,7 @@ async fn concurrent_registrations_respect_the_device_cap<S: QueueStore>(store: S
             Registered::New
         );
     }
-    let racing = (0..8).map(|i| {
+    let racing = (0..32).map(|i| {
         let store = store.clone();
         async move {
             store
