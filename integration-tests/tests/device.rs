@@ -54,14 +54,22 @@ pub async fn open_with_window(
     auth: pb::AuthFrame,
     window: Option<u32>,
 ) -> Opened {
-    let channel = Endpoint::from_shared(format!("http://{gateway}"))
+    open_on(connection_with_window(gateway, window).await, auth).await
+}
+
+/// A new HTTP/2 connection to `gateway`, for streams that share it.
+pub async fn connection(gateway: SocketAddr) -> Channel {
+    connection_with_window(gateway, None).await
+}
+
+async fn connection_with_window(gateway: SocketAddr, window: Option<u32>) -> Channel {
+    Endpoint::from_shared(format!("http://{gateway}"))
         .expect("endpoint")
         .initial_stream_window_size(window)
         .initial_connection_window_size(window)
         .connect()
         .await
-        .expect("gateway reachable");
-    open_on(channel, auth).await
+        .expect("gateway reachable")
 }
 
 /// Opens a stream on an existing HTTP/2 connection: several devices behind

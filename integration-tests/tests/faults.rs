@@ -299,11 +299,7 @@ async fn a_burst_past_capacity_is_refused_with_hints_and_loses_nothing(backend: 
     let gw = suite.gateway_addrs[0];
     // Twenty devices behind one HTTP/2 connection (as behind a proxy), five
     // on connections of their own.
-    let shared = tonic::transport::Endpoint::from_shared(format!("http://{gw}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("gateway reachable");
+    let shared = crate::device::connection(gw).await;
     let mut devices = Vec::new();
     for (i, uid) in senders.iter().enumerate() {
         let device = if i < SHARED {

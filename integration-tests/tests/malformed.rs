@@ -312,7 +312,7 @@ async fn init_receipts_with_a_recipient_twice_is_refused_and_writes_nothing() {
     let suite = crate::support::Suite::start(crate::support::Backend::MariaDb).await;
     let gid = crate::support::create_group(&suite, "A", "Twice", &["uid1", "uid2"]).await;
     crate::support::wait_for_membership(&suite, "uid1", gid).await;
-    let mut outbox = receipt_as_message_service(&suite);
+    let mut outbox = suite.receipt(As::Raw("x-parley-service", "message"));
     let request = parley_proto::receipt::InitReceiptsRequest {
         gid,
         msgid: 77,
@@ -334,16 +334,6 @@ async fn init_receipts_with_a_recipient_twice_is_refused_and_writes_nothing() {
     suite.stop().await;
 }
 
-/// The receipt service as the message service's outbox calls it.
-fn receipt_as_message_service(suite: &crate::support::Suite) -> crate::support::ReceiptClient {
-    parley_proto::receipt::receipt_service_client::ReceiptServiceClient::with_interceptor(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", suite.receipt_addr))
-            .expect("endpoint")
-            .connect_lazy(),
-        crate::support::As::Raw("x-parley-service", "message"),
-    )
-}
-
 /// InitReceiptsBatch takes 1 to 100 messages with at most 20,000 listed
 /// recipients, all checked before any is recorded: one malformed message
 /// refuses the batch, named by its index, and nothing is written.
@@ -352,7 +342,7 @@ async fn init_receipts_batches_are_bounded_and_checked_whole() {
     let suite = crate::support::Suite::start(crate::support::Backend::MariaDb).await;
     let gid = crate::support::create_group(&suite, "A", "Batch", &["uid1", "uid2"]).await;
     crate::support::wait_for_membership(&suite, "uid1", gid).await;
-    let mut outbox = receipt_as_message_service(&suite);
+    let mut outbox = suite.receipt(As::Raw("x-parley-service", "message"));
     let message = |seq: u64, recipients: Vec<String>| rpb::InitReceiptsRequest {
         gid,
         msgid: 100 + seq,
@@ -510,11 +500,7 @@ async fn anonymous_streams_hold_nothing_a_login_needs() {
     };
     let mut held = Vec::new();
     for _ in 0..CONNECTIONS {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("gateway reachable");
+        let channel = crate::device::connection(gateway).await;
         for _ in 0..PER_CONNECTION {
             held.push(anonymous(&channel));
         }
@@ -710,12 +696,7 @@ async fn an_undecodable_frame_ends_the_stream_with_invalid_argument() {
     use parley_proto::gateway::{ConnectRequest, connect_request::Frame as In};
     use prost::Message as _;
     let suite = Suite::start(Backend::Sqlite).await;
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", suite.gateway_addrs[0]))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("gateway reachable");
+    let channel = crate::device::connection(suite.gateway_addrs[0]).await;
     let auth = ConnectRequest {
         frame: Some(In::Auth(crate::device::auth_frame("uid1", "phone"))),
     }

@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use parley_message::store::{MessageStore, MySqlMessageStore, SqliteMessageStore};
 use parley_notification::{
     push::Device,
     store::{DeadLetter, MySqlQueueStore, QueueStore, SqliteQueueStore},
@@ -618,7 +619,6 @@ impl Suite {
 
     /// The message service's own database, for reading and writing its outbox.
     pub async fn message_db(&self) -> MessageDb {
-        use parley_message::store::{MySqlMessageStore, SqliteMessageStore};
         open_store!(
             MessageDb,
             self._dbs[0].url(),
@@ -630,7 +630,6 @@ impl Suite {
     /// Failed delivery attempts of the oldest entry in the message service's
     /// outbox (0 when it is empty): how far its retries have backed off.
     pub async fn outbox_attempts(&self) -> i64 {
-        use parley_message::store::MessageStore;
         let db = self.message_db().await;
         on_store!(MessageDb, db, store => store.outbox_batch(1).await)
             .expect("outbox")
@@ -640,7 +639,6 @@ impl Suite {
 
     /// The message service's outbox backlog: entries waiting and set aside.
     pub async fn outbox_stats(&self) -> parley_message::store::OutboxStats {
-        use parley_message::store::MessageStore;
         let db = self.message_db().await;
         on_store!(MessageDb, db, store => store.outbox_stats().await).expect("outbox stats")
     }
@@ -652,25 +650,17 @@ impl Suite {
         let gid = i64::try_from(gid).expect("gid");
         let seq = i64::MAX;
         let url = self._dbs[0].url();
+        // The same statement on whichever pool type the backend has.
+        macro_rules! insert_on {
+            ($pool:ty) => {{
+                let pool = <$pool>::connect(url).await.expect("connect");
+                let query = sqlx::query(insert).bind(gid).bind(seq);
+                query.execute(&pool).await.map(|_| ())
+            }};
+        }
         let written = match DbBackend::of_url(url).expect("backend") {
-            DbBackend::MySql => {
-                let pool = sqlx::MySqlPool::connect(url).await.expect("connect");
-                sqlx::query(insert)
-                    .bind(gid)
-                    .bind(seq)
-                    .execute(&pool)
-                    .await
-                    .map(|_| ())
-            }
-            DbBackend::Sqlite => {
-                let pool = sqlx::SqlitePool::connect(url).await.expect("connect");
-                sqlx::query(insert)
-                    .bind(gid)
-                    .bind(seq)
-                    .execute(&pool)
-                    .await
-                    .map(|_| ())
-            }
+            DbBackend::MySql => insert_on!(sqlx::MySqlPool),
+            DbBackend::Sqlite => insert_on!(sqlx::SqlitePool),
         };
         written.expect("outbox entry written");
     }

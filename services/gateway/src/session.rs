@@ -871,10 +871,11 @@ impl Session {
     /// INVALID_ARGUMENT, none of it applied.
     fn on_ack(&mut self, ack: pb::AckFrame) -> Step {
         if ack.entries.len() > MAX_ACK_ENTRIES {
-            return Err(End::Refused(Status::invalid_argument(format!(
-                "an ack frame holds at most {MAX_ACK_ENTRIES} entries; this one held {}",
-                ack.entries.len()
-            ))));
+            return Err(over_limit(
+                "entries in an ack frame",
+                MAX_ACK_ENTRIES,
+                ack.entries.len(),
+            ));
         }
         for entry in ack.entries {
             merge_ack(&mut self.acks, (entry.gid, entry.read), entry.up_to_seq);
@@ -1009,10 +1010,11 @@ impl Session {
     /// A watch list over [`MAX_WATCHED`] ends the stream with INVALID_ARGUMENT.
     async fn on_heartbeat(&mut self, heartbeat: pb::HeartbeatFrame) -> Step {
         if heartbeat.watching_msgids.len() > MAX_WATCHED {
-            return Err(End::Refused(Status::invalid_argument(format!(
-                "a heartbeat watches at most {MAX_WATCHED} messages; this one named {}",
-                heartbeat.watching_msgids.len()
-            ))));
+            return Err(over_limit(
+                "watched messages in a heartbeat",
+                MAX_WATCHED,
+                heartbeat.watching_msgids.len(),
+            ));
         }
         let now = Instant::now();
         if self
@@ -1069,6 +1071,13 @@ impl Session {
         }))
         .await
     }
+}
+
+/// A frame past a documented limit: the stream ends with INVALID_ARGUMENT.
+fn over_limit(what: &str, limit: usize, got: usize) -> End {
+    End::Refused(Status::invalid_argument(format!(
+        "{what}: at most {limit}, this frame has {got}"
+    )))
 }
 
 /// A failed call's status when the callee refused the request itself (which
