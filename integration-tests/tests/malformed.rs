@@ -840,3 +840,144 @@ async fn any_sequence_of_frames_gets_documented_answers() {
     }
     suite.stop().await;
 }
+
+/// An ack's cursors as AckBatch answers them: read, delivered, capped.
+type Cursors = (u64, u64, bool);
+
+/// AckBatch, the gateway's way of writing acks, takes 1 to 5,000 acks with
+/// each group named once, all checked before any is applied: one malformed
+/// ack refuses the batch, named by its place, and nothing moves. A
+/// well-formed batch answers each group and each ack: an ack past the
+/// committed last seq is capped at it, a stranger's is refused alone, and an
+/// unknown group is refused without holding up the others.
+#[tokio::test]
+async fn ack_batches_are_checked_whole_and_answer_each_ack() {
+    let suite = Suite::start(Backend::MariaDb).await;
+    let gid = create_group(&suite, "A", "Acks", &["uid1", "uid2"]).await;
+    for id in ["m1", "m2"] {
+        crate::support::send_direct(&suite, "A", gid, id, 8).await;
+    }
+    crate::support::wait_for_position(&suite, "uid1", gid, "m2 recorded", |g| g.last_seq == 2)
+        .await;
+    let mut gateway = suite.receipt(As::Raw("x-parley-service", "gateway"));
+    let ack = |uid: &str, up_to_seq: u64, kind: rpb::AckKind| rpb::MemberAck {
+        uid: uid.into(),
+        up_to_seq,
+        kind: kind.into(),
+    };
+    let read = rpb::AckKind::Read;
+    let group = |gid: u64, acks: Vec<rpb::MemberAck>| rpb::GroupAcks { gid, acks };
+    let batch = |groups| rpb::AckBatchRequest { groups };
+    let cases = [
+        ("no acks", batch(Vec::new()), "1 to 5000"),
+        (
+            "5,001 acks",
+            batch(vec![group(
+                gid,
+                (0..5001).map(|_| ack("uid1", 1, read)).collect(),
+            )]),
+            "1 to 5000",
+        ),
+        (
+            "a group named twice",
+            batch(vec![
+                group(gid, vec![ack("uid1", 1, read)]),
+                group(gid, vec![ack("uid2", 1, read)]),
+            ]),
+            "groups[1]: gid is named twice",
+        ),
+        (
+            "a group with no acks",
+            batch(vec![
+                group(gid, vec![ack("uid1", 1, read)]),
+                group(gid + 1, Vec::new()),
+            ]),
+            "groups[1]: acks must not be empty",
+        ),
+        (
+            "a malformed uid",
+            batch(vec![group(
+                gid,
+                vec![ack("uid1", 1, read), ack("not a uid!", 1, read)],
+            )]),
+            "groups[0].acks[1]: uid",
+        ),
+        (
+            "no kind",
+            batch(vec![group(
+                gid,
+                vec![ack("uid1", 1, rpb::AckKind::Unspecified)],
+            )]),
+            "groups[0].acks[0]: kind",
+        ),
+        (
+            "seq 0",
+            batch(vec![group(gid, vec![ack("uid1", 0, read)])]),
+            "groups[0].acks[0]: up_to_seq",
+        ),
+        (
+            "gid 0",
+            batch(vec![group(0, vec![ack("uid1", 1, read)])]),
+            "groups[0]: gid",
+        ),
+    ];
+    for (what, request, says) in cases {
+        let refused = gateway.ack_batch(request).await.expect_err(what);
+        assert_eq!(refused.code(), Code::InvalidArgument, "{what}");
+        assert!(
+            refused.message().contains(says),
+            "{what}: {}",
+            refused.message()
+        );
+    }
+    let position = unread_in(&suite, "uid1", gid).await;
+    assert_eq!(position[0].read_seq, 0, "nothing applied");
+
+    let unknown = gid + 1_000_000;
+    let answer = gateway
+        .ack_batch(batch(vec![
+            group(unknown, vec![ack("uid1", 1, read)]),
+            group(
+                gid,
+                vec![
+                    ack("uid1", 99, read),
+                    ack("N", 1, read),
+                    ack("uid2", 1, rpb::AckKind::Delivered),
+                ],
+            ),
+        ]))
+        .await
+        .expect("a well-formed batch")
+        .into_inner();
+    let codes: Vec<(u64, Code)> = answer
+        .groups
+        .iter()
+        .map(|g| (g.gid, Code::from(g.code)))
+        .collect();
+    assert_eq!(codes, vec![(unknown, Code::NotFound), (gid, Code::Ok)]);
+    let acks = &answer.groups[1].acks;
+    // (code, read seq, delivered seq, capped) of each ack.
+    let got: Vec<(Code, Option<Cursors>)> = acks
+        .iter()
+        .map(|a| {
+            let cursors = a
+                .cursors
+                .as_ref()
+                .map(|c| (c.read_seq, c.delivered_seq, c.capped));
+            (Code::from(a.code), cursors)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Code::Ok, Some((2, 2, true))),
+            (Code::PermissionDenied, None),
+            (Code::Ok, Some((0, 1, false))),
+        ]
+    );
+    let position = unread_in(&suite, "uid1", gid).await;
+    assert_eq!((position[0].read_seq, position[0].unread), (2, 0));
+    let position = unread_in(&suite, "uid2", gid).await;
+    assert_eq!((position[0].delivered_seq, position[0].read_seq), (1, 0));
+    suite.stop().await;
+}

@@ -262,6 +262,28 @@ async fn every_rpc_answers_each_kind_of_caller_by_the_rule() {
                 internal,
             ),
             (
+                "AckBatch",
+                code(
+                    r.ack_batch(rpb::AckBatchRequest {
+                        groups: vec![rpb::GroupAcks {
+                            gid,
+                            acks: vec![rpb::MemberAck {
+                                uid: "uid1".into(),
+                                up_to_seq: 1,
+                                kind: rpb::AckKind::Read.into(),
+                            }],
+                        }],
+                    })
+                    .await,
+                ),
+                internal,
+            ),
+            (
+                "LastSeqs",
+                code(m.last_seqs(mpb::LastSeqsRequest { gids: vec![gid] }).await),
+                internal,
+            ),
+            (
                 "EnqueueOffline",
                 code(
                     n.enqueue_offline(npb::EnqueueOfflineRequest {

@@ -393,3 +393,80 @@ async fn a_sender_who_was_offline_gets_the_receipt_changes_at_login() {
     );
     suite.stop().await;
 }
+
+/// The gateway writes the acks of all its streams together: while one call
+/// for a group is out, the acks of that group's other readers gather and go
+/// in the next call, each group one transaction. Here the group's receipt row
+/// is held locked so the first call waits; the other 19 readers' acks must
+/// then go in one call, not 19.
+#[tokio::test]
+async fn acks_of_many_streams_gather_while_a_call_is_out() {
+    use sqlx::Connection;
+
+    use crate::telemetry::{http_get, sample};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let metrics = listener.local_addr().expect("bound address");
+    parley_server::telemetry::serve_metrics_on(listener).expect("metrics served");
+    let suite = Suite::start(Backend::MariaDb).await;
+    let readers: Vec<String> = (0..20).map(|i| format!("r{i:02}")).collect();
+    let names: Vec<&str> = readers.iter().map(String::as_str).collect();
+    let gid = create_group(&suite, "A", "Readers", &names).await;
+    send_direct(&suite, "A", gid, "m1", 8).await;
+    for reader in &names {
+        crate::support::wait_for_position(&suite, reader, gid, "m1 recorded", |g| g.last_seq == 1)
+            .await;
+    }
+    let mut devices = Vec::new();
+    for reader in &names {
+        devices.push(Device::connect(suite.gateway_addrs[0], reader, "phone").await);
+    }
+    let figure = |series: &'static str| async move {
+        let (_, text) = http_get(metrics, "/metrics").await;
+        sample(&text, series).unwrap_or(0.0)
+    };
+
+    let mut holder = sqlx::MySqlConnection::connect(suite.receipt_db_url())
+        .await
+        .expect("receipt database");
+    sqlx::query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT last_seq FROM receipt_groups WHERE gid = ? FOR UPDATE")
+        .bind(i64::try_from(gid).expect("gid"))
+        .execute(&mut holder)
+        .await
+        .expect("group row locked");
+    devices[0].ack(gid, 1, true).await;
+    eventually(
+        "the first ack's call to be out",
+        Duration::from_secs(30),
+        || async { (figure("parley_gateway_acks_per_call_count").await >= 1.0).then_some(()) },
+    )
+    .await;
+    for device in &devices[1..] {
+        device.ack(gid, 1, true).await;
+    }
+    eventually(
+        "the other acks to wait for it",
+        Duration::from_secs(30),
+        || async { (figure("parley_gateway_acks_waiting").await == 19.0).then_some(()) },
+    )
+    .await;
+    sqlx::query("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("released");
+
+    for reader in &names {
+        crate::support::wait_for_position(&suite, reader, gid, "the ack written", |g| {
+            g.read_seq == 1
+        })
+        .await;
+    }
+    assert_eq!(figure("parley_gateway_acks_per_call_count").await, 2.0);
+    assert_eq!(figure("parley_gateway_acks_per_call_sum").await, 20.0);
+    suite.stop().await;
+}

@@ -617,6 +617,12 @@ impl Suite {
         PresenceServiceClient::with_interceptor(self.channels.2.clone(), caller)
     }
 
+    /// Where the receipt service's own database is, for tests that hold its
+    /// locks.
+    pub fn receipt_db_url(&self) -> &str {
+        self.receipt_db.url()
+    }
+
     /// The message service's own database, for reading and writing its outbox.
     pub async fn message_db(&self) -> MessageDb {
         open_store!(

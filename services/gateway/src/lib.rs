@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acks;
 pub mod auth;
 pub mod hub;
 pub mod pending;
@@ -41,6 +42,7 @@ use tokio::{
 use tonic::{Code, Request, Response, Status, Streaming, service::RoutesBuilder};
 
 use crate::{
+    acks::AckWriter,
     auth::Verifier,
     hub::Hub,
     pending::{Pending, PendingLimits},
@@ -413,15 +415,17 @@ where
     };
     let identity = ServiceIdentity::new("gateway", config.server.internal_token.as_ref())
         .map_err(|e| StartError::Config(e.to_string()))?;
+    let receipt = ReceiptServiceClient::with_interceptor(
+        config.receipt.channel().map_err(StartError::Config)?,
+        identity.clone(),
+    );
     let upstream = Upstream {
         message: MessageServiceClient::with_interceptor(
             config.message.channel().map_err(StartError::Config)?,
             identity.clone(),
         ),
-        receipt: ReceiptServiceClient::with_interceptor(
-            config.receipt.channel().map_err(StartError::Config)?,
-            identity.clone(),
-        ),
+        acks: AckWriter::start(receipt.clone()),
+        receipt,
         presence: PresenceServiceClient::with_interceptor(
             config.presence.channel().map_err(StartError::Config)?,
             identity,

@@ -8,7 +8,8 @@
 //! queued sends to one group at its head go to the message service together
 //! (one transaction, in order), one such run at a time. A send that finds the
 //! queue full, or waits in it too long, is refused with a retry hint instead
-//! of piling up. Acks are coalesced per group and written in the background.
+//! of piling up. Acks are coalesced per group and handed to the gateway's ack
+//! writer, which writes them with other streams' acks in the background.
 //! Work a service behind the gateway cannot do right now (a catch-up, a gap
 //! sync, an ack, the login's receipt pull) is owed and retried with backoff:
 //! a neighbour's outage never closes the stream.
@@ -39,7 +40,10 @@ use tokio::{
 use tonic::{Code, Status, Streaming, codegen::InterceptedService, transport::Channel};
 use tracing::Instrument;
 
-use crate::hub::{Hub, Inbound};
+use crate::{
+    acks::{AckBatch, AckFailure, AckWriter},
+    hub::{Hub, Inbound},
+};
 
 type Intercepted = InterceptedService<Channel, ServiceIdentity>;
 
@@ -52,6 +56,8 @@ pub struct Upstream {
     pub receipt: ReceiptServiceClient<Intercepted>,
     /// Presence registration.
     pub presence: PresenceClient,
+    /// Acks, written with those of the gateway's other streams.
+    pub acks: AckWriter,
 }
 
 /// Messages fetched per SyncMessages call.
@@ -251,15 +257,6 @@ struct Queued {
 struct Sent {
     request_ids: Vec<u64>,
     outcome: Result<Vec<mpb::SendMessageResult>, Status>,
-}
-
-/// Acks by (gid, read): the highest seq not yet written.
-type AckBatch = BTreeMap<(u64, bool), u64>;
-
-/// Acks that could not be written, and why the first one failed.
-struct AckFailure {
-    unwritten: AckBatch,
-    status: Status,
 }
 
 /// A running session.
@@ -887,42 +884,17 @@ impl Session {
         Ok(())
     }
 
-    /// Writes the unwritten acks in the background, one call per group and
-    /// kind; a refused ack (not a member, bad seq) is dropped, the rest are
-    /// kept for the retry when a service is down.
+    /// Hands the unwritten acks to the gateway's writer, which writes them
+    /// with those of other streams; a refused ack (not a member) is dropped,
+    /// the rest are kept for the retry when the receipt service is down.
     fn write_acks(&mut self) -> Option<BoxFuture<'static, Result<(), AckFailure>>> {
         if self.acks.is_empty() {
             return None;
         }
         let batch = std::mem::take(&mut self.acks);
-        let mut receipt = self.upstream.receipt.clone();
+        let writer = self.upstream.acks.clone();
         let uid = self.uid.clone();
-        let write = async move {
-            let mut entries = batch.iter();
-            while let Some((&(gid, read), &up_to_seq)) = entries.next() {
-                let kind = if read {
-                    rpb::AckKind::Read
-                } else {
-                    rpb::AckKind::Delivered
-                };
-                let request = rpb::AckRequest {
-                    gid,
-                    up_to_seq,
-                    kind: kind.into(),
-                };
-                match receipt.ack(acting_for(&uid, request)).await {
-                    Ok(_) => {}
-                    Err(status) if is_transient(status.code()) => {
-                        let mut unwritten: AckBatch = entries.map(|(k, v)| (*k, *v)).collect();
-                        unwritten.insert((gid, read), up_to_seq);
-                        return Err(AckFailure { unwritten, status });
-                    }
-                    Err(status) => tracing::debug!(gid, code = ?status.code(), "ack refused"),
-                }
-            }
-            Ok(())
-        };
-        Some(write.boxed())
+        Some(async move { writer.write(uid, batch).await }.boxed())
     }
 
     fn on_acks_written(&mut self, written: Result<(), AckFailure>) {

@@ -10,7 +10,10 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::{
-    domain::{self, Gid, GroupKind, MAX_MSGIDS_PER_REQUEST, NewGroup, Role, parse_uids},
+    domain::{
+        self, Gid, GroupKind, MAX_GIDS_PER_REQUEST, MAX_MSGIDS_PER_REQUEST, NewGroup, Role,
+        parse_uids,
+    },
     error::MessageError,
     fanout::Fanout,
     store::{
@@ -381,6 +384,35 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         Ok(Response::new(pb::SyncMessagesResponse {
             messages: messages.into_iter().map(message_to_pb).collect(),
             last_seq: u64::try_from(access.last_seq).unwrap_or_default(),
+        }))
+    }
+
+    async fn last_seqs(
+        &self,
+        request: Request<pb::LastSeqsRequest>,
+    ) -> Result<Response<pb::LastSeqsResponse>, Status> {
+        Caller::require_service(&request, "receipt")?;
+        let req = request.into_inner();
+        if req.gids.is_empty() || req.gids.len() > MAX_GIDS_PER_REQUEST {
+            return Err(MessageError::invalid(format!(
+                "gids must hold 1 to {MAX_GIDS_PER_REQUEST} ids"
+            ))
+            .into());
+        }
+        let gids = req
+            .gids
+            .iter()
+            .map(|&gid| Gid::parse(gid))
+            .collect::<Result<Vec<_>, _>>()?;
+        let groups = self.store.last_seqs(&gids).await?;
+        Ok(Response::new(pb::LastSeqsResponse {
+            groups: groups
+                .into_iter()
+                .map(|(gid, last_seq)| pb::GroupLastSeq {
+                    gid: u64::try_from(gid).unwrap_or_default(),
+                    last_seq: u64::try_from(last_seq).unwrap_or_default(),
+                })
+                .collect(),
         }))
     }
 

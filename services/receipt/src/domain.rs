@@ -1,6 +1,9 @@
 //! Receipt rules as plain functions over plain data: how a cumulative ack moves
-//! the cursors, what a recipient's ledger state is, which tier a message gets,
-//! the unread count, and the PullReceipts cursor.
+//! the cursors (alone or in a group's batch), how many new readers a batch
+//! gives each message, what a recipient's ledger state is, which tier a message
+//! gets, the unread count, and the PullReceipts cursor.
+
+use std::collections::BTreeMap;
 
 use crate::error::ReceiptError;
 
@@ -16,6 +19,8 @@ pub const MAX_INIT_BATCH: usize = 100;
 /// Most recipients listed in one InitReceiptsBatch, over all its messages:
 /// four messages at the largest ledger.
 pub const MAX_INIT_BATCH_RECIPIENTS: usize = 20_000;
+/// Most acks in one AckBatch, over all its groups.
+pub const MAX_ACK_BATCH: usize = 5000;
 
 /// Ledger state: not yet delivered.
 pub const ACK_NONE: i64 = 0;
@@ -65,6 +70,121 @@ pub fn advance(current: Cursors, up_to: i64, kind: AckKind) -> Option<Cursors> {
         },
     };
     (next != current).then_some(next)
+}
+
+/// A current member's place in a group, as a batch of acks finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Standing {
+    /// The group's seq when the member joined: later messages are theirs.
+    pub joined: i64,
+    /// Their cursors.
+    pub cursors: Cursors,
+}
+
+/// What one ack of a group's batch does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Planned {
+    /// The member's cursors before and after this ack (equal when it was
+    /// behind them).
+    Moved {
+        /// Before.
+        previous: Cursors,
+        /// After.
+        cursors: Cursors,
+    },
+    /// Past the highest seq the group is known to have: changes nothing.
+    Past,
+    /// From someone who is not a current member: changes nothing.
+    NotMember,
+}
+
+/// One member's cursors moved by a batch, from its first ack to its last.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    /// The member.
+    pub uid: String,
+    /// Seq at join.
+    pub joined: i64,
+    /// Before the batch.
+    pub previous: Cursors,
+    /// After it.
+    pub next: Cursors,
+}
+
+/// A group's batch of acks, worked out before anything is written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// One per ack, in the batch's order.
+    pub outcomes: Vec<Planned>,
+    /// The members whose cursors moved, in uid order.
+    pub moves: Vec<Move>,
+}
+
+/// Applies a group's acks in order, each as [`advance`] would alone, to the
+/// current members' standing. An ack past `bound` (the highest seq the group is
+/// known to have) changes nothing.
+pub fn plan_acks<'a>(
+    acks: impl IntoIterator<Item = (&'a str, i64, AckKind)>,
+    bound: i64,
+    standing: &BTreeMap<String, Standing>,
+) -> Plan {
+    let mut now: BTreeMap<&str, Cursors> = BTreeMap::new();
+    let outcomes = acks
+        .into_iter()
+        .map(|(uid, up_to, kind)| {
+            let Some((uid, found)) = standing.get_key_value(uid) else {
+                return Planned::NotMember;
+            };
+            if up_to > bound {
+                return Planned::Past;
+            }
+            let current = now.entry(uid.as_str()).or_insert(found.cursors);
+            let previous = *current;
+            if let Some(next) = advance(previous, up_to, kind) {
+                *current = next;
+            }
+            Planned::Moved {
+                previous,
+                cursors: *current,
+            }
+        })
+        .collect();
+    let moves = now
+        .into_iter()
+        .filter_map(|(uid, next)| {
+            let found = standing.get(uid)?;
+            (next != found.cursors).then(|| Move {
+                uid: uid.to_owned(),
+                joined: found.joined,
+                previous: found.cursors,
+                next,
+            })
+        })
+        .collect();
+    Plan { outcomes, moves }
+}
+
+/// How many new readers each message gets from a batch's moves: a member
+/// counts for message `seq` when their read cursor passed it (previous < seq
+/// <= next), it was sent after they joined, and they did not send it.
+/// `messages` are (seq, sender); messages with no new reader are left out.
+pub fn read_increments(moves: &[Move], messages: &[(i64, String)]) -> Vec<(i64, i64)> {
+    messages
+        .iter()
+        .filter_map(|(seq, sender)| {
+            let readers = moves
+                .iter()
+                .filter(|m| {
+                    m.previous.read < *seq
+                        && *seq <= m.next.read
+                        && *seq > m.joined
+                        && m.uid != *sender
+                })
+                .count();
+            let readers = i64::try_from(readers).ok().filter(|n| *n > 0)?;
+            Some((*seq, readers))
+        })
+        .collect()
 }
 
 /// The ledger state of a recipient of message `seq` with these cursors.
@@ -164,6 +284,94 @@ mod tests {
         assert_eq!(advance(AT_10, 10, AckKind::Read), None);
     }
 
+    fn standing(members: &[(&str, i64, i64, i64)]) -> BTreeMap<String, Standing> {
+        members
+            .iter()
+            .map(|&(uid, joined, delivered, read)| {
+                let cursors = Cursors { delivered, read };
+                (uid.to_owned(), Standing { joined, cursors })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_applies_each_ack_in_order_and_moves_each_member_once() {
+        let members = standing(&[("a", 0, 12, 10), ("b", 5, 5, 5)]);
+        let plan = plan_acks(
+            [
+                ("a", 11, AckKind::Read),
+                ("x", 3, AckKind::Read),
+                ("b", 30, AckKind::Read),
+                ("a", 9, AckKind::Read),
+                ("a", 15, AckKind::Delivered),
+                ("b", 4, AckKind::Delivered),
+            ],
+            20,
+            &members,
+        );
+        let at = |delivered, read| Cursors { delivered, read };
+        assert_eq!(
+            plan.outcomes,
+            vec![
+                Planned::Moved {
+                    previous: at(12, 10),
+                    cursors: at(12, 11)
+                },
+                Planned::NotMember,
+                Planned::Past,
+                Planned::Moved {
+                    previous: at(12, 11),
+                    cursors: at(12, 11)
+                },
+                Planned::Moved {
+                    previous: at(12, 11),
+                    cursors: at(15, 11)
+                },
+                Planned::Moved {
+                    previous: at(5, 5),
+                    cursors: at(5, 5)
+                },
+            ]
+        );
+        assert_eq!(
+            plan.moves,
+            vec![Move {
+                uid: "a".into(),
+                joined: 0,
+                previous: at(12, 10),
+                next: at(15, 11)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_message_counts_each_new_reader_once_but_not_its_sender_or_later_joiners() {
+        let mover = |uid: &str, joined, from, to| Move {
+            uid: uid.into(),
+            joined,
+            previous: Cursors {
+                delivered: from,
+                read: from,
+            },
+            next: Cursors {
+                delivered: to,
+                read: to,
+            },
+        };
+        let moves = [
+            mover("a", 0, 0, 4),
+            mover("b", 2, 1, 3),
+            mover("c", 0, 3, 4),
+        ];
+        let messages: Vec<(i64, String)> = (1..=5)
+            .map(|seq| (seq, if seq == 4 { "c" } else { "z" }.to_owned()))
+            .collect();
+        assert_eq!(
+            read_increments(&moves, &messages),
+            vec![(1, 1), (2, 1), (3, 2), (4, 1)]
+        );
+    }
+
     #[test]
     fn ledger_state_follows_the_cursors() {
         assert_eq!(ledger_state(AT_10, 9), ACK_READ);
@@ -205,6 +413,57 @@ mod tests {
             #[test]
             fn pull_cursors_round_trip(at in proptest::num::i64::ANY, msgid in proptest::num::i64::ANY) {
                 proptest::prop_assert_eq!(decode_pull_cursor(&encode_pull_cursor(at, msgid)).ok(), Some((at, msgid)));
+            }
+
+            /// A batch moves each member's cursors exactly as the same acks
+            /// sent one by one would, and counts each reader once per message.
+            #[test]
+            fn a_batch_is_its_acks_one_by_one(
+                acks in proptest::collection::vec((0..4usize, 0i64..40, proptest::bool::ANY), 0..24),
+                starts in proptest::collection::vec((0i64..10, 0i64..20, 0i64..20), 3),
+            ) {
+                let uids = ["a", "b", "c", "stranger"];
+                let members: BTreeMap<String, Standing> = starts
+                    .iter()
+                    .zip(uids)
+                    .map(|(&(joined, delivered, read), uid)| {
+                        let cursors = Cursors { delivered: delivered.max(read), read };
+                        (uid.to_owned(), Standing { joined, cursors })
+                    })
+                    .collect();
+                let kind = |read| if read { AckKind::Read } else { AckKind::Delivered };
+                let plan = plan_acks(acks.iter().map(|&(who, up_to, read)| (uids[who], up_to, kind(read))), 30, &members);
+                let mut alone = members.clone();
+                for (&(who, up_to, read), outcome) in acks.iter().zip(&plan.outcomes) {
+                    match alone.get_mut(uids[who]) {
+                        None => proptest::prop_assert_eq!(*outcome, Planned::NotMember),
+                        Some(_) if up_to > 30 => proptest::prop_assert_eq!(*outcome, Planned::Past),
+                        Some(member) => {
+                            let previous = member.cursors;
+                            member.cursors = advance(previous, up_to, kind(read)).unwrap_or(previous);
+                            proptest::prop_assert_eq!(*outcome, Planned::Moved { previous, cursors: member.cursors });
+                        }
+                    }
+                }
+                for (uid, member) in &members {
+                    let moved = plan.moves.iter().find(|m| m.uid == *uid);
+                    let after = alone.get(uid).map(|m| m.cursors);
+                    proptest::prop_assert_eq!(moved.map(|m| m.next).or(Some(member.cursors)), after);
+                }
+                let messages: Vec<(i64, String)> = (1..=30).map(|seq| (seq, uids[usize::try_from(seq).unwrap_or(0) % 4].to_owned())).collect();
+                let counted: BTreeMap<i64, i64> = read_increments(&plan.moves, &messages).into_iter().collect();
+                for (seq, sender) in &messages {
+                    let seq = *seq;
+                    let readers = counted.get(&seq).copied().unwrap_or(0);
+                    let expected = members
+                        .iter()
+                        .filter(|(uid, m)| {
+                            let after = alone[*uid].cursors.read;
+                            m.cursors.read < seq && seq <= after && seq > m.joined && *uid != sender
+                        })
+                        .count();
+                    proptest::prop_assert_eq!(usize::try_from(readers).ok(), Some(expected));
+                }
             }
 
             #[test]

@@ -1,21 +1,24 @@
 //! The gRPC handlers: validate, authorise, call the store, convert back.
 
+use std::collections::HashMap;
+
+use futures::{FutureExt, StreamExt, future::BoxFuture};
 use parley_proto::{
     message::{self as mpb, message_service_client::MessageServiceClient},
     receipt::{self as pb, receipt_service_server::ReceiptService},
 };
-use parley_server::{Caller, ServiceIdentity, Uid, caller::acting_for, now_ms, page};
+use parley_server::{Caller, ServiceIdentity, Uid, now_ms, page};
 use tonic::{Request, Response, Status, codegen::InterceptedService, transport::Channel};
 
 use crate::{
     digest::Coalescer,
     domain::{
-        self, AckKind, MAX_LIST_PAGE, MAX_MSGIDS_PER_REQUEST, ReceiptState, parse_id, unread,
+        self, AckKind, MAX_LIST_PAGE, MAX_MSGIDS_PER_REQUEST, Planned, ReceiptState, parse_id,
+        unread,
     },
     error::ReceiptError,
     store::{
-        AckOutcome, GroupSelection, InitMessage, InitOutcome, MemberChange, MsgReceipt,
-        ReceiptStore,
+        GroupSelection, InitMessage, InitOutcome, MemberAck, MemberChange, MsgReceipt, ReceiptStore,
     },
 };
 
@@ -44,46 +47,145 @@ impl<S: ReceiptStore> ReceiptApi<S> {
         }
     }
 
-    /// One ack transaction, run again when the database broke a deadlock.
-    async fn ack_retrying_deadlocks(
+    /// One group's acks in one transaction, run again when the database broke
+    /// a deadlock.
+    async fn ack_group_retrying_deadlocks(
         &self,
         gid: i64,
-        uid: &Uid,
-        up_to: i64,
-        kind: AckKind,
+        acks: &[MemberAck],
         committed: Option<i64>,
-    ) -> Result<AckOutcome, ReceiptError> {
+    ) -> Result<Vec<Planned>, ReceiptError> {
         let mut attempt = 1;
         loop {
-            match self
-                .store
-                .ack(gid, uid.as_str(), up_to, kind, committed, now_ms())
-                .await
-            {
+            match self.store.ack_group(gid, acks, committed, now_ms()).await {
                 Err(error) if error.is_deadlock() && attempt < ACK_ATTEMPTS => attempt += 1,
                 other => return other,
             }
         }
     }
 
-    /// The group's last committed seq, from the message service (which also
-    /// checks that the caller is a member). The receipt service's own last
-    /// seq trails it while the outbox is behind.
-    async fn committed_last_seq(&self, gid: i64, caller: &Uid) -> Result<i64, Status> {
-        let request = mpb::SyncMessagesRequest {
-            gid: to_u64(gid),
-            // Messages past the last recorded seq are not needed, only the
-            // group's last seq: ask for one at most.
-            after_seq: u64::try_from(i64::MAX).unwrap_or_default(),
-            limit: 1,
-        };
-        let reply = self
-            .message
-            .clone()
-            .sync_messages(acting_for(caller, request))
+    /// Applies each group's acks (one transaction per group, a few groups at
+    /// a time). Acks past what the receipt service has recorded are capped at
+    /// what the message service committed (asked once for all the groups that
+    /// need it) and applied in a second transaction of their group. Read
+    /// cursors that moved are reported to the digests.
+    async fn apply_acks(
+        &self,
+        groups: Vec<(i64, Vec<MemberAck>)>,
+    ) -> Vec<Result<Vec<Acked>, Status>> {
+        let first: Vec<BoxFuture<'_, Result<Vec<Acked>, Status>>> = groups
+            .iter()
+            .map(|(gid, acks)| {
+                async move {
+                    let planned = self.ack_group_retrying_deadlocks(*gid, acks, None).await?;
+                    Ok(planned
+                        .into_iter()
+                        .map(|planned| Acked {
+                            planned,
+                            capped: false,
+                        })
+                        .collect())
+                }
+                .boxed()
+            })
+            .collect();
+        let mut results: Vec<Result<Vec<Acked>, Status>> = futures::stream::iter(first)
+            .buffered(GROUPS_AT_ONCE)
+            .collect()
+            .await;
+        let behind: Vec<i64> = groups
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| {
+                result
+                    .as_ref()
+                    .is_ok_and(|acked| acked.iter().any(Acked::is_past))
+            })
+            .map(|((gid, _), _)| *gid)
+            .collect();
+        if !behind.is_empty() {
+            match self.committed_last_seqs(&behind).await {
+                Ok(committed) => {
+                    for ((gid, acks), result) in groups.iter().zip(results.iter_mut()) {
+                        let (Some(&committed), Ok(acked)) = (committed.get(gid), result.as_mut())
+                        else {
+                            continue;
+                        };
+                        if let Err(status) = self.apply_capped(*gid, acks, acked, committed).await {
+                            *result = Err(status);
+                        }
+                    }
+                }
+                Err(status) => {
+                    for ((gid, _), result) in groups.iter().zip(results.iter_mut()) {
+                        if behind.contains(gid) {
+                            *result = Err(status.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for ((gid, _), result) in groups.iter().zip(&results) {
+            for acked in result.iter().flatten() {
+                if let Planned::Moved { previous, cursors } = acked.planned
+                    && cursors.read > previous.read
+                {
+                    self.digests.mark(*gid, previous.read, cursors.read);
+                }
+            }
+        }
+        results
+    }
+
+    /// The acks of a group that were past the receipt service's last seq,
+    /// capped at the group's `committed` last seq and applied.
+    async fn apply_capped(
+        &self,
+        gid: i64,
+        acks: &[MemberAck],
+        acked: &mut [Acked],
+        committed: i64,
+    ) -> Result<(), Status> {
+        let past: Vec<usize> = (0..acked.len()).filter(|&i| acked[i].is_past()).collect();
+        let capped: Vec<MemberAck> = past
+            .iter()
+            .map(|&i| MemberAck {
+                up_to: acks[i].up_to.min(committed),
+                ..acks[i].clone()
+            })
+            .collect();
+        let planned = self
+            .ack_group_retrying_deadlocks(gid, &capped, Some(committed))
             .await?;
-        i64::try_from(reply.into_inner().last_seq)
-            .map_err(|_| Status::internal("the message service answered an invalid last seq"))
+        for ((i, ack), planned) in past.into_iter().zip(&capped).zip(planned) {
+            acked[i] = Acked {
+                planned,
+                capped: ack.up_to < acks[i].up_to,
+            };
+        }
+        Ok(())
+    }
+
+    /// Each group's last committed seq, from the message service. The receipt
+    /// service's own last seq trails it while the outbox is behind.
+    async fn committed_last_seqs(&self, gids: &[i64]) -> Result<HashMap<i64, i64>, Status> {
+        let request = mpb::LastSeqsRequest {
+            gids: gids.iter().map(|&gid| to_u64(gid)).collect(),
+        };
+        let reply = self.message.clone().last_seqs(request).await?;
+        reply
+            .into_inner()
+            .groups
+            .into_iter()
+            .map(
+                |group| match (i64::try_from(group.gid), i64::try_from(group.last_seq)) {
+                    (Ok(gid), Ok(last_seq)) => Ok((gid, last_seq)),
+                    _ => Err(Status::internal(
+                        "the message service answered an invalid last seq",
+                    )),
+                },
+            )
+            .collect()
     }
 
     /// Loads messages by id and checks the caller may see their receipts: the
@@ -199,6 +301,102 @@ fn init_result(outcome: &InitOutcome) -> pb::InitReceiptsResponse {
     }
 }
 
+/// One ack of a batch, as applied.
+#[derive(Clone, Copy, Debug)]
+struct Acked {
+    planned: Planned,
+    /// Its seq was past the group's committed last seq and was lowered to it.
+    capped: bool,
+}
+
+impl Acked {
+    fn is_past(&self) -> bool {
+        matches!(self.planned, Planned::Past)
+    }
+
+    /// What Ack answers for it.
+    fn reply(self) -> Result<pb::AckResponse, Status> {
+        match self.planned {
+            Planned::Moved { previous, cursors } => Ok(pb::AckResponse {
+                delivered_seq: to_u64(cursors.delivered),
+                read_seq: to_u64(cursors.read),
+                advanced: cursors != previous,
+                capped: self.capped,
+            }),
+            Planned::Past => Err(ReceiptError::PastLastSeq.into()),
+            Planned::NotMember => Err(ReceiptError::Denied("not a member of this group").into()),
+        }
+    }
+
+    /// What AckBatch answers for it.
+    fn result(&self) -> pb::MemberAckResult {
+        match self.reply() {
+            Ok(cursors) => pb::MemberAckResult {
+                code: tonic::Code::Ok.into(),
+                cursors: Some(cursors),
+            },
+            Err(status) => pb::MemberAckResult {
+                code: status.code().into(),
+                cursors: None,
+            },
+        }
+    }
+}
+
+/// Checks one ack from the wire.
+fn member_ack(uid: String, up_to_seq: u64, kind: i32) -> Result<MemberAck, ReceiptError> {
+    let up_to = parse_id(up_to_seq, "up_to_seq")?;
+    let kind = match pb::AckKind::try_from(kind) {
+        Ok(pb::AckKind::Delivered) => AckKind::Delivered,
+        Ok(pb::AckKind::Read) => AckKind::Read,
+        _ => return Err(ReceiptError::invalid("kind must be DELIVERED or READ")),
+    };
+    Ok(MemberAck { uid, up_to, kind })
+}
+
+/// Checks a whole AckBatch: any malformed part refuses it all, naming where.
+fn ack_batch(req: pb::AckBatchRequest) -> Result<Vec<(i64, Vec<MemberAck>)>, ReceiptError> {
+    let total: usize = req.groups.iter().map(|g| g.acks.len()).sum();
+    if total == 0 || total > domain::MAX_ACK_BATCH {
+        return Err(ReceiptError::invalid(format!(
+            "groups must hold 1 to {} acks in all",
+            domain::MAX_ACK_BATCH
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(req.groups.len());
+    req.groups
+        .into_iter()
+        .enumerate()
+        .map(|(g, group)| {
+            let at = |e: ReceiptError| ReceiptError::invalid(format!("groups[{g}]: {e}"));
+            let gid = parse_id(group.gid, "gid").map_err(at)?;
+            if !seen.insert(gid) {
+                return Err(at(ReceiptError::invalid("gid is named twice")));
+            }
+            if group.acks.is_empty() {
+                return Err(at(ReceiptError::invalid("acks must not be empty")));
+            }
+            let acks = group
+                .acks
+                .into_iter()
+                .enumerate()
+                .map(|(a, ack)| {
+                    let at = |e: ReceiptError| {
+                        ReceiptError::invalid(format!("groups[{g}].acks[{a}]: {e}"))
+                    };
+                    let uid = Uid::parse(&ack.uid)
+                        .map_err(|e| at(ReceiptError::invalid(format!("uid: {e}"))))?;
+                    member_ack(uid.into_string(), ack.up_to_seq, ack.kind).map_err(at)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((gid, acks))
+        })
+        .collect()
+}
+
+/// Groups of one AckBatch whose transactions run at the same time.
+const GROUPS_AT_ONCE: usize = 8;
+
 /// Acks retried at most this often when the database breaks a deadlock.
 const ACK_ATTEMPTS: u32 = 3;
 
@@ -301,38 +499,45 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         let caller = Caller::user_of(&request)?;
         let req = request.into_inner();
         let gid = parse_id(req.gid, "gid")?;
-        let up_to = parse_id(req.up_to_seq, "up_to_seq")?;
-        let kind = match pb::AckKind::try_from(req.kind) {
-            Ok(pb::AckKind::Delivered) => AckKind::Delivered,
-            Ok(pb::AckKind::Read) => AckKind::Read,
-            _ => return Err(ReceiptError::invalid("kind must be DELIVERED or READ").into()),
-        };
-        // Past what the receipt service has recorded, only the message
-        // service knows what was committed: an ack never moves beyond it.
-        let (outcome, capped) = match self
-            .ack_retrying_deadlocks(gid, &caller, up_to, kind, None)
-            .await
-        {
-            Err(ReceiptError::PastLastSeq) => {
-                let committed = self.committed_last_seq(gid, &caller).await?;
-                let capped = up_to.min(committed);
-                let outcome = self
-                    .ack_retrying_deadlocks(gid, &caller, capped, kind, Some(committed))
-                    .await?;
-                (outcome, capped < up_to)
-            }
-            other => (other?, false),
-        };
-        let (before, after) = (outcome.previous.read, outcome.cursors.read);
-        if after > before {
-            self.digests.mark(gid, before, after);
+        let ack = member_ack(caller.into_string(), req.up_to_seq, req.kind)?;
+        let mut results = self.apply_acks(vec![(gid, vec![ack])]).await;
+        let acked = results
+            .pop()
+            .and_then(|r| r.map(|mut a| a.pop()).transpose());
+        match acked {
+            Some(Ok(acked)) => acked.reply().map(Response::new),
+            Some(Err(status)) => Err(status),
+            None => Err(Status::internal("an ack went unanswered")),
         }
-        Ok(Response::new(pb::AckResponse {
-            delivered_seq: to_u64(outcome.cursors.delivered),
-            read_seq: to_u64(outcome.cursors.read),
-            advanced: outcome.advanced,
-            capped,
-        }))
+    }
+
+    async fn ack_batch(
+        &self,
+        request: Request<pb::AckBatchRequest>,
+    ) -> Result<Response<pb::AckBatchResponse>, Status> {
+        Caller::require_service(&request, "gateway")?;
+        let groups = ack_batch(request.into_inner())?;
+        let gids: Vec<i64> = groups.iter().map(|(gid, _)| *gid).collect();
+        let results = self.apply_acks(groups).await;
+        let groups = gids
+            .into_iter()
+            .zip(results)
+            .map(|(gid, result)| match result {
+                Ok(acked) => pb::GroupAcksResult {
+                    gid: to_u64(gid),
+                    code: tonic::Code::Ok.into(),
+                    message: String::new(),
+                    acks: acked.iter().map(Acked::result).collect(),
+                },
+                Err(status) => pb::GroupAcksResult {
+                    gid: to_u64(gid),
+                    code: status.code().into(),
+                    message: status.message().to_owned(),
+                    acks: Vec::new(),
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::AckBatchResponse { groups }))
     }
 
     async fn get_receipts(

@@ -1,10 +1,10 @@
 //! The ReceiptStore contract: every case runs against MariaDB and SQLite.
 
 use parley_receipt::{
-    domain::{AckKind, ReceiptState},
+    domain::{AckKind, Cursors, Planned, ReceiptState},
     error::ReceiptError,
     store::{
-        AckOutcome, GroupSelection, InitMessage, InitOutcome, MemberChange, MySqlReceiptStore,
+        GroupSelection, InitMessage, InitOutcome, MemberAck, MemberChange, MySqlReceiptStore,
         ReceiptStore, SqliteReceiptStore,
     },
 };
@@ -39,18 +39,40 @@ async fn seed_group<S: ReceiptStore>(store: &S) {
     );
 }
 
-/// An ack that must succeed, up to a seq the message service committed.
+fn member_ack(uid: &str, up_to: i64, kind: AckKind) -> MemberAck {
+    MemberAck {
+        uid: uid.into(),
+        up_to,
+        kind,
+    }
+}
+
+/// One ack alone, as a batch of one.
+async fn ack_one<S: ReceiptStore>(
+    store: &S,
+    gid: i64,
+    ack: MemberAck,
+    committed: Option<i64>,
+    at_ms: i64,
+) -> Result<Planned, ReceiptError> {
+    let outcomes = store.ack_group(gid, &[ack], committed, at_ms).await?;
+    assert_eq!(outcomes.len(), 1);
+    Ok(outcomes[0])
+}
+
+/// An ack that must be applied, up to a seq the message service committed:
+/// the cursors before and after.
 async fn ack<S: ReceiptStore>(
     store: &S,
     uid: &str,
     up_to: i64,
     kind: AckKind,
     at_ms: i64,
-) -> AckOutcome {
-    store
-        .ack(GID, uid, up_to, kind, Some(up_to), at_ms)
-        .await
-        .expect("ack")
+) -> (Cursors, Cursors) {
+    match ack_one(store, GID, member_ack(uid, up_to, kind), Some(up_to), at_ms).await {
+        Ok(Planned::Moved { previous, cursors }) => (previous, cursors),
+        other => panic!("ack by {uid} up to {up_to}: {other:?}"),
+    }
 }
 
 fn message(seq: i64, need_receipt: bool) -> InitMessage {
@@ -113,9 +135,9 @@ async fn batched_acks_flip_the_ledger_and_fold_fully_read_messages<S: ReceiptSto
         receipt(&store, 25).await,
         (1, true, uids(&["uid2"]), uids(&["uid1", "uid3"]))
     );
-    let backwards = ack(&store, "uid1", 5, AckKind::Read, 23).await;
-    assert!(!backwards.advanced);
-    assert_eq!(backwards.cursors.read, 20);
+    let (before, after) = ack(&store, "uid1", 5, AckKind::Read, 23).await;
+    assert_eq!(before, after, "an ack behind the cursors changes nothing");
+    assert_eq!(after.read, 20);
     // uid3 reads everything: messages 1..20 are now read by all and leave the ledger.
     ack(&store, "uid3", 20, AckKind::Read, 24).await;
     assert_eq!(store.ledger_rows(GID, 15).await.expect("rows"), 0);
@@ -171,14 +193,17 @@ async fn an_ack_past_every_known_seq_changes_nothing<S: ReceiptStore>(store: S) 
     seed_group(&store).await;
     init(&store, message(1, true), LEDGER_MAX).await;
     for committed in [None, Some(0), Some(1)] {
+        let past = ack_one(
+            &store,
+            GID,
+            member_ack("uid1", 99, AckKind::Read),
+            committed,
+            5,
+        )
+        .await;
         assert!(
-            matches!(
-                store
-                    .ack(GID, "uid1", 99, AckKind::Read, committed, 5)
-                    .await,
-                Err(ReceiptError::PastLastSeq)
-            ),
-            "committed {committed:?}"
+            matches!(past, Ok(Planned::Past)),
+            "committed {committed:?}: {past:?}"
         );
     }
     let cursor = store
@@ -193,11 +218,8 @@ async fn an_ack_past_every_known_seq_changes_nothing<S: ReceiptStore>(store: S) 
     );
     // Up to what the message service committed, the receipt service's own
     // last seq may trail: the ack stands.
-    let outcome = store
-        .ack(GID, "uid1", 3, AckKind::Read, Some(3), 6)
-        .await
-        .expect("ack up to the committed seq");
-    assert_eq!(outcome.cursors.read, 3);
+    let (_, after) = ack(&store, "uid1", 3, AckKind::Read, 6).await;
+    assert_eq!(after.read, 3);
 }
 
 async fn membership_versions_and_departures_are_respected<S: ReceiptStore>(store: S) {
@@ -219,18 +241,22 @@ async fn membership_versions_and_departures_are_respected<S: ReceiptStore>(store
             .expect("stale"),
         0
     );
+    for uid in ["uid3", "stranger"] {
+        let refused = ack_one(&store, GID, member_ack(uid, 1, AckKind::Read), Some(1), 4).await;
+        assert!(
+            matches!(refused, Ok(Planned::NotMember)),
+            "{uid}: {refused:?}"
+        );
+    }
     assert!(matches!(
-        store.ack(GID, "uid3", 1, AckKind::Read, Some(1), 4).await,
-        Err(ReceiptError::Denied(_))
-    ));
-    assert!(matches!(
-        store
-            .ack(GID, "stranger", 1, AckKind::Read, Some(1), 4)
-            .await,
-        Err(ReceiptError::Denied(_))
-    ));
-    assert!(matches!(
-        store.ack(999, "uid1", 1, AckKind::Read, Some(1), 4).await,
+        ack_one(
+            &store,
+            999,
+            member_ack("uid1", 1, AckKind::Read),
+            Some(1),
+            4
+        )
+        .await,
         Err(ReceiptError::GroupNotFound)
     ));
     // A member who joins later starts with nothing unread before their join.
@@ -324,6 +350,120 @@ async fn a_batch_records_each_message_once_in_order<S: ReceiptStore>(store: S) {
     assert_eq!(store.ledger_rows(GID, 3).await.expect("rows"), 3);
 }
 
+/// Everything a reader sees of a group: each message's receipts, ledger rows
+/// and each member's cursors.
+async fn group_state<S: ReceiptStore>(store: &S, gid: i64, seqs: i64) -> Vec<String> {
+    let mut state = Vec::new();
+    let found = store
+        .messages(gid, &(1..=seqs).map(|seq| 1000 + seq).collect::<Vec<_>>())
+        .await
+        .expect("messages");
+    for message in found {
+        let mut lists = Vec::new();
+        for which in [ReceiptState::Read, ReceiptState::Unread] {
+            lists.push(
+                store
+                    .receipt_members(&message, which, None, 100)
+                    .await
+                    .expect("members"),
+            );
+        }
+        let rows = store.ledger_rows(gid, message.seq).await.expect("rows");
+        state.push(format!(
+            "seq {}: {} of {}, ledger {} ({rows} rows), read {:?}, unread {:?}",
+            message.seq,
+            message.read_count,
+            message.recipient_count,
+            message.ledger,
+            lists[0],
+            lists[1]
+        ));
+    }
+    for uid in ["A", "uid1", "uid2", "uid3", "late"] {
+        let cursor = store.cursor(gid, uid).await.expect("cursor");
+        state.push(format!("{uid}: {cursor:?}"));
+    }
+    state
+}
+
+async fn a_group_batch_is_its_acks_one_by_one<S: ReceiptStore>(store: S) {
+    // Two groups alike: in GID the acks are applied one by one, in ALIKE as
+    // one batch; every receipt, ledger row and cursor must come out the same.
+    const ALIKE: i64 = GID + 1;
+    let late = MemberChange {
+        joined_seq: 4,
+        ..member("late", false, 4, 5)
+    };
+    for gid in [GID, ALIKE] {
+        let mut changes = vec![
+            member("A", true, 0, 1),
+            member("uid1", false, 0, 2),
+            member("uid2", false, 0, 3),
+            member("uid3", false, 0, 4),
+        ];
+        changes.push(late.clone());
+        store
+            .apply_membership(gid, &changes, 1)
+            .await
+            .expect("membership");
+        let mut messages: Vec<InitMessage> = (1..=8).map(|seq| message(seq, true)).collect();
+        for m in &mut messages {
+            m.gid = gid;
+            if m.seq == 6 {
+                // uid1's own message: uid1's read does not count for it.
+                m.sender_uid = "uid1".into();
+                m.recipients = vec!["A".into(), "uid2".into(), "uid3".into(), "late".into()];
+                m.recipient_count = 4;
+            } else if m.seq > 4 {
+                m.recipients.push("late".into());
+                m.recipient_count = 4;
+            }
+        }
+        store
+            .init_receipts(&messages, LEDGER_MAX)
+            .await
+            .expect("init");
+    }
+    let acks = [
+        member_ack("uid1", 3, AckKind::Delivered),
+        member_ack("uid2", 2, AckKind::Read),
+        member_ack("stranger", 3, AckKind::Read),
+        member_ack("uid1", 7, AckKind::Read),
+        member_ack("uid3", 99, AckKind::Read),
+        member_ack("late", 6, AckKind::Read),
+        member_ack("uid2", 1, AckKind::Read),
+        member_ack("uid3", 8, AckKind::Read),
+        member_ack("uid2", 8, AckKind::Read),
+        member_ack("uid1", 8, AckKind::Delivered),
+    ];
+    let mut alone = Vec::new();
+    for ack in &acks {
+        alone.push(
+            ack_one(&store, GID, ack.clone(), None, 30)
+                .await
+                .expect("ack"),
+        );
+    }
+    let together = store
+        .ack_group(ALIKE, &acks, None, 30)
+        .await
+        .expect("batch");
+    assert_eq!(together, alone);
+    assert!(matches!(together[2], Planned::NotMember));
+    assert!(matches!(together[4], Planned::Past));
+    assert_eq!(
+        group_state(&store, ALIKE, 8).await,
+        group_state(&store, GID, 8).await
+    );
+    // Messages 1..=3 are read by all three recipients and left the ledger.
+    assert_eq!(store.ledger_rows(ALIKE, 3).await.expect("rows"), 0);
+    let sixth = store.messages(ALIKE, &[1006]).await.expect("message");
+    assert_eq!(
+        sixth[0].read_count, 3,
+        "uid2, uid3 and late; not uid1, its sender"
+    );
+}
+
 parley_testkit::contract_suite!(
     MySqlReceiptStore,
     SqliteReceiptStore,
@@ -336,4 +476,5 @@ parley_testkit::contract_suite!(
     retention_moves_old_messages_to_the_cursor_tier,
     a_returning_sender_pulls_changes_in_order,
     a_batch_records_each_message_once_in_order,
+    a_group_batch_is_its_acks_one_by_one,
 );

@@ -251,6 +251,12 @@ pub trait MessageStore: Clone + Send + Sync + 'static {
         uid: &Uid,
     ) -> impl Future<Output = Result<Access, MessageError>> + Send;
 
+    /// The last committed seq of each group that exists among `gids`.
+    fn last_seqs(
+        &self,
+        gids: &[Gid],
+    ) -> impl Future<Output = Result<Vec<(i64, i64)>, MessageError>> + Send;
+
     /// One page of current members after `after_uid`, in uid order.
     fn list_members(
         &self,

@@ -276,6 +276,17 @@ macro_rules! impl_message_store {
                 }
             }
 
+            async fn last_seqs(
+                &self,
+                gids: &[crate::domain::Gid],
+            ) -> Result<Vec<(i64, i64)>, crate::error::MessageError> {
+                let mut select =
+                    sqlx::QueryBuilder::<$db>::new("SELECT gid, last_seq FROM chat_groups WHERE gid IN ");
+                parley_server::db::push_list(&mut select, gids.iter().map(|gid| gid.get()));
+                select.push(" ORDER BY gid");
+                Ok(select.build_query_as().fetch_all(&self.pool).await?)
+            }
+
             async fn list_members(
                 &self,
                 gid: crate::domain::Gid,

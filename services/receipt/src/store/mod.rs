@@ -5,7 +5,7 @@
 use std::future::Future;
 
 use crate::{
-    domain::{AckKind, Cursors, ReceiptState},
+    domain::{AckKind, Planned, ReceiptState},
     error::ReceiptError,
 };
 
@@ -61,15 +61,15 @@ pub struct MemberChange {
     pub version: i64,
 }
 
-/// What an ack did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AckOutcome {
-    /// Cursors after the ack.
-    pub cursors: Cursors,
-    /// Cursors before the ack.
-    pub previous: Cursors,
-    /// False when the ack changed nothing.
-    pub advanced: bool,
+/// One member's cumulative ack, in a group's batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberAck {
+    /// The member.
+    pub uid: String,
+    /// Every message up to and including this seq.
+    pub up_to: i64,
+    /// Delivered or read.
+    pub kind: AckKind,
 }
 
 /// One message's receipt state.
@@ -152,18 +152,18 @@ pub trait ReceiptStore: Clone + Send + Sync + 'static {
         now_ms: i64,
     ) -> impl Future<Output = Result<u32, ReceiptError>> + Send;
 
-    /// A cumulative ack by `uid` in `gid`. An `up_to` past both the group's
-    /// recorded last seq and `committed` (the message service's last seq,
-    /// when the caller has it) changes nothing and fails with `PastLastSeq`.
-    fn ack(
+    /// Cumulative acks by members of `gid`, applied in order in one
+    /// transaction: one outcome per ack. An ack past both the group's recorded
+    /// last seq and `committed` (the message service's last seq, when the
+    /// caller has it) changes nothing ([`Planned::Past`]), nor does one from a
+    /// non-member ([`Planned::NotMember`]).
+    fn ack_group(
         &self,
         gid: i64,
-        uid: &str,
-        up_to: i64,
-        kind: AckKind,
+        acks: &[MemberAck],
         committed: Option<i64>,
         now_ms: i64,
-    ) -> impl Future<Output = Result<AckOutcome, ReceiptError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Planned>, ReceiptError>> + Send;
 
     /// Receipt state of the group's messages with seq in `(after_seq,
     /// up_to_seq]`, newest first, at most `limit`.

@@ -27,8 +27,7 @@ impl MySqlReceiptStore {
          version = GREATEST(version, VALUES(version))";
     const LOCK_GROUP_SHARED: &'static str =
         "SELECT last_seq FROM receipt_groups WHERE gid = ? LOCK IN SHARE MODE";
-    const CURSOR_FOR_UPDATE: &'static str = "SELECT admin, joined_seq, left_seq, delivered_seq, read_seq \
-         FROM receipt_cursors WHERE gid = ? AND uid = ? FOR UPDATE";
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
 
     /// Connects with up to `max_connections` connections.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, ReceiptError> {

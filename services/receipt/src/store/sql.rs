@@ -1,12 +1,14 @@
 //! The SQL both receipt backends share. The dialects differ in upserts and row
 //! locks, which each backend supplies (`UPSERT_GROUP`, `UPSERT_CURSOR_SUFFIX`,
-//! `LOCK_GROUP_SHARED`, `CURSOR_FOR_UPDATE`); the macro expands this one body
-//! for each backend's concrete sqlx types.
+//! `LOCK_GROUP_SHARED`, `FOR_UPDATE`); the macro expands this one body for each
+//! backend's concrete sqlx types.
 //!
 //! Locking: InitReceipts takes the group row exclusively (its upsert), acks take
 //! it shared, so a message recorded late derives its initial state from cursors
-//! that no in-flight ack is still moving. SQLite has one connection and so one
-//! transaction at a time.
+//! that no in-flight ack is still moving. A batch of acks then locks its
+//! members' cursor rows in key order, so two batches of one group wait for each
+//! other rather than deadlock. SQLite has one connection and so one transaction
+//! at a time.
 
 /// Rows per multi-row statement.
 pub(super) const CHUNK: usize = 500;
@@ -34,28 +36,119 @@ macro_rules! impl_receipt_store {
                 Ok(found)
             }
 
-            /// Raises a reader's ledger rows up to `up_to` to `state`, in one
-            /// statement: a range of the `(gid, recv_uid, seq)` key.
-            async fn flip_ledger(
+            /// The current members among `uids`, their cursor rows locked until
+            /// the transaction ends (in key order, as every ack takes them).
+            async fn lock_members(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 gid: i64,
-                uid: &str,
-                up_to: i64,
+                uids: &std::collections::BTreeSet<&str>,
+            ) -> Result<std::collections::BTreeMap<String, crate::domain::Standing>, sqlx::Error> {
+                let uids: Vec<&str> = uids.iter().copied().collect();
+                let mut standing = std::collections::BTreeMap::new();
+                for chunk in uids.chunks(crate::store::sql::CHUNK) {
+                    let mut select = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT uid, joined_seq, delivered_seq, read_seq FROM receipt_cursors WHERE gid = ",
+                    );
+                    select.push_bind(gid).push(" AND left_seq IS NULL AND uid IN ");
+                    parley_server::db::push_list(&mut select, chunk.iter().copied());
+                    select.push(" ORDER BY uid").push(Self::FOR_UPDATE);
+                    let rows: Vec<(String, i64, i64, i64)> = select.build_query_as().fetch_all(&mut **tx).await?;
+                    for (uid, joined, delivered, read) in rows {
+                        let cursors = crate::domain::Cursors { delivered, read };
+                        standing.insert(uid, crate::domain::Standing { joined, cursors });
+                    }
+                }
+                Ok(standing)
+            }
+
+            /// Writes the moved cursors: one statement per chunk of members.
+            async fn move_cursors(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                gid: i64,
+                moves: &[crate::domain::Move],
+                now_ms: i64,
+            ) -> Result<(), sqlx::Error> {
+                for chunk in moves.chunks(crate::store::sql::CHUNK) {
+                    let mut update = sqlx::QueryBuilder::<$db>::new("UPDATE receipt_cursors SET delivered_seq = CASE uid");
+                    for m in chunk {
+                        update.push(" WHEN ").push_bind(m.uid.as_str()).push(" THEN ").push_bind(m.next.delivered);
+                    }
+                    update.push(" END, read_seq = CASE uid");
+                    for m in chunk {
+                        update.push(" WHEN ").push_bind(m.uid.as_str()).push(" THEN ").push_bind(m.next.read);
+                    }
+                    update.push(" END, updated_at_ms = ").push_bind(now_ms);
+                    update.push(" WHERE gid = ").push_bind(gid).push(" AND uid IN ");
+                    parley_server::db::push_list(&mut update, chunk.iter().map(|m| m.uid.as_str()));
+                    update.build().execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            /// Adds the new readers to the read counts of the messages in
+            /// `(lo, hi]`, a window of seqs at a time: each window's senders are
+            /// read, then its counts written in one statement.
+            async fn count_readers(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                gid: i64,
+                read: &[crate::domain::Move],
+                (lo, hi): (i64, i64),
+                now_ms: i64,
+            ) -> Result<(), sqlx::Error> {
+                let window = i64::try_from(crate::store::sql::CHUNK).unwrap_or(i64::MAX);
+                let mut after = lo;
+                while after < hi {
+                    let up_to = after.saturating_add(window).min(hi);
+                    let messages: Vec<(i64, String)> =
+                        sqlx::query_as("SELECT seq, sender_uid FROM receipt_msgs WHERE gid = ? AND seq > ? AND seq <= ?")
+                            .bind(gid)
+                            .bind(after)
+                            .bind(up_to)
+                            .fetch_all(&mut **tx)
+                            .await?;
+                    let counted = crate::domain::read_increments(read, &messages);
+                    if !counted.is_empty() {
+                        let mut update =
+                            sqlx::QueryBuilder::<$db>::new("UPDATE receipt_msgs SET read_count = read_count + CASE seq");
+                        for (seq, readers) in &counted {
+                            update.push(" WHEN ").push_bind(*seq).push(" THEN ").push_bind(*readers);
+                        }
+                        update.push(" END, changed_at_ms = ").push_bind(now_ms);
+                        update.push(" WHERE gid = ").push_bind(gid).push(" AND seq IN ");
+                        parley_server::db::push_list(&mut update, counted.iter().map(|(seq, _)| *seq));
+                        update.build().execute(&mut **tx).await?;
+                    }
+                    after = up_to;
+                }
+                Ok(())
+            }
+
+            /// Raises each reader's ledger rows up to their seq to `state`:
+            /// one statement per chunk of readers, each a range of the
+            /// `(gid, recv_uid, seq)` key.
+            async fn flip_ledger<'u>(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                gid: i64,
+                readers: impl Iterator<Item = (&'u str, i64)>,
                 state: i64,
                 now_ms: i64,
             ) -> Result<(), sqlx::Error> {
-                sqlx::query(
-                    "UPDATE msg_acks SET if_ack = ?, changed_at_ms = ? \
-                     WHERE gid = ? AND recv_uid = ? AND seq <= ? AND if_ack < ?",
-                )
-                .bind(state)
-                .bind(now_ms)
-                .bind(gid)
-                .bind(uid)
-                .bind(up_to)
-                .bind(state)
-                .execute(&mut **tx)
-                .await?;
+                let readers: Vec<(&str, i64)> = readers.collect();
+                for chunk in readers.chunks(crate::store::sql::CHUNK) {
+                    let mut update = sqlx::QueryBuilder::<$db>::new("UPDATE msg_acks SET if_ack = ");
+                    update.push_bind(state).push(", changed_at_ms = ").push_bind(now_ms);
+                    update.push(" WHERE if_ack < ").push_bind(state).push(" AND (");
+                    for (i, (uid, up_to)) in chunk.iter().enumerate() {
+                        if i > 0 {
+                            update.push(" OR ");
+                        }
+                        update.push("(gid = ").push_bind(gid);
+                        update.push(" AND recv_uid = ").push_bind(*uid);
+                        update.push(" AND seq <= ").push_bind(*up_to).push(")");
+                    }
+                    update.push(")");
+                    update.build().execute(&mut **tx).await?;
+                }
                 Ok(())
             }
 
@@ -220,19 +313,16 @@ macro_rules! impl_receipt_store {
                 parley_server::db::finish(tx, outcome).await
             }
 
-            async fn ack(
+            async fn ack_group(
                 &self,
                 gid: i64,
-                uid: &str,
-                up_to: i64,
-                kind: crate::domain::AckKind,
+                acks: &[crate::store::MemberAck],
                 committed: Option<i64>,
                 now_ms: i64,
-            ) -> Result<crate::store::AckOutcome, crate::error::ReceiptError> {
+            ) -> Result<Vec<crate::domain::Planned>, crate::error::ReceiptError> {
                 use crate::{
-                    domain::{ACK_DELIVERED, ACK_READ, Cursors, advance},
+                    domain::{ACK_DELIVERED, ACK_READ, plan_acks},
                     error::ReceiptError,
-                    store::{AckOutcome, CursorRecord},
                 };
                 let mut tx = self.pool.begin().await?;
                 let outcome: Result<_, crate::error::ReceiptError> = async {
@@ -241,61 +331,43 @@ macro_rules! impl_receipt_store {
                 let Some(last_seq) = group else {
                     return Err(ReceiptError::GroupNotFound);
                 };
-                if up_to > last_seq.max(committed.unwrap_or(0)) {
-                    return Err(ReceiptError::PastLastSeq);
-                }
-                let cursor: Option<CursorRecord> =
-                    sqlx::query_as(Self::CURSOR_FOR_UPDATE).bind(gid).bind(uid).fetch_optional(&mut *tx).await?;
-                let cursor = match cursor {
-                    Some(cursor) if cursor.left_seq.is_none() => cursor,
-                    _ => return Err(ReceiptError::Denied("not a member of this group")),
-                };
-                let current = Cursors { delivered: cursor.delivered_seq, read: cursor.read_seq };
-                let Some(next) = advance(current, up_to, kind) else {
-                    return Ok(AckOutcome { cursors: current, previous: current, advanced: false });
-                };
-                sqlx::query(
-                    "UPDATE receipt_cursors SET delivered_seq = ?, read_seq = ?, updated_at_ms = ? \
-                     WHERE gid = ? AND uid = ?",
-                )
-                .bind(next.delivered)
-                .bind(next.read)
-                .bind(now_ms)
-                .bind(gid)
-                .bind(uid)
-                .execute(&mut *tx)
-                .await?;
-                if next.read > current.read {
-                    sqlx::query(
-                        "UPDATE receipt_msgs SET read_count = read_count + 1, changed_at_ms = ? \
-                         WHERE gid = ? AND seq > ? AND seq <= ? AND seq > ? AND sender_uid <> ?",
-                    )
-                    .bind(now_ms)
-                    .bind(gid)
-                    .bind(current.read)
-                    .bind(next.read)
-                    .bind(cursor.joined_seq)
-                    .bind(uid)
-                    .execute(&mut *tx)
-                    .await?;
-                    Self::flip_ledger(&mut tx, gid, uid, next.read, ACK_READ, now_ms).await?;
+                let uids: std::collections::BTreeSet<&str> = acks.iter().map(|a| a.uid.as_str()).collect();
+                let standing = Self::lock_members(&mut tx, gid, &uids).await?;
+                let plan = plan_acks(
+                    acks.iter().map(|a| (a.uid.as_str(), a.up_to, a.kind)),
+                    last_seq.max(committed.unwrap_or(0)),
+                    &standing,
+                );
+                Self::move_cursors(&mut tx, gid, &plan.moves, now_ms).await?;
+                let read: Vec<crate::domain::Move> =
+                    plan.moves.iter().filter(|m| m.next.read > m.previous.read).cloned().collect();
+                if let (Some(lo), Some(hi)) = (
+                    read.iter().map(|m| m.previous.read).min(),
+                    read.iter().map(|m| m.next.read).max(),
+                ) {
+                    Self::count_readers(&mut tx, gid, &read, (lo, hi), now_ms).await?;
+                    let flips = read.iter().map(|m| (m.uid.as_str(), m.next.read));
+                    Self::flip_ledger(&mut tx, gid, flips, ACK_READ, now_ms).await?;
                     // Messages everyone has now read leave the ledger.
                     let folded: Vec<i64> = sqlx::query_scalar(
                         "SELECT seq FROM receipt_msgs WHERE gid = ? AND seq > ? AND seq <= ? AND ledger = ? \
                          AND read_count >= recipient_count",
                     )
                     .bind(gid)
-                    .bind(current.read)
-                    .bind(next.read)
+                    .bind(lo)
+                    .bind(hi)
                     .bind(true)
                     .fetch_all(&mut *tx)
                     .await?;
                     Self::delete_ledger_of(&mut tx, gid, &folded).await?;
                 }
-                if next.delivered > current.delivered {
-                    Self::flip_ledger(&mut tx, gid, uid, next.delivered, ACK_DELIVERED, now_ms).await?;
-                }
-                Ok(AckOutcome { cursors: next, previous: current, advanced: true })
+                let delivered = plan
+                    .moves
+                    .iter()
+                    .filter(|m| m.next.delivered > m.previous.delivered)
+                    .map(|m| (m.uid.as_str(), m.next.delivered));
+                Self::flip_ledger(&mut tx, gid, delivered, ACK_DELIVERED, now_ms).await?;
+                Ok(plan.outcomes)
                 }
                 .await;
                 parley_server::db::finish(tx, outcome).await

@@ -22,8 +22,7 @@ impl SqliteReceiptStore {
          WHERE excluded.version > receipt_cursors.version";
     // One connection runs one transaction at a time: no row locks needed.
     const LOCK_GROUP_SHARED: &'static str = "SELECT last_seq FROM receipt_groups WHERE gid = ?";
-    const CURSOR_FOR_UPDATE: &'static str = "SELECT admin, joined_seq, left_seq, delivered_seq, read_seq \
-         FROM receipt_cursors WHERE gid = ? AND uid = ?";
+    const FOR_UPDATE: &'static str = "";
 
     /// Opens (creating if needed) the database at `url`.
     pub async fn connect(url: &str) -> Result<Self, ReceiptError> {
