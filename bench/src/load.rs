@@ -44,8 +44,8 @@ fn now_us() -> u64 {
     micros(epoch().elapsed())
 }
 
-/// Device streams per HTTP/2 connection to the gateway.
-const STREAMS_PER_CONNECTION: usize = 50;
+/// Device streams per HTTP/2 connection to the gateway, as behind a proxy.
+pub const STREAMS_PER_CONNECTION: usize = 50;
 /// A reader acks after this many messages...
 const ACK_EVERY: u64 = 10;
 /// ...or after this long with something unacked.
@@ -92,10 +92,14 @@ pub async fn open(channel: Channel, uid: &str, device: &str) -> Result<Stream, S
     }
 }
 
-/// Gateway connections for `streams` device streams.
-pub async fn gateway_channels(cluster: &Cluster, streams: usize) -> Result<Vec<Channel>, String> {
+/// Gateway connections for `streams` device streams, `per_connection` on each.
+pub async fn gateway_channels(
+    cluster: &Cluster,
+    streams: usize,
+    per_connection: usize,
+) -> Result<Vec<Channel>, String> {
     let mut channels = Vec::new();
-    for _ in 0..streams.div_ceil(STREAMS_PER_CONNECTION).max(1) {
+    for _ in 0..streams.div_ceil(per_connection.max(1)).max(1) {
         let channel = tonic::transport::Endpoint::from_shared(cluster.url("gateway"))
             .map_err(|e| e.to_string())?
             .connect()
@@ -245,13 +249,13 @@ pub struct Load {
 
 impl Load {
     /// Sets up `groups` groups of `members`, connects `online` of each (the
-    /// sender first) and starts their readers; nothing is sent until a step.
+    /// sender first, `per_connection` streams on each HTTP/2 connection) and
+    /// starts their readers; nothing is sent until a step.
     pub async fn start(
         cluster: &Cluster,
         name: &str,
-        groups: usize,
-        members: usize,
-        online: usize,
+        (groups, members, online): (usize, usize, usize),
+        per_connection: usize,
         progress: &dyn Fn(&str),
     ) -> Result<Self, String> {
         let _ = epoch();
@@ -272,7 +276,7 @@ impl Load {
                 g + 1
             ));
         }
-        let channels = gateway_channels(cluster, groups * online).await?;
+        let channels = gateway_channels(cluster, groups * online, per_connection).await?;
         let mut tasks = JoinSet::new();
         let mut opened = 0usize;
         for (g, gid) in gids.iter().copied().enumerate() {

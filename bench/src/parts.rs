@@ -20,7 +20,7 @@ use parley_testkit::fcm::MockFcm;
 use crate::{
     baseline::{micros, new_histogram},
     cluster::Cluster,
-    load::{Acting, Stream, channel, create_group, gateway_channels, open},
+    load::{Acting, STREAMS_PER_CONNECTION, Stream, channel, create_group, gateway_channels, open},
     report::Quantiles,
 };
 
@@ -47,7 +47,7 @@ pub async fn idle_connections(
     progress: &dyn Fn(&str),
 ) -> Result<Idle, String> {
     let before = cluster.rss_bytes("gateway");
-    let channels = gateway_channels(cluster, streams).await?;
+    let channels = gateway_channels(cluster, streams, STREAMS_PER_CONNECTION).await?;
     let opened: Vec<Result<Stream, String>> = stream::iter(0..streams)
         .map(|i| {
             let channel = channels[i % channels.len()].clone();
