@@ -1,15 +1,18 @@
 //! The authorisation matrix: every user-facing and internal RPC called as each
 //! kind of caller (an admin, a member, the message's sender, a removed member,
 //! a stranger, no identity at all), each answer's code held against the rule.
-//! The columns that need service credentials (a user claiming a service, a
-//! service with another's credential) wait for them.
+//! Two more columns need service credentials: a user claiming a service (no
+//! proof) and a service holding another's credential (the gateway's key
+//! signing for the message service); both are refused before any handler.
 
 use parley_proto::{message as mpb, notification as npb, presence as ppb, receipt as rpb};
 use tonic::{Code, Response, Status};
 
 use crate::support::{As, Backend, Suite, create_group, send_direct, user, wait_for_position};
 
-const CALLERS: [&str; 6] = ["admin", "member", "sender", "removed", "stranger", "nobody"];
+const CALLERS: [&str; 8] = [
+    "admin", "member", "sender", "removed", "stranger", "nobody", "claiming", "forged",
+];
 
 fn caller(kind: &str) -> As {
     match kind {
@@ -18,6 +21,11 @@ fn caller(kind: &str) -> As {
         "sender" => user("S"),
         "removed" => user("R"),
         "stranger" => user("N"),
+        "claiming" => As::Claiming("message"),
+        "forged" => As::Forged {
+            claims: "message",
+            signer: "gateway",
+        },
         _ => As::Nobody,
     }
 }
@@ -48,14 +56,14 @@ async fn every_rpc_answers_each_kind_of_caller_by_the_rule() {
     let msgid = sent.msgid;
 
     // Members may read and write; the removed and strangers may not.
-    let members_only = [OK, OK, OK, DENIED, DENIED, NO_ID];
+    let members_only = [OK, OK, OK, DENIED, DENIED, NO_ID, NO_ID, NO_ID];
     // Receipts are for the message's sender and the group's admins.
-    let sender_or_admin = [OK, DENIED, OK, DENIED, DENIED, NO_ID];
+    let sender_or_admin = [OK, DENIED, OK, DENIED, DENIED, NO_ID, NO_ID, NO_ID];
     // A user's own view: anyone identified.
-    let own = [OK, OK, OK, OK, OK, NO_ID];
+    let own = [OK, OK, OK, OK, OK, NO_ID, NO_ID, NO_ID];
     // Internal RPCs: no user at all.
-    let internal = [DENIED, DENIED, DENIED, DENIED, DENIED, NO_ID];
-    let admins_only = [OK, DENIED, DENIED, DENIED, DENIED, NO_ID];
+    let internal = [DENIED, DENIED, DENIED, DENIED, DENIED, NO_ID, NO_ID, NO_ID];
+    let admins_only = [OK, DENIED, DENIED, DENIED, DENIED, NO_ID, NO_ID, NO_ID];
 
     let mut mismatches = Vec::new();
     for (column, kind) in CALLERS.iter().enumerate() {
@@ -64,7 +72,7 @@ async fn every_rpc_answers_each_kind_of_caller_by_the_rule() {
         let mut r = suite.receipt(who.clone());
         let mut n = suite.notification(who.clone());
         let mut p = suite.presence_as(who.clone());
-        let answers: Vec<(&str, Code, [Code; 6])> = vec![
+        let answers: Vec<(&str, Code, [Code; 8])> = vec![
             (
                 "ListMembers",
                 code(

@@ -13,7 +13,10 @@ use parley_proto::{
     presence::presence_service_client::PresenceServiceClient,
     receipt::{self as rpb, receipt_service_client::ReceiptServiceClient},
 };
-use parley_server::db::Backend as DbBackend;
+use parley_server::{
+    credentials::{Issuer, Keys},
+    db::Backend as DbBackend,
+};
 use parley_testkit::{TestDb, TestRedis, fcm::MockFcm};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
@@ -31,25 +34,53 @@ pub enum Backend {
     Sqlite,
 }
 
-/// Sets the caller identity metadata the gateway would set.
+/// Who a test's call names, as the gateway (or another service) would.
 #[derive(Clone)]
 pub enum As {
+    /// A user, named by the tests acting as a service of their own.
     User(AsciiMetadataValue),
+    /// No identity at all.
     Nobody,
+    /// One header as given; `x-parley-service` with one of the suite's names
+    /// is proven with that service's credential.
     Raw(&'static str, &'static str),
+    /// A user's call that claims to come from a service, with no proof.
+    Claiming(&'static str),
+    /// A service name with a token signed by another service's key.
+    Forged {
+        claims: &'static str,
+        signer: &'static str,
+    },
 }
 
-impl Interceptor for As {
+/// A test client's interceptor: the identity `who` names, and the token that
+/// proves the service naming it, when there is one.
+#[derive(Clone)]
+pub struct Calling {
+    who: As,
+    proof: Option<(&'static str, Issuer)>,
+}
+
+impl Interceptor for Calling {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        match self {
+        let metadata = request.metadata_mut();
+        match &self.who {
             As::User(uid) => {
-                request.metadata_mut().insert("x-parley-uid", uid.clone());
+                metadata.insert("x-parley-uid", uid.clone());
             }
-            As::Nobody => {}
+            As::Nobody | As::Forged { .. } => {}
+            As::Claiming(service) => {
+                metadata.insert("x-parley-uid", AsciiMetadataValue::from_static("N"));
+                metadata.insert("x-parley-service", AsciiMetadataValue::from_static(service));
+            }
             As::Raw(key, value) => {
-                request
-                    .metadata_mut()
-                    .insert(*key, AsciiMetadataValue::from_static(value));
+                metadata.insert(*key, AsciiMetadataValue::from_static(value));
+            }
+        }
+        if let Some((service, issuer)) = &self.proof {
+            metadata.insert("x-parley-service", AsciiMetadataValue::from_static(service));
+            if let Ok(token) = AsciiMetadataValue::try_from(issuer.token()) {
+                metadata.insert(parley_server::credentials::TOKEN_HEADER, token);
             }
         }
         Ok(request)
@@ -82,10 +113,10 @@ pub fn user(uid: &str) -> As {
     As::User(AsciiMetadataValue::try_from(uid).expect("ascii uid"))
 }
 
-pub type MessageClient = MessageServiceClient<InterceptedService<Channel, As>>;
-pub type ReceiptClient = ReceiptServiceClient<InterceptedService<Channel, As>>;
-pub type NotificationClient = NotificationServiceClient<InterceptedService<Channel, As>>;
-pub type PresenceClient = PresenceServiceClient<InterceptedService<Channel, As>>;
+pub type MessageClient = MessageServiceClient<InterceptedService<Channel, Calling>>;
+pub type ReceiptClient = ReceiptServiceClient<InterceptedService<Channel, Calling>>;
+pub type NotificationClient = NotificationServiceClient<InterceptedService<Channel, Calling>>;
+pub type PresenceClient = PresenceServiceClient<InterceptedService<Channel, Calling>>;
 
 pub struct Running {
     stop: oneshot::Sender<()>,
@@ -247,6 +278,60 @@ pub struct Suite {
     message_url: String,
     receipt_url: String,
     channels: (Channel, Channel, Channel),
+    /// Every service's credentials, the tests' own among them.
+    keys: TestKeys,
+}
+
+/// The names the suite's credentials are made for: the services, and the
+/// tests themselves (which call as a service acting for users).
+const SERVICES: [&str; 6] = [
+    "gateway",
+    "message",
+    "receipt",
+    "presence",
+    "notification",
+    "tests",
+];
+
+/// A fresh set of service credentials.
+struct TestKeys {
+    private: Vec<(String, parley_server::serve::Secret)>,
+    public: String,
+}
+
+impl TestKeys {
+    fn generate() -> Self {
+        let (private, public) = parley_server::credentials::generate(&SERVICES);
+        Self { private, public }
+    }
+
+    fn private(&self, name: &str) -> &parley_server::serve::Secret {
+        self.private
+            .iter()
+            .find_map(|(n, key)| (n == name).then_some(key))
+            .expect("a key of the suite")
+    }
+
+    /// `name`'s credentials, as its service would hold them.
+    fn keys(&self, name: &str) -> Keys {
+        Keys::new(name, self.private(name), &self.public).expect("valid credentials")
+    }
+
+    /// Credentials that claim `name` but sign with `signer`'s key: what a
+    /// service holding another's credential would send.
+    fn forged(&self, name: &str, signer: &str) -> Keys {
+        let signer_public = self
+            .public
+            .split(',')
+            .find_map(|entry| entry.strip_prefix(&format!("{signer}=")))
+            .expect("the signer's public key");
+        Keys::new(
+            name,
+            self.private(signer),
+            &format!("{name}={signer_public}"),
+        )
+        .expect("self-consistent forged credentials")
+    }
 }
 
 async fn database(backend: Backend) -> TestDb {
@@ -319,6 +404,7 @@ impl Suite {
         let presence_addr = presence_listener.local_addr().expect("addr");
 
         let mut suite = Self {
+            keys: TestKeys::generate(),
             receipt_addr,
             receipt_db,
             _dbs: vec![message_db, notification_db],
@@ -368,7 +454,7 @@ impl Suite {
                 limited
             }
         };
-        let config = parse::<parley_message::Cli>(message_args).config;
+        let config = suite.parse_as::<parley_message::Cli>(message_args).config;
         let bus = suite.bus();
         suite.message = Some(Running::spawn("message", |rx| {
             parley_message::run_on_bus(config, bus, message_listener, stopped(rx))
@@ -378,6 +464,36 @@ impl Suite {
             suite.start_gateway().await;
         }
         suite
+    }
+
+    /// Parses `args` (the first is the binary, `parley-<service>`) with the
+    /// service's credentials added.
+    fn parse_as<C: clap::Parser>(&self, mut args: Vec<String>) -> C {
+        let name = args[0].trim_start_matches("parley-").to_owned();
+        args.extend([
+            "--service-key".to_owned(),
+            self.keys.private(&name).expose().to_owned(),
+            "--service-public-keys".to_owned(),
+            self.keys.public.clone(),
+        ]);
+        parse(args)
+    }
+
+    /// A client interceptor naming `who`, proven to `callee` the way a
+    /// service would prove it.
+    fn calling(&self, who: As, callee: &'static str) -> Calling {
+        let proof = match &who {
+            As::User(_) => Some(("tests", self.keys.keys("tests"))),
+            As::Raw("x-parley-service", name) if SERVICES.contains(name) => {
+                Some((*name, self.keys.keys(name)))
+            }
+            As::Forged { claims, signer } => Some((*claims, self.keys.forged(claims, signer))),
+            _ => None,
+        };
+        Calling {
+            who,
+            proof: proof.map(|(name, keys)| (name, Issuer::new(keys, callee))),
+        }
     }
 
     fn redis_url(&self) -> Option<String> {
@@ -401,7 +517,9 @@ impl Suite {
         if let Some(url) = &redis_url {
             presence_args.push(("redis-url", url));
         }
-        let config = parse::<parley_presence::Cli>(args("parley-presence", &presence_args)).config;
+        let config = self
+            .parse_as::<parley_presence::Cli>(args("parley-presence", &presence_args))
+            .config;
         Running::spawn("presence", |rx| {
             parley_presence::run(config, listener, stopped(rx))
         })
@@ -420,16 +538,17 @@ impl Suite {
 
     fn start_receipt(&self, listener: TcpListener) -> Running {
         let window = self.options.digest_window_ms.to_string();
-        let config = parse::<parley_receipt::Cli>(args(
-            "parley-receipt",
-            &[
-                ("database-url", self.receipt_db.url()),
-                ("presence-url", &self.presence_url),
-                ("message-url", &self.message_url),
-                ("digest-window-ms", &window),
-            ],
-        ))
-        .config;
+        let config = self
+            .parse_as::<parley_receipt::Cli>(args(
+                "parley-receipt",
+                &[
+                    ("database-url", self.receipt_db.url()),
+                    ("presence-url", &self.presence_url),
+                    ("message-url", &self.message_url),
+                    ("digest-window-ms", &window),
+                ],
+            ))
+            .config;
         let bus = self.bus();
         Running::spawn("receipt", |rx| {
             parley_receipt::run_on_bus(config, bus, listener, stopped(rx))
@@ -438,22 +557,23 @@ impl Suite {
 
     fn start_notification(&self, listener: TcpListener) -> Running {
         let window = self.options.push_window_ms.to_string();
-        let config = parse::<parley_notification::Cli>(args(
-            "parley-notification",
-            &[
-                ("database-url", self._dbs[1].url()),
-                ("presence-url", &self.presence_url),
-                ("receipt-url", &self.receipt_url),
-                ("message-url", &self.message_url),
-                ("fcm-credentials", &self.fcm.service_account_json()),
-                ("fcm-base-url", self.fcm.base_url()),
-                ("collapse-window-ms", &window),
-                ("max-attempts", "3"),
-                ("backoff-ms", "20"),
-                ("poll-ms", "50"),
-            ],
-        ))
-        .config;
+        let config = self
+            .parse_as::<parley_notification::Cli>(args(
+                "parley-notification",
+                &[
+                    ("database-url", self._dbs[1].url()),
+                    ("presence-url", &self.presence_url),
+                    ("receipt-url", &self.receipt_url),
+                    ("message-url", &self.message_url),
+                    ("fcm-credentials", &self.fcm.service_account_json()),
+                    ("fcm-base-url", self.fcm.base_url()),
+                    ("collapse-window-ms", &window),
+                    ("max-attempts", "3"),
+                    ("backoff-ms", "20"),
+                    ("poll-ms", "50"),
+                ],
+            ))
+            .config;
         Running::spawn("notification", |rx| {
             parley_notification::run(config, listener, stopped(rx))
         })
@@ -474,7 +594,7 @@ impl Suite {
     pub fn notification(&self, caller: As) -> NotificationClient {
         NotificationServiceClient::with_interceptor(
             lazy(&format!("http://{}", self.notification_addr)),
-            caller,
+            self.calling(caller, "notification"),
         )
     }
 
@@ -509,7 +629,9 @@ impl Suite {
             ("presence-url", &self.presence_url),
         ];
         flags.extend(self.options.gateway_flags.iter().copied());
-        let config = parse::<parley_gateway::Cli>(args("parley-gateway", &flags)).config;
+        let config = self
+            .parse_as::<parley_gateway::Cli>(args("parley-gateway", &flags))
+            .config;
         let bus = self.bus();
         self.gateways.push(Some(Running::spawn("gateway", |rx| {
             parley_gateway::run_on_bus(config, bus, listener, stopped(rx))
@@ -542,6 +664,8 @@ impl Suite {
                 .env("PARLEY_RECEIPT_URL", &self.receipt_url)
                 .env("PARLEY_PRESENCE_URL", &self.presence_url)
                 .env("PARLEY_BUS_URL", redis.url())
+                .env("PARLEY_SERVICE_KEY", self.keys.private("gateway").expose())
+                .env("PARLEY_SERVICE_PUBLIC_KEYS", &self.keys.public)
                 .env("PARLEY_RATE_LIMIT_PER_SECOND", "100000")
                 .env("PARLEY_RATE_LIMIT_BURST", "100000")
                 .env("RUST_LOG", "info")
@@ -600,11 +724,17 @@ impl Suite {
     }
 
     pub fn message(&self, caller: As) -> MessageClient {
-        MessageServiceClient::with_interceptor(self.channels.0.clone(), caller)
+        MessageServiceClient::with_interceptor(
+            self.channels.0.clone(),
+            self.calling(caller, "message"),
+        )
     }
 
     pub fn receipt(&self, caller: As) -> ReceiptClient {
-        ReceiptServiceClient::with_interceptor(self.channels.1.clone(), caller)
+        ReceiptServiceClient::with_interceptor(
+            self.channels.1.clone(),
+            self.calling(caller, "receipt"),
+        )
     }
 
     /// The presence service, called as a service of the tests' own.
@@ -614,7 +744,10 @@ impl Suite {
 
     /// The presence service, called as `caller`.
     pub fn presence_as(&self, caller: As) -> PresenceClient {
-        PresenceServiceClient::with_interceptor(self.channels.2.clone(), caller)
+        PresenceServiceClient::with_interceptor(
+            self.channels.2.clone(),
+            self.calling(caller, "presence"),
+        )
     }
 
     /// Where the receipt service's own database is, for tests that hold its

@@ -85,11 +85,7 @@ impl Caller {
             let name = value
                 .to_str()
                 .ok()
-                .filter(|n| {
-                    !n.is_empty()
-                        && n.len() <= 32
-                        && n.chars().all(|c| c.is_ascii_lowercase() || c == '-')
-                })
+                .filter(|n| crate::credentials::valid_service_name(n))
                 .ok_or_else(|| Status::unauthenticated("malformed x-parley-service"))?;
             return Ok(Self::Service(name.to_owned()));
         }
@@ -162,25 +158,48 @@ pub fn acting_for<T>(uid: &Uid, message: T) -> tonic::Request<T> {
 }
 
 /// A client interceptor that marks outgoing requests as coming from an internal
-/// service (and carries the internal token, when one is configured).
+/// service (and carries the internal token, when one is configured, and, with
+/// credentials, a token proving the service to its callee).
 #[derive(Clone, Debug)]
 pub struct ServiceIdentity {
     service: &'static str,
     token: Option<tonic::metadata::AsciiMetadataValue>,
+    keys: Option<crate::credentials::Keys>,
+    issuer: Option<crate::credentials::Issuer>,
 }
 
 impl ServiceIdentity {
-    /// Identity of `service`; `token` is the shared internal token, if any.
+    /// Identity of `service`; `token` is the shared internal token, if any,
+    /// and `keys` the service's credentials, if any. Each client takes it as
+    /// presented to its callee: [`ServiceIdentity::to`].
     pub fn new(
         service: &'static str,
         token: Option<&crate::serve::Secret>,
+        keys: Option<crate::credentials::Keys>,
     ) -> Result<Self, InvalidToken> {
         let token = token
             .map(|t| {
                 tonic::metadata::AsciiMetadataValue::try_from(t.expose()).map_err(|_| InvalidToken)
             })
             .transpose()?;
-        Ok(Self { service, token })
+        Ok(Self {
+            service,
+            token,
+            keys,
+            issuer: None,
+        })
+    }
+
+    /// This identity as presented to `callee`: with credentials, each call
+    /// carries a token addressed to it.
+    pub fn to(&self, callee: &'static str) -> Self {
+        Self {
+            issuer: self
+                .keys
+                .clone()
+                .map(|keys| crate::credentials::Issuer::new(keys, callee)),
+            ..self.clone()
+        }
     }
 }
 
@@ -198,6 +217,11 @@ impl tonic::service::Interceptor for ServiceIdentity {
         );
         if let Some(token) = &self.token {
             metadata.insert(INTERNAL_TOKEN_HEADER, token.clone());
+        }
+        if let Some(issuer) = &self.issuer
+            && let Ok(token) = tonic::metadata::AsciiMetadataValue::try_from(issuer.token())
+        {
+            metadata.insert(crate::credentials::TOKEN_HEADER, token);
         }
         crate::telemetry::inject_current(metadata);
         Ok(request)

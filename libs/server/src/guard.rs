@@ -20,7 +20,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::caller::{Caller, INTERNAL_TOKEN_HEADER, Uid};
+use crate::caller::{Caller, INTERNAL_TOKEN_HEADER, SERVICE_HEADER, Uid};
 
 /// What the guard enforces.
 #[derive(Clone, Debug)]
@@ -35,6 +35,10 @@ pub struct GuardSettings {
     pub rate_burst: NonZeroU32,
     /// When set, every request must carry this token in `x-parley-internal-token`.
     pub internal_token: Option<crate::serve::Secret>,
+    /// When set, every call must prove the service it names
+    /// (`x-parley-service` with a token from that service to this one), and
+    /// naming a user (`x-parley-uid`) needs such a proven service.
+    pub credentials: Option<crate::credentials::Keys>,
     /// RPCs under this path prefix are public: they carry no internal token or
     /// caller metadata because they authenticate themselves (the gateway's
     /// stream opens with a JWT), and they take no concurrency permit: the
@@ -116,6 +120,23 @@ impl Shared {
         }
     }
 
+    /// With credentials, the service a call names must be proven by its
+    /// token; a call naming no service (a user alone) is refused.
+    fn check_credentials(&self, headers: &http::HeaderMap) -> Result<(), Status> {
+        let Some(keys) = &self.settings.credentials else {
+            return Ok(());
+        };
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let Some(service) = text(SERVICE_HEADER) else {
+            return Err(Status::unauthenticated(
+                "a service credential is required: x-parley-service with its x-parley-service-token",
+            ));
+        };
+        let token = text(crate::credentials::TOKEN_HEADER).unwrap_or_default();
+        keys.verify(service, token)
+            .map_err(|refused| Status::unauthenticated(refused.to_string()))
+    }
+
     fn check_rate(&self, caller: &Caller) -> Result<(), Status> {
         let Some(uid) = caller.rate_key() else {
             return Ok(());
@@ -145,6 +166,7 @@ impl Shared {
     /// concurrency permit, held until the request completes.
     fn admit(&self, headers: &http::HeaderMap) -> Result<(Caller, OwnedSemaphorePermit), Status> {
         self.check_token(headers)?;
+        self.check_credentials(headers)?;
         let caller = Caller::from_headers(headers)?;
         self.check_rate(&caller)?;
         Ok((caller, self.permit()?))
@@ -328,6 +350,7 @@ mod tests {
             rate_per_second: NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN),
             rate_burst: NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN),
             internal_token: None,
+            credentials: None,
             public_prefix: None,
         }
     }

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 pub mod caller;
+pub mod credentials;
 pub mod db;
 pub mod guard;
 pub mod page;

@@ -10,6 +10,7 @@ use tonic::{service::RoutesBuilder, transport::Server};
 use tonic_health::ServingStatus;
 
 use crate::{
+    credentials::{CredentialError, Keys},
     guard::{GuardLayer, GuardSettings},
     telemetry::LogFormat,
 };
@@ -131,11 +132,30 @@ pub struct ServerArgs {
     /// 16 characters). Unset: callers are trusted by network policy alone.
     #[arg(long, env = "PARLEY_INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: Option<Secret>,
+    /// This service's Ed25519 private key (base64 of its 32 bytes; `parley
+    /// keys` makes a set). With `--service-public-keys`, every call proves
+    /// which service makes it, and only a proven service may name a user.
+    #[arg(long, env = "PARLEY_SERVICE_KEY", hide_env_values = true)]
+    pub service_key: Option<Secret>,
+    /// The public keys of every service that calls this one, and its own:
+    /// `name=base64key`, separated by commas.
+    #[arg(long, env = "PARLEY_SERVICE_PUBLIC_KEYS")]
+    pub service_public_keys: Option<String>,
 }
 
 impl ServerArgs {
-    /// The guard settings these flags describe.
-    pub fn guard_settings(&self) -> GuardSettings {
+    /// The credentials of service `name`, when configured.
+    pub fn credentials(&self, name: &str) -> Result<Option<Keys>, CredentialError> {
+        match (&self.service_key, &self.service_public_keys) {
+            (None, None) => Ok(None),
+            (Some(private), Some(public)) => Keys::new(name, private, public).map(Some),
+            _ => Err(CredentialError::Incomplete),
+        }
+    }
+
+    /// The guard settings these flags describe, with `credentials` checked
+    /// on every call when there are some.
+    pub fn guard_settings(&self, credentials: Option<Keys>) -> GuardSettings {
         GuardSettings {
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent_requests: usize::try_from(self.max_concurrent_requests)
@@ -143,6 +163,7 @@ impl ServerArgs {
             rate_per_second: self.rate_limit_per_second,
             rate_burst: self.rate_limit_burst,
             internal_token: self.internal_token.clone(),
+            credentials,
             public_prefix: None,
         }
     }
@@ -171,6 +192,7 @@ pub enum ServeError {
 pub async fn serve<F>(
     listener: TcpListener,
     args: &ServerArgs,
+    credentials: Option<Keys>,
     routes: RoutesBuilder,
     shutdown: F,
 ) -> Result<(), ServeError>
@@ -179,7 +201,7 @@ where
 {
     serve_with(
         listener,
-        args.guard_settings(),
+        args.guard_settings(credentials),
         args.shutdown_grace(),
         routes,
         shutdown,
@@ -321,6 +343,7 @@ mod tests {
             rate_per_second: NonZeroU32::MIN,
             rate_burst: NonZeroU32::MIN,
             internal_token: None,
+            credentials: None,
             public_prefix: None,
         };
         let grace = Duration::from_millis(300);

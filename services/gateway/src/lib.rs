@@ -413,22 +413,30 @@ where
         }
         None => format!("gw-{:016x}", rand::random::<u64>()),
     };
-    let identity = ServiceIdentity::new("gateway", config.server.internal_token.as_ref())
+    let keys = config
+        .server
+        .credentials("gateway")
         .map_err(|e| StartError::Config(e.to_string()))?;
+    let identity = ServiceIdentity::new(
+        "gateway",
+        config.server.internal_token.as_ref(),
+        keys.clone(),
+    )
+    .map_err(|e| StartError::Config(e.to_string()))?;
     let receipt = ReceiptServiceClient::with_interceptor(
         config.receipt.channel().map_err(StartError::Config)?,
-        identity.clone(),
+        identity.to("receipt"),
     );
     let upstream = Upstream {
         message: MessageServiceClient::with_interceptor(
             config.message.channel().map_err(StartError::Config)?,
-            identity.clone(),
+            identity.to("message"),
         ),
         acks: AckWriter::start(receipt.clone()),
         receipt,
         presence: PresenceServiceClient::with_interceptor(
             config.presence.channel().map_err(StartError::Config)?,
-            identity,
+            identity.to("presence"),
         ),
     };
     let hub = Hub::default();
@@ -476,7 +484,7 @@ where
         .local_addr()
         .map_err(|e| StartError::Config(e.to_string()))?;
     tracing::info!(%addr, gateway_id = %gateway_id, "gateway listening");
-    let mut settings = config.server.guard_settings();
+    let mut settings = config.server.guard_settings(keys);
     settings.public_prefix = Some("/parley.gateway.v1.GatewayService/");
     // On shutdown the sessions say goodbye (closing frame, presence offline),
     // which ends their streams so the server can finish.

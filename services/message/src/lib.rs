@@ -180,19 +180,27 @@ where
     if config.server.migrate_on_start {
         store.migrate().await?;
     }
-    let identity = ServiceIdentity::new("message", config.server.internal_token.as_ref())
+    let keys = config
+        .server
+        .credentials("message")
         .map_err(|e| StartError::Config(e.to_string()))?;
+    let identity = ServiceIdentity::new(
+        "message",
+        config.server.internal_token.as_ref(),
+        keys.clone(),
+    )
+    .map_err(|e| StartError::Config(e.to_string()))?;
     let receipt = ReceiptServiceClient::with_interceptor(
         config.receipt.channel().map_err(StartError::Config)?,
-        identity.clone(),
+        identity.to("receipt"),
     );
     let presence = PresenceServiceClient::with_interceptor(
         config.presence.channel().map_err(StartError::Config)?,
-        identity.clone(),
+        identity.to("presence"),
     );
     let notification = NotificationServiceClient::with_interceptor(
         config.notification.channel().map_err(StartError::Config)?,
-        identity,
+        identity.to("notification"),
     );
     let fanout = Fanout::new(presence, bus);
     let downstream = Downstream {
@@ -225,7 +233,7 @@ where
         store, limits, wake, fanout,
     )));
     tracing::info!(addr = %listener.local_addr().map_err(|e| StartError::Config(e.to_string()))?, "message service listening");
-    let served = parley_server::serve(listener, &config.server, routes, shutdown).await;
+    let served = parley_server::serve(listener, &config.server, keys, routes, shutdown).await;
     drainer.abort();
     gauges.abort();
     repair.abort();

@@ -216,19 +216,27 @@ where
     if config.server.migrate_on_start {
         store.migrate().await?;
     }
-    let identity = ServiceIdentity::new("notification", config.server.internal_token.as_ref())
+    let keys = config
+        .server
+        .credentials("notification")
         .map_err(|e| StartError::Config(e.to_string()))?;
+    let identity = ServiceIdentity::new(
+        "notification",
+        config.server.internal_token.as_ref(),
+        keys.clone(),
+    )
+    .map_err(|e| StartError::Config(e.to_string()))?;
     let presence = PresenceServiceClient::with_interceptor(
         config.presence.channel().map_err(StartError::Config)?,
-        identity.clone(),
+        identity.to("presence"),
     );
     let receipt = ReceiptServiceClient::with_interceptor(
         config.receipt.channel().map_err(StartError::Config)?,
-        identity.clone(),
+        identity.to("receipt"),
     );
     let message = MessageServiceClient::with_interceptor(
         config.message.channel().map_err(StartError::Config)?,
-        identity,
+        identity.to("message"),
     );
     let policy = config.policy.policy();
     let (stop, stopped) = watch::channel(false);
@@ -243,7 +251,7 @@ where
         .local_addr()
         .map_err(|e| StartError::Config(e.to_string()))?;
     tracing::info!(%addr, "notification service listening");
-    let served = parley_server::serve(listener, &config.server, routes, shutdown).await;
+    let served = parley_server::serve(listener, &config.server, keys, routes, shutdown).await;
     // Pushes in progress are handed back to the queue before the pool closes.
     let _ = stop.send(true);
     let _ = worker.await;

@@ -127,7 +127,11 @@ where
         shutdown.await;
         let _ = stop.send(true);
     };
-    parley_server::serve(listener, &config.server, routes, shutdown)
+    let keys = config
+        .server
+        .credentials("presence")
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    parley_server::serve(listener, &config.server, keys, routes, shutdown)
         .await
         .map_err(StartError::Serve)
 }

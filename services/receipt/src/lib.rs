@@ -173,15 +173,23 @@ where
         Duration::from_secs(config.retention_hours * 3600),
         Duration::from_secs(config.retention_interval_secs),
     ));
-    let identity = ServiceIdentity::new("receipt", config.server.internal_token.as_ref())
+    let keys = config
+        .server
+        .credentials("receipt")
         .map_err(|e| StartError::Config(e.to_string()))?;
+    let identity = ServiceIdentity::new(
+        "receipt",
+        config.server.internal_token.as_ref(),
+        keys.clone(),
+    )
+    .map_err(|e| StartError::Config(e.to_string()))?;
     let presence = PresenceServiceClient::with_interceptor(
         config.presence.channel().map_err(StartError::Config)?,
-        identity.clone(),
+        identity.to("presence"),
     );
     let message = MessageServiceClient::with_interceptor(
         config.message.channel().map_err(StartError::Config)?,
-        identity,
+        identity.to("message"),
     );
     let coalescer = Coalescer::default();
     let digests = tokio::spawn(digest::run(
@@ -202,7 +210,7 @@ where
         .local_addr()
         .map_err(|e| StartError::Config(e.to_string()))?;
     tracing::info!(%addr, ledger_max_members = config.ledger_max_members, "receipt service listening");
-    let served = parley_server::serve(listener, &config.server, routes, shutdown).await;
+    let served = parley_server::serve(listener, &config.server, keys, routes, shutdown).await;
     retention.abort();
     digests.abort();
     served.map_err(StartError::Serve)

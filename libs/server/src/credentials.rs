@@ -1,0 +1,377 @@
+//! Service credentials. Each service holds an Ed25519 key of its own and signs,
+//! for each service it calls, a short-lived token naming itself and that
+//! callee. A callee accepts a claimed service name only with a token signed by
+//! that service's key and addressed to itself, so one service's credential
+//! cannot be used to claim another's name, nor a token one callee received be
+//! replayed to another. Acting for a user is accepted only from a caller so
+//! authenticated.
+//!
+//! Token: `v1.<caller>.<callee>.<expires>.<signature>`, the signature (base64url,
+//! no padding) over `parley-service-token/v1 <caller> <callee> <expires>`, with
+//! `expires` in Unix seconds. A verified token is remembered until it expires,
+//! so a callee verifies each token once, not once per request.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+
+use crate::serve::Secret;
+
+/// The metadata key that carries the token.
+pub const TOKEN_HEADER: &str = "x-parley-service-token";
+
+/// How long a token is valid.
+const LIFETIME: Duration = Duration::from_secs(600);
+/// A token is renewed once less than this is left of it.
+const RENEW_WHEN_LEFT: Duration = Duration::from_secs(300);
+/// Clock difference between two machines that is tolerated.
+const SKEW: u64 = 60;
+/// Verified tokens remembered; past it the memory starts afresh.
+const REMEMBERED: usize = 4096;
+
+/// A service name: 1 to 32 characters from `a-z` and `-`.
+pub fn valid_service_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 32 && name.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+}
+
+/// Why credentials could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CredentialError {
+    /// The private key is not 32 bytes of base64.
+    #[error("PARLEY_SERVICE_KEY must be a base64 Ed25519 private key (32 bytes)")]
+    PrivateKey,
+    /// An entry of the public key list is malformed.
+    #[error(
+        "PARLEY_SERVICE_PUBLIC_KEYS: {0:?} is not `name=key` with a service name and a base64 Ed25519 public key (32 bytes)"
+    )]
+    PublicKey(String),
+    /// The private key does not belong to the public key listed under this
+    /// service's own name.
+    #[error("PARLEY_SERVICE_KEY is not the key PARLEY_SERVICE_PUBLIC_KEYS lists for {0}")]
+    Mismatch(String),
+    /// Only one of the two settings is there.
+    #[error("PARLEY_SERVICE_KEY and PARLEY_SERVICE_PUBLIC_KEYS go together: set both")]
+    Incomplete,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
+pub enum Refused {
+    /// No token, or not one of ours.
+    #[error("missing or malformed service token")]
+    Malformed,
+    /// The token names another caller or callee than the request.
+    #[error("the service token names another caller or callee")]
+    Misaddressed,
+    /// Expired, or valid for longer than any token is issued for.
+    #[error("the service token has expired")]
+    Expired,
+    /// The caller's key is not known here, or the signature is wrong.
+    #[error("the service token's signature is not its service's")]
+    BadSignature,
+}
+
+fn decode_key(raw: &str) -> Option<[u8; 32]> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(raw.trim())
+        .or_else(|_| URL_SAFE_NO_PAD.decode(raw.trim()))
+        .ok()?;
+    bytes.try_into().ok()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn signed_text(caller: &str, callee: &str, expires: u64) -> String {
+    format!("parley-service-token/v1 {caller} {callee} {expires}")
+}
+
+/// What this service proves and accepts: its own key and the public keys of
+/// the services it takes calls from.
+#[derive(Clone)]
+pub struct Keys {
+    name: String,
+    own: Arc<SigningKey>,
+    trusted: Arc<HashMap<String, VerifyingKey>>,
+    verified: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keys")
+            .field("name", &self.name)
+            .field("trusted", &self.trusted.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keys {
+    /// `name`'s credentials: its private key and the `name=key` list of
+    /// public keys (comma or whitespace separated), which must list `name`
+    /// with the private key's public half.
+    pub fn new(name: &str, private: &Secret, public: &str) -> Result<Self, CredentialError> {
+        let own = SigningKey::from_bytes(
+            &decode_key(private.expose()).ok_or(CredentialError::PrivateKey)?,
+        );
+        let mut trusted = HashMap::new();
+        for entry in public
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|e| !e.is_empty())
+        {
+            let malformed = || CredentialError::PublicKey(entry.to_owned());
+            let (service, key) = entry.split_once('=').ok_or_else(malformed)?;
+            if !valid_service_name(service) {
+                return Err(malformed());
+            }
+            let key = decode_key(key)
+                .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
+                .ok_or_else(malformed)?;
+            trusted.insert(service.to_owned(), key);
+        }
+        if trusted.get(name) != Some(&own.verifying_key()) {
+            return Err(CredentialError::Mismatch(name.to_owned()));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            own: Arc::new(own),
+            trusted: Arc::new(trusted),
+            verified: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// This service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A token from this service to `callee`, valid until `expires` (Unix s).
+    fn issue(&self, callee: &str, expires: u64) -> String {
+        let signature = self
+            .own
+            .sign(signed_text(&self.name, callee, expires).as_bytes());
+        let signature = URL_SAFE_NO_PAD.encode(signature.to_bytes());
+        format!("v1.{}.{callee}.{expires}.{signature}", self.name)
+    }
+
+    /// Checks that `token` proves a call from `caller` to this service.
+    pub fn verify(&self, caller: &str, token: &str) -> Result<(), Refused> {
+        self.verify_at(caller, token, unix_now())
+    }
+
+    fn verify_at(&self, caller: &str, token: &str, now: u64) -> Result<(), Refused> {
+        let mut parts = token.split('.');
+        let (Some("v1"), Some(from), Some(to), Some(expires), Some(signature), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(Refused::Malformed);
+        };
+        let expires: u64 = expires.parse().map_err(|_| Refused::Malformed)?;
+        if from != caller || to != self.name {
+            return Err(Refused::Misaddressed);
+        }
+        let lifetime = LIFETIME.as_secs();
+        if now > expires.saturating_add(SKEW) || expires > now.saturating_add(lifetime + SKEW) {
+            return Err(Refused::Expired);
+        }
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if verified.get(token).is_some_and(|&until| until == expires) {
+            return Ok(());
+        }
+        let key = self.trusted.get(from).ok_or(Refused::BadSignature)?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .ok()
+            .and_then(|bytes| Signature::from_slice(&bytes).ok())
+            .ok_or(Refused::Malformed)?;
+        key.verify(signed_text(from, to, expires).as_bytes(), &signature)
+            .map_err(|_| Refused::BadSignature)?;
+        if verified.len() >= REMEMBERED {
+            verified.retain(|_, until| until.saturating_add(SKEW) >= now);
+            if verified.len() >= REMEMBERED {
+                verified.clear();
+            }
+        }
+        verified.insert(token.to_owned(), expires);
+        Ok(())
+    }
+}
+
+/// Outgoing tokens of one caller to one callee, renewed before they expire.
+#[derive(Clone, Debug)]
+pub struct Issuer {
+    keys: Keys,
+    callee: &'static str,
+    current: Arc<Mutex<Option<(String, u64)>>>,
+}
+
+impl Issuer {
+    /// Tokens from `keys`' service to `callee`.
+    pub fn new(keys: Keys, callee: &'static str) -> Self {
+        Self {
+            keys,
+            callee,
+            current: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// A token valid for at least [`RENEW_WHEN_LEFT`] more.
+    pub fn token(&self) -> String {
+        let now = unix_now();
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*current {
+            Some((token, expires)) if *expires > now + RENEW_WHEN_LEFT.as_secs() => token.clone(),
+            _ => {
+                let expires = now + LIFETIME.as_secs();
+                let token = self.keys.issue(self.callee, expires);
+                *current = Some((token.clone(), expires));
+                token
+            }
+        }
+    }
+}
+
+/// A fresh set of credentials for `names`: each one's private key (base64) and
+/// the public key list every service is given. For `parley keys` and tests.
+pub fn generate(names: &[&str]) -> (Vec<(String, Secret)>, String) {
+    let mut private = Vec::new();
+    let mut public = Vec::new();
+    for name in names {
+        let seed: [u8; 32] = rand::random();
+        let key = SigningKey::from_bytes(&seed);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(seed);
+        // A base64 seed is printable and long enough to be a Secret.
+        if let Ok(secret) = encoded.parse::<Secret>() {
+            private.push(((*name).to_owned(), secret));
+        }
+        let verifying =
+            base64::engine::general_purpose::STANDARD.encode(key.verifying_key().to_bytes());
+        public.push(format!("{name}={verifying}"));
+    }
+    (private, public.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_of(name: &str, private: &[(String, Secret)], public: &str) -> Keys {
+        let own = private
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, k)| k)
+            .expect("generated");
+        Keys::new(name, own, public).expect("valid credentials")
+    }
+
+    #[test]
+    fn a_token_proves_its_caller_to_its_callee_only() {
+        let (private, public) = generate(&["gateway", "message", "receipt"]);
+        let gateway = keys_of("gateway", &private, &public);
+        let receipt = keys_of("receipt", &private, &public);
+        let message = keys_of("message", &private, &public);
+        let to_receipt = Issuer::new(gateway.clone(), "receipt").token();
+        assert_eq!(receipt.verify("gateway", &to_receipt), Ok(()));
+        assert_eq!(receipt.verify("gateway", &to_receipt), Ok(()), "remembered");
+        // The gateway's token claims no other name, and reaches no other callee.
+        assert_eq!(
+            receipt.verify("message", &to_receipt),
+            Err(Refused::Misaddressed)
+        );
+        assert_eq!(
+            message.verify("gateway", &to_receipt),
+            Err(Refused::Misaddressed)
+        );
+        // A token the gateway signs in the message service's name is not the
+        // message service's signature.
+        let forged =
+            gateway
+                .issue("receipt", unix_now() + 60)
+                .replacen("v1.gateway.", "v1.message.", 1);
+        assert_eq!(
+            receipt.verify("message", &forged),
+            Err(Refused::BadSignature)
+        );
+        assert_eq!(
+            receipt.verify("gateway", "v1.gateway.receipt"),
+            Err(Refused::Malformed)
+        );
+        assert_eq!(receipt.verify("gateway", ""), Err(Refused::Malformed));
+    }
+
+    #[test]
+    fn tokens_expire_and_are_not_valid_for_longer_than_issued() {
+        let (private, public) = generate(&["gateway", "receipt"]);
+        let gateway = keys_of("gateway", &private, &public);
+        let receipt = keys_of("receipt", &private, &public);
+        let now = unix_now();
+        let token = gateway.issue("receipt", now + 10);
+        assert_eq!(receipt.verify_at("gateway", &token, now), Ok(()));
+        assert_eq!(
+            receipt.verify_at("gateway", &token, now + 10 + SKEW + 1),
+            Err(Refused::Expired)
+        );
+        let forever = gateway.issue("receipt", u64::MAX);
+        assert_eq!(
+            receipt.verify_at("gateway", &forever, now),
+            Err(Refused::Expired)
+        );
+    }
+
+    #[test]
+    fn credentials_must_match_their_name_and_be_well_formed() {
+        let (private, public) = generate(&["gateway", "receipt"]);
+        let gateway_key = &private[0].1;
+        assert!(matches!(
+            Keys::new("receipt", gateway_key, &public),
+            Err(CredentialError::Mismatch(_))
+        ));
+        assert!(matches!(
+            Keys::new("gateway", gateway_key, "gateway=short"),
+            Err(CredentialError::PublicKey(_))
+        ));
+        assert!(matches!(
+            Keys::new("gateway", gateway_key, "Not_A_Name=AAAA"),
+            Err(CredentialError::PublicKey(_))
+        ));
+        let not_a_key: Secret = "not base64 at all!!".parse().expect("a secret");
+        assert!(matches!(
+            Keys::new("gateway", &not_a_key, &public),
+            Err(CredentialError::PrivateKey)
+        ));
+        // The error names no key material.
+        let error = Keys::new("receipt", gateway_key, &public)
+            .expect_err("mismatch")
+            .to_string();
+        assert!(!error.contains(gateway_key.expose()));
+    }
+
+    mod properties {
+        use super::*;
+
+        proptest::proptest! {
+            /// Whatever a caller sends as a token, it is refused or it is a
+            /// genuine token; it never panics.
+            #[test]
+            fn any_token_is_refused_unless_signed(raw in "\\PC{0,200}", dots in proptest::collection::vec("[a-z0-9A-Z_-]{0,20}", 0..7)) {
+                let (private, public) = generate(&["gateway", "receipt"]);
+                let receipt = keys_of("receipt", &private, &public);
+                proptest::prop_assert!(receipt.verify("gateway", &raw).is_err());
+                proptest::prop_assert!(receipt.verify("gateway", &dots.join(".")).is_err());
+            }
+        }
+    }
+}
