@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use parley_server::credentials::Keys;
 use parley_testkit::TestRedis;
 use sqlx::{Connection, mysql::MySqlConnection};
 
@@ -53,6 +54,9 @@ pub struct Cluster {
     databases: Vec<String>,
     /// The benchmark's Redis, stopped with the cluster.
     _redis: TestRedis,
+    /// The credentials the load generator calls the services with (as a
+    /// service of its own, `bench`, acting for users).
+    pub keys: Keys,
 }
 
 fn free_port() -> Result<SocketAddr, String> {
@@ -106,7 +110,21 @@ impl Cluster {
         }
         let url = |i: usize| format!("http://{}", addrs[i]);
         let db = |i: usize| format!("{mysql}/{}", databases[i]);
+        let names: Vec<&str> = SERVICES.iter().copied().chain(["bench"]).collect();
+        let (private, public) = parley_server::credentials::generate(&names);
+        let private_key = |name: &str| {
+            private
+                .iter()
+                .find_map(|(n, key)| (n == name).then(|| key.expose().to_owned()))
+                .unwrap_or_default()
+        };
+        let keys = private
+            .iter()
+            .find(|(n, _)| n == "bench")
+            .ok_or("no key for the load generator")
+            .and_then(|(_, key)| Keys::new("bench", key, &public).map_err(|_| "bad bench key"))?;
         let common = [
+            ("PARLEY_SERVICE_PUBLIC_KEYS", public.clone()),
             ("PARLEY_RATE_LIMIT_PER_SECOND", "1000000".to_owned()),
             ("PARLEY_RATE_LIMIT_BURST", "1000000".to_owned()),
             ("PARLEY_MAX_CONCURRENT_REQUESTS", "100000".to_owned()),
@@ -145,6 +163,7 @@ impl Cluster {
             mysql,
             databases,
             _redis: redis,
+            keys,
         };
         let logs = log_dir()?;
         for (i, name) in SERVICES.into_iter().enumerate() {
@@ -155,6 +174,7 @@ impl Cluster {
             command
                 .envs(common.iter().map(|(k, v)| (*k, v.as_str())))
                 .envs(own[i].iter().map(|(k, v)| (*k, v.as_str())))
+                .env("PARLEY_SERVICE_KEY", private_key(name))
                 .envs(
                     extra
                         .iter()

@@ -110,27 +110,32 @@ pub async fn gateway_channels(
     Ok(channels)
 }
 
-/// Names the acting user on internal calls, as a trusted service would.
+/// Names the acting user on internal calls to `callee`, proven as the
+/// load generator's own service (`bench`), as a backend of an app would.
 #[derive(Clone)]
-pub struct Acting(tonic::metadata::AsciiMetadataValue);
+pub struct Acting {
+    uid: tonic::metadata::AsciiMetadataValue,
+    identity: parley_server::ServiceIdentity,
+}
 
 impl Acting {
-    /// Acting as `uid`.
-    pub fn new(uid: &str) -> Result<Self, String> {
-        tonic::metadata::AsciiMetadataValue::try_from(uid)
-            .map(Self)
-            .map_err(|_| format!("{uid:?} is not a valid uid"))
+    /// Acting as `uid` towards `callee`.
+    pub fn new(cluster: &Cluster, uid: &str, callee: &'static str) -> Result<Self, String> {
+        let uid = tonic::metadata::AsciiMetadataValue::try_from(uid)
+            .map_err(|_| format!("{uid:?} is not a valid uid"))?;
+        let identity = parley_server::ServiceIdentity::new("bench", None, Some(cluster.keys.clone()))
+            .map_err(|e| e.to_string())?
+            .to(callee);
+        Ok(Self { uid, identity })
     }
 }
 
 impl tonic::service::Interceptor for Acting {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let mut request = self.identity.call(request)?;
         request
             .metadata_mut()
-            .insert(parley_server::caller::UID_HEADER, self.0.clone());
+            .insert(parley_server::caller::UID_HEADER, self.uid.clone());
         Ok(request)
     }
 }
@@ -144,7 +149,7 @@ pub fn channel(cluster: &Cluster, service: &str) -> Result<Channel, String> {
 pub async fn create_group(cluster: &Cluster, prefix: &str, members: usize) -> Result<u64, String> {
     let uid = |i: usize| format!("{prefix}-{i:05}");
     let channel = channel(cluster, "message")?;
-    let mut client = MessageServiceClient::with_interceptor(channel, Acting::new(&uid(0))?);
+    let mut client = MessageServiceClient::with_interceptor(channel, Acting::new(cluster, &uid(0), "message")?);
     let uids: Vec<String> = (1..members).map(uid).collect();
     let mut chunks = uids.chunks(1000);
     let request = mpb::CreateGroupRequest {

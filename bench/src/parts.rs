@@ -149,9 +149,9 @@ pub async fn pushes(
             if throttled {
                 fcm.script(&token, [parley_testkit::fcm::Reply::RetryAfter(1)]);
             }
+            let acting = Acting::new(cluster, &uid, "notification");
             async move {
-                let mut client =
-                    NotificationServiceClient::with_interceptor(channel, Acting::new(&uid)?);
+                let mut client = NotificationServiceClient::with_interceptor(channel, acting?);
                 let request = npb::RegisterDeviceRequest {
                     device_id: "phone".into(),
                     platform: npb::Platform::Fcm.into(),
@@ -199,7 +199,7 @@ pub async fn send_messages(
 ) -> Result<Vec<u64>, String> {
     let mut client = MessageServiceClient::with_interceptor(
         channel(cluster, "message")?,
-        Acting::new(&format!("{prefix}-00000"))?,
+        Acting::new(cluster, &format!("{prefix}-00000"), "message")?,
     );
     let mut msgids = Vec::new();
     for i in 0..count {
@@ -298,7 +298,7 @@ pub async fn receipt_reads(
 ) -> Result<Receipts, String> {
     let mut client = ReceiptServiceClient::with_interceptor(
         channel(cluster, "receipt")?,
-        Acting::new(&format!("{prefix}-00000"))?,
+        Acting::new(cluster, &format!("{prefix}-00000"), "receipt")?,
     );
     let last50: Vec<u64> = msgids.iter().rev().take(50).copied().collect();
     // The receipt service learns of messages through the message outbox.

@@ -25,8 +25,12 @@ async fn bind(name: &str, addr: &str) -> Result<TcpListener, Failure> {
     })
 }
 
+/// A service's configuration in development mode: no service credentials,
+/// each call trusted to name its service and user (each service says so in
+/// its log at start).
 fn config<C: clap::Parser>(args: &[&str]) -> Result<C, Failure> {
-    C::try_parse_from(args).map_err(|e| e.to_string())
+    let dev = ["--dev-mode", "true"];
+    C::try_parse_from(args.iter().chain(&dev)).map_err(|e| e.to_string())
 }
 
 /// Where `parley dev` appends the pushes its logging sender would have sent.
@@ -115,6 +119,8 @@ pub async fn run(data: &Path) -> Result<(), Failure> {
          \x20 receipt       {RECEIPT}   (parley.receipt.v1.ReceiptService)\n\
          \x20 notification  {NOTIFICATION}   (parley.notification.v1.NotificationService;\n\
          \x20                                 pushes are logged, and appended to {pushes})\n\
+         Development mode: no service credentials; each service trusts the identity\n\
+         a call names. For this machine only (a real install sets PARLEY_SERVICE_KEY).\n\
          Try `make demo` in another terminal, or `cargo run -q -p parley-cli -- --help`.\n\
          Ctrl-C stops everything.",
         dir = data.display(),

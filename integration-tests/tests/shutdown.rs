@@ -181,3 +181,59 @@ async fn a_thousand_and_a_half_devices_leaving_at_once_all_go_offline() {
     .await;
     suite.stop().await;
 }
+
+/// Runs the gateway binary with no service credentials (and in development
+/// mode when `dev`): its exit status if it stopped, and its log until it
+/// listened or stopped.
+async fn gateway_without_credentials(dev: bool) -> (Option<std::process::ExitStatus>, String) {
+    let mut command =
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_parley-gateway-under-test"));
+    command
+        .env_clear()
+        .env("PARLEY_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("PARLEY_GATEWAY_JWT_HS256_SECRET", crate::support::JWT_SECRET)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if dev {
+        command.env("PARLEY_DEV_MODE", "true");
+    }
+    let mut child = command.spawn().expect("the gateway binary starts");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let mut log = String::new();
+    let listened = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("gateway listening") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("the gateway listens or stops within 30 s");
+    if listened {
+        child.start_kill().expect("stopped");
+        return (None, log);
+    }
+    let status = child.wait().await.expect("exit status");
+    (Some(status), log)
+}
+
+/// A service started without service credentials refuses to start and says
+/// what to set, unless it is told it runs in development mode, where it
+/// starts and warns that it trusts every call.
+#[tokio::test]
+async fn a_service_without_credentials_starts_only_in_development_mode() {
+    let (stopped, log) = gateway_without_credentials(false).await;
+    let status = stopped.expect("refused to start");
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("PARLEY_SERVICE_KEY") && log.contains("PARLEY_DEV_MODE"), "{log}");
+    let (stopped, log) = gateway_without_credentials(true).await;
+    assert!(stopped.is_none(), "started in development mode: {log}");
+    assert!(log.contains("development mode"), "{log}");
+}

@@ -55,6 +55,11 @@ pub enum CredentialError {
     /// service's own name.
     #[error("PARLEY_SERVICE_KEY is not the key PARLEY_SERVICE_PUBLIC_KEYS lists for {0}")]
     Mismatch(String),
+    /// Neither, outside development mode.
+    #[error(
+        "no service credentials: set PARLEY_SERVICE_KEY and PARLEY_SERVICE_PUBLIC_KEYS (`parley keys` makes a set), or PARLEY_DEV_MODE=true on a development machine"
+    )]
+    Missing,
     /// Only one of the two settings is there.
     #[error("PARLEY_SERVICE_KEY and PARLEY_SERVICE_PUBLIC_KEYS go together: set both")]
     Incomplete,

@@ -141,13 +141,26 @@ pub struct ServerArgs {
     /// `name=base64key`, separated by commas.
     #[arg(long, env = "PARLEY_SERVICE_PUBLIC_KEYS")]
     pub service_public_keys: Option<String>,
+    /// Development mode: without credentials, a call is trusted to name its
+    /// service and user. For `make dev` and tests on one machine; a service
+    /// refuses to start without credentials otherwise.
+    #[arg(long, env = "PARLEY_DEV_MODE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub dev_mode: bool,
 }
 
 impl ServerArgs {
-    /// The credentials of service `name`, when configured.
+    /// The credentials of service `name`. Without any, only development
+    /// mode starts, and says so.
     pub fn credentials(&self, name: &str) -> Result<Option<Keys>, CredentialError> {
         match (&self.service_key, &self.service_public_keys) {
-            (None, None) => Ok(None),
+            (None, None) if self.dev_mode => {
+                tracing::warn!(
+                    service = name,
+                    "development mode: calls are trusted to name their service and user; never expose this service"
+                );
+                Ok(None)
+            }
+            (None, None) => Err(CredentialError::Missing),
             (Some(private), Some(public)) => Keys::new(name, private, public).map(Some),
             _ => Err(CredentialError::Incomplete),
         }
@@ -317,6 +330,34 @@ mod tests {
     struct WithSecret {
         #[arg(long)]
         token: Option<Secret>,
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Server {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    #[test]
+    fn a_service_without_credentials_starts_only_in_development_mode() {
+        use clap::Parser as _;
+        let parse = |args: &[&str]| Server::try_parse_from(args).expect("flags").server;
+        assert_eq!(
+            parse(&["x"]).credentials("gateway").map(|k| k.is_some()),
+            Err(CredentialError::Missing)
+        );
+        assert_eq!(
+            parse(&["x", "--dev-mode", "true"]).credentials("gateway").map(|k| k.is_some()),
+            Ok(false)
+        );
+        let (private, public) = crate::credentials::generate(&["gateway"]);
+        let key = private[0].1.expose();
+        assert_eq!(
+            parse(&["x", "--service-key", key]).credentials("gateway").map(|k| k.is_some()),
+            Err(CredentialError::Incomplete)
+        );
+        let both = ["x", "--service-key", key, "--service-public-keys", &public];
+        assert_eq!(parse(&both).credentials("gateway").map(|k| k.is_some()), Ok(true));
     }
 
     #[test]
