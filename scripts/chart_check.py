@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Checks the Helm chart without a cluster.
 
-For the default values and for helm/values-production.yaml:
+The default values are refused at render time (no service credentials), as
+are production values without NetworkPolicies. For helm/values-trial.yaml
+(development mode) and helm/values-production.yaml:
   1. `helm lint --strict` (through helm-python-sdk, Helm's own Go code);
   2. values.schema.json accepts the values, and refuses a set of wrong ones;
   3. the chart renders, and every manifest validates with kubernetes-validate
@@ -35,7 +37,17 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "parley"
-VALUES_FILES = [None, ROOT / "helm" / "values-production.yaml"]
+VALUES_FILES = [ROOT / "helm" / "values-trial.yaml", ROOT / "helm" / "values-production.yaml"]
+# Values the chart must refuse to render: (what is missing, values or None for
+# the defaults, what the refusal says).
+REFUSED = [
+    ("the default values", None, "service credentials are required"),
+    (
+        "production values without NetworkPolicies",
+        {"secrets": {"existingSecret": "parley-credentials"}, "networkPolicy": {"enabled": False}},
+        "networkPolicy.enabled is false",
+    ),
+]
 KUBE_VERSION = "1.30.0"
 CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ROOT
@@ -68,6 +80,22 @@ WRONG_VALUES = [
         },
     ),
     ("short internal token", {"secrets": {"values": {"internal-token": "short"}}}),
+    (
+        "created secret without service keys",
+        {
+            "secrets": {
+                "create": True,
+                "values": {
+                    "message-database-url": "mysql://u@db/m",
+                    "receipt-database-url": "mysql://u@db/r",
+                    "notification-database-url": "mysql://u@db/n",
+                    "redis-url": "redis://redis:6379/0",
+                    "jwt-hs256-secret": "0123456789abcdef0123",
+                },
+            }
+        },
+    ),
+    ("service key that is not base64", {"secrets": {"values": {"gateway-service-key": "not a key"}}}),
     ("database URL that is not mysql://", {"secrets": {"values": {"message-database-url": "postgres://x"}}}),
     ("env that is not PARLEY_*", {"services": {"presence": {"env": {"PATH": "/bin"}}}}),
     ("APNs key without ids", {"push": {"apns": {"existingSecret": "apns"}}}),
@@ -232,6 +260,18 @@ def main() -> int:
                 f"chart-check: {label}: lint clean, {len(docs)} manifests valid "
                 f"for Kubernetes {KUBE_VERSION} ({', '.join(kinds)}){against}"
             )
+    for what, values, says in REFUSED:
+        try:
+            render(chart, values)
+        except helm.HelmError as e:
+            if says in str(e):
+                print(f"chart-check: {what} are refused: {says}")
+                continue
+            failed = True
+            print(f"chart-check: {what} are refused, but not for the reason expected ({says}): {e}")
+            continue
+        failed = True
+        print(f"chart-check: {what} render; they must be refused ({says})")
     for what, change in WRONG_VALUES:
         try:
             chart.validate_schema(merge(defaults, change))

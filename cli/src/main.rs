@@ -44,6 +44,16 @@ enum Command {
         #[arg(long, default_value = "data")]
         data: PathBuf,
     },
+    /// Print a fresh set of service credentials as `key=value` lines: each
+    /// service's private key (`<name>-service-key`) and the public key list
+    /// (`service-public-keys`), the keys the Helm chart's Secret holds
+    /// (`kubectl create secret generic parley-credentials --from-env-file=…`).
+    Keys {
+        /// Callers of your own besides the five services (a backend that
+        /// calls Parley's APIs for its users): each gets a key pair too.
+        #[arg(long = "extra")]
+        extra: Vec<String>,
+    },
     /// Print a dev token (HS256) for a user.
     Token {
         /// The user.
@@ -163,6 +173,23 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Dev { data } => dev::run(&data).await,
         Command::Demo { data } => demo::run(&endpoints, &data).await,
+        Command::Keys { extra } => {
+            let mut names = vec!["gateway", "message", "receipt", "presence", "notification"];
+            for name in &extra {
+                if !parley_server::credentials::valid_service_name(name) || names.contains(&name.as_str()) {
+                    return Err(format!(
+                        "--extra {name:?}: a new name of 1 to 32 characters from a-z and '-'"
+                    ));
+                }
+                names.push(name);
+            }
+            let (private, public) = parley_server::credentials::generate(&names);
+            for (name, key) in &private {
+                println!("{name}-service-key={}", key.expose());
+            }
+            println!("service-public-keys={public}");
+            Ok(())
+        }
         Command::Token { uid: raw, ttl_secs } => {
             let token = parley_gateway::auth::issue_hs256(
                 endpoints.secret.as_bytes(),

@@ -102,6 +102,10 @@ app.kubernetes.io/component: {{ .service }}
 {{ include "parley.secretEnv" (dict "root" .root "name" $facts.redis "key" "redis-url") }}
 {{- end }}
 {{ include "parley.secretEnv" (dict "root" .root "name" "PARLEY_INTERNAL_TOKEN" "key" "internal-token" "optional" true) }}
+{{- if not .root.Values.devMode }}
+{{ include "parley.secretEnv" (dict "root" .root "name" "PARLEY_SERVICE_KEY" "key" (printf "%s-service-key" .service)) }}
+{{ include "parley.secretEnv" (dict "root" .root "name" "PARLEY_SERVICE_PUBLIC_KEYS" "key" "service-public-keys") }}
+{{- end }}
 {{- if and (eq .service "gateway") (not .root.Values.jwt.rs256PublicKeySecret) }}
 {{ include "parley.secretEnv" (dict "root" .root "name" "PARLEY_GATEWAY_JWT_HS256_SECRET" "key" "jwt-hs256-secret") }}
 {{- end }}
@@ -111,4 +115,18 @@ app.kubernetes.io/component: {{ .service }}
 {{- define "parley.containerSecurity" -}}
 securityContext:
   {{- toYaml .Values.securityContext | nindent 2 }}
+{{- end -}}
+
+{{/* What a production install must provide, refused at render time unless
+devMode is set: the service credentials (an existing Secret, or a created one
+whose keys the schema checks) and the NetworkPolicies. */}}
+{{- define "parley.requireProduction" -}}
+{{- if not .Values.devMode -}}
+{{- if not (or .Values.secrets.existingSecret .Values.secrets.create) -}}
+{{- fail "service credentials are required: set secrets.existingSecret to a Secret holding each <service>-service-key and service-public-keys (`parley keys` prints a set), or secrets.create with secrets.values; devMode=true runs a trial without them" -}}
+{{- end -}}
+{{- if not .Values.networkPolicy.enabled -}}
+{{- fail "networkPolicy.enabled is false: a production install keeps the internal services reachable only from the release; devMode=true runs a trial without them" -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
