@@ -123,9 +123,10 @@ impl Acting {
     pub fn new(cluster: &Cluster, uid: &str, callee: &'static str) -> Result<Self, String> {
         let uid = tonic::metadata::AsciiMetadataValue::try_from(uid)
             .map_err(|_| format!("{uid:?} is not a valid uid"))?;
-        let identity = parley_server::ServiceIdentity::new("bench", None, Some(cluster.keys.clone()))
-            .map_err(|e| e.to_string())?
-            .to(callee);
+        let identity =
+            parley_server::ServiceIdentity::new("bench", None, Some(cluster.keys.clone()))
+                .map_err(|e| e.to_string())?
+                .to(callee);
         Ok(Self { uid, identity })
     }
 }
@@ -149,7 +150,8 @@ pub fn channel(cluster: &Cluster, service: &str) -> Result<Channel, String> {
 pub async fn create_group(cluster: &Cluster, prefix: &str, members: usize) -> Result<u64, String> {
     let uid = |i: usize| format!("{prefix}-{i:05}");
     let channel = channel(cluster, "message")?;
-    let mut client = MessageServiceClient::with_interceptor(channel, Acting::new(cluster, &uid(0), "message")?);
+    let mut client =
+        MessageServiceClient::with_interceptor(channel, Acting::new(cluster, &uid(0), "message")?);
     let uids: Vec<String> = (1..members).map(uid).collect();
     let mut chunks = uids.chunks(1000);
     let request = mpb::CreateGroupRequest {

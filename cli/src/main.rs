@@ -176,7 +176,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Keys { extra } => {
             let mut names = vec!["gateway", "message", "receipt", "presence", "notification"];
             for name in &extra {
-                if !parley_server::credentials::valid_service_name(name) || names.contains(&name.as_str()) {
+                if !parley_server::credentials::valid_service_name(name)
+                    || names.contains(&name.as_str())
+                {
                     return Err(format!(
                         "--extra {name:?}: a new name of 1 to 32 characters from a-z and '-'"
                     ));

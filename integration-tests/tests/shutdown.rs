@@ -186,12 +186,14 @@ async fn a_thousand_and_a_half_devices_leaving_at_once_all_go_offline() {
 /// mode when `dev`): its exit status if it stopped, and its log until it
 /// listened or stopped.
 async fn gateway_without_credentials(dev: bool) -> (Option<std::process::ExitStatus>, String) {
-    let mut command =
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_parley-gateway-under-test"));
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_parley-gateway-under-test"));
     command
         .env_clear()
         .env("PARLEY_GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("PARLEY_GATEWAY_JWT_HS256_SECRET", crate::support::JWT_SECRET)
+        .env(
+            "PARLEY_GATEWAY_JWT_HS256_SECRET",
+            crate::support::JWT_SECRET,
+        )
         .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -232,7 +234,10 @@ async fn a_service_without_credentials_starts_only_in_development_mode() {
     let (stopped, log) = gateway_without_credentials(false).await;
     let status = stopped.expect("refused to start");
     assert!(!status.success(), "{log}");
-    assert!(log.contains("PARLEY_SERVICE_KEY") && log.contains("PARLEY_DEV_MODE"), "{log}");
+    assert!(
+        log.contains("PARLEY_SERVICE_KEY") && log.contains("PARLEY_DEV_MODE"),
+        "{log}"
+    );
     let (stopped, log) = gateway_without_credentials(true).await;
     assert!(stopped.is_none(), "started in development mode: {log}");
     assert!(log.contains("development mode"), "{log}");

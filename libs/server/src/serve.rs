@@ -347,17 +347,24 @@ mod tests {
             Err(CredentialError::Missing)
         );
         assert_eq!(
-            parse(&["x", "--dev-mode", "true"]).credentials("gateway").map(|k| k.is_some()),
+            parse(&["x", "--dev-mode", "true"])
+                .credentials("gateway")
+                .map(|k| k.is_some()),
             Ok(false)
         );
         let (private, public) = crate::credentials::generate(&["gateway"]);
         let key = private[0].1.expose();
         assert_eq!(
-            parse(&["x", "--service-key", key]).credentials("gateway").map(|k| k.is_some()),
+            parse(&["x", "--service-key", key])
+                .credentials("gateway")
+                .map(|k| k.is_some()),
             Err(CredentialError::Incomplete)
         );
         let both = ["x", "--service-key", key, "--service-public-keys", &public];
-        assert_eq!(parse(&both).credentials("gateway").map(|k| k.is_some()), Ok(true));
+        assert_eq!(
+            parse(&both).credentials("gateway").map(|k| k.is_some()),
+            Ok(true)
+        );
     }
 
     #[test]
