@@ -470,3 +470,52 @@ async fn acks_of_many_streams_gather_while_a_call_is_out() {
     assert_eq!(figure("parley_gateway_acks_per_call_sum").await, 20.0);
     suite.stop().await;
 }
+
+/// Whoever else can publish on the bus's Redis cannot hand a gateway
+/// deliveries: with credentials, a gateway takes only events the message or
+/// receipt service signed for its channel. A forged seq 1, unsigned or signed
+/// with the gateway's own key, is published before the real seq 1 is sent;
+/// the device must get the real one.
+#[tokio::test]
+async fn deliveries_published_on_redis_by_anyone_else_are_refused() {
+    let suite = Suite::start(Backend::MariaDb).await;
+    let gid = create_group(&suite, "A", "Bus", &["uid1"]).await;
+    let mut device = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    let forged = parley_proto::bus::BusEvent {
+        event: Some(parley_proto::bus::bus_event::Event::Delivery(
+            parley_proto::bus::Delivery {
+                message: Some(pb::DeliveredMessage {
+                    msgid: 999_999,
+                    gid,
+                    seq: 1,
+                    sender_uid: "A".into(),
+                    content: b"forged".to_vec(),
+                    need_receipt: false,
+                    created_at_ms: 0,
+                }),
+                uids: vec!["uid1".into()],
+            },
+        )),
+    };
+    let redis = suite.redis_url().expect("a Redis suite");
+    let anyone = parley_bus::Bus::redis(&redis).expect("redis bus");
+    let gateway_key = anyone
+        .clone()
+        .with_credentials(Some(suite.keys.keys("gateway")));
+    for publisher in [anyone, gateway_key] {
+        publisher
+            .publish(&suite.gateway_ids[0], &forged)
+            .await
+            .expect("published on Redis");
+    }
+    send_direct(&suite, "A", gid, "real", 8).await;
+    let got = device.messages(1, &mut Vec::new()).await;
+    assert_eq!(got[0].seq, 1);
+    assert_ne!(
+        got[0].content,
+        b"forged".to_vec(),
+        "a forged delivery reached the device"
+    );
+    assert_ne!(got[0].msgid, 999_999);
+    suite.stop().await;
+}

@@ -274,12 +274,14 @@ pub struct Suite {
     receipt: Option<Running>,
     gateways: Vec<Option<Running>>,
     pub gateway_addrs: Vec<SocketAddr>,
+    /// Each gateway's id (its bus channel).
+    pub gateway_ids: Vec<String>,
     presence_url: String,
     message_url: String,
     receipt_url: String,
     channels: (Channel, Channel, Channel),
     /// Every service's credentials, the tests' own among them.
-    keys: TestKeys,
+    pub keys: TestKeys,
 }
 
 /// The names the suite's credentials are made for: the services, and the
@@ -294,7 +296,7 @@ const SERVICES: [&str; 6] = [
 ];
 
 /// A fresh set of service credentials.
-struct TestKeys {
+pub struct TestKeys {
     private: Vec<(String, parley_server::serve::Secret)>,
     public: String,
 }
@@ -313,7 +315,7 @@ impl TestKeys {
     }
 
     /// `name`'s credentials, as its service would hold them.
-    fn keys(&self, name: &str) -> Keys {
+    pub fn keys(&self, name: &str) -> Keys {
         Keys::new(name, self.private(name), &self.public).expect("valid credentials")
     }
 
@@ -419,6 +421,7 @@ impl Suite {
             receipt: None,
             gateways: Vec::new(),
             gateway_addrs: Vec::new(),
+            gateway_ids: Vec::new(),
             presence_url: presence_url.clone(),
             message_url: message_url.clone(),
             receipt_url: receipt_url.clone(),
@@ -496,7 +499,8 @@ impl Suite {
         }
     }
 
-    fn redis_url(&self) -> Option<String> {
+    /// The test's Redis (MariaDB suites).
+    pub fn redis_url(&self) -> Option<String> {
         match &self.realtime {
             Realtime::Redis(redis) => Some(redis.url()),
             Realtime::Local(_) => None,
@@ -637,6 +641,7 @@ impl Suite {
             parley_gateway::run_on_bus(config, bus, listener, stopped(rx))
         })));
         self.gateway_addrs.push(addr);
+        self.gateway_ids.push(id);
         self.gateways.len() - 1
     }
 

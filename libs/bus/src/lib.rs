@@ -20,7 +20,8 @@ use std::{
 
 use deadpool_redis::redis::{self, AsyncCommands};
 use futures::StreamExt;
-use parley_proto::bus::BusEvent;
+use parley_proto::bus::{BusEvent, SignedEvent};
+use parley_server::credentials::Keys;
 use prost::Message;
 use tokio::sync::mpsc;
 
@@ -111,6 +112,22 @@ impl Bus {
         }
     }
 
+    /// This bus with the service's credentials: on Redis, events are
+    /// published signed by this service, and only events signed by a service
+    /// that publishes (the message and receipt services) are taken from a
+    /// subscription. Without credentials (development mode), events go as
+    /// they are; an in-process bus needs none.
+    #[must_use]
+    pub fn with_credentials(self, keys: Option<Keys>) -> Self {
+        match self {
+            Self::Redis(bus) => Self::Redis(RedisBus {
+                keys: keys.map(Arc::new),
+                ..bus
+            }),
+            local => local,
+        }
+    }
+
     /// A fresh in-process bus; clones share it.
     pub fn local() -> Self {
         Self::Local(LocalBus::default())
@@ -153,20 +170,61 @@ pub fn channel_name(gateway_id: &str) -> String {
 pub struct RedisBus {
     client: redis::Client,
     pool: deadpool_redis::Pool,
+    keys: Option<Arc<Keys>>,
+}
+
+/// The services whose signed events a gateway takes.
+const PUBLISHERS: [&str; 2] = ["message", "receipt"];
+
+/// What goes on `channel` for `event`: signed when there are credentials.
+fn payload(keys: Option<&Keys>, channel: &str, event: &BusEvent) -> Vec<u8> {
+    let encoded = event.encode_to_vec();
+    match keys {
+        None => encoded,
+        Some(keys) => SignedEvent {
+            signature: keys.sign(channel, &encoded),
+            signer: keys.name().to_owned(),
+            event: encoded,
+        }
+        .encode_to_vec(),
+    }
+}
+
+/// The event a payload from `channel` carries, if it is one this gateway
+/// takes: well-formed and, with credentials, signed by a publisher for this
+/// channel.
+fn event_of(keys: Option<&Keys>, channel: &str, payload: &[u8]) -> Result<BusEvent, String> {
+    let Some(keys) = keys else {
+        return BusEvent::decode(payload).map_err(|e| e.to_string());
+    };
+    let signed = SignedEvent::decode(payload).map_err(|e| e.to_string())?;
+    keys.verify_signature(
+        &signed.signer,
+        &PUBLISHERS,
+        channel,
+        &signed.event,
+        &signed.signature,
+    )
+    .map_err(|refused| refused.to_string())?;
+    BusEvent::decode(signed.event.as_slice()).map_err(|e| e.to_string())
 }
 
 impl RedisBus {
     fn new(url: &str) -> Result<Self, BusError> {
         let client = redis::Client::open(url)?;
         let pool = redis_pool(url, 16)?;
-        Ok(Self { client, pool })
+        Ok(Self {
+            client,
+            pool,
+            keys: None,
+        })
     }
 
     async fn publish(&self, gateway_id: &str, event: &BusEvent) -> Result<(), BusError> {
         let mut connection = self.pool.get().await?;
-        let _receivers: i64 = connection
-            .publish(channel_name(gateway_id), event.encode_to_vec())
-            .await?;
+        let channel = channel_name(gateway_id);
+        let payload = payload(self.keys.as_deref(), &channel, event);
+        let _receivers: i64 = connection.publish(channel, payload).await?;
         Ok(())
     }
 
@@ -176,13 +234,19 @@ impl RedisBus {
             self.client.clone(),
             channel_name(gateway_id),
             tx,
+            self.keys.clone(),
         ));
         rx
     }
 }
 
 /// Keeps one channel subscribed until the receiver goes away.
-async fn subscription(client: redis::Client, channel: String, tx: mpsc::Sender<Signal>) {
+async fn subscription(
+    client: redis::Client,
+    channel: String,
+    tx: mpsc::Sender<Signal>,
+    keys: Option<Arc<Keys>>,
+) {
     let mut failures = 0u32;
     while !tx.is_closed() {
         let mut pubsub = match client.get_async_pubsub().await {
@@ -210,13 +274,16 @@ async fn subscription(client: redis::Client, channel: String, tx: mpsc::Sender<S
             tokio::select! {
                 message = messages.next() => {
                     let Some(message) = message else { break };
-                    match BusEvent::decode(message.get_payload_bytes()) {
+                    match event_of(keys.as_deref(), &channel, message.get_payload_bytes()) {
                         Ok(event) => {
                             if tx.try_send(Signal::Event(event)).is_err() && tx.is_closed() {
                                 return;
                             }
                         }
-                        Err(error) => tracing::warn!(error = %error, channel = %channel, "undecodable bus event dropped"),
+                        Err(why) => {
+                            metrics::counter!("parley_bus_refused_total").increment(1);
+                            tracing::debug!(why = %why, channel = %channel, "bus event refused");
+                        }
                     }
                 }
                 () = tx.closed() => return,

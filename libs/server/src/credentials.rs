@@ -96,6 +96,22 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What a payload signature covers: a domain tag, the context's length and
+/// the context, then the payload, so no two (context, payload) pairs sign
+/// the same bytes.
+fn signed_bytes(context: &str, payload: &[u8]) -> Vec<u8> {
+    let tag = b"parley-signed/v1\0";
+    let length = u32::try_from(context.len())
+        .unwrap_or(u32::MAX)
+        .to_be_bytes();
+    let mut bytes = Vec::with_capacity(tag.len() + 4 + context.len() + payload.len());
+    bytes.extend_from_slice(tag);
+    bytes.extend_from_slice(&length);
+    bytes.extend_from_slice(context.as_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
 fn signed_text(caller: &str, callee: &str, expires: u64) -> String {
     format!("parley-service-token/v1 {caller} {callee} {expires}")
 }
@@ -156,6 +172,34 @@ impl Keys {
     /// This service's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// This service's signature over `payload` in `context` (for example
+    /// the bus channel it is published on, so it holds for that one only).
+    pub fn sign(&self, context: &str, payload: &[u8]) -> Vec<u8> {
+        self.own
+            .sign(&signed_bytes(context, payload))
+            .to_bytes()
+            .to_vec()
+    }
+
+    /// Checks that `signature` is `signer`'s over `payload` in `context`,
+    /// and that `signer` is one of `allowed`.
+    pub fn verify_signature(
+        &self,
+        signer: &str,
+        allowed: &[&str],
+        context: &str,
+        payload: &[u8],
+        signature: &[u8],
+    ) -> Result<(), Refused> {
+        if !allowed.contains(&signer) {
+            return Err(Refused::Misaddressed);
+        }
+        let key = self.trusted.get(signer).ok_or(Refused::BadSignature)?;
+        let signature = Signature::from_slice(signature).map_err(|_| Refused::Malformed)?;
+        key.verify(&signed_bytes(context, payload), &signature)
+            .map_err(|_| Refused::BadSignature)
     }
 
     /// A token from this service to `callee`, valid until `expires` (Unix s).
@@ -315,6 +359,39 @@ mod tests {
             Err(Refused::Malformed)
         );
         assert_eq!(receipt.verify("gateway", ""), Err(Refused::Malformed));
+    }
+
+    #[test]
+    fn a_payload_signature_holds_for_its_signer_and_context_only() {
+        let (private, public) = generate(&["gateway", "message"]);
+        let gateway = keys_of("gateway", &private, &public);
+        let message = keys_of("message", &private, &public);
+        let signature = message.sign("parley:gw:a", b"event");
+        let check = |signer, context, payload: &[u8], signature: &[u8]| {
+            gateway.verify_signature(signer, &["message"], context, payload, signature)
+        };
+        assert_eq!(
+            check("message", "parley:gw:a", b"event", &signature),
+            Ok(())
+        );
+        assert_eq!(
+            check("message", "parley:gw:b", b"event", &signature),
+            Err(Refused::BadSignature)
+        );
+        assert_eq!(
+            check("message", "parley:gw:a", b"other", &signature),
+            Err(Refused::BadSignature)
+        );
+        assert_eq!(
+            check("message", "parley:gw:a", b"event", b"short"),
+            Err(Refused::Malformed)
+        );
+        // The gateway's own key is trusted for calls, not for publishing.
+        let own = gateway.sign("parley:gw:a", b"event");
+        assert_eq!(
+            check("gateway", "parley:gw:a", b"event", &own),
+            Err(Refused::Misaddressed)
+        );
     }
 
     #[test]

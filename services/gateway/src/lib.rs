@@ -445,7 +445,10 @@ where
     // crash, as far as clients and presence can tell) stops the sessions, the
     // dispatcher and the heartbeats without a goodbye.
     let background = futures::future::join(
-        hub::dispatch(hub.clone(), bus.subscribe(&gateway_id)),
+        hub::dispatch(
+            hub.clone(),
+            bus.with_credentials(keys.clone()).subscribe(&gateway_id),
+        ),
         heartbeat(
             hub.clone(),
             upstream.presence.clone(),

@@ -202,7 +202,7 @@ where
         config.notification.channel().map_err(StartError::Config)?,
         identity.to("notification"),
     );
-    let fanout = Fanout::new(presence, bus);
+    let fanout = Fanout::new(presence, bus.with_credentials(keys.clone()));
     let downstream = Downstream {
         receipt,
         notification,

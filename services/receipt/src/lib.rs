@@ -196,7 +196,7 @@ where
         store.clone(),
         coalescer.clone(),
         presence,
-        bus,
+        bus.with_credentials(keys.clone()),
         Duration::from_millis(config.digest_window_ms),
     ));
     let mut routes = RoutesBuilder::default();
