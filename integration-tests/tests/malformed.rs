@@ -981,3 +981,36 @@ async fn ack_batches_are_checked_whole_and_answer_each_ack() {
     assert_eq!((position[0].delivered_seq, position[0].read_seq), (1, 0));
     suite.stop().await;
 }
+
+/// LastSeqs, the receipt service's way to bound acks, takes 1 to 1,000 group
+/// ids, answers each group that exists with its committed last seq (before
+/// the outbox passes it on) and leaves the others out.
+#[tokio::test]
+async fn last_seqs_are_bounded_and_answer_the_groups_that_exist() {
+    let suite = Suite::start(Backend::Sqlite).await;
+    let gid = create_group(&suite, "A", "Seqs", &["uid1"]).await;
+    crate::support::send_direct(&suite, "A", gid, "m1", 8).await;
+    let mut receipt = suite.message(As::Raw("x-parley-service", "receipt"));
+    for gids in [Vec::new(), (1..=1001).collect()] {
+        let refused = receipt
+            .last_seqs(mpb::LastSeqsRequest { gids })
+            .await
+            .expect_err("out of bounds");
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(
+            refused.message().contains("1 to 1000"),
+            "{}",
+            refused.message()
+        );
+    }
+    let answer = receipt
+        .last_seqs(mpb::LastSeqsRequest {
+            gids: vec![gid + 1000, gid],
+        })
+        .await
+        .expect("last seqs")
+        .into_inner();
+    let got: Vec<(u64, u64)> = answer.groups.iter().map(|g| (g.gid, g.last_seq)).collect();
+    assert_eq!(got, vec![(gid, 1)]);
+    suite.stop().await;
+}

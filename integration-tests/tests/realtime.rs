@@ -403,12 +403,8 @@ async fn a_sender_who_was_offline_gets_the_receipt_changes_at_login() {
 async fn acks_of_many_streams_gather_while_a_call_is_out() {
     use sqlx::Connection;
 
-    use crate::telemetry::{http_get, sample};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind port 0");
-    let metrics = listener.local_addr().expect("bound address");
-    parley_server::telemetry::serve_metrics_on(listener).expect("metrics served");
+    use crate::telemetry::{http_get, sample, serve_metrics};
+    let metrics = serve_metrics().await;
     let suite = Suite::start(Backend::MariaDb).await;
     let readers: Vec<String> = (0..20).map(|i| format!("r{i:02}")).collect();
     let names: Vec<&str> = readers.iter().map(String::as_str).collect();

@@ -37,14 +37,20 @@ pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|rest| rest.trim().parse().ok())
 }
 
-#[tokio::test]
-async fn metrics_endpoint_serves_rpc_counts_and_latency_histograms() {
-    // This process's recorder (nextest runs each test in its own process).
+/// Serves this process's metrics recorder on port 0 (nextest runs each test
+/// in its own process, so the figures are the test's own); its address.
+pub(crate) async fn serve_metrics() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind port 0");
     let addr = listener.local_addr().expect("bound address");
     parley_server::telemetry::serve_metrics_on(listener).expect("metrics served");
+    addr
+}
+
+#[tokio::test]
+async fn metrics_endpoint_serves_rpc_counts_and_latency_histograms() {
+    let addr = serve_metrics().await;
     let suite = Suite::start(Backend::Sqlite).await;
     let gid = create_group(&suite, "A", "Metrics", &["uid1"]).await;
     let mut uid1 = crate::device::Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;

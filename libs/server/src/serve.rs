@@ -166,6 +166,19 @@ impl ServerArgs {
         }
     }
 
+    /// Service `name`'s credentials and the identity its clients call with
+    /// (each takes it as presented to its callee: [`ServiceIdentity::to`]).
+    pub fn identity(
+        &self,
+        name: &'static str,
+    ) -> Result<(Option<Keys>, crate::ServiceIdentity), String> {
+        let keys = self.credentials(name).map_err(|e| e.to_string())?;
+        let identity =
+            crate::ServiceIdentity::new(name, self.internal_token.as_ref(), keys.clone())
+                .map_err(|e| e.to_string())?;
+        Ok((keys, identity))
+    }
+
     /// The guard settings these flags describe, with `credentials` checked
     /// on every call when there are some.
     pub fn guard_settings(&self, credentials: Option<Keys>) -> GuardSettings {

@@ -29,7 +29,7 @@ use parley_proto::{
     receipt::receipt_service_client::ReceiptServiceClient,
 };
 use parley_server::{
-    ServerArgs, ServiceIdentity, Uid,
+    ServerArgs, Uid,
     caller::valid_device_id,
     serve::Secret,
     shed::refuse,
@@ -413,16 +413,10 @@ where
         }
         None => format!("gw-{:016x}", rand::random::<u64>()),
     };
-    let keys = config
+    let (keys, identity) = config
         .server
-        .credentials("gateway")
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    let identity = ServiceIdentity::new(
-        "gateway",
-        config.server.internal_token.as_ref(),
-        keys.clone(),
-    )
-    .map_err(|e| StartError::Config(e.to_string()))?;
+        .identity("gateway")
+        .map_err(StartError::Config)?;
     let receipt = ReceiptServiceClient::with_interceptor(
         config.receipt.channel().map_err(StartError::Config)?,
         identity.to("receipt"),

@@ -105,6 +105,22 @@ impl Role {
     }
 }
 
+/// Parses a list of 1 to `max` ids, each with `parse`; `field` names it in
+/// the refusal of a wrong count.
+pub fn parse_ids<T>(
+    raw: &[u64],
+    max: usize,
+    field: &str,
+    parse: impl Fn(u64) -> Result<T, MessageError>,
+) -> Result<Vec<T>, MessageError> {
+    if raw.is_empty() || raw.len() > max {
+        return Err(MessageError::invalid(format!(
+            "{field} must hold 1 to {max} ids"
+        )));
+    }
+    raw.iter().map(|&id| parse(id)).collect()
+}
+
 /// Parses a list of uids: 1 to `MAX_UIDS_PER_REQUEST`, deduplicated, sorted.
 pub fn parse_uids(raw: &[String], field: &str) -> Result<Vec<Uid>, MessageError> {
     if raw.is_empty() || raw.len() > MAX_UIDS_PER_REQUEST {

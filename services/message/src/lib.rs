@@ -22,7 +22,7 @@ use parley_proto::{
     receipt::receipt_service_client::ReceiptServiceClient,
 };
 use parley_server::{
-    ServerArgs, ServiceIdentity,
+    ServerArgs,
     db::{Backend, DatabaseUrl},
     upstream::{NotificationUrl, PresenceUrl, ReceiptUrl},
 };
@@ -180,16 +180,10 @@ where
     if config.server.migrate_on_start {
         store.migrate().await?;
     }
-    let keys = config
+    let (keys, identity) = config
         .server
-        .credentials("message")
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    let identity = ServiceIdentity::new(
-        "message",
-        config.server.internal_token.as_ref(),
-        keys.clone(),
-    )
-    .map_err(|e| StartError::Config(e.to_string()))?;
+        .identity("message")
+        .map_err(StartError::Config)?;
     let receipt = ReceiptServiceClient::with_interceptor(
         config.receipt.channel().map_err(StartError::Config)?,
         identity.to("receipt"),

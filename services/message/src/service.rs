@@ -393,17 +393,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
     ) -> Result<Response<pb::LastSeqsResponse>, Status> {
         Caller::require_service(&request, "receipt")?;
         let req = request.into_inner();
-        if req.gids.is_empty() || req.gids.len() > MAX_GIDS_PER_REQUEST {
-            return Err(MessageError::invalid(format!(
-                "gids must hold 1 to {MAX_GIDS_PER_REQUEST} ids"
-            ))
-            .into());
-        }
-        let gids = req
-            .gids
-            .iter()
-            .map(|&gid| Gid::parse(gid))
-            .collect::<Result<Vec<_>, _>>()?;
+        let gids = domain::parse_ids(&req.gids, MAX_GIDS_PER_REQUEST, "gids", Gid::parse)?;
         let groups = self.store.last_seqs(&gids).await?;
         Ok(Response::new(pb::LastSeqsResponse {
             groups: groups
@@ -423,17 +413,12 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         let caller = Caller::user_of(&request)?;
         let req = request.into_inner();
         let gid = Gid::parse(req.gid)?;
-        if req.msgids.is_empty() || req.msgids.len() > MAX_MSGIDS_PER_REQUEST {
-            return Err(MessageError::invalid(format!(
-                "msgids must hold 1 to {MAX_MSGIDS_PER_REQUEST} ids"
-            ))
-            .into());
-        }
-        let msgids = req
-            .msgids
-            .iter()
-            .map(|&id| domain::parse_msgid(id))
-            .collect::<Result<Vec<_>, _>>()?;
+        let msgids = domain::parse_ids(
+            &req.msgids,
+            MAX_MSGIDS_PER_REQUEST,
+            "msgids",
+            domain::parse_msgid,
+        )?;
         let access = self.store.access(gid, &caller).await?;
         let messages = self
             .store

@@ -22,7 +22,7 @@ use parley_proto::{
     receipt::receipt_service_client::ReceiptServiceClient,
 };
 use parley_server::{
-    ServerArgs, ServiceIdentity,
+    ServerArgs,
     db::{Backend, DatabaseUrl},
     upstream::{MessageUrl, PresenceUrl, ReceiptUrl},
 };
@@ -216,16 +216,10 @@ where
     if config.server.migrate_on_start {
         store.migrate().await?;
     }
-    let keys = config
+    let (keys, identity) = config
         .server
-        .credentials("notification")
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    let identity = ServiceIdentity::new(
-        "notification",
-        config.server.internal_token.as_ref(),
-        keys.clone(),
-    )
-    .map_err(|e| StartError::Config(e.to_string()))?;
+        .identity("notification")
+        .map_err(StartError::Config)?;
     let presence = PresenceServiceClient::with_interceptor(
         config.presence.channel().map_err(StartError::Config)?,
         identity.to("presence"),

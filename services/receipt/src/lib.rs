@@ -21,7 +21,7 @@ use parley_proto::{
     receipt::receipt_service_server::ReceiptServiceServer,
 };
 use parley_server::{
-    ServerArgs, ServiceIdentity,
+    ServerArgs,
     db::{Backend, DatabaseUrl},
     upstream::{MessageUrl, PresenceUrl},
 };
@@ -173,16 +173,10 @@ where
         Duration::from_secs(config.retention_hours * 3600),
         Duration::from_secs(config.retention_interval_secs),
     ));
-    let keys = config
+    let (keys, identity) = config
         .server
-        .credentials("receipt")
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    let identity = ServiceIdentity::new(
-        "receipt",
-        config.server.internal_token.as_ref(),
-        keys.clone(),
-    )
-    .map_err(|e| StartError::Config(e.to_string()))?;
+        .identity("receipt")
+        .map_err(StartError::Config)?;
     let presence = PresenceServiceClient::with_interceptor(
         config.presence.channel().map_err(StartError::Config)?,
         identity.to("presence"),
