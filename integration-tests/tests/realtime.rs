@@ -468,10 +468,12 @@ async fn acks_of_many_streams_gather_while_a_call_is_out() {
 }
 
 /// Whoever else can publish on the bus's Redis cannot hand a gateway
-/// deliveries: with credentials, a gateway takes only events the message or
-/// receipt service signed for its channel. A forged seq 1, unsigned or signed
-/// with the gateway's own key, is published before the real seq 1 is sent;
-/// the device must get the real one.
+/// deliveries: the suite's Redis requires a password, as a production one
+/// should, and a client without it is refused; and with credentials, a
+/// gateway takes only events the message or receipt service signed for its
+/// channel. A forged seq 1, unsigned or signed with the gateway's own key, is
+/// published (with the password) before the real seq 1 is sent; the device
+/// must get the real one.
 #[tokio::test]
 async fn deliveries_published_on_redis_by_anyone_else_are_refused() {
     let suite = Suite::start(Backend::MariaDb).await;
@@ -493,6 +495,15 @@ async fn deliveries_published_on_redis_by_anyone_else_are_refused() {
             },
         )),
     };
+    let stranger = suite.redis_url_without_password().expect("a Redis suite");
+    let refused = parley_bus::Bus::redis(&stranger)
+        .expect("redis bus")
+        .publish(&suite.gateway_ids[0], &forged)
+        .await;
+    assert!(
+        refused.is_err(),
+        "Redis took a publish without its password"
+    );
     let redis = suite.redis_url().expect("a Redis suite");
     let anyone = parley_bus::Bus::redis(&redis).expect("redis bus");
     let gateway_key = anyone

@@ -499,6 +499,14 @@ impl Suite {
         }
     }
 
+    /// The test's Redis without its password (MariaDB suites).
+    pub fn redis_url_without_password(&self) -> Option<String> {
+        match &self.realtime {
+            Realtime::Redis(redis) => Some(redis.url_without_password()),
+            Realtime::Local(_) => None,
+        }
+    }
+
     /// The test's Redis (MariaDB suites).
     pub fn redis_url(&self) -> Option<String> {
         match &self.realtime {

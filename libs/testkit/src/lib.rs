@@ -156,10 +156,12 @@ pub fn redis_url() -> String {
 }
 
 /// A Redis server of a test's own, on a free loopback port, so the test can
-/// stop and restart it without disturbing the others. Needs `redis-server` on
-/// the PATH (`make test` installs it when missing).
+/// stop and restart it without disturbing the others. Like a production
+/// Redis it requires a password (in its URL). Needs `redis-server` on the
+/// PATH (`make test` installs it when missing).
 pub struct TestRedis {
     port: u16,
+    password: String,
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
 }
@@ -173,6 +175,7 @@ impl TestRedis {
             .port();
         let mut redis = Self {
             port,
+            password: format!("{:032x}", rand::random::<u128>()),
             dir: tempfile::tempdir().expect("temporary directory"),
             child: None,
         };
@@ -185,8 +188,14 @@ impl TestRedis {
         self.child.as_ref().map(std::process::Child::id)
     }
 
-    /// The server's URL.
+    /// The server's URL, with its password.
     pub fn url(&self) -> String {
+        format!("redis://:{}@127.0.0.1:{}", self.password, self.port)
+    }
+
+    /// The server's URL without the password: what a client that was not
+    /// given it would use.
+    pub fn url_without_password(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
@@ -208,6 +217,7 @@ impl TestRedis {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(["--requirepass", &self.password])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(std::process::Stdio::null())
