@@ -79,7 +79,7 @@ WRONG_VALUES = [
             }
         },
     ),
-    ("short internal token", {"secrets": {"values": {"internal-token": "short"}}}),
+    ("a shared internal token (gone: per-service keys)", {"secrets": {"values": {"internal-token": "0123456789abcdef"}}}),
     (
         "created secret without service keys",
         {

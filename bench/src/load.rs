@@ -124,9 +124,7 @@ impl Acting {
         let uid = tonic::metadata::AsciiMetadataValue::try_from(uid)
             .map_err(|_| format!("{uid:?} is not a valid uid"))?;
         let identity =
-            parley_server::ServiceIdentity::new("bench", None, Some(cluster.keys.clone()))
-                .map_err(|e| e.to_string())?
-                .to(callee);
+            parley_server::ServiceIdentity::new("bench", Some(cluster.keys.clone())).to(callee);
         Ok(Self { uid, identity })
     }
 }

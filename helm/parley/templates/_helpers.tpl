@@ -101,7 +101,6 @@ app.kubernetes.io/component: {{ .service }}
 {{- if $facts.redis }}
 {{ include "parley.secretEnv" (dict "root" .root "name" $facts.redis "key" "redis-url") }}
 {{- end }}
-{{ include "parley.secretEnv" (dict "root" .root "name" "PARLEY_INTERNAL_TOKEN" "key" "internal-token" "optional" true) }}
 {{- if not .root.Values.devMode }}
 {{ include "parley.secretEnv" (dict "root" .root "name" "PARLEY_SERVICE_KEY" "key" (printf "%s-service-key" .service)) }}
 {{ include "parley.secretEnv" (dict "root" .root "name" "PARLEY_SERVICE_PUBLIC_KEYS" "key" "service-public-keys") }}

@@ -11,9 +11,6 @@ use tonic::Status;
 pub const UID_HEADER: &str = "x-parley-uid";
 /// Metadata key carrying the calling service's name, for internal RPCs.
 pub const SERVICE_HEADER: &str = "x-parley-service";
-/// Metadata key carrying the shared internal token, when one is configured.
-pub const INTERNAL_TOKEN_HEADER: &str = "x-parley-internal-token";
-
 /// Longest user id accepted, in bytes.
 pub const MAX_UID_LEN: usize = 64;
 
@@ -158,36 +155,25 @@ pub fn acting_for<T>(uid: &Uid, message: T) -> tonic::Request<T> {
 }
 
 /// A client interceptor that marks outgoing requests as coming from an internal
-/// service (and carries the internal token, when one is configured, and, with
-/// credentials, a token proving the service to its callee).
+/// service and, with credentials, carries a token proving the service to its
+/// callee.
 #[derive(Clone, Debug)]
 pub struct ServiceIdentity {
     service: &'static str,
-    token: Option<tonic::metadata::AsciiMetadataValue>,
     keys: Option<crate::credentials::Keys>,
     issuer: Option<crate::credentials::Issuer>,
 }
 
 impl ServiceIdentity {
-    /// Identity of `service`; `token` is the shared internal token, if any,
-    /// and `keys` the service's credentials, if any. Each client takes it as
-    /// presented to its callee: [`ServiceIdentity::to`].
-    pub fn new(
-        service: &'static str,
-        token: Option<&crate::serve::Secret>,
-        keys: Option<crate::credentials::Keys>,
-    ) -> Result<Self, InvalidToken> {
-        let token = token
-            .map(|t| {
-                tonic::metadata::AsciiMetadataValue::try_from(t.expose()).map_err(|_| InvalidToken)
-            })
-            .transpose()?;
-        Ok(Self {
+    /// Identity of `service`, with its credentials when it has them (not in
+    /// development mode). Each client takes it as presented to its callee:
+    /// [`ServiceIdentity::to`].
+    pub fn new(service: &'static str, keys: Option<crate::credentials::Keys>) -> Self {
+        Self {
             service,
-            token,
             keys,
             issuer: None,
-        })
+        }
     }
 
     /// This identity as presented to `callee`: with credentials, each call
@@ -203,11 +189,6 @@ impl ServiceIdentity {
     }
 }
 
-/// An internal token that cannot be sent as metadata.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("the internal token must be printable ASCII")]
-pub struct InvalidToken;
-
 impl tonic::service::Interceptor for ServiceIdentity {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         let metadata = request.metadata_mut();
@@ -215,9 +196,6 @@ impl tonic::service::Interceptor for ServiceIdentity {
             SERVICE_HEADER,
             tonic::metadata::AsciiMetadataValue::from_static(self.service),
         );
-        if let Some(token) = &self.token {
-            metadata.insert(INTERNAL_TOKEN_HEADER, token.clone());
-        }
         if let Some(issuer) = &self.issuer
             && let Ok(token) = tonic::metadata::AsciiMetadataValue::try_from(issuer.token())
         {

@@ -20,7 +20,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::caller::{Caller, INTERNAL_TOKEN_HEADER, SERVICE_HEADER, Uid};
+use crate::caller::{Caller, SERVICE_HEADER, Uid};
 
 /// What the guard enforces.
 #[derive(Clone, Debug)]
@@ -33,8 +33,6 @@ pub struct GuardSettings {
     pub rate_per_second: NonZeroU32,
     /// Requests per user allowed in a burst above the sustained rate.
     pub rate_burst: NonZeroU32,
-    /// When set, every request must carry this token in `x-parley-internal-token`.
-    pub internal_token: Option<crate::serve::Secret>,
     /// When set, every call must prove the service it names
     /// (`x-parley-service` with a token from that service to this one), and
     /// naming a user (`x-parley-uid`) needs such a proven service.
@@ -105,21 +103,6 @@ fn is_infrastructure(path: &str) -> bool {
 }
 
 impl Shared {
-    fn check_token(&self, headers: &http::HeaderMap) -> Result<(), Status> {
-        let Some(expected) = &self.settings.internal_token else {
-            return Ok(());
-        };
-        let given = headers
-            .get(INTERNAL_TOKEN_HEADER)
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        if expected.constant_time_eq(given) {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated("missing or wrong internal token"))
-        }
-    }
-
     /// With credentials, the service a call names must be proven by its
     /// token; a call naming no service (a user alone) is refused.
     fn check_credentials(&self, headers: &http::HeaderMap) -> Result<(), Status> {
@@ -162,10 +145,9 @@ impl Shared {
         })
     }
 
-    /// Decides whether a request may run: token, identity, rate, then a
+    /// Decides whether a request may run: credential, identity, rate, then a
     /// concurrency permit, held until the request completes.
     fn admit(&self, headers: &http::HeaderMap) -> Result<(Caller, OwnedSemaphorePermit), Status> {
-        self.check_token(headers)?;
         self.check_credentials(headers)?;
         let caller = Caller::from_headers(headers)?;
         self.check_rate(&caller)?;
@@ -349,7 +331,6 @@ mod tests {
             max_concurrent_requests: concurrent,
             rate_per_second: NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN),
             rate_burst: NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN),
-            internal_token: None,
             credentials: None,
             public_prefix: None,
         }

@@ -20,19 +20,7 @@ use crate::{
 pub struct Secret(String);
 
 impl Secret {
-    /// Compares with `other` in time independent of where they differ.
-    pub fn constant_time_eq(&self, other: &[u8]) -> bool {
-        let mine = self.0.as_bytes();
-        if mine.len() != other.len() {
-            return false;
-        }
-        mine.iter()
-            .zip(other)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-    }
-
-    /// The secret itself, for the one place that must send it.
+    /// The secret itself, for the one place that must use it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -128,10 +116,6 @@ pub struct ServerArgs {
     #[arg(long, env = "PARLEY_SHUTDOWN_GRACE_MS", default_value_t = 20_000,
           value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub shutdown_grace_ms: u64,
-    /// Shared token every caller must send in `x-parley-internal-token` (at least
-    /// 16 characters). Unset: callers are trusted by network policy alone.
-    #[arg(long, env = "PARLEY_INTERNAL_TOKEN", hide_env_values = true)]
-    pub internal_token: Option<Secret>,
     /// This service's Ed25519 private key (base64 of its 32 bytes; `parley
     /// keys` makes a set). With `--service-public-keys`, every call proves
     /// which service makes it, and only a proven service may name a user.
@@ -173,9 +157,7 @@ impl ServerArgs {
         name: &'static str,
     ) -> Result<(Option<Keys>, crate::ServiceIdentity), String> {
         let keys = self.credentials(name).map_err(|e| e.to_string())?;
-        let identity =
-            crate::ServiceIdentity::new(name, self.internal_token.as_ref(), keys.clone())
-                .map_err(|e| e.to_string())?;
+        let identity = crate::ServiceIdentity::new(name, keys.clone());
         Ok((keys, identity))
     }
 
@@ -188,7 +170,6 @@ impl ServerArgs {
                 .unwrap_or(usize::MAX),
             rate_per_second: self.rate_limit_per_second,
             rate_burst: self.rate_limit_burst,
-            internal_token: self.internal_token.clone(),
             credentials,
             public_prefix: None,
         }
@@ -403,7 +384,6 @@ mod tests {
             max_concurrent_requests: 16,
             rate_per_second: NonZeroU32::MIN,
             rate_burst: NonZeroU32::MIN,
-            internal_token: None,
             credentials: None,
             public_prefix: None,
         };
