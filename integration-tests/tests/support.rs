@@ -13,10 +13,7 @@ use parley_proto::{
     presence::presence_service_client::PresenceServiceClient,
     receipt::{self as rpb, receipt_service_client::ReceiptServiceClient},
 };
-use parley_server::{
-    credentials::{Issuer, Keys},
-    db::Backend as DbBackend,
-};
+use parley_server::{ServiceIdentity, credentials::Keys, db::Backend as DbBackend};
 use parley_testkit::{TestDb, TestRedis, fcm::MockFcm};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
@@ -53,12 +50,12 @@ pub enum As {
     },
 }
 
-/// A test client's interceptor: the identity `who` names, and the token that
-/// proves the service naming it, when there is one.
+/// A test client's interceptor: the identity `who` names, and the service
+/// identity (name and token) that proves it, when there is one.
 #[derive(Clone)]
 pub struct Calling {
     who: As,
-    proof: Option<(&'static str, Issuer)>,
+    proof: Option<ServiceIdentity>,
 }
 
 impl Interceptor for Calling {
@@ -77,13 +74,10 @@ impl Interceptor for Calling {
                 metadata.insert(*key, AsciiMetadataValue::from_static(value));
             }
         }
-        if let Some((service, issuer)) = &self.proof {
-            metadata.insert("x-parley-service", AsciiMetadataValue::from_static(service));
-            if let Ok(token) = AsciiMetadataValue::try_from(issuer.token()) {
-                metadata.insert(parley_server::credentials::TOKEN_HEADER, token);
-            }
+        match &mut self.proof {
+            Some(identity) => identity.call(request),
+            None => Ok(request),
         }
-        Ok(request)
     }
 }
 
@@ -495,7 +489,7 @@ impl Suite {
         };
         Calling {
             who,
-            proof: proof.map(|(name, keys)| (name, Issuer::new(keys, callee))),
+            proof: proof.map(|(name, keys)| ServiceIdentity::new(name, Some(keys)).to(callee)),
         }
     }
 

@@ -120,10 +120,7 @@ impl Bus {
     #[must_use]
     pub fn with_credentials(self, keys: Option<Keys>) -> Self {
         match self {
-            Self::Redis(bus) => Self::Redis(RedisBus {
-                keys: keys.map(Arc::new),
-                ..bus
-            }),
+            Self::Redis(bus) => Self::Redis(RedisBus { keys, ..bus }),
             local => local,
         }
     }
@@ -170,7 +167,7 @@ pub fn channel_name(gateway_id: &str) -> String {
 pub struct RedisBus {
     client: redis::Client,
     pool: deadpool_redis::Pool,
-    keys: Option<Arc<Keys>>,
+    keys: Option<Keys>,
 }
 
 /// The services whose signed events a gateway takes.
@@ -223,7 +220,7 @@ impl RedisBus {
     async fn publish(&self, gateway_id: &str, event: &BusEvent) -> Result<(), BusError> {
         let mut connection = self.pool.get().await?;
         let channel = channel_name(gateway_id);
-        let payload = payload(self.keys.as_deref(), &channel, event);
+        let payload = payload(self.keys.as_ref(), &channel, event);
         let _receivers: i64 = connection.publish(channel, payload).await?;
         Ok(())
     }
@@ -245,7 +242,7 @@ async fn subscription(
     client: redis::Client,
     channel: String,
     tx: mpsc::Sender<Signal>,
-    keys: Option<Arc<Keys>>,
+    keys: Option<Keys>,
 ) {
     let mut failures = 0u32;
     while !tx.is_closed() {
@@ -274,7 +271,7 @@ async fn subscription(
             tokio::select! {
                 message = messages.next() => {
                     let Some(message) = message else { break };
-                    match event_of(keys.as_deref(), &channel, message.get_payload_bytes()) {
+                    match event_of(keys.as_ref(), &channel, message.get_payload_bytes()) {
                         Ok(event) => {
                             if tx.try_send(Signal::Event(event)).is_err() && tx.is_closed() {
                                 return;

@@ -196,10 +196,8 @@ impl tonic::service::Interceptor for ServiceIdentity {
             SERVICE_HEADER,
             tonic::metadata::AsciiMetadataValue::from_static(self.service),
         );
-        if let Some(issuer) = &self.issuer
-            && let Ok(token) = tonic::metadata::AsciiMetadataValue::try_from(issuer.token())
-        {
-            metadata.insert(crate::credentials::TOKEN_HEADER, token);
+        if let Some(issuer) = &self.issuer {
+            metadata.insert(crate::credentials::TOKEN_HEADER, issuer.token());
         }
         crate::telemetry::inject_current(metadata);
         Ok(request)

@@ -20,6 +20,7 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use tonic::metadata::AsciiMetadataValue;
 
 use crate::serve::Secret;
 
@@ -117,20 +118,23 @@ fn signed_text(caller: &str, callee: &str, expires: u64) -> String {
 }
 
 /// What this service proves and accepts: its own key and the public keys of
-/// the services it takes calls from.
+/// the services it takes calls from. Cheap to clone: every clone shares them,
+/// and the tokens verified so far.
 #[derive(Clone)]
-pub struct Keys {
+pub struct Keys(Arc<KeySet>);
+
+struct KeySet {
     name: String,
-    own: Arc<SigningKey>,
-    trusted: Arc<HashMap<String, VerifyingKey>>,
-    verified: Arc<Mutex<HashMap<String, u64>>>,
+    own: SigningKey,
+    trusted: HashMap<String, VerifyingKey>,
+    verified: Mutex<HashMap<String, u64>>,
 }
 
 impl fmt::Debug for Keys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keys")
-            .field("name", &self.name)
-            .field("trusted", &self.trusted.keys().collect::<Vec<_>>())
+            .field("name", &self.0.name)
+            .field("trusted", &self.0.trusted.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -161,26 +165,35 @@ impl Keys {
         if trusted.get(name) != Some(&own.verifying_key()) {
             return Err(CredentialError::Mismatch(name.to_owned()));
         }
-        Ok(Self {
+        Ok(Self(Arc::new(KeySet {
             name: name.to_owned(),
-            own: Arc::new(own),
-            trusted: Arc::new(trusted),
-            verified: Arc::new(Mutex::new(HashMap::new())),
-        })
+            own,
+            trusted,
+            verified: Mutex::new(HashMap::new()),
+        })))
     }
 
     /// This service's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
 
     /// This service's signature over `payload` in `context` (for example
     /// the bus channel it is published on, so it holds for that one only).
     pub fn sign(&self, context: &str, payload: &[u8]) -> Vec<u8> {
-        self.own
+        self.0
+            .own
             .sign(&signed_bytes(context, payload))
             .to_bytes()
             .to_vec()
+    }
+
+    /// Checks that `signature` is `signer`'s over `signed`.
+    fn check(&self, signer: &str, signed: &[u8], signature: &[u8]) -> Result<(), Refused> {
+        let key = self.0.trusted.get(signer).ok_or(Refused::BadSignature)?;
+        let signature = Signature::from_slice(signature).map_err(|_| Refused::Malformed)?;
+        key.verify(signed, &signature)
+            .map_err(|_| Refused::BadSignature)
     }
 
     /// Checks that `signature` is `signer`'s over `payload` in `context`,
@@ -196,19 +209,18 @@ impl Keys {
         if !allowed.contains(&signer) {
             return Err(Refused::Misaddressed);
         }
-        let key = self.trusted.get(signer).ok_or(Refused::BadSignature)?;
-        let signature = Signature::from_slice(signature).map_err(|_| Refused::Malformed)?;
-        key.verify(&signed_bytes(context, payload), &signature)
-            .map_err(|_| Refused::BadSignature)
+        self.check(signer, &signed_bytes(context, payload), signature)
     }
 
     /// A token from this service to `callee`, valid until `expires` (Unix s).
     fn issue(&self, callee: &str, expires: u64) -> String {
+        let name = &self.0.name;
         let signature = self
+            .0
             .own
-            .sign(signed_text(&self.name, callee, expires).as_bytes());
+            .sign(signed_text(name, callee, expires).as_bytes());
         let signature = URL_SAFE_NO_PAD.encode(signature.to_bytes());
-        format!("v1.{}.{callee}.{expires}.{signature}", self.name)
+        format!("v1.{name}.{callee}.{expires}.{signature}")
     }
 
     /// Checks that `token` proves a call from `caller` to this service.
@@ -229,25 +241,25 @@ impl Keys {
             return Err(Refused::Malformed);
         };
         let expires: u64 = expires.parse().map_err(|_| Refused::Malformed)?;
-        if from != caller || to != self.name {
+        if from != caller || to != self.0.name {
             return Err(Refused::Misaddressed);
         }
         let lifetime = LIFETIME.as_secs();
         if now > expires.saturating_add(SKEW) || expires > now.saturating_add(lifetime + SKEW) {
             return Err(Refused::Expired);
         }
-        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut verified = self
+            .0
+            .verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if verified.get(token).is_some_and(|&until| until == expires) {
             return Ok(());
         }
-        let key = self.trusted.get(from).ok_or(Refused::BadSignature)?;
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
-            .ok()
-            .and_then(|bytes| Signature::from_slice(&bytes).ok())
-            .ok_or(Refused::Malformed)?;
-        key.verify(signed_text(from, to, expires).as_bytes(), &signature)
-            .map_err(|_| Refused::BadSignature)?;
+            .map_err(|_| Refused::Malformed)?;
+        self.check(from, signed_text(from, to, expires).as_bytes(), &signature)?;
         if verified.len() >= REMEMBERED {
             verified.retain(|_, until| until.saturating_add(SKEW) >= now);
             if verified.len() >= REMEMBERED {
@@ -259,12 +271,13 @@ impl Keys {
     }
 }
 
-/// Outgoing tokens of one caller to one callee, renewed before they expire.
+/// Outgoing tokens of one caller to one callee, renewed before they expire,
+/// each kept as the header value calls carry.
 #[derive(Clone, Debug)]
 pub struct Issuer {
     keys: Keys,
     callee: &'static str,
-    current: Arc<Mutex<Option<(String, u64)>>>,
+    current: Arc<Mutex<Option<(AsciiMetadataValue, u64)>>>,
 }
 
 impl Issuer {
@@ -277,15 +290,18 @@ impl Issuer {
         }
     }
 
-    /// A token valid for at least [`RENEW_WHEN_LEFT`] more.
-    pub fn token(&self) -> String {
+    /// A token valid for at least [`RENEW_WHEN_LEFT`] more, as the value of
+    /// [`TOKEN_HEADER`].
+    pub fn token(&self) -> AsciiMetadataValue {
         let now = unix_now();
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         match &*current {
             Some((token, expires)) if *expires > now + RENEW_WHEN_LEFT.as_secs() => token.clone(),
             _ => {
                 let expires = now + LIFETIME.as_secs();
-                let token = self.keys.issue(self.callee, expires);
+                // Names, digits, dots and base64url: always a valid value.
+                let token = AsciiMetadataValue::try_from(self.keys.issue(self.callee, expires))
+                    .unwrap_or_else(|_| AsciiMetadataValue::from_static(""));
                 *current = Some((token.clone(), expires));
                 token
             }
@@ -333,15 +349,16 @@ mod tests {
         let receipt = keys_of("receipt", &private, &public);
         let message = keys_of("message", &private, &public);
         let to_receipt = Issuer::new(gateway.clone(), "receipt").token();
-        assert_eq!(receipt.verify("gateway", &to_receipt), Ok(()));
-        assert_eq!(receipt.verify("gateway", &to_receipt), Ok(()), "remembered");
+        let to_receipt = to_receipt.to_str().expect("ascii");
+        assert_eq!(receipt.verify("gateway", to_receipt), Ok(()));
+        assert_eq!(receipt.verify("gateway", to_receipt), Ok(()), "remembered");
         // The gateway's token claims no other name, and reaches no other callee.
         assert_eq!(
-            receipt.verify("message", &to_receipt),
+            receipt.verify("message", to_receipt),
             Err(Refused::Misaddressed)
         );
         assert_eq!(
-            message.verify("gateway", &to_receipt),
+            message.verify("gateway", to_receipt),
             Err(Refused::Misaddressed)
         );
         // A token the gateway signs in the message service's name is not the

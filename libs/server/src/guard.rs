@@ -37,8 +37,8 @@ pub struct GuardSettings {
     /// (`x-parley-service` with a token from that service to this one), and
     /// naming a user (`x-parley-uid`) needs such a proven service.
     pub credentials: Option<crate::credentials::Keys>,
-    /// RPCs under this path prefix are public: they carry no internal token or
-    /// caller metadata because they authenticate themselves (the gateway's
+    /// RPCs under this path prefix are public: they carry no service
+    /// credential or caller metadata because they authenticate themselves (the gateway's
     /// stream opens with a JWT), and they take no concurrency permit: the
     /// service bounds them per client, so anonymous clients cannot hold the
     /// permits everyone else needs.

@@ -119,8 +119,6 @@ struct Writer {
     receipt: ReceiptClient,
     /// Acks waiting for a call, by group.
     waiting: BTreeMap<u64, Vec<Entry>>,
-    /// How many acks `waiting` holds.
-    waiting_acks: usize,
     /// Groups in a call that is out.
     busy: HashSet<u64>,
     open: HashMap<u64, Open>,
@@ -133,7 +131,6 @@ impl Writer {
         Self {
             receipt,
             waiting: BTreeMap::new(),
-            waiting_acks: 0,
             busy: HashSet::new(),
             open: HashMap::new(),
             next_id: 0,
@@ -160,7 +157,8 @@ impl Writer {
                 }
             }
             self.launch();
-            metrics::gauge!("parley_gateway_acks_waiting").set(self.waiting_acks as f64);
+            let waiting: usize = self.waiting.values().map(Vec::len).sum();
+            metrics::gauge!("parley_gateway_acks_waiting").set(waiting as f64);
         }
     }
 
@@ -180,12 +178,10 @@ impl Writer {
                 seq,
             });
         }
-        let left = acks.len();
-        self.waiting_acks = self.waiting_acks.saturating_add(left);
         self.open.insert(
             id,
             Open {
-                left,
+                left: acks.len(),
                 failure: None,
                 done,
             },
@@ -206,7 +202,6 @@ impl Writer {
                 }
                 let taken: Vec<Entry> = entries.drain(..entries.len().min(room)).collect();
                 room -= taken.len();
-                self.waiting_acks = self.waiting_acks.saturating_sub(taken.len());
                 groups.push((gid, taken));
             }
             if groups.is_empty() {
@@ -225,40 +220,44 @@ impl Writer {
         for (gid, _) in &groups {
             self.busy.remove(gid);
         }
-        let answers = match reply {
-            Ok(reply) if answers_each(&groups, &reply) => reply.groups,
-            Ok(_) => {
-                let status = Status::internal("the receipt service answered another batch");
-                return self.fail_all(groups, &status);
+        let answers: Vec<Result<(), Status>> = match reply {
+            Ok(reply) if answers_each(&groups, &reply) => reply
+                .groups
+                .into_iter()
+                .map(|answer| {
+                    for refused in answer.acks.iter().filter(|a| a.code != 0) {
+                        let code = Code::from(refused.code);
+                        tracing::debug!(gid = answer.gid, ?code, "ack refused");
+                    }
+                    match Code::from(answer.code) {
+                        Code::Ok => Ok(()),
+                        code => Err(Status::new(code, answer.message)),
+                    }
+                })
+                .collect(),
+            reply => {
+                let status = reply.err().unwrap_or_else(|| {
+                    Status::internal("the receipt service answered another batch")
+                });
+                if !is_transient(status.code()) {
+                    tracing::warn!(code = ?status.code(), reason = %status.message(), "the receipt service refused a batch of acks");
+                }
+                vec![Err(status); groups.len()]
             }
-            Err(status) => return self.fail_all(groups, &status),
         };
         for ((gid, entries), answer) in groups.into_iter().zip(answers) {
-            let code = Code::from(answer.code);
-            let failed = (code != Code::Ok).then(|| Status::new(code, answer.message));
-            if let Some(status) = &failed
-                && !is_transient(code)
-            {
-                tracing::debug!(gid, code = ?status.code(), "acks refused");
-            }
-            for refused in answer.acks.iter().filter(|a| a.code != 0) {
-                tracing::debug!(gid, code = ?Code::from(refused.code), "ack refused");
-            }
-            let failed = failed.filter(|status| is_transient(status.code()));
+            // A refusal for good drops the acks; a transient one hands them
+            // back to their sessions to retry.
+            let retry = match answer {
+                Ok(()) => None,
+                Err(status) if is_transient(status.code()) => Some(status),
+                Err(status) => {
+                    tracing::debug!(gid, code = ?status.code(), "acks refused");
+                    None
+                }
+            };
             for entry in entries {
-                self.settle_entry(entry, gid, failed.as_ref());
-            }
-        }
-    }
-
-    fn fail_all(&mut self, groups: CallGroups, status: &Status) {
-        if !is_transient(status.code()) {
-            tracing::warn!(code = ?status.code(), reason = %status.message(), "the receipt service refused a batch of acks");
-        }
-        let failed = is_transient(status.code()).then_some(status);
-        for (gid, entries) in groups {
-            for entry in entries {
-                self.settle_entry(entry, gid, failed);
+                self.settle_entry(entry, gid, retry.as_ref());
             }
         }
     }

@@ -128,7 +128,8 @@ pub fn plan_acks<'a>(
     bound: i64,
     standing: &BTreeMap<String, Standing>,
 ) -> Plan {
-    let mut now: BTreeMap<&str, Cursors> = BTreeMap::new();
+    // Each member's standing and where their cursors are so far.
+    let mut now: BTreeMap<&str, (Standing, Cursors)> = BTreeMap::new();
     let outcomes = acks
         .into_iter()
         .map(|(uid, up_to, kind)| {
@@ -138,7 +139,7 @@ pub fn plan_acks<'a>(
             if up_to > bound {
                 return Planned::Past;
             }
-            let current = now.entry(uid.as_str()).or_insert(found.cursors);
+            let (_, current) = now.entry(uid.as_str()).or_insert((*found, found.cursors));
             let previous = *current;
             if let Some(next) = advance(previous, up_to, kind) {
                 *current = next;
@@ -151,14 +152,12 @@ pub fn plan_acks<'a>(
         .collect();
     let moves = now
         .into_iter()
-        .filter_map(|(uid, next)| {
-            let found = standing.get(uid)?;
-            (next != found.cursors).then(|| Move {
-                uid: uid.to_owned(),
-                joined: found.joined,
-                previous: found.cursors,
-                next,
-            })
+        .filter(|(_, (found, next))| *next != found.cursors)
+        .map(|(uid, (found, next))| Move {
+            uid: uid.to_owned(),
+            joined: found.joined,
+            previous: found.cursors,
+            next,
         })
         .collect();
     Plan { outcomes, moves }
@@ -168,7 +167,7 @@ pub fn plan_acks<'a>(
 /// counts for message `seq` when their read cursor passed it (previous < seq
 /// <= next), it was sent after they joined, and they did not send it.
 /// `messages` are (seq, sender); messages with no new reader are left out.
-pub fn read_increments(moves: &[Move], messages: &[(i64, String)]) -> Vec<(i64, i64)> {
+pub fn read_increments(moves: &[&Move], messages: &[(i64, String)]) -> Vec<(i64, i64)> {
     messages
         .iter()
         .filter_map(|(seq, sender)| {
@@ -367,7 +366,7 @@ mod tests {
             .map(|seq| (seq, if seq == 4 { "c" } else { "z" }.to_owned()))
             .collect();
         assert_eq!(
-            read_increments(&moves, &messages),
+            read_increments(&moves.iter().collect::<Vec<_>>(), &messages),
             vec![(1, 1), (2, 1), (3, 2), (4, 1)]
         );
     }
@@ -451,7 +450,7 @@ mod tests {
                     proptest::prop_assert_eq!(moved.map(|m| m.next).or(Some(member.cursors)), after);
                 }
                 let messages: Vec<(i64, String)> = (1..=30).map(|seq| (seq, uids[usize::try_from(seq).unwrap_or(0) % 4].to_owned())).collect();
-                let counted: BTreeMap<i64, i64> = read_increments(&plan.moves, &messages).into_iter().collect();
+                let counted: BTreeMap<i64, i64> = read_increments(&plan.moves.iter().collect::<Vec<_>>(), &messages).into_iter().collect();
                 for (seq, sender) in &messages {
                     let seq = *seq;
                     let readers = counted.get(&seq).copied().unwrap_or(0);

@@ -71,7 +71,7 @@ impl<S: ReceiptStore> ReceiptApi<S> {
     /// cursors that moved are reported to the digests.
     async fn apply_acks(
         &self,
-        groups: Vec<(i64, Vec<MemberAck>)>,
+        groups: &[(i64, Vec<MemberAck>)],
     ) -> Vec<Result<Vec<Acked>, Status>> {
         let first: Vec<BoxFuture<'_, Result<Vec<Acked>, Status>>> = groups
             .iter()
@@ -500,15 +500,19 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         let req = request.into_inner();
         let gid = parse_id(req.gid, "gid")?;
         let ack = member_ack(caller.into_string(), req.up_to_seq, req.kind)?;
-        let mut results = self.apply_acks(vec![(gid, vec![ack])]).await;
+        let results = self.apply_acks(&[(gid, vec![ack])]).await;
+        // One group of one ack: one answer.
         let acked = results
-            .pop()
-            .and_then(|r| r.map(|mut a| a.pop()).transpose());
-        match acked {
-            Some(Ok(acked)) => acked.reply().map(Response::new),
-            Some(Err(status)) => Err(status),
-            None => Err(Status::internal("an ack went unanswered")),
-        }
+            .into_iter()
+            .next()
+            .transpose()?
+            .into_iter()
+            .flatten()
+            .next();
+        acked
+            .ok_or_else(|| Status::internal("an ack went unanswered"))?
+            .reply()
+            .map(Response::new)
     }
 
     async fn ack_batch(
@@ -517,10 +521,10 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
     ) -> Result<Response<pb::AckBatchResponse>, Status> {
         Caller::require_service(&request, "gateway")?;
         let groups = ack_batch(request.into_inner())?;
-        let gids: Vec<i64> = groups.iter().map(|(gid, _)| *gid).collect();
-        let results = self.apply_acks(groups).await;
-        let groups = gids
-            .into_iter()
+        let results = self.apply_acks(&groups).await;
+        let groups = groups
+            .iter()
+            .map(|(gid, _)| *gid)
             .zip(results)
             .map(|(gid, result)| match result {
                 Ok(acked) => pb::GroupAcksResult {

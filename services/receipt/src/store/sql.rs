@@ -41,9 +41,8 @@ macro_rules! impl_receipt_store {
             async fn lock_members(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 gid: i64,
-                uids: &std::collections::BTreeSet<&str>,
+                uids: &[&str],
             ) -> Result<std::collections::BTreeMap<String, crate::domain::Standing>, sqlx::Error> {
-                let uids: Vec<&str> = uids.iter().copied().collect();
                 let mut standing = std::collections::BTreeMap::new();
                 for chunk in uids.chunks(crate::store::sql::CHUNK) {
                     let mut select = sqlx::QueryBuilder::<$db>::new(
@@ -91,7 +90,7 @@ macro_rules! impl_receipt_store {
             async fn count_readers(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 gid: i64,
-                read: &[crate::domain::Move],
+                read: &[&crate::domain::Move],
                 (lo, hi): (i64, i64),
                 now_ms: i64,
             ) -> Result<(), sqlx::Error> {
@@ -331,7 +330,9 @@ macro_rules! impl_receipt_store {
                 let Some(last_seq) = group else {
                     return Err(ReceiptError::GroupNotFound);
                 };
-                let uids: std::collections::BTreeSet<&str> = acks.iter().map(|a| a.uid.as_str()).collect();
+                let mut uids: Vec<&str> = acks.iter().map(|a| a.uid.as_str()).collect();
+                uids.sort_unstable();
+                uids.dedup();
                 let standing = Self::lock_members(&mut tx, gid, &uids).await?;
                 let plan = plan_acks(
                     acks.iter().map(|a| (a.uid.as_str(), a.up_to, a.kind)),
@@ -339,8 +340,8 @@ macro_rules! impl_receipt_store {
                     &standing,
                 );
                 Self::move_cursors(&mut tx, gid, &plan.moves, now_ms).await?;
-                let read: Vec<crate::domain::Move> =
-                    plan.moves.iter().filter(|m| m.next.read > m.previous.read).cloned().collect();
+                let read: Vec<&crate::domain::Move> =
+                    plan.moves.iter().filter(|m| m.next.read > m.previous.read).collect();
                 if let (Some(lo), Some(hi)) = (
                     read.iter().map(|m| m.previous.read).min(),
                     read.iter().map(|m| m.next.read).max(),
