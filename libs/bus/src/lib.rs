@@ -327,3 +327,64 @@ impl LocalBus {
         rx
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parley_proto::bus::{Delivery, bus_event};
+    use parley_server::credentials::generate;
+
+    /// Each named service's keys, all knowing each other's public keys.
+    fn keys(names: &[&str]) -> Vec<Keys> {
+        let (private, public) = generate(names);
+        private
+            .iter()
+            .map(|(name, secret)| Keys::new(name, secret, &public).expect("generated keys"))
+            .collect()
+    }
+
+    fn delivery(uid: &str) -> BusEvent {
+        BusEvent {
+            event: Some(bus_event::Event::Delivery(Delivery {
+                message: None,
+                uids: vec![uid.to_owned()],
+            })),
+        }
+    }
+
+    #[test]
+    fn a_gateway_takes_only_a_publisher_s_event_for_its_own_channel() {
+        let [message, gateway] = keys(&["message", "gateway"]).try_into().expect("two");
+        let event = delivery("uid1");
+        let ours = channel_name("gw1");
+        let signed = payload(Some(&message), &ours, &event);
+        assert_eq!(event_of(Some(&gateway), &ours, &signed), Ok(event.clone()));
+        assert!(event_of(Some(&gateway), &channel_name("gw2"), &signed).is_err());
+        let by_a_gateway = payload(Some(&gateway), &ours, &event);
+        assert!(event_of(Some(&gateway), &ours, &by_a_gateway).is_err());
+        let unsigned = payload(None, &ours, &event);
+        assert!(event_of(Some(&gateway), &ours, &unsigned).is_err());
+        assert_eq!(event_of(None, &ours, &unsigned), Ok(event));
+    }
+
+    /// Properties over any input; `make fuzz` runs them with many more cases.
+    mod properties {
+        use super::*;
+
+        proptest::proptest! {
+            /// Whatever anyone who can publish on the bus's Redis sends, a
+            /// gateway with credentials refuses it (it cannot be signed) and
+            /// one without decodes it or refuses it; never a panic.
+            #[test]
+            fn any_payload_is_refused_unless_signed(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+                let [gateway] = keys(&["gateway"]).try_into().expect("one");
+                let channel = channel_name("gw1");
+                proptest::prop_assert!(event_of(Some(&gateway), &channel, &payload).is_err());
+                proptest::prop_assert_eq!(
+                    event_of(None, &channel, &payload).ok(),
+                    BusEvent::decode(payload.as_slice()).ok()
+                );
+            }
+        }
+    }
+}

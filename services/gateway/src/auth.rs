@@ -196,4 +196,24 @@ mod tests {
         .expect("sign");
         assert!(Verifier::hs256(SECRET).verify(&token).is_err());
     }
+
+    /// Properties over any input; `make fuzz` runs them with many more cases.
+    mod properties {
+        use super::*;
+
+        proptest::proptest! {
+            /// Whatever a client sends as its token, it is refused unless it
+            /// is signed with the key: three dot-joined parts of any base64
+            /// included, never a panic.
+            #[test]
+            fn any_token_is_refused_unless_signed(
+                raw in "\\PC{0,300}",
+                parts in proptest::collection::vec("[A-Za-z0-9_=-]{0,60}", 0..5),
+            ) {
+                let verifier = Verifier::hs256(SECRET).expecting(Some("parley"), Some("idp"));
+                proptest::prop_assert!(verifier.verify(&raw).is_err());
+                proptest::prop_assert!(verifier.verify(&parts.join(".")).is_err());
+            }
+        }
+    }
 }

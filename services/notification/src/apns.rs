@@ -337,4 +337,47 @@ mod tests {
             }
         );
     }
+
+    /// Properties over any input; `make fuzz` runs them with many more cases.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A reason as `a2` reads it from an APNs body: a documented name,
+        /// or nothing for anything else.
+        fn reason() -> impl Strategy<Value = Option<ErrorReason>> {
+            prop_oneof![
+                Just("Unregistered".to_owned()),
+                Just("BadDeviceToken".to_owned()),
+                Just("TooManyRequests".to_owned()),
+                Just("Shutdown".to_owned()),
+                Just("BadTopic".to_owned()),
+                "\\PC{0,24}",
+            ]
+            .prop_map(|name| serde_json::from_value(Value::String(name)).ok())
+        }
+
+        proptest::proptest! {
+            /// Whatever APNs answers, a token is forgotten only for the three
+            /// reasons that mean it is dead, 429 and 5xx are always retried
+            /// otherwise, and no answer carries a delay APNs did not give.
+            #[test]
+            fn any_answer_is_classified_by_its_code_and_reason(code in 100u16..600, reason in reason()) {
+                let dead = matches!(
+                    reason,
+                    Some(ErrorReason::Unregistered | ErrorReason::BadDeviceToken | ErrorReason::DeviceTokenNotForTopic)
+                );
+                let throttled = code == 429 || code >= 500;
+                match classify(Err(a2::Error::ResponseError(Response { error: reason.map(|reason| ErrorBody { reason, timestamp: None }), apns_id: None, code }))) {
+                    Outcome::Sent => proptest::prop_assert!(false, "an error answer is not sent"),
+                    Outcome::BadToken { .. } => proptest::prop_assert!(dead),
+                    Outcome::Retry { after, .. } => {
+                        proptest::prop_assert!(!dead);
+                        proptest::prop_assert_eq!(after, None);
+                    }
+                    Outcome::Failed { .. } => proptest::prop_assert!(!dead && !throttled),
+                }
+            }
+        }
+    }
 }

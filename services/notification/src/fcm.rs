@@ -306,6 +306,32 @@ mod tests {
     /// Properties over any input; `make fuzz` runs them with many more cases.
     mod properties {
         use super::*;
+        use proptest::prelude::*;
+
+        /// An FCM error body with any status, code and message, or any bytes.
+        fn answer_body() -> impl Strategy<Value = Vec<u8>> {
+            let code = prop_oneof![
+                Just("UNREGISTERED".to_owned()),
+                Just("SENDER_ID_MISMATCH".to_owned()),
+                Just("INVALID_ARGUMENT".to_owned()),
+                Just("QUOTA_EXCEEDED".to_owned()),
+                Just("UNAVAILABLE".to_owned()),
+                "\\PC{0,20}",
+            ];
+            let message = prop_oneof![
+                Just("The registration token is not valid".to_owned()),
+                "\\PC{0,40}"
+            ];
+            prop_oneof![
+                (code.clone(), code, message).prop_map(|(status, detail, message)| {
+                    serde_json::json!({"error": {"status": status, "message": message,
+                        "details": [{"errorCode": detail}]}})
+                    .to_string()
+                    .into_bytes()
+                }),
+                proptest::collection::vec(any::<u8>(), 0..200),
+            ]
+        }
 
         proptest::proptest! {
             /// Whatever FCM sends as Retry-After is read as at most an hour, or
@@ -319,6 +345,39 @@ mod tests {
                 if let Some(delay) = retry_after(&headers) {
                     proptest::prop_assert!(delay <= MAX_RETRY_AFTER);
                     proptest::prop_assert!(std::time::Instant::now().checked_add(delay).is_some());
+                }
+            }
+
+            /// Whatever FCM answers, the outcome follows its status: 2xx is
+            /// sent, only 429 and 5xx are retried (with the Retry-After read),
+            /// and a token is forgotten only for a documented error code.
+            #[test]
+            fn any_answer_is_classified_by_its_status(
+                status in 100u16..600,
+                seconds in proptest::option::of(0u64..7200),
+                body in answer_body(),
+            ) {
+                let after = seconds.map(Duration::from_secs);
+                let outcome = classify(status, after, &body);
+                let retried = status == 429 || status >= 500;
+                match outcome {
+                    Outcome::Sent => proptest::prop_assert!((200..300).contains(&status)),
+                    Outcome::Retry { after: given, .. } => {
+                        proptest::prop_assert!(retried);
+                        proptest::prop_assert_eq!(given, after);
+                    }
+                    Outcome::BadToken { .. } => {
+                        let text = String::from_utf8_lossy(&body);
+                        proptest::prop_assert!(!(200..300).contains(&status));
+                        proptest::prop_assert!(
+                            ["UNREGISTERED", "SENDER_ID_MISMATCH", "INVALID_ARGUMENT"]
+                                .iter()
+                                .any(|code| text.contains(code))
+                        );
+                    }
+                    Outcome::Failed { .. } => {
+                        proptest::prop_assert!(!(200..300).contains(&status) && !retried);
+                    }
                 }
             }
 
