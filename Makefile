@@ -4,6 +4,7 @@ BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 CHART_PY := .tools/chart-venv/bin/python
 SERVICE_CRATES := -p parley-gateway -p parley-message -p parley-presence -p parley-receipt -p parley-notification
+FUZZ_SECONDS ?= 30
 IMAGE_REPOSITORY ?= ghcr.io/parley-chat
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' helm/parley/Chart.yaml)
 
@@ -29,9 +30,17 @@ test: test-services ## Run every test (unit, contract on MariaDB and SQLite, int
 	cargo nextest run --workspace --profile $(if $(CI),ci,default)
 	@$(MAKE) --no-print-directory chart-test
 
-fuzz: ## Every parser property (page tokens, uids, identity headers, cursors, presence entries, Retry-After, bus payloads) with 20,000 cases each, in at most 10 minutes
+fuzz: ## Every parser property with 20,000 cases and 200 live frame sequences, then each cargo-fuzz target for FUZZ_SECONDS (30) seconds
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
-	PROPTEST_CASES=$${PROPTEST_CASES:-20000} timeout 600 cargo nextest run --workspace -E 'test(/::properties::/)'
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	PROPTEST_CASES=$${PROPTEST_CASES:-20000} timeout 900 cargo nextest run --workspace -E 'test(/::properties::/) | test(any_sequence_of_frames_gets_documented_answers)'
+	cargo fuzz build --sanitizer none
+	@for target in $$(cargo fuzz list); do \
+		echo "fuzz: $$target for $(FUZZ_SECONDS) s"; \
+		cargo fuzz run --sanitizer none $$target -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 \
+			| grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added)|panicked|ERROR|SUMMARY|Failing input|Reproduce'; \
+		status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || { echo "fuzz: $$target found a crash (fuzz/artifacts/$$target)"; exit $$status; }; \
+	done
 
 test-services: ## Start MariaDB and Redis for the tests when they are not running
 	@scripts/ensure-services.sh
@@ -49,12 +58,15 @@ lint: fmt-check clippy buf-lint chart-lint ## rustfmt, clippy -D warnings, buf l
 
 fmt: ## Format the code
 	cargo fmt --all
+	cargo fmt --manifest-path fuzz/Cargo.toml
 
 fmt-check:
 	cargo fmt --all -- --check
+	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
 clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --manifest-path fuzz/Cargo.toml --target-dir target --no-default-features -- -D warnings
 
 $(BUF):
 	@mkdir -p .tools && echo '{"name":"parley-tools","private":true}' > .tools/package.json

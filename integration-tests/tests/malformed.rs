@@ -808,7 +808,10 @@ async fn any_sequence_of_frames_gets_documented_answers() {
     ];
     let mut runner = TestRunner::deterministic();
     let sequences = proptest::collection::vec(frame, 1..16);
-    for case in 0..24 {
+    // Each case is a live stream: 24 in `make test`, one per hundred property
+    // cases under `make fuzz` (PROPTEST_CASES=20000 gives 200).
+    let cases = (proptest::test_runner::Config::default().cases / 100).max(24);
+    for case in 0..cases {
         let frames = sequences
             .new_tree(&mut runner)
             .expect("a generated sequence")

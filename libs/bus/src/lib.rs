@@ -190,7 +190,7 @@ fn payload(keys: Option<&Keys>, channel: &str, event: &BusEvent) -> Vec<u8> {
 /// The event a payload from `channel` carries, if it is one this gateway
 /// takes: well-formed and, with credentials, signed by a publisher for this
 /// channel.
-fn event_of(keys: Option<&Keys>, channel: &str, payload: &[u8]) -> Result<BusEvent, String> {
+pub fn event_of(keys: Option<&Keys>, channel: &str, payload: &[u8]) -> Result<BusEvent, String> {
     let Some(keys) = keys else {
         return BusEvent::decode(payload).map_err(|e| e.to_string());
     };
