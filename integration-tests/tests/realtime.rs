@@ -333,6 +333,40 @@ on_both_backends!(
     a_slow_consumer_is_cut_off_without_stalling_the_others,
 );
 
+/// With a Redis that speaks only TLS (a `rediss://` URL and the deployment's
+/// own CA in `PARLEY_REDIS_CA_FILE`), presence and the bus work as they do in
+/// the clear: a member on the other gateway is seen online and gets the
+/// message, once.
+#[tokio::test]
+async fn presence_and_the_bus_work_over_a_tls_redis() {
+    let options = Options {
+        redis_tls: true,
+        ..two_gateways()
+    };
+    let suite = Suite::start_with(Backend::MariaDb, options).await;
+    assert!(
+        suite
+            .redis_url()
+            .is_some_and(|url| url.starts_with("rediss://")),
+        "the suite's Redis speaks TLS"
+    );
+    let gid = create_group(&suite, "A", "Sealed", &["uid1"]).await;
+    let gw = suite.gateway_addrs.clone();
+    let mut a = Device::connect(gw[0], "A", "a-phone").await;
+    let mut uid1 = Device::connect(gw[1], "uid1", "phone").await;
+    eventually("uid1 online", Duration::from_secs(10), || async {
+        (!devices_of(&suite, "uid1").await.is_empty()).then_some(())
+    })
+    .await;
+    a.send(gid, "m1", b"hello").await;
+    let mut others = Vec::new();
+    let messages = uid1.messages(1, &mut others).await;
+    assert_eq!(seqs(&messages, gid), vec![1]);
+    let (late, _) = uid1.drain(vec![]).await;
+    assert!(no_messages(&late), "a duplicate: {late:?}");
+    suite.stop().await;
+}
+
 #[tokio::test]
 async fn presence_watchers_see_devices_come_and_go() {
     let suite = Suite::start(Backend::Sqlite).await;

@@ -221,6 +221,9 @@ pub struct Options {
     pub message_rate_per_second: Option<u32>,
     /// More gateway flags, as (flag, value) pairs.
     pub gateway_flags: &'static [(&'static str, &'static str)],
+    /// On MariaDB, a Redis that speaks only TLS, with a CA of its own that
+    /// the services are given.
+    pub redis_tls: bool,
 }
 
 impl Default for Options {
@@ -236,6 +239,7 @@ impl Default for Options {
             outbox_max_backoff_ms: 100,
             message_rate_per_second: None,
             gateway_flags: &[],
+            redis_tls: false,
         }
     }
 }
@@ -385,6 +389,7 @@ impl Suite {
 
     pub async fn start_with(backend: Backend, options: Options) -> Self {
         let realtime = match backend {
+            Backend::MariaDb if options.redis_tls => Realtime::Redis(TestRedis::start_tls().await),
             Backend::MariaDb => Realtime::Redis(TestRedis::start().await),
             Backend::Sqlite => Realtime::Local(parley_bus::Bus::local()),
         };
@@ -509,9 +514,25 @@ impl Suite {
         }
     }
 
+    /// The CA of a TLS Redis, as the `redis-ca-file` flag.
+    fn redis_ca_file(&self) -> Option<String> {
+        match &self.realtime {
+            Realtime::Redis(redis) if self.options.redis_tls => {
+                Some(redis.ca_file().display().to_string())
+            }
+            _ => None,
+        }
+    }
+
     fn bus(&self) -> parley_bus::Bus {
         match &self.realtime {
-            Realtime::Redis(redis) => parley_bus::Bus::redis(&redis.url()).expect("redis bus"),
+            Realtime::Redis(redis) => {
+                let tls = parley_bus::RedisTls {
+                    redis_ca_file: self.redis_ca_file().map(Into::into),
+                };
+                let client = tls.client(&redis.url()).expect("redis client");
+                parley_bus::Bus::on_redis(client).expect("redis bus")
+            }
             Realtime::Local(bus) => bus.clone(),
         }
     }
@@ -522,6 +543,10 @@ impl Suite {
         let redis_url = self.redis_url();
         if let Some(url) = &redis_url {
             presence_args.push(("redis-url", url));
+        }
+        let ca_file = self.redis_ca_file();
+        if let Some(file) = &ca_file {
+            presence_args.push(("redis-ca-file", file));
         }
         let config = self
             .parse_as::<parley_presence::Cli>(args("parley-presence", &presence_args))

@@ -56,25 +56,78 @@ pub enum BusError {
 /// The `--bus-url` flag every publisher and gateway takes.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct BusArgs {
-    /// The bus to the gateways (`redis://host:6379/0`). Unset: an in-process
-    /// bus, which reaches only services in the same process (`parley dev`).
+    /// The bus to the gateways (`redis://host:6379/0`, or `rediss://` for
+    /// TLS). Unset: an in-process bus, which reaches only services in the
+    /// same process (`parley dev`).
     #[arg(long, env = "PARLEY_BUS_URL", hide_env_values = true)]
     pub bus_url: Option<String>,
+    /// How to trust a `rediss://` bus.
+    #[command(flatten)]
+    pub tls: RedisTls,
 }
 
 impl BusArgs {
     /// The bus these flags name.
     pub fn connect(&self) -> Result<Bus, BusError> {
-        Bus::from_url(self.bus_url.as_deref())
+        match self.bus_url.as_deref() {
+            Some(url) => Bus::on_redis(self.tls.client(url)?),
+            None => {
+                tracing::warn!(
+                    "no bus URL: using an in-process bus, which reaches only gateways in this process"
+                );
+                Ok(Bus::local())
+            }
+        }
+    }
+}
+
+/// How a service trusts the Redis servers it reaches over TLS.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct RedisTls {
+    /// The CA (a PEM file) that signed the certificates of the `rediss://`
+    /// servers, when it is the deployment's own rather than one the system
+    /// trusts. Unset: the system's roots.
+    #[arg(long, env = "PARLEY_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+}
+
+impl RedisTls {
+    /// A client for the Redis at `url`: `redis://` in the clear, `rediss://`
+    /// over TLS, its certificate checked against the CA file when one is set
+    /// (which only a `rediss://` URL may use).
+    pub fn client(&self, url: &str) -> Result<redis::Client, BusError> {
+        let Some(path) = &self.redis_ca_file else {
+            return Ok(redis::Client::open(url)?);
+        };
+        let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+        if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+            return Err(BusError::Config(format!(
+                "PARLEY_REDIS_CA_FILE ({}) is set, but the Redis URL is not rediss://",
+                path.display()
+            )));
+        }
+        let ca = std::fs::read(path).map_err(|error| {
+            BusError::Config(format!(
+                "cannot read the Redis CA file {}: {error}",
+                path.display()
+            ))
+        })?;
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca),
+        };
+        Ok(redis::Client::build_with_tls(info, certificates)?)
     }
 }
 
 /// A Redis connection pool with the settings every Parley service uses:
 /// connections made on demand, 2 s to connect or to wait for a free one.
-pub fn redis_pool(url: &str, max_size: usize) -> Result<deadpool_redis::Pool, BusError> {
-    deadpool_redis::Config::from_url(url)
-        .builder()
-        .map_err(|e| BusError::Config(e.to_string()))?
+pub fn redis_pool(
+    client: &redis::Client,
+    max_size: usize,
+) -> Result<deadpool_redis::Pool, BusError> {
+    let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())?;
+    deadpool_redis::Pool::builder(manager)
         .max_size(max_size)
         .wait_timeout(Some(Duration::from_secs(2)))
         .create_timeout(Some(Duration::from_secs(2)))
@@ -93,23 +146,15 @@ pub enum Bus {
 }
 
 impl Bus {
-    /// A Redis bus at `url` (`redis://host:port/db`).
+    /// A Redis bus at `url` (`redis://host:port/db`, `rediss://` for TLS
+    /// with the system's roots).
     pub fn redis(url: &str) -> Result<Self, BusError> {
-        RedisBus::new(url).map(Self::Redis)
+        Self::on_redis(redis::Client::open(url)?)
     }
 
-    /// The bus a service's `PARLEY_BUS_URL` names: Redis, or when unset a fresh
-    /// in-process bus, which reaches only gateways in the same process.
-    pub fn from_url(url: Option<&str>) -> Result<Self, BusError> {
-        match url {
-            Some(url) => Self::redis(url),
-            None => {
-                tracing::warn!(
-                    "no bus URL: using an in-process bus, which reaches only gateways in this process"
-                );
-                Ok(Self::local())
-            }
-        }
+    /// A Redis bus through `client`.
+    pub fn on_redis(client: redis::Client) -> Result<Self, BusError> {
+        RedisBus::new(client).map(Self::Redis)
     }
 
     /// This bus with the service's credentials: on Redis, events are
@@ -165,7 +210,7 @@ pub fn channel_name(gateway_id: &str) -> String {
 /// connection and re-subscribes, with backoff, whenever it drops.
 #[derive(Clone)]
 pub struct RedisBus {
-    client: redis::Client,
+    client: Arc<redis::Client>,
     pool: deadpool_redis::Pool,
     keys: Option<Keys>,
 }
@@ -207,11 +252,10 @@ pub fn event_of(keys: Option<&Keys>, channel: &str, payload: &[u8]) -> Result<Bu
 }
 
 impl RedisBus {
-    fn new(url: &str) -> Result<Self, BusError> {
-        let client = redis::Client::open(url)?;
-        let pool = redis_pool(url, 16)?;
+    fn new(client: redis::Client) -> Result<Self, BusError> {
+        let pool = redis_pool(&client, 16)?;
         Ok(Self {
-            client,
+            client: Arc::new(client),
             pool,
             keys: None,
         })
@@ -239,7 +283,7 @@ impl RedisBus {
 
 /// Keeps one channel subscribed until the receiver goes away.
 async fn subscription(
-    client: redis::Client,
+    client: Arc<redis::Client>,
     channel: String,
     tx: mpsc::Sender<Signal>,
     keys: Option<Keys>,

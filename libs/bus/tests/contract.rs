@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use parley_bus::{Bus, Signal};
+use parley_bus::{Bus, RedisTls, Signal};
 use parley_proto::{
     bus::{BusEvent, Delivery, bus_event},
     gateway::DeliveredMessage,
@@ -130,4 +130,38 @@ async fn redis_subscription_comes_back_after_a_redis_restart() {
     }
     assert!(published, "publish works again after the restart");
     assert_eq!(next(&mut rx).await, Signal::Event(delivery(3, "uid1")));
+}
+
+/// A `rediss://` bus reaches its gateways when it is given the CA that
+/// signed the server's certificate; without it (the system's roots only) the
+/// server is not trusted and nothing is published; and a CA file with a
+/// plain `redis://` URL, or one that cannot be read, stops the service at
+/// start, naming the file.
+#[tokio::test]
+async fn a_tls_bus_trusts_only_the_ca_it_is_given() {
+    let redis = TestRedis::start_tls().await;
+    let trusted = RedisTls {
+        redis_ca_file: Some(redis.ca_file()),
+    };
+    let client = trusted.client(&redis.url()).expect("client");
+    events_reach_their_gateway_in_order(Bus::on_redis(client).expect("bus")).await;
+
+    let untrusted = Bus::redis(&redis.url()).expect("bus");
+    assert!(
+        untrusted
+            .publish(&gateway_id(), &delivery(1, "uid1"))
+            .await
+            .is_err(),
+        "a server signed by an unknown CA is trusted"
+    );
+
+    let plain = trusted
+        .client("redis://127.0.0.1:6379")
+        .expect_err("plain URL");
+    assert!(plain.to_string().contains("not rediss://"), "{plain}");
+    let missing = RedisTls {
+        redis_ca_file: Some(redis.ca_file().with_file_name("absent.pem")),
+    };
+    let unread = missing.client(&redis.url()).expect_err("missing file");
+    assert!(unread.to_string().contains("absent.pem"), "{unread}");
 }

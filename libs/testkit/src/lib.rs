@@ -164,11 +164,22 @@ pub struct TestRedis {
     password: String,
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
+    tls: bool,
 }
 
 impl TestRedis {
     /// Starts a server and waits until it answers.
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// Starts a server that speaks only TLS, with a certificate for
+    /// 127.0.0.1 signed by a CA of its own ([`TestRedis::ca_file`]).
+    pub async fn start_tls() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -178,9 +189,46 @@ impl TestRedis {
             password: format!("{:032x}", rand::random::<u128>()),
             dir: tempfile::tempdir().expect("temporary directory"),
             child: None,
+            tls,
         };
+        if tls {
+            redis.write_certificates();
+        }
         redis.spawn().await;
         redis
+    }
+
+    /// The CA that signed a TLS server's certificate, as a PEM file.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A CA, and a certificate for 127.0.0.1 that it signed, in the
+    /// server's directory.
+    fn write_certificates(&self) {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca = rcgen::CertificateParams::new(Vec::new()).expect("CA parameters");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "parley test CA");
+        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let server_key = rcgen::KeyPair::generate().expect("server key");
+        let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("server parameters")
+            .signed_by(&server_key, &issuer)
+            .expect("server certificate");
+        for (name, pem) in [
+            ("ca.pem", ca_cert.pem()),
+            ("server.pem", server.pem()),
+            ("server.key", server_key.serialize_pem()),
+        ] {
+            std::fs::write(self.dir.path().join(name), pem).expect("write a certificate");
+        }
     }
 
     /// The server's process id, while it runs.
@@ -188,9 +236,10 @@ impl TestRedis {
         self.child.as_ref().map(std::process::Child::id)
     }
 
-    /// The server's URL, with its password.
+    /// The server's URL, with its password (`rediss://` for TLS).
     pub fn url(&self) -> String {
-        format!("redis://:{}@127.0.0.1:{}", self.password, self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://:{}@127.0.0.1:{}", self.password, self.port)
     }
 
     /// The server's URL without the password: what a client that was not
@@ -214,8 +263,30 @@ impl TestRedis {
     }
 
     async fn spawn(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let port = self.port.to_string();
+        let mut command = std::process::Command::new("redis-server");
+        if self.tls {
+            let file = |name: &str| self.dir.path().join(name);
+            command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(file("server.pem"))
+                .arg("--tls-key-file")
+                .arg(file("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(file("ca.pem"));
+        } else {
+            command.args(["--port", &port]);
+        }
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(["--requirepass", &self.password])
             .arg("--dir")

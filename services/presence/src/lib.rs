@@ -32,10 +32,14 @@ pub struct Config {
         default_value = "127.0.0.1:50053"
     )]
     pub listen: SocketAddr,
-    /// Redis holding presence (`redis://host:6379/0`). Unset: presence is kept
-    /// in this process's memory, which suits one replica only (`make dev`).
+    /// Redis holding presence (`redis://host:6379/0`, or `rediss://` for
+    /// TLS). Unset: presence is kept in this process's memory, which suits
+    /// one replica only (`make dev`).
     #[arg(long, env = "PARLEY_PRESENCE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// How to trust a `rediss://` Redis.
+    #[command(flatten)]
+    pub redis_tls: parley_bus::RedisTls,
     /// A device is offline this long after its last heartbeat, in milliseconds.
     /// Keep it about 1.5 times the gateways' heartbeat interval.
     #[arg(long, env = "PARLEY_PRESENCE_TTL_MS", default_value_t = 15_000,
@@ -89,7 +93,7 @@ where
     match &config.redis_url {
         Some(url) => {
             let connections = usize::try_from(config.redis_connections).unwrap_or(16);
-            let store = RedisPresenceStore::new(url, lifetimes, connections)?;
+            let store = RedisPresenceStore::new(url, &config.redis_tls, lifetimes, connections)?;
             run_with(store, "redis", config, listener, shutdown).await
         }
         None => {

@@ -195,7 +195,7 @@ macro_rules! presence_suite {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    let store = super::RedisPresenceStore::new(&parley_testkit::redis_url(), super::LIFETIMES, 4)
+                    let store = super::RedisPresenceStore::new(&parley_testkit::redis_url(), &parley_bus::RedisTls::default(), super::LIFETIMES, 4)
                         .expect("redis store");
                     super::$case(store).await;
                 }

@@ -65,13 +65,17 @@ pub struct RedisPresenceStore {
 }
 
 impl RedisPresenceStore {
-    /// A store on the Redis at `url`; connections are made on first use.
+    /// A store on the Redis at `url`, trusted as `tls` says when it is
+    /// `rediss://`; connections are made on first use.
     pub fn new(
         url: &str,
+        tls: &parley_bus::RedisTls,
         lifetimes: Lifetimes,
         max_connections: usize,
     ) -> Result<Self, PresenceError> {
-        let pool = parley_bus::redis_pool(url, max_connections)
+        let pool = tls
+            .client(url)
+            .and_then(|client| parley_bus::redis_pool(&client, max_connections))
             .map_err(|e| PresenceError::Config(e.to_string()))?;
         Ok(Self { pool, lifetimes })
     }
