@@ -17,6 +17,153 @@ pub fn mysql_server_url() -> String {
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
 }
 
+/// Writes into `dir` a CA of its own (`ca.pem`) and a certificate for
+/// 127.0.0.1 that it signed (`server.pem`, key in `server.key`).
+pub fn write_certificates(dir: &std::path::Path) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca = rcgen::CertificateParams::new(Vec::new()).expect("CA parameters");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "parley test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let server_key = rcgen::KeyPair::generate().expect("server key");
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("server parameters")
+        .signed_by(&server_key, &issuer)
+        .expect("server certificate");
+    for (name, pem) in [
+        ("ca.pem", ca_cert.pem()),
+        ("server.pem", server.pem()),
+        ("server.key", server_key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), pem).expect("write a certificate");
+    }
+}
+
+/// A free port on 127.0.0.1 (free when asked; a server binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`.
+async fn accepting(what: &str, port: u16) {
+    let addr = format!("127.0.0.1:{port}");
+    eventually(what, Duration::from_secs(30), || {
+        let addr = addr.clone();
+        async move { tokio::net::TcpStream::connect(addr).await.ok().map(drop) }
+    })
+    .await;
+}
+
+/// A MariaDB server of the test's own that takes only TLS connections, its
+/// certificate for 127.0.0.1 signed by a CA of its own ([`TlsMariaDb::ca_file`]),
+/// with an empty database `parley`.
+pub struct TlsMariaDb {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl TlsMariaDb {
+    /// Creates the server's files, starts it and waits until it answers.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        write_certificates(dir.path());
+        let user = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_else(|| "root".to_owned());
+        let data = dir.path().join("data");
+        let installed = std::process::Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--user={user}"))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("mariadb-install-db is required for this test (run `make test`): {e}")
+            });
+        assert!(
+            installed.success(),
+            "mariadb-install-db failed: {installed}"
+        );
+        let port = free_port();
+        let file = |name: &str| format!("{}", dir.path().join(name).display());
+        let child = std::process::Command::new("mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--user={user}"))
+            .arg(format!("--port={port}"))
+            .arg(format!("--socket={}", file("mariadb.sock")))
+            .arg(format!("--pid-file={}", file("mariadb.pid")))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--skip-name-resolve",
+                "--skip-log-bin",
+            ])
+            .args([
+                "--innodb-buffer-pool-size=16M",
+                "--require-secure-transport=ON",
+            ])
+            .arg(format!("--ssl-cert={}", file("server.pem")))
+            .arg(format!("--ssl-key={}", file("server.key")))
+            .arg(format!("--ssl-ca={}", file("ca.pem")))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("mariadbd is required for this test (run `make test`): {e}")
+            });
+        let server = Self { port, dir, child };
+        accepting("the TLS MariaDB accepts connections", port).await;
+        let admin_url = format!(
+            "mysql://root@127.0.0.1:{port}/?ssl-mode=VERIFY_IDENTITY&ssl-ca={}",
+            server.ca_file().display()
+        );
+        let mut admin = eventually("the TLS MariaDB answers", Duration::from_secs(30), || {
+            let url = admin_url.clone();
+            async move { MySqlConnection::connect(&url).await.ok() }
+        })
+        .await;
+        sqlx::raw_sql("CREATE DATABASE parley")
+            .execute(&mut admin)
+            .await
+            .expect("create the database");
+        let _ = admin.close().await;
+        server
+    }
+
+    /// The CA that signed the server's certificate, as a PEM file.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The URL of the database `parley`, with `params` (`ssl-mode=…`).
+    pub fn url(&self, params: &str) -> String {
+        format!("mysql://root@127.0.0.1:{}/parley?{params}", self.port)
+    }
+}
+
+impl Drop for TlsMariaDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A database that exists for one test and is removed afterwards.
 pub struct TestDb {
     url: String,
@@ -180,19 +327,15 @@ impl TestRedis {
     }
 
     async fn start_with(tls: bool) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
         let mut redis = Self {
-            port,
+            port: free_port(),
             password: format!("{:032x}", rand::random::<u128>()),
             dir: tempfile::tempdir().expect("temporary directory"),
             child: None,
             tls,
         };
         if tls {
-            redis.write_certificates();
+            write_certificates(redis.dir.path());
         }
         redis.spawn().await;
         redis
@@ -201,34 +344,6 @@ impl TestRedis {
     /// The CA that signed a TLS server's certificate, as a PEM file.
     pub fn ca_file(&self) -> std::path::PathBuf {
         self.dir.path().join("ca.pem")
-    }
-
-    /// A CA, and a certificate for 127.0.0.1 that it signed, in the
-    /// server's directory.
-    fn write_certificates(&self) {
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut ca = rcgen::CertificateParams::new(Vec::new()).expect("CA parameters");
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        ca.distinguished_name
-            .push(rcgen::DnType::CommonName, "parley test CA");
-        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let server_key = rcgen::KeyPair::generate().expect("server key");
-        let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .expect("server parameters")
-            .signed_by(&server_key, &issuer)
-            .expect("server certificate");
-        for (name, pem) in [
-            ("ca.pem", ca_cert.pem()),
-            ("server.pem", server.pem()),
-            ("server.key", server_key.serialize_pem()),
-        ] {
-            std::fs::write(self.dir.path().join(name), pem).expect("write a certificate");
-        }
     }
 
     /// The server's process id, while it runs.
@@ -298,16 +413,7 @@ impl TestRedis {
                 panic!("redis-server is required for this test (run `make test`): {e}")
             });
         self.child = Some(child);
-        let addr = format!("127.0.0.1:{}", self.port);
-        eventually(
-            "test redis-server accepts connections",
-            Duration::from_secs(10),
-            || {
-                let addr = addr.clone();
-                async move { tokio::net::TcpStream::connect(addr).await.ok().map(drop) }
-            },
-        )
-        .await;
+        accepting("test redis-server accepts connections", self.port).await;
     }
 }
 

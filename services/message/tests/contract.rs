@@ -380,3 +380,27 @@ parley_testkit::contract_suite!(
     the_outbox_reads_each_message_with_its_audience,
     a_batch_is_stored_in_order_with_dense_seqs_and_retries_are_originals,
 );
+
+/// Over a MariaDB that takes only TLS, a URL with `ssl-mode=VERIFY_IDENTITY`
+/// and the server's CA migrates the store and keeps a message; a URL without
+/// TLS, or one trusting another CA, does not connect.
+#[tokio::test]
+async fn a_mariadb_that_takes_only_tls_is_reached_with_ssl_mode() {
+    let server = parley_testkit::TlsMariaDb::start().await;
+    let verified = |ca: &std::path::Path| {
+        server.url(&format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={}", ca.display()))
+    };
+    let store = MySqlMessageStore::connect(&verified(&server.ca_file()), 2)
+        .await
+        .expect("connect over TLS");
+    store.migrate().await.expect("migrate over TLS");
+    let gid = group_of(&store, "A", &["uid1"]).await;
+    assert_eq!(sent(send(&store, gid, "A", "m1").await).1, 1);
+
+    let plain = MySqlMessageStore::connect(&server.url("ssl-mode=DISABLED"), 1).await;
+    assert!(plain.is_err(), "a connection without TLS was taken");
+    let other = tempfile::tempdir().expect("temporary directory");
+    parley_testkit::write_certificates(other.path());
+    let forged = MySqlMessageStore::connect(&verified(&other.path().join("ca.pem")), 1).await;
+    assert!(forged.is_err(), "a server signed by another CA was trusted");
+}
