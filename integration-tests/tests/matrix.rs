@@ -4,6 +4,9 @@
 //! Two more columns need service credentials: a user claiming a service (no
 //! proof) and a service holding another's credential (the gateway's key
 //! signing for the message service); both are refused before any handler.
+//! No internal RPC takes a JWT: the columns of forged, expired and
+//! algorithm-confused JWTs belong to the gateway's stream, whose first frame
+//! carries one (`realtime::bad_expired_and_missing_tokens_are_refused`).
 
 use parley_proto::{message as mpb, notification as npb, presence as ppb, receipt as rpb};
 use tonic::{Code, Response, Status};

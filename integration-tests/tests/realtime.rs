@@ -215,9 +215,29 @@ async fn bad_expired_and_missing_tokens_are_refused(backend: Backend) {
         1_000_000,
     )
     .expect("sign");
+    // Algorithm confusion: the right secret under another HMAC, and an
+    // unsigned token that names `none`.
+    let other_algorithm = parley_gateway::auth::issue(
+        &Header::new(Algorithm::HS512),
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        &uid,
+        u64::MAX / 2,
+    )
+    .expect("sign");
+    let unsigned = {
+        use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+        let claims = serde_json::json!({"sub": "uid1", "exp": u64::MAX / 2}).to_string();
+        format!(
+            "{}.{}.",
+            B64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            B64.encode(claims)
+        )
+    };
     for (what, token) in [
         ("forged", forged),
         ("expired", expired),
+        ("HS512", other_algorithm),
+        ("alg none", unsigned),
         ("missing", String::new()),
         ("garbage", "x.y.z".into()),
     ] {
