@@ -63,20 +63,47 @@ async fn accepting(what: &str, port: u16) {
     .await;
 }
 
-/// A MariaDB server of the test's own that takes only TLS connections, its
-/// certificate for 127.0.0.1 signed by a CA of its own ([`TlsMariaDb::ca_file`]),
-/// with an empty database `parley`.
-pub struct TlsMariaDb {
+/// A MariaDB server of a test's or the benchmark's own, on a private data
+/// directory and port, so nobody else's statements reach it. Its settings are
+/// the compiled defaults with Debian's character set (`utf8mb4`).
+pub struct OwnMariaDb {
     port: u16,
     dir: tempfile::TempDir,
     child: std::process::Child,
 }
 
-impl TlsMariaDb {
-    /// Creates the server's files, starts it and waits until it answers.
-    pub async fn start() -> Self {
+impl OwnMariaDb {
+    /// A server with an empty database `parley` that takes only TLS
+    /// connections, its certificate for 127.0.0.1 signed by a CA of its own
+    /// ([`OwnMariaDb::ca_file`]).
+    pub async fn start_tls() -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         write_certificates(dir.path());
+        let file = |name: &str| format!("{}", dir.path().join(name).display());
+        let tls = vec![
+            "--require-secure-transport=ON".to_owned(),
+            format!("--ssl-cert={}", file("server.pem")),
+            format!("--ssl-key={}", file("server.key")),
+            format!("--ssl-ca={}", file("ca.pem")),
+            "--innodb-buffer-pool-size=16M".to_owned(),
+        ];
+        let server = Self::start_in(dir, &tls).await;
+        let admin = format!(
+            "{}/?ssl-mode=VERIFY_IDENTITY&ssl-ca={}",
+            server.server_url(),
+            server.ca_file().display()
+        );
+        server.create_database(&admin).await;
+        server
+    }
+
+    /// A server in the clear, with `args` added to its command line.
+    pub async fn start(args: &[String]) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        Self::start_in(dir, args).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, args: &[String]) -> Self {
         let user = std::process::Command::new("id")
             .arg("-un")
             .output()
@@ -93,9 +120,7 @@ impl TlsMariaDb {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
-            .unwrap_or_else(|e| {
-                panic!("mariadb-install-db is required for this test (run `make test`): {e}")
-            });
+            .unwrap_or_else(|e| panic!("mariadb-install-db is required (run `make test`): {e}"));
         assert!(
             installed.success(),
             "mariadb-install-db failed: {installed}"
@@ -109,55 +134,62 @@ impl TlsMariaDb {
             .arg(format!("--port={port}"))
             .arg(format!("--socket={}", file("mariadb.sock")))
             .arg(format!("--pid-file={}", file("mariadb.pid")))
+            .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
             .args([
-                "--bind-address=127.0.0.1",
-                "--skip-name-resolve",
-                "--skip-log-bin",
+                "--character-set-server=utf8mb4",
+                "--collation-server=utf8mb4_general_ci",
             ])
-            .args([
-                "--innodb-buffer-pool-size=16M",
-                "--require-secure-transport=ON",
-            ])
-            .arg(format!("--ssl-cert={}", file("server.pem")))
-            .arg(format!("--ssl-key={}", file("server.key")))
-            .arg(format!("--ssl-ca={}", file("ca.pem")))
+            .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("mariadbd is required for this test (run `make test`): {e}")
-            });
+            .unwrap_or_else(|e| panic!("mariadbd is required (run `make test`): {e}"));
         let server = Self { port, dir, child };
-        accepting("the TLS MariaDB accepts connections", port).await;
-        let admin_url = format!(
-            "mysql://root@127.0.0.1:{port}/?ssl-mode=VERIFY_IDENTITY&ssl-ca={}",
-            server.ca_file().display()
-        );
-        let mut admin = eventually("the TLS MariaDB answers", Duration::from_secs(30), || {
-            let url = admin_url.clone();
-            async move { MySqlConnection::connect(&url).await.ok() }
-        })
+        accepting("the MariaDB of our own accepts connections", port).await;
+        server
+    }
+
+    /// Creates the database `parley` through `admin_url`, once the server
+    /// answers there.
+    async fn create_database(&self, admin_url: &str) {
+        let mut admin = eventually(
+            "the MariaDB of our own answers",
+            Duration::from_secs(30),
+            || {
+                let url = admin_url.to_owned();
+                async move { MySqlConnection::connect(&url).await.ok() }
+            },
+        )
         .await;
         sqlx::raw_sql("CREATE DATABASE parley")
             .execute(&mut admin)
             .await
             .expect("create the database");
         let _ = admin.close().await;
-        server
     }
 
-    /// The CA that signed the server's certificate, as a PEM file.
+    /// The CA that signed a TLS server's certificate, as a PEM file.
     pub fn ca_file(&self) -> std::path::PathBuf {
         self.dir.path().join("ca.pem")
     }
 
+    /// The server's URL, without a database.
+    pub fn server_url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}", self.port)
+    }
+
     /// The URL of the database `parley`, with `params` (`ssl-mode=…`).
     pub fn url(&self, params: &str) -> String {
-        format!("mysql://root@127.0.0.1:{}/parley?{params}", self.port)
+        format!("{}/parley?{params}", self.server_url())
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
-impl Drop for TlsMariaDb {
+impl Drop for OwnMariaDb {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -386,7 +386,7 @@ parley_testkit::contract_suite!(
 /// TLS, or one trusting another CA, does not connect.
 #[tokio::test]
 async fn a_mariadb_that_takes_only_tls_is_reached_with_ssl_mode() {
-    let server = parley_testkit::TlsMariaDb::start().await;
+    let server = parley_testkit::OwnMariaDb::start_tls().await;
     let verified = |ca: &std::path::Path| {
         server.url(&format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={}", ca.display()))
     };
