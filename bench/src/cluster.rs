@@ -28,6 +28,10 @@ pub struct Service {
     child: Child,
 }
 
+/// The kinds of statement counted apart (MariaDB's `Com_<kind>`, which
+/// counts prepared executions too).
+pub const STATEMENT_KINDS: [&str; 6] = ["select", "insert", "update", "delete", "begin", "commit"];
+
 /// MariaDB's server-wide counters at one moment.
 #[derive(Clone, Copy, Debug)]
 pub struct DbCounters {
@@ -35,6 +39,8 @@ pub struct DbCounters {
     pub rows: u64,
     /// Statements received (Questions).
     pub statements: u64,
+    /// Statements of each of [`STATEMENT_KINDS`].
+    pub by_kind: [u64; STATEMENT_KINDS.len()],
 }
 
 /// Where the services' logs go: `bench-logs/` beside the benchmark binary.
@@ -50,6 +56,8 @@ pub struct Cluster {
     pub services: Vec<Service>,
     /// The MariaDB server URL (no database).
     pub mysql: String,
+    /// The MariaDB server's process.
+    mariadb_pid: u32,
     /// The benchmark's databases (dropped at the end).
     databases: Vec<String>,
     /// The benchmark's Redis, stopped with the cluster.
@@ -88,8 +96,11 @@ fn binary(name: &str) -> Result<PathBuf, String> {
 impl Cluster {
     /// Starts the five services; `extra` adds environment per service (for
     /// example the notification service's FCM stand-in).
-    pub async fn start(extra: &[(&str, &str, String)]) -> Result<Self, String> {
-        let mysql = parley_testkit::mysql_server_url();
+    pub async fn start(
+        extra: &[(&str, &str, String)],
+        mariadb: &parley_testkit::OwnMariaDb,
+    ) -> Result<Self, String> {
+        let mysql = mariadb.server_url();
         let tag = format!("{:08x}", rand::random::<u32>());
         let mut server = MySqlConnection::connect(&mysql)
             .await
@@ -161,6 +172,7 @@ impl Cluster {
         let mut cluster = Self {
             services: Vec::new(),
             mysql,
+            mariadb_pid: mariadb.pid(),
             databases,
             _redis: redis,
             keys,
@@ -230,14 +242,14 @@ impl Cluster {
     }
 
     /// CPU seconds (user + system) each service has used so far, then the
-    /// MariaDB server's (when it runs on this machine) and the Redis server's.
+    /// MariaDB server's and the Redis server's (both the benchmark's own).
     pub fn cpu_seconds(&self) -> Vec<(&'static str, f64)> {
         let mut cpu: Vec<(&'static str, f64)> = self
             .services
             .iter()
             .map(|s| (s.name, process_cpu_seconds(s.child.id()).unwrap_or(0.0)))
             .collect();
-        let mariadb = pid_of("mariadbd").and_then(process_cpu_seconds);
+        let mariadb = process_cpu_seconds(self.mariadb_pid);
         cpu.push(("mariadb", mariadb.unwrap_or(0.0)));
         let redis = self._redis.pid().and_then(process_cpu_seconds);
         cpu.push(("redis", redis.unwrap_or(0.0)));
@@ -254,24 +266,34 @@ impl Cluster {
     }
 
     /// MariaDB's counters of rows written (inserted, updated, deleted) and
-    /// of statements received, server-wide (the benchmark has it to itself).
+    /// of statements received, in all and by kind, server-wide (the server is
+    /// the benchmark's own).
     pub async fn db_counters(&self) -> Result<DbCounters, String> {
         let mut conn = MySqlConnection::connect(&self.mysql)
             .await
             .map_err(|e| e.to_string())?;
-        let (rows, statements): (i64, i64) = sqlx::query_as(
-            "SELECT \
-             CAST(SUM(IF(VARIABLE_NAME = 'QUESTIONS', 0, VARIABLE_VALUE)) AS SIGNED), \
-             CAST(SUM(IF(VARIABLE_NAME = 'QUESTIONS', VARIABLE_VALUE, 0)) AS SIGNED) \
-             FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME IN \
-             ('HANDLER_WRITE', 'HANDLER_UPDATE', 'HANDLER_DELETE', 'QUESTIONS')",
+        let status: Vec<(String, String)> = sqlx::query_as(
+            "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+             WHERE VARIABLE_NAME IN ('HANDLER_WRITE', 'HANDLER_UPDATE', 'HANDLER_DELETE', \
+             'QUESTIONS') OR VARIABLE_NAME LIKE 'COM\\_%'",
         )
-        .fetch_one(&mut conn)
+        .fetch_all(&mut conn)
         .await
         .map_err(|e| format!("MariaDB counters: {e}"))?;
+        let value = |name: &str| {
+            status
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         Ok(DbCounters {
-            rows: u64::try_from(rows).unwrap_or(0),
-            statements: u64::try_from(statements).unwrap_or(0),
+            rows: ["HANDLER_WRITE", "HANDLER_UPDATE", "HANDLER_DELETE"]
+                .iter()
+                .map(|name| value(name))
+                .sum(),
+            statements: value("QUESTIONS"),
+            by_kind: STATEMENT_KINDS.map(|kind| value(&format!("COM_{kind}"))),
         })
     }
 
@@ -334,18 +356,6 @@ fn process_cpu_seconds(pid: u32) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / TICKS)
-}
-
-/// The process id of a running program, by name (the first one found).
-fn pid_of(name: &str) -> Option<u32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
-            (comm.trim() == name).then_some(pid)
-        })
 }
 
 fn process_rss_bytes(pid: u32) -> Option<u64> {

@@ -236,6 +236,8 @@ pub struct Step {
     pub rows_per_message: f64,
     /// SQL statements per accepted message, counted the same way.
     pub statements_per_message: f64,
+    /// The same, by kind ([`crate::cluster::STATEMENT_KINDS`]).
+    pub statements_by_kind: Vec<(&'static str, f64)>,
     /// CPU seconds per 1,000 accepted messages, per service (and the load
     /// generator itself, which shares the cores), until the backlog drained.
     pub cpu_per_1000: Vec<(&'static str, f64)>,
@@ -346,10 +348,18 @@ impl Load {
         let (drained, backlog) = cluster.quiesce(DRAIN_LIMIT).await?;
         // The readers' last batched acks (every 1 s) and their digests.
         tokio::time::sleep(ACK_AFTER * 2).await;
+        let per_message = |count: u64| count as f64 / accepted.max(1) as f64;
         let db = match (db_before, cluster.db_counters().await) {
             (Ok(before), Ok(after)) => Ok((
                 after.rows.saturating_sub(before.rows),
                 after.statements.saturating_sub(before.statements),
+                crate::cluster::STATEMENT_KINDS
+                    .iter()
+                    .zip(after.by_kind.iter().zip(before.by_kind))
+                    .map(|(kind, (after, before))| {
+                        (*kind, per_message(after.saturating_sub(before)))
+                    })
+                    .collect::<Vec<_>>(),
             )),
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
@@ -371,12 +381,13 @@ impl Load {
             acks: acks as f64 / elapsed,
             delivery: quantiles(&shared.delivery),
             digest: quantiles(&shared.digest),
-            rows_per_message: db
+            rows_per_message: db.as_ref().map_or(0.0, |(rows, ..)| per_message(*rows)),
+            statements_per_message: db
                 .as_ref()
-                .map_or(0.0, |(rows, _)| *rows as f64 / accepted.max(1) as f64),
-            statements_per_message: db.as_ref().map_or(0.0, |(_, statements)| {
-                *statements as f64 / accepted.max(1) as f64
-            }),
+                .map_or(0.0, |(_, statements, _)| per_message(*statements)),
+            statements_by_kind: db
+                .as_ref()
+                .map_or_else(|_| Vec::new(), |(.., kinds)| kinds.clone()),
             db_error: db.err(),
             cpu_per_1000,
         })

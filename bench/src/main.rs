@@ -125,9 +125,13 @@ struct Baselines {
     fanout: f64,
 }
 
-async fn baselines(plan: &Plan, rows: &mut Vec<Row>) -> Result<Baselines, String> {
+async fn baselines(
+    plan: &Plan,
+    mariadb: &parley_testkit::OwnMariaDb,
+    rows: &mut Vec<Row>,
+) -> Result<Baselines, String> {
     let part = "baseline";
-    let scratch = baseline::Scratch::create(&parley_testkit::mysql_server_url()).await?;
+    let scratch = baseline::Scratch::create(&mariadb.server_url()).await?;
     progress("baseline: MariaDB single-row commits");
     let commits = scratch.single_row_commits(plan.baseline).await?;
     progress("baseline: MariaDB 500-row inserts");
@@ -267,7 +271,14 @@ fn step_rows(part: &str, step: &Step, base: &Baselines, rows: &mut Vec<Row>) {
                 part,
                 &format!("{at} SQL statements per message"),
                 step.statements_per_message,
-                "stmts",
+                &format!(
+                    "stmts ({})",
+                    step.statements_by_kind
+                        .iter()
+                        .map(|(kind, count)| format!("{kind} {count:.1}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             ),
         ]),
         Some(error) => progress(&format!(
@@ -757,13 +768,15 @@ async fn run(cli: &Cli) -> Result<Report, String> {
         plan.idle_streams = streams as usize;
     }
     let mut rows = Vec::new();
-    let base = baselines(&plan, &mut rows).await?;
+    progress("starting a MariaDB of the benchmark's own (private data directory and port)");
+    let mariadb = parley_testkit::OwnMariaDb::start(&[]).await;
+    let base = baselines(&plan, &mariadb, &mut rows).await?;
     progress(&format!(
         "starting the suite (release binaries, MariaDB, Redis); service logs in {}",
         cluster::log_dir()?.display()
     ));
     let fcm = parley_testkit::fcm::MockFcm::start().await;
-    let cluster = Cluster::start(&parts::push_env(&fcm)).await?;
+    let cluster = Cluster::start(&parts::push_env(&fcm), &mariadb).await?;
     let outcome = parts(&cluster, &fcm, &plan, &base, &mut rows).await;
     cluster.stop().await;
     outcome?;
