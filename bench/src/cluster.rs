@@ -58,6 +58,8 @@ pub struct Cluster {
     pub mysql: String,
     /// The MariaDB server's process.
     mariadb_pid: u32,
+    /// Whether its performance schema counts statements by their text.
+    digests: bool,
     /// The benchmark's databases (dropped at the end).
     databases: Vec<String>,
     /// The benchmark's Redis, stopped with the cluster.
@@ -99,6 +101,7 @@ impl Cluster {
     pub async fn start(
         extra: &[(&str, &str, String)],
         mariadb: &parley_testkit::OwnMariaDb,
+        digests: bool,
     ) -> Result<Self, String> {
         let mysql = mariadb.server_url();
         let tag = format!("{:08x}", rand::random::<u32>());
@@ -173,6 +176,7 @@ impl Cluster {
             services: Vec::new(),
             mysql,
             mariadb_pid: mariadb.pid(),
+            digests,
             databases,
             _redis: redis,
             keys,
@@ -295,6 +299,57 @@ impl Cluster {
             statements: value("QUESTIONS"),
             by_kind: STATEMENT_KINDS.map(|kind| value(&format!("COM_{kind}"))),
         })
+    }
+
+    /// Starts counting statements by their text afresh; nothing when the
+    /// server does not count them.
+    pub async fn reset_statements(&self) -> Result<(), String> {
+        if !self.digests {
+            return Ok(());
+        }
+        let mut conn = MySqlConnection::connect(&self.mysql)
+            .await
+            .map_err(|e| e.to_string())?;
+        sqlx::raw_sql("TRUNCATE performance_schema.events_statements_summary_by_digest")
+            .execute(&mut conn)
+            .await
+            .map_err(|e| format!("statement counts: {e}"))?;
+        Ok(())
+    }
+
+    /// The `limit` most frequent statements since [`Cluster::reset_statements`],
+    /// as MariaDB normalises them (values replaced by `?`), with their counts;
+    /// empty when the server does not count them.
+    pub async fn top_statements(&self, limit: u32) -> Result<Vec<(String, u64)>, String> {
+        if !self.digests {
+            return Ok(Vec::new());
+        }
+        let mut conn = MySqlConnection::connect(&self.mysql)
+            .await
+            .map_err(|e| e.to_string())?;
+        let rows: Vec<(Option<String>, Option<String>, i64)> = sqlx::query_as(
+            "SELECT SCHEMA_NAME, DIGEST_TEXT, CAST(COUNT_STAR AS SIGNED) \
+             FROM performance_schema.events_statements_summary_by_digest \
+             ORDER BY COUNT_STAR DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| format!("statement counts: {e}"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(schema, text, count)| {
+                let service = schema
+                    .as_deref()
+                    .and_then(|s| s.rsplit('_').next())
+                    .unwrap_or("-");
+                let text: String = text.unwrap_or_default().chars().take(110).collect();
+                (
+                    format!("[{service}] {text}"),
+                    u64::try_from(count).unwrap_or(0),
+                )
+            })
+            .collect())
     }
 
     /// Waits until the message outbox is empty and no push is pending: the

@@ -48,6 +48,8 @@ fn now_us() -> u64 {
 pub const STREAMS_PER_CONNECTION: usize = 50;
 /// A reader acks after this many messages...
 const ACK_EVERY: u64 = 10;
+/// Statements listed by their text at each step (`--statements`).
+const TOP_STATEMENTS: u32 = 15;
 /// ...or after this long with something unacked.
 const ACK_AFTER: Duration = Duration::from_secs(1);
 /// Longest wait for a step's backlog to drain.
@@ -238,6 +240,8 @@ pub struct Step {
     pub statements_per_message: f64,
     /// The same, by kind ([`crate::cluster::STATEMENT_KINDS`]).
     pub statements_by_kind: Vec<(&'static str, f64)>,
+    /// The most frequent statements per message, by their text (`--statements`).
+    pub top_statements: Vec<(String, f64)>,
     /// CPU seconds per 1,000 accepted messages, per service (and the load
     /// generator itself, which shares the cores), until the backlog drained.
     pub cpu_per_1000: Vec<(&'static str, f64)>,
@@ -336,6 +340,7 @@ impl Load {
         let mut cpu_before = cluster.cpu_seconds();
         cpu_before.push(("load generator", crate::cluster::own_cpu_seconds()));
         let db_before = cluster.db_counters().await;
+        let statements = cluster.reset_statements().await;
         let started = Instant::now();
         self.drive(rate);
         tokio::time::sleep(length).await;
@@ -365,6 +370,17 @@ impl Load {
         };
         let mut cpu_after = cluster.cpu_seconds();
         cpu_after.push(("load generator", crate::cluster::own_cpu_seconds()));
+        let top_statements = match statements {
+            Ok(()) => cluster.top_statements(TOP_STATEMENTS).await,
+            Err(error) => Err(error),
+        }
+        .unwrap_or_else(|error| {
+            crate::progress(&format!("statements by text not counted: {error}"));
+            Vec::new()
+        })
+        .into_iter()
+        .map(|(text, count)| (text, per_message(count)))
+        .collect();
         let thousands = (accepted as f64 / 1000.0).max(f64::MIN_POSITIVE);
         let cpu_per_1000 = cpu_before
             .iter()
@@ -390,6 +406,7 @@ impl Load {
                 .map_or_else(|_| Vec::new(), |(.., kinds)| kinds.clone()),
             db_error: db.err(),
             cpu_per_1000,
+            top_statements,
         })
     }
 

@@ -39,6 +39,11 @@ struct Cli {
     /// Where to write the JSON result.
     #[arg(long, default_value = "bench-results.json")]
     json: PathBuf,
+    /// Also count MariaDB's statements by their text (its performance schema,
+    /// which costs it some CPU, so CPU figures of such a run read high): the
+    /// most frequent ones per message at each step of the seed scenario.
+    #[arg(long)]
+    statements: bool,
 }
 
 fn progress(line: &str) {
@@ -284,6 +289,14 @@ fn step_rows(part: &str, step: &Step, base: &Baselines, rows: &mut Vec<Row>) {
         Some(error) => progress(&format!(
             "{part}: rows and statements not measured: {error}"
         )),
+    }
+    for (statement, count) in &step.top_statements {
+        rows.push(Row::plain(
+            part,
+            &format!("{at} per message: {statement}"),
+            *count,
+            "stmts",
+        ));
     }
     for (service, cpu) in &step.cpu_per_1000 {
         rows.push(Row::plain(
@@ -769,14 +782,19 @@ async fn run(cli: &Cli) -> Result<Report, String> {
     }
     let mut rows = Vec::new();
     progress("starting a MariaDB of the benchmark's own (private data directory and port)");
-    let mariadb = parley_testkit::OwnMariaDb::start(&[]).await;
+    let schema = if cli.statements {
+        vec!["--performance-schema=ON".to_owned()]
+    } else {
+        Vec::new()
+    };
+    let mariadb = parley_testkit::OwnMariaDb::start(&schema).await;
     let base = baselines(&plan, &mariadb, &mut rows).await?;
     progress(&format!(
         "starting the suite (release binaries, MariaDB, Redis); service logs in {}",
         cluster::log_dir()?.display()
     ));
     let fcm = parley_testkit::fcm::MockFcm::start().await;
-    let cluster = Cluster::start(&parts::push_env(&fcm), &mariadb).await?;
+    let cluster = Cluster::start(&parts::push_env(&fcm), &mariadb, cli.statements).await?;
     let outcome = parts(&cluster, &fcm, &plan, &base, &mut rows).await;
     cluster.stop().await;
     outcome?;
