@@ -310,16 +310,21 @@ impl Cluster {
         let mut conn = MySqlConnection::connect(&self.mysql)
             .await
             .map_err(|e| e.to_string())?;
-        sqlx::raw_sql("TRUNCATE performance_schema.events_statements_summary_by_digest")
-            .execute(&mut conn)
-            .await
-            .map_err(|e| format!("statement counts: {e}"))?;
+        sqlx::raw_sql(
+            "TRUNCATE performance_schema.events_statements_summary_by_digest; \
+             TRUNCATE performance_schema.prepared_statements_instances",
+        )
+        .execute(&mut conn)
+        .await
+        .map_err(|e| format!("statement counts: {e}"))?;
         Ok(())
     }
 
     /// The `limit` most frequent statements since [`Cluster::reset_statements`],
-    /// as MariaDB normalises them (values replaced by `?`), with their counts;
-    /// empty when the server does not count them.
+    /// with their counts: those sent as text as MariaDB normalises them (values
+    /// replaced by `?`), prepared ones (most of Parley's) by their text, each
+    /// with the database of the service that sent it; empty when the server
+    /// does not count them.
     pub async fn top_statements(&self, limit: u32) -> Result<Vec<(String, u64)>, String> {
         if !self.digests {
             return Ok(Vec::new());
@@ -328,9 +333,14 @@ impl Cluster {
             .await
             .map_err(|e| e.to_string())?;
         let rows: Vec<(Option<String>, Option<String>, i64)> = sqlx::query_as(
-            "SELECT SCHEMA_NAME, DIGEST_TEXT, CAST(COUNT_STAR AS SIGNED) \
-             FROM performance_schema.events_statements_summary_by_digest \
-             ORDER BY COUNT_STAR DESC LIMIT ?",
+            "SELECT db, text, CAST(SUM(n) AS SIGNED) AS count FROM ( \
+               SELECT SCHEMA_NAME AS db, LEFT(DIGEST_TEXT, 110) AS text, COUNT_STAR AS n \
+               FROM performance_schema.events_statements_summary_by_digest \
+               UNION ALL \
+               SELECT t.PROCESSLIST_DB, LEFT(p.SQL_TEXT, 110), p.COUNT_EXECUTE \
+               FROM performance_schema.prepared_statements_instances p \
+               LEFT JOIN performance_schema.threads t ON t.THREAD_ID = p.OWNER_THREAD_ID \
+             ) counted GROUP BY db, text ORDER BY count DESC LIMIT ?",
         )
         .bind(limit)
         .fetch_all(&mut conn)

@@ -350,6 +350,75 @@ async fn a_batch_records_each_message_once_in_order<S: ReceiptStore>(store: S) {
     assert_eq!(store.ledger_rows(GID, 3).await.expect("rows"), 3);
 }
 
+async fn a_batch_of_many_groups_is_its_messages_one_by_one<S: ReceiptStore>(store: S) {
+    // Two groups alike: in GID each message is recorded alone, in ALIKE the
+    // messages come in one batch, interleaved with a third group's; uid1 read
+    // up to seq 2 before, uid2 left at seq 4, seq 3 wants no receipts and
+    // seq 5 comes twice. Every receipt, ledger row and cursor must match.
+    const ALIKE: i64 = GID + 1;
+    const OTHER: i64 = GID + 2;
+    let batched = |gid: i64| -> Vec<InitMessage> {
+        (1..=6)
+            .map(|seq| {
+                let mut m = message(seq, seq != 3);
+                m.gid = gid;
+                if seq > 4 {
+                    m.recipients = vec!["uid1".into(), "uid3".into()];
+                    m.recipient_count = 2;
+                }
+                m
+            })
+            .collect()
+    };
+    for gid in [GID, ALIKE, OTHER] {
+        let changes = [
+            member("A", true, 0, 1),
+            member("uid1", false, 0, 2),
+            MemberChange {
+                left_seq: Some(4),
+                ..member("uid2", false, 0, 3)
+            },
+            member("uid3", false, 0, 4),
+        ];
+        store
+            .apply_membership(gid, &changes, 1)
+            .await
+            .expect("membership");
+        for (uid, up_to, kind) in [("uid1", 2, AckKind::Read), ("uid3", 1, AckKind::Delivered)] {
+            let early = ack_one(&store, gid, member_ack(uid, up_to, kind), Some(up_to), 5).await;
+            assert!(matches!(early, Ok(Planned::Moved { .. })), "{early:?}");
+        }
+    }
+    let mut alone = Vec::new();
+    for message in batched(GID) {
+        alone.push(init(&store, message, LEDGER_MAX).await);
+    }
+    let mut interleaved = Vec::new();
+    for (ours, theirs) in batched(ALIKE).into_iter().zip(batched(OTHER)) {
+        interleaved.extend([ours, theirs]);
+    }
+    interleaved.push(batched(ALIKE).remove(4));
+    let outcomes = store
+        .init_receipts(&interleaved, LEDGER_MAX)
+        .await
+        .expect("batch");
+    let ours: Vec<InitOutcome> = outcomes.iter().step_by(2).copied().collect();
+    let mut expected = alone.clone();
+    expected.push(InitOutcome {
+        created: false,
+        ..alone[4]
+    });
+    assert_eq!(ours, expected, "each message answered in its place");
+    assert_eq!(
+        group_state(&store, ALIKE, 6).await,
+        group_state(&store, GID, 6).await
+    );
+    assert_eq!(
+        group_state(&store, OTHER, 6).await,
+        group_state(&store, GID, 6).await
+    );
+}
+
 /// Everything a reader sees of a group: each message's receipts, ledger rows
 /// and each member's cursors.
 async fn group_state<S: ReceiptStore>(store: &S, gid: i64, seqs: i64) -> Vec<String> {
@@ -477,4 +546,5 @@ parley_testkit::contract_suite!(
     a_returning_sender_pulls_changes_in_order,
     a_batch_records_each_message_once_in_order,
     a_group_batch_is_its_acks_one_by_one,
+    a_batch_of_many_groups_is_its_messages_one_by_one,
 );

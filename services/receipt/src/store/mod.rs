@@ -9,6 +9,7 @@ use crate::{
     error::ReceiptError,
 };
 
+mod init;
 mod mysql;
 mod sql;
 mod sqlite;

@@ -1,7 +1,8 @@
 //! The SQL both receipt backends share. The dialects differ in upserts and row
 //! locks, which each backend supplies (`UPSERT_GROUP`, `UPSERT_CURSOR_SUFFIX`,
 //! `LOCK_GROUP_SHARED`, `FOR_UPDATE`); the macro expands this one body for each
-//! backend's concrete sqlx types.
+//! backend's concrete sqlx types. InitReceipts is a plain function generic over
+//! the backend instead (`init.rs`), one transaction per group of a batch.
 //!
 //! Locking: InitReceipts takes the group row exclusively (its upsert), acks take
 //! it shared, so a message recorded late derives its initial state from cursors
@@ -16,26 +17,6 @@ pub(super) const CHUNK: usize = 500;
 macro_rules! impl_receipt_store {
     ($store:ty, $db:ty) => {
         impl $store {
-            async fn recipient_cursors(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                gid: i64,
-                uids: &[String],
-            ) -> Result<std::collections::HashMap<String, crate::domain::Cursors>, sqlx::Error> {
-                let mut found = std::collections::HashMap::new();
-                for chunk in uids.chunks(crate::store::sql::CHUNK) {
-                    let mut select = sqlx::QueryBuilder::<$db>::new(
-                        "SELECT uid, delivered_seq, read_seq FROM receipt_cursors WHERE gid = ",
-                    );
-                    select.push_bind(gid).push(" AND uid IN ");
-                    parley_server::db::push_list(&mut select, chunk.iter().map(|uid| uid.as_str()));
-                    let rows: Vec<(String, i64, i64)> = select.build_query_as().fetch_all(&mut **tx).await?;
-                    for (uid, delivered, read) in rows {
-                        found.insert(uid, crate::domain::Cursors { delivered, read });
-                    }
-                }
-                Ok(found)
-            }
-
             /// The current members among `uids`, their cursor rows locked until
             /// the transaction ends (in key order, as every ack takes them).
             async fn lock_members(
@@ -152,79 +133,6 @@ macro_rules! impl_receipt_store {
             }
 
             /// Records one sent message inside the caller's transaction.
-            async fn init_one(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                message: &crate::store::InitMessage,
-                ledger_max: i64,
-            ) -> Result<crate::store::InitOutcome, crate::error::ReceiptError> {
-                use crate::domain::{Cursors, ledger_state, wants_ledger};
-                sqlx::query(Self::UPSERT_GROUP).bind(message.gid).bind(message.seq).execute(&mut **tx).await?;
-                let existing: Option<bool> =
-                    sqlx::query_scalar("SELECT ledger FROM receipt_msgs WHERE gid = ? AND seq = ?")
-                        .bind(message.gid)
-                        .bind(message.seq)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                if let Some(ledger) = existing {
-                    return Ok(crate::store::InitOutcome { created: false, ledger });
-                }
-                // Acks that arrived before this message was recorded already moved
-                // the cursors; they count from the start.
-                let read_count: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM receipt_cursors WHERE gid = ? AND read_seq >= ? AND joined_seq < ? \
-                     AND (left_seq IS NULL OR left_seq >= ?) AND uid <> ?",
-                )
-                .bind(message.gid)
-                .bind(message.seq)
-                .bind(message.seq)
-                .bind(message.seq)
-                .bind(message.sender_uid.as_str())
-                .fetch_one(&mut **tx)
-                .await?;
-                let ledger = wants_ledger(
-                    message.need_receipt,
-                    message.recipient_count,
-                    message.recipients.len(),
-                    read_count,
-                    ledger_max,
-                );
-                if ledger {
-                    let cursors = Self::recipient_cursors(tx, message.gid, &message.recipients).await?;
-                    for chunk in message.recipients.chunks(crate::store::sql::CHUNK) {
-                        let mut insert = sqlx::QueryBuilder::<$db>::new(
-                            "INSERT INTO msg_acks (gid, recv_uid, seq, msgid, sender_uid, if_ack, changed_at_ms) ",
-                        );
-                        insert.push_values(chunk, |mut row, uid| {
-                            let at = cursors.get(uid).copied().unwrap_or(Cursors { delivered: 0, read: 0 });
-                            row.push_bind(message.gid)
-                                .push_bind(uid.as_str())
-                                .push_bind(message.seq)
-                                .push_bind(message.msgid)
-                                .push_bind(message.sender_uid.as_str())
-                                .push_bind(ledger_state(at, message.seq))
-                                .push_bind(message.created_at_ms);
-                        });
-                        insert.build().execute(&mut **tx).await?;
-                    }
-                }
-                sqlx::query(
-                    "INSERT INTO receipt_msgs (gid, seq, msgid, sender_uid, recipient_count, read_count, ledger, \
-                     created_at_ms, changed_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(message.gid)
-                .bind(message.seq)
-                .bind(message.msgid)
-                .bind(message.sender_uid.as_str())
-                .bind(message.recipient_count)
-                .bind(read_count)
-                .bind(ledger)
-                .bind(message.created_at_ms)
-                .bind(message.created_at_ms)
-                .execute(&mut **tx)
-                .await?;
-                Ok(crate::store::InitOutcome { created: true, ledger })
-            }
-
             async fn delete_ledger_of(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 gid: i64,
@@ -255,15 +163,24 @@ macro_rules! impl_receipt_store {
                 messages: &[crate::store::InitMessage],
                 ledger_max: i64,
             ) -> Result<Vec<crate::store::InitOutcome>, crate::error::ReceiptError> {
-                // One short transaction per message: each holds its group's
-                // row exclusively, and acks of the group wait for it.
-                let mut outcomes = Vec::with_capacity(messages.len());
-                for message in messages {
-                    let mut tx = self.pool.begin().await?;
-                    let outcome = Self::init_one(&mut tx, message, ledger_max).await;
-                    outcomes.push(parley_server::db::finish(tx, outcome).await?);
+                // One short transaction per group, in gid order: each holds
+                // its group's row exclusively, and acks of the group wait for
+                // it, but not for other groups' messages.
+                let mut groups: std::collections::BTreeMap<i64, Vec<usize>> = std::collections::BTreeMap::new();
+                for (index, message) in messages.iter().enumerate() {
+                    groups.entry(message.gid).or_default().push(index);
                 }
-                Ok(outcomes)
+                let mut outcomes = vec![None; messages.len()];
+                for (gid, indices) in groups {
+                    let run: Vec<&crate::store::InitMessage> = indices.iter().map(|&i| &messages[i]).collect();
+                    let mut tx = self.pool.begin().await?;
+                    let outcome = crate::store::init::init_group::<$db>(&mut tx, Self::UPSERT_GROUP, gid, &run, ledger_max).await;
+                    let recorded = parley_server::db::finish(tx, outcome).await?;
+                    for (index, outcome) in indices.into_iter().zip(recorded) {
+                        outcomes[index] = Some(outcome);
+                    }
+                }
+                Ok(outcomes.into_iter().flatten().collect())
             }
 
             async fn apply_membership(
