@@ -322,9 +322,11 @@ impl Cluster {
 
     /// The `limit` most frequent statements since [`Cluster::reset_statements`],
     /// with their counts: those sent as text as MariaDB normalises them (values
-    /// replaced by `?`), prepared ones (most of Parley's) by their text, each
-    /// with the database of the service that sent it; empty when the server
-    /// does not count them.
+    /// replaced by `?`), and prepared ones by their text where the server
+    /// counts their executions (MariaDB 10.11 does not: there, Parley's
+    /// prepared statements show only in the totals by kind, and this lists the
+    /// transactions' BEGIN and COMMIT), each with the database of the service
+    /// that sent it; empty when the server does not count them.
     pub async fn top_statements(&self, limit: u32) -> Result<Vec<(String, u64)>, String> {
         if !self.digests {
             return Ok(Vec::new());
@@ -340,7 +342,7 @@ impl Cluster {
                SELECT t.PROCESSLIST_DB, LEFT(p.SQL_TEXT, 110), p.COUNT_EXECUTE \
                FROM performance_schema.prepared_statements_instances p \
                LEFT JOIN performance_schema.threads t ON t.THREAD_ID = p.OWNER_THREAD_ID \
-             ) counted GROUP BY db, text ORDER BY count DESC LIMIT ?",
+             ) counted GROUP BY db, text HAVING count > 0 ORDER BY count DESC LIMIT ?",
         )
         .bind(limit)
         .fetch_all(&mut conn)

@@ -49,7 +49,7 @@ pub const STREAMS_PER_CONNECTION: usize = 50;
 /// A reader acks after this many messages...
 const ACK_EVERY: u64 = 10;
 /// Statements listed by their text at each step (`--statements`).
-const TOP_STATEMENTS: u32 = 30;
+const TOP_STATEMENTS: u32 = 15;
 /// ...or after this long with something unacked.
 const ACK_AFTER: Duration = Duration::from_secs(1);
 /// Longest wait for a step's backlog to drain.
