@@ -57,6 +57,14 @@ CRD_SCHEMAS = {
 }
 RELEASE, NAMESPACE = "parley", "chat"
 
+# A created Secret's URLs, without which nothing else in it is checked.
+CREATED_URLS = {
+    "message-database-url": "mysql://u@db/m",
+    "receipt-database-url": "mysql://u@db/r",
+    "notification-database-url": "mysql://u@db/n",
+    "redis-url": "redis://redis:6379/0",
+}
+
 # Values the schema must refuse: (what is wrong, change to the defaults).
 WRONG_VALUES = [
     ("misspelt top-level key", {"servics": {}}),
@@ -65,35 +73,11 @@ WRONG_VALUES = [
     ("port below 1024", {"services": {"receipt": {"port": 80}}}),
     ("unknown log format", {"config": {"logFormat": "xml"}}),
     ("created secret without URLs", {"secrets": {"create": True}}),
-    (
-        "created secret without a JWT key",
-        {
-            "secrets": {
-                "create": True,
-                "values": {
-                    "message-database-url": "mysql://u@db/m",
-                    "receipt-database-url": "mysql://u@db/r",
-                    "notification-database-url": "mysql://u@db/n",
-                    "redis-url": "redis://redis:6379/0",
-                },
-            }
-        },
-    ),
+    ("created secret without a JWT key", {"secrets": {"create": True, "values": CREATED_URLS}}),
     ("a shared internal token (gone: per-service keys)", {"secrets": {"values": {"internal-token": "0123456789abcdef"}}}),
     (
         "created secret without service keys",
-        {
-            "secrets": {
-                "create": True,
-                "values": {
-                    "message-database-url": "mysql://u@db/m",
-                    "receipt-database-url": "mysql://u@db/r",
-                    "notification-database-url": "mysql://u@db/n",
-                    "redis-url": "redis://redis:6379/0",
-                    "jwt-hs256-secret": "0123456789abcdef0123",
-                },
-            }
-        },
+        {"secrets": {"create": True, "values": {**CREATED_URLS, "jwt-hs256-secret": "0123456789abcdef0123"}}},
     ),
     ("service key that is not base64", {"secrets": {"values": {"gateway-service-key": "not a key"}}}),
     ("database URL that is not mysql://", {"secrets": {"values": {"message-database-url": "postgres://x"}}}),

@@ -3,13 +3,14 @@
 //! memory can be read from `/proc`.
 
 use std::{
+    collections::HashMap,
     net::{SocketAddr, TcpListener},
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use parley_server::credentials::Keys;
+use parley_server::{ServiceIdentity, credentials::Keys, serve::Secret};
 use parley_testkit::TestRedis;
 use sqlx::{Connection, mysql::MySqlConnection};
 
@@ -64,9 +65,9 @@ pub struct Cluster {
     databases: Vec<String>,
     /// The benchmark's Redis, stopped with the cluster.
     _redis: TestRedis,
-    /// The credentials the load generator calls the services with (as a
-    /// service of its own, `bench`, acting for users).
-    pub keys: Keys,
+    /// How the load generator proves itself to each service (as a service
+    /// of its own, `bench`, acting for users).
+    callers: Vec<(&'static str, ServiceIdentity)>,
 }
 
 fn free_port() -> Result<SocketAddr, String> {
@@ -126,17 +127,19 @@ impl Cluster {
         let db = |i: usize| format!("{mysql}/{}", databases[i]);
         let names: Vec<&str> = SERVICES.iter().copied().chain(["bench"]).collect();
         let (private, public) = parley_server::credentials::generate(&names);
-        let private_key = |name: &str| {
-            private
-                .iter()
-                .find_map(|(n, key)| (n == name).then(|| key.expose().to_owned()))
-                .unwrap_or_default()
-        };
+        let private: HashMap<String, Secret> = private.into_iter().collect();
+        let private_key = |name: &str| private.get(name).map_or("", Secret::expose).to_owned();
         let keys = private
-            .iter()
-            .find(|(n, _)| n == "bench")
+            .get("bench")
             .ok_or("no key for the load generator")
-            .and_then(|(_, key)| Keys::new("bench", key, &public).map_err(|_| "bad bench key"))?;
+            .and_then(|key| Keys::new("bench", key, &public).map_err(|_| "bad bench key"))?;
+        // One identity per callee, shared by every call to it, so the load
+        // generator signs a token per callee rather than per client.
+        let identity = ServiceIdentity::new("bench", Some(keys));
+        let callers = SERVICES
+            .iter()
+            .map(|&callee| (callee, identity.to(callee)))
+            .collect();
         let common = [
             ("PARLEY_SERVICE_PUBLIC_KEYS", public.clone()),
             ("PARLEY_RATE_LIMIT_PER_SECOND", "1000000".to_owned()),
@@ -179,7 +182,7 @@ impl Cluster {
             digests,
             databases,
             _redis: redis,
-            keys,
+            callers,
         };
         let logs = log_dir()?;
         for (i, name) in SERVICES.into_iter().enumerate() {
@@ -243,6 +246,15 @@ impl Cluster {
     pub fn url(&self, name: &str) -> String {
         let service = self.services.iter().find(|s| s.name == name);
         service.map_or_else(String::new, |s| format!("http://{}", s.addr))
+    }
+
+    /// The load generator's identity towards `callee`.
+    pub fn caller_to(&self, callee: &str) -> Result<ServiceIdentity, String> {
+        self.callers
+            .iter()
+            .find(|(name, _)| *name == callee)
+            .map(|(_, identity)| identity.clone())
+            .ok_or_else(|| format!("no service {callee}"))
     }
 
     /// CPU seconds (user + system) each service has used so far, then the
@@ -310,23 +322,19 @@ impl Cluster {
         let mut conn = MySqlConnection::connect(&self.mysql)
             .await
             .map_err(|e| e.to_string())?;
-        sqlx::raw_sql(
-            "TRUNCATE performance_schema.events_statements_summary_by_digest; \
-             TRUNCATE performance_schema.prepared_statements_instances",
-        )
-        .execute(&mut conn)
-        .await
-        .map_err(|e| format!("statement counts: {e}"))?;
+        sqlx::raw_sql("TRUNCATE performance_schema.events_statements_summary_by_digest")
+            .execute(&mut conn)
+            .await
+            .map_err(|e| format!("statement counts: {e}"))?;
         Ok(())
     }
 
-    /// The `limit` most frequent statements since [`Cluster::reset_statements`],
-    /// with their counts: those sent as text as MariaDB normalises them (values
-    /// replaced by `?`), and prepared ones by their text where the server
-    /// counts their executions (MariaDB 10.11 does not: there, Parley's
-    /// prepared statements show only in the totals by kind, and this lists the
-    /// transactions' BEGIN and COMMIT), each with the database of the service
-    /// that sent it; empty when the server does not count them.
+    /// The `limit` most frequent statements since [`Cluster::reset_statements`]
+    /// as MariaDB normalises them (values replaced by `?`), with their counts
+    /// and the database of the service that sent each; empty when the server
+    /// does not count them. MariaDB 10.11 counts only statements sent as text
+    /// this way (not executions of prepared ones, which show only in the
+    /// totals by kind), so this lists each service's `BEGIN` and `COMMIT`.
     pub async fn top_statements(&self, limit: u32) -> Result<Vec<(String, u64)>, String> {
         if !self.digests {
             return Ok(Vec::new());
@@ -335,14 +343,9 @@ impl Cluster {
             .await
             .map_err(|e| e.to_string())?;
         let rows: Vec<(Option<String>, Option<String>, i64)> = sqlx::query_as(
-            "SELECT db, text, CAST(SUM(n) AS SIGNED) AS count FROM ( \
-               SELECT SCHEMA_NAME AS db, LEFT(DIGEST_TEXT, 110) AS text, COUNT_STAR AS n \
-               FROM performance_schema.events_statements_summary_by_digest \
-               UNION ALL \
-               SELECT t.PROCESSLIST_DB, LEFT(p.SQL_TEXT, 110), p.COUNT_EXECUTE \
-               FROM performance_schema.prepared_statements_instances p \
-               LEFT JOIN performance_schema.threads t ON t.THREAD_ID = p.OWNER_THREAD_ID \
-             ) counted GROUP BY db, text HAVING count > 0 ORDER BY count DESC LIMIT ?",
+            "SELECT SCHEMA_NAME, LEFT(DIGEST_TEXT, 110), CAST(COUNT_STAR AS SIGNED) \
+             FROM performance_schema.events_statements_summary_by_digest \
+             WHERE COUNT_STAR > 0 ORDER BY COUNT_STAR DESC LIMIT ?",
         )
         .bind(limit)
         .fetch_all(&mut conn)
@@ -355,7 +358,7 @@ impl Cluster {
                     .as_deref()
                     .and_then(|s| s.rsplit('_').next())
                     .unwrap_or("-");
-                let text: String = text.unwrap_or_default().chars().take(110).collect();
+                let text = text.unwrap_or_default();
                 (
                     format!("[{service}] {text}"),
                     u64::try_from(count).unwrap_or(0),

@@ -125,8 +125,7 @@ impl Acting {
     pub fn new(cluster: &Cluster, uid: &str, callee: &'static str) -> Result<Self, String> {
         let uid = tonic::metadata::AsciiMetadataValue::try_from(uid)
             .map_err(|_| format!("{uid:?} is not a valid uid"))?;
-        let identity =
-            parley_server::ServiceIdentity::new("bench", Some(cluster.keys.clone())).to(callee);
+        let identity = cluster.caller_to(callee)?;
         Ok(Self { uid, identity })
     }
 }

@@ -11,14 +11,13 @@ use parley_gateway::hub::Hub;
 use parley_proto::bus::{BusEvent, bus_event};
 use parley_server::{
     Uid,
-    credentials::{Keys, generate},
+    credentials::{Keys, generate_keys},
 };
 use prost::Message as _;
 
 static GATEWAY: LazyLock<Keys> = LazyLock::new(|| {
-    let (private, public) = generate(&["gateway"]);
-    let (name, secret) = &private[0];
-    Keys::new(name, secret, &public).expect("generated keys")
+    let [gateway] = generate_keys(&["gateway"]).try_into().expect("one key");
+    gateway
 });
 
 fuzz_target!(|payload: &[u8]| {

@@ -4,15 +4,13 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use parley_server::credentials::{Keys, generate};
+use parley_server::credentials::{Keys, generate_keys};
 
 static RECEIPT: LazyLock<Keys> = LazyLock::new(|| {
-    let (private, public) = generate(&["gateway", "receipt"]);
-    let (name, secret) = private
-        .iter()
-        .find(|(name, _)| name == "receipt")
-        .expect("generated");
-    Keys::new(name, secret, &public).expect("generated keys")
+    let [_gateway, receipt] = generate_keys(&["gateway", "receipt"])
+        .try_into()
+        .expect("two keys");
+    receipt
 });
 
 fuzz_target!(|token: &str| {

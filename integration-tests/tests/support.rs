@@ -517,10 +517,8 @@ impl Suite {
     /// The CA of a TLS Redis, as the `redis-ca-file` flag.
     fn redis_ca_file(&self) -> Option<String> {
         match &self.realtime {
-            Realtime::Redis(redis) if self.options.redis_tls => {
-                Some(redis.ca_file().display().to_string())
-            }
-            _ => None,
+            Realtime::Redis(redis) => redis.ca_file().map(|ca| ca.display().to_string()),
+            Realtime::Local(_) => None,
         }
     }
 

@@ -376,16 +376,7 @@ impl LocalBus {
 mod tests {
     use super::*;
     use parley_proto::bus::{Delivery, bus_event};
-    use parley_server::credentials::generate;
-
-    /// Each named service's keys, all knowing each other's public keys.
-    fn keys(names: &[&str]) -> Vec<Keys> {
-        let (private, public) = generate(names);
-        private
-            .iter()
-            .map(|(name, secret)| Keys::new(name, secret, &public).expect("generated keys"))
-            .collect()
-    }
+    use parley_server::credentials::generate_keys as keys;
 
     fn delivery(uid: &str) -> BusEvent {
         BusEvent {

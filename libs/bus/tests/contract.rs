@@ -141,7 +141,7 @@ async fn redis_subscription_comes_back_after_a_redis_restart() {
 async fn a_tls_bus_trusts_only_the_ca_it_is_given() {
     let redis = TestRedis::start_tls().await;
     let trusted = RedisTls {
-        redis_ca_file: Some(redis.ca_file()),
+        redis_ca_file: redis.ca_file(),
     };
     let client = trusted.client(&redis.url()).expect("client");
     events_reach_their_gateway_in_order(Bus::on_redis(client).expect("bus")).await;
@@ -160,7 +160,7 @@ async fn a_tls_bus_trusts_only_the_ca_it_is_given() {
         .expect_err("plain URL");
     assert!(plain.to_string().contains("not rediss://"), "{plain}");
     let missing = RedisTls {
-        redis_ca_file: Some(redis.ca_file().with_file_name("absent.pem")),
+        redis_ca_file: redis.ca_file().map(|ca| ca.with_file_name("absent.pem")),
     };
     let unread = missing.client(&redis.url()).expect_err("missing file");
     assert!(unread.to_string().contains("absent.pem"), "{unread}");

@@ -329,6 +329,16 @@ pub fn generate(names: &[&str]) -> (Vec<(String, Secret)>, String) {
     (private, public.join(","))
 }
 
+/// Fresh credentials for `names`, in that order, each knowing every one's
+/// public key: for tests and fuzzing, which need them ready to use.
+pub fn generate_keys(names: &[&str]) -> Vec<Keys> {
+    let (private, public) = generate(names);
+    private
+        .iter()
+        .filter_map(|(name, secret)| Keys::new(name, secret, &public).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -373,9 +373,10 @@ impl TestRedis {
         redis
     }
 
-    /// The CA that signed a TLS server's certificate, as a PEM file.
-    pub fn ca_file(&self) -> std::path::PathBuf {
-        self.dir.path().join("ca.pem")
+    /// The CA that signed the server's certificate, as a PEM file, when it
+    /// speaks TLS.
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        self.tls.then(|| self.dir.path().join("ca.pem"))
     }
 
     /// The server's process id, while it runs.

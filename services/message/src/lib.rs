@@ -177,13 +177,14 @@ where
     S: MessageStore,
     F: Future<Output = ()> + Send + 'static,
 {
-    if config.server.migrate_on_start {
-        store.migrate().await?;
-    }
+    // Credentials first: a service that will refuse to start changes nothing.
     let (keys, identity) = config
         .server
         .identity("message")
         .map_err(StartError::Config)?;
+    if config.server.migrate_on_start {
+        store.migrate().await?;
+    }
     let receipt = ReceiptServiceClient::with_interceptor(
         config.receipt.channel().map_err(StartError::Config)?,
         identity.to("receipt"),

@@ -213,13 +213,14 @@ where
     S: QueueStore,
     F: Future<Output = ()> + Send + 'static,
 {
-    if config.server.migrate_on_start {
-        store.migrate().await?;
-    }
+    // Credentials first: a service that will refuse to start changes nothing.
     let (keys, identity) = config
         .server
         .identity("notification")
         .map_err(StartError::Config)?;
+    if config.server.migrate_on_start {
+        store.migrate().await?;
+    }
     let presence = PresenceServiceClient::with_interceptor(
         config.presence.channel().map_err(StartError::Config)?,
         identity.to("presence"),

@@ -165,6 +165,11 @@ where
     S: ReceiptStore,
     F: Future<Output = ()> + Send + 'static,
 {
+    // Credentials first: a service that will refuse to start changes nothing.
+    let (keys, identity) = config
+        .server
+        .identity("receipt")
+        .map_err(StartError::Config)?;
     if config.server.migrate_on_start {
         store.migrate().await?;
     }
@@ -173,10 +178,6 @@ where
         Duration::from_secs(config.retention_hours * 3600),
         Duration::from_secs(config.retention_interval_secs),
     ));
-    let (keys, identity) = config
-        .server
-        .identity("receipt")
-        .map_err(StartError::Config)?;
     let presence = PresenceServiceClient::with_interceptor(
         config.presence.channel().map_err(StartError::Config)?,
         identity.to("presence"),

@@ -500,15 +500,9 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         let req = request.into_inner();
         let gid = parse_id(req.gid, "gid")?;
         let ack = member_ack(caller.into_string(), req.up_to_seq, req.kind)?;
-        let results = self.apply_acks(&[(gid, vec![ack])]).await;
         // One group of one ack: one answer.
-        let acked = results
-            .into_iter()
-            .next()
-            .transpose()?
-            .into_iter()
-            .flatten()
-            .next();
+        let mut results = self.apply_acks(&[(gid, vec![ack])]).await;
+        let acked = results.pop().transpose()?.and_then(|mut acked| acked.pop());
         acked
             .ok_or_else(|| Status::internal("an ack went unanswered"))?
             .reply()
