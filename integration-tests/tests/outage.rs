@@ -46,7 +46,7 @@ async fn sends_during_a_receipt_outage_end_with_a_complete_ledger() {
         assert_eq!(
             receipt.tier(),
             rpb::ReceiptTier::Ledger,
-            "seq {seq} has ledger rows"
+            "seq {seq} keeps read times"
         );
         assert_eq!(
             receipt.unread_uids,

@@ -16,9 +16,6 @@ pub const MAX_CLIENT_MSG_ID_LEN: usize = 64;
 pub const MAX_MSGIDS_PER_REQUEST: usize = 100;
 /// Most groups one LastSeqs names.
 pub const MAX_GIDS_PER_REQUEST: usize = 1000;
-/// Recipients above this count are not listed in InitReceipts (the receipt
-/// service answers from its cursors instead).
-pub const MAX_LISTED_RECIPIENTS: u32 = 5000;
 
 /// A group id: positive and within the storage's signed 64-bit range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -16,7 +16,7 @@ use tonic::{Code, codegen::InterceptedService, transport::Channel};
 use tracing::Instrument;
 
 use crate::{
-    domain::{MAX_LISTED_RECIPIENTS, MAX_UIDS_PER_REQUEST, Role},
+    domain::{MAX_UIDS_PER_REQUEST, Role},
     error::MessageError,
     fanout::{Fanout, FanoutError, NotificationClient, offline_batch},
     store::{
@@ -31,9 +31,8 @@ const BATCH: u32 = 200;
 /// Most messages delivered together: one InitReceiptsBatch, one presence
 /// lookup, one read per group.
 const MESSAGES_PER_UNIT: usize = 32;
-/// The receipt service's limits on one InitReceiptsBatch.
+/// The receipt service's limit on messages in one InitReceiptsBatch.
 const MAX_INIT_BATCH: usize = 100;
-const MAX_INIT_BATCH_RECIPIENTS: usize = 20_000;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Whether a failed delivery can never succeed, so retrying is pointless.
@@ -70,43 +69,25 @@ pub fn delivery_units(batch: &[OutboxEvent]) -> Vec<&[OutboxEvent]> {
     units
 }
 
-/// The InitReceiptsBatch calls for some messages, in order: each within the
-/// receipt service's limits on messages and listed recipients per call.
+/// The InitReceiptsBatch calls for some messages, in order, each within the
+/// receipt service's limit on messages per call.
 pub fn init_batches(messages: Vec<pb::InitReceiptsRequest>) -> Vec<pb::InitReceiptsBatchRequest> {
     let mut batches: Vec<pb::InitReceiptsBatchRequest> = Vec::new();
-    let mut listed = 0;
     for message in messages {
-        let full = batches.last().is_none_or(|batch| {
-            batch.messages.len() >= MAX_INIT_BATCH
-                || listed + message.recipient_uids.len() > MAX_INIT_BATCH_RECIPIENTS
-        });
-        if full {
-            batches.push(pb::InitReceiptsBatchRequest::default());
-            listed = 0;
-        }
-        listed += message.recipient_uids.len();
-        if let Some(batch) = batches.last_mut() {
-            batch.messages.push(message);
+        match batches.last_mut() {
+            Some(batch) if batch.messages.len() < MAX_INIT_BATCH => batch.messages.push(message),
+            _ => batches.push(pb::InitReceiptsBatchRequest {
+                messages: vec![message],
+            }),
         }
     }
     batches
 }
 
-/// What InitReceipts needs about a message: its recipients are listed when
-/// it wants receipts and they are few enough for a ledger.
-fn init_request(message: &MessageRecord, audience: &Audience) -> pb::InitReceiptsRequest {
-    let listed =
-        message.need_receipt && message.recipient_count <= i64::from(MAX_LISTED_RECIPIENTS);
-    let recipient_uids = if listed {
-        audience
-            .members
-            .iter()
-            .filter(|uid| **uid != message.sender_uid)
-            .cloned()
-            .collect()
-    } else {
-        Vec::new()
-    };
+/// What InitReceipts needs about a message. Its recipients are not listed:
+/// the receipt service answers who read from its cursors, which the outbox's
+/// membership changes keep in step with the group.
+fn init_request(message: &MessageRecord) -> pb::InitReceiptsRequest {
     pb::InitReceiptsRequest {
         gid: u64::try_from(message.gid).unwrap_or_default(),
         msgid: u64::try_from(message.msgid).unwrap_or_default(),
@@ -114,7 +95,7 @@ fn init_request(message: &MessageRecord, audience: &Audience) -> pb::InitReceipt
         sender_uid: message.sender_uid.clone(),
         need_receipt: message.need_receipt,
         recipient_count: u32::try_from(message.recipient_count).unwrap_or(u32::MAX),
-        recipient_uids,
+        recipient_uids: Vec::new(),
         created_at_ms: message.created_at_ms,
     }
 }
@@ -350,7 +331,7 @@ impl<S: MessageStore> Drainer<S> {
             };
             sent.push(message);
         }
-        let requests = sent.iter().map(|(m, a)| init_request(m, a)).collect();
+        let requests = sent.iter().map(|(m, _)| init_request(m)).collect();
         for batch in init_batches(requests) {
             self.downstream
                 .receipt
@@ -456,28 +437,19 @@ mod tests {
     }
 
     #[test]
-    fn init_batches_keep_order_within_the_receipt_service_s_limits() {
-        let message = |seq: u64, listed: usize| pb::InitReceiptsRequest {
+    fn init_batches_keep_order_within_the_receipt_service_s_limit() {
+        let message = |seq: u64| pb::InitReceiptsRequest {
             seq,
-            recipient_uids: vec!["u".into(); listed],
             ..Default::default()
         };
-        let batches = init_batches(vec![
-            message(1, 5000),
-            message(2, 5000),
-            message(3, 5000),
-            message(4, 5000),
-            message(5, 1),
-            message(6, 0),
-        ]);
-        let seqs: Vec<Vec<u64>> = batches
-            .iter()
-            .map(|b| b.messages.iter().map(|m| m.seq).collect())
-            .collect();
-        assert_eq!(seqs, vec![vec![1, 2, 3, 4], vec![5, 6]]);
-        let many = init_batches((1..=250).map(|seq| message(seq, 0)).collect());
+        let many = init_batches((1..=250).map(message).collect());
         let sizes: Vec<usize> = many.iter().map(|b| b.messages.len()).collect();
         assert_eq!(sizes, vec![100, 100, 50]);
+        let seqs: Vec<u64> = many
+            .iter()
+            .flat_map(|b| b.messages.iter().map(|m| m.seq))
+            .collect();
+        assert_eq!(seqs, (1..=250).collect::<Vec<_>>());
         assert!(init_batches(Vec::new()).is_empty());
     }
 

@@ -1,7 +1,7 @@
 //! Receipt rules as plain functions over plain data: how a cumulative ack moves
 //! the cursors (alone or in a group's batch), how many new readers a batch
-//! gives each message, what a recipient's ledger state is, which tier a message
-//! gets, the unread count, and the PullReceipts cursor.
+//! gives each message, which tier a message gets, the unread count, and the
+//! PullReceipts cursor.
 
 use std::collections::BTreeMap;
 
@@ -11,8 +11,9 @@ use crate::error::ReceiptError;
 pub const MAX_MSGIDS_PER_REQUEST: usize = 100;
 /// Largest list page.
 pub const MAX_LIST_PAGE: u32 = 500;
-/// Largest ledger a receipt service may be configured with: the message service
-/// lists recipients in InitReceipts up to this many.
+/// Largest ledger a receipt service may be configured with, and the most
+/// recipients an InitReceipts may list (older message services list them; the
+/// list is not read).
 pub const MAX_LEDGER_MEMBERS: u32 = 5000;
 /// Most messages one InitReceiptsBatch records.
 pub const MAX_INIT_BATCH: usize = 100;
@@ -21,13 +22,6 @@ pub const MAX_INIT_BATCH: usize = 100;
 pub const MAX_INIT_BATCH_RECIPIENTS: usize = 20_000;
 /// Most acks in one AckBatch, over all its groups.
 pub const MAX_ACK_BATCH: usize = 5000;
-
-/// Ledger state: not yet delivered.
-pub const ACK_NONE: i64 = 0;
-/// Ledger state: delivered.
-pub const ACK_DELIVERED: i64 = 1;
-/// Ledger state: read.
-pub const ACK_READ: i64 = 2;
 
 /// How far an ack says the member got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,32 +180,11 @@ pub fn read_increments(moves: &[&Move], messages: &[(i64, String)]) -> Vec<(i64,
         .collect()
 }
 
-/// The ledger state of a recipient of message `seq` with these cursors.
-pub fn ledger_state(cursors: Cursors, seq: i64) -> i64 {
-    if cursors.read >= seq {
-        ACK_READ
-    } else if cursors.delivered >= seq {
-        ACK_DELIVERED
-    } else {
-        ACK_NONE
-    }
-}
-
-/// Whether a message gets per-recipient ledger rows: it wants receipts, its
-/// group is within the ledger size, the recipients were listed, and someone has
-/// yet to read it (a fully read message is folded from the start).
-pub fn wants_ledger(
-    need_receipt: bool,
-    recipient_count: i64,
-    listed: usize,
-    read_count: i64,
-    ledger_max: i64,
-) -> bool {
-    need_receipt
-        && recipient_count > 0
-        && recipient_count <= ledger_max
-        && i64::try_from(listed).is_ok_and(|n| n == recipient_count)
-        && read_count < recipient_count
+/// Whether a message is in the ledger tier, where each reader's read time is
+/// kept beside who read it: it wants receipts and its group is within the
+/// ledger size. Who read is answered from the cursors in either tier.
+pub fn keeps_read_times(need_receipt: bool, recipient_count: i64, ledger_max: i64) -> bool {
+    need_receipt && recipient_count > 0 && recipient_count <= ledger_max
 }
 
 /// Unread messages for a member: never negative.
@@ -372,20 +345,12 @@ mod tests {
     }
 
     #[test]
-    fn ledger_state_follows_the_cursors() {
-        assert_eq!(ledger_state(AT_10, 9), ACK_READ);
-        assert_eq!(ledger_state(AT_10, 11), ACK_DELIVERED);
-        assert_eq!(ledger_state(AT_10, 13), ACK_NONE);
-    }
-
-    #[test]
-    fn ledger_only_for_small_listed_unread_messages_that_want_it() {
-        assert!(wants_ledger(true, 3, 3, 0, 200));
-        assert!(!wants_ledger(false, 3, 3, 0, 200));
-        assert!(!wants_ledger(true, 999, 999, 0, 200));
-        assert!(!wants_ledger(true, 3, 0, 0, 200));
-        assert!(!wants_ledger(true, 3, 3, 3, 200));
-        assert!(!wants_ledger(true, 0, 0, 0, 200));
+    fn read_times_only_for_messages_that_want_receipts_in_small_groups() {
+        assert!(keeps_read_times(true, 3, 200));
+        assert!(keeps_read_times(true, 200, 200));
+        assert!(!keeps_read_times(false, 3, 200));
+        assert!(!keeps_read_times(true, 201, 200));
+        assert!(!keeps_read_times(true, 0, 200));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The receipt service: each member's delivered and read cursors, and the
 //! `msg_acks` read-receipt ledger. It answers "read by k of N, and who" at any
-//! group size: from ledger rows for small groups' messages that want receipts,
-//! from the cursors otherwise (see ARCHITECTURE.md, "Receipt tiers").
+//! group size from the cursors, and keeps when each reader read for small
+//! groups' messages that want receipts (see ARCHITECTURE.md, "Receipt tiers").
 
 #![forbid(unsafe_code)]
 
@@ -49,13 +49,15 @@ pub struct Config {
         hide_env_values = true
     )]
     pub database_url: DatabaseUrl,
-    /// Groups with up to this many recipients keep a per-reader ledger for
-    /// messages that want receipts; larger groups are answered from cursors.
+    /// Groups with up to this many recipients keep each reader's read time
+    /// for messages that want receipts (the ledger tier); readers of larger
+    /// groups' messages are answered from the cursors alone.
     #[arg(long, env = "PARLEY_RECEIPT_LEDGER_MAX_MEMBERS", default_value_t = 200,
           value_parser = clap::value_parser!(i64).range(0..=5000))]
     pub ledger_max_members: i64,
-    /// Ledger rows older than this many hours are deleted (receipts then come
-    /// from the cursors).
+    /// Messages older than this many hours leave the ledger tier, and read
+    /// times from before then are deleted (readers still come from the
+    /// cursors).
     #[arg(long, env = "PARLEY_RECEIPT_RETENTION_HOURS", default_value_t = 168,
           value_parser = clap::value_parser!(u64).range(1..=87_600))]
     pub retention_hours: u64,

@@ -263,7 +263,9 @@ fn tier(message: &MsgReceipt) -> pb::ReceiptTier {
     }
 }
 
-/// Checks one committed message as the message service describes it.
+/// Checks one committed message as the message service describes it. A list
+/// of recipients (older message services send one) is checked but not kept:
+/// who read is answered from the cursors.
 fn init_message(req: pb::InitReceiptsRequest) -> Result<InitMessage, Status> {
     let sender = Uid::parse(&req.sender_uid)
         .map_err(|e| ReceiptError::invalid(format!("sender_uid: {e}")))?;
@@ -289,7 +291,6 @@ fn init_message(req: pb::InitReceiptsRequest) -> Result<InitMessage, Status> {
         sender_uid: sender.into_string(),
         need_receipt: req.need_receipt,
         recipient_count: i64::from(req.recipient_count),
-        recipients,
         created_at_ms: req.created_at_ms,
     })
 }

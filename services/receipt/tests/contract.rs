@@ -83,7 +83,6 @@ fn message(seq: i64, need_receipt: bool) -> InitMessage {
         sender_uid: "A".into(),
         need_receipt,
         recipient_count: 3,
-        recipients: vec!["uid1".into(), "uid2".into(), "uid3".into()],
         created_at_ms: 10 + seq,
     }
 }
@@ -116,14 +115,28 @@ fn uids(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-async fn batched_acks_flip_the_ledger_and_fold_fully_read_messages<S: ReceiptStore>(store: S) {
+/// When each of uid1..uid3 read message `seq`, as the ledger says.
+async fn read_times<S: ReceiptStore>(store: &S, gid: i64, seq: i64) -> Vec<(String, i64)> {
+    store
+        .read_times(gid, seq, &uids(&["uid1", "uid2", "uid3"]))
+        .await
+        .expect("read times")
+}
+
+fn timed(list: &[(&str, i64)]) -> Vec<(String, i64)> {
+    list.iter()
+        .map(|(uid, at)| (uid.to_string(), *at))
+        .collect()
+}
+
+async fn acks_count_readers_and_the_ledger_keeps_when_each_read<S: ReceiptStore>(store: S) {
     seed_group(&store).await;
     for seq in 1..=25 {
         let outcome = init(&store, message(seq, true), LEDGER_MAX).await;
         assert!(outcome.created && outcome.ledger);
     }
     assert!(!init(&store, message(5, true), LEDGER_MAX).await.created);
-    assert_eq!(store.ledger_rows(GID, 5).await.expect("rows"), 3);
+    assert_eq!(read_times(&store, GID, 5).await, vec![]);
     ack(&store, "uid1", 10, AckKind::Read, 20).await;
     ack(&store, "uid1", 20, AckKind::Read, 21).await;
     ack(&store, "uid2", 25, AckKind::Read, 22).await;
@@ -138,14 +151,25 @@ async fn batched_acks_flip_the_ledger_and_fold_fully_read_messages<S: ReceiptSto
     let (before, after) = ack(&store, "uid1", 5, AckKind::Read, 23).await;
     assert_eq!(before, after, "an ack behind the cursors changes nothing");
     assert_eq!(after.read, 20);
-    // uid3 reads everything: messages 1..20 are now read by all and leave the ledger.
+    // uid3 reads everything up to 20: each reader's time is their first read
+    // that reached the message.
     ack(&store, "uid3", 20, AckKind::Read, 24).await;
-    assert_eq!(store.ledger_rows(GID, 15).await.expect("rows"), 0);
     assert_eq!(
         receipt(&store, 15).await,
-        (3, false, uids(&["uid1", "uid2", "uid3"]), vec![])
+        (3, true, uids(&["uid1", "uid2", "uid3"]), vec![])
     );
-    assert_eq!(store.ledger_rows(GID, 21).await.expect("rows"), 3);
+    assert_eq!(
+        read_times(&store, GID, 5).await,
+        timed(&[("uid1", 20), ("uid2", 22), ("uid3", 24)])
+    );
+    assert_eq!(
+        read_times(&store, GID, 15).await,
+        timed(&[("uid1", 21), ("uid2", 22), ("uid3", 24)])
+    );
+    assert_eq!(read_times(&store, GID, 21).await, timed(&[("uid2", 22)]));
+    // A delivered ack is no read.
+    ack(&store, "uid1", 25, AckKind::Delivered, 25).await;
+    assert_eq!(read_times(&store, GID, 21).await, timed(&[("uid2", 22)]));
     let unread = store
         .unread("uid3", GroupSelection::After { gid: 0, limit: 10 })
         .await
@@ -160,7 +184,11 @@ async fn large_groups_are_answered_exactly_from_the_cursors<S: ReceiptStore>(sto
     }
     ack(&store, "uid1", 3, AckKind::Read, 20).await;
     ack(&store, "uid2", 5, AckKind::Delivered, 21).await;
-    assert_eq!(store.ledger_rows(GID, 2).await.expect("rows"), 0);
+    assert_eq!(
+        read_times(&store, GID, 2).await,
+        vec![],
+        "no read times kept"
+    );
     assert_eq!(
         receipt(&store, 2).await,
         (1, false, uids(&["uid1"]), uids(&["uid2", "uid3"]))
@@ -277,15 +305,22 @@ async fn retention_moves_old_messages_to_the_cursor_tier<S: ReceiptStore>(store:
     for seq in 1..=3 {
         init(&store, message(seq, true), LEDGER_MAX).await;
     }
-    ack(&store, "uid1", 2, AckKind::Read, 20).await;
+    ack(&store, "uid1", 2, AckKind::Read, 12).await;
+    ack(&store, "uid2", 3, AckKind::Read, 14).await;
     let before = receipt(&store, 2).await;
     assert!(before.1);
-    assert_eq!(store.expire_ledger(13, 100).await.expect("expire"), 2);
-    assert_eq!(store.ledger_rows(GID, 2).await.expect("rows"), 0);
-    assert_eq!(store.ledger_rows(GID, 3).await.expect("rows"), 3);
+    // Messages 1 and 2 (sent at 11 and 12) and uid1's read at 12 are past
+    // the cutoff; message 3 (sent at 13) and uid2's read at 14 stay.
+    let expired = store.expire_ledger(13, 100).await.expect("expire");
+    assert_eq!((expired.messages, expired.read_acks), (2, 1), "{expired:?}");
     let after = receipt(&store, 2).await;
     assert_eq!((after.0, after.2, after.3), (before.0, before.2, before.3));
     assert!(!after.1);
+    assert!(receipt(&store, 3).await.1);
+    assert_eq!(read_times(&store, GID, 3).await, timed(&[("uid2", 14)]));
+    // A step with nothing left to expire does nothing.
+    let again = store.expire_ledger(13, 100).await.expect("expire");
+    assert_eq!((again.messages, again.read_acks), (0, 0));
 }
 
 async fn a_returning_sender_pulls_changes_in_order<S: ReceiptStore>(store: S) {
@@ -347,14 +382,14 @@ async fn a_batch_records_each_message_once_in_order<S: ReceiptStore>(store: S) {
         receipt(&store, 3).await,
         (0, true, vec![], uids(&["uid1", "uid2", "uid3"]))
     );
-    assert_eq!(store.ledger_rows(GID, 3).await.expect("rows"), 3);
+    assert_eq!(read_times(&store, GID, 2).await, timed(&[("uid1", 20)]));
 }
 
 async fn a_batch_of_many_groups_is_its_messages_one_by_one<S: ReceiptStore>(store: S) {
     // Two groups alike: in GID each message is recorded alone, in ALIKE the
     // messages come in one batch, interleaved with a third group's; uid1 read
     // up to seq 2 before, uid2 left at seq 4, seq 3 wants no receipts and
-    // seq 5 comes twice. Every receipt, ledger row and cursor must match.
+    // seq 5 comes twice. Every receipt, read time and cursor must match.
     const ALIKE: i64 = GID + 1;
     const OTHER: i64 = GID + 2;
     let batched = |gid: i64| -> Vec<InitMessage> {
@@ -363,7 +398,6 @@ async fn a_batch_of_many_groups_is_its_messages_one_by_one<S: ReceiptStore>(stor
                 let mut m = message(seq, seq != 3);
                 m.gid = gid;
                 if seq > 4 {
-                    m.recipients = vec!["uid1".into(), "uid3".into()];
                     m.recipient_count = 2;
                 }
                 m
@@ -419,7 +453,7 @@ async fn a_batch_of_many_groups_is_its_messages_one_by_one<S: ReceiptStore>(stor
     );
 }
 
-/// Everything a reader sees of a group: each message's receipts, ledger rows
+/// Everything a reader sees of a group: each message's receipts, read times
 /// and each member's cursors.
 async fn group_state<S: ReceiptStore>(store: &S, gid: i64, seqs: i64) -> Vec<String> {
     let mut state = Vec::new();
@@ -437,9 +471,13 @@ async fn group_state<S: ReceiptStore>(store: &S, gid: i64, seqs: i64) -> Vec<Str
                     .expect("members"),
             );
         }
-        let rows = store.ledger_rows(gid, message.seq).await.expect("rows");
+        let everyone = uids(&["A", "uid1", "uid2", "uid3", "late"]);
+        let times = store
+            .read_times(gid, message.seq, &everyone)
+            .await
+            .expect("read times");
         state.push(format!(
-            "seq {}: {} of {}, ledger {} ({rows} rows), read {:?}, unread {:?}",
+            "seq {}: {} of {}, ledger {} (read at {times:?}), read {:?}, unread {:?}",
             message.seq,
             message.read_count,
             message.recipient_count,
@@ -457,7 +495,7 @@ async fn group_state<S: ReceiptStore>(store: &S, gid: i64, seqs: i64) -> Vec<Str
 
 async fn a_group_batch_is_its_acks_one_by_one<S: ReceiptStore>(store: S) {
     // Two groups alike: in GID the acks are applied one by one, in ALIKE as
-    // one batch; every receipt, ledger row and cursor must come out the same.
+    // one batch; every receipt, read time and cursor must come out the same.
     const ALIKE: i64 = GID + 1;
     let late = MemberChange {
         joined_seq: 4,
@@ -481,10 +519,8 @@ async fn a_group_batch_is_its_acks_one_by_one<S: ReceiptStore>(store: S) {
             if m.seq == 6 {
                 // uid1's own message: uid1's read does not count for it.
                 m.sender_uid = "uid1".into();
-                m.recipients = vec!["A".into(), "uid2".into(), "uid3".into(), "late".into()];
                 m.recipient_count = 4;
             } else if m.seq > 4 {
-                m.recipients.push("late".into());
                 m.recipient_count = 4;
             }
         }
@@ -524,8 +560,11 @@ async fn a_group_batch_is_its_acks_one_by_one<S: ReceiptStore>(store: S) {
         group_state(&store, ALIKE, 8).await,
         group_state(&store, GID, 8).await
     );
-    // Messages 1..=3 are read by all three recipients and left the ledger.
-    assert_eq!(store.ledger_rows(ALIKE, 3).await.expect("rows"), 0);
+    // Each reader's time is the batch's.
+    assert_eq!(
+        read_times(&store, ALIKE, 3).await,
+        timed(&[("uid1", 30), ("uid2", 30), ("uid3", 30)])
+    );
     let sixth = store.messages(ALIKE, &[1006]).await.expect("message");
     assert_eq!(
         sixth[0].read_count, 3,
@@ -537,7 +576,7 @@ parley_testkit::contract_suite!(
     MySqlReceiptStore,
     SqliteReceiptStore,
     ReceiptStore;
-    batched_acks_flip_the_ledger_and_fold_fully_read_messages,
+    acks_count_readers_and_the_ledger_keeps_when_each_read,
     large_groups_are_answered_exactly_from_the_cursors,
     a_message_recorded_after_its_acks_starts_from_the_cursors,
     an_ack_past_every_known_seq_changes_nothing,

@@ -1,14 +1,17 @@
 //! InitReceipts for one group: every message of a batch that belongs to the
-//! group is recorded in one transaction of a few multi-row statements, so a
-//! busy group pays for one commit per batch rather than one per message.
+//! group is recorded in one transaction of a few statements (the group's
+//! upsert, a read of which are recorded, a read of the members already past
+//! them, one multi-row insert), so a busy group pays for one commit per batch
+//! rather than one per message, and a message costs one row whatever its
+//! group's size.
 //! Plain functions, generic over the backend.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
 
 use crate::{
-    domain::{Cursors, ledger_state, wants_ledger},
+    domain::keeps_read_times,
     error::ReceiptError,
     store::{InitMessage, InitOutcome, sql::CHUNK},
 };
@@ -22,7 +25,7 @@ struct Planned<'a> {
 
 /// Records `messages`, all of group `gid`, on `conn` (inside the caller's
 /// transaction), and says for each, in order, whether it was new and whether
-/// it has ledger rows. `upsert_group` is the backend's statement raising the
+/// it keeps read times (the ledger tier). `upsert_group` is the backend's statement raising the
 /// group's last seq. A message recorded before (or earlier in the same batch)
 /// is left as it is.
 pub(super) async fn init_group<DB>(
@@ -40,8 +43,7 @@ where
     for<'q> bool: Encode<'q, DB> + Type<DB>,
     for<'q, 's> &'s str: Encode<'q, DB> + Type<DB>,
     for<'r> (i64, bool): FromRow<'r, DB::Row>,
-    for<'r> (i64,): FromRow<'r, DB::Row>,
-    for<'r> (String, i64, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, i64, Option<i64>, i64): FromRow<'r, DB::Row>,
 {
     let Some(top) = messages.iter().map(|m| m.seq).max() else {
         return Ok(Vec::new());
@@ -62,6 +64,19 @@ where
         recorded.extend(rows);
     }
 
+    // Acks that arrived before these messages were recorded already moved
+    // the cursors: each message counts them from the start. One read of the
+    // members whose read cursor reached the lowest new seq serves them all.
+    let fresh: Vec<&InitMessage> = messages
+        .iter()
+        .copied()
+        .filter(|m| !recorded.contains_key(&m.seq))
+        .collect();
+    let ahead = match fresh.iter().map(|m| m.seq).min() {
+        Some(lowest) => readers_from::<DB>(conn, gid, lowest).await?,
+        None => Vec::new(),
+    };
+
     let mut outcomes = Vec::with_capacity(messages.len());
     let mut planned = Vec::new();
     for message in messages {
@@ -72,26 +87,12 @@ where
             });
             continue;
         }
-        // Acks that arrived before this message was recorded already moved
-        // the cursors; they count from the start.
-        let (read_count,): (i64,) = sqlx::query_as::<DB, (i64,)>(
-            "SELECT COUNT(*) FROM receipt_cursors WHERE gid = ? AND read_seq >= ? AND joined_seq < ? \
-             AND (left_seq IS NULL OR left_seq >= ?) AND uid <> ?",
-        )
-        .bind(gid)
-        .bind(message.seq)
-        .bind(message.seq)
-        .bind(message.seq)
-        .bind(message.sender_uid.as_str())
-        .fetch_one(&mut *conn)
-        .await?;
-        let ledger = wants_ledger(
-            message.need_receipt,
-            message.recipient_count,
-            message.recipients.len(),
-            read_count,
-            ledger_max,
-        );
+        let read_count = ahead
+            .iter()
+            .filter(|reader| reader.has_read(message.seq, &message.sender_uid))
+            .count();
+        let read_count = i64::try_from(read_count).unwrap_or(i64::MAX);
+        let ledger = keeps_read_times(message.need_receipt, message.recipient_count, ledger_max);
         recorded.insert(message.seq, ledger);
         outcomes.push(InitOutcome {
             created: true,
@@ -107,41 +108,6 @@ where
         return Ok(outcomes);
     }
 
-    let listed: BTreeSet<&str> = planned
-        .iter()
-        .filter(|p| p.ledger)
-        .flat_map(|p| p.message.recipients.iter().map(String::as_str))
-        .collect();
-    let listed: Vec<&str> = listed.into_iter().collect();
-    let cursors = cursors_of::<DB>(conn, gid, &listed).await?;
-    let rows: Vec<(&InitMessage, &str, i64)> = planned
-        .iter()
-        .filter(|p| p.ledger)
-        .flat_map(|p| {
-            p.message.recipients.iter().map(|uid| {
-                let at = cursors.get(uid.as_str()).copied().unwrap_or(Cursors {
-                    delivered: 0,
-                    read: 0,
-                });
-                (p.message, uid.as_str(), ledger_state(at, p.message.seq))
-            })
-        })
-        .collect();
-    for chunk in rows.chunks(CHUNK) {
-        let mut insert = QueryBuilder::<DB>::new(
-            "INSERT INTO msg_acks (gid, recv_uid, seq, msgid, sender_uid, if_ack, changed_at_ms) ",
-        );
-        insert.push_values(chunk, |mut row, (message, uid, state)| {
-            row.push_bind(gid)
-                .push_bind(*uid)
-                .push_bind(message.seq)
-                .push_bind(message.msgid)
-                .push_bind(message.sender_uid.as_str())
-                .push_bind(*state)
-                .push_bind(message.created_at_ms);
-        });
-        insert.build().execute(&mut *conn).await?;
-    }
     for chunk in planned.chunks(CHUNK) {
         let mut insert = QueryBuilder::<DB>::new(
             "INSERT INTO receipt_msgs (gid, seq, msgid, sender_uid, recipient_count, read_count, \
@@ -164,32 +130,53 @@ where
     Ok(outcomes)
 }
 
-/// The cursors of those of `uids` who have a row in group `gid`.
-async fn cursors_of<DB>(
+/// A member whose read cursor is at or past some seq, with their stay.
+struct Reader {
+    uid: String,
+    joined_seq: i64,
+    left_seq: Option<i64>,
+    read_seq: i64,
+}
+
+impl Reader {
+    /// Whether they count as a reader of message `seq` sent by `sender`: they
+    /// were a member when it was sent, did not send it, and read up to it.
+    fn has_read(&self, seq: i64, sender: &str) -> bool {
+        self.read_seq >= seq
+            && self.joined_seq < seq
+            && self.left_seq.is_none_or(|left| left >= seq)
+            && self.uid != sender
+    }
+}
+
+/// The members of group `gid`, current or past, whose read cursor is at or
+/// past `seq`.
+async fn readers_from<DB>(
     conn: &mut DB::Connection,
     gid: i64,
-    uids: &[&str],
-) -> Result<BTreeMap<String, Cursors>, sqlx::Error>
+    seq: i64,
+) -> Result<Vec<Reader>, sqlx::Error>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q, 's> &'s str: Encode<'q, DB> + Type<DB>,
-    for<'r> (String, i64, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, i64, Option<i64>, i64): FromRow<'r, DB::Row>,
 {
-    let mut found = BTreeMap::new();
-    for chunk in uids.chunks(CHUNK) {
-        let mut select = QueryBuilder::<DB>::new(
-            "SELECT uid, delivered_seq, read_seq FROM receipt_cursors WHERE gid = ",
-        );
-        select.push_bind(gid).push(" AND uid IN ");
-        parley_server::db::push_list(&mut select, chunk.iter().copied());
-        let rows: Vec<(String, i64, i64)> = select.build_query_as().fetch_all(&mut *conn).await?;
-        found.extend(
-            rows.into_iter()
-                .map(|(uid, delivered, read)| (uid, Cursors { delivered, read })),
-        );
-    }
-    Ok(found)
+    let rows: Vec<(String, i64, Option<i64>, i64)> = sqlx::query_as::<DB, _>(
+        "SELECT uid, joined_seq, left_seq, read_seq FROM receipt_cursors WHERE gid = ? AND read_seq >= ?",
+    )
+    .bind(gid)
+    .bind(seq)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(uid, joined_seq, left_seq, read_seq)| Reader {
+            uid,
+            joined_seq,
+            left_seq,
+            read_seq,
+        })
+        .collect())
 }

@@ -1,4 +1,5 @@
-//! Storage for cursors, per-message receipt state and the `msg_acks` ledger,
+//! Storage for cursors, per-message receipt state and the `msg_acks` ledger
+//! (a log of read acks, for read times),
 //! behind one narrow trait with a MySQL-compatible and an SQLite implementation
 //! sharing one SQL body (`sql.rs`).
 
@@ -9,7 +10,9 @@ use crate::{
     error::ReceiptError,
 };
 
+mod ack;
 mod init;
+mod ledger;
 mod mysql;
 mod sql;
 mod sqlite;
@@ -32,8 +35,6 @@ pub struct InitMessage {
     pub need_receipt: bool,
     /// N: members other than the sender at send time.
     pub recipient_count: i64,
-    /// The recipients, when listed.
-    pub recipients: Vec<String>,
     /// Commit time.
     pub created_at_ms: i64,
 }
@@ -43,8 +44,17 @@ pub struct InitMessage {
 pub struct InitOutcome {
     /// False when the message was recorded before.
     pub created: bool,
-    /// True when ledger rows exist for it.
+    /// True when it keeps read times (the ledger tier).
     pub ledger: bool,
+}
+
+/// What one step of retention did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Messages that left the ledger tier.
+    pub messages: u32,
+    /// Read acks dropped from the ledger.
+    pub read_acks: u32,
 }
 
 /// One member's membership as the message service last described it.
@@ -88,7 +98,7 @@ pub struct MsgReceipt {
     pub recipient_count: i64,
     /// k.
     pub read_count: i64,
-    /// Ledger rows exist.
+    /// Read times are kept (the ledger tier).
     pub ledger: bool,
     /// When k last changed (or the message was sent).
     pub changed_at_ms: i64,
@@ -217,19 +227,22 @@ pub trait ReceiptStore: Clone + Send + Sync + 'static {
         selection: GroupSelection<'_>,
     ) -> impl Future<Output = Result<Vec<UnreadRecord>, ReceiptError>> + Send;
 
-    /// Retention: drops the ledger rows of up to `limit` messages sent before
-    /// `cutoff_ms` (their receipts are answered from the cursors from then on).
-    /// Returns how many messages left the ledger.
+    /// Retention: moves up to `limit` messages sent before `cutoff_ms` to the
+    /// cursor tier and drops up to `limit` of the ledger's read acks from
+    /// before it (a read ack covers only messages sent before it).
     fn expire_ledger(
         &self,
         cutoff_ms: i64,
         limit: u32,
-    ) -> impl Future<Output = Result<u32, ReceiptError>> + Send;
+    ) -> impl Future<Output = Result<Expired, ReceiptError>> + Send;
 
-    /// Ledger rows held for one message: for tests and operators.
-    fn ledger_rows(
+    /// When each of `uids` first read message `seq` of group `gid`, from the
+    /// ledger's read acks: (uid, time) in uid order, for those who read it
+    /// while its read times are kept.
+    fn read_times(
         &self,
         gid: i64,
         seq: i64,
-    ) -> impl Future<Output = Result<i64, ReceiptError>> + Send;
+        uids: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, i64)>, ReceiptError>> + Send;
 }

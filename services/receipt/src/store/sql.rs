@@ -1,8 +1,10 @@
 //! The SQL both receipt backends share. The dialects differ in upserts and row
 //! locks, which each backend supplies (`UPSERT_GROUP`, `UPSERT_CURSOR_SUFFIX`,
 //! `LOCK_GROUP_SHARED`, `FOR_UPDATE`); the macro expands this one body for each
-//! backend's concrete sqlx types. InitReceipts is a plain function generic over
-//! the backend instead (`init.rs`), one transaction per group of a batch.
+//! backend's concrete sqlx types. The write paths are plain functions generic
+//! over the backend instead: InitReceipts (`init.rs`, one transaction per group
+//! of a batch), a group's acks (`ack.rs`) and the ledger's read times and
+//! retention (`ledger.rs`).
 //!
 //! Locking: InitReceipts takes the group row exclusively (its upsert), acks take
 //! it shared, so a message recorded late derives its initial state from cursors
@@ -16,142 +18,6 @@ pub(super) const CHUNK: usize = 500;
 
 macro_rules! impl_receipt_store {
     ($store:ty, $db:ty) => {
-        impl $store {
-            /// The current members among `uids`, their cursor rows locked until
-            /// the transaction ends (in key order, as every ack takes them).
-            async fn lock_members(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                gid: i64,
-                uids: &[&str],
-            ) -> Result<std::collections::BTreeMap<String, crate::domain::Standing>, sqlx::Error> {
-                let mut standing = std::collections::BTreeMap::new();
-                for chunk in uids.chunks(crate::store::sql::CHUNK) {
-                    let mut select = sqlx::QueryBuilder::<$db>::new(
-                        "SELECT uid, joined_seq, delivered_seq, read_seq FROM receipt_cursors WHERE gid = ",
-                    );
-                    select.push_bind(gid).push(" AND left_seq IS NULL AND uid IN ");
-                    parley_server::db::push_list(&mut select, chunk.iter().copied());
-                    select.push(" ORDER BY uid").push(Self::FOR_UPDATE);
-                    let rows: Vec<(String, i64, i64, i64)> = select.build_query_as().fetch_all(&mut **tx).await?;
-                    for (uid, joined, delivered, read) in rows {
-                        let cursors = crate::domain::Cursors { delivered, read };
-                        standing.insert(uid, crate::domain::Standing { joined, cursors });
-                    }
-                }
-                Ok(standing)
-            }
-
-            /// Writes the moved cursors: one statement per chunk of members.
-            async fn move_cursors(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                gid: i64,
-                moves: &[crate::domain::Move],
-                now_ms: i64,
-            ) -> Result<(), sqlx::Error> {
-                for chunk in moves.chunks(crate::store::sql::CHUNK) {
-                    let mut update = sqlx::QueryBuilder::<$db>::new("UPDATE receipt_cursors SET delivered_seq = CASE uid");
-                    for m in chunk {
-                        update.push(" WHEN ").push_bind(m.uid.as_str()).push(" THEN ").push_bind(m.next.delivered);
-                    }
-                    update.push(" END, read_seq = CASE uid");
-                    for m in chunk {
-                        update.push(" WHEN ").push_bind(m.uid.as_str()).push(" THEN ").push_bind(m.next.read);
-                    }
-                    update.push(" END, updated_at_ms = ").push_bind(now_ms);
-                    update.push(" WHERE gid = ").push_bind(gid).push(" AND uid IN ");
-                    parley_server::db::push_list(&mut update, chunk.iter().map(|m| m.uid.as_str()));
-                    update.build().execute(&mut **tx).await?;
-                }
-                Ok(())
-            }
-
-            /// Adds the new readers to the read counts of the messages in
-            /// `(lo, hi]`, a window of seqs at a time: each window's senders are
-            /// read, then its counts written in one statement.
-            async fn count_readers(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                gid: i64,
-                read: &[&crate::domain::Move],
-                (lo, hi): (i64, i64),
-                now_ms: i64,
-            ) -> Result<(), sqlx::Error> {
-                let window = i64::try_from(crate::store::sql::CHUNK).unwrap_or(i64::MAX);
-                let mut after = lo;
-                while after < hi {
-                    let up_to = after.saturating_add(window).min(hi);
-                    let messages: Vec<(i64, String)> =
-                        sqlx::query_as("SELECT seq, sender_uid FROM receipt_msgs WHERE gid = ? AND seq > ? AND seq <= ?")
-                            .bind(gid)
-                            .bind(after)
-                            .bind(up_to)
-                            .fetch_all(&mut **tx)
-                            .await?;
-                    let counted = crate::domain::read_increments(read, &messages);
-                    if !counted.is_empty() {
-                        let mut update =
-                            sqlx::QueryBuilder::<$db>::new("UPDATE receipt_msgs SET read_count = read_count + CASE seq");
-                        for (seq, readers) in &counted {
-                            update.push(" WHEN ").push_bind(*seq).push(" THEN ").push_bind(*readers);
-                        }
-                        update.push(" END, changed_at_ms = ").push_bind(now_ms);
-                        update.push(" WHERE gid = ").push_bind(gid).push(" AND seq IN ");
-                        parley_server::db::push_list(&mut update, counted.iter().map(|(seq, _)| *seq));
-                        update.build().execute(&mut **tx).await?;
-                    }
-                    after = up_to;
-                }
-                Ok(())
-            }
-
-            /// Raises each reader's ledger rows up to their seq to `state`:
-            /// one statement per chunk of readers, each a range of the
-            /// `(gid, recv_uid, seq)` key.
-            async fn flip_ledger<'u>(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                gid: i64,
-                readers: impl Iterator<Item = (&'u str, i64)>,
-                state: i64,
-                now_ms: i64,
-            ) -> Result<(), sqlx::Error> {
-                let readers: Vec<(&str, i64)> = readers.collect();
-                for chunk in readers.chunks(crate::store::sql::CHUNK) {
-                    let mut update = sqlx::QueryBuilder::<$db>::new("UPDATE msg_acks SET if_ack = ");
-                    update.push_bind(state).push(", changed_at_ms = ").push_bind(now_ms);
-                    update.push(" WHERE if_ack < ").push_bind(state).push(" AND (");
-                    for (i, (uid, up_to)) in chunk.iter().enumerate() {
-                        if i > 0 {
-                            update.push(" OR ");
-                        }
-                        update.push("(gid = ").push_bind(gid);
-                        update.push(" AND recv_uid = ").push_bind(*uid);
-                        update.push(" AND seq <= ").push_bind(*up_to).push(")");
-                    }
-                    update.push(")");
-                    update.build().execute(&mut **tx).await?;
-                }
-                Ok(())
-            }
-
-            /// Records one sent message inside the caller's transaction.
-            async fn delete_ledger_of(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                gid: i64,
-                seqs: &[i64],
-            ) -> Result<(), sqlx::Error> {
-                for chunk in seqs.chunks(crate::store::sql::CHUNK) {
-                    let mut delete = sqlx::QueryBuilder::<$db>::new("DELETE FROM msg_acks WHERE gid = ");
-                    delete.push_bind(gid).push(" AND seq IN ");
-                    parley_server::db::push_list(&mut delete, chunk.iter().copied());
-                    delete.build().execute(&mut **tx).await?;
-                    let mut update = sqlx::QueryBuilder::<$db>::new("UPDATE receipt_msgs SET ledger = ");
-                    update.push_bind(false).push(" WHERE gid = ").push_bind(gid).push(" AND seq IN ");
-                    parley_server::db::push_list(&mut update, chunk.iter().copied());
-                    update.build().execute(&mut **tx).await?;
-                }
-                Ok(())
-            }
-        }
-
         impl crate::store::ReceiptStore for $store {
             async fn migrate(&self) -> Result<(), crate::error::ReceiptError> {
                 Self::MIGRATOR.run(&self.pool).await?;
@@ -236,58 +102,12 @@ macro_rules! impl_receipt_store {
                 committed: Option<i64>,
                 now_ms: i64,
             ) -> Result<Vec<crate::domain::Planned>, crate::error::ReceiptError> {
-                use crate::{
-                    domain::{ACK_DELIVERED, ACK_READ, plan_acks},
-                    error::ReceiptError,
+                let locks = crate::store::ack::Locks {
+                    group_shared: Self::LOCK_GROUP_SHARED,
+                    for_update: Self::FOR_UPDATE,
                 };
                 let mut tx = self.pool.begin().await?;
-                let outcome: Result<_, crate::error::ReceiptError> = async {
-                let group: Option<i64> =
-                    sqlx::query_scalar(Self::LOCK_GROUP_SHARED).bind(gid).fetch_optional(&mut *tx).await?;
-                let Some(last_seq) = group else {
-                    return Err(ReceiptError::GroupNotFound);
-                };
-                let mut uids: Vec<&str> = acks.iter().map(|a| a.uid.as_str()).collect();
-                uids.sort_unstable();
-                uids.dedup();
-                let standing = Self::lock_members(&mut tx, gid, &uids).await?;
-                let plan = plan_acks(
-                    acks.iter().map(|a| (a.uid.as_str(), a.up_to, a.kind)),
-                    last_seq.max(committed.unwrap_or(0)),
-                    &standing,
-                );
-                Self::move_cursors(&mut tx, gid, &plan.moves, now_ms).await?;
-                let read: Vec<&crate::domain::Move> =
-                    plan.moves.iter().filter(|m| m.next.read > m.previous.read).collect();
-                if let (Some(lo), Some(hi)) = (
-                    read.iter().map(|m| m.previous.read).min(),
-                    read.iter().map(|m| m.next.read).max(),
-                ) {
-                    Self::count_readers(&mut tx, gid, &read, (lo, hi), now_ms).await?;
-                    let flips = read.iter().map(|m| (m.uid.as_str(), m.next.read));
-                    Self::flip_ledger(&mut tx, gid, flips, ACK_READ, now_ms).await?;
-                    // Messages everyone has now read leave the ledger.
-                    let folded: Vec<i64> = sqlx::query_scalar(
-                        "SELECT seq FROM receipt_msgs WHERE gid = ? AND seq > ? AND seq <= ? AND ledger = ? \
-                         AND read_count >= recipient_count",
-                    )
-                    .bind(gid)
-                    .bind(lo)
-                    .bind(hi)
-                    .bind(true)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    Self::delete_ledger_of(&mut tx, gid, &folded).await?;
-                }
-                let delivered = plan
-                    .moves
-                    .iter()
-                    .filter(|m| m.next.delivered > m.previous.delivered)
-                    .map(|m| (m.uid.as_str(), m.next.delivered));
-                Self::flip_ledger(&mut tx, gid, delivered, ACK_DELIVERED, now_ms).await?;
-                Ok(plan.outcomes)
-                }
-                .await;
+                let outcome = crate::store::ack::ack_group::<$db>(&mut tx, locks, gid, acks, committed, now_ms).await;
                 parley_server::db::finish(tx, outcome).await
             }
 
@@ -354,30 +174,12 @@ macro_rules! impl_receipt_store {
                 after_uid: Option<&str>,
                 limit: u32,
             ) -> Result<Vec<String>, crate::error::ReceiptError> {
-                use crate::domain::{ACK_READ, ReceiptState};
+                use crate::domain::ReceiptState;
                 let after = after_uid.unwrap_or("");
                 let limit = i64::from(limit);
-                if message.ledger {
-                    let sql: &'static str = match state {
-                        ReceiptState::Read => {
-                            "SELECT recv_uid FROM msg_acks WHERE gid = ? AND seq = ? AND if_ack >= ? \
-                             AND recv_uid > ? ORDER BY recv_uid LIMIT ?"
-                        }
-                        ReceiptState::Unread => {
-                            "SELECT recv_uid FROM msg_acks WHERE gid = ? AND seq = ? AND if_ack < ? \
-                             AND recv_uid > ? ORDER BY recv_uid LIMIT ?"
-                        }
-                    };
-                    return Ok(sqlx::query_scalar(sql)
-                        .bind(message.gid)
-                        .bind(message.seq)
-                        .bind(ACK_READ)
-                        .bind(after)
-                        .bind(limit)
-                        .fetch_all(&self.pool)
-                        .await?);
-                }
-                // Cursor tier: recipients are the members at send time.
+                // Either tier: the recipients are the members at send time,
+                // and a recipient has read the message when their read cursor
+                // reached it.
                 let sql: &'static str = match state {
                     ReceiptState::Read => {
                         "SELECT uid FROM receipt_cursors WHERE gid = ? AND uid > ? AND joined_seq < ? \
@@ -447,37 +249,24 @@ macro_rules! impl_receipt_store {
                 Ok(select.build_query_as().fetch_all(&self.pool).await?)
             }
 
-            async fn expire_ledger(&self, cutoff_ms: i64, limit: u32) -> Result<u32, crate::error::ReceiptError> {
+            async fn expire_ledger(
+                &self,
+                cutoff_ms: i64,
+                limit: u32,
+            ) -> Result<crate::store::Expired, crate::error::ReceiptError> {
                 let mut tx = self.pool.begin().await?;
-                let outcome: Result<_, crate::error::ReceiptError> = async {
-                let expired: Vec<(i64, i64)> = sqlx::query_as(
-                    "SELECT gid, seq FROM receipt_msgs WHERE ledger = ? AND created_at_ms < ? \
-                     ORDER BY created_at_ms LIMIT ?",
-                )
-                .bind(true)
-                .bind(cutoff_ms)
-                .bind(i64::from(limit))
-                .fetch_all(&mut *tx)
-                .await?;
-                let mut by_group = std::collections::BTreeMap::<i64, Vec<i64>>::new();
-                for (gid, seq) in &expired {
-                    by_group.entry(*gid).or_default().push(*seq);
-                }
-                for (gid, seqs) in &by_group {
-                    Self::delete_ledger_of(&mut tx, *gid, seqs).await?;
-                }
-                Ok(u32::try_from(expired.len()).unwrap_or(u32::MAX))
-                }
-                .await;
+                let outcome = crate::store::ledger::expire::<$db>(&mut tx, cutoff_ms, limit).await;
                 parley_server::db::finish(tx, outcome).await
             }
 
-            async fn ledger_rows(&self, gid: i64, seq: i64) -> Result<i64, crate::error::ReceiptError> {
-                Ok(sqlx::query_scalar("SELECT COUNT(*) FROM msg_acks WHERE gid = ? AND seq = ?")
-                    .bind(gid)
-                    .bind(seq)
-                    .fetch_one(&self.pool)
-                    .await?)
+            async fn read_times(
+                &self,
+                gid: i64,
+                seq: i64,
+                uids: &[String],
+            ) -> Result<Vec<(String, i64)>, crate::error::ReceiptError> {
+                let mut conn = self.pool.acquire().await?;
+                crate::store::ledger::read_times::<$db>(&mut conn, gid, seq, uids).await
             }
         }
     };
