@@ -67,6 +67,15 @@ async fn every_rpc_answers_each_kind_of_caller_by_the_rule() {
     // Internal RPCs: no user at all.
     let internal = [DENIED, DENIED, DENIED, DENIED, DENIED, NO_ID, NO_ID, NO_ID];
     let admins_only = [OK, DENIED, DENIED, DENIED, DENIED, NO_ID, NO_ID, NO_ID];
+    let offline = || npb::EnqueueOfflineRequest {
+        gid,
+        msgid,
+        seq: 1,
+        sender_uid: "S".into(),
+        group_name: "Matrix".into(),
+        recipient_uids: vec!["uid1".into()],
+        group_size: 4,
+    };
 
     let mut mismatches = Vec::new();
     for (column, kind) in CALLERS.iter().enumerate() {
@@ -296,15 +305,14 @@ async fn every_rpc_answers_each_kind_of_caller_by_the_rule() {
             ),
             (
                 "EnqueueOffline",
+                code(n.enqueue_offline(offline()).await),
+                internal,
+            ),
+            (
+                "EnqueueOfflineBatch",
                 code(
-                    n.enqueue_offline(npb::EnqueueOfflineRequest {
-                        gid,
-                        msgid,
-                        seq: 1,
-                        sender_uid: "S".into(),
-                        group_name: "Matrix".into(),
-                        recipient_uids: vec!["uid1".into()],
-                        group_size: 4,
+                    n.enqueue_offline_batch(npb::EnqueueOfflineBatchRequest {
+                        messages: vec![offline()],
                     })
                     .await,
                 ),

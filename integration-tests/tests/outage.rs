@@ -1,10 +1,12 @@
 //! No lost receipt state: sends succeed while the receipt service is down, and
-//! its ledger is complete once it is back.
+//! its ledger is complete once it is back; a group the receipt service cannot
+//! record holds up only its own messages.
 
 use parley_proto::{message as mpb, receipt as rpb};
 
 use crate::support::{
-    Backend, Suite, ack_read, create_group, receipts, send_direct, user, wait_for_receipts,
+    Backend, Suite, ack_read, create_group, receipts, send_direct, unread_in, user,
+    wait_for_membership, wait_for_position, wait_for_receipts,
 };
 
 #[tokio::test]
@@ -95,3 +97,72 @@ async fn an_undeliverable_outbox_entry_is_set_aside_alone(backend: Backend) {
 }
 
 crate::support::on_both_backends!(an_undeliverable_outbox_entry_is_set_aside_alone);
+
+/// Order matters only within a group, so the outbox drains groups side by
+/// side: while one group's row in the receipt database is held (its
+/// InitReceipts waits on the lock), another group's messages still reach the
+/// receipt service, and none of the held group's later messages overtake the
+/// held one; once released, the held group's messages all arrive, in order.
+#[tokio::test]
+async fn a_held_group_holds_up_only_its_own_messages() {
+    use sqlx::Connection;
+    let suite = Suite::start(Backend::MariaDb).await;
+    // Consecutive gids: the outbox puts them in different lanes.
+    let held = create_group(&suite, "A", "Held", &["uid1"]).await;
+    let free = create_group(&suite, "A", "Free", &["uid1"]).await;
+    for gid in [held, free] {
+        wait_for_membership(&suite, "uid1", gid).await;
+    }
+
+    let mut holder = sqlx::MySqlConnection::connect(suite.receipt_db_url())
+        .await
+        .expect("receipt database");
+    sqlx::query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT last_seq FROM receipt_groups WHERE gid = ? FOR UPDATE")
+        .bind(i64::try_from(held).expect("gid"))
+        .execute(&mut holder)
+        .await
+        .expect("held group's row locked");
+    // The held group's messages go into the outbox first.
+    let mut held_ids = Vec::new();
+    for i in 1..=5 {
+        held_ids.push(
+            send_direct(&suite, "A", held, &format!("h-{i}"), 8)
+                .await
+                .msgid,
+        );
+    }
+    let mut free_ids = Vec::new();
+    for i in 1..=5 {
+        free_ids.push(
+            send_direct(&suite, "A", free, &format!("f-{i}"), 8)
+                .await
+                .msgid,
+        );
+    }
+    let recorded = wait_for_receipts(&suite, free, free_ids, 0).await;
+    let seqs: Vec<u64> = recorded.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    let position = unread_in(&suite, "uid1", held).await;
+    assert_eq!(
+        (position[0].last_seq, position[0].unread),
+        (0, 0),
+        "no message of the held group is recorded while its first waits"
+    );
+
+    sqlx::query("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .expect("released");
+    let recorded = wait_for_receipts(&suite, held, held_ids, 0).await;
+    let seqs: Vec<u64> = recorded.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    wait_for_position(&suite, "uid1", held, "all five counted", |g| {
+        (g.last_seq, g.unread) == (5, 5)
+    })
+    .await;
+    suite.stop().await;
+}

@@ -475,3 +475,69 @@ async fn only_members_mute_a_group() {
         .expect("a member mutes");
     suite.stop().await;
 }
+
+/// EnqueueOfflineBatch takes 1 to 100 messages with at most 100,000
+/// recipients among them, all checked before any is queued: one malformed
+/// message refuses the batch, named by its index, and nothing is queued.
+#[tokio::test]
+async fn offline_batches_are_bounded_and_checked_whole() {
+    let suite = Suite::start(Backend::Sqlite).await;
+    register(&suite, "uid1", "phone", &fcm_token("phone")).await;
+    let mut outbox = suite.notification(crate::support::As::Raw("x-parley-service", "message"));
+    let message = |seq: u64, recipients: Vec<String>| npb::EnqueueOfflineRequest {
+        gid: 7,
+        msgid: 100 + seq,
+        seq,
+        sender_uid: "A".into(),
+        group_name: "Batch".into(),
+        recipient_uids: recipients,
+        group_size: 3,
+    };
+    let uid1 = || vec!["uid1".to_owned()];
+    let many = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let batch = |messages| npb::EnqueueOfflineBatchRequest { messages };
+    let cases = [
+        ("no messages", batch(Vec::new()), "1 to 100"),
+        (
+            "101 messages",
+            batch((1..=101).map(|seq| message(seq, uid1())).collect()),
+            "1 to 100",
+        ),
+        (
+            "100,001 recipients",
+            batch(vec![
+                message(1, many("u", 60_000)),
+                message(2, many("v", 40_001)),
+            ]),
+            "100000",
+        ),
+        (
+            "a malformed second message",
+            batch(vec![
+                message(1, uid1()),
+                message(2, vec!["not a uid!".into()]),
+            ]),
+            "messages[1]",
+        ),
+    ];
+    for (what, request, says) in cases {
+        let refused = outbox.enqueue_offline_batch(request).await.expect_err(what);
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{what}");
+        assert!(
+            refused.message().contains(says),
+            "{what}: {}",
+            refused.message()
+        );
+    }
+    let queued = outbox
+        .enqueue_offline_batch(batch(vec![message(1, uid1()), message(2, uid1())]))
+        .await
+        .expect("a well-formed batch")
+        .into_inner()
+        .queued;
+    assert_eq!(
+        queued, 2,
+        "nothing was queued before, not even a first message"
+    );
+    suite.stop().await;
+}

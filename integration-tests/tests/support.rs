@@ -800,7 +800,7 @@ impl Suite {
     /// outbox (0 when it is empty): how far its retries have backed off.
     pub async fn outbox_attempts(&self) -> i64 {
         let db = self.message_db().await;
-        on_store!(MessageDb, db, store => store.outbox_batch(1).await)
+        on_store!(MessageDb, db, store => store.outbox_batch(parley_message::store::Lane::ALL, 1).await)
             .expect("outbox")
             .first()
             .map_or(0, |entry| entry.attempts)

@@ -189,7 +189,7 @@ async fn one_send_is_one_trace_through_every_service() {
     let delivered = uid1.messages(1, &mut Vec::new()).await;
     assert_eq!(delivered.len(), 1);
 
-    let offline = "/parley.notification.v1.NotificationService/EnqueueOffline";
+    let offline = "/parley.notification.v1.NotificationService/EnqueueOfflineBatch";
     let spans = parley_testkit::eventually(
         "the outbox's hand-off to the notification service is traced",
         std::time::Duration::from_secs(10),

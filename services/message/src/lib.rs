@@ -12,7 +12,7 @@ pub mod outbox;
 pub mod service;
 pub mod store;
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
 use parley_bus::{Bus, BusArgs};
 use parley_proto::{
@@ -26,13 +26,13 @@ use parley_server::{
     db::{Backend, DatabaseUrl},
     upstream::{NotificationUrl, PresenceUrl, ReceiptUrl},
 };
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 
 use crate::{
     error::MessageError,
     fanout::Fanout,
-    outbox::{Downstream, Drainer},
+    outbox::{Downstream, Drainer, Wake},
     service::{Limits, MessageApi},
     store::{MessageStore, MySqlMessageStore, SqliteMessageStore},
 };
@@ -203,7 +203,7 @@ where
         notification,
         fanout: fanout.clone(),
     };
-    let wake = Arc::new(Notify::new());
+    let wake = Wake::default();
     let max_backoff = Duration::from_millis(config.outbox_max_backoff_ms);
     let drainer =
         tokio::spawn(Drainer::new(store.clone(), downstream, wake.clone(), max_backoff).run());

@@ -3,15 +3,22 @@
 //! This is what makes receipt state complete after a receipt-service outage:
 //! the message service never waits for the receipt service to accept a send.
 //!
+//! Order matters only within a group, so the outbox drains in lanes, each
+//! holding some groups' entries (gid modulo the lanes) in outbox order, side by
+//! side: a busy or stuck group holds up only its own lane.
+//!
 //! Several replicas may drain the same outbox; every delivery is idempotent on
 //! the receipt side (InitReceipts by (gid, seq), membership by version), so a
 //! duplicate delivery changes nothing.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use parley_proto::receipt::{self as pb, receipt_service_client::ReceiptServiceClient};
+use parley_proto::{
+    notification as npb,
+    receipt::{self as pb, receipt_service_client::ReceiptServiceClient},
+};
 use parley_server::{ServiceIdentity, backoff_delay};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tonic::{Code, codegen::InterceptedService, transport::Channel};
 use tracing::Instrument;
 
@@ -20,19 +27,24 @@ use crate::{
     error::MessageError,
     fanout::{Fanout, FanoutError, NotificationClient, offline_batch},
     store::{
-        Audience, MessageRecord, MessageStore, OUTBOX_MEMBERSHIP, OUTBOX_MESSAGE, OutboxEvent,
+        Audience, Lane, MessageRecord, MessageStore, OUTBOX_MEMBERSHIP, OUTBOX_MESSAGE, OutboxEvent,
     },
 };
 
 /// The receipt client the drainer uses.
 pub type ReceiptClient = ReceiptServiceClient<InterceptedService<Channel, ServiceIdentity>>;
 
-const BATCH: u32 = 200;
+const BATCH: u32 = 500;
+/// Lanes drained side by side.
+const LANES: u32 = 4;
 /// Most messages delivered together: one InitReceiptsBatch, one presence
 /// lookup, one read per group.
 const MESSAGES_PER_UNIT: usize = 32;
 /// The receipt service's limit on messages in one InitReceiptsBatch.
 const MAX_INIT_BATCH: usize = 100;
+/// The notification service's limits on one EnqueueOfflineBatch.
+const MAX_OFFLINE_BATCH: usize = 100;
+const MAX_OFFLINE_BATCH_RECIPIENTS: usize = 100_000;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Whether a failed delivery can never succeed, so retrying is pointless.
@@ -43,7 +55,7 @@ pub fn is_permanent(code: Code) -> bool {
     )
 }
 
-/// Splits a batch into delivery units, in order: consecutive messages
+/// Splits a lane into delivery units, in order: consecutive messages
 /// together (up to [`MESSAGES_PER_UNIT`], whatever their groups: order
 /// matters within a group, and a unit keeps it), consecutive membership
 /// changes of one group together (up to the RPC's list limit).
@@ -69,19 +81,56 @@ pub fn delivery_units(batch: &[OutboxEvent]) -> Vec<&[OutboxEvent]> {
     units
 }
 
+/// Splits `items` into runs, in order, each of at most `most` items whose
+/// `weight`s add up to at most `most_weight` (an item heavier than that alone
+/// goes in a run of its own, for the callee to refuse).
+pub fn runs<T>(
+    items: Vec<T>,
+    most: usize,
+    weight: fn(&T) -> usize,
+    most_weight: usize,
+) -> Vec<Vec<T>> {
+    let mut runs: Vec<Vec<T>> = Vec::new();
+    let mut carried = 0;
+    for item in items {
+        let heavy = weight(&item);
+        match runs.last_mut() {
+            Some(run) if run.len() < most && carried + heavy <= most_weight => {
+                carried += heavy;
+                run.push(item);
+            }
+            _ => {
+                carried = heavy;
+                runs.push(vec![item]);
+            }
+        }
+    }
+    runs
+}
+
 /// The InitReceiptsBatch calls for some messages, in order, each within the
 /// receipt service's limit on messages per call.
 pub fn init_batches(messages: Vec<pb::InitReceiptsRequest>) -> Vec<pb::InitReceiptsBatchRequest> {
-    let mut batches: Vec<pb::InitReceiptsBatchRequest> = Vec::new();
-    for message in messages {
-        match batches.last_mut() {
-            Some(batch) if batch.messages.len() < MAX_INIT_BATCH => batch.messages.push(message),
-            _ => batches.push(pb::InitReceiptsBatchRequest {
-                messages: vec![message],
-            }),
-        }
-    }
-    batches
+    runs(messages, MAX_INIT_BATCH, |_| 0, 0)
+        .into_iter()
+        .map(|messages| pb::InitReceiptsBatchRequest { messages })
+        .collect()
+}
+
+/// The EnqueueOfflineBatch calls for some messages' offline members, in
+/// order, each within the notification service's limits.
+pub fn offline_batches(
+    messages: Vec<npb::EnqueueOfflineRequest>,
+) -> Vec<npb::EnqueueOfflineBatchRequest> {
+    runs(
+        messages,
+        MAX_OFFLINE_BATCH,
+        |m| m.recipient_uids.len(),
+        MAX_OFFLINE_BATCH_RECIPIENTS,
+    )
+    .into_iter()
+    .map(|messages| npb::EnqueueOfflineBatchRequest { messages })
+    .collect()
 }
 
 /// What InitReceipts needs about a message. Its recipients are not listed:
@@ -152,17 +201,36 @@ pub struct Downstream {
     pub fanout: Fanout,
 }
 
+/// Wakes every lane of the drainer after an outbox write. A write while a
+/// lane is busy is not lost: the lane looks again before it waits.
+#[derive(Clone, Debug)]
+pub struct Wake(Arc<watch::Sender<u64>>);
+
+impl Default for Wake {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl Wake {
+    /// Says the outbox has new entries.
+    pub fn notify(&self) {
+        self.0
+            .send_modify(|writes| *writes = writes.wrapping_add(1));
+    }
+}
+
 /// The drainer task.
 pub struct Drainer<S> {
     store: S,
     downstream: Downstream,
-    wake: Arc<Notify>,
+    wake: Wake,
     max_backoff: Duration,
 }
 
 impl<S: MessageStore> Drainer<S> {
     /// A drainer of `store`'s outbox into the receipt and notification services.
-    pub fn new(store: S, downstream: Downstream, wake: Arc<Notify>, max_backoff: Duration) -> Self {
+    pub fn new(store: S, downstream: Downstream, wake: Wake, max_backoff: Duration) -> Self {
         Self {
             store,
             downstream,
@@ -188,35 +256,49 @@ impl<S: MessageStore> Drainer<S> {
         }
     }
 
-    /// Drains until the task is dropped.
-    pub async fn run(mut self) {
+    /// Drains every lane, side by side, until the task is dropped.
+    pub async fn run(self) {
+        let lanes = (0..LANES).map(|index| {
+            self.drain_lane(Lane {
+                index,
+                count: LANES,
+            })
+        });
+        futures::future::join_all(lanes).await;
+    }
+
+    /// Drains one lane until dropped: a failure backs off this lane only.
+    async fn drain_lane(&self, lane: Lane) {
+        let mut woken = self.wake.0.subscribe();
         let mut failures = 0u32;
         loop {
-            match self.drain_once().await {
+            woken.borrow_and_update();
+            match self.drain_once(lane).await {
                 Ok(0) => {
                     failures = 0;
-                    // A new entry notifies; the poll covers entries written by
-                    // another replica.
-                    let _ = tokio::time::timeout(IDLE_POLL, self.wake.notified()).await;
+                    // A new entry wakes the lane; the poll covers entries
+                    // written by another replica.
+                    let _ = tokio::time::timeout(IDLE_POLL, woken.changed()).await;
                 }
                 Ok(_) => failures = 0,
                 Err(error) => {
                     let delay =
                         backoff_delay(failures, Duration::from_millis(50), self.max_backoff);
                     failures = failures.saturating_add(1);
-                    tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "outbox delivery failed");
+                    tracing::warn!(error = %error, lane = lane.index, retry_in_ms = delay.as_millis() as u64, "outbox delivery failed");
                     tokio::time::sleep(delay).await;
                 }
             }
         }
     }
 
-    /// Delivers one batch in order; stops at the first retryable failure.
-    /// Each unit's delivered entries are deleted as soon as it is through, so
-    /// the backlog gauge counts only what is still owed; if a delete is lost
-    /// those entries are delivered again, which the receipt service ignores.
-    async fn drain_once(&mut self) -> Result<usize, DeliveryError> {
-        let batch = self.store.outbox_batch(BATCH).await?;
+    /// Delivers one batch of a lane in order; stops at the first retryable
+    /// failure. Each unit's delivered entries are deleted as soon as it is
+    /// through, so the backlog gauge counts only what is still owed; if a
+    /// delete is lost those entries are delivered again, which the receipt
+    /// service ignores.
+    async fn drain_once(&self, lane: Lane) -> Result<usize, DeliveryError> {
+        let batch = self.store.outbox_batch(lane, BATCH).await?;
         let mut progress = Progress::default();
         let mut delivered = 0;
         for unit in delivery_units(&batch) {
@@ -234,7 +316,7 @@ impl<S: MessageStore> Drainer<S> {
     /// Delivers a unit. When several messages fail for good, each is tried
     /// alone, so only the one that cannot be delivered is set aside.
     async fn settle(
-        &mut self,
+        &self,
         unit: &[OutboxEvent],
         progress: &mut Progress,
     ) -> Result<(), DeliveryError> {
@@ -257,7 +339,7 @@ impl<S: MessageStore> Drainer<S> {
     /// Notes how a unit's delivery went: done, set aside for good, or failed
     /// for now (`Err`, which ends this drain).
     async fn record(
-        &mut self,
+        &self,
         unit: &[OutboxEvent],
         result: Result<(), DeliveryError>,
         progress: &mut Progress,
@@ -281,7 +363,7 @@ impl<S: MessageStore> Drainer<S> {
         Ok(())
     }
 
-    async fn deliver(&mut self, unit: &[OutboxEvent]) -> Result<(), DeliveryError> {
+    async fn deliver(&self, unit: &[OutboxEvent]) -> Result<(), DeliveryError> {
         match unit[0].kind {
             OUTBOX_MESSAGE => {
                 // The delivery continues the traces of the sends that wrote it.
@@ -305,7 +387,7 @@ impl<S: MessageStore> Drainer<S> {
     /// Records the messages with the receipt service and hands their offline
     /// members to the notification service: one read per group, one
     /// InitReceiptsBatch and one presence lookup for them all.
-    async fn deliver_messages(&mut self, unit: &[OutboxEvent]) -> Result<(), DeliveryError> {
+    async fn deliver_messages(&self, unit: &[OutboxEvent]) -> Result<(), DeliveryError> {
         let mut seqs: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
         for event in unit {
             seqs.entry(event.gid).or_default().push(event.seq);
@@ -335,6 +417,7 @@ impl<S: MessageStore> Drainer<S> {
         for batch in init_batches(requests) {
             self.downstream
                 .receipt
+                .clone()
                 .init_receipts_batch(batch)
                 .await
                 .map_err(DeliveryError::Receipt)?;
@@ -343,27 +426,32 @@ impl<S: MessageStore> Drainer<S> {
     }
 
     /// Hands each message's members with no device online to the
-    /// notification service. Re-delivery is harmless: the queue is keyed by
+    /// notification service, all the unit's messages in one
+    /// EnqueueOfflineBatch. Re-delivery is harmless: the queue is keyed by
     /// message and recipient.
     async fn hand_off_offline(
-        &mut self,
+        &self,
         sent: &[(&MessageRecord, Audience)],
     ) -> Result<(), DeliveryError> {
         let offline = self.downstream.fanout.offline(sent).await?;
-        for ((message, audience), offline) in sent.iter().zip(offline) {
-            if offline.is_empty() {
-                continue;
-            }
+        let requests = sent
+            .iter()
+            .zip(offline)
+            .filter(|(_, offline)| !offline.is_empty())
+            .map(|((message, audience), offline)| offline_batch(message, audience, offline))
+            .collect();
+        for batch in offline_batches(requests) {
             self.downstream
                 .notification
-                .enqueue_offline(offline_batch(message, audience, offline))
+                .clone()
+                .enqueue_offline_batch(batch)
                 .await
                 .map_err(DeliveryError::Notification)?;
         }
         Ok(())
     }
 
-    async fn deliver_membership(&mut self, unit: &[OutboxEvent]) -> Result<(), DeliveryError> {
+    async fn deliver_membership(&self, unit: &[OutboxEvent]) -> Result<(), DeliveryError> {
         // The latest outbox id per member is the version of its current state.
         let mut versions = BTreeMap::new();
         for event in unit {
@@ -394,6 +482,7 @@ impl<S: MessageStore> Drainer<S> {
         };
         self.downstream
             .receipt
+            .clone()
             .apply_membership(request)
             .await
             .map_err(DeliveryError::Receipt)?;
@@ -451,6 +540,30 @@ mod tests {
             .collect();
         assert_eq!(seqs, (1..=250).collect::<Vec<_>>());
         assert!(init_batches(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn offline_batches_keep_order_within_the_notification_service_s_limits() {
+        let message = |seq: u64, offline: usize| npb::EnqueueOfflineRequest {
+            seq,
+            recipient_uids: vec!["u".into(); offline],
+            ..Default::default()
+        };
+        let batches = offline_batches(vec![
+            message(1, 60_000),
+            message(2, 40_000),
+            message(3, 1),
+            message(4, 200_000),
+            message(5, 0),
+        ]);
+        let seqs: Vec<Vec<u64>> = batches
+            .iter()
+            .map(|b| b.messages.iter().map(|m| m.seq).collect())
+            .collect();
+        assert_eq!(seqs, vec![vec![1, 2], vec![3], vec![4], vec![5]]);
+        let many = offline_batches((1..=250).map(|seq| message(seq, 1)).collect());
+        let sizes: Vec<usize> = many.iter().map(|b| b.messages.len()).collect();
+        assert_eq!(sizes, vec![100, 100, 50]);
     }
 
     #[test]

@@ -1,11 +1,8 @@
 //! The gRPC handlers: convert wire requests into validated domain values, call
 //! the store, convert records back. No rule lives here that is not in `domain`.
 
-use std::sync::Arc;
-
 use parley_proto::message::{self as pb, message_service_server::MessageService};
 use parley_server::{Caller, now_ms, page, shed::Admission};
-use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -16,6 +13,7 @@ use crate::{
     },
     error::MessageError,
     fanout::Fanout,
+    outbox::Wake,
     store::{
         GroupRecord, MemberRecord, MembershipChange, MessageRecord, MessageStore, NewMessage,
         SendOutcome,
@@ -38,14 +36,14 @@ pub struct Limits {
 pub struct MessageApi<S> {
     store: S,
     limits: Limits,
-    outbox_wake: Arc<Notify>,
+    outbox_wake: Wake,
     fanout: Fanout,
 }
 
 impl<S: MessageStore> MessageApi<S> {
     /// Handlers over `store`; `outbox_wake` is notified after each outbox write
     /// and `fanout` publishes committed messages to the gateways.
-    pub fn new(store: S, limits: Limits, outbox_wake: Arc<Notify>, fanout: Fanout) -> Self {
+    pub fn new(store: S, limits: Limits, outbox_wake: Wake, fanout: Fanout) -> Self {
         Self {
             store,
             limits,
@@ -88,7 +86,7 @@ impl<S: MessageStore> MessageApi<S> {
             })
             .collect();
         if !sent.is_empty() {
-            self.outbox_wake.notify_one();
+            self.outbox_wake.notify();
             for record in &sent {
                 tracing::debug!(
                     gid = record.gid,
@@ -201,7 +199,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         let group = NewGroup::new(kind, name, caller, &req.member_uids)?;
         let (record, existing) = self.store.create_group(&group, now_ms()).await?;
         if !existing {
-            self.outbox_wake.notify_one();
+            self.outbox_wake.notify();
             tracing::info!(
                 gid = record.gid,
                 members = record.member_count,
@@ -231,7 +229,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         };
         let (added_uids, joined_seq) = self.store.add_members(change).await?;
         if !added_uids.is_empty() {
-            self.outbox_wake.notify_one();
+            self.outbox_wake.notify();
         }
         Ok(Response::new(pb::AddMembersResponse {
             added_uids,
@@ -256,7 +254,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         };
         let removed_uids = self.store.remove_members(change).await?;
         if !removed_uids.is_empty() {
-            self.outbox_wake.notify_one();
+            self.outbox_wake.notify();
         }
         Ok(Response::new(pb::RemoveMembersResponse { removed_uids }))
     }

@@ -4,7 +4,7 @@ use parley_message::{
     domain::{Gid, GroupKind, NewGroup},
     error::MessageError,
     store::{
-        MembershipChange, MessageStore, MySqlMessageStore, NewMessage, OUTBOX_MEMBERSHIP,
+        Lane, MembershipChange, MessageStore, MySqlMessageStore, NewMessage, OUTBOX_MEMBERSHIP,
         OUTBOX_MESSAGE, OutboxStats, SendOutcome, SqliteMessageStore,
     },
 };
@@ -284,7 +284,7 @@ async fn reads_start_after_the_join_point<S: MessageStore>(store: S) {
 async fn the_outbox_holds_every_change_in_order_until_done<S: MessageStore>(store: S) {
     let gid = group_of(&store, "A", &["uid1", "uid2"]).await;
     sent(send(&store, gid, "A", "m1").await);
-    let batch = store.outbox_batch(100).await.expect("outbox");
+    let batch = store.outbox_batch(Lane::ALL, 100).await.expect("outbox");
     let stats = store.outbox_stats().await.expect("stats");
     assert_eq!((stats.pending, stats.dead), (4, 0));
     assert!(stats.oldest_ms.is_some_and(|at| at > 0));
@@ -308,7 +308,7 @@ async fn the_outbox_holds_every_change_in_order_until_done<S: MessageStore>(stor
         .outbox_failed(batch[0].id, "receipt service: unavailable", false)
         .await
         .expect("failed");
-    let again = store.outbox_batch(100).await.expect("outbox");
+    let again = store.outbox_batch(Lane::ALL, 100).await.expect("outbox");
     assert_eq!(again[0].attempts, 1);
     store
         .outbox_failed(batch[0].id, "refused", true)
@@ -316,7 +316,13 @@ async fn the_outbox_holds_every_change_in_order_until_done<S: MessageStore>(stor
         .expect("dead");
     let ids: Vec<i64> = batch.iter().skip(1).map(|e| e.id).collect();
     store.outbox_done(&ids).await.expect("done");
-    assert!(store.outbox_batch(100).await.expect("outbox").is_empty());
+    assert!(
+        store
+            .outbox_batch(Lane::ALL, 100)
+            .await
+            .expect("outbox")
+            .is_empty()
+    );
     let stats = store.outbox_stats().await.expect("stats");
     assert_eq!(
         stats,
@@ -367,6 +373,35 @@ async fn the_outbox_reads_each_message_with_its_audience<S: MessageStore>(store:
     );
 }
 
+async fn each_group_s_outbox_entries_are_in_one_lane<S: MessageStore>(store: S) {
+    let mut gids = Vec::new();
+    for _ in 0..5 {
+        let gid = group_of(&store, "A", &["uid1"]).await;
+        sent(send(&store, gid, "A", "m1").await);
+        gids.push(gid.get());
+    }
+    let all = store.outbox_batch(Lane::ALL, 100).await.expect("outbox");
+    let mut dealt = Vec::new();
+    for index in 0..3 {
+        let lane = Lane { index, count: 3 };
+        let entries = store.outbox_batch(lane, 100).await.expect("lane");
+        assert!(entries.windows(2).all(|w| w[0].id < w[1].id), "in id order");
+        for entry in &entries {
+            assert_eq!(entry.gid % 3, i64::from(index), "{entry:?}");
+        }
+        dealt.extend(entries);
+    }
+    dealt.sort_by_key(|e| e.id);
+    assert_eq!(dealt, all, "every entry in exactly one lane");
+    let per_group = |gid: i64| all.iter().filter(|e| e.gid == gid).count();
+    assert!(gids.iter().all(|&gid| per_group(gid) == 3), "{all:?}");
+    let limited = store
+        .outbox_batch(Lane { index: 0, count: 3 }, 1)
+        .await
+        .expect("lane");
+    assert_eq!(limited.len(), 1);
+}
+
 parley_testkit::contract_suite!(
     MySqlMessageStore,
     SqliteMessageStore,
@@ -379,6 +414,7 @@ parley_testkit::contract_suite!(
     the_outbox_holds_every_change_in_order_until_done,
     the_outbox_reads_each_message_with_its_audience,
     a_batch_is_stored_in_order_with_dense_seqs_and_retries_are_originals,
+    each_group_s_outbox_entries_are_in_one_lane,
 );
 
 /// Over a MariaDB that takes only TLS, a URL with `ssl-mode=VERIFY_IDENTITY`

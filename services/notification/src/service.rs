@@ -21,6 +21,8 @@ use crate::{
 
 /// Recipients in one EnqueueOffline batch.
 pub const MAX_RECIPIENTS: usize = 100_000;
+/// Most messages in one EnqueueOfflineBatch.
+pub const MAX_BATCH_MESSAGES: usize = 100;
 /// Longest group name accepted, in characters.
 const MAX_GROUP_NAME_CHARS: usize = 128;
 /// Devices with push tokens per user: each one is pushed for every message.
@@ -73,7 +75,7 @@ fn positive(what: &str, raw: u64) -> Result<i64, Status> {
 
 /// Validates a batch at the edge: ids in range, uids well formed, recipients
 /// deduplicated and bounded.
-fn batch(request: pb::EnqueueOfflineRequest) -> Result<OfflineBatch, Status> {
+fn batch(request: pb::EnqueueOfflineRequest, due_at_ms: i64) -> Result<OfflineBatch, Status> {
     let invalid_uid =
         |_| Status::invalid_argument("recipient_uids and sender_uid must be valid uids");
     let sender = Uid::parse(&request.sender_uid).map_err(invalid_uid)?;
@@ -97,6 +99,7 @@ fn batch(request: pb::EnqueueOfflineRequest) -> Result<OfflineBatch, Status> {
         sender_uid: sender.into_string(),
         group_name: request.group_name,
         recipients: recipients.into_iter().collect(),
+        due_at_ms,
     })
 }
 
@@ -242,25 +245,68 @@ impl<S: QueueStore> NotificationService for NotificationApi<S> {
         request: Request<pb::EnqueueOfflineRequest>,
     ) -> Result<Response<pb::EnqueueOfflineResponse>, Status> {
         Caller::require_service(&request, "message")?;
-        let request = request.into_inner();
-        let window = self.policy.window_for(request.group_size);
-        let batch = batch(request)?;
+        let batch = self.batch(request.into_inner(), now_ms())?;
+        let queued = self.enqueue(std::slice::from_ref(&batch)).await?;
+        Ok(Response::new(pb::EnqueueOfflineResponse { queued }))
+    }
+
+    async fn enqueue_offline_batch(
+        &self,
+        request: Request<pb::EnqueueOfflineBatchRequest>,
+    ) -> Result<Response<pb::EnqueueOfflineBatchResponse>, Status> {
+        Caller::require_service(&request, "message")?;
+        let messages = request.into_inner().messages;
+        if messages.is_empty() || messages.len() > MAX_BATCH_MESSAGES {
+            return Err(Status::invalid_argument(format!(
+                "messages must hold 1 to {MAX_BATCH_MESSAGES} messages"
+            )));
+        }
+        let listed = messages
+            .iter()
+            .map(|m| m.recipient_uids.len())
+            .fold(0usize, usize::saturating_add);
+        if listed > MAX_RECIPIENTS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_RECIPIENTS} recipients per batch"
+            )));
+        }
         let now = now_ms();
+        let batches = messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                self.batch(m, now).map_err(|refused| {
+                    Status::invalid_argument(format!("messages[{i}]: {}", refused.message()))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let queued = self.enqueue(&batches).await?;
+        Ok(Response::new(pb::EnqueueOfflineBatchResponse { queued }))
+    }
+}
+
+impl<S: QueueStore> NotificationApi<S> {
+    /// Checks one message's batch; its pushes are due after the collapse
+    /// window for its group's size.
+    fn batch(&self, request: pb::EnqueueOfflineRequest, now: i64) -> Result<OfflineBatch, Status> {
+        let window = self.policy.window_for(request.group_size);
+        batch(request, now.saturating_add(millis(window)))
+    }
+
+    /// Queues checked batches durably, in one transaction.
+    async fn enqueue(&self, batches: &[OfflineBatch]) -> Result<u32, Status> {
         let queued = self
             .store
-            .enqueue(&batch, now, now.saturating_add(millis(window)))
+            .enqueue(batches, now_ms())
             .await
             .map_err(unavailable)?;
         tracing::debug!(
-            gid = batch.gid,
-            seq = batch.seq,
-            recipients = batch.recipients.len(),
+            messages = batches.len(),
+            recipients = batches.iter().map(|b| b.recipients.len()).sum::<usize>(),
             queued,
             "offline pushes queued"
         );
-        Ok(Response::new(pb::EnqueueOfflineResponse {
-            queued: u32::try_from(queued).unwrap_or(u32::MAX),
-        }))
+        Ok(u32::try_from(queued).unwrap_or(u32::MAX))
     }
 }
 

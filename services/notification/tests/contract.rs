@@ -9,7 +9,12 @@ use parley_notification::{
     },
 };
 
+/// Message `seq` of group 7 for `recipients`, their pushes due at 1,000.
 fn batch(seq: i64, recipients: &[&str]) -> OfflineBatch {
+    batch_due(seq, recipients, 1_000)
+}
+
+fn batch_due(seq: i64, recipients: &[&str], due_at_ms: i64) -> OfflineBatch {
     OfflineBatch {
         gid: 7,
         msgid: 100 + seq,
@@ -17,6 +22,7 @@ fn batch(seq: i64, recipients: &[&str]) -> OfflineBatch {
         sender_uid: "A".into(),
         group_name: "Design".into(),
         recipients: recipients.iter().map(|r| (*r).to_owned()).collect(),
+        due_at_ms,
     }
 }
 
@@ -34,14 +40,14 @@ async fn batches_are_stored_once_per_recipient<S: QueueStore>(store: S) {
     with_devices(&store, &["uid3", "uid4"]).await;
     assert_eq!(
         store
-            .enqueue(&batch(1, &["uid3", "uid4"]), 10, 1_000)
+            .enqueue(&[batch(1, &["uid3", "uid4"])], 10)
             .await
             .expect("enqueue"),
         2
     );
     assert_eq!(
         store
-            .enqueue(&batch(1, &["uid3", "uid4"]), 11, 1_000)
+            .enqueue(&[batch(1, &["uid3", "uid4"])], 11)
             .await
             .expect("again"),
         0,
@@ -49,7 +55,7 @@ async fn batches_are_stored_once_per_recipient<S: QueueStore>(store: S) {
     );
     assert_eq!(
         store
-            .enqueue(&batch(2, &["uid3"]), 12, 1_000)
+            .enqueue(&[batch(2, &["uid3"])], 12)
             .await
             .expect("enqueue"),
         1
@@ -62,7 +68,7 @@ async fn batches_are_stored_once_per_recipient<S: QueueStore>(store: S) {
     assert!(store.queued_for("uid5").await.expect("read").is_empty());
     assert_eq!(
         store
-            .enqueue(&batch(3, &["uid5", "uid3"]), 13, 1_000)
+            .enqueue(&[batch(3, &["uid5", "uid3"])], 13)
             .await
             .expect("enqueue"),
         1,
@@ -85,7 +91,7 @@ async fn large_batches_are_stored_whole<S: QueueStore>(store: S) {
     with_devices(&store, &refs).await;
     assert_eq!(
         store
-            .enqueue(&batch(3, &refs), 10, 1_000)
+            .enqueue(&[batch(3, &refs)], 10)
             .await
             .expect("enqueue"),
         1_234
@@ -99,12 +105,12 @@ async fn large_batches_are_stored_whole<S: QueueStore>(store: S) {
 async fn due_pairs_are_claimed_once_and_completed<S: QueueStore>(store: S) {
     with_devices(&store, &["u1", "u2"]).await;
     store
-        .enqueue(&batch(1, &["u1", "u2"]), 10, 100)
+        .enqueue(&[batch_due(1, &["u1", "u2"], 100)], 10)
         .await
         .expect("enqueue");
     // A later message keeps the first due time: the window runs from the first.
     store
-        .enqueue(&batch(2, &["u1"]), 50, 140)
+        .enqueue(&[batch_due(2, &["u1"], 140)], 50)
         .await
         .expect("enqueue");
     assert!(
@@ -143,7 +149,7 @@ async fn due_pairs_are_claimed_once_and_completed<S: QueueStore>(store: S) {
 
     // A message queued while the push is being sent gets its own push later.
     store
-        .enqueue(&batch(3, &["u1"]), 300, 400)
+        .enqueue(&[batch_due(3, &["u1"], 400)], 300)
         .await
         .expect("enqueue");
     store.complete("u1", 7, 2, 900).await.expect("complete");
@@ -317,6 +323,49 @@ async fn a_burst_of_registrations_by_different_users_all_succeed<S: QueueStore>(
     }
 }
 
+async fn a_batch_of_messages_is_queued_as_each_would_be_alone<S: QueueStore>(store: S) {
+    with_devices(&store, &["u1", "u2", "u3"]).await;
+    // In group 7 the messages come one by one, in group 8 as one batch: a
+    // user with no token, a message listed twice and windows that differ.
+    let messages = |gid: i64| -> Vec<OfflineBatch> {
+        [
+            batch_due(1, &["u1", "u2", "no-token"], 100),
+            batch_due(2, &["u1"], 150),
+            batch_due(3, &["u2", "u3"], 200),
+            batch_due(2, &["u1"], 150),
+        ]
+        .into_iter()
+        .map(|batch| OfflineBatch { gid, ..batch })
+        .collect()
+    };
+    let mut alone = 0;
+    for message in messages(7) {
+        alone += store.enqueue(&[message], 10).await.expect("enqueue");
+    }
+    let together = store.enqueue(&messages(8), 10).await.expect("enqueue");
+    assert_eq!((alone, together), (5, 5));
+    for uid in ["u1", "u2", "u3", "no-token"] {
+        let one_by_one = store.queued(uid, 7).await.expect("queued");
+        let batched = store.queued(uid, 8).await.expect("queued");
+        assert_eq!(one_by_one, batched, "{uid}");
+    }
+    let due_pairs = store.due(1_000, 100).await.expect("due");
+    let of = |gid: i64| -> Vec<(String, i64)> {
+        let mut pairs: Vec<(String, i64)> = due_pairs
+            .iter()
+            .filter(|p| p.gid == gid)
+            .map(|p| (p.uid.clone(), p.due_at_ms))
+            .collect();
+        pairs.sort();
+        pairs
+    };
+    assert_eq!(
+        of(8),
+        vec![("u1".into(), 100), ("u2".into(), 100), ("u3".into(), 200)]
+    );
+    assert_eq!(of(7), of(8));
+}
+
 parley_testkit::contract_suite!(
     MySqlQueueStore,
     SqliteQueueStore,
@@ -329,4 +378,5 @@ parley_testkit::contract_suite!(
     a_burst_of_registrations_by_different_users_all_succeed,
     mutes_are_set_and_cleared,
     dead_letters_are_kept,
+    a_batch_of_messages_is_queued_as_each_would_be_alone,
 );

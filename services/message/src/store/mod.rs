@@ -149,6 +149,21 @@ pub struct OutboxStats {
     pub oldest_ms: Option<i64>,
 }
 
+/// One lane of the outbox: the groups whose gid is `index` modulo `count`.
+/// A group's entries are all in one lane, so lanes may drain side by side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lane {
+    /// Which lane, below `count`.
+    pub index: u32,
+    /// How many lanes there are.
+    pub count: u32,
+}
+
+impl Lane {
+    /// The whole outbox as one lane.
+    pub const ALL: Lane = Lane { index: 0, count: 1 };
+}
+
 /// An outbox entry still to deliver.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct OutboxEvent {
@@ -299,9 +314,10 @@ pub trait MessageStore: Clone + Send + Sync + 'static {
         after_seq: i64,
     ) -> impl Future<Output = Result<Vec<MessageRecord>, MessageError>> + Send;
 
-    /// The oldest undelivered outbox entries, in id order.
+    /// The oldest undelivered outbox entries of a lane's groups, in id order.
     fn outbox_batch(
         &self,
+        lane: Lane,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<OutboxEvent>, MessageError>> + Send;
 

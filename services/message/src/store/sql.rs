@@ -447,11 +447,15 @@ macro_rules! impl_message_store {
 
             async fn outbox_batch(
                 &self,
+                lane: crate::store::Lane,
                 limit: u32,
             ) -> Result<Vec<crate::store::OutboxEvent>, crate::error::MessageError> {
                 Ok(sqlx::query_as(
-                    "SELECT id, kind, gid, seq, uid, attempts, trace_context FROM msg_outbox WHERE dead = 0 ORDER BY id LIMIT ?",
+                    "SELECT id, kind, gid, seq, uid, attempts, trace_context FROM msg_outbox \
+                     WHERE dead = 0 AND gid % ? = ? ORDER BY id LIMIT ?",
                 )
+                .bind(i64::from(lane.count.max(1)))
+                .bind(i64::from(lane.index))
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?)

@@ -9,6 +9,8 @@ use sqlx::{MySql, MySqlPool, Sqlite, SqlitePool, migrate::Migrator};
 
 use crate::push::{Device, Platform};
 
+mod enqueue;
+
 /// Why storage failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -46,6 +48,8 @@ pub struct OfflineBatch {
     pub group_name: String,
     /// Recipients, deduplicated.
     pub recipients: Vec<String>,
+    /// When the push for a (recipient, group) pair this queues is due.
+    pub due_at_ms: i64,
 }
 
 /// One queued message for one user.
@@ -127,15 +131,15 @@ pub trait QueueStore: Clone + Send + Sync + 'static {
     /// Applies pending migrations.
     fn migrate(&self) -> impl Future<Output = Result<(), QueueError>> + Send;
 
-    /// Stores a batch for the recipients who have a push token, and marks each
-    /// one's (user, group) push due at `due_at_ms` unless one is already
-    /// pending. Recipients already queued for the message are skipped. Returns
-    /// how many pushes were newly queued.
+    /// Stores messages' batches, in one transaction, for the recipients who
+    /// have a push token, and marks each one's (user, group) push due at its
+    /// first batch's `due_at_ms` unless one is already pending. Recipients
+    /// already queued for a message are skipped. Returns how many pushes were
+    /// newly queued.
     fn enqueue(
         &self,
-        batch: &OfflineBatch,
+        batches: &[OfflineBatch],
         now_ms: i64,
-        due_at_ms: i64,
     ) -> impl Future<Output = Result<u64, QueueError>> + Send;
 
     /// Pushes queued for one user, oldest first: for tests and operators.
@@ -250,56 +254,14 @@ macro_rules! impl_queue_store {
                 Ok(())
             }
 
-            async fn enqueue(
-                &self,
-                batch: &OfflineBatch,
-                now_ms: i64,
-                due_at_ms: i64,
-            ) -> Result<u64, QueueError> {
+            async fn enqueue(&self, batches: &[OfflineBatch], now_ms: i64) -> Result<u64, QueueError> {
+                let statements = enqueue::Statements::<$db> {
+                    insert_queue: Self::INSERT_QUEUE,
+                    keep_pending: Self::KEEP_PENDING,
+                    rows_affected: |written| written.rows_affected(),
+                };
                 let mut tx = self.pool.begin().await?;
-                let outcome: Result<u64, QueueError> = async {
-                    let mut queued = 0;
-                    for chunk in batch.recipients.chunks(CHUNK) {
-                        // Only users with a push token are queued: the others
-                        // would be dropped at push time anyway.
-                        let mut with_devices = sqlx::QueryBuilder::<$db>::new(
-                            "SELECT DISTINCT uid FROM push_devices WHERE uid IN ",
-                        );
-                        parley_server::db::push_list(&mut with_devices, chunk.iter().map(String::as_str));
-                        let chunk: Vec<String> = with_devices
-                            .build_query_scalar()
-                            .fetch_all(&mut *tx)
-                            .await?;
-                        if chunk.is_empty() {
-                            continue;
-                        }
-                        // The pending row first: a worker completing the same
-                        // pair locks it before reading what is left.
-                        let mut pending = sqlx::QueryBuilder::<$db>::new(
-                            "INSERT INTO push_pending (uid, gid, due_at_ms) ",
-                        );
-                        pending.push_values(&chunk, |mut row, uid| {
-                            row.push_bind(uid.as_str())
-                                .push_bind(batch.gid)
-                                .push_bind(due_at_ms);
-                        });
-                        pending.push(Self::KEEP_PENDING);
-                        pending.build().execute(&mut *tx).await?;
-                        let mut insert = sqlx::QueryBuilder::<$db>::new(Self::INSERT_QUEUE);
-                        insert.push_values(&chunk, |mut row, uid| {
-                            row.push_bind(uid.as_str())
-                                .push_bind(batch.gid)
-                                .push_bind(batch.seq)
-                                .push_bind(batch.msgid)
-                                .push_bind(batch.sender_uid.as_str())
-                                .push_bind(batch.group_name.as_str())
-                                .push_bind(now_ms);
-                        });
-                        queued += insert.build().execute(&mut *tx).await?.rows_affected();
-                    }
-                    Ok(queued)
-                }
-                .await;
+                let outcome = enqueue::enqueue::<$db>(&mut tx, &statements, batches, now_ms).await;
                 parley_server::db::finish(tx, outcome).await
             }
 
