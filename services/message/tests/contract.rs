@@ -373,6 +373,47 @@ async fn the_outbox_reads_each_message_with_its_audience<S: MessageStore>(store:
     );
 }
 
+async fn concurrent_senders_to_one_group_get_dense_seqs_and_their_own_ids<S: MessageStore>(
+    store: S,
+) {
+    let senders = ["A", "uid1", "uid2", "uid3"];
+    let gid = group_of(&store, "A", &senders[1..]).await;
+    // Forty sends at once, ten per sender, and a batch of three in between:
+    // every seq from 1 to 43 once, and each message's id is its own.
+    let singles = (0..40).map(|i| {
+        let store = store.clone();
+        async move { vec![send(&store, gid, senders[i % 4], &format!("c{i}")).await] }
+    });
+    let batch = {
+        let store = store.clone();
+        async move {
+            let run: Vec<NewMessage> = (0..3)
+                .map(|i| new_message(gid, "uid2", &format!("b{i}")))
+                .collect();
+            store.send_batch(&run, 2).await.expect("batch")
+        }
+    };
+    let mut outcomes: Vec<SendOutcome> = futures::future::join_all(singles)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    outcomes.extend(batch.await);
+    let mut seqs: Vec<i64> = Vec::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for outcome in outcomes {
+        let (msgid, seq) = sent(outcome);
+        seqs.push(seq);
+        assert!(ids.insert(msgid), "msgid {msgid} given twice");
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=43).collect::<Vec<_>>());
+    let stored = store.messages_after(gid, 0, 100).await.expect("sync");
+    let by_seq: Vec<(i64, i64)> = stored.iter().map(|m| (m.seq, m.msgid)).collect();
+    assert_eq!(by_seq.len(), 43);
+    assert!(by_seq.iter().all(|(_, msgid)| ids.contains(msgid)));
+}
+
 async fn each_group_s_outbox_entries_are_in_one_lane<S: MessageStore>(store: S) {
     let mut gids = Vec::new();
     for _ in 0..5 {
@@ -415,6 +456,7 @@ parley_testkit::contract_suite!(
     the_outbox_reads_each_message_with_its_audience,
     a_batch_is_stored_in_order_with_dense_seqs_and_retries_are_originals,
     each_group_s_outbox_entries_are_in_one_lane,
+    concurrent_senders_to_one_group_get_dense_seqs_and_their_own_ids,
 );
 
 /// Over a MariaDB that takes only TLS, a URL with `ssl-mode=VERIFY_IDENTITY`

@@ -12,6 +12,7 @@ use crate::{
 };
 
 mod mysql;
+mod send;
 mod sql;
 mod sqlite;
 

@@ -16,6 +16,8 @@ impl MySqlMessageStore {
     const UPSERT_MEMBER_SUFFIX: &'static str = " ON DUPLICATE KEY UPDATE role = VALUES(role), \
          joined_seq = VALUES(joined_seq), left_seq = NULL, joined_at_ms = VALUES(joined_at_ms)";
 
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+
     /// Connects with up to `max_connections` connections.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, MessageError> {
         let pool = parley_server::db::connect_mysql(url, max_connections).await?;

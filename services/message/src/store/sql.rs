@@ -1,7 +1,9 @@
 //! The SQL both backends share. MySQL and SQLite accept the same statements
-//! here except for upserts and how an inserted id is read, which each backend
-//! supplies (`UPSERT_MEMBER_SUFFIX`, `inserted_id`). The macro expands this one
-//! body for each backend's concrete sqlx types, so there is one copy to review.
+//! here except for upserts, row locks and how an inserted id is read, which
+//! each backend supplies (`UPSERT_MEMBER_SUFFIX`, `FOR_UPDATE`, `inserted_id`).
+//! The macro expands this one body for each backend's concrete sqlx types, so
+//! there is one copy to review; the send path is a plain function generic over
+//! the backend instead (`send.rs`).
 
 /// Rows per multi-row insert (and ids per `IN` list): far below both
 /// backends' bind-parameter limits.
@@ -327,88 +329,12 @@ macro_rules! impl_message_store {
                 messages: &[crate::store::NewMessage],
                 now_ms: i64,
             ) -> Result<Vec<crate::store::SendOutcome>, crate::error::MessageError> {
-                let Some(first) = messages.first() else {
-                    return Ok(Vec::new());
+                let dialect = crate::store::send::Dialect::<$db> {
+                    for_update: Self::FOR_UPDATE,
+                    inserted_id: Self::inserted_id,
                 };
-                let (gid, sender) = (first.gid, &first.sender);
-                if messages.iter().any(|m| m.gid != gid || m.sender != *sender) {
-                    return Err(crate::error::MessageError::invalid(
-                        "a batch names one group and one sender",
-                    ));
-                }
-                let gid = gid.get();
                 let mut tx = self.pool.begin().await?;
-                let outcome: Result<_, crate::error::MessageError> = async {
-                let (_, mut last_seq, member_count) = Self::lock_group(&mut tx, gid).await?;
-                if Self::current_role(&mut tx, gid, sender.as_str()).await?.is_none() {
-                    return Err(crate::error::MessageError::Denied("not a member of this group"));
-                }
-                let recipient_count = (member_count - 1).max(0);
-                let first_seq = last_seq;
-                let mut outcomes = Vec::with_capacity(messages.len());
-                for message in messages {
-                    let original: Option<crate::store::MessageRecord> = sqlx::query_as(
-                        "SELECT msgid, gid, seq, sender_uid, client_msg_id, content, need_receipt, recipient_count, \
-                         created_at_ms FROM group_msgs WHERE gid = ? AND sender_uid = ? AND client_msg_id = ?",
-                    )
-                    .bind(gid)
-                    .bind(sender.as_str())
-                    .bind(message.client_msg_id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if let Some(original) = original {
-                        outcomes.push(crate::store::SendOutcome::Duplicate(original));
-                        continue;
-                    }
-                    // The seq moves only for a new message, under the group
-                    // row lock taken above, so seqs stay dense.
-                    last_seq += 1;
-                    let inserted = sqlx::query(
-                        "INSERT INTO group_msgs (gid, seq, sender_uid, client_msg_id, content, need_receipt, \
-                         recipient_count, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(gid)
-                    .bind(last_seq)
-                    .bind(sender.as_str())
-                    .bind(message.client_msg_id.as_str())
-                    .bind(message.content.as_slice())
-                    .bind(message.need_receipt)
-                    .bind(recipient_count)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query(
-                        "INSERT INTO msg_outbox (kind, gid, seq, created_at_ms, trace_context) VALUES (?, ?, ?, ?, ?)",
-                    )
-                        .bind(crate::store::OUTBOX_MESSAGE)
-                        .bind(gid)
-                        .bind(last_seq)
-                        .bind(now_ms)
-                        .bind(message.trace_context.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                    outcomes.push(crate::store::SendOutcome::Sent(crate::store::MessageRecord {
-                        msgid: Self::inserted_id(&inserted),
-                        gid,
-                        seq: last_seq,
-                        sender_uid: sender.to_string(),
-                        client_msg_id: message.client_msg_id.clone(),
-                        content: message.content.clone(),
-                        need_receipt: message.need_receipt,
-                        recipient_count,
-                        created_at_ms: now_ms,
-                    }));
-                }
-                if last_seq > first_seq {
-                    sqlx::query("UPDATE chat_groups SET last_seq = ? WHERE gid = ?")
-                        .bind(last_seq)
-                        .bind(gid)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Ok(outcomes)
-                }
-                .await;
+                let outcome = crate::store::send::send_batch::<$db>(&mut tx, &dialect, messages, now_ms).await;
                 parley_server::db::finish(tx, outcome).await
             }
 

@@ -16,6 +16,9 @@ impl SqliteMessageStore {
     const UPSERT_MEMBER_SUFFIX: &'static str = " ON CONFLICT (gid, uid) DO UPDATE SET role = excluded.role, \
          joined_seq = excluded.joined_seq, left_seq = NULL, joined_at_ms = excluded.joined_at_ms";
 
+    // One connection runs one transaction at a time: no row locks needed.
+    const FOR_UPDATE: &'static str = "";
+
     /// Opens (creating if needed) the database at `url`.
     pub async fn connect(url: &str) -> Result<Self, MessageError> {
         let pool = parley_server::db::connect_sqlite(url).await?;
