@@ -26,7 +26,20 @@ pub struct Service {
     pub name: &'static str,
     /// Where it serves gRPC.
     pub addr: SocketAddr,
+    /// Where it serves its Prometheus metrics.
+    metrics: SocketAddr,
     child: Child,
+}
+
+/// Calls made so far: RPCs each service answered (its
+/// `parley_rpc_requests_total`, streams counted once), and commands the
+/// benchmark's Redis processed.
+#[derive(Clone, Debug, Default)]
+pub struct CallCounters {
+    /// (service, RPCs it answered).
+    pub rpcs: Vec<(&'static str, u64)>,
+    /// Redis commands (`total_commands_processed`).
+    pub redis_commands: u64,
 }
 
 /// The kinds of statement counted apart (MariaDB's `Com_<kind>`, which
@@ -120,8 +133,10 @@ impl Cluster {
         }
         let redis = TestRedis::start().await;
         let mut addrs = Vec::new();
+        let mut metrics = Vec::new();
         for _ in SERVICES {
             addrs.push(free_port()?);
+            metrics.push(free_port()?);
         }
         let url = |i: usize| format!("http://{}", addrs[i]);
         let db = |i: usize| format!("{mysql}/{}", databases[i]);
@@ -194,6 +209,7 @@ impl Cluster {
                 .envs(common.iter().map(|(k, v)| (*k, v.as_str())))
                 .envs(own[i].iter().map(|(k, v)| (*k, v.as_str())))
                 .env("PARLEY_SERVICE_KEY", private_key(name))
+                .env("PARLEY_METRICS_LISTEN", metrics[i].to_string())
                 .envs(
                     extra
                         .iter()
@@ -209,6 +225,7 @@ impl Cluster {
             cluster.services.push(Service {
                 name,
                 addr: addrs[i],
+                metrics: metrics[i],
                 child,
             });
             cluster.wait_serving(i).await?;
@@ -270,6 +287,35 @@ impl Cluster {
         let redis = self._redis.pid().and_then(process_cpu_seconds);
         cpu.push(("redis", redis.unwrap_or(0.0)));
         cpu
+    }
+
+    /// RPCs answered by each service so far, and Redis commands processed.
+    pub async fn call_counters(&self) -> Result<CallCounters, String> {
+        let mut rpcs = Vec::with_capacity(self.services.len());
+        for service in &self.services {
+            let text = scrape(service.metrics).await?;
+            rpcs.push((service.name, sum_of(&text, "parley_rpc_requests_total")));
+        }
+        let client = deadpool_redis::redis::Client::open(self._redis.url())
+            .map_err(|e| format!("Redis: {e}"))?;
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| format!("Redis: {e}"))?;
+        let info: String = deadpool_redis::redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("Redis INFO: {e}"))?;
+        let redis_commands = info
+            .lines()
+            .find_map(|line| line.strip_prefix("total_commands_processed:"))
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or("Redis INFO has no total_commands_processed")?;
+        Ok(CallCounters {
+            rpcs,
+            redis_commands,
+        })
     }
 
     /// Resident memory of one service, in bytes.
@@ -438,4 +484,52 @@ fn process_rss_bytes(pid: u32) -> Option<u64> {
 /// CPU seconds this benchmark process (the load generator) has used so far.
 pub fn own_cpu_seconds() -> f64 {
     process_cpu_seconds(std::process::id()).unwrap_or(0.0)
+}
+
+/// One service's Prometheus text, over a plain HTTP/1.1 GET.
+async fn scrape(addr: SocketAddr) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("metrics at {addr}: {e}"))?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("metrics at {addr}: {e}"))?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .await
+        .map_err(|e| format!("metrics at {addr}: {e}"))?;
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+/// The sum of every sample of `series` in Prometheus text (each label set).
+fn sum_of(text: &str, series: &str) -> u64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|value| value as u64)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sum_of;
+
+    #[test]
+    fn a_series_is_summed_over_its_label_sets_and_nothing_else() {
+        let text = "# HELP parley_rpc_requests_total RPCs\n\
+            # TYPE parley_rpc_requests_total counter\n\
+            parley_rpc_requests_total{method=\"/a\",code=\"Ok\"} 12\n\
+            parley_rpc_requests_total{method=\"/b\",code=\"Unavailable\"} 3\n\
+            parley_rpc_requests_total_other 100\n\
+            parley_rpc_duration_seconds_count{method=\"/a\"} 12\n";
+        assert_eq!(sum_of(text, "parley_rpc_requests_total"), 15);
+        assert_eq!(sum_of("", "parley_rpc_requests_total"), 0);
+    }
 }

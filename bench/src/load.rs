@@ -46,8 +46,8 @@ fn now_us() -> u64 {
 
 /// Device streams per HTTP/2 connection to the gateway, as behind a proxy.
 pub const STREAMS_PER_CONNECTION: usize = 50;
-/// A reader acks after this many messages...
-const ACK_EVERY: u64 = 10;
+/// By default a reader acks after this many messages...
+pub const ACK_EVERY: u64 = 10;
 /// Statements listed by their text at each step (`--statements`).
 const TOP_STATEMENTS: u32 = 15;
 /// ...or after this long with something unacked.
@@ -209,6 +209,17 @@ struct Shared {
     first_ack: Mutex<HashMap<(u64, u64), u64>>,
     /// Messages per second per group, in thousandths.
     rate_milli: AtomicU64,
+    /// A reader acks after this many messages (or after [`ACK_AFTER`]).
+    ack_every: u64,
+}
+
+/// Calls per message in one step.
+#[derive(Clone, Debug)]
+pub struct Calls {
+    /// (service, RPCs it answered per message).
+    pub rpcs: Vec<(&'static str, f64)>,
+    /// Redis commands per message.
+    pub redis: f64,
 }
 
 /// The figures of one step of the ramp.
@@ -246,6 +257,8 @@ pub struct Step {
     pub cpu_per_1000: Vec<(&'static str, f64)>,
     /// Why MariaDB's counters could not be read, if they could not.
     pub db_error: Option<String>,
+    /// RPCs and Redis commands per message, or why they were not counted.
+    pub calls: Result<Calls, String>,
 }
 
 /// A running load: groups, their devices and tasks.
@@ -260,12 +273,13 @@ pub struct Load {
 impl Load {
     /// Sets up `groups` groups of `members`, connects `online` of each (the
     /// sender first, `per_connection` streams on each HTTP/2 connection) and
-    /// starts their readers; nothing is sent until a step.
+    /// starts their readers, each acking after `ack_every` messages; nothing
+    /// is sent until a step.
     pub async fn start(
         cluster: &Cluster,
         name: &str,
         (groups, members, online): (usize, usize, usize),
-        per_connection: usize,
+        (per_connection, ack_every): (usize, u64),
         progress: &dyn Fn(&str),
     ) -> Result<Self, String> {
         let _ = epoch();
@@ -277,6 +291,7 @@ impl Load {
             lost_reasons: Mutex::new(Vec::new()),
             first_ack: Mutex::new(HashMap::new()),
             rate_milli: AtomicU64::new(0),
+            ack_every: ack_every.max(1),
         });
         let mut gids = Vec::new();
         for g in 0..groups {
@@ -301,9 +316,10 @@ impl Load {
                     shared: shared.clone(),
                 };
                 if i == 0 {
-                    tasks.spawn(
-                        device.run(stream, move |stream, shared| sender(stream, gid, shared)),
-                    );
+                    let phase = g as f64 / groups as f64;
+                    tasks.spawn(device.run(stream, move |stream, shared| {
+                        sender(stream, gid, phase, shared)
+                    }));
                 } else {
                     tasks.spawn(device.run(stream, reader));
                 }
@@ -339,6 +355,7 @@ impl Load {
         let mut cpu_before = cluster.cpu_seconds();
         cpu_before.push(("load generator", crate::cluster::own_cpu_seconds()));
         let db_before = cluster.db_counters().await;
+        let calls_before = cluster.call_counters().await;
         let statements = cluster.reset_statements().await;
         let started = Instant::now();
         self.drive(rate);
@@ -365,6 +382,20 @@ impl Load {
                     })
                     .collect::<Vec<_>>(),
             )),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        let calls = match (calls_before, cluster.call_counters().await) {
+            (Ok(before), Ok(after)) => Ok(Calls {
+                rpcs: before
+                    .rpcs
+                    .iter()
+                    .zip(&after.rpcs)
+                    .map(|((name, before), (_, after))| {
+                        (*name, per_message(after.saturating_sub(*before)))
+                    })
+                    .collect(),
+                redis: per_message(after.redis_commands.saturating_sub(before.redis_commands)),
+            }),
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
         let mut cpu_after = cluster.cpu_seconds();
@@ -404,6 +435,7 @@ impl Load {
                 .as_ref()
                 .map_or_else(|_| Vec::new(), |(.., kinds)| kinds.clone()),
             db_error: db.err(),
+            calls,
             cpu_per_1000,
             top_statements,
         })
@@ -569,8 +601,10 @@ fn sent_at(content: &[u8]) -> Option<u64> {
 }
 
 /// One group's sender: sends at the shared rate and reads its results and
-/// receipt digests; returns why its stream ended.
-async fn sender(stream: Stream, gid: u64, shared: Arc<Shared>) -> String {
+/// receipt digests; returns why its stream ended. `phase` (0 to 1) is where
+/// in each interval between sends it sends, so the groups' senders are spread
+/// over the interval rather than all on one tick.
+async fn sender(stream: Stream, gid: u64, phase: f64, shared: Arc<Shared>) -> String {
     let Stream { tx, mut rx } = stream;
     let reading = shared.clone();
     let mut results = tokio::spawn(async move {
@@ -596,7 +630,7 @@ async fn sender(stream: Stream, gid: u64, shared: Arc<Shared>) -> String {
         }
     });
     let mut sent = 0u64;
-    let mut next = Instant::now();
+    let mut next = None;
     loop {
         let rate = shared.rate_milli.load(Ordering::Relaxed) as f64 / 1000.0;
         if rate <= 0.0 {
@@ -604,14 +638,16 @@ async fn sender(stream: Stream, gid: u64, shared: Arc<Shared>) -> String {
                 () = tokio::time::sleep(Duration::from_millis(20)) => {}
                 why = &mut results => return why.unwrap_or_else(|e| e.to_string()),
             }
-            next = Instant::now();
+            next = None;
             continue;
         }
+        let due =
+            next.get_or_insert_with(|| Instant::now() + Duration::from_secs_f64(phase / rate));
         tokio::select! {
-            () = tokio::time::sleep_until(next.into()) => {}
+            () = tokio::time::sleep_until((*due).into()) => {}
             why = &mut results => return why.unwrap_or_else(|e| e.to_string()),
         }
-        next += Duration::from_secs_f64(1.0 / rate);
+        *due += Duration::from_secs_f64(1.0 / rate);
         sent += 1;
         let now = now_us();
         // The request id is the send's time, so its result tells the latency.
@@ -685,7 +721,7 @@ async fn reader(stream: Stream, shared: Arc<Shared>) -> String {
             let entry = last.entry(message.gid).or_insert((0, 0));
             entry.0 = entry.0.max(message.seq);
             unacked += 1;
-            if unacked >= ACK_EVERY {
+            if unacked >= shared.ack_every {
                 unacked = 0;
                 ack(&tx, &mut last, &shared).await;
                 flush(&mut local, &shared);
