@@ -105,7 +105,6 @@ crate::support::on_both_backends!(an_undeliverable_outbox_entry_is_set_aside_alo
 /// held one; once released, the held group's messages all arrive, in order.
 #[tokio::test]
 async fn a_held_group_holds_up_only_its_own_messages() {
-    use sqlx::Connection;
     let suite = Suite::start(Backend::MariaDb).await;
     // Consecutive gids: the outbox puts them in different lanes.
     let held = create_group(&suite, "A", "Held", &["uid1"]).await;
@@ -114,18 +113,7 @@ async fn a_held_group_holds_up_only_its_own_messages() {
         wait_for_membership(&suite, "uid1", gid).await;
     }
 
-    let mut holder = sqlx::MySqlConnection::connect(suite.receipt_db_url())
-        .await
-        .expect("receipt database");
-    sqlx::query("BEGIN")
-        .execute(&mut holder)
-        .await
-        .expect("begin");
-    sqlx::query("SELECT last_seq FROM receipt_groups WHERE gid = ? FOR UPDATE")
-        .bind(i64::try_from(held).expect("gid"))
-        .execute(&mut holder)
-        .await
-        .expect("held group's row locked");
+    let mut holder = suite.hold_receipt_group(held).await;
     // The held group's messages go into the outbox first.
     let mut held_ids = Vec::new();
     for i in 1..=5 {

@@ -455,8 +455,6 @@ async fn a_sender_who_was_offline_gets_the_receipt_changes_at_login() {
 /// then go in one call, not 19.
 #[tokio::test]
 async fn acks_of_many_streams_gather_while_a_call_is_out() {
-    use sqlx::Connection;
-
     use crate::telemetry::{http_get, sample, serve_metrics};
     let metrics = serve_metrics().await;
     let suite = Suite::start(Backend::MariaDb).await;
@@ -477,18 +475,7 @@ async fn acks_of_many_streams_gather_while_a_call_is_out() {
         sample(&text, series).unwrap_or(0.0)
     };
 
-    let mut holder = sqlx::MySqlConnection::connect(suite.receipt_db_url())
-        .await
-        .expect("receipt database");
-    sqlx::query("BEGIN")
-        .execute(&mut holder)
-        .await
-        .expect("begin");
-    sqlx::query("SELECT last_seq FROM receipt_groups WHERE gid = ? FOR UPDATE")
-        .bind(i64::try_from(gid).expect("gid"))
-        .execute(&mut holder)
-        .await
-        .expect("group row locked");
+    let mut holder = suite.hold_receipt_group(gid).await;
     devices[0].ack(gid, 1, true).await;
     eventually(
         "the first ack's call to be out",

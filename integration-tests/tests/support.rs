@@ -786,6 +786,27 @@ impl Suite {
         self.receipt_db.url()
     }
 
+    /// Holds group `gid`'s row in the receipt database (MariaDB) locked, in a
+    /// transaction on the connection returned, until the test ends it with
+    /// `COMMIT` or `ROLLBACK`: what the receipt service does for that group
+    /// waits meanwhile.
+    pub async fn hold_receipt_group(&self, gid: u64) -> sqlx::MySqlConnection {
+        use sqlx::Connection;
+        let mut holder = sqlx::MySqlConnection::connect(self.receipt_db_url())
+            .await
+            .expect("receipt database");
+        sqlx::query("BEGIN")
+            .execute(&mut holder)
+            .await
+            .expect("begin");
+        sqlx::query("SELECT last_seq FROM receipt_groups WHERE gid = ? FOR UPDATE")
+            .bind(i64::try_from(gid).expect("gid"))
+            .execute(&mut holder)
+            .await
+            .expect("group row locked");
+        holder
+    }
+
     /// The message service's own database, for reading and writing its outbox.
     pub async fn message_db(&self) -> MessageDb {
         open_store!(

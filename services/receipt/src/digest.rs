@@ -94,6 +94,18 @@ impl Coalescer {
         }
     }
 
+    /// The changed ranges marked so far, by group: for tests.
+    #[cfg(test)]
+    pub(crate) fn marked(&self) -> Vec<(i64, (i64, i64))> {
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending
+            .dirty
+            .0
+            .iter()
+            .map(|(gid, range)| (*gid, *range))
+            .collect()
+    }
+
     fn take(&self) -> Pending {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
     }

@@ -47,6 +47,18 @@ impl<S: ReceiptStore> ReceiptApi<S> {
         }
     }
 
+    /// Reports to the digests each message recorded now that already has
+    /// readers: their acks came before it (the outbox was behind), and marked
+    /// nothing then, so its sender would hear of them only by pulling.
+    fn digest_early_readers(&self, messages: &[InitMessage], outcomes: &[InitOutcome]) {
+        for (message, outcome) in messages.iter().zip(outcomes) {
+            if outcome.created && outcome.read_count > 0 {
+                self.digests
+                    .mark(message.gid, message.seq.saturating_sub(1), message.seq);
+            }
+        }
+    }
+
     /// One group's acks in one transaction, run again when the database broke
     /// a deadlock.
     async fn ack_group_retrying_deadlocks(
@@ -413,6 +425,7 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
             .store
             .init_receipts(std::slice::from_ref(&message), self.ledger_max)
             .await?;
+        self.digest_early_readers(std::slice::from_ref(&message), &outcomes);
         let result = outcomes.first().map(init_result).unwrap_or_default();
         Ok(Response::new(result))
     }
@@ -452,6 +465,7 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let outcomes = self.store.init_receipts(&messages, self.ledger_max).await?;
+        self.digest_early_readers(&messages, &outcomes);
         Ok(Response::new(pb::InitReceiptsBatchResponse {
             results: outcomes.iter().map(init_result).collect(),
         }))
@@ -679,5 +693,88 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
             groups,
             next_page_token,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        domain::AckKind,
+        store::{MemberChange, SqliteReceiptStore},
+    };
+
+    fn request<T>(body: T) -> Request<T> {
+        let mut request = Request::new(body);
+        request
+            .extensions_mut()
+            .insert(Caller::Service("message".into()));
+        request
+    }
+
+    fn message(seq: u64) -> pb::InitReceiptsRequest {
+        pb::InitReceiptsRequest {
+            gid: 7,
+            msgid: 100 + seq,
+            seq,
+            sender_uid: "A".into(),
+            need_receipt: true,
+            recipient_count: 1,
+            recipient_uids: Vec::new(),
+            created_at_ms: 1,
+        }
+    }
+
+    /// A reader who acks a message before the outbox has recorded it here
+    /// marks its range, but the window's digests find no message there and
+    /// the mark is spent; recording the message must report it to the
+    /// digests again, or its sender hears of the read only by pulling. (The
+    /// ack below goes to the store, as if its mark were spent already.)
+    #[tokio::test]
+    async fn a_message_recorded_after_its_readers_is_digested() {
+        let db = parley_testkit::TestDb::sqlite();
+        let store = SqliteReceiptStore::connect(db.url()).await.expect("store");
+        store.migrate().await.expect("migrate");
+        let member = |uid: &str, version| MemberChange {
+            uid: uid.into(),
+            admin: false,
+            joined_seq: 0,
+            left_seq: None,
+            version,
+        };
+        store
+            .apply_membership(7, &[member("A", 1), member("u1", 2)], 1)
+            .await
+            .expect("membership");
+        let channel = Channel::from_static("http://127.0.0.1:9").connect_lazy();
+        let message_client =
+            MessageServiceClient::with_interceptor(channel, ServiceIdentity::new("receipt", None));
+        let digests = Coalescer::default();
+        let api = ReceiptApi::new(store.clone(), 200, digests.clone(), message_client);
+
+        api.init_receipts(request(message(1)))
+            .await
+            .expect("seq 1 recorded");
+        assert!(
+            digests.marked().is_empty(),
+            "no reader yet, nothing to tell"
+        );
+        // u1 reads up to 2, which the message service committed but the
+        // outbox has not brought here yet.
+        let read = MemberAck {
+            uid: "u1".into(),
+            up_to: 2,
+            kind: AckKind::Read,
+        };
+        store.ack_group(7, &[read], Some(2), 2).await.expect("ack");
+        let recorded = api
+            .init_receipts_batch(request(pb::InitReceiptsBatchRequest {
+                messages: vec![message(2)],
+            }))
+            .await
+            .expect("seq 2 recorded")
+            .into_inner();
+        assert!(recorded.results[0].created);
+        assert_eq!(digests.marked(), vec![(7, (1, 2))]);
     }
 }

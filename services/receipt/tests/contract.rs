@@ -440,6 +440,7 @@ async fn a_batch_of_many_groups_is_its_messages_one_by_one<S: ReceiptStore>(stor
     let mut expected = alone.clone();
     expected.push(InitOutcome {
         created: false,
+        read_count: 0,
         ..alone[4]
     });
     assert_eq!(ours, expected, "each message answered in its place");

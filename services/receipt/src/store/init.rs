@@ -84,6 +84,7 @@ where
             outcomes.push(InitOutcome {
                 created: false,
                 ledger,
+                read_count: 0,
             });
             continue;
         }
@@ -97,6 +98,7 @@ where
         outcomes.push(InitOutcome {
             created: true,
             ledger,
+            read_count,
         });
         planned.push(Planned {
             message,

@@ -46,6 +46,9 @@ pub struct InitOutcome {
     pub created: bool,
     /// True when it keeps read times (the ledger tier).
     pub ledger: bool,
+    /// Readers it had when recorded now (acks that came before it); 0 for a
+    /// message recorded before.
+    pub read_count: i64,
 }
 
 /// What one step of retention did.
