@@ -11,7 +11,7 @@
 //! survives a crash of this service between commit and hand-off.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -37,6 +37,39 @@ use crate::{
 /// Most groups whose failed fan-out waits for the repair loop; past it, a
 /// group's online members catch up at their next gap sync, login or resync.
 const MAX_FAILED: usize = 100_000;
+
+/// Most messages whose offline members the fast path keeps for the outbox's
+/// hand-off; past it the oldest are forgotten (the hand-off then asks
+/// presence itself).
+const MAX_REMEMBERED: usize = 4_096;
+
+/// Who the fast path found offline, per message, until the outbox's hand-off
+/// takes it: one presence lookup serves both. A member who comes online in
+/// between may be queued a push; the notification worker checks presence
+/// again before it pushes.
+#[derive(Default)]
+struct Remembered {
+    offline: HashMap<(i64, i64), Arc<[String]>>,
+    /// Keys in the order they came, for forgetting the oldest.
+    order: VecDeque<(i64, i64)>,
+}
+
+impl Remembered {
+    fn keep(&mut self, gid: i64, seq: i64, offline: Arc<[String]>) {
+        self.offline.insert((gid, seq), offline);
+        self.order.push_back((gid, seq));
+        while self.offline.len() > MAX_REMEMBERED || self.order.len() > 2 * MAX_REMEMBERED {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.offline.remove(&oldest);
+        }
+    }
+
+    fn take(&mut self, gid: i64, seq: i64) -> Option<Arc<[String]>> {
+        self.offline.remove(&(gid, seq))
+    }
+}
 
 /// The notification client the drainer hands offline members to.
 pub type NotificationClient =
@@ -110,6 +143,8 @@ pub struct Fanout {
     bus: Bus,
     /// Per group, the latest seq whose fan-out failed.
     failed: Arc<Mutex<BTreeMap<i64, i64>>>,
+    /// The fast path's offline members, for the outbox's hand-off.
+    remembered: Arc<Mutex<Remembered>>,
 }
 
 impl Fanout {
@@ -119,7 +154,14 @@ impl Fanout {
             presence,
             bus,
             failed: Arc::default(),
+            remembered: Arc::default(),
         }
+    }
+
+    fn remembered(&self) -> MutexGuard<'_, Remembered> {
+        self.remembered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn failed(&self) -> MutexGuard<'_, BTreeMap<i64, i64>> {
@@ -231,28 +273,46 @@ impl Fanout {
     }
 
     /// For each message and its audience, the members with no device online
-    /// (never its sender): one presence lookup for the members of them all.
+    /// (never its sender): what the fast path found when it published the
+    /// message, or else one presence lookup for the members of the rest.
     pub async fn offline(
         &self,
         sent: &[(&MessageRecord, Audience)],
     ) -> Result<Vec<Vec<String>>, FanoutError> {
-        let everyone: BTreeSet<&String> = sent.iter().flat_map(|(_, a)| &a.members).collect();
-        let everyone: Vec<String> = everyone.into_iter().cloned().collect();
-        let online: HashSet<String> = locate(&self.presence, &everyone)
-            .await?
-            .into_iter()
-            .filter(|(_, gateways)| !gateways.is_empty())
-            .map(|(uid, _)| uid)
+        let known: Vec<Option<Arc<[String]>>> = {
+            let mut remembered = self.remembered();
+            sent.iter()
+                .map(|(message, _)| remembered.take(message.gid, message.seq))
+                .collect()
+        };
+        let everyone: BTreeSet<&String> = sent
+            .iter()
+            .zip(&known)
+            .filter(|(_, known)| known.is_none())
+            .flat_map(|((_, a), _)| &a.members)
             .collect();
+        let online: HashSet<String> = if everyone.is_empty() {
+            HashSet::new()
+        } else {
+            let everyone: Vec<String> = everyone.into_iter().cloned().collect();
+            locate(&self.presence, &everyone)
+                .await?
+                .into_iter()
+                .filter(|(_, gateways)| !gateways.is_empty())
+                .map(|(uid, _)| uid)
+                .collect()
+        };
         Ok(sent
             .iter()
-            .map(|(message, audience)| {
-                audience
+            .zip(known)
+            .map(|((message, audience), known)| match known {
+                Some(offline) => offline.to_vec(),
+                None => audience
                     .members
                     .iter()
                     .filter(|uid| **uid != message.sender_uid && !online.contains(*uid))
                     .cloned()
-                    .collect()
+                    .collect(),
             })
             .collect())
     }
@@ -269,6 +329,13 @@ impl Fanout {
             return Ok(0);
         };
         let routes = self.routes(&first.sender_uid, members).await?;
+        let offline: Arc<[String]> = routes.offline.clone().into();
+        {
+            let mut remembered = self.remembered();
+            for message in run {
+                remembered.keep(message.gid, message.seq, offline.clone());
+            }
+        }
         for message in run {
             metrics::histogram!("parley_fanout_members").record(members.len() as f64);
             metrics::histogram!("parley_fanout_gateways").record(routes.gateways.len() as f64);
@@ -307,6 +374,55 @@ pub fn offline_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembered_answers_are_bounded_and_taken_once() {
+        let mut remembered = Remembered::default();
+        let extra = 10;
+        for seq in 0..(MAX_REMEMBERED + extra) as i64 {
+            remembered.keep(1, seq, Arc::from(vec![format!("u{seq}")]));
+        }
+        assert_eq!(remembered.offline.len(), MAX_REMEMBERED);
+        assert!(remembered.take(1, 0).is_none(), "the oldest are forgotten");
+        let kept = remembered.take(1, extra as i64).expect("kept");
+        assert_eq!(kept.to_vec(), vec![format!("u{extra}")]);
+        assert!(remembered.take(1, extra as i64).is_none(), "taken once");
+    }
+
+    #[tokio::test]
+    async fn the_hand_off_takes_the_fast_path_s_answer_without_asking_presence() {
+        use parley_proto::presence::presence_service_client::PresenceServiceClient;
+        // Presence cannot be reached: only a remembered answer can serve.
+        let channel = Channel::from_static("http://127.0.0.1:9").connect_lazy();
+        let presence =
+            PresenceServiceClient::with_interceptor(channel, ServiceIdentity::new("message", None));
+        let fanout = Fanout::new(presence, Bus::local());
+        fanout
+            .remembered()
+            .keep(7, 1, Arc::from(vec!["u2".to_owned()]));
+        let message = MessageRecord {
+            msgid: 100,
+            gid: 7,
+            seq: 1,
+            sender_uid: "A".into(),
+            client_msg_id: "m1".into(),
+            content: Vec::new(),
+            need_receipt: true,
+            recipient_count: 2,
+            created_at_ms: 1,
+        };
+        let audience = Audience {
+            group_name: "Design".into(),
+            members: vec!["A".into(), "u1".into(), "u2".into()],
+        };
+        let offline = fanout
+            .offline(&[(&message, audience.clone())])
+            .await
+            .expect("no presence lookup needed");
+        assert_eq!(offline, vec![vec!["u2".to_owned()]]);
+        // Taken once: handing the message off again asks presence.
+        assert!(fanout.offline(&[(&message, audience)]).await.is_err());
+    }
 
     fn user(uid: &str, gateways: &[&str]) -> Located {
         (
