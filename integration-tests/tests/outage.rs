@@ -1,5 +1,5 @@
 //! No lost receipt state: sends succeed while the receipt service is down, and
-//! its ledger is complete once it is back; a group the receipt service cannot
+//! every message is recorded once it is back; a group the receipt service cannot
 //! record holds up only its own messages.
 
 use parley_proto::{message as mpb, receipt as rpb};
@@ -53,11 +53,11 @@ async fn sends_during_a_receipt_outage_end_with_a_complete_ledger() {
         assert_eq!(
             receipt.unread_uids,
             vec!["uid1", "uid2", "uid3"],
-            "seq {seq} ledger is complete"
+            "seq {seq}: every recipient listed"
         );
         assert_eq!((receipt.read_count, receipt.recipient_count), (0, 3));
     }
-    // The restored ledger works: an ack flips it.
+    // The recorded messages count an ack that comes after.
     ack_read(&suite, "uid1", gid, 10).await;
     let after = receipts(&suite, gid, vec![msgids[9]], 10).await;
     assert_eq!(after[0].read_uids, vec!["uid1"]);
