@@ -34,6 +34,28 @@ pub fn lazy_channel(what: &str, url: &str) -> Result<tonic::transport::Channel, 
     Ok(endpoint.connect_lazy())
 }
 
+/// Checks each item of a request's repeated `field` with `check`, in order,
+/// all before anything is done: the first refusal keeps its code and names the
+/// item (`messages[3]: …`), so a malformed batch changes nothing.
+pub fn check_each<T, U>(
+    field: &str,
+    items: Vec<T>,
+    mut check: impl FnMut(T) -> Result<U, tonic::Status>,
+) -> Result<Vec<U>, tonic::Status> {
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            check(item).map_err(|refused| {
+                tonic::Status::new(
+                    refused.code(),
+                    format!("{field}[{i}]: {}", refused.message()),
+                )
+            })
+        })
+        .collect()
+}
+
 /// The current time in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     let now = std::time::SystemTime::now();
@@ -146,6 +168,24 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_item_is_named_by_its_index_and_keeps_its_code() {
+        let positive = |n: i64| {
+            if n > 0 {
+                Ok(n)
+            } else {
+                Err(tonic::Status::out_of_range("must be positive"))
+            }
+        };
+        assert_eq!(
+            check_each("ids", vec![1, 2], positive).expect("all good"),
+            vec![1, 2]
+        );
+        let refused = check_each("ids", vec![1, 0, -1], positive).expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::OutOfRange);
+        assert_eq!(refused.message(), "ids[1]: must be positive");
+    }
 
     #[test]
     fn backoff_grows_caps_and_jitters() {

@@ -386,7 +386,7 @@ impl<S: MessageStore> Drainer<S> {
 
     /// Records the messages with the receipt service and hands their offline
     /// members to the notification service: one read per group, one
-    /// InitReceiptsBatch and one presence lookup for them all.
+    /// InitReceiptsBatch and one EnqueueOfflineBatch for them all.
     async fn deliver_messages(&self, unit: &[OutboxEvent]) -> Result<(), DeliveryError> {
         let mut seqs: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
         for event in unit {

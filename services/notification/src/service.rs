@@ -245,7 +245,7 @@ impl<S: QueueStore> NotificationService for NotificationApi<S> {
         request: Request<pb::EnqueueOfflineRequest>,
     ) -> Result<Response<pb::EnqueueOfflineResponse>, Status> {
         Caller::require_service(&request, "message")?;
-        let batch = self.batch(request.into_inner(), now_ms())?;
+        let batch = self.due_batch(request.into_inner(), now_ms())?;
         let queued = self.enqueue(std::slice::from_ref(&batch)).await?;
         Ok(Response::new(pb::EnqueueOfflineResponse { queued }))
     }
@@ -271,15 +271,7 @@ impl<S: QueueStore> NotificationService for NotificationApi<S> {
             )));
         }
         let now = now_ms();
-        let batches = messages
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| {
-                self.batch(m, now).map_err(|refused| {
-                    Status::invalid_argument(format!("messages[{i}]: {}", refused.message()))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let batches = parley_server::check_each("messages", messages, |m| self.due_batch(m, now))?;
         let queued = self.enqueue(&batches).await?;
         Ok(Response::new(pb::EnqueueOfflineBatchResponse { queued }))
     }
@@ -288,7 +280,11 @@ impl<S: QueueStore> NotificationService for NotificationApi<S> {
 impl<S: QueueStore> NotificationApi<S> {
     /// Checks one message's batch; its pushes are due after the collapse
     /// window for its group's size.
-    fn batch(&self, request: pb::EnqueueOfflineRequest, now: i64) -> Result<OfflineBatch, Status> {
+    fn due_batch(
+        &self,
+        request: pb::EnqueueOfflineRequest,
+        now: i64,
+    ) -> Result<OfflineBatch, Status> {
         let window = self.policy.window_for(request.group_size);
         batch(request, now.saturating_add(millis(window)))
     }

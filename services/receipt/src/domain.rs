@@ -157,9 +157,17 @@ pub fn plan_acks<'a>(
     Plan { outcomes, moves }
 }
 
-/// How many new readers each message gets from a batch's moves: a member
-/// counts for message `seq` when their read cursor passed it (previous < seq
-/// <= next), it was sent after they joined, and they did not send it.
+/// Whether a member (`uid`, joined at `joined`, left at `left` if they did)
+/// is a recipient of message `seq` sent by `sender`: they were a member when
+/// it was sent and did not send it. Every receipt count and list applies this
+/// rule (the cursor-tier SQL in `store/sql.rs` states it as a `WHERE`).
+pub fn is_recipient(uid: &str, joined: i64, left: Option<i64>, seq: i64, sender: &str) -> bool {
+    joined < seq && left.is_none_or(|left| left >= seq) && uid != sender
+}
+
+/// How many new readers each message gets from a batch's moves (current
+/// members): a member counts for message `seq` when their read cursor passed
+/// it (previous < seq <= next) and they are one of its recipients.
 /// `messages` are (seq, sender); messages with no new reader are left out.
 pub fn read_increments(moves: &[&Move], messages: &[(i64, String)]) -> Vec<(i64, i64)> {
     messages
@@ -170,8 +178,7 @@ pub fn read_increments(moves: &[&Move], messages: &[(i64, String)]) -> Vec<(i64,
                 .filter(|m| {
                     m.previous.read < *seq
                         && *seq <= m.next.read
-                        && *seq > m.joined
-                        && m.uid != *sender
+                        && is_recipient(&m.uid, m.joined, None, *seq, sender)
                 })
                 .count();
             let readers = i64::try_from(readers).ok().filter(|n| *n > 0)?;

@@ -451,19 +451,7 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
             ))
             .into());
         }
-        let messages = req
-            .messages
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| {
-                init_message(m).map_err(|status| {
-                    Status::new(
-                        status.code(),
-                        format!("messages[{i}]: {}", status.message()),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let messages = parley_server::check_each("messages", req.messages, init_message)?;
         let outcomes = self.store.init_receipts(&messages, self.ledger_max).await?;
         self.digest_early_readers(&messages, &outcomes);
         Ok(Response::new(pb::InitReceiptsBatchResponse {

@@ -1,14 +1,16 @@
 //! Storing a run of one sender's messages to one group, in one transaction:
 //! the group's row and the sender's membership locked and read in one
-//! statement, then per message a read of its idempotency key, the message and
-//! its outbox entry, and at the end the group's new last seq. A plain
-//! function, generic over the backend; the backend supplies its row-lock
-//! suffix (empty on SQLite, whose one connection runs one transaction at a
-//! time) and how it reads the id of a row it inserted.
+//! statement ([`lock_group`], which membership changes take too), then per
+//! message a read of its idempotency key, the message and its outbox entry,
+//! and at the end the group's new last seq. Plain functions, generic over the
+//! backend; the backend supplies its row-lock suffix (empty on SQLite, whose
+//! one connection runs one transaction at a time) and how it reads the id of
+//! a row it inserted.
 
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
 
 use crate::{
+    domain::{GroupKind, Role},
     error::MessageError,
     store::{MessageRecord, NewMessage, OUTBOX_MESSAGE, SendOutcome},
 };
@@ -19,6 +21,55 @@ pub(super) struct Dialect<DB: Database> {
     pub for_update: &'static str,
     /// The id of the row an `INSERT` of one row created.
     pub inserted_id: fn(&DB::QueryResult) -> i64,
+}
+
+/// A group's row as read under its lock, with the acting user's role.
+pub(super) struct Locked {
+    /// Group or direct conversation.
+    pub kind: GroupKind,
+    /// The last seq given out.
+    pub last_seq: i64,
+    /// Current members.
+    pub member_count: i64,
+    /// The acting user's role, when they are a current member.
+    pub role: Option<Role>,
+}
+
+/// Locks group `gid`'s row, then `actor`'s membership row, until the
+/// transaction ends (the order every writer of a group takes them, so seqs
+/// stay dense and membership checks hold), and reads both in one statement.
+pub(super) async fn lock_group<DB>(
+    conn: &mut DB::Connection,
+    for_update: &'static str,
+    gid: i64,
+    actor: &str,
+) -> Result<Locked, MessageError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q, 's> &'s str: Encode<'q, DB> + Type<DB>,
+    for<'r> (i64, i64, i64, Option<i64>): FromRow<'r, DB::Row>,
+{
+    let mut lock = QueryBuilder::<DB>::new(
+        "SELECT g.kind, g.last_seq, g.member_count, u.role FROM chat_groups g \
+         LEFT JOIN group_users u ON u.gid = g.gid AND u.left_seq IS NULL AND u.uid = ",
+    );
+    lock.push_bind(actor).push(" WHERE g.gid = ").push_bind(gid);
+    lock.push(for_update);
+    let locked: Option<(i64, i64, i64, Option<i64>)> =
+        lock.build_query_as().fetch_optional(&mut *conn).await?;
+    let Some((kind, last_seq, member_count, role)) = locked else {
+        return Err(MessageError::GroupNotFound);
+    };
+    let code = |raw: i64| i16::try_from(raw).unwrap_or(1);
+    Ok(Locked {
+        kind: GroupKind::from_code(code(kind)),
+        last_seq,
+        member_count,
+        role: role.map(|r| Role::from_code(code(r))),
+    })
 }
 
 /// Stores `messages` (one sender's, to one group) in order inside the
@@ -39,7 +90,7 @@ where
     for<'q> bool: Encode<'q, DB> + Type<DB>,
     for<'q, 's> &'s str: Encode<'q, DB> + Type<DB>,
     for<'q, 's> &'s [u8]: Encode<'q, DB> + Type<DB>,
-    for<'r> (i64, i64, Option<i64>): FromRow<'r, DB::Row>,
+    for<'r> (i64, i64, i64, Option<i64>): FromRow<'r, DB::Row>,
     for<'r> MessageRecord: FromRow<'r, DB::Row>,
 {
     let Some(first) = messages.first() else {
@@ -53,25 +104,12 @@ where
     }
     let (gid, sender) = (gid.get(), sender.as_str());
 
-    // The group's row first, then the sender's membership row, as every
-    // membership change takes them; held to the end, so seqs stay dense.
-    let mut lock = QueryBuilder::<DB>::new(
-        "SELECT g.last_seq, g.member_count, u.role FROM chat_groups g \
-         LEFT JOIN group_users u ON u.gid = g.gid AND u.left_seq IS NULL AND u.uid = ",
-    );
-    lock.push_bind(sender)
-        .push(" WHERE g.gid = ")
-        .push_bind(gid);
-    lock.push(dialect.for_update);
-    let locked: Option<(i64, i64, Option<i64>)> =
-        lock.build_query_as().fetch_optional(&mut *conn).await?;
-    let Some((mut last_seq, member_count, role)) = locked else {
-        return Err(MessageError::GroupNotFound);
-    };
-    if role.is_none() {
+    let locked = lock_group::<DB>(conn, dialect.for_update, gid, sender).await?;
+    if locked.role.is_none() {
         return Err(MessageError::Denied("not a member of this group"));
     }
-    let recipient_count = (member_count - 1).max(0);
+    let mut last_seq = locked.last_seq;
+    let recipient_count = (locked.member_count - 1).max(0);
 
     // Each message in statements of one fixed text (prepared once per
     // connection): a run's length varies, and a statement per length would be

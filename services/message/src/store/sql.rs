@@ -62,42 +62,6 @@ macro_rules! impl_message_store {
                 Ok(())
             }
 
-            /// Locks the group row for the rest of the transaction and reads it.
-            async fn lock_group(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                gid: i64,
-            ) -> Result<(i64, i64, i64), crate::error::MessageError> {
-                // Writing first takes the row lock (and, on SQLite, the write lock)
-                // before anything is read, so the reads below are stable.
-                let locked = sqlx::query("UPDATE chat_groups SET last_seq = last_seq WHERE gid = ?")
-                    .bind(gid)
-                    .execute(&mut **tx)
-                    .await?;
-                if locked.rows_affected() == 0 {
-                    return Err(crate::error::MessageError::GroupNotFound);
-                }
-                let row: (i64, i64, i64) =
-                    sqlx::query_as("SELECT kind, last_seq, member_count FROM chat_groups WHERE gid = ?")
-                        .bind(gid)
-                        .fetch_one(&mut **tx)
-                        .await?;
-                Ok(row)
-            }
-
-            async fn current_role(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                gid: i64,
-                uid: &str,
-            ) -> Result<Option<crate::domain::Role>, sqlx::Error> {
-                let role: Option<i64> =
-                    sqlx::query_scalar("SELECT role FROM group_users WHERE gid = ? AND uid = ? AND left_seq IS NULL")
-                        .bind(gid)
-                        .bind(uid)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                Ok(role.map(|r| crate::domain::Role::from_code(i16::try_from(r).unwrap_or(1))))
-            }
-
             async fn current_members_among(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 gid: i64,
@@ -188,13 +152,12 @@ macro_rules! impl_message_store {
                 &self,
                 change: crate::store::MembershipChange<'_>,
             ) -> Result<(Vec<String>, i64), crate::error::MessageError> {
-                use crate::domain::{GroupKind, Role, check_membership_change};
+                use crate::domain::{Role, check_membership_change};
                 let gid = change.gid.get();
                 let mut tx = self.pool.begin().await?;
                 let outcome: Result<_, crate::error::MessageError> = async {
-                let (kind, last_seq, member_count) = Self::lock_group(&mut tx, gid).await?;
-                let kind = GroupKind::from_code(i16::try_from(kind).unwrap_or(1));
-                let role = Self::current_role(&mut tx, gid, change.actor.as_str()).await?;
+                let crate::store::send::Locked { kind, last_seq, member_count, role } =
+                    crate::store::send::lock_group::<$db>(&mut tx, Self::FOR_UPDATE, gid, change.actor.as_str()).await?;
                 check_membership_change(kind, change.actor, role, change.uids, false)?;
                 let current = Self::current_members_among(&mut tx, gid, change.uids).await?;
                 let added: Vec<String> =
@@ -224,13 +187,12 @@ macro_rules! impl_message_store {
                 &self,
                 change: crate::store::MembershipChange<'_>,
             ) -> Result<Vec<String>, crate::error::MessageError> {
-                use crate::domain::{GroupKind, check_membership_change};
+                use crate::domain::check_membership_change;
                 let gid = change.gid.get();
                 let mut tx = self.pool.begin().await?;
                 let outcome: Result<_, crate::error::MessageError> = async {
-                let (kind, last_seq, _) = Self::lock_group(&mut tx, gid).await?;
-                let kind = GroupKind::from_code(i16::try_from(kind).unwrap_or(1));
-                let role = Self::current_role(&mut tx, gid, change.actor.as_str()).await?;
+                let crate::store::send::Locked { kind, last_seq, role, .. } =
+                    crate::store::send::lock_group::<$db>(&mut tx, Self::FOR_UPDATE, gid, change.actor.as_str()).await?;
                 check_membership_change(kind, change.actor, role, change.uids, true)?;
                 let current = Self::current_members_among(&mut tx, gid, change.uids).await?;
                 if current.is_empty() {

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
 
 use crate::{
-    domain::keeps_read_times,
+    domain::{is_recipient, keeps_read_times},
     error::ReceiptError,
     store::{InitMessage, InitOutcome, sql::CHUNK},
 };
@@ -67,12 +67,12 @@ where
     // Acks that arrived before these messages were recorded already moved
     // the cursors: each message counts them from the start. One read of the
     // members whose read cursor reached the lowest new seq serves them all.
-    let fresh: Vec<&InitMessage> = messages
+    let lowest_new = messages
         .iter()
-        .copied()
-        .filter(|m| !recorded.contains_key(&m.seq))
-        .collect();
-    let ahead = match fresh.iter().map(|m| m.seq).min() {
+        .map(|m| m.seq)
+        .filter(|seq| !recorded.contains_key(seq))
+        .min();
+    let ahead = match lowest_new {
         Some(lowest) => readers_from::<DB>(conn, gid, lowest).await?,
         None => Vec::new(),
     };
@@ -141,13 +141,10 @@ struct Reader {
 }
 
 impl Reader {
-    /// Whether they count as a reader of message `seq` sent by `sender`: they
-    /// were a member when it was sent, did not send it, and read up to it.
+    /// Whether they count as a reader of message `seq` sent by `sender`: one of
+    /// its recipients who read up to it.
     fn has_read(&self, seq: i64, sender: &str) -> bool {
-        self.read_seq >= seq
-            && self.joined_seq < seq
-            && self.left_seq.is_none_or(|left| left >= seq)
-            && self.uid != sender
+        self.read_seq >= seq && is_recipient(&self.uid, self.joined_seq, self.left_seq, seq, sender)
     }
 }
 
