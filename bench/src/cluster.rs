@@ -265,6 +265,11 @@ impl Cluster {
         service.map_or_else(String::new, |s| format!("http://{}", s.addr))
     }
 
+    /// The URL of the receipt service's database.
+    pub fn receipt_database(&self) -> String {
+        format!("{}/{}", self.mysql, self.databases[1])
+    }
+
     /// The load generator's identity towards `callee`.
     pub fn caller_to(&self, callee: &str) -> Result<ServiceIdentity, String> {
         self.callers
@@ -327,36 +332,10 @@ impl Cluster {
             .unwrap_or(0)
     }
 
-    /// MariaDB's counters of rows written (inserted, updated, deleted) and
-    /// of statements received, in all and by kind, server-wide (the server is
-    /// the benchmark's own).
+    /// MariaDB's counters of rows written and statements received,
+    /// server-wide (the server is the benchmark's own).
     pub async fn db_counters(&self) -> Result<DbCounters, String> {
-        let mut conn = MySqlConnection::connect(&self.mysql)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status: Vec<(String, String)> = sqlx::query_as(
-            "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
-             WHERE VARIABLE_NAME IN ('HANDLER_WRITE', 'HANDLER_UPDATE', 'HANDLER_DELETE', \
-             'QUESTIONS') OR VARIABLE_NAME LIKE 'COM\\_%'",
-        )
-        .fetch_all(&mut conn)
-        .await
-        .map_err(|e| format!("MariaDB counters: {e}"))?;
-        let value = |name: &str| {
-            status
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .and_then(|(_, v)| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        Ok(DbCounters {
-            rows: ["HANDLER_WRITE", "HANDLER_UPDATE", "HANDLER_DELETE"]
-                .iter()
-                .map(|name| value(name))
-                .sum(),
-            statements: value("QUESTIONS"),
-            by_kind: STATEMENT_KINDS.map(|kind| value(&format!("COM_{kind}"))),
-        })
+        db_counters(&self.mysql).await
     }
 
     /// Starts counting statements by their text afresh; nothing when the
@@ -464,7 +443,39 @@ impl Cluster {
 /// Clock ticks per second for `/proc/<pid>/stat` (100 on Linux).
 const TICKS: f64 = 100.0;
 
-fn process_cpu_seconds(pid: u32) -> Option<f64> {
+/// MariaDB's counters of rows written (inserted, updated, deleted) and of
+/// statements received, in all and by kind, server-wide, on the server at
+/// `server` (a URL without a database).
+pub async fn db_counters(server: &str) -> Result<DbCounters, String> {
+    let mut conn = MySqlConnection::connect(server)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status: Vec<(String, String)> = sqlx::query_as(
+        "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+         WHERE VARIABLE_NAME IN ('HANDLER_WRITE', 'HANDLER_UPDATE', 'HANDLER_DELETE', \
+         'QUESTIONS') OR VARIABLE_NAME LIKE 'COM\\_%'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .map_err(|e| format!("MariaDB counters: {e}"))?;
+    let value = |name: &str| {
+        status
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(DbCounters {
+        rows: ["HANDLER_WRITE", "HANDLER_UPDATE", "HANDLER_DELETE"]
+            .iter()
+            .map(|name| value(name))
+            .sum(),
+        statements: value("QUESTIONS"),
+        by_kind: STATEMENT_KINDS.map(|kind| value(&format!("COM_{kind}"))),
+    })
+}
+
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) in parentheses.
     let rest = stat.rsplit_once(')')?.1;

@@ -52,6 +52,9 @@ pub const ACK_EVERY: u64 = 10;
 const TOP_STATEMENTS: u32 = 15;
 /// ...or after this long with something unacked.
 const ACK_AFTER: Duration = Duration::from_secs(1);
+/// The load generator's name among the processes whose CPU is counted.
+pub const LOAD_GENERATOR: &str = "load generator";
+
 /// Longest wait for a step's backlog to drain.
 const DRAIN_LIMIT: Duration = Duration::from_secs(600);
 
@@ -353,7 +356,7 @@ impl Load {
             counters.acks.load(Ordering::Relaxed),
         );
         let mut cpu_before = cluster.cpu_seconds();
-        cpu_before.push(("load generator", crate::cluster::own_cpu_seconds()));
+        cpu_before.push((LOAD_GENERATOR, crate::cluster::own_cpu_seconds()));
         let db_before = cluster.db_counters().await;
         let calls_before = cluster.call_counters().await;
         let statements = cluster.reset_statements().await;
@@ -399,7 +402,7 @@ impl Load {
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
         let mut cpu_after = cluster.cpu_seconds();
-        cpu_after.push(("load generator", crate::cluster::own_cpu_seconds()));
+        cpu_after.push((LOAD_GENERATOR, crate::cluster::own_cpu_seconds()));
         let top_statements = match statements {
             Ok(()) => cluster.top_statements(TOP_STATEMENTS).await,
             Err(error) => Err(error),

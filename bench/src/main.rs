@@ -7,9 +7,12 @@
 
 mod baseline;
 mod cluster;
+mod durable;
 mod load;
 mod parts;
 mod report;
+mod streams;
+mod targets;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -17,8 +20,10 @@ use clap::Parser;
 
 use crate::{
     cluster::Cluster,
+    durable::GroupShape,
     load::{Load, Step, Window},
     report::{Machine, Report, Row},
+    targets::{BARE_STREAMS, Findings, RAW_ROWS, Ramp, RampBaseline, UNARY, parley_cpu_ms},
 };
 
 /// The command line.
@@ -122,6 +127,9 @@ struct Plan {
     step: Duration,
     /// Large group (2,000 members, 400 online) rates; empty: skipped.
     large_rates: Vec<f64>,
+    /// One busy group's ramp (200 members, 40 online, one sender); empty:
+    /// only its overload part runs.
+    busy_rates: Vec<f64>,
     /// Members of the cursor-tier group whose receipts are read; 0: skipped.
     huge_members: usize,
     idle_streams: usize,
@@ -152,6 +160,7 @@ impl Plan {
             ack_every: load::ACK_EVERY,
             step: Duration::from_secs(8),
             large_rates: Vec::new(),
+            busy_rates: Vec::new(),
             huge_members: 0,
             idle_streams: 1_000,
             idle_for: Duration::from_secs(10),
@@ -170,10 +179,11 @@ impl Plan {
             seed_groups: 20,
             seed_members: 200,
             seed_online: 40,
-            seed_rates: vec![25.0, 50.0, 100.0, 200.0, 400.0, 800.0],
+            seed_rates: vec![50.0, 100.0, 200.0, 400.0, 700.0, 1_000.0],
             ack_every: load::ACK_EVERY,
             step: Duration::from_secs(15),
-            large_rates: vec![25.0, 50.0, 100.0, 200.0],
+            large_rates: vec![25.0, 50.0, 100.0, 150.0, 200.0],
+            busy_rates: vec![250.0, 500.0, 750.0, 1_000.0, 1_250.0],
             huge_members: 20_000,
             idle_streams: 10_000,
             idle_for: Duration::from_secs(20),
@@ -189,10 +199,106 @@ impl Plan {
 
 /// The machine's limits, measured before the suite starts.
 struct Baselines {
-    commits: f64,
     publish: f64,
     unary_p50_ms: f64,
-    fanout: f64,
+    /// Each ramp's own bounds.
+    ramps: Vec<RampBaseline>,
+}
+
+impl Baselines {
+    /// The bounds of the ramp of `part`.
+    fn of(&self, part: &str) -> Result<&RampBaseline, String> {
+        self.ramps
+            .iter()
+            .find(|r| r.part == part)
+            .ok_or_else(|| format!("no baseline measured for {part}"))
+    }
+}
+
+/// The ramps a plan runs: the seed scenario, then (in the full run) one busy
+/// group and the large group.
+fn ramps(plan: &Plan) -> Vec<(Shape, Vec<f64>)> {
+    let mut ramps = vec![(Shape::seed(plan), plan.seed_rates.clone())];
+    if !plan.busy_rates.is_empty() {
+        ramps.push((Shape::busy(), plan.busy_rates.clone()));
+    }
+    if !plan.large_rates.is_empty() {
+        ramps.push((Shape::large(), plan.large_rates.clone()));
+    }
+    ramps
+}
+
+/// Each ramp's shape written as raw durable rows, and carried by bare
+/// tonic streams.
+async fn ramp_baselines(
+    plan: &Plan,
+    mariadb: &parley_testkit::OwnMariaDb,
+    rows: &mut Vec<Row>,
+) -> Result<Vec<RampBaseline>, String> {
+    let mut measured = Vec::new();
+    for (shape, _) in ramps(plan) {
+        let part = shape.part;
+        let size = format!(
+            "{}×{} members, {} online",
+            shape.groups, shape.members, shape.online
+        );
+        progress(&format!(
+            "baseline: raw durable rows, {part} shape ({size})"
+        ));
+        let scratch = baseline::Scratch::create(&mariadb.server_url()).await?;
+        let durable = scratch
+            .durable_messages(shape.group_shape(), plan.baseline, mariadb.pid())
+            .await;
+        scratch.drop().await;
+        let durable = durable?;
+        let devices = shape.groups.saturating_mul(shape.online);
+        progress(&format!(
+            "baseline: bare tonic streams, {devices} streams ({} per connection)",
+            shape.per_connection
+        ));
+        let streams = streams::bare_streams(devices, shape.per_connection, plan.baseline).await?;
+        rows.extend([
+            Row::plain(
+                "baseline",
+                &format!("raw durable rows, {part} shape ({size}): messages"),
+                durable.messages_per_second,
+                "msg/s",
+            ),
+            Row::plain(
+                "baseline",
+                &format!("raw durable rows, {part} shape: rows per message"),
+                durable.rows_per_message,
+                "rows",
+            ),
+            Row::plain(
+                "baseline",
+                &format!("raw durable rows, {part} shape: statements per message"),
+                durable.statements_per_message,
+                "stmts",
+            ),
+            Row::plain(
+                "baseline",
+                &format!("raw durable rows, {part} shape: MariaDB CPU per message"),
+                durable.mariadb_cpu_ms,
+                "cpu-ms",
+            ),
+            Row::plain(
+                "baseline",
+                &format!(
+                    "bare tonic streams, pre-encoded frames, {devices} streams ({} per connection)",
+                    shape.per_connection
+                ),
+                streams,
+                "deliv/s",
+            ),
+        ]);
+        measured.push(RampBaseline {
+            part,
+            durable,
+            streams,
+        });
+    }
+    Ok(measured)
 }
 
 async fn baselines(
@@ -217,6 +323,7 @@ async fn baselines(
     let (_, lone_latency) = baseline::tonic_unary(1, plan.baseline).await?;
     progress("baseline: bare in-process fan-out to 40 subscribers");
     let fanout = baseline::bare_fanout(40, plan.baseline).await;
+    let ramps = ramp_baselines(plan, mariadb, rows).await?;
     let connections = baseline::DB_CONNECTIONS;
     rows.extend([
         Row::plain(
@@ -249,14 +356,13 @@ async fn baselines(
         Row::plain(part, "bare fan-out to 40 channels", fanout, "deliv/s"),
     ]);
     Ok(Baselines {
-        commits,
         publish,
         unary_p50_ms: lone_latency.p50_ms,
-        fanout,
+        ramps,
     })
 }
 
-fn step_rows(part: &str, step: &Step, base: &Baselines, rows: &mut Vec<Row>) {
+fn step_rows(part: &str, step: &Step, base: &Baselines, ramp: &RampBaseline, rows: &mut Vec<Row>) {
     let at = format!("@{:.0}/s", step.target);
     rows.push(
         Row::plain(
@@ -265,7 +371,7 @@ fn step_rows(part: &str, step: &Step, base: &Baselines, rows: &mut Vec<Row>) {
             step.accepted,
             "msg/s",
         )
-        .against("MariaDB single-row commits", base.commits),
+        .against(RAW_ROWS, ramp.durable.messages_per_second),
     );
     rows.push(
         Row::plain(
@@ -274,7 +380,7 @@ fn step_rows(part: &str, step: &Step, base: &Baselines, rows: &mut Vec<Row>) {
             step.deliveries,
             "deliv/s",
         )
-        .against("bare fan-out", base.fanout),
+        .against(BARE_STREAMS, ramp.streams),
     );
     rows.push(Row::plain(
         part,
@@ -298,7 +404,7 @@ fn step_rows(part: &str, step: &Step, base: &Baselines, rows: &mut Vec<Row>) {
             step.delivery.p50_ms,
             "ms",
         )
-        .against("tonic unary p50, 1 in flight", base.unary_p50_ms),
+        .against(UNARY, base.unary_p50_ms),
     );
     rows.push(Row::plain(
         part,
@@ -336,7 +442,8 @@ fn step_rows(part: &str, step: &Step, base: &Baselines, rows: &mut Vec<Row>) {
                 &format!("{at} rows written per message"),
                 step.rows_per_message,
                 "rows",
-            ),
+            )
+            .against(RAW_ROWS, ramp.durable.rows_per_message),
             Row::plain(
                 part,
                 &format!("{at} SQL statements per message"),
@@ -349,7 +456,8 @@ fn step_rows(part: &str, step: &Step, base: &Baselines, rows: &mut Vec<Row>) {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-            ),
+            )
+            .against(RAW_ROWS, ramp.durable.statements_per_message),
         ]),
         Some(error) => progress(&format!(
             "{part}: rows and statements not measured: {error}"
@@ -399,6 +507,18 @@ fn step_rows(part: &str, step: &Step, base: &Baselines, rows: &mut Vec<Row>) {
             "cpu-s",
         ));
     }
+    rows.push(
+        Row::plain(
+            part,
+            &format!("{at} CPU per message: services, MariaDB and Redis"),
+            parley_cpu_ms(step),
+            "cpu-ms",
+        )
+        .against(
+            "MariaDB CPU of the raw durable rows",
+            ramp.durable.mariadb_cpu_ms,
+        ),
+    );
     if step.refused > 0 {
         rows.push(Row::plain(
             part,
@@ -417,11 +537,61 @@ struct Shape {
     online: usize,
     /// A reader acks after this many messages.
     ack_every: u64,
+    /// Device streams on one HTTP/2 connection.
+    per_connection: usize,
+}
+
+impl Shape {
+    /// The seeds' scenario, in the plan's shape.
+    fn seed(plan: &Plan) -> Self {
+        Self {
+            part: "seed",
+            groups: plan.seed_groups,
+            members: plan.seed_members,
+            online: plan.seed_online,
+            ack_every: plan.ack_every,
+            per_connection: load::STREAMS_PER_CONNECTION,
+        }
+    }
+
+    /// One large group: 2,000 members, 400 online.
+    fn large() -> Self {
+        Self {
+            part: "large",
+            groups: 1,
+            members: 2_000,
+            online: 400,
+            ack_every: load::ACK_EVERY,
+            per_connection: load::STREAMS_PER_CONNECTION,
+        }
+    }
+
+    /// One busy group: its one sender's stream carries every message, and
+    /// its devices each have a connection of their own (the seed scenario's
+    /// share one per 50, as behind a proxy).
+    fn busy() -> Self {
+        Self {
+            part: "busy",
+            groups: 1,
+            members: 200,
+            online: 40,
+            ack_every: load::ACK_EVERY,
+            per_connection: 1,
+        }
+    }
+
+    fn group_shape(&self) -> GroupShape {
+        GroupShape {
+            groups: self.groups,
+            members: self.members,
+            online: self.online,
+            ack_every: self.ack_every,
+        }
+    }
 }
 
 /// Drives a shape up the `rates` until its users feel it (or the outbox is
-/// past [`LAG_CEILING`]); returns the load and the highest rate it sustained:
-/// users unstrained and the outbox drained within [`KEEP_UP`].
+/// past [`LAG_CEILING`]); returns the load and what each step found.
 async fn group_load(
     cluster: &Cluster,
     shape: &Shape,
@@ -429,17 +599,21 @@ async fn group_load(
     plan: &Plan,
     base: &Baselines,
     rows: &mut Vec<Row>,
-) -> Result<(Load, Option<f64>), String> {
+) -> Result<(Load, Ramp), String> {
     let part = shape.part;
+    let ramp_base = base.of(part)?;
     let load = Load::start(
         cluster,
         part,
         (shape.groups, shape.members, shape.online),
-        (load::STREAMS_PER_CONNECTION, shape.ack_every),
+        (shape.per_connection, shape.ack_every),
         &progress,
     )
     .await?;
-    let mut sustained = None;
+    let mut ramp = Ramp {
+        steps: Vec::new(),
+        sustained: None,
+    };
     for rate in rates {
         progress(&format!("{part}: {rate:.0} msg/s for {:?}", plan.step));
         let step = load.step(cluster, *rate, plan.step).await?;
@@ -452,22 +626,25 @@ async fn group_load(
             step.backlog,
             step.drained.as_secs_f64()
         ));
-        step_rows(part, &step, base, rows);
-        if let Some(why) = felt(&step) {
+        step_rows(part, &step, base, ramp_base, rows);
+        let felt = felt(&step);
+        let drained = step.drained;
+        ramp.steps.push(step);
+        if let Some(why) = felt {
             progress(&format!(
                 "{part}: users feel it at {rate:.0} msg/s ({why}); ramp stops"
             ));
             break;
         }
-        if step.drained > KEEP_UP {
+        if drained > KEEP_UP {
             progress(&format!(
                 "{part}: the outbox fell behind at {rate:.0} msg/s (drained in {:.1} s)",
-                step.drained.as_secs_f64()
+                drained.as_secs_f64()
             ));
         } else {
-            sustained = Some(*rate);
+            ramp.sustained = Some(ramp.steps.len() - 1);
         }
-        if step.drained > LAG_CEILING {
+        if drained > LAG_CEILING {
             progress(&format!(
                 "{part}: the outbox is more than {LAG_CEILING:?} behind; ramp stops"
             ));
@@ -477,10 +654,10 @@ async fn group_load(
     rows.push(Row::plain(
         part,
         "highest rate sustained (users unstrained, outbox drained within 1 s)",
-        sustained.unwrap_or(0.0),
+        ramp.sustained().map_or(0.0, |s| s.target),
         "msg/s",
     ));
-    Ok((load, sustained))
+    Ok((load, ramp))
 }
 
 /// The one busy group's nominal rate: what its sender's stream carries with
@@ -755,29 +932,39 @@ async fn parts(
     base: &Baselines,
     rows: &mut Vec<Row>,
 ) -> Result<(), String> {
-    let seed = Shape {
-        part: "seed",
-        groups: plan.seed_groups,
-        members: plan.seed_members,
-        online: plan.seed_online,
-        ack_every: plan.ack_every,
-    };
-    let (seed, sustained) = group_load(cluster, &seed, &plan.seed_rates, plan, base, rows).await?;
-    let rate = sustained.unwrap_or(plan.seed_rates[0] / 2.0);
+    let mut found = Findings::default();
+    let (seed, ramp) = group_load(
+        cluster,
+        &Shape::seed(plan),
+        &plan.seed_rates,
+        plan,
+        base,
+        rows,
+    )
+    .await?;
+    let rate = ramp
+        .sustained()
+        .map_or(plan.seed_rates[0] / 2.0, |s| s.target);
+    found.seed = Some(ramp);
     overload("overload", cluster, &seed, rate, &plan.overload, rows).await?;
     seed.stop().await;
     // One busy group: its one sender's stream carries every message, so
     // past one send per round trip the stream's own queue is what sheds.
-    // Its devices each have a connection of their own (the seed scenario's
-    // share one per 50, as behind a proxy).
-    let busy = Load::start(
-        cluster,
-        "busy",
-        (1, 200, 40),
-        (1, load::ACK_EVERY),
-        &progress,
-    )
-    .await?;
+    let busy = Shape::busy();
+    let busy = if plan.busy_rates.is_empty() {
+        Load::start(
+            cluster,
+            busy.part,
+            (busy.groups, busy.members, busy.online),
+            (busy.per_connection, busy.ack_every),
+            &progress,
+        )
+        .await?
+    } else {
+        let (load, ramp) = group_load(cluster, &busy, &plan.busy_rates, plan, base, rows).await?;
+        found.busy = Some(ramp);
+        load
+    };
     overload(
         "busy group",
         cluster,
@@ -790,20 +977,23 @@ async fn parts(
     busy.stop().await;
 
     if !plan.large_rates.is_empty() {
-        let large = Shape {
-            part: "large",
-            groups: 1,
-            members: 2_000,
-            online: 400,
-            ack_every: load::ACK_EVERY,
-        };
-        let (large, _) = group_load(cluster, &large, &plan.large_rates, plan, base, rows).await?;
+        let (large, ramp) = group_load(
+            cluster,
+            &Shape::large(),
+            &plan.large_rates,
+            plan,
+            base,
+            rows,
+        )
+        .await?;
+        found.large = Some(ramp);
         let gid = large.gids[0];
         progress("large: 50 more messages, then receipt reads");
         let msgids = parts::send_messages(cluster, "large0", gid, 50).await?;
         let reads = parts::receipt_reads(cluster, "large0", gid, &msgids).await?;
         large.stop().await;
         receipt_rows("large", "2,000", &reads, base, rows);
+        found.large_receipts = Some(reads);
     }
     if plan.huge_members > 0 {
         progress(&format!("huge: a group of {} members", plan.huge_members));
@@ -870,6 +1060,7 @@ async fn parts(
             .against("bare HTTP/2 POSTs", ceiling),
         );
     }
+    rows.extend(targets::rows(&found, &base.ramps, base.unary_p50_ms));
     Ok(())
 }
 
@@ -890,7 +1081,7 @@ fn receipt_rows(
     for (call, latency) in calls {
         rows.push(
             Row::plain(part, &format!("{call} p50"), latency.p50_ms, "ms")
-                .against("tonic unary p50, 1 in flight", base.unary_p50_ms),
+                .against(UNARY, base.unary_p50_ms),
         );
         rows.push(Row::plain(
             part,
@@ -899,6 +1090,21 @@ fn receipt_rows(
             &format!("{} ms", latency.brief()),
         ));
     }
+    rows.push(
+        Row::plain(
+            part,
+            &format!("GetReceipts, 50 msgs, {size} members p99"),
+            reads.counts.p99_ms,
+            "ms",
+        )
+        .against(
+            &format!(
+                "its SQL straight to MariaDB (p50/p95/p99/max {} ms)",
+                reads.raw_counts.brief()
+            ),
+            reads.raw_counts.p99_ms,
+        ),
+    );
 }
 
 async fn run(cli: &Cli) -> Result<Report, String> {

@@ -284,6 +284,9 @@ pub struct Receipts {
     pub counts: Quantiles,
     /// One page of 200 readers or non-readers.
     pub page: Quantiles,
+    /// The SQL `GetReceipts` runs for the 50 messages (one select of their
+    /// receipt rows), sent straight to the receipt service's database.
+    pub raw_counts: Quantiles,
 }
 
 /// Rounds of each receipt read.
@@ -362,5 +365,52 @@ pub async fn receipt_reads(
     Ok(Receipts {
         counts: Quantiles::of(&counts),
         page: Quantiles::of(&page),
+        raw_counts: raw_receipt_reads(cluster, gid, &last50).await?,
     })
+}
+
+/// Times the select `GetReceipts` needs for `msgids` of `gid`, on one
+/// connection straight to the receipt service's database.
+async fn raw_receipt_reads(
+    cluster: &Cluster,
+    gid: u64,
+    msgids: &[u64],
+) -> Result<Quantiles, String> {
+    use sqlx::Connection;
+    let gid = i64::try_from(gid).map_err(|e| e.to_string())?;
+    let msgids: Vec<i64> = msgids
+        .iter()
+        .filter_map(|&id| i64::try_from(id).ok())
+        .collect();
+    let mut conn = sqlx::mysql::MySqlConnection::connect(&cluster.receipt_database())
+        .await
+        .map_err(|e| format!("receipt database: {e}"))?;
+    let mut latency = new_histogram();
+    for _ in 0..READS {
+        let started = Instant::now();
+        let mut select = sqlx::QueryBuilder::<sqlx::MySql>::new(
+            "SELECT gid, seq, msgid, sender_uid, recipient_count, read_count, ledger, changed_at_ms \
+             FROM receipt_msgs WHERE gid = ",
+        );
+        select.push_bind(gid).push(" AND msgid IN (");
+        let mut ids = select.separated(", ");
+        for id in &msgids {
+            ids.push_bind(*id);
+        }
+        select.push(")");
+        let found = select
+            .build()
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| format!("receipt rows: {e}"))?;
+        if found.len() != msgids.len() {
+            return Err(format!(
+                "raw receipt read found {} of {} messages",
+                found.len(),
+                msgids.len()
+            ));
+        }
+        let _ = latency.record(micros(started.elapsed()));
+    }
+    Ok(Quantiles::of(&latency))
 }

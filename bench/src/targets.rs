@@ -1,0 +1,256 @@
+//! The targets of issue 13, each judged against what the run found and
+//! printed beside the same-run baseline that bounds it. The targets are set
+//! for the full run's shapes (`make bench-full`); a short run prints them
+//! for its own, smaller shapes.
+
+use crate::{durable::Durable, load::Step, parts::Receipts, report::Row};
+
+/// What accepted messages, rows and statements are held against.
+pub const RAW_ROWS: &str = "raw durable rows, same shape";
+/// What deliveries are held against.
+pub const BARE_STREAMS: &str = "bare tonic streams, same count";
+/// What delivery latency is held against.
+pub const UNARY: &str = "tonic unary p50, 1 in flight";
+/// The receipt service's digest coalescing window (its default), in ms.
+const DIGEST_WINDOW_MS: f64 = 500.0;
+
+/// The bounds of one ramp's shape, measured in the same run.
+pub struct RampBaseline {
+    /// The ramp's part.
+    pub part: &'static str,
+    /// The shape's durable rows written with nothing in between.
+    pub durable: Durable,
+    /// Deliveries per second that bare tonic streams carry, as many as the
+    /// shape has devices online.
+    pub streams: f64,
+}
+
+/// What a ramp found: each step, and which of them was the highest rate it
+/// sustained (users unstrained, the outbox drained within a second).
+pub struct Ramp {
+    /// The steps run, in order.
+    pub steps: Vec<Step>,
+    /// The index of the highest sustained step.
+    pub sustained: Option<usize>,
+}
+
+impl Ramp {
+    /// The highest sustained step.
+    pub fn sustained(&self) -> Option<&Step> {
+        self.sustained.and_then(|i| self.steps.get(i))
+    }
+
+    /// The step at `rate`, if the ramp reached it.
+    fn at(&self, rate: f64) -> Option<&Step> {
+        self.steps.iter().find(|s| (s.target - rate).abs() < 0.5)
+    }
+
+    /// The highest rate it tried.
+    fn reached(&self) -> f64 {
+        self.steps.last().map_or(0.0, |s| s.target)
+    }
+}
+
+/// What the parts found that a target is judged on.
+#[derive(Default)]
+pub struct Findings {
+    /// The seeds' scenario's ramp.
+    pub seed: Option<Ramp>,
+    /// One busy group's ramp.
+    pub busy: Option<Ramp>,
+    /// The large group's ramp.
+    pub large: Option<Ramp>,
+    /// Receipt reads in the large group.
+    pub large_receipts: Option<Receipts>,
+}
+
+/// Which side of its bound a figure must be on.
+#[derive(Clone, Copy, Debug)]
+enum Bound {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+/// One target: what is judged, its unit and bound, and the baseline beside it.
+struct Target<'a> {
+    figure: String,
+    value: Option<f64>,
+    unit: &'a str,
+    bound: Bound,
+    baseline: (&'a str, f64),
+}
+
+impl Target<'_> {
+    fn row(self, reached: &str) -> Row {
+        let (rule, bound) = match self.bound {
+            Bound::AtLeast(b) => ("≥", b),
+            Bound::AtMost(b) => ("≤", b),
+        };
+        let verdict = match (self.value, self.bound) {
+            (None, _) => format!("not reached ({reached})"),
+            (Some(v), Bound::AtLeast(b)) if v >= b => "met".to_owned(),
+            (Some(v), Bound::AtMost(b)) if v <= b => "met".to_owned(),
+            (Some(_), _) => "not met".to_owned(),
+        };
+        Row::plain(
+            "targets",
+            &format!("{} (target {rule} {bound})", self.figure),
+            self.value.unwrap_or(f64::NAN),
+            &format!("{}, {verdict}", self.unit),
+        )
+        .against(self.baseline.0, self.baseline.1)
+    }
+}
+
+/// Parley's CPU per message in a step: the services, MariaDB and Redis (not
+/// the load generator).
+pub fn parley_cpu_ms(step: &Step) -> f64 {
+    step.cpu_per_1000
+        .iter()
+        .filter(|(name, _)| *name != crate::load::LOAD_GENERATOR)
+        .map(|(_, cpu)| cpu)
+        .sum()
+}
+
+/// A ramp's rate, deliveries and latency targets.
+fn ramp_targets<'a>(
+    part: &str,
+    ramp: &Ramp,
+    base: &'a RampBaseline,
+    (rate, deliveries, p99_ms): (f64, f64, f64),
+    unary_p50_ms: f64,
+) -> Vec<Target<'a>> {
+    let sustained = ramp.sustained();
+    vec![
+        Target {
+            figure: format!("{part}: highest rate sustained"),
+            value: Some(sustained.map_or(0.0, |s| s.target)),
+            unit: "msg/s",
+            bound: Bound::AtLeast(rate),
+            baseline: (RAW_ROWS, base.durable.messages_per_second),
+        },
+        Target {
+            figure: format!("{part}: deliveries at it"),
+            value: sustained.map(|s| s.deliveries),
+            unit: "deliv/s",
+            bound: Bound::AtLeast(deliveries),
+            baseline: (BARE_STREAMS, base.streams),
+        },
+        Target {
+            figure: format!("{part}: send→delivery p99 at it"),
+            value: sustained.map(|s| s.delivery.p99_ms),
+            unit: "ms",
+            bound: Bound::AtMost(p99_ms),
+            baseline: (UNARY, unary_p50_ms),
+        },
+    ]
+}
+
+/// Every target the run has figures for, judged, as rows.
+pub fn rows(found: &Findings, bases: &[RampBaseline], unary_p50_ms: f64) -> Vec<Row> {
+    let base = |part: &str| bases.iter().find(|b| b.part == part);
+    let mut rows = Vec::new();
+    if let (Some(ramp), Some(base)) = (&found.seed, base("seed")) {
+        let reached = format!("the ramp stopped at {:.0} msg/s", ramp.reached());
+        let mut targets =
+            ramp_targets("seed", ramp, base, (1_000.0, 39_000.0, 100.0), unary_p50_ms);
+        // The seeds' latency target is at 700 msg/s, not at the top rate.
+        targets.pop();
+        let sustained = ramp.sustained();
+        targets.extend([
+            Target {
+                figure: "seed: send→delivery p99 @700/s".to_owned(),
+                value: ramp.at(700.0).map(|s| s.delivery.p99_ms),
+                unit: "ms",
+                bound: Bound::AtMost(100.0),
+                baseline: (UNARY, unary_p50_ms),
+            },
+            Target {
+                figure: "seed: ack→digest p99 at the sustained rate".to_owned(),
+                value: sustained.map(|s| s.digest.p99_ms),
+                unit: "ms",
+                bound: Bound::AtMost(DIGEST_WINDOW_MS + 100.0),
+                baseline: ("the digest coalescing window", DIGEST_WINDOW_MS),
+            },
+            Target {
+                figure: "seed: CPU per message at it, services + MariaDB + Redis".to_owned(),
+                value: sustained.map(parley_cpu_ms),
+                unit: "cpu-ms",
+                bound: Bound::AtMost(2.0),
+                baseline: (
+                    "MariaDB CPU of the raw durable rows",
+                    base.durable.mariadb_cpu_ms,
+                ),
+            },
+            Target {
+                figure: "seed: SQL statements per message at it".to_owned(),
+                value: sustained.map(|s| s.statements_per_message),
+                unit: "stmts",
+                bound: Bound::AtMost(8.0),
+                baseline: (RAW_ROWS, base.durable.statements_per_message),
+            },
+        ]);
+        rows.extend(targets.into_iter().map(|t| t.row(&reached)));
+    }
+    if let (Some(ramp), Some(base)) = (&found.busy, base("busy")) {
+        let reached = format!("the ramp stopped at {:.0} msg/s", ramp.reached());
+        let targets = ramp_targets("busy", ramp, base, (1_000.0, 39_000.0, 100.0), unary_p50_ms);
+        rows.extend(targets.into_iter().map(|t| t.row(&reached)));
+    }
+    if let (Some(ramp), Some(base)) = (&found.large, base("large")) {
+        let reached = format!("the ramp stopped at {:.0} msg/s", ramp.reached());
+        let mut targets = ramp_targets("large", ramp, base, (150.0, 60_000.0, 200.0), unary_p50_ms);
+        if let Some(reads) = &found.large_receipts {
+            targets.push(Target {
+                figure: "large: GetReceipts p99, 50 msgs".to_owned(),
+                value: Some(reads.counts.p99_ms),
+                unit: "ms",
+                bound: Bound::AtMost(1.5 * reads.raw_counts.p99_ms),
+                baseline: (
+                    "the same SQL straight to MariaDB, p99",
+                    reads.raw_counts.p99_ms,
+                ),
+            });
+        }
+        rows.extend(targets.into_iter().map(|t| t.row(&reached)));
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(value: Option<f64>, bound: Bound) -> Row {
+        Target {
+            figure: "f".to_owned(),
+            value,
+            unit: "ms",
+            bound,
+            baseline: ("b", 1.0),
+        }
+        .row("the ramp stopped at 400 msg/s")
+    }
+
+    #[test]
+    fn a_target_says_whether_it_is_met() {
+        assert_eq!(target(Some(90.0), Bound::AtMost(100.0)).unit, "ms, met");
+        assert_eq!(
+            target(Some(110.0), Bound::AtMost(100.0)).unit,
+            "ms, not met"
+        );
+        assert_eq!(target(Some(1000.0), Bound::AtLeast(1000.0)).unit, "ms, met");
+        assert_eq!(
+            target(Some(999.0), Bound::AtLeast(1000.0)).unit,
+            "ms, not met"
+        );
+        let missing = target(None, Bound::AtMost(100.0));
+        assert_eq!(
+            missing.unit,
+            "ms, not reached (the ramp stopped at 400 msg/s)"
+        );
+        assert!(missing.value.is_nan());
+        assert_eq!(missing.figure, "f (target ≤ 100)");
+        assert_eq!(missing.baseline_value, Some(1.0));
+    }
+}
