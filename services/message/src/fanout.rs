@@ -31,6 +31,7 @@ use tonic::{codegen::InterceptedService, transport::Channel};
 use crate::{
     domain::Gid,
     error::MessageError,
+    publish_order::{self, PublishOrder, Ticket},
     store::{Audience, MessageRecord, MessageStore},
 };
 
@@ -145,6 +146,8 @@ pub struct Fanout {
     failed: Arc<Mutex<BTreeMap<i64, i64>>>,
     /// The fast path's offline members, for the outbox's hand-off.
     remembered: Arc<Mutex<Remembered>>,
+    /// Runs of one group go out in seq order.
+    order: Arc<PublishOrder>,
 }
 
 impl Fanout {
@@ -155,6 +158,7 @@ impl Fanout {
             bus,
             failed: Arc::default(),
             remembered: Arc::default(),
+            order: Arc::default(),
         }
     }
 
@@ -198,6 +202,13 @@ impl Fanout {
             tracing::warn!(error = %error, gid = last.gid, seq = last.seq, "fan-out failed; the repair loop will retry it");
             self.note_failed(last.gid, last.seq);
         }
+    }
+
+    /// A just-committed run's place in its group's publishing order, taken
+    /// before its fan-out task starts and held until that task ends.
+    pub fn ticket(&self, run: &[MessageRecord]) -> Option<Ticket> {
+        run.first()
+            .map(|first| self.order.ticket(first.gid, first.seq))
     }
 
     /// Reads the members once for the run: no membership change falls
@@ -329,6 +340,9 @@ impl Fanout {
             return Ok(0);
         };
         let routes = self.routes(&first.sender_uid, members).await?;
+        self.order
+            .turn(first.gid, first.seq, publish_order::HOLD)
+            .await;
         let offline: Arc<[String]> = routes.offline.clone().into();
         {
             let mut remembered = self.remembered();

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod error;
 pub mod fanout;
 pub mod outbox;
+pub mod publish_order;
 pub mod service;
 pub mod store;
 

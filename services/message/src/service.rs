@@ -101,11 +101,17 @@ impl<S: MessageStore> MessageApi<S> {
     }
 
     /// Publishes a committed run of messages to their online recipients'
-    /// gateways, in seq order, off the request path: the sender's reply does
-    /// not wait for the fan-out.
+    /// gateways, in seq order (after the group's earlier runs: see
+    /// `publish_order`), off the request path: the sender's reply does not
+    /// wait for the fan-out.
     fn publish_after_commit(&self, run: Vec<MessageRecord>) {
         let (store, fanout) = (self.store.clone(), self.fanout.clone());
-        let fan_out = async move { fanout.after_commit(&store, &run).await };
+        // Taken now, in commit order, so runs of a group publish in seq order.
+        let ticket = fanout.ticket(&run);
+        let fan_out = async move {
+            fanout.after_commit(&store, &run).await;
+            drop(ticket);
+        };
         // Still part of the send's trace.
         tokio::spawn(fan_out.in_current_span());
     }
