@@ -51,7 +51,15 @@ impl<S: ReceiptStore> ReceiptApi<S> {
     /// readers: their acks came before it (the outbox was behind), and marked
     /// nothing then, so its sender would hear of them only by pulling.
     fn digest_early_readers(&self, messages: &[InitMessage], outcomes: &[InitOutcome]) {
+        let now = now_ms();
         for (message, outcome) in messages.iter().zip(outcomes) {
+            if outcome.created {
+                // How long after its commit the outbox recorded it here: a
+                // digest of its readers cannot go out sooner.
+                let lag_ms = now.saturating_sub(message.created_at_ms).max(0);
+                metrics::histogram!("parley_receipt_init_lag_seconds")
+                    .record(lag_ms as f64 / 1000.0);
+            }
             if outcome.created && outcome.read_count > 0 {
                 self.digests
                     .mark(message.gid, message.seq.saturating_sub(1), message.seq);
@@ -116,6 +124,8 @@ impl<S: ReceiptStore> ReceiptApi<S> {
             .map(|((gid, _), _)| *gid)
             .collect();
         if !behind.is_empty() {
+            // Readers acked messages the outbox has not recorded here yet.
+            metrics::counter!("parley_receipt_acks_ahead_total").increment(behind.len() as u64);
             match self.committed_last_seqs(&behind).await {
                 Ok(committed) => {
                     for ((gid, acks), result) in groups.iter().zip(results.iter_mut()) {
