@@ -660,8 +660,9 @@ async fn group_load(
     Ok((load, ramp))
 }
 
-/// The one busy group's nominal rate: what its sender's stream carries with
-/// room to spare.
+/// The one busy group's nominal rate when its ramp did not run (the short
+/// run): what its sender's stream carries with room to spare. After a ramp,
+/// its overload starts from the rate the ramp sustained.
 const BUSY_NOMINAL: f64 = 50.0;
 
 /// Multiples of the sustained rate the overload part drives: twice it, and
@@ -951,6 +952,7 @@ async fn parts(
     // One busy group: its one sender's stream carries every message, so
     // past one send per round trip the stream's own queue is what sheds.
     let busy = Shape::busy();
+    let mut busy_nominal = BUSY_NOMINAL;
     let busy = if plan.busy_rates.is_empty() {
         Load::start(
             cluster,
@@ -962,6 +964,9 @@ async fn parts(
         .await?
     } else {
         let (load, ramp) = group_load(cluster, &busy, &plan.busy_rates, plan, base, rows).await?;
+        if let Some(sustained) = ramp.sustained() {
+            busy_nominal = sustained.target;
+        }
         found.busy = Some(ramp);
         load
     };
@@ -969,7 +974,7 @@ async fn parts(
         "busy group",
         cluster,
         &busy,
-        BUSY_NOMINAL,
+        busy_nominal,
         &plan.overload,
         rows,
     )
