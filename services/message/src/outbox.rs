@@ -37,9 +37,10 @@ pub type ReceiptClient = ReceiptServiceClient<InterceptedService<Channel, Servic
 const BATCH: u32 = 500;
 /// Lanes drained side by side.
 const LANES: u32 = 4;
-/// Most messages delivered together: one InitReceiptsBatch, one presence
-/// lookup, one read per group.
-const MESSAGES_PER_UNIT: usize = 32;
+/// Most messages delivered together: one InitReceiptsBatch (the receipt
+/// service's limit), one presence lookup, one read per group. One busy group
+/// is one lane, so its outbox drains a unit at a time.
+const MESSAGES_PER_UNIT: usize = MAX_INIT_BATCH;
 /// The receipt service's limit on messages in one InitReceiptsBatch.
 const MAX_INIT_BATCH: usize = 100;
 /// The notification service's limits on one EnqueueOfflineBatch.
@@ -518,7 +519,8 @@ mod tests {
         ];
         let sizes: Vec<usize> = delivery_units(&batch).iter().map(|u| u.len()).collect();
         assert_eq!(sizes, vec![2, 2, 1, 1]);
-        let messages: Vec<OutboxEvent> = (1..=70)
+        let count = 2 * MESSAGES_PER_UNIT + 6;
+        let messages: Vec<OutboxEvent> = (1..=count as i64)
             .map(|id| event(id, OUTBOX_MESSAGE, id % 3))
             .collect();
         let sizes: Vec<usize> = delivery_units(&messages).iter().map(|u| u.len()).collect();
