@@ -1,8 +1,9 @@
 //! Storing a run of one sender's messages to one group, in one transaction:
 //! the group's row and the sender's membership locked and read in one
 //! statement ([`lock_group`], which membership changes take too), then per
-//! message a read of its idempotency key, the message and its outbox entry,
-//! and at the end the group's new last seq. Plain functions, generic over the
+//! message the message (whose insert checks its idempotency key; the
+//! original is read only when the key is taken) and its outbox entry, and at
+//! the end the group's new last seq. Plain functions, generic over the
 //! backend; the backend supplies its row-lock suffix (empty on SQLite, whose
 //! one connection runs one transaction at a time) and how it reads the id of
 //! a row it inserted.
@@ -118,28 +119,16 @@ where
     let first_seq = last_seq;
     let mut outcomes = Vec::with_capacity(messages.len());
     for message in messages {
-        // Earlier in this run or before it: the original.
-        let original: Option<MessageRecord> = sqlx::query_as::<DB, MessageRecord>(
-            "SELECT msgid, gid, seq, sender_uid, client_msg_id, content, need_receipt, \
-             recipient_count, created_at_ms FROM group_msgs \
-             WHERE gid = ? AND sender_uid = ? AND client_msg_id = ?",
-        )
-        .bind(gid)
-        .bind(sender)
-        .bind(message.client_msg_id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(original) = original {
-            outcomes.push(SendOutcome::Duplicate(original));
-            continue;
-        }
-        last_seq += 1;
+        // The insert itself checks the idempotency key: a message sent before
+        // (or earlier in this run) fails it, and only then is the original
+        // read. A failed statement leaves the transaction as it was, on
+        // MariaDB and on SQLite alike.
         let inserted = sqlx::query::<DB>(
             "INSERT INTO group_msgs (gid, seq, sender_uid, client_msg_id, content, need_receipt, \
              recipient_count, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(gid)
-        .bind(last_seq)
+        .bind(last_seq + 1)
         .bind(sender)
         .bind(message.client_msg_id.as_str())
         .bind(message.content.as_slice())
@@ -147,7 +136,32 @@ where
         .bind(recipient_count)
         .bind(now_ms)
         .execute(&mut *conn)
-        .await?;
+        .await;
+        let inserted = match inserted {
+            Ok(inserted) => inserted,
+            Err(error)
+                if error
+                    .as_database_error()
+                    .is_some_and(|e| e.is_unique_violation()) =>
+            {
+                let original = sqlx::query_as::<DB, MessageRecord>(
+                    "SELECT msgid, gid, seq, sender_uid, client_msg_id, content, need_receipt, \
+                     recipient_count, created_at_ms FROM group_msgs \
+                     WHERE gid = ? AND sender_uid = ? AND client_msg_id = ?",
+                )
+                .bind(gid)
+                .bind(sender)
+                .bind(message.client_msg_id.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+                // Not the idempotency key: the seq was taken, which the
+                // group's lock rules out, so it is reported as it is.
+                outcomes.push(SendOutcome::Duplicate(original.ok_or(error)?));
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        last_seq += 1;
         sqlx::query::<DB>(
             "INSERT INTO msg_outbox (kind, gid, seq, created_at_ms, trace_context) \
              VALUES (?, ?, ?, ?, ?)",
