@@ -613,6 +613,7 @@ async fn group_load(
     let mut ramp = Ramp {
         steps: Vec::new(),
         sustained: None,
+        kept: Vec::new(),
     };
     for rate in rates {
         progress(&format!("{part}: {rate:.0} msg/s for {:?}", plan.step));
@@ -630,6 +631,7 @@ async fn group_load(
         let felt = felt(&step);
         let drained = step.drained;
         ramp.steps.push(step);
+        ramp.kept.push(felt.is_none() && drained <= KEEP_UP);
         if let Some(why) = felt {
             progress(&format!(
                 "{part}: users feel it at {rate:.0} msg/s ({why}); ramp stops"
