@@ -102,6 +102,21 @@ mod tests {
         );
         assert!(Backend::of_url("postgres://x").is_err());
     }
+
+    #[test]
+    fn lists_take_a_few_lengths_and_keep_their_values() {
+        let lengths: Vec<usize> = [1, 2, 3, 5, 50, 64, 65, 1024, 1025, 5000]
+            .into_iter()
+            .map(padded_len)
+            .collect();
+        assert_eq!(lengths, [1, 2, 4, 8, 64, 64, 128, 1024, 2048, 5120]);
+        let mut query = sqlx::QueryBuilder::<sqlx::MySql>::new("SELECT 1 WHERE x IN ");
+        push_list(&mut query, [7i64, 8, 9]);
+        assert_eq!(query.sql().as_str(), "SELECT 1 WHERE x IN (?, ?, ?, ?)");
+        let mut empty = sqlx::QueryBuilder::<sqlx::MySql>::new("IN ");
+        push_list(&mut empty, Vec::<i64>::new());
+        assert_eq!(empty.sql().as_str(), "IN ()");
+    }
 }
 
 /// A database URL from config, with the backend it names. It may hold a
@@ -144,18 +159,39 @@ impl FromStr for DatabaseUrl {
 }
 
 /// Appends `(?, ?, …)` binding each of `values`: the list of an `IN` clause
-/// in a dynamic query.
+/// in a dynamic query. The list is padded to one of a few lengths (the next
+/// power of two, then multiples of [`LIST_STEP`]) by repeating its last
+/// value, which an `IN` list ignores: each length is a statement of its own
+/// in a connection's cache of prepared statements, and a full cache evicts
+/// one with a `COM_STMT_CLOSE` that, without `TCP_NODELAY` (sqlx 0.9),
+/// holds the next statement back until the server's delayed ACK, about 40 ms.
 pub fn push_list<DB, T>(query: &mut sqlx::QueryBuilder<DB>, values: impl IntoIterator<Item = T>)
 where
     DB: sqlx::Database,
-    T: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    T: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB> + Clone,
 {
+    let values: Vec<T> = values.into_iter().collect();
     query.push("(");
     let mut list = query.separated(", ");
-    for value in values {
+    let padding = values
+        .last()
+        .map(|last| std::iter::repeat_n(last.clone(), padded_len(values.len()) - values.len()));
+    for value in values.iter().cloned().chain(padding.into_iter().flatten()) {
         list.push_bind(value);
     }
     query.push(")");
+}
+
+/// Past this many values, lists grow in steps of this many.
+const LIST_STEP: usize = 1024;
+
+/// The length a list of `len` values is padded to.
+fn padded_len(len: usize) -> usize {
+    if len <= LIST_STEP {
+        len.next_power_of_two()
+    } else {
+        len.div_ceil(LIST_STEP).saturating_mul(LIST_STEP)
+    }
 }
 
 /// Ends a transaction the way its outcome says: commit on success, roll back on
