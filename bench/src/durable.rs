@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use parley_server::{db::push_list, now_ms};
 use sqlx::{Connection, MySql, QueryBuilder, mysql::MySqlConnection};
 
 use crate::{
@@ -298,12 +299,8 @@ impl Batch {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        let mut delete = QueryBuilder::<MySql>::new("DELETE FROM msg_outbox WHERE id IN (");
-        let mut ids = delete.separated(", ");
-        for entry in first_entry..first_entry + self.len {
-            ids.push_bind(entry);
-        }
-        delete.push(")");
+        let mut delete = QueryBuilder::<MySql>::new("DELETE FROM msg_outbox WHERE id IN ");
+        push_list(&mut delete, first_entry..first_entry + self.len);
         delete.build().execute(&mut *conn).await?;
         Ok(())
     }
@@ -325,12 +322,8 @@ impl Batch {
             .push_bind(now)
             .push(" WHERE gid = ")
             .push_bind(self.gid)
-            .push(" AND uid IN (");
-        let mut uids = cursors.separated(", ");
-        for reader in readers {
-            uids.push_bind(reader);
-        }
-        cursors.push(")");
+            .push(" AND uid IN ");
+        push_list(&mut cursors, readers.iter().map(String::as_str));
         cursors.build().execute(&mut *tx).await?;
         sqlx::query(
             "UPDATE receipt_msgs SET read_count = read_count + ?, changed_at_ms = ? \
@@ -361,10 +354,4 @@ impl Batch {
 
 fn id(value: u64) -> sqlx::Result<i64> {
     i64::try_from(value).map_err(|e| sqlx::Error::Decode(Box::new(e)))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

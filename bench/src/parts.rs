@@ -396,12 +396,8 @@ async fn raw_receipt_read(
         "SELECT gid, seq, msgid, sender_uid, recipient_count, read_count, ledger, changed_at_ms \
          FROM receipt_msgs WHERE gid = ",
     );
-    select.push_bind(gid).push(" AND msgid IN (");
-    let mut ids = select.separated(", ");
-    for id in msgids {
-        ids.push_bind(*id);
-    }
-    select.push(")");
+    select.push_bind(gid).push(" AND msgid IN ");
+    parley_server::db::push_list(&mut select, msgids.iter().copied());
     let found = select
         .build()
         .fetch_all(conn)

@@ -166,20 +166,16 @@ pub async fn bare_streams(
     );
     let delivered = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::with_capacity(streams);
-    let mut channel = None;
-    for i in 0..streams {
-        if i % per_connection.max(1) == 0 || channel.is_none() {
-            let connected = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| e.to_string())?
-                .connect()
-                .await
-                .map_err(|e| format!("bare stream server: {e}"))?;
-            channel = Some(connected);
+    let per_connection = per_connection.max(1);
+    for first in (0..streams).step_by(per_connection) {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("bare stream server: {e}"))?;
+        for _ in first..streams.min(first + per_connection) {
+            readers.push(tokio::spawn(read(channel.clone(), delivered.clone())));
         }
-        let Some(channel) = channel.clone() else {
-            continue;
-        };
-        readers.push(tokio::spawn(read(channel, delivered.clone())));
     }
     // Every stream is registered before the first frame goes out.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -171,12 +171,17 @@ where
     T: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB> + Clone,
 {
     let values: Vec<T> = values.into_iter().collect();
+    let padding = padded_len(values.len()).saturating_sub(values.len());
+    let last = values.last().cloned();
     query.push("(");
     let mut list = query.separated(", ");
-    let padding = values
-        .last()
-        .map(|last| std::iter::repeat_n(last.clone(), padded_len(values.len()) - values.len()));
-    for value in values.iter().cloned().chain(padding.into_iter().flatten()) {
+    for value in values {
+        list.push_bind(value);
+    }
+    for value in last
+        .into_iter()
+        .flat_map(|last| std::iter::repeat_n(last, padding))
+    {
         list.push_bind(value);
     }
     query.push(")");

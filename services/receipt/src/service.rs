@@ -51,15 +51,7 @@ impl<S: ReceiptStore> ReceiptApi<S> {
     /// readers: their acks came before it (the outbox was behind), and marked
     /// nothing then, so its sender would hear of them only by pulling.
     fn digest_early_readers(&self, messages: &[InitMessage], outcomes: &[InitOutcome]) {
-        let now = now_ms();
         for (message, outcome) in messages.iter().zip(outcomes) {
-            if outcome.created {
-                // How long after its commit the outbox recorded it here: a
-                // digest of its readers cannot go out sooner.
-                let lag_ms = now.saturating_sub(message.created_at_ms).max(0);
-                metrics::histogram!("parley_receipt_init_lag_seconds")
-                    .record(lag_ms as f64 / 1000.0);
-            }
             if outcome.created && outcome.read_count > 0 {
                 self.digests
                     .mark(message.gid, message.seq.saturating_sub(1), message.seq);
@@ -317,6 +309,18 @@ fn init_message(req: pb::InitReceiptsRequest) -> Result<InitMessage, Status> {
     })
 }
 
+/// Records how long after its commit the outbox recorded each new message
+/// here: a digest of its readers cannot go out sooner.
+fn record_init_lag(messages: &[InitMessage], outcomes: &[InitOutcome]) {
+    let now = now_ms();
+    for (message, outcome) in messages.iter().zip(outcomes) {
+        if outcome.created {
+            let lag_ms = now.saturating_sub(message.created_at_ms).max(0);
+            metrics::histogram!("parley_receipt_init_lag_seconds").record(lag_ms as f64 / 1000.0);
+        }
+    }
+}
+
 fn init_result(outcome: &InitOutcome) -> pb::InitReceiptsResponse {
     pb::InitReceiptsResponse {
         ledger: outcome.ledger,
@@ -463,6 +467,7 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         }
         let messages = parley_server::check_each("messages", req.messages, init_message)?;
         let outcomes = self.store.init_receipts(&messages, self.ledger_max).await?;
+        record_init_lag(&messages, &outcomes);
         self.digest_early_readers(&messages, &outcomes);
         Ok(Response::new(pb::InitReceiptsBatchResponse {
             results: outcomes.iter().map(init_result).collect(),
