@@ -47,12 +47,23 @@ impl Backend {
     }
 }
 
+/// Prepared statements each pooled MySQL connection keeps. Every statement
+/// the services send fits, lists included (they come in a few lengths: see
+/// [`padded`] and [`power_chunks`]), so a cache never evicts: an eviction's
+/// unanswered `COM_STMT_CLOSE` holds the next statement back about 40 ms (the
+/// server's delayed ACK; sqlx 0.9 does not set `TCP_NODELAY`). The server
+/// holds only the statements a connection has used, so the cache's size is
+/// not what counts against `max_prepared_stmt_count` (ARCHITECTURE.md,
+/// "Statements and the cache").
+const STATEMENT_CACHE: usize = 256;
+
 /// Connects a MySQL-compatible pool.
 pub async fn connect_mysql(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx::Error> {
     let url = url.replacen("mariadb://", "mysql://", 1);
     let options = MySqlConnectOptions::from_str(&url)?
         .charset("utf8mb4")
-        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500))
+        .statement_cache_capacity(STATEMENT_CACHE);
     MySqlPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
@@ -116,6 +127,25 @@ mod tests {
         let mut empty = sqlx::QueryBuilder::<sqlx::MySql>::new("IN ");
         push_list(&mut empty, Vec::<i64>::new());
         assert_eq!(empty.sql().as_str(), "IN ()");
+        let cases: Vec<(i64, i64)> = padded([(1, 10), (2, 20), (3, 30)]).collect();
+        assert_eq!(cases, [(1, 10), (2, 20), (3, 30), (3, 30)]);
+    }
+
+    #[test]
+    fn rows_go_in_chunks_of_a_few_lengths() {
+        let lengths = |n: usize, max: usize| -> Vec<usize> {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = power_chunks(&rows, max).collect();
+            let joined: Vec<usize> = chunks.concat();
+            assert_eq!(joined, rows, "every row once, in order");
+            chunks.iter().map(|c| c.len()).collect()
+        };
+        assert_eq!(lengths(0, 500), Vec::<usize>::new());
+        assert_eq!(lengths(1, 500), [1]);
+        assert_eq!(lengths(100, 500), [64, 32, 4]);
+        assert_eq!(lengths(600, 500), [256, 256, 64, 16, 8]);
+        assert_eq!(lengths(5, 4), [4, 1]);
+        assert_eq!(lengths(3, 0), [1, 1, 1]);
     }
 }
 
@@ -159,32 +189,63 @@ impl FromStr for DatabaseUrl {
 }
 
 /// Appends `(?, ?, …)` binding each of `values`: the list of an `IN` clause
-/// in a dynamic query. The list is padded to one of a few lengths (the next
-/// power of two, then multiples of [`LIST_STEP`]) by repeating its last
-/// value, which an `IN` list ignores: each length is a statement of its own
-/// in a connection's cache of prepared statements, and a full cache evicts
-/// one with a `COM_STMT_CLOSE` that, without `TCP_NODELAY` (sqlx 0.9),
-/// holds the next statement back until the server's delayed ACK, about 40 ms.
+/// in a dynamic query, padded (see [`padded`]) by repeating its last value,
+/// which an `IN` list ignores.
 pub fn push_list<DB, T>(query: &mut sqlx::QueryBuilder<DB>, values: impl IntoIterator<Item = T>)
 where
     DB: sqlx::Database,
     T: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB> + Clone,
 {
-    let values: Vec<T> = values.into_iter().collect();
-    let padding = padded_len(values.len()).saturating_sub(values.len());
-    let last = values.last().cloned();
     query.push("(");
     let mut list = query.separated(", ");
-    for value in values {
-        list.push_bind(value);
-    }
-    for value in last
-        .into_iter()
-        .flat_map(|last| std::iter::repeat_n(last, padding))
-    {
+    for value in padded(values) {
         list.push_bind(value);
     }
     query.push(")");
+}
+
+/// `values`, then its last value repeated up to one of a few lengths (the
+/// next power of two, then multiples of [`LIST_STEP`]): for the lists of a
+/// dynamic statement where a repeat changes nothing (`IN`, `CASE … WHEN`).
+/// Each length is a statement of its own in a connection's cache of prepared
+/// statements, and a full cache evicts one with a `COM_STMT_CLOSE` that,
+/// without `TCP_NODELAY` (sqlx 0.9), holds the next statement back until the
+/// server's delayed ACK, about 40 ms; a few lengths keep the cache from filling.
+pub fn padded<T: Clone>(values: impl IntoIterator<Item = T>) -> impl Iterator<Item = T> {
+    let values: Vec<T> = values.into_iter().collect();
+    let padding = padded_len(values.len()).saturating_sub(values.len());
+    let last = values.last().cloned();
+    values.into_iter().chain(
+        last.into_iter()
+            .flat_map(move |last| std::iter::repeat_n(last, padding)),
+    )
+}
+
+/// `rows` in chunks whose lengths are powers of two, largest first, none
+/// longer than `max`: for the multi-row `VALUES` of a dynamic insert, where a
+/// repeated row is not harmless as in [`padded`], but where a few lengths
+/// still keep the statement cache from filling (a list of 100 rows is three
+/// statements: 64, 32 and 4 rows).
+pub fn power_chunks<T>(rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    let largest = match max {
+        0 => 1,
+        max if max.is_power_of_two() => max,
+        max => max.next_power_of_two() / 2,
+    };
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let len = match rest.len() {
+            len if len >= largest => largest,
+            len if len.is_power_of_two() => len,
+            len => len.next_power_of_two() / 2,
+        };
+        let (chunk, tail) = rest.split_at(len);
+        rest = tail;
+        Some(chunk)
+    })
 }
 
 /// Past this many values, lists grow in steps of this many.

@@ -24,7 +24,7 @@ macro_rules! impl_message_store {
                 joined_seq: i64,
                 now_ms: i64,
             ) -> Result<(), sqlx::Error> {
-                for chunk in members.chunks(crate::store::sql::INSERT_CHUNK) {
+                for chunk in parley_server::db::power_chunks(members, crate::store::sql::INSERT_CHUNK) {
                     let mut insert = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO group_users (gid, uid, role, joined_seq, left_seq, joined_at_ms) ",
                     );
@@ -48,7 +48,7 @@ macro_rules! impl_message_store {
                 uids: &[String],
                 now_ms: i64,
             ) -> Result<(), sqlx::Error> {
-                for chunk in uids.chunks(crate::store::sql::INSERT_CHUNK) {
+                for chunk in parley_server::db::power_chunks(uids, crate::store::sql::INSERT_CHUNK) {
                     let mut insert =
                         sqlx::QueryBuilder::<$db>::new("INSERT INTO msg_outbox (kind, gid, uid, created_at_ms) ");
                     insert.push_values(chunk, |mut row, uid| {

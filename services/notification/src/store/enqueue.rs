@@ -71,7 +71,7 @@ where
     let pairs: Vec<((&str, i64), i64)> = pairs.into_iter().collect();
     // The pending rows first: a worker completing the same pair locks its
     // row before reading what is left.
-    for chunk in pairs.chunks(CHUNK) {
+    for chunk in parley_server::db::power_chunks(&pairs, CHUNK) {
         let mut pending =
             QueryBuilder::<DB>::new("INSERT INTO push_pending (uid, gid, due_at_ms) ");
         pending.push_values(chunk, |mut row, ((uid, gid), due)| {
@@ -81,7 +81,7 @@ where
         pending.build().execute(&mut *conn).await?;
     }
     let mut count = 0;
-    for chunk in queued.chunks(CHUNK) {
+    for chunk in parley_server::db::power_chunks(&queued, CHUNK) {
         let mut insert = QueryBuilder::<DB>::new(statements.insert_queue);
         insert.push_values(chunk, |mut row, (batch, uid)| {
             row.push_bind(*uid)

@@ -124,9 +124,11 @@ where
     for<'q, 's> &'s str: Encode<'q, DB> + Type<DB>,
 {
     for chunk in moves.chunks(CHUNK) {
+        // Padded like the `IN` list: a repeated `WHEN` never matches first.
+        let chunk: Vec<&Move> = parley_server::db::padded(chunk).collect();
         let mut update =
             QueryBuilder::<DB>::new("UPDATE receipt_cursors SET delivered_seq = CASE uid");
-        for m in chunk {
+        for m in &chunk {
             update
                 .push(" WHEN ")
                 .push_bind(m.uid.as_str())
@@ -134,7 +136,7 @@ where
                 .push_bind(m.next.delivered);
         }
         update.push(" END, read_seq = CASE uid");
-        for m in chunk {
+        for m in &chunk {
             update
                 .push(" WHEN ")
                 .push_bind(m.uid.as_str())
@@ -198,7 +200,8 @@ where
             let mut update = QueryBuilder::<DB>::new(
                 "UPDATE receipt_msgs SET read_count = read_count + CASE seq",
             );
-            for (seq, readers) in &counted {
+            // Padded like the `IN` list: a repeated `WHEN` never matches first.
+            for (seq, readers) in parley_server::db::padded(counted.iter()) {
                 update
                     .push(" WHEN ")
                     .push_bind(*seq)
@@ -239,7 +242,7 @@ where
         .iter()
         .filter(|m| passes_any(ledger, m.previous.read, m.next.read))
         .collect();
-    for chunk in logged.chunks(CHUNK) {
+    for chunk in parley_server::db::power_chunks(&logged, CHUNK) {
         let mut insert =
             QueryBuilder::<DB>::new("INSERT INTO msg_acks (gid, recv_uid, seq, changed_at_ms) ");
         insert.push_values(chunk, |mut row, m| {

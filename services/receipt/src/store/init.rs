@@ -110,7 +110,7 @@ where
         return Ok(outcomes);
     }
 
-    for chunk in planned.chunks(CHUNK) {
+    for chunk in parley_server::db::power_chunks(&planned, CHUNK) {
         let mut insert = QueryBuilder::<DB>::new(
             "INSERT INTO receipt_msgs (gid, seq, msgid, sender_uid, recipient_count, read_count, \
              ledger, created_at_ms, changed_at_ms) ",

@@ -103,7 +103,8 @@ where
     .await?;
     for chunk in reads.chunks(CHUNK) {
         let mut delete = QueryBuilder::<DB>::new("DELETE FROM msg_acks WHERE ");
-        for (i, (gid, uid, seq)) in chunk.iter().enumerate() {
+        // Padded: a repeated condition deletes nothing more.
+        for (i, (gid, uid, seq)) in parley_server::db::padded(chunk).enumerate() {
             if i > 0 {
                 delete.push(" OR ");
             }

@@ -37,3 +37,90 @@ impl MySqlReceiptStore {
 }
 
 impl_receipt_store!(MySqlReceiptStore, MySql);
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Executor, Row};
+
+    use super::*;
+    use crate::{
+        domain::AckKind,
+        store::{InitMessage, MemberAck, MemberChange, ReceiptStore},
+    };
+
+    const GID: i64 = 1;
+
+    /// Statements with lists (acks of 1 to 64 members, batches of 1 to 40
+    /// messages, reads of 1 to 50 ids) come in few enough shapes that one
+    /// connection's statement cache never evicts one: an eviction stalls the
+    /// next statement ~40 ms (see `parley_server::db::STATEMENT_CACHE`).
+    #[tokio::test]
+    async fn batches_of_every_size_fit_the_statement_cache() {
+        let db = parley_testkit::TestDb::mysql().await;
+        let store = MySqlReceiptStore::connect(db.url(), 1)
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        let members: Vec<String> = (0..200).map(|i| format!("m{i:03}")).collect();
+        let changes: Vec<MemberChange> = std::iter::once("sender".to_owned())
+            .chain(members.iter().cloned())
+            .zip(1..)
+            .map(|(uid, version)| MemberChange {
+                uid,
+                admin: false,
+                joined_seq: 0,
+                left_seq: None,
+                version,
+            })
+            .collect();
+        store
+            .apply_membership(GID, &changes, 1)
+            .await
+            .expect("members");
+        let mut seq = 0;
+        for batch in 1..=40 {
+            let messages: Vec<InitMessage> = (0..batch)
+                .map(|_| {
+                    seq += 1;
+                    InitMessage {
+                        gid: GID,
+                        msgid: 1_000 + seq,
+                        seq,
+                        sender_uid: "sender".into(),
+                        need_receipt: true,
+                        recipient_count: 200,
+                        created_at_ms: seq,
+                    }
+                })
+                .collect();
+            store.init_receipts(&messages, 300).await.expect("init");
+        }
+        for readers in 1..=64 {
+            let acks: Vec<MemberAck> = members
+                .iter()
+                .take(readers)
+                .map(|uid| MemberAck {
+                    uid: uid.clone(),
+                    up_to: i64::try_from(readers * 12).expect("seq"),
+                    kind: AckKind::Read,
+                })
+                .collect();
+            store
+                .ack_group(GID, &acks, None, 10_000)
+                .await
+                .expect("acks");
+        }
+        for count in 1..=50 {
+            let msgids: Vec<i64> = (1_001..=1_000 + count).collect();
+            let found = store.messages(GID, &msgids).await.expect("messages");
+            assert_eq!(found.len(), msgids.len());
+        }
+        let mut conn = store.pool.acquire().await.expect("the connection");
+        let closed: String = conn
+            .fetch_one("SHOW SESSION STATUS LIKE 'Com_stmt_close'")
+            .await
+            .expect("status")
+            .get(1);
+        assert_eq!(closed, "0", "statements evicted from the cache");
+    }
+}

@@ -69,7 +69,7 @@ macro_rules! impl_receipt_store {
                     stored.extend(rows);
                 }
                 let applied = changes.iter().filter(|c| stored.get(&c.uid).is_none_or(|&v| c.version > v)).count();
-                for chunk in changes.chunks(crate::store::sql::CHUNK) {
+                for chunk in parley_server::db::power_chunks(changes, crate::store::sql::CHUNK) {
                     let mut upsert = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO receipt_cursors (gid, uid, admin, joined_seq, left_seq, delivered_seq, \
                          read_seq, version, updated_at_ms) ",
