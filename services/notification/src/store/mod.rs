@@ -567,3 +567,47 @@ impl SqliteQueueStore {
 
 impl_queue_store!(MySqlQueueStore, MySql);
 impl_queue_store!(SqliteQueueStore, Sqlite);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::{Device, Platform};
+
+    /// Enqueues for 1 to 64 recipients with tokens fit one connection's
+    /// statement cache: no statement is evicted (each eviction stalls the
+    /// next statement ~40 ms; see `parley_server::db::STATEMENT_CACHE`).
+    #[tokio::test]
+    async fn enqueues_of_every_size_fit_the_statement_cache() {
+        let db = parley_testkit::TestDb::mysql().await;
+        let store = MySqlQueueStore::connect(db.url(), 1)
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        let users: Vec<String> = (0..64).map(|i| format!("u{i:02}")).collect();
+        for uid in &users {
+            let device = Device {
+                uid: uid.clone(),
+                device_id: "phone".into(),
+                platform: Platform::Fcm,
+                token: format!("token-{uid}"),
+                app_id: String::new(),
+                locale: String::new(),
+            };
+            store.register_device(&device, 10, 1).await.expect("device");
+        }
+        for (gid, recipients) in (1..=64).zip(1..=64) {
+            let batch = OfflineBatch {
+                gid,
+                msgid: 1_000 + gid,
+                seq: 1,
+                sender_uid: "sender".into(),
+                group_name: "group".into(),
+                recipients: users.iter().take(recipients).cloned().collect(),
+                due_at_ms: 10,
+            };
+            let queued = store.enqueue(&[batch], 10).await.expect("enqueue");
+            assert_eq!(queued, u64::try_from(recipients).expect("count"));
+        }
+        assert_eq!(parley_testkit::statements_evicted(&store.pool).await, 0);
+    }
+}

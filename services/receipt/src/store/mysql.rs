@@ -40,8 +40,6 @@ impl_receipt_store!(MySqlReceiptStore, MySql);
 
 #[cfg(test)]
 mod tests {
-    use sqlx::{Executor, Row};
-
     use super::*;
     use crate::{
         domain::AckKind,
@@ -115,12 +113,6 @@ mod tests {
             let found = store.messages(GID, &msgids).await.expect("messages");
             assert_eq!(found.len(), msgids.len());
         }
-        let mut conn = store.pool.acquire().await.expect("the connection");
-        let closed: String = conn
-            .fetch_one("SHOW SESSION STATUS LIKE 'Com_stmt_close'")
-            .await
-            .expect("status")
-            .get(1);
-        assert_eq!(closed, "0", "statements evicted from the cache");
+        assert_eq!(parley_testkit::statements_evicted(&store.pool).await, 0);
     }
 }
