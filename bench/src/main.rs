@@ -612,7 +612,6 @@ async fn group_load(
     .await?;
     let mut ramp = Ramp {
         steps: Vec::new(),
-        sustained: None,
         kept: Vec::new(),
     };
     for rate in rates {
@@ -643,8 +642,6 @@ async fn group_load(
                 "{part}: the outbox fell behind at {rate:.0} msg/s (drained in {:.1} s)",
                 drained.as_secs_f64()
             ));
-        } else {
-            ramp.sustained = Some(ramp.steps.len() - 1);
         }
         if drained > LAG_CEILING {
             progress(&format!(

@@ -25,32 +25,36 @@ pub struct RampBaseline {
     pub streams: f64,
 }
 
-/// What a ramp found: each step, and which of them was the highest rate it
-/// sustained (users unstrained, the outbox drained within a second).
+/// What a ramp found: each step, and which of them it sustained (users
+/// unstrained, the outbox drained within a second).
 pub struct Ramp {
     /// The steps run, in order.
     pub steps: Vec<Step>,
-    /// The index of the highest sustained step.
-    pub sustained: Option<usize>,
     /// Which steps were sustained, in order.
     pub kept: Vec<bool>,
 }
 
 impl Ramp {
+    /// The sustained steps, in order.
+    fn kept_steps(&self) -> impl DoubleEndedIterator<Item = &Step> {
+        self.steps
+            .iter()
+            .zip(&self.kept)
+            .filter(|(_, kept)| **kept)
+            .map(|(step, _)| step)
+    }
+
     /// The highest sustained step.
     pub fn sustained(&self) -> Option<&Step> {
-        self.sustained.and_then(|i| self.steps.get(i))
+        self.kept_steps().next_back()
     }
 
     /// The highest sustained step whose send → delivery p99 is within
     /// `p99_ms`, or else the highest sustained step.
     fn sustained_within(&self, p99_ms: f64) -> Option<&Step> {
-        self.steps
-            .iter()
-            .zip(&self.kept)
+        self.kept_steps()
             .rev()
-            .find(|(step, kept)| **kept && step.delivery.p99_ms <= p99_ms)
-            .map(|(step, _)| step)
+            .find(|step| step.delivery.p99_ms <= p99_ms)
             .or_else(|| self.sustained())
     }
 
@@ -286,7 +290,6 @@ mod tests {
     fn a_rate_with_a_latency_bound_is_judged_at_the_highest_step_within_it() {
         let ramp = Ramp {
             steps: vec![step(750.0, 65.0), step(1_000.0, 82.0), step(1_250.0, 105.0)],
-            sustained: Some(2),
             kept: vec![true, true, true],
         };
         let at = |p99_ms: f64| ramp.sustained_within(p99_ms).map(|s| s.target);

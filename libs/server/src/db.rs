@@ -227,25 +227,21 @@ pub fn padded<T: Clone>(values: impl IntoIterator<Item = T>) -> impl Iterator<It
 /// still keep the statement cache from filling (a list of 100 rows is three
 /// statements: 64, 32 and 4 rows).
 pub fn power_chunks<T>(rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
-    let largest = match max {
-        0 => 1,
-        max if max.is_power_of_two() => max,
-        max => max.next_power_of_two() / 2,
-    };
+    let largest = floor_power_of_two(max.max(1));
     let mut rest = rows;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
-        let len = match rest.len() {
-            len if len >= largest => largest,
-            len if len.is_power_of_two() => len,
-            len => len.next_power_of_two() / 2,
-        };
-        let (chunk, tail) = rest.split_at(len);
+        let (chunk, tail) = rest.split_at(floor_power_of_two(rest.len()).min(largest));
         rest = tail;
         Some(chunk)
     })
+}
+
+/// The largest power of two at most `n` (which is not 0).
+fn floor_power_of_two(n: usize) -> usize {
+    1 << n.ilog2()
 }
 
 /// Past this many values, lists grow in steps of this many.
