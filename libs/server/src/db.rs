@@ -47,15 +47,15 @@ impl Backend {
     }
 }
 
-/// Prepared statements each pooled MySQL connection keeps. Every statement
-/// the services send fits, lists included (they come in a few lengths: see
-/// [`padded`] and [`power_chunks`]), so a cache never evicts: an eviction's
-/// unanswered `COM_STMT_CLOSE` holds the next statement back about 40 ms (the
-/// server's delayed ACK; sqlx 0.9 does not set `TCP_NODELAY`). The server
-/// holds only the statements a connection has used, so the cache's size is
-/// not what counts against `max_prepared_stmt_count` (ARCHITECTURE.md,
-/// "Statements and the cache").
-const STATEMENT_CACHE: usize = 256;
+/// Prepared statements each pooled MySQL connection keeps (sqlx's default).
+/// The statements of a store's batches fit, lists included (they come in a
+/// few lengths: see [`padded`] and [`power_chunks`]), so a cache does not
+/// evict them: an eviction's unanswered `COM_STMT_CLOSE` holds the next
+/// statement back about 40 ms (the server's delayed ACK; sqlx 0.9 does not set
+/// `TCP_NODELAY`). A cache of 256 was measured in the benchmark but made the
+/// MariaDB burst test time out internal calls (ARCHITECTURE.md, "Statements
+/// and the cache").
+const STATEMENT_CACHE: usize = 100;
 
 /// Connects a MySQL-compatible pool.
 pub async fn connect_mysql(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx::Error> {
