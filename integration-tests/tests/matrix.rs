@@ -342,6 +342,20 @@ async fn every_rpc_answers_each_kind_of_caller_by_the_rule() {
                 ),
                 internal,
             ),
+            (
+                "BatchOffline",
+                code(
+                    p.batch_offline(ppb::BatchOfflineRequest {
+                        devices: vec![ppb::DeviceRef {
+                            uid: "uid1".into(),
+                            device_id: "fake".into(),
+                        }],
+                        gateway_id: "gw-fake".into(),
+                    })
+                    .await,
+                ),
+                internal,
+            ),
         ];
         for (rpc, got, expected) in answers {
             if got != expected[column] {

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::store::{DeviceKey, PresenceError, PresenceStore, UserPresence};
 
-/// Devices in one heartbeat, and users in one BatchGetPresence.
+/// Devices in one heartbeat or BatchOffline, and users in one BatchGetPresence.
 pub const MAX_BATCH: usize = 10_000;
 /// Users one WatchPresence follows.
 pub const MAX_WATCHED: usize = 1_000;
@@ -78,6 +78,17 @@ fn device_key(device: Option<&pb::DeviceRef>) -> Result<DeviceKey, Status> {
     })
 }
 
+/// The devices of a batch call: 1 to [`MAX_BATCH`], each well-formed.
+fn devices(raw: &[pb::DeviceRef], call: &str) -> Result<Vec<DeviceKey>, Status> {
+    if raw.is_empty() || raw.len() > MAX_BATCH {
+        return Err(Status::invalid_argument(format!(
+            "devices: 1 to {MAX_BATCH} per {call}, got {}",
+            raw.len()
+        )));
+    }
+    raw.iter().map(|d| device_key(Some(d))).collect()
+}
+
 fn uids(raw: &[String], max: usize) -> Result<Vec<Uid>, Status> {
     if raw.len() > max {
         return Err(Status::invalid_argument(format!("at most {max} uids")));
@@ -138,16 +149,10 @@ impl<S: PresenceStore> PresenceService for PresenceApi<S> {
         require_gateway(&request)?;
         let request = request.into_inner();
         let gateway = token("gateway_id", &request.gateway_id)?;
-        if request.devices.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "at most {MAX_BATCH} devices per heartbeat"
-            )));
+        if request.devices.is_empty() {
+            return Ok(Response::new(pb::HeartbeatResponse { revived: 0 }));
         }
-        let devices = request
-            .devices
-            .iter()
-            .map(|d| device_key(Some(d)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let devices = devices(&request.devices, "heartbeat")?;
         let revived = self
             .store
             .heartbeat(&gateway, &devices, now_ms())
@@ -169,13 +174,34 @@ impl<S: PresenceStore> PresenceService for PresenceApi<S> {
         let gateway = token("gateway_id", &request.gateway_id)?;
         let removed = self
             .store
-            .offline(&device, &gateway, now_ms())
+            .offline(std::slice::from_ref(&device), &gateway, now_ms())
             .await
             .map_err(unavailable)?;
-        if removed {
+        if removed > 0 {
             self.changed();
         }
-        Ok(Response::new(pb::OfflineResponse { removed }))
+        Ok(Response::new(pb::OfflineResponse {
+            removed: removed > 0,
+        }))
+    }
+
+    async fn batch_offline(
+        &self,
+        request: Request<pb::BatchOfflineRequest>,
+    ) -> Result<Response<pb::BatchOfflineResponse>, Status> {
+        require_gateway(&request)?;
+        let request = request.into_inner();
+        let gateway = token("gateway_id", &request.gateway_id)?;
+        let devices = devices(&request.devices, "batch")?;
+        let removed = self
+            .store
+            .offline(&devices, &gateway, now_ms())
+            .await
+            .map_err(unavailable)?;
+        if removed > 0 {
+            self.changed();
+        }
+        Ok(Response::new(pb::BatchOfflineResponse { removed }))
     }
 
     async fn batch_get_presence(
@@ -261,6 +287,35 @@ async fn follow<S: PresenceStore>(
             () = tx.closed() => return,
             changed = changes.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(n: usize, uid: &str) -> Vec<pb::DeviceRef> {
+        (0..n)
+            .map(|i| pb::DeviceRef {
+                uid: uid.to_owned(),
+                device_id: format!("d{i}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_takes_one_to_the_limit_of_well_formed_devices() {
+        let code = |raw: &[pb::DeviceRef]| devices(raw, "batch").map(|d| d.len());
+        assert_eq!(code(&refs(1, "uid1")).ok(), Some(1));
+        assert_eq!(code(&refs(MAX_BATCH, "uid1")).ok(), Some(MAX_BATCH));
+        for bad in [
+            refs(0, "uid1"),
+            refs(MAX_BATCH + 1, "uid1"),
+            refs(3, "bad uid"),
+        ] {
+            let refused = code(&bad).expect_err("refused");
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
         }
     }
 }

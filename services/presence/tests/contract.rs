@@ -150,7 +150,11 @@ async fn a_device_that_moved_belongs_to_its_new_gateway<S: PresenceStore>(store:
         vec![on("phone", "gw2")]
     );
     assert!(
-        !store.offline(&phone, "gw1", t + 4).await.expect("offline"),
+        store
+            .offline(std::slice::from_ref(&phone), "gw1", t + 4)
+            .await
+            .expect("offline")
+            == 0,
         "the old gateway cannot take it offline"
     );
     assert_eq!(
@@ -168,12 +172,17 @@ async fn offline_removes_the_device_and_records_last_seen<S: PresenceStore>(stor
         .online(&device(&a, "laptop"), "gw1", t)
         .await
         .expect("online");
-    assert!(store.offline(&phone, "gw1", t + 10).await.expect("offline"));
-    assert!(
-        !store
-            .offline(&phone, "gw1", t + 11)
+    let once = std::slice::from_ref(&phone);
+    assert_eq!(
+        store.offline(once, "gw1", t + 10).await.expect("offline"),
+        1
+    );
+    assert_eq!(
+        store
+            .offline(once, "gw1", t + 11)
             .await
-            .expect("offline twice")
+            .expect("offline twice"),
+        0
     );
     let users = store
         .get(std::slice::from_ref(&a), t + 12)
@@ -181,12 +190,38 @@ async fn offline_removes_the_device_and_records_last_seen<S: PresenceStore>(stor
         .expect("get");
     assert_eq!(users[0].devices, vec![on("laptop", "gw1")]);
     assert_eq!(users[0].last_seen_ms, t + 10);
-    assert!(
-        !store
-            .offline(&device(&fresh_uid("x"), "p"), "gw1", t)
+    assert_eq!(
+        store
+            .offline(&[device(&fresh_uid("x"), "p")], "gw1", t)
             .await
-            .expect("unknown user")
+            .expect("unknown user"),
+        0
     );
+}
+
+/// A gateway's batch takes every device it holds offline in one call, and
+/// leaves alone a device that moved to another gateway meanwhile.
+async fn a_batch_takes_every_held_device_offline<S: PresenceStore>(store: S) {
+    let t = now_ms();
+    let users: Vec<Uid> = (0..50).map(|i| fresh_uid(&format!("b{i}"))).collect();
+    let mut held = Vec::new();
+    for uid in &users {
+        for name in ["phone", "laptop"] {
+            let d = device(uid, name);
+            store.online(&d, "gw1", t).await.expect("online");
+            held.push(d);
+        }
+    }
+    let moved = device(&users[0], "phone");
+    store.online(&moved, "gw2", t + 1).await.expect("moved");
+    let removed = store.offline(&held, "gw1", t + 2).await.expect("offline");
+    assert_eq!(removed as usize, held.len() - 1, "all but the moved one");
+    let presence = store.get(&users, t + 3).await.expect("get");
+    assert_eq!(presence[0].devices, vec![on("phone", "gw2")]);
+    for user in &presence[1..] {
+        assert!(user.devices.is_empty(), "{user:?}");
+        assert_eq!(user.last_seen_ms, t + 2);
+    }
 }
 
 macro_rules! presence_suite {
@@ -218,4 +253,5 @@ presence_suite!(
     heartbeats_extend_and_revive,
     a_device_that_moved_belongs_to_its_new_gateway,
     offline_removes_the_device_and_records_last_seen,
+    a_batch_takes_every_held_device_offline,
 );

@@ -84,20 +84,24 @@ impl PresenceStore for MemoryPresenceStore {
 
     async fn offline(
         &self,
-        device: &DeviceKey,
+        devices: &[DeviceKey],
         gateway_id: &str,
         now_ms: i64,
-    ) -> Result<bool, PresenceError> {
+    ) -> Result<u32, PresenceError> {
         let mut users = self.users();
-        let Some(user) = users.get_mut(&device.uid) else {
-            return Ok(false);
-        };
-        if !removes(user.devices.get(&device.device_id), gateway_id) {
-            return Ok(false);
+        let mut removed = 0u32;
+        for device in devices {
+            let Some(user) = users.get_mut(&device.uid) else {
+                continue;
+            };
+            if !removes(user.devices.get(&device.device_id), gateway_id) {
+                continue;
+            }
+            user.devices.remove(&device.device_id);
+            user.last_seen_ms = now_ms;
+            removed = removed.saturating_add(1);
         }
-        user.devices.remove(&device.device_id);
-        user.last_seen_ms = now_ms;
-        Ok(true)
+        Ok(removed)
     }
 
     async fn get(&self, uids: &[Uid], now_ms: i64) -> Result<Vec<UserPresence>, PresenceError> {

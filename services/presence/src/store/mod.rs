@@ -83,13 +83,13 @@ pub trait PresenceStore: Clone + Send + Sync + 'static {
         now_ms: i64,
     ) -> impl Future<Output = Result<u32, PresenceError>> + Send;
 
-    /// Removes `device` if `gateway_id` holds it.
+    /// Removes each of `devices` that `gateway_id` holds; returns how many.
     fn offline(
         &self,
-        device: &DeviceKey,
+        devices: &[DeviceKey],
         gateway_id: &str,
         now_ms: i64,
-    ) -> impl Future<Output = Result<bool, PresenceError>> + Send;
+    ) -> impl Future<Output = Result<u32, PresenceError>> + Send;
 
     /// Presence of each user, in the order given.
     fn get(

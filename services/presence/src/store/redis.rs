@@ -148,23 +148,30 @@ impl PresenceStore for RedisPresenceStore {
 
     async fn offline(
         &self,
-        device: &DeviceKey,
+        devices: &[DeviceKey],
         gateway_id: &str,
         now_ms: i64,
-    ) -> Result<bool, PresenceError> {
+    ) -> Result<u32, PresenceError> {
+        if devices.is_empty() {
+            return Ok(0);
+        }
+        // One pipeline, one round trip; each device's script runs on its own
+        // user's keys (one slot each in a cluster).
+        let mut pipe = redis::pipe();
+        for device in devices {
+            pipe.cmd("EVAL")
+                .arg(OFFLINE)
+                .arg(2)
+                .arg(devices_key(&device.uid))
+                .arg(seen_key(&device.uid))
+                .arg(&device.device_id)
+                .arg(gateway_id)
+                .arg(now_ms)
+                .arg(self.lifetimes.last_seen_ms);
+        }
         let mut connection = self.pool.get().await?;
-        let removed: i64 = redis::cmd("EVAL")
-            .arg(OFFLINE)
-            .arg(2)
-            .arg(devices_key(&device.uid))
-            .arg(seen_key(&device.uid))
-            .arg(&device.device_id)
-            .arg(gateway_id)
-            .arg(now_ms)
-            .arg(self.lifetimes.last_seen_ms)
-            .query_async(&mut connection)
-            .await?;
-        Ok(removed == 1)
+        let outcomes: Vec<i64> = pipe.query_async(&mut connection).await?;
+        Ok(u32::try_from(outcomes.iter().filter(|&&o| o == 1).count()).unwrap_or(u32::MAX))
     }
 
     async fn get(&self, uids: &[Uid], now_ms: i64) -> Result<Vec<UserPresence>, PresenceError> {
