@@ -12,3 +12,4 @@ mod scenario;
 mod shutdown;
 mod support;
 mod telemetry;
+mod wire;

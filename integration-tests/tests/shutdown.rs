@@ -147,11 +147,14 @@ async fn online(suite: &Suite, uids: &[String]) -> usize {
 }
 
 /// Many devices leaving one gateway at once (a network blip, a load balancer
-/// draining) must all be marked offline, not left to lapse: the gateway sends
-/// presence one Offline per device, all at once on one connection.
+/// draining) must all be marked offline, not left to lapse, and in batches:
+/// the gateway sends presence one BatchOffline call for whatever has gathered
+/// (it sent one Offline per device).
 #[tokio::test]
 async fn a_thousand_and_a_half_devices_leaving_at_once_all_go_offline() {
+    use crate::telemetry::{http_get, sample};
     const DEVICES: usize = 1_500;
+    let metrics = crate::telemetry::serve_metrics().await;
     let options = crate::support::Options {
         // Long enough that only the gateway's Offline calls can clear them.
         presence_ttl_ms: 120_000,
@@ -179,6 +182,20 @@ async fn a_thousand_and_a_half_devices_leaving_at_once_all_go_offline() {
         (online(&suite, &uids).await == 0).then_some(())
     })
     .await;
+    let (_, text) = http_get(metrics, "/metrics").await;
+    let calls = |method: &str| {
+        sample(
+            &text,
+            &format!("parley_rpc_requests_total{{method=\"/parley.presence.v1.PresenceService/{method}\",code=\"Ok\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let batches = calls("BatchOffline");
+    assert_eq!(calls("Offline"), 0.0, "no call per device");
+    assert!(
+        batches >= 1.0 && batches <= (DEVICES / 2) as f64,
+        "{batches} BatchOffline calls for {DEVICES} devices"
+    );
     suite.stop().await;
 }
 

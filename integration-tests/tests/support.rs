@@ -1104,3 +1104,20 @@ macro_rules! on_both_backends {
 }
 
 pub(crate) use on_both_backends;
+
+/// Waits until presence lists `count` devices for each `(uid, count)`.
+pub async fn wait_for_devices(suite: &Suite, expected: &[(&str, usize)]) {
+    parley_testkit::eventually(
+        "the devices online in presence",
+        Duration::from_secs(30),
+        || async {
+            for (uid, count) in expected {
+                if devices_of(suite, uid).await.len() != *count {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+}

@@ -40,6 +40,14 @@ impl Uid {
     }
 }
 
+/// Maps keyed by `Uid` can be looked up by a plain `&str` (a `String`'s hash
+/// is its `str`'s), without validating or allocating.
+impl std::borrow::Borrow<str> for Uid {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Uid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -14,18 +14,21 @@ use std::{
 use parley_bus::Signal;
 use parley_proto::{
     bus::bus_event,
-    gateway::{DeliveredMessage, ReceiptDigestEntry},
+    gateway::{self as pb, connect_response::Frame as Out},
 };
 use parley_server::Uid;
 use tokio::sync::{Notify, mpsc};
 
-/// What the dispatcher hands a connection.
+use crate::wire::{Delivery, Frame};
+
+/// What the dispatcher hands a connection. Frames are encoded once per bus
+/// event: every connection it concerns gets the same bytes.
 #[derive(Clone, Debug)]
 pub enum Inbound {
     /// A message of one of the user's groups.
-    Message(DeliveredMessage),
-    /// Receipt changes of the user's own messages.
-    Digest(Vec<ReceiptDigestEntry>),
+    Message(Delivery),
+    /// Receipt changes of the user's own messages, as a digest frame.
+    Digest(Frame),
     /// The bus subscription was re-established: catch up from the store.
     Resync,
 }
@@ -142,6 +145,13 @@ impl Hub {
         devices
     }
 
+    /// Whether `uid`'s `device_id` has a connection here.
+    pub fn holds(&self, uid: &Uid, device_id: &str) -> bool {
+        self.read()
+            .get(uid)
+            .is_some_and(|handles| handles.iter().any(|h| h.device_id == device_id))
+    }
+
     /// Connections held, for logs and tests.
     pub fn connection_count(&self) -> usize {
         self.read().values().map(Vec::len).sum()
@@ -173,19 +183,24 @@ impl Hub {
                 let lag_ms = parley_server::now_ms().saturating_sub(message.created_at_ms);
                 metrics::histogram!("parley_bus_delivery_lag_seconds")
                     .record(lag_ms.max(0) as f64 / 1000.0);
+                let message = Delivery::encode(message);
+                // Names that are no valid uid match no connection.
                 for uid in &delivery.uids {
-                    let Ok(uid) = Uid::parse(uid) else { continue };
-                    for handle in connections.get(&uid).into_iter().flatten() {
+                    for handle in connections.get(uid.as_str()).into_iter().flatten() {
                         handle.offer(Inbound::Message(message.clone()));
                     }
                 }
             }
             Some(bus_event::Event::Digest(digest)) => {
-                let Ok(uid) = Uid::parse(&digest.uid) else {
+                let Some(handles) = connections.get(digest.uid.as_str()) else {
                     return;
                 };
-                for handle in connections.get(&uid).into_iter().flatten() {
-                    handle.offer(Inbound::Digest(digest.entries.clone()));
+                let frame = Frame::encode(Out::ReceiptDigest(pb::ReceiptDigestFrame {
+                    entries: digest.entries,
+                    receipts_cursor: String::new(),
+                }));
+                for handle in handles {
+                    handle.offer(Inbound::Digest(frame.clone()));
                 }
             }
             None => {}
@@ -202,7 +217,10 @@ pub async fn dispatch(hub: Hub, mut signals: mpsc::Receiver<Signal>) {
 
 #[cfg(test)]
 mod tests {
-    use parley_proto::bus::{BusEvent, Delivery};
+    use parley_proto::{
+        bus::{BusEvent, Delivery},
+        gateway::DeliveredMessage,
+    };
 
     use super::*;
 
@@ -233,6 +251,43 @@ mod tests {
         assert!(matches!(phone.inbox.try_recv(), Ok(Inbound::Message(m)) if m.seq == 1));
         assert!(matches!(laptop.inbox.try_recv(), Ok(Inbound::Message(m)) if m.seq == 1));
         assert!(other.inbox.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_delivery_is_encoded_once_and_its_bytes_shared_by_every_device() {
+        use prost::Message as _;
+        let hub = Hub::default();
+        let mut inboxes: Vec<_> = ["phone", "laptop", "tablet"]
+            .iter()
+            .map(|device| {
+                hub.register(&uid("uid1"), device, 8, 8)
+                    .expect("room")
+                    .inbox
+            })
+            .collect();
+        inboxes.push(
+            hub.register(&uid("uid2"), "phone", 8, 8)
+                .expect("room")
+                .inbox,
+        );
+        hub.dispatch(delivery(7, &["uid1", "uid2"]));
+        let frames: Vec<Frame> = inboxes
+            .iter_mut()
+            .map(|inbox| match inbox.try_recv() {
+                Ok(Inbound::Message(message)) => message.frame,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let first = frames[0].bytes();
+        for frame in &frames {
+            assert_eq!(
+                frame.bytes().as_ptr(),
+                first.as_ptr(),
+                "one buffer, not a copy per device"
+            );
+        }
+        let decoded = pb::ConnectResponse::decode(first.clone()).expect("decodes");
+        assert!(matches!(decoded.frame, Some(Out::Message(m)) if m.seq == 7 && m.gid == 1));
     }
 
     #[test]

@@ -10,20 +10,18 @@
 pub mod acks;
 pub mod auth;
 pub mod hub;
+pub mod known;
+pub mod offline;
 pub mod pending;
 pub mod session;
+pub mod wire;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Duration};
 
 use futures::Stream;
 use parley_bus::{Bus, BusArgs, routing::PresenceClient};
 use parley_proto::{
-    gateway::{
-        self as pb,
-        connect_request::Frame as In,
-        connect_response::Frame as Out,
-        gateway_service_server::{GatewayService, GatewayServiceServer},
-    },
+    gateway::{self as pb, connect_request::Frame as In, connect_response::Frame as Out},
     message::message_service_client::MessageServiceClient,
     presence::{self as ppb, presence_service_client::PresenceServiceClient},
     receipt::receipt_service_client::ReceiptServiceClient,
@@ -45,8 +43,13 @@ use crate::{
     acks::AckWriter,
     auth::Verifier,
     hub::Hub,
+    offline::OfflineTeller,
     pending::{Pending, PendingLimits},
     session::{Close, Session, Start, Upstream},
+    wire::{
+        Frame,
+        server::gateway_service_server::{GatewayService, GatewayServiceServer},
+    },
 };
 
 /// Bus events buffered per connection before it is cut off as too slow.
@@ -230,14 +233,11 @@ impl GatewayApi {
     }
 }
 
-type ConnectStream = Pin<Box<dyn Stream<Item = Result<pb::ConnectResponse, Status>> + Send>>;
+type ConnectStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>>;
 
 /// The response stream: queued frames, or, once `close` fires, a closing frame
 /// ahead of anything still queued, and the end.
-fn outbound(
-    rx: mpsc::Receiver<pb::ConnectResponse>,
-    close: oneshot::Receiver<Close>,
-) -> ConnectStream {
+fn outbound(rx: mpsc::Receiver<Frame>, close: oneshot::Receiver<Close>) -> ConnectStream {
     let state = (rx, Some(close));
     Box::pin(futures::stream::unfold(
         state,
@@ -247,9 +247,7 @@ fn outbound(
                 biased;
                 how = &mut close => {
                     let last = match how.ok()? {
-                        Close::Frame(reason) => Ok(pb::ConnectResponse {
-                            frame: Some(Out::Closing(pb::ClosingFrame { reason })),
-                        }),
+                        Close::Frame(reason) => Ok(Frame::encode(Out::Closing(pb::ClosingFrame { reason }))),
                         Close::Status(status) => Err(status),
                     };
                     Some((last, (rx, None)))
@@ -287,12 +285,10 @@ impl GatewayService for GatewayApi {
             })?;
         let (out, rx) = mpsc::channel(self.outbound_queue);
         let (close, close_rx) = oneshot::channel();
-        let ok = pb::ConnectResponse {
-            frame: Some(Out::AuthOk(pb::AuthOkFrame {
-                uid: uid.as_str().to_owned(),
-                heartbeat_interval_ms: self.heartbeat_interval_ms,
-            })),
-        };
+        let ok = Frame::encode(Out::AuthOk(pb::AuthOkFrame {
+            uid: uid.as_str().to_owned(),
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+        }));
         // The queue is empty and at least 4 long.
         let _ = out.try_send(ok);
         tracing::debug!(uid = %uid, device = %auth.device_id, "stream authenticated");
@@ -421,6 +417,12 @@ where
         config.receipt.channel().map_err(StartError::Config)?,
         identity.to("receipt"),
     );
+    let presence = PresenceServiceClient::with_interceptor(
+        config.presence.channel().map_err(StartError::Config)?,
+        identity.to("presence"),
+    );
+    let hub = Hub::default();
+    let (offline, telling) = OfflineTeller::new(hub.clone(), presence.clone(), gateway_id.clone());
     let upstream = Upstream {
         message: MessageServiceClient::with_interceptor(
             config.message.channel().map_err(StartError::Config)?,
@@ -428,12 +430,9 @@ where
         ),
         acks: AckWriter::start(receipt.clone()),
         receipt,
-        presence: PresenceServiceClient::with_interceptor(
-            config.presence.channel().map_err(StartError::Config)?,
-            identity.to("presence"),
-        ),
+        presence,
+        offline,
     };
-    let hub = Hub::default();
     let interval = Duration::from_millis(u64::from(config.heartbeat_interval_ms));
     // Everything the gateway does lives inside this future: dropping it (a
     // crash, as far as clients and presence can tell) stops the sessions, the
@@ -492,10 +491,24 @@ where
             let _ = stop.send(true);
         }
     };
+    // The teller runs inside this future too: a dropped gateway tells nothing.
+    let mut telling = std::pin::pin!(telling);
     let served = tokio::select! {
         served = parley_server::serve_with(listener, settings, config.server.shutdown_grace(), routes, shutdown) => served,
         _ = background => return Err(StartError::Config("the bus subscription ended".into())),
+        // Ends only when every session and the handler are gone.
+        () = &mut telling => return Err(StartError::Config("the offline teller ended".into())),
     };
     drop(stop);
+    // Sessions still saying goodbye hand their devices over as they end; the
+    // teller ends once the last has and its batch is sent.
+    if tokio::time::timeout(config.server.shutdown_grace(), telling)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "sessions still open after the grace period; their presence entries will lapse"
+        );
+    }
     served.map_err(StartError::Serve)
 }

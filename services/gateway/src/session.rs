@@ -43,6 +43,9 @@ use tracing::Instrument;
 use crate::{
     acks::{AckBatch, AckFailure, AckWriter},
     hub::{Hub, Inbound},
+    known::Known,
+    offline::OfflineTeller,
+    wire::{Delivery, Frame},
 };
 
 type Intercepted = InterceptedService<Channel, ServiceIdentity>;
@@ -58,6 +61,8 @@ pub struct Upstream {
     pub presence: PresenceClient,
     /// Acks, written with those of the gateway's other streams.
     pub acks: AckWriter,
+    /// Devices leaving, told to presence with those of other streams.
+    pub offline: OfflineTeller,
 }
 
 /// Messages fetched per SyncMessages call.
@@ -67,8 +72,6 @@ const GROUP_PAGE: u32 = 1000;
 /// Receipt summaries per PullReceipts page, and pages pulled at login.
 const PULL_PAGE: u32 = 500;
 const MAX_PULL_PAGES: usize = 20;
-/// Message ids remembered per connection, to resolve a heartbeat's watch list.
-const KNOWN_MESSAGES: usize = 10_000;
 /// Groups acknowledged per ack frame.
 const MAX_ACK_ENTRIES: usize = 100;
 /// Unwritten acks kept per connection (two per group at most).
@@ -80,6 +83,10 @@ const MAX_SEND_RUN: usize = 100;
 const MAX_WATCHED: usize = 100;
 /// Watched receipts are read at most this often per stream.
 const MIN_WATCH_GAP: Duration = Duration::from_secs(1);
+/// Heartbeat frames a stream may send in a row...
+const HEARTBEAT_BURST: u32 = 20;
+/// ...and then one per this long; one past that is refused in its reply.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// First delay before owed work is retried.
 const RETRY_BASE: Duration = Duration::from_millis(100);
 /// Acks still unwritten when a stream ends get this long to be written.
@@ -193,7 +200,7 @@ pub struct Start {
     /// Notified when the hub gave up on the connection.
     pub kick: Arc<Notify>,
     /// The outbound queue.
-    pub out: mpsc::Sender<pb::ConnectResponse>,
+    pub out: mpsc::Sender<Frame>,
     /// Closes the stream with a reason, ahead of anything queued.
     pub close: oneshot::Sender<Close>,
     /// Pacing and bounds.
@@ -264,16 +271,16 @@ pub struct Session {
     uid: Uid,
     device_id: String,
     upstream: Upstream,
-    out: mpsc::Sender<pb::ConnectResponse>,
+    out: mpsc::Sender<Frame>,
     limits: Limits,
     /// Per group, the highest seq pushed to this device.
     delivered: HashMap<u64, u64>,
-    /// Message id → group, for messages seen on this stream.
-    known: HashMap<u64, u64>,
-    /// Last read count reported per watched message.
-    reported: HashMap<u64, u32>,
+    /// The newest messages seen on this stream, for the heartbeat's watch list.
+    known: Known,
     /// When a heartbeat last read the watched receipts.
     watch_read_at: Option<Instant>,
+    /// The stream's heartbeat allowance.
+    heartbeats: Allowance,
     /// Sends waiting behind the one in flight.
     sends: VecDeque<Queued>,
     /// Acks received and not yet written.
@@ -314,9 +321,9 @@ impl Session {
             out,
             limits,
             delivered: HashMap::new(),
-            known: HashMap::new(),
-            reported: HashMap::new(),
+            known: Known::default(),
             watch_read_at: None,
+            heartbeats: Allowance::default(),
             sends: VecDeque::new(),
             acks: BTreeMap::new(),
             owed: Owed::default(),
@@ -344,16 +351,7 @@ impl Session {
         }
         session.write_last_acks(acking).await;
         if hub.unregister(&uid, id) {
-            let request = ppb::OfflineRequest {
-                device: Some(ppb::DeviceRef {
-                    uid: uid.into_string(),
-                    device_id,
-                }),
-                gateway_id,
-            };
-            if let Err(status) = session.upstream.presence.offline(request).await {
-                tracing::warn!(error = %status, "presence offline failed; the entry will lapse");
-            }
+            session.upstream.offline.leave(uid, device_id);
         }
     }
 
@@ -575,7 +573,8 @@ impl Session {
                 return Ok(());
             };
             for message in reply.messages {
-                self.push_message(delivered(message)).await?;
+                self.push_message(Delivery::encode(delivered(message)))
+                    .await?;
             }
             if last >= reply.last_seq {
                 return Ok(());
@@ -639,13 +638,7 @@ impl Session {
     async fn on_event(&mut self, event: Inbound) -> Step {
         match event {
             Inbound::Message(message) => self.on_message(message).await,
-            Inbound::Digest(entries) => {
-                let digest = pb::ReceiptDigestFrame {
-                    entries,
-                    receipts_cursor: String::new(),
-                };
-                self.push(Out::ReceiptDigest(digest)).await
-            }
+            Inbound::Digest(digest) => self.send(digest).await,
             Inbound::Resync => {
                 self.owed.catch_up = true;
                 self.repair().await
@@ -657,7 +650,7 @@ impl Session {
     /// and a gap is first filled from the message service. While the group's
     /// position is unknown or its sync is owed, the message is left to the
     /// owed sync, which reads it from the store.
-    async fn on_message(&mut self, message: pb::DeliveredMessage) -> Step {
+    async fn on_message(&mut self, message: Delivery) -> Step {
         let gid = message.gid;
         let outcome = self.place(&message).await;
         match outcome {
@@ -674,7 +667,7 @@ impl Session {
 
     /// Whether `message` can be pushed now: the group's position is known and
     /// everything before the message has been pushed.
-    async fn place(&mut self, message: &pb::DeliveredMessage) -> Result<bool, Stop> {
+    async fn place(&mut self, message: &Delivery) -> Result<bool, Stop> {
         let gid = message.gid;
         if self.owed.groups.contains(&gid) {
             return Ok(false);
@@ -698,31 +691,31 @@ impl Session {
     }
 
     /// Pushes a message unless it is not the next one for its group.
-    async fn push_message(&mut self, message: pb::DeliveredMessage) -> Step {
+    async fn push_message(&mut self, message: Delivery) -> Step {
         let position = self.delivered.entry(message.gid).or_insert(0);
         if message.seq <= *position {
             return Ok(());
         }
         *position = message.seq;
         self.remember(message.msgid, message.gid);
-        self.push(Out::Message(message)).await
+        self.send(message.frame).await
     }
 
     fn remember(&mut self, msgid: u64, gid: u64) {
-        if self.known.len() >= KNOWN_MESSAGES {
-            self.known.clear();
-            self.reported.clear();
-        }
-        self.known.insert(msgid, gid);
+        self.known.remember(msgid, gid);
     }
 
     /// Queues a frame. A queue that stays full for the slow-consumer timeout
     /// means the client is not reading: the stream is closed rather than
     /// letting its backlog grow.
     async fn push(&self, frame: Out) -> Step {
-        let response = pb::ConnectResponse { frame: Some(frame) };
+        self.send(Frame::encode(frame)).await
+    }
+
+    /// Queues an encoded frame, as [`Session::push`] does.
+    async fn send(&self, frame: Frame) -> Step {
         self.out
-            .send_timeout(response, self.limits.slow_after)
+            .send_timeout(frame, self.limits.slow_after)
             .await
             .map_err(|error| match error {
                 mpsc::error::SendTimeoutError::Timeout(_) => End::SlowConsumer,
@@ -989,6 +982,24 @@ impl Session {
             ));
         }
         let now = Instant::now();
+        if !self.heartbeats.take(now, HEARTBEAT_EVERY, HEARTBEAT_BURST) {
+            metrics::counter!("parley_gateway_heartbeats_refused_total").increment(1);
+            let status = refuse(
+                Code::ResourceExhausted,
+                format!(
+                    "heartbeats: at most {HEARTBEAT_BURST} in a row, then one every {HEARTBEAT_EVERY:?}; heartbeat at the interval auth_ok gives"
+                ),
+                HEARTBEAT_EVERY,
+            );
+            return self
+                .push(Out::HeartbeatReply(pb::HeartbeatReplyFrame {
+                    code: status.code() as i32,
+                    error: status.message().to_owned(),
+                    retry_after_ms: retry_after_ms(&status),
+                    ..Default::default()
+                }))
+                .await;
+        }
         if self
             .watch_read_at
             .is_some_and(|at| now.saturating_duration_since(at) < MIN_WATCH_GAP)
@@ -1000,8 +1011,8 @@ impl Session {
         self.watch_read_at = Some(now);
         let mut by_group: HashMap<u64, Vec<u64>> = HashMap::new();
         for msgid in heartbeat.watching_msgids {
-            if let Some(&gid) = self.known.get(&msgid) {
-                by_group.entry(gid).or_default().push(msgid);
+            if let Some(seen) = self.known.get_mut(msgid) {
+                by_group.entry(seen.gid).or_default().push(msgid);
             }
         }
         let mut changes = Vec::new();
@@ -1024,9 +1035,10 @@ impl Session {
                 }
             };
             for receipt in receipts {
-                if self.reported.insert(receipt.msgid, receipt.read_count)
-                    == Some(receipt.read_count)
-                {
+                let Some(seen) = self.known.get_mut(receipt.msgid) else {
+                    continue;
+                };
+                if seen.reported.replace(receipt.read_count) == Some(receipt.read_count) {
                     continue;
                 }
                 changes.push(pb::ReceiptDigestEntry {
@@ -1040,8 +1052,30 @@ impl Session {
         }
         self.push(Out::HeartbeatReply(pb::HeartbeatReplyFrame {
             receipt_changes: changes,
+            ..Default::default()
         }))
         .await
+    }
+}
+
+/// A rate with bursts, as a virtual schedule (GCRA): each frame taken moves
+/// the schedule one period on; a frame that would put it more than a burst
+/// ahead of now is refused and moves nothing.
+#[derive(Debug, Default)]
+struct Allowance {
+    /// When the frames taken so far would have been due at the rate.
+    due: Option<Instant>,
+}
+
+impl Allowance {
+    /// Takes one frame at `now` if the allowance has room.
+    fn take(&mut self, now: Instant, every: Duration, burst: u32) -> bool {
+        let due = self.due.map_or(now, |due| due.max(now)) + every;
+        if due.saturating_duration_since(now) > every.saturating_mul(burst) {
+            return false;
+        }
+        self.due = Some(due);
+        true
     }
 }
 
@@ -1137,6 +1171,30 @@ mod tests {
         );
         merge_ack(&mut batch, (2, true), 1);
         assert_eq!(batch.len(), 3);
+    }
+
+    #[test]
+    fn heartbeats_take_a_burst_then_one_per_period() {
+        let every = Duration::from_secs(1);
+        let start = Instant::now();
+        let mut allowance = Allowance::default();
+        for i in 0..20 {
+            assert!(
+                allowance.take(start, every, 20),
+                "heartbeat {i} of the burst"
+            );
+        }
+        assert!(!allowance.take(start, every, 20), "the 21st at once");
+        assert!(!allowance.take(start + every / 2, every, 20));
+        assert!(
+            allowance.take(start + every, every, 20),
+            "one a period after"
+        );
+        assert!(!allowance.take(start + every, every, 20));
+        assert!(
+            allowance.take(start + every * 100, every, 20),
+            "an idle stream has its burst back"
+        );
     }
 
     #[test]
