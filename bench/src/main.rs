@@ -37,6 +37,11 @@ struct Cli {
     /// baselines) at full size; without it, the short run.
     #[arg(long)]
     full: bool,
+    /// Run only these parts (`groups`: the seed scenario, its overload, the
+    /// busy and large groups; `devices`: idle connections, disconnects and
+    /// pushes), with only the baselines they are judged against.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Option<Vec<PartSet>>,
     /// Idle device streams in the connections part, instead of the plan's
     /// (1,000 short, 10,000 full).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -71,7 +76,21 @@ struct Cli {
     ack_every: Option<u64>,
 }
 
+/// The parts of a run that can be chosen alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PartSet {
+    /// Group traffic: the seed scenario, overload, busy and large groups.
+    Groups,
+    /// Devices: idle connections, disconnects, pushes.
+    Devices,
+}
+
 impl Cli {
+    /// Whether `set` is part of this run.
+    fn runs(&self, set: PartSet) -> bool {
+        self.only.as_ref().is_none_or(|only| only.contains(&set))
+    }
+
     /// Applies the scenario's shape from the flags to `plan`; says what is
     /// wrong with them, if anything.
     fn shape(&self, plan: &mut Plan) -> Result<(), String> {
@@ -304,6 +323,7 @@ async fn ramp_baselines(
 async fn baselines(
     plan: &Plan,
     mariadb: &parley_testkit::OwnMariaDb,
+    groups: bool,
     rows: &mut Vec<Row>,
 ) -> Result<Baselines, String> {
     let part = "baseline";
@@ -323,7 +343,11 @@ async fn baselines(
     let (_, lone_latency) = baseline::tonic_unary(1, plan.baseline).await?;
     progress("baseline: bare in-process fan-out to 40 subscribers");
     let fanout = baseline::bare_fanout(40, plan.baseline).await;
-    let ramps = ramp_baselines(plan, mariadb, rows).await?;
+    let ramps = if groups {
+        ramp_baselines(plan, mariadb, rows).await?
+    } else {
+        Vec::new()
+    };
     let connections = baseline::DB_CONNECTIONS;
     rows.extend([
         Row::plain(
@@ -926,6 +950,7 @@ const LAG_CEILING: Duration = Duration::from_secs(10);
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
 async fn parts(
+    cli: &Cli,
     cluster: &Cluster,
     fcm: &parley_testkit::fcm::MockFcm,
     plan: &Plan,
@@ -933,6 +958,25 @@ async fn parts(
     rows: &mut Vec<Row>,
 ) -> Result<(), String> {
     let mut found = Findings::default();
+    if cli.runs(PartSet::Groups) {
+        group_parts(cluster, plan, base, rows, &mut found).await?;
+    }
+    if cli.runs(PartSet::Devices) {
+        device_parts(cluster, fcm, plan, rows).await?;
+    }
+    rows.extend(targets::rows(&found, &base.ramps, base.unary_p50_ms));
+    Ok(())
+}
+
+/// The seed scenario and its overload, the busy group, the large and huge
+/// groups.
+async fn group_parts(
+    cluster: &Cluster,
+    plan: &Plan,
+    base: &Baselines,
+    rows: &mut Vec<Row>,
+    found: &mut Findings,
+) -> Result<(), String> {
     let (seed, ramp) = group_load(
         cluster,
         &Shape::seed(plan),
@@ -1007,6 +1051,16 @@ async fn parts(
         receipt_rows("huge", &plan.huge_members.to_string(), &reads, base, rows);
     }
 
+    Ok(())
+}
+
+/// Idle connections and pushes.
+async fn device_parts(
+    cluster: &Cluster,
+    fcm: &parley_testkit::fcm::MockFcm,
+    plan: &Plan,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
     cluster.quiesce(Duration::from_secs(600)).await?;
     progress(&format!(
         "connections: opening {} idle streams",
@@ -1064,7 +1118,6 @@ async fn parts(
             .against("bare HTTP/2 POSTs", ceiling),
         );
     }
-    rows.extend(targets::rows(&found, &base.ramps, base.unary_p50_ms));
     Ok(())
 }
 
@@ -1129,14 +1182,14 @@ async fn run(cli: &Cli) -> Result<Report, String> {
         Vec::new()
     };
     let mariadb = parley_testkit::OwnMariaDb::start(&schema).await;
-    let base = baselines(&plan, &mariadb, &mut rows).await?;
+    let base = baselines(&plan, &mariadb, cli.runs(PartSet::Groups), &mut rows).await?;
     progress(&format!(
         "starting the suite (release binaries, MariaDB, Redis); service logs in {}",
         cluster::log_dir()?.display()
     ));
     let fcm = parley_testkit::fcm::MockFcm::start().await;
     let cluster = Cluster::start(&parts::push_env(&fcm), &mariadb, cli.statements).await?;
-    let outcome = parts(&cluster, &fcm, &plan, &base, &mut rows).await;
+    let outcome = parts(cli, &cluster, &fcm, &plan, &base, &mut rows).await;
     cluster.stop().await;
     outcome?;
     Ok(Report {
