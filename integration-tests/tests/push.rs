@@ -335,6 +335,61 @@ async fn fcm_failures_are_retried_pruned_and_dead_lettered() {
     suite.stop().await;
 }
 
+/// A 429 with a long `Retry-After` puts the pair back with that due time and
+/// holds no worker: with one worker, another user's push goes out while the
+/// throttled one waits, and the throttled push goes out once the wait is over
+/// (the worker used to sleep through the wait, holding its slot).
+#[tokio::test]
+async fn a_429_puts_the_pair_back_and_the_push_goes_out_after_its_retry_after() {
+    let options = crate::support::Options {
+        push_workers: Some(1),
+        ..Default::default()
+    };
+    let suite = Suite::start_with(Backend::MariaDb, options).await;
+    let (throttled, other) = (fcm_token("throttled"), fcm_token("other"));
+    suite
+        .fcm
+        .script(&throttled, [Reply::RetryAfter(10), Reply::Ok]);
+    register(&suite, "uid3", "phone", &throttled).await;
+    register(&suite, "uid4", "phone", &other).await;
+    let first = create_group(&suite, "A", "First", &["uid3"]).await;
+    send_direct(&suite, "A", first, "one", 8).await;
+    let refused_at = eventually("the 429", WAIT, || async {
+        suite.fcm.sends_to(&throttled).first().map(|s| s.at)
+    })
+    .await;
+    let second = create_group(&suite, "A", "Second", &["uid4"]).await;
+    send_direct(&suite, "A", second, "two", 8).await;
+    let other_at = eventually("the other user's push", WAIT, || async {
+        suite.fcm.sends_to(&other).first().map(|s| s.at)
+    })
+    .await;
+    let retried_at = eventually("the throttled push, retried", WAIT, || async {
+        suite.fcm.sends_to(&throttled).get(1).map(|s| s.at)
+    })
+    .await;
+    assert!(
+        other_at < retried_at,
+        "the one worker pushed to uid4 while uid3's retry waited"
+    );
+    assert!(
+        retried_at.duration_since(refused_at) >= Duration::from_secs(10),
+        "Retry-After: 10 was honoured ({:?})",
+        retried_at.duration_since(refused_at)
+    );
+    let statuses: Vec<u16> = suite
+        .fcm
+        .sends_to(&throttled)
+        .iter()
+        .map(|s| s.status)
+        .collect();
+    assert_eq!(statuses, vec![429, 200]);
+    let db = suite.notification_db().await;
+    queue_drained(&db, "uid3").await;
+    assert!(db.dead_letters("uid3").await.is_empty());
+    suite.stop().await;
+}
+
 /// A provider answering with an absurd `Retry-After` (the largest number the
 /// header can hold) gets its push dead-lettered, not a panicking worker: the
 /// next push is sent as usual.

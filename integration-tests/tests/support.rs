@@ -219,6 +219,8 @@ pub struct Options {
     /// The message service's per-user rate limit (burst: twice this); unset,
     /// every service gets limits no test reaches.
     pub message_rate_per_second: Option<u32>,
+    /// Push workers of the notification service (unset: its default).
+    pub push_workers: Option<u32>,
     /// More gateway flags, as (flag, value) pairs.
     pub gateway_flags: &'static [(&'static str, &'static str)],
     /// On MariaDB, a Redis that speaks only TLS, with a CA of its own that
@@ -238,6 +240,7 @@ impl Default for Options {
             push_window_ms: 1_000,
             outbox_max_backoff_ms: 100,
             message_rate_per_second: None,
+            push_workers: None,
             gateway_flags: &[],
             redis_tls: false,
         }
@@ -586,6 +589,7 @@ impl Suite {
 
     fn start_notification(&self, listener: TcpListener) -> Running {
         let window = self.options.push_window_ms.to_string();
+        let workers = self.options.push_workers.unwrap_or(32).to_string();
         let config = self
             .parse_as::<parley_notification::Cli>(args(
                 "parley-notification",
@@ -600,6 +604,7 @@ impl Suite {
                     ("max-attempts", "3"),
                     ("backoff-ms", "20"),
                     ("poll-ms", "50"),
+                    ("workers", &workers),
                 ],
             ))
             .config;

@@ -106,7 +106,8 @@ pub struct PolicyArgs {
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub max_backoff_ms: u64,
     /// How long a worker holds a claimed push before another may take it over,
-    /// in milliseconds; every retry of the push must fit in it.
+    /// in milliseconds; a provider's retry due later than this is given up
+    /// (dead-lettered) rather than put back.
     #[arg(long, env = "PARLEY_NOTIFICATION_LEASE_MS", default_value_t = 600_000,
           value_parser = clap::value_parser!(u64).range(1_000..=86_400_000))]
     pub lease_ms: u64,

@@ -7,6 +7,13 @@
 //! lease to expire and another takes the pair over. Queued rows are deleted only
 //! after the outcome is settled, so a crash re-sends rather than loses, and the
 //! re-sent push carries the same collapse id, so the phone replaces the first.
+//!
+//! Each device gets one attempt per claim. When a provider asks for a retry
+//! (429, 5xx) the pair is put back with the retry's due time (the provider's
+//! `Retry-After` when longer than the backoff), its attempts and the devices
+//! still owed the push, and the worker moves on: a throttled provider holds
+//! no worker. The retry goes to those devices only, unless newer messages
+//! changed the push, which then goes to every device again.
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,8 +30,19 @@ use tonic::{codegen::InterceptedService, transport::Channel};
 
 use crate::{
     push::{Device, Outcome, Push, Senders},
-    store::{DeadLetter, Pending, QueueError, QueueStore, Queued},
+    store::{DeadLetter, Pending, QueueError, QueueStore, Queued, Retry},
 };
+
+/// What one attempt at one device came to.
+enum Attempt {
+    /// Sent, or settled for good (token pruned, dead-lettered, no sender).
+    Settled,
+    /// The provider asked for a retry, after at least this long.
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
+}
 
 /// The receipt client the worker reads unread counts with.
 pub type ReceiptClient = ReceiptServiceClient<InterceptedService<Channel, ServiceIdentity>>;
@@ -44,7 +62,8 @@ pub struct Policy {
     pub backoff_base: Duration,
     /// Longest retry delay the worker chooses itself.
     pub backoff_max: Duration,
-    /// How long a claimed pair stays with its worker; retries must fit in it.
+    /// How long a claimed pair stays with its worker; a retry due later than
+    /// this after its attempt is given up instead.
     pub lease: Duration,
     /// How often the queue is polled for due pushes.
     pub poll: Duration,
@@ -175,10 +194,9 @@ impl<S: QueueStore> Worker<S> {
     }
 
     async fn job(&self, pending: Pending, mut stop: watch::Receiver<bool>) {
-        let Pending { uid, gid, .. } = pending;
-        let deadline = Instant::now() + self.policy.lease.mul_f64(0.9);
+        let (uid, gid) = (pending.uid.clone(), pending.gid);
         let retry_at = tokio::select! {
-            outcome = self.process(&uid, gid, deadline) => match outcome {
+            outcome = self.process(&pending) => match outcome {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(uid = %uid, gid, error = %error, "push postponed");
@@ -193,7 +211,8 @@ impl<S: QueueStore> Worker<S> {
         }
     }
 
-    async fn process(&self, uid: &str, gid: i64, deadline: Instant) -> Result<(), Later> {
+    async fn process(&self, pending: &Pending) -> Result<(), Later> {
+        let (uid, gid) = (pending.uid.as_str(), pending.gid);
         let queued = self.store.queued(uid, gid).await?;
         let next_due = now_ms().saturating_add(millis(self.policy.window));
         let Some(newest) = queued.last().cloned() else {
@@ -239,9 +258,81 @@ impl<S: QueueStore> Worker<S> {
             badge,
         };
         metrics::counter!("parley_push_collapsed_total").increment(unread.len() as u64 - 1);
-        join_all(devices.iter().map(|d| self.deliver(d, &push, deadline))).await;
+        // A retry of an unchanged push goes only to the devices still owed it.
+        let owed = |device: &&Device| match &pending.retry_devices {
+            Some(ids) if pending.retry_seq == push.last_seq => {
+                ids.split('|').any(|id| id == device.device_id)
+            }
+            _ => true,
+        };
+        let targets: Vec<&Device> = devices.iter().filter(owed).collect();
+        let attempt = u32::try_from(pending.attempts)
+            .unwrap_or(0)
+            .saturating_add(1);
+        let outcomes = join_all(targets.iter().map(|d| self.deliver(d, &push, attempt))).await;
+        let retries: Vec<(&Device, Option<Duration>, String)> = targets
+            .into_iter()
+            .zip(outcomes)
+            .filter_map(|(device, outcome)| match outcome {
+                Attempt::Settled => None,
+                Attempt::Retry { after, reason } => Some((device, after, reason)),
+            })
+            .collect();
+        if !retries.is_empty()
+            && let Some(retry) = self.retry(&retries, &push, attempt).await
+        {
+            self.store.postpone(uid, gid, &retry).await?;
+            return Ok(());
+        }
         self.store.complete(uid, gid, newest.seq, next_due).await?;
         Ok(())
+    }
+
+    /// The pair's next try for `retries` (the devices a provider asked to
+    /// retry after attempt `attempt`), or `None` when they are given up on
+    /// (the last attempt, or a retry past the lease), each dead-lettered.
+    async fn retry(
+        &self,
+        retries: &[(&Device, Option<Duration>, String)],
+        push: &Push,
+        attempt: u32,
+    ) -> Option<Retry> {
+        let hint = retries
+            .iter()
+            .filter_map(|(_, after, _)| *after)
+            .max()
+            .unwrap_or_default();
+        let delay = backoff_delay(
+            attempt - 1,
+            self.policy.backoff_base,
+            self.policy.backoff_max,
+        )
+        .max(hint);
+        let why = if attempt >= self.policy.max_attempts {
+            format!("gave up after {attempt} attempts")
+        } else if delay > self.policy.lease {
+            format!("next retry in {delay:?} is past the lease")
+        } else {
+            for (device, _, reason) in retries {
+                metrics::counter!("parley_push_retried_total", "platform" => device.platform.name()).increment(1);
+                tracing::debug!(uid = %device.uid, device = %device.device_id, platform = device.platform.name(), attempt, reason = %reason, delay_ms = millis(delay), "push retry");
+            }
+            let devices: Vec<&str> = retries
+                .iter()
+                .map(|(device, _, _)| device.device_id.as_str())
+                .collect();
+            return Some(Retry {
+                due_at_ms: now_ms().saturating_add(millis(delay)),
+                attempts: i32::try_from(attempt).unwrap_or(i32::MAX),
+                devices: devices.join("|"),
+                seq: push.last_seq,
+            });
+        };
+        for (device, _, reason) in retries {
+            self.dead_letter(device, push, attempt, &format!("{reason}; {why}"))
+                .await;
+        }
+        None
     }
 
     async fn muted(&self, uid: &str, gid: i64) -> Result<bool, QueueError> {
@@ -298,54 +389,30 @@ impl<S: QueueStore> Worker<S> {
         Ok(read_seq.map(|seq| (u32::try_from(badge).unwrap_or(u32::MAX), seq)))
     }
 
-    /// Sends one push to one device until it is settled: sent, token pruned,
-    /// or dead-lettered after the last attempt.
-    async fn deliver(&self, device: &Device, push: &Push, deadline: Instant) {
+    /// One attempt at one device: sent, its token pruned, dead-lettered for a
+    /// failure no retry fixes, or a retry the provider asked for.
+    async fn deliver(&self, device: &Device, push: &Push, attempt: u32) -> Attempt {
         let platform = device.platform.name();
         let Some(sender) = self.senders.get(device.platform) else {
             metrics::counter!("parley_push_failed_total", "platform" => platform, "reason" => "provider_disabled").increment(1);
             tracing::debug!(uid = %device.uid, device = %device.device_id, platform, "no credentials for this platform; push skipped");
-            return;
+            return Attempt::Settled;
         };
-        let mut attempt = 0;
-        let reason = loop {
-            attempt += 1;
-            let (after, reason) = match sender.send(device, push).await {
-                Outcome::Sent => {
-                    metrics::counter!("parley_push_sent_total", "platform" => platform)
-                        .increment(1);
-                    return;
-                }
-                Outcome::BadToken { reason } => {
-                    self.prune(device, &reason).await;
-                    return;
-                }
-                Outcome::Failed { reason } => break reason,
-                Outcome::Retry { after, reason } => (after, reason),
-            };
-            if attempt >= self.policy.max_attempts {
-                break format!("{reason}; gave up after {attempt} attempts");
+        match sender.send(device, push).await {
+            Outcome::Sent => {
+                metrics::counter!("parley_push_sent_total", "platform" => platform).increment(1);
             }
-            let delay = backoff_delay(
-                attempt - 1,
-                self.policy.backoff_base,
-                self.policy.backoff_max,
-            )
-            .max(after.unwrap_or_default());
-            // A sender's hint is the provider's word: never trust it to fit
-            // on the clock.
-            if Instant::now()
-                .checked_add(delay)
-                .is_none_or(|due| due > deadline)
-            {
-                break format!("{reason}; next retry in {delay:?} is past the lease");
-            }
-            metrics::counter!("parley_push_retried_total", "platform" => platform).increment(1);
-            tracing::debug!(uid = %device.uid, device = %device.device_id, platform, attempt, reason = %reason, delay_ms = millis(delay), "push retry");
-            tokio::time::sleep(delay).await;
-        };
+            Outcome::BadToken { reason } => self.prune(device, &reason).await,
+            Outcome::Failed { reason } => self.dead_letter(device, push, attempt, &reason).await,
+            Outcome::Retry { after, reason } => return Attempt::Retry { after, reason },
+        }
+        Attempt::Settled
+    }
+
+    async fn dead_letter(&self, device: &Device, push: &Push, attempts: u32, reason: &str) {
+        let platform = device.platform.name();
         metrics::counter!("parley_push_failed_total", "platform" => platform, "reason" => "dead_letter").increment(1);
-        tracing::warn!(uid = %device.uid, device = %device.device_id, platform, attempts = attempt, reason = %reason, "push dead-lettered");
+        tracing::warn!(uid = %device.uid, device = %device.device_id, platform, attempts, reason = %reason, "push dead-lettered");
         let letter = DeadLetter {
             uid: device.uid.clone(),
             gid: push.gid,
@@ -353,7 +420,7 @@ impl<S: QueueStore> Worker<S> {
             device_id: device.device_id.clone(),
             platform: device.platform.code(),
             messages: i32::try_from(push.count).unwrap_or(i32::MAX),
-            attempts: i32::try_from(attempt).unwrap_or(i32::MAX),
+            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
             reason: reason.chars().take(255).collect(),
             failed_at_ms: now_ms(),
         };

@@ -4,7 +4,7 @@
 use parley_notification::{
     push::{Device, Platform},
     store::{
-        DeadLetter, MySqlQueueStore, OfflineBatch, Pending, QueueStore, Registered,
+        DeadLetter, MySqlQueueStore, OfflineBatch, Pending, QueueStore, Registered, Retry,
         SqliteQueueStore,
     },
 };
@@ -120,14 +120,7 @@ async fn due_pairs_are_claimed_once_and_completed<S: QueueStore>(store: S) {
     let due = store.due(100, 10).await.expect("due");
     assert_eq!(due.len(), 2);
     let u1 = due.iter().find(|p| p.uid == "u1").expect("u1 due").clone();
-    assert_eq!(
-        u1,
-        Pending {
-            uid: "u1".into(),
-            gid: 7,
-            due_at_ms: 100
-        }
-    );
+    assert_eq!(u1, fresh("u1", 100));
     assert!(store.claim(&u1, 5_000).await.expect("claim"));
     assert!(
         !store.claim(&u1, 6_000).await.expect("claim"),
@@ -161,11 +154,7 @@ async fn due_pairs_are_claimed_once_and_completed<S: QueueStore>(store: S) {
             .expect("due")
             .iter()
             .find(|p| p.uid == "u1"),
-        Some(&Pending {
-            uid: "u1".into(),
-            gid: 7,
-            due_at_ms: 900
-        })
+        Some(&fresh("u1", 900))
     );
     store.complete("u1", 7, 3, 1_000).await.expect("complete");
     assert!(store.queued("u1", 7).await.expect("queued").is_empty());
@@ -184,6 +173,57 @@ async fn due_pairs_are_claimed_once_and_completed<S: QueueStore>(store: S) {
     store.release("u2", 7, 150).await.expect("release");
     assert_eq!(store.due(150, 10).await.expect("due")[0].uid, "u2");
     assert_eq!(store.queue_stats().await.expect("stats"), (1, Some(10)));
+
+    // A pair a provider asked to retry is put back with its due time, its
+    // attempts and the devices still owed, its messages kept; completing it
+    // clears them for the next push.
+    let u2 = store.due(150, 10).await.expect("due").remove(0);
+    assert!(store.claim(&u2, 5_000).await.expect("claim"));
+    let retry = Retry {
+        due_at_ms: 1_150,
+        attempts: 1,
+        devices: "phone|tablet".into(),
+        seq: 1,
+    };
+    store.postpone("u2", 7, &retry).await.expect("postpone");
+    assert!(
+        store.due(1_149, 10).await.expect("due").is_empty(),
+        "not before the retry"
+    );
+    let again = store.due(1_150, 10).await.expect("due").remove(0);
+    assert_eq!(
+        again,
+        Pending {
+            attempts: 1,
+            retry_devices: Some("phone|tablet".into()),
+            retry_seq: 1,
+            ..fresh("u2", 1_150)
+        }
+    );
+    assert_eq!(store.queued("u2", 7).await.expect("queued").len(), 1);
+    assert!(store.claim(&again, 9_000).await.expect("claim"));
+    store
+        .enqueue(&[batch_due(4, &["u2"], 1_200)], 1_200)
+        .await
+        .expect("enqueue");
+    store.complete("u2", 7, 1, 2_000).await.expect("complete");
+    assert_eq!(
+        store.due(2_000, 10).await.expect("due"),
+        vec![fresh("u2", 2_000)],
+        "the next push starts with no attempts"
+    );
+}
+
+/// A pair in group 7 due at `due_at_ms`, never attempted.
+fn fresh(uid: &str, due_at_ms: i64) -> Pending {
+    Pending {
+        uid: uid.into(),
+        gid: 7,
+        due_at_ms,
+        attempts: 0,
+        retry_devices: None,
+        retry_seq: 0,
+    }
 }
 
 fn device(uid: &str, id: &str, token: &str) -> Device {

@@ -76,6 +76,25 @@ pub struct Pending {
     pub gid: i64,
     /// When it became due (the claim compares against it).
     pub due_at_ms: i64,
+    /// Attempts its push has had so far (providers asked to retry).
+    pub attempts: i32,
+    /// While retrying: the devices still owed the push, `|`-separated.
+    pub retry_devices: Option<String>,
+    /// While retrying: the last seq the retried push covers.
+    pub retry_seq: i64,
+}
+
+/// A push a provider asked to retry, put back on its pair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// When to try again.
+    pub due_at_ms: i64,
+    /// Attempts made so far.
+    pub attempts: i32,
+    /// The devices still owed the push, `|`-separated.
+    pub devices: String,
+    /// The last seq the push covers.
+    pub seq: i64,
 }
 
 /// A push given up on.
@@ -171,6 +190,15 @@ pub trait QueueStore: Clone + Send + Sync + 'static {
         due_at_ms: i64,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
+    /// Puts a claimed pair back to be tried again as `retry` says, without
+    /// removing its queued messages.
+    fn postpone(
+        &self,
+        uid: &str,
+        gid: i64,
+        retry: &Retry,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
     /// The messages queued for a user in a group, in seq order.
     fn queued(
         &self,
@@ -179,7 +207,8 @@ pub trait QueueStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Queued>, QueueError>> + Send;
 
     /// Removes the pair's queued messages up to `through_seq`; if later ones
-    /// arrived meanwhile, their push is due at `next_due_at_ms`.
+    /// arrived meanwhile, their push is due at `next_due_at_ms`, with no
+    /// attempts yet.
     fn complete(
         &self,
         uid: &str,
@@ -276,8 +305,8 @@ macro_rules! impl_queue_store {
 
             async fn due(&self, now_ms: i64, limit: u32) -> Result<Vec<Pending>, QueueError> {
                 Ok(sqlx::query_as(
-                    "SELECT uid, gid, due_at_ms FROM push_pending WHERE due_at_ms <= ? \
-                     ORDER BY due_at_ms LIMIT ?",
+                    "SELECT uid, gid, due_at_ms, attempts, retry_devices, retry_seq \
+                     FROM push_pending WHERE due_at_ms <= ? ORDER BY due_at_ms LIMIT ?",
                 )
                 .bind(now_ms)
                 .bind(limit)
@@ -307,6 +336,22 @@ macro_rules! impl_queue_store {
                     .bind(gid)
                     .execute(&self.pool)
                     .await?;
+                Ok(())
+            }
+
+            async fn postpone(&self, uid: &str, gid: i64, retry: &Retry) -> Result<(), QueueError> {
+                sqlx::query(
+                    "UPDATE push_pending SET due_at_ms = ?, attempts = ?, retry_devices = ?, \
+                     retry_seq = ? WHERE uid = ? AND gid = ?",
+                )
+                .bind(retry.due_at_ms)
+                .bind(retry.attempts)
+                .bind(&retry.devices)
+                .bind(retry.seq)
+                .bind(uid)
+                .bind(gid)
+                .execute(&self.pool)
+                .await?;
                 Ok(())
             }
 
@@ -348,7 +393,8 @@ macro_rules! impl_queue_store {
                         .await?;
                     let pending = if left.is_some() {
                         sqlx::query(
-                            "UPDATE push_pending SET due_at_ms = ? WHERE uid = ? AND gid = ?",
+                            "UPDATE push_pending SET due_at_ms = ?, attempts = 0, \
+                             retry_devices = NULL, retry_seq = 0 WHERE uid = ? AND gid = ?",
                         )
                         .bind(next_due_at_ms)
                     } else {
