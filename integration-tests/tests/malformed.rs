@@ -593,6 +593,47 @@ async fn a_user_s_streams_are_bounded() {
     suite.stop().await;
 }
 
+/// Heartbeats past a stream's allowance (20 in a row, then one a second) are
+/// refused in their reply with RESOURCE_EXHAUSTED and a retry hint, and the
+/// stream stays open: the next send still goes through.
+#[tokio::test]
+async fn heartbeats_past_the_allowance_are_refused_in_their_reply() {
+    use parley_proto::gateway::{HeartbeatFrame, connect_request::Frame as In};
+    let suite = Suite::start(Backend::Sqlite).await;
+    let gid = create_group(&suite, "A", "Beats", &["uid1"]).await;
+    let mut device = crate::device::Device::connect(suite.gateway_addrs[0], "A", "phone").await;
+    // Sent back to back: however slow the machine, 100 frames do not take
+    // the 80 s the allowance would need to absorb them.
+    for _ in 0..100 {
+        device
+            .send_frame(In::Heartbeat(HeartbeatFrame::default()))
+            .await;
+    }
+    let mut replies = Vec::new();
+    while replies.len() < 100 {
+        if let parley_proto::gateway::connect_response::Frame::HeartbeatReply(reply) =
+            device.frame().await
+        {
+            replies.push(reply);
+        }
+    }
+    assert!(
+        replies[..20].iter().all(|r| r.code == 0),
+        "the first 20 are taken"
+    );
+    let refused: Vec<_> = replies.iter().filter(|r| r.code != 0).collect();
+    assert!(refused.len() >= 20, "{} refused of 100", refused.len());
+    for reply in &refused {
+        assert_eq!(Code::from(reply.code), Code::ResourceExhausted, "{reply:?}");
+        assert!(reply.error.contains("at most 20 in a row"), "{reply:?}");
+        assert!(reply.retry_after_ms > 0, "{reply:?}");
+        assert!(reply.receipt_changes.is_empty());
+    }
+    let sent = device.send_and_wait(gid, "still-open").await;
+    assert_eq!(sent.code, 0, "{}", sent.error);
+    suite.stop().await;
+}
+
 /// A heartbeat's watch list is bounded (101 ids end the stream with
 /// INVALID_ARGUMENT), and a watched message's read still reaches its sender in
 /// a heartbeat reply when the client heartbeats faster than receipts are read.

@@ -26,7 +26,7 @@ use crate::wire::{Delivery, Frame};
 #[derive(Clone, Debug)]
 pub enum Inbound {
     /// A message of one of the user's groups.
-    Message(Delivery),
+    Message(Arc<Delivery>),
     /// Receipt changes of the user's own messages, as a digest frame.
     Digest(Frame),
     /// The bus subscription was re-established: catch up from the store.
@@ -183,7 +183,7 @@ impl Hub {
                 let lag_ms = parley_server::now_ms().saturating_sub(message.created_at_ms);
                 metrics::histogram!("parley_bus_delivery_lag_seconds")
                     .record(lag_ms.max(0) as f64 / 1000.0);
-                let message = Delivery::encode(message);
+                let message = Arc::new(Delivery::encode(message));
                 // Names that are no valid uid match no connection.
                 for uid in &delivery.uids {
                     for handle in connections.get(uid.as_str()).into_iter().flatten() {
@@ -274,7 +274,7 @@ mod tests {
         let frames: Vec<Frame> = inboxes
             .iter_mut()
             .map(|inbox| match inbox.try_recv() {
-                Ok(Inbound::Message(message)) => message.frame,
+                Ok(Inbound::Message(message)) => message.frame.clone(),
                 other => panic!("{other:?}"),
             })
             .collect();
@@ -286,7 +286,7 @@ mod tests {
                 "one buffer, not a copy per device"
             );
         }
-        let decoded = pb::ConnectResponse::decode(first.clone()).expect("decodes");
+        let decoded = pb::ConnectResponse::decode(first).expect("decodes");
         assert!(matches!(decoded.frame, Some(Out::Message(m)) if m.seq == 7 && m.gid == 1));
     }
 

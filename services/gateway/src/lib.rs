@@ -195,7 +195,7 @@ impl Config {
 pub struct GatewayApi {
     verifier: Verifier,
     hub: Hub,
-    upstream: Upstream,
+    upstream: std::sync::Arc<Upstream>,
     gateway_id: String,
     heartbeat_interval_ms: u32,
     outbound_queue: usize,
@@ -454,7 +454,7 @@ where
     let api = GatewayApi {
         verifier,
         hub,
-        upstream,
+        upstream: std::sync::Arc::new(upstream),
         gateway_id: gateway_id.clone(),
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         outbound_queue: usize::try_from(config.outbound_queue).unwrap_or(1024),

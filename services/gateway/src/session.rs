@@ -89,6 +89,8 @@ const HEARTBEAT_BURST: u32 = 20;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// First delay before owed work is retried.
 const RETRY_BASE: Duration = Duration::from_millis(100);
+/// When to retry a send the message service did not answer in time.
+const UNANSWERED_RETRY: Duration = Duration::from_secs(1);
 /// Acks still unwritten when a stream ends get this long to be written.
 const FINAL_ACK_WAIT: Duration = Duration::from_secs(2);
 
@@ -270,7 +272,7 @@ struct Sent {
 pub struct Session {
     uid: Uid,
     device_id: String,
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
     out: mpsc::Sender<Frame>,
     limits: Limits,
     /// Per group, the highest seq pushed to this device.
@@ -295,13 +297,17 @@ pub struct Session {
 impl Session {
     /// Runs the session until the client goes or it is closed; then takes the
     /// device off the hub and, if it was its last connection, offline.
-    pub async fn run(
+    ///
+    /// The task is built here and its state lives in one `async move` block
+    /// (an `async fn` keeps a second copy of its arguments), and `serve`
+    /// borrows what it works on: every stream holds this task however idle.
+    pub fn run(
         start: Start,
-        upstream: Upstream,
+        upstream: Arc<Upstream>,
         hub: Hub,
         gateway_id: String,
         frames: Streaming<pb::ConnectRequest>,
-    ) {
+    ) -> impl Future<Output = ()> + Send + 'static {
         let Start {
             uid,
             device_id,
@@ -330,14 +336,32 @@ impl Session {
             acks_held: false,
             retry: Retry::default(),
         };
-        let mut acking = FuturesUnordered::new();
-        let end = tokio::select! {
-            end = session.serve(&gateway_id, receipts_cursor, inbox, kick, frames, &mut acking) => end,
-            end = stopped(stopping) => end,
-        };
+        let (mut inbox, mut frames) = (inbox, frames);
+        async move {
+            let mut acking = FuturesUnordered::new();
+            let end = tokio::select! {
+                end = session.serve(&gateway_id, receipts_cursor, (&mut inbox, &kick, &mut frames), &mut acking) => end,
+                end = stopped(stopping) => end,
+            };
+            session.finish(end, close, acking).await;
+            if hub.unregister(&uid, id) {
+                session.upstream.offline.leave(uid, device_id);
+            }
+        }
+    }
+
+    /// Says goodbye as `end` says and writes the acks still unwritten; a
+    /// dropped gateway says nothing.
+    async fn finish(
+        &mut self,
+        end: End,
+        close: oneshot::Sender<Close>,
+        acking: FuturesUnordered<BoxFuture<'static, Result<(), AckFailure>>>,
+    ) {
         if matches!(end, End::Dropped) {
             return;
         }
+        let (uid, device_id) = (&self.uid, &self.device_id);
         if let Some(how) = end.close() {
             match &how {
                 Close::Frame(reason) => {
@@ -349,24 +373,23 @@ impl Session {
             }
             let _ = close.send(how);
         }
-        session.write_last_acks(acking).await;
-        if hub.unregister(&uid, id) {
-            session.upstream.offline.leave(uid, device_id);
-        }
+        Box::pin(self.write_last_acks(acking)).await;
     }
 
     async fn serve(
         &mut self,
         gateway_id: &str,
         receipts_cursor: String,
-        mut inbox: mpsc::Receiver<Inbound>,
-        kick: Arc<Notify>,
-        mut frames: Streaming<pb::ConnectRequest>,
+        (inbox, kick, frames): (
+            &mut mpsc::Receiver<Inbound>,
+            &Notify,
+            &mut Streaming<pb::ConnectRequest>,
+        ),
         acking: &mut FuturesUnordered<BoxFuture<'static, Result<(), AckFailure>>>,
     ) -> End {
         // Registered in the hub already, so live messages queue in the inbox
         // while the backlog is read: nothing falls between the two.
-        if let Err(end) = self.login(gateway_id, receipts_cursor).await {
+        if let Err(end) = Box::pin(self.login(gateway_id, receipts_cursor)).await {
             return end;
         }
         let mut sending: FuturesUnordered<BoxFuture<'static, Sent>> = FuturesUnordered::new();
@@ -382,7 +405,7 @@ impl Session {
                     Some(event) => self.on_event(event).await,
                     None => Err(End::ClientGone),
                 },
-                Some(sent) = sending.next(), if !sending.is_empty() => self.on_sent(sent).await,
+                Some(sent) = sending.next(), if !sending.is_empty() => Box::pin(self.on_sent(sent)).await,
                 Some(written) = acking.next(), if !acking.is_empty() => {
                     self.on_acks_written(written);
                     Ok(())
@@ -392,15 +415,15 @@ impl Session {
                 () = async { if let Some(at) = retry_at { tokio::time::sleep_until(at).await } }, if retry_at.is_some() => {
                     self.retry.at = None;
                     self.acks_held = false;
-                    self.repair().await
+                    Box::pin(self.repair()).await
                 }
                 () = kick.notified() => Err(End::SlowConsumer),
             };
             if let Err(end) = step {
                 return end;
             }
-            if sending.is_empty() {
-                match self.next_send().await {
+            if sending.is_empty() && !self.sends.is_empty() {
+                match Box::pin(self.next_send()).await {
                     Ok(Some(send)) => sending.push(send),
                     Ok(None) => {}
                     Err(end) => return end,
@@ -428,7 +451,7 @@ impl Session {
         // gateway's next heartbeat registers it; that heartbeat reports the
         // entry as revived and every connection here resyncs, so nothing is
         // missed and the stream stays open meanwhile.
-        if let Err(status) = self.upstream.presence.online(online).await {
+        if let Err(status) = self.upstream.presence.clone().online(online).await {
             tracing::warn!(uid = %self.uid, error = %status, "presence registration failed; the next heartbeat registers the device");
         }
         self.owed.catch_up = true;
@@ -490,6 +513,7 @@ impl Session {
             let reply = self
                 .upstream
                 .message
+                .clone()
                 .list_groups(acting_for(&self.uid, request))
                 .await
                 .map_err(Stop::Later)?
@@ -529,6 +553,7 @@ impl Session {
         let reply = self
             .upstream
             .receipt
+            .clone()
             .unread_counts(acting_for(&self.uid, request))
             .await
             .map_err(Stop::Later)?
@@ -559,6 +584,7 @@ impl Session {
             let reply = match self
                 .upstream
                 .message
+                .clone()
                 .sync_messages(acting_for(&self.uid, request))
                 .await
             {
@@ -573,7 +599,7 @@ impl Session {
                 return Ok(());
             };
             for message in reply.messages {
-                self.push_message(Delivery::encode(delivered(message)))
+                self.push_message(&Delivery::encode(delivered(message)))
                     .await?;
             }
             if last >= reply.last_seq {
@@ -596,6 +622,7 @@ impl Session {
             let reply = match self
                 .upstream
                 .receipt
+                .clone()
                 .pull_receipts(acting_for(&self.uid, request))
                 .await
             {
@@ -641,7 +668,7 @@ impl Session {
             Inbound::Digest(digest) => self.send(digest).await,
             Inbound::Resync => {
                 self.owed.catch_up = true;
-                self.repair().await
+                Box::pin(self.repair()).await
             }
         }
     }
@@ -650,11 +677,24 @@ impl Session {
     /// and a gap is first filled from the message service. While the group's
     /// position is unknown or its sync is owed, the message is left to the
     /// owed sync, which reads it from the store.
-    async fn on_message(&mut self, message: Delivery) -> Step {
+    async fn on_message(&mut self, message: Arc<Delivery>) -> Step {
+        let position = self.delivered.get(&message.gid).copied();
+        let owed = self.owed.groups.contains(&message.gid);
+        match placement(owed, self.owed.catch_up, position, message.seq) {
+            Placement::Push => self.push_message(&message).await,
+            Placement::Skip => Ok(()),
+            // Boxed: the calls a rare message needs would otherwise size
+            // every stream's task.
+            Placement::Position | Placement::Gap => Box::pin(self.place_and_push(message)).await,
+        }
+    }
+
+    /// A live message that first needs its group's position or a gap sync.
+    async fn place_and_push(&mut self, message: Arc<Delivery>) -> Step {
         let gid = message.gid;
         let outcome = self.place(&message).await;
         match outcome {
-            Ok(true) => self.push_message(message).await,
+            Ok(true) => self.push_message(&message).await,
             Ok(false) => Ok(()),
             Err(Stop::End(end)) => Err(end),
             Err(Stop::Later(status)) => {
@@ -684,21 +724,21 @@ impl Session {
         if message.seq <= position {
             return Ok(false);
         }
-        if message.seq > position + 1 {
+        if message.seq > position.saturating_add(1) {
             self.sync_group(gid).await?;
         }
         Ok(true)
     }
 
     /// Pushes a message unless it is not the next one for its group.
-    async fn push_message(&mut self, message: Delivery) -> Step {
+    async fn push_message(&mut self, message: &Delivery) -> Step {
         let position = self.delivered.entry(message.gid).or_insert(0);
         if message.seq <= *position {
             return Ok(());
         }
         *position = message.seq;
         self.remember(message.msgid, message.gid);
-        self.send(message.frame).await
+        self.send(message.frame.clone()).await
     }
 
     fn remember(&mut self, msgid: u64, gid: u64) {
@@ -712,8 +752,17 @@ impl Session {
         self.send(Frame::encode(frame)).await
     }
 
-    /// Queues an encoded frame, as [`Session::push`] does.
+    /// Queues an encoded frame, as [`Session::push`] does: at once when the
+    /// queue has room (nearly always), else waiting in a boxed future.
     async fn send(&self, frame: Frame) -> Step {
+        match self.out.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(End::ClientGone),
+            Err(mpsc::error::TrySendError::Full(frame)) => Box::pin(self.wait_to_send(frame)).await,
+        }
+    }
+
+    async fn wait_to_send(&self, frame: Frame) -> Step {
         self.out
             .send_timeout(frame, self.limits.slow_after)
             .await
@@ -727,8 +776,10 @@ impl Session {
         match frame.frame {
             Some(In::Send(send)) => self.on_send(send).await,
             Some(In::Ack(ack)) => self.on_ack(ack),
-            Some(In::Sync(sync)) => self.on_sync(sync).await,
-            Some(In::Heartbeat(heartbeat)) => self.on_heartbeat(heartbeat).await,
+            // Boxed, like every path that calls a service: their futures
+            // would otherwise size every stream's task.
+            Some(In::Sync(sync)) => Box::pin(self.on_sync(sync)).await,
+            Some(In::Heartbeat(heartbeat)) => Box::pin(self.on_heartbeat(heartbeat)).await,
             // A second auth frame or an empty one changes nothing.
             Some(In::Auth(_)) | None => Ok(()),
         }
@@ -841,7 +892,7 @@ impl Session {
                     error: result.error,
                     ..Default::default()
                 },
-                Some(Err(status)) => refused_send(request_id, &status),
+                Some(Err(status)) => refused_send(request_id, &unanswered(status)),
                 None => refused_send(request_id, &Status::internal("no result for this send")),
             };
             self.push(Out::SendResult(frame)).await?;
@@ -939,6 +990,7 @@ impl Session {
         let outcome = self
             .upstream
             .message
+            .clone()
             .sync_messages(acting_for(&self.uid, request))
             .await;
         let result = match outcome {
@@ -1025,6 +1077,7 @@ impl Session {
             let receipts = match self
                 .upstream
                 .receipt
+                .clone()
                 .get_receipts(acting_for(&self.uid, request))
                 .await
             {
@@ -1055,6 +1108,33 @@ impl Session {
             ..Default::default()
         }))
         .await
+    }
+}
+
+/// What a live message needs before it can be pushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    /// It is the group's next message: push it.
+    Push,
+    /// Already pushed, or left to owed work that reads it from the store.
+    Skip,
+    /// The group is new to the stream: read its position first.
+    Position,
+    /// Messages before it are missing: sync the group first.
+    Gap,
+}
+
+/// The position rule: a live message of seq `seq` in a group whose delivered
+/// position is `position` (`None`: not known yet), whose sync is `owed`,
+/// while the login's or a resync's catch-up is `catch_up` owed.
+fn placement(owed: bool, catch_up: bool, position: Option<u64>, seq: u64) -> Placement {
+    match position {
+        _ if owed => Placement::Skip,
+        None if catch_up => Placement::Skip,
+        None => Placement::Position,
+        Some(at) if seq <= at => Placement::Skip,
+        Some(at) if seq > at.saturating_add(1) => Placement::Gap,
+        Some(_) => Placement::Push,
     }
 }
 
@@ -1107,6 +1187,25 @@ fn merge_ack(batch: &mut AckBatch, key: (u64, bool), seq: u64) {
     *entry = (*entry).max(seq);
     if read && batch.get(&(gid, false)).is_some_and(|&d| d <= seq) {
         batch.remove(&(gid, false));
+    }
+}
+
+/// A call the gateway gave up waiting on (its channel's timeout reads as
+/// CANCELLED, a deadline as DEADLINE_EXCEEDED) is, to the client, a service
+/// that could not answer now: UNAVAILABLE with a retry hint. A send is safe to
+/// retry with the same `client_msg_id` whether or not it was stored. Every
+/// other status is the callee's own answer and passes as it is.
+fn unanswered(status: Status) -> Status {
+    match status.code() {
+        Code::Cancelled | Code::DeadlineExceeded => refuse(
+            Code::Unavailable,
+            format!(
+                "no answer in time ({}); retry with the same client_msg_id",
+                status.message()
+            ),
+            UNANSWERED_RETRY,
+        ),
+        _ => status,
     }
 }
 
@@ -1171,6 +1270,105 @@ mod tests {
         );
         merge_ack(&mut batch, (2, true), 1);
         assert_eq!(batch.len(), 3);
+    }
+
+    /// What an idle stream's task holds: its future's size is allocated for
+    /// every stream however idle, so what only busy streams need is boxed.
+    #[tokio::test]
+    async fn a_session_task_is_small() {
+        let channel = parley_server::lazy_channel("test", "http://127.0.0.1:1").expect("channel");
+        let identity = ServiceIdentity::new("gateway", None);
+        let receipt =
+            ReceiptServiceClient::with_interceptor(channel.clone(), identity.to("receipt"));
+        let presence = parley_proto::presence::presence_service_client::PresenceServiceClient::with_interceptor(channel.clone(), identity.to("presence"));
+        let hub = Hub::default();
+        let upstream = Upstream {
+            message: MessageServiceClient::with_interceptor(channel, identity.to("message")),
+            acks: AckWriter::start(receipt.clone()),
+            receipt,
+            offline: crate::offline::OfflineTeller::new(hub.clone(), presence.clone(), "gw".into())
+                .0,
+            presence,
+        };
+        let uid = Uid::parse("uid1").expect("uid");
+        let registration = hub.register(&uid, "phone", 8, 8).expect("room");
+        let (out, _rx) = mpsc::channel(8);
+        let (close, _) = oneshot::channel();
+        let (_stop, stopping) = watch::channel(false);
+        let start = Start {
+            uid,
+            device_id: "phone".into(),
+            receipts_cursor: String::new(),
+            id: registration.id,
+            inbox: registration.inbox,
+            kick: registration.kick,
+            out,
+            close,
+            limits: Limits {
+                slow_after: Duration::from_secs(1),
+                send_queue: 4,
+                send_wait: Duration::from_secs(1),
+                retry_max: Duration::from_secs(1),
+            },
+            stopping,
+        };
+        let frames = Streaming::new_request(
+            crate::wire::RequestDecoder,
+            tonic::body::Body::empty(),
+            None,
+            None,
+        );
+        let task = Session::run(start, Arc::new(upstream), hub, "gw".into(), frames);
+        let size = std::mem::size_of_val(&task);
+        // What the queues carry is allocated 32 slots at a time per stream.
+        let slots = (std::mem::size_of::<Inbound>(), std::mem::size_of::<Frame>());
+        eprintln!("session task: {size} bytes; queue slots {slots:?} bytes");
+        assert!(size <= 2560, "a session's task is {size} bytes");
+        assert!(
+            slots.0 <= 24 && slots.1 <= 16,
+            "queue slots of {slots:?} bytes"
+        );
+    }
+
+    #[test]
+    fn a_call_given_up_on_is_unavailable_with_a_hint_and_answers_pass_as_they_are() {
+        for timed_out in [
+            Status::cancelled("Timeout expired"),
+            Status::deadline_exceeded("deadline"),
+        ] {
+            let frame = refused_send(7, &unanswered(timed_out));
+            assert_eq!(Code::from(frame.code), Code::Unavailable, "{frame:?}");
+            assert!(frame.retry_after_ms > 0, "{frame:?}");
+            assert!(frame.error.contains("client_msg_id"), "{frame:?}");
+        }
+        let refused = refused_send(7, &unanswered(Status::permission_denied("not a member")));
+        assert_eq!(Code::from(refused.code), Code::PermissionDenied);
+        assert_eq!(refused.retry_after_ms, 0);
+    }
+
+    #[test]
+    fn the_position_rule_pushes_the_next_message_only() {
+        use Placement::*;
+        let cases = [
+            // (owed, catch_up, position, seq) → placement
+            ((false, false, Some(4), 5), Push),
+            ((false, false, Some(4), 4), Skip),
+            ((false, false, Some(4), 1), Skip),
+            ((false, false, Some(4), 7), Gap),
+            ((false, false, None, 1), Position),
+            ((false, true, None, 1), Skip),
+            ((true, false, Some(4), 5), Skip),
+            ((false, true, Some(4), 5), Push),
+            ((false, false, Some(u64::MAX), u64::MAX), Skip),
+            ((false, false, Some(0), 1), Push),
+        ];
+        for ((owed, catch_up, position, seq), expected) in cases {
+            assert_eq!(
+                placement(owed, catch_up, position, seq),
+                expected,
+                "owed {owed}, catch-up {catch_up}, position {position:?}, seq {seq}"
+            );
+        }
     }
 
     #[test]
