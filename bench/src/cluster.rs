@@ -199,9 +199,8 @@ impl Cluster {
             _redis: redis,
             callers,
         };
-        let logs = log_dir()?;
         for (i, name) in SERVICES.into_iter().enumerate() {
-            let log_path = logs.join(format!("parley-{name}.log"));
+            let log_path = cluster.log_path(name)?;
             let log = std::fs::File::create(&log_path)
                 .map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
             let mut command = Command::new(binary(name)?);
@@ -321,6 +320,29 @@ impl Cluster {
             rpcs,
             redis_commands,
         })
+    }
+
+    /// One service's process id.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.child.id())
+    }
+
+    /// Where one service's log goes.
+    pub fn log_path(&self, name: &str) -> Result<PathBuf, String> {
+        Ok(log_dir()?.join(format!("parley-{name}.log")))
+    }
+
+    /// One service's Prometheus text.
+    pub async fn metrics_text(&self, name: &str) -> Result<String, String> {
+        let service = self
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| format!("no service {name}"))?;
+        scrape(service.metrics).await
     }
 
     /// Resident memory of one service, in bytes.
@@ -485,7 +507,7 @@ pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / TICKS)
 }
 
-fn process_rss_bytes(pid: u32) -> Option<u64> {
+pub fn process_rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -516,6 +538,17 @@ async fn scrape(addr: SocketAddr) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&response).into_owned())
 }
 
+/// Calls of one gRPC `method` (its full path) a service answered, whatever
+/// their code, from its Prometheus text.
+pub fn rpc_calls(text: &str, method: &str) -> u64 {
+    let label = format!("method=\"{method}\"");
+    text.lines()
+        .filter(|line| line.starts_with("parley_rpc_requests_total{") && line.contains(&label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|value| value as u64)
+        .sum()
+}
+
 /// The sum of every sample of `series` in Prometheus text (each label set).
 fn sum_of(text: &str, series: &str) -> u64 {
     text.lines()
@@ -542,5 +575,8 @@ mod tests {
             parley_rpc_duration_seconds_count{method=\"/a\"} 12\n";
         assert_eq!(sum_of(text, "parley_rpc_requests_total"), 15);
         assert_eq!(sum_of("", "parley_rpc_requests_total"), 0);
+        assert_eq!(super::rpc_calls(text, "/a"), 12);
+        assert_eq!(super::rpc_calls(text, "/b"), 3);
+        assert_eq!(super::rpc_calls(text, "/"), 0, "the whole path only");
     }
 }

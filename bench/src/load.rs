@@ -64,6 +64,18 @@ pub struct Stream {
     rx: tonic::Streaming<pb::ConnectResponse>,
 }
 
+impl Stream {
+    /// The stream's two halves: frames to the gateway, frames from it.
+    pub fn into_parts(
+        self,
+    ) -> (
+        mpsc::Sender<pb::ConnectRequest>,
+        tonic::Streaming<pb::ConnectResponse>,
+    ) {
+        (self.tx, self.rx)
+    }
+}
+
 /// Opens a device stream as `uid` and waits for `auth_ok`.
 pub async fn open(channel: Channel, uid: &str, device: &str) -> Result<Stream, String> {
     let uid = Uid::parse(uid).map_err(|e| e.to_string())?;

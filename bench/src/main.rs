@@ -7,6 +7,7 @@
 
 mod baseline;
 mod cluster;
+mod devices;
 mod durable;
 mod load;
 mod parts;
@@ -23,7 +24,9 @@ use crate::{
     durable::GroupShape,
     load::{Load, Step, Window},
     report::{Machine, Report, Row},
-    targets::{BARE_STREAMS, Findings, RAW_ROWS, Ramp, RampBaseline, UNARY, parley_cpu_ms},
+    targets::{
+        BARE_BIDI, BARE_STREAMS, Findings, RAW_ROWS, Ramp, RampBaseline, UNARY, parley_cpu_ms,
+    },
 };
 
 /// The command line.
@@ -43,7 +46,7 @@ struct Cli {
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Option<Vec<PartSet>>,
     /// Idle device streams in the connections part, instead of the plan's
-    /// (1,000 short, 10,000 full).
+    /// (1,000 short, 50,000 full).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     idle_streams: Option<u32>,
     /// Where to write the JSON result.
@@ -204,8 +207,8 @@ impl Plan {
             large_rates: vec![25.0, 50.0, 100.0, 150.0, 200.0],
             busy_rates: vec![250.0, 500.0, 750.0, 1_000.0, 1_250.0],
             huge_members: 20_000,
-            idle_streams: 10_000,
-            idle_for: Duration::from_secs(20),
+            idle_streams: 50_000,
+            idle_for: Duration::from_secs(30),
             push_members: 2_000,
             overload: Overload {
                 nominal: Duration::from_secs(10),
@@ -307,14 +310,23 @@ async fn ramp_baselines(
                     "bare tonic streams, pre-encoded frames, {devices} streams ({} per connection)",
                     shape.per_connection
                 ),
-                streams,
+                streams.per_second,
                 "deliv/s",
+            ),
+            Row::plain(
+                "baseline",
+                &format!(
+                    "bare tonic streams, {devices} streams: CPU per delivery, server and readers"
+                ),
+                streams.cpu_us_per_delivery,
+                "µs",
             ),
         ]);
         measured.push(RampBaseline {
             part,
             durable,
-            streams,
+            streams: streams.per_second,
+            streams_cpu_us: streams.cpu_us_per_delivery,
         });
     }
     Ok(measured)
@@ -948,6 +960,8 @@ const LAG_CEILING: Duration = Duration::from_secs(10);
 
 /// The gateway's heartbeat interval in the benchmark (its default).
 const HEARTBEAT: Duration = Duration::from_secs(10);
+/// Presence's entry lifetime (its default).
+const PRESENCE_TTL: Duration = Duration::from_secs(15);
 
 async fn parts(
     cli: &Cli,
@@ -962,7 +976,7 @@ async fn parts(
         group_parts(cluster, plan, base, rows, &mut found).await?;
     }
     if cli.runs(PartSet::Devices) {
-        device_parts(cluster, fcm, plan, rows).await?;
+        device_parts(cluster, fcm, plan, rows, &mut found).await?;
     }
     rows.extend(targets::rows(&found, &base.ramps, base.unary_p50_ms));
     Ok(())
@@ -1060,33 +1074,29 @@ async fn device_parts(
     fcm: &parley_testkit::fcm::MockFcm,
     plan: &Plan,
     rows: &mut Vec<Row>,
+    found: &mut Findings,
 ) -> Result<(), String> {
     cluster.quiesce(Duration::from_secs(600)).await?;
+    let streams = plan.idle_streams;
     progress(&format!(
-        "connections: opening {} idle streams",
-        plan.idle_streams
+        "devices: a bare tonic bidi server with {streams} idle echo streams"
     ));
-    let idle = parts::idle_connections(
+    let bare = devices::bare(streams, HEARTBEAT, plan.idle_for).await?;
+    progress(&format!("devices: opening {streams} idle gateway streams"));
+    let (idle, disconnect) = devices::gateway(
         cluster,
-        plan.idle_streams,
-        plan.idle_for,
-        HEARTBEAT,
+        streams,
+        (HEARTBEAT, plan.idle_for, PRESENCE_TTL),
         &progress,
     )
     .await?;
-    let part = "connections";
-    rows.push(Row::plain(
-        part,
-        &format!("gateway memory per idle stream ({})", idle.streams),
-        idle.bytes_per_stream / 1024.0,
-        "KiB",
-    ));
-    rows.push(Row::plain(
-        part,
-        "gateway CPU per device heartbeat",
-        idle.cpu_us_per_heartbeat,
-        "µs",
-    ));
+    device_rows(&idle, &bare, &disconnect, rows);
+    found.devices = Some(targets::Devices {
+        idle,
+        bare,
+        disconnect,
+        presence_ttl: PRESENCE_TTL,
+    });
 
     let part = "push";
     progress("push: bare HTTP/2 client against the FCM stand-in");
@@ -1119,6 +1129,58 @@ async fn device_parts(
         );
     }
     Ok(())
+}
+
+/// The devices part's figures, each beside the bare stream's.
+fn device_rows(
+    idle: &devices::IdleCost,
+    bare: &devices::IdleCost,
+    disconnect: &devices::Disconnect,
+    rows: &mut Vec<Row>,
+) {
+    let part = "devices";
+    let streams = idle.streams;
+    rows.extend([
+        Row::plain(
+            part,
+            &format!("gateway memory per idle stream ({streams}, settled)"),
+            idle.bytes_per_stream / 1024.0,
+            "KiB",
+        )
+        .against(BARE_BIDI, bare.bytes_per_stream / 1024.0),
+        Row::plain(
+            part,
+            &format!(
+                "gateway CPU per client heartbeat ({} answered, {} refused)",
+                idle.heartbeats, idle.refused
+            ),
+            idle.cpu_us_per_heartbeat,
+            "µs",
+        )
+        .against(
+            &format!("{BARE_BIDI}: CPU per echo"),
+            bare.cpu_us_per_heartbeat,
+        ),
+        Row::plain(
+            part,
+            &format!("all {streams} closed at once: presence has none after"),
+            disconnect.took.map_or(f64::NAN, |t| t.as_secs_f64()),
+            "s",
+        )
+        .against("the presence TTL", PRESENCE_TTL.as_secs_f64()),
+        Row::plain(
+            part,
+            "presence calls for them: BatchOffline / Offline",
+            disconnect.batch_calls as f64,
+            &format!("batches / {} single", disconnect.single_calls),
+        ),
+        Row::plain(
+            part,
+            "gateway log lines meanwhile: ERROR / WARN",
+            disconnect.log_errors as f64,
+            &format!("errors / {} warnings", disconnect.log_warnings),
+        ),
+    ]);
 }
 
 fn receipt_rows(
@@ -1201,6 +1263,13 @@ async fn run(cli: &Cli) -> Result<Report, String> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // The bare stream server, as the benchmark's own child process.
+    if std::env::args().nth(1).as_deref() == Some(streams::SERVE_BARE) {
+        if let Err(error) = streams::serve_bare().await {
+            eprintln!("parley-bench {}: {error}", streams::SERVE_BARE);
+        }
+        return std::process::ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let _ = started();
     match run(&cli).await {

@@ -1,5 +1,5 @@
-//! The parts beyond group load: idle connections, pushes through the FCM
-//! sender, and receipt reads in large groups.
+//! The parts beyond group load: pushes through the FCM sender, and receipt
+//! reads in large groups.
 
 use std::{
     sync::{
@@ -20,65 +20,9 @@ use parley_testkit::fcm::MockFcm;
 use crate::{
     baseline::{micros, new_histogram},
     cluster::Cluster,
-    load::{Acting, STREAMS_PER_CONNECTION, Stream, channel, create_group, gateway_channels, open},
+    load::{Acting, channel, create_group},
     report::Quantiles,
 };
-
-/// Streams opened at once while connecting idle devices.
-const OPEN_AT_ONCE: usize = 64;
-
-/// What idle connections cost the gateway.
-pub struct Idle {
-    /// Streams open.
-    pub streams: usize,
-    /// Gateway resident memory per stream, in bytes.
-    pub bytes_per_stream: f64,
-    /// Gateway CPU per device heartbeat (one device in one presence batch), in µs.
-    pub cpu_us_per_heartbeat: f64,
-}
-
-/// Opens `streams` idle device streams on the gateway and watches it for
-/// `idle` (the gateway heartbeats every device to presence every `interval`).
-pub async fn idle_connections(
-    cluster: &Cluster,
-    streams: usize,
-    idle: Duration,
-    interval: Duration,
-    progress: &dyn Fn(&str),
-) -> Result<Idle, String> {
-    let before = cluster.rss_bytes("gateway");
-    let channels = gateway_channels(cluster, streams, STREAMS_PER_CONNECTION).await?;
-    let opened: Vec<Result<Stream, String>> = stream::iter(0..streams)
-        .map(|i| {
-            let channel = channels[i % channels.len()].clone();
-            async move { open(channel, &format!("idle-{i:06}"), "phone").await }
-        })
-        .buffer_unordered(OPEN_AT_ONCE)
-        .collect()
-        .await;
-    let open_streams: Vec<Stream> = opened.into_iter().collect::<Result<_, _>>()?;
-    progress(&format!(
-        "connections: {} streams open; idle for {idle:?}",
-        open_streams.len()
-    ));
-    let after = cluster.rss_bytes("gateway");
-    let cpu = |c: &Cluster| {
-        c.cpu_seconds()
-            .into_iter()
-            .find(|(n, _)| *n == "gateway")
-            .map_or(0.0, |(_, s)| s)
-    };
-    let cpu_before = cpu(cluster);
-    tokio::time::sleep(idle).await;
-    let cpu_used = cpu(cluster) - cpu_before;
-    let heartbeats = streams as f64 * (idle.as_secs_f64() / interval.as_secs_f64());
-    drop(open_streams);
-    Ok(Idle {
-        streams,
-        bytes_per_stream: after.saturating_sub(before) as f64 / streams.max(1) as f64,
-        cpu_us_per_heartbeat: cpu_used * 1e6 / heartbeats.max(1.0),
-    })
-}
 
 /// Push throughput.
 pub struct Pushes {

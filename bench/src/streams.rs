@@ -24,13 +24,15 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{
     Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    server::{Grpc, NamedService, ServerStreamingService},
+    server::{Grpc, NamedService, ServerStreamingService, StreamingService},
 };
 
 /// Frames queued per stream on the server, as the gateway queues a device's.
 const QUEUE: usize = 1024;
 /// The method the clients call.
 const PATH: &str = "/parley.bench.Bare/Subscribe";
+/// The bidirectional method that answers each frame with itself.
+const ECHO_PATH: &str = "/parley.bench.Bare/Echo";
 
 /// Frames that are already bytes, both ways.
 #[derive(Clone, Copy, Debug, Default)]
@@ -94,11 +96,114 @@ impl tower::Service<http::Request<tonic::body::Body>> for Bare {
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path() == ECHO_PATH {
+            return Box::pin(async move { Ok(Grpc::new(Raw).streaming(Echo, request).await) });
+        }
         let subscribe = Subscribe {
             hub: self.hub.clone(),
         };
         Box::pin(async move { Ok(Grpc::new(Raw).server_streaming(subscribe, request).await) })
     }
+}
+
+/// A bidirectional stream that does nothing but answer each frame with
+/// itself: the least a device stream can cost.
+struct Echo;
+
+impl StreamingService<Bytes> for Echo {
+    type Response = Bytes;
+    type ResponseStream = Frames;
+    type Future = std::future::Ready<Result<tonic::Response<Frames>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<tonic::Streaming<Bytes>>) -> Self::Future {
+        std::future::ready(Ok(tonic::Response::new(
+            Box::pin(request.into_inner()) as Frames
+        )))
+    }
+}
+
+/// The command-line flag that makes `parley-bench` the bare server's process.
+pub const SERVE_BARE: &str = "--serve-bare";
+
+/// Serves the bare methods on a port of its own until killed, after printing
+/// `listening <addr>`: the benchmark runs it as a child, so its memory and
+/// CPU are its own.
+pub async fn serve_bare() -> Result<(), String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening {addr}");
+    tonic::transport::Server::builder()
+        .add_service(Bare {
+            hub: Hub::default(),
+        })
+        .serve_with_incoming(TcpListenerStream::new(listener))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The bare server, running as a child process.
+pub struct BareProcess {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl BareProcess {
+    /// Starts `parley-bench --serve-bare` and waits for its address.
+    pub async fn start() -> Result<Self, String> {
+        use tokio::io::AsyncBufReadExt as _;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = tokio::process::Command::new(exe)
+            .arg(SERVE_BARE)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start the bare server: {e}"))?;
+        let stdout = child.stdout.take().ok_or("the bare server has no stdout")?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("the bare server said {line:?}"))?;
+        Ok(Self { child, addr })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// A new HTTP/2 connection to it.
+    pub async fn connect(&self) -> Result<tonic::transport::Channel, String> {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("bare server: {e}"))
+    }
+}
+
+/// Opens an echo stream on `channel`: frames sent on the returned sender
+/// come back on the returned stream.
+pub async fn echo_stream(
+    channel: tonic::transport::Channel,
+) -> Result<(mpsc::Sender<Bytes>, tonic::Streaming<Bytes>), String> {
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel(16);
+    let path = http::uri::PathAndQuery::from_static(ECHO_PATH);
+    let response = client
+        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, Raw)
+        .await
+        .map_err(|s| format!("echo stream refused: {}", s.message()))?;
+    Ok((tx, response.into_inner()))
 }
 
 struct Subscribe {
@@ -142,13 +247,22 @@ fn frame() -> Bytes {
     .into()
 }
 
+/// What bare streams carried.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Carried {
+    /// Deliveries per second.
+    pub per_second: f64,
+    /// CPU per delivery of the whole process (server and readers both), in µs.
+    pub cpu_us_per_delivery: f64,
+}
+
 /// Deliveries per second that `streams` bare tonic streams carry, `per_connection`
 /// on each HTTP/2 connection, over `duration`.
 pub async fn bare_streams(
     streams: usize,
     per_connection: usize,
     duration: Duration,
-) -> Result<f64, String> {
+) -> Result<Carried, String> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
@@ -192,18 +306,24 @@ pub async fn bare_streams(
         .map_err(|_| "hub poisoned".to_owned())?;
     let frame = frame();
     let started = Instant::now();
+    let cpu_before = crate::cluster::own_cpu_seconds();
     while started.elapsed() < duration {
         for tx in &senders {
             let _ = tx.send(frame.clone()).await;
         }
     }
-    let rate = delivered.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let cpu = crate::cluster::own_cpu_seconds() - cpu_before;
+    let count = delivered.load(Ordering::Relaxed);
+    let carried = Carried {
+        per_second: count as f64 / started.elapsed().as_secs_f64(),
+        cpu_us_per_delivery: cpu * 1e6 / count.max(1) as f64,
+    };
     drop(senders);
     for reader in readers {
         let _ = reader.await;
     }
     server.abort();
-    Ok(rate)
+    Ok(carried)
 }
 
 /// One client stream: decodes and counts each frame until the stream ends.

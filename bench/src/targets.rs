@@ -3,10 +3,18 @@
 //! for the full run's shapes (`make bench-full`); a short run prints them
 //! for its own, smaller shapes.
 
-use crate::{durable::Durable, load::Step, parts::Receipts, report::Row};
+use crate::{
+    devices::{Disconnect, IdleCost},
+    durable::Durable,
+    load::Step,
+    parts::Receipts,
+    report::Row,
+};
 
 /// What accepted messages, rows and statements are held against.
 pub const RAW_ROWS: &str = "raw durable rows, same shape";
+/// What idle devices are held against.
+pub const BARE_BIDI: &str = "bare tonic bidi stream, same count";
 /// What deliveries are held against.
 pub const BARE_STREAMS: &str = "bare tonic streams, same count";
 /// What delivery latency is held against.
@@ -23,6 +31,8 @@ pub struct RampBaseline {
     /// Deliveries per second that bare tonic streams carry, as many as the
     /// shape has devices online.
     pub streams: f64,
+    /// Their process's CPU per delivery (the bare server and its readers), µs.
+    pub streams_cpu_us: f64,
 }
 
 /// What a ramp found: each step, and which of them it sustained (users
@@ -80,6 +90,20 @@ pub struct Findings {
     pub large: Option<Ramp>,
     /// Receipt reads in the large group.
     pub large_receipts: Option<Receipts>,
+    /// Idle devices, their heartbeats and their mass disconnect.
+    pub devices: Option<Devices>,
+}
+
+/// What the devices part found, and its baseline.
+pub struct Devices {
+    /// The gateway's idle streams.
+    pub idle: IdleCost,
+    /// Bare tonic bidi streams, as many, heartbeating the same.
+    pub bare: IdleCost,
+    /// Every gateway stream closing at once.
+    pub disconnect: Disconnect,
+    /// Presence's entry lifetime.
+    pub presence_ttl: std::time::Duration,
 }
 
 /// Which side of its bound a figure must be on.
@@ -128,6 +152,18 @@ pub fn parley_cpu_ms(step: &Step) -> f64 {
         .filter(|(name, _)| *name != crate::load::LOAD_GENERATOR)
         .map(|(_, cpu)| cpu)
         .sum()
+}
+
+/// The gateway's CPU per delivery in a step, in µs: its CPU per message over
+/// the deliveries per message.
+fn gateway_cpu_us_per_delivery(step: &Step) -> Option<f64> {
+    let (_, cpu_per_1000) = step
+        .cpu_per_1000
+        .iter()
+        .find(|(name, _)| *name == "gateway")?;
+    let deliveries_per_message = step.deliveries / step.accepted;
+    (deliveries_per_message.is_finite() && deliveries_per_message > 0.0)
+        .then(|| cpu_per_1000 * 1000.0 / deliveries_per_message)
 }
 
 /// A ramp's rate, deliveries and latency targets ("this rate with that
@@ -213,6 +249,16 @@ pub fn rows(found: &Findings, bases: &[RampBaseline], unary_p50_ms: f64) -> Vec<
                 ),
             },
             Target {
+                figure: "seed: gateway CPU per delivery at it".to_owned(),
+                value: sustained.and_then(gateway_cpu_us_per_delivery),
+                unit: "µs",
+                bound: Bound::AtMost(10.0),
+                baseline: (
+                    "bare tonic streams' process (server and readers), per delivery",
+                    base.streams_cpu_us,
+                ),
+            },
+            Target {
                 figure: "seed: SQL statements per message at it".to_owned(),
                 value: sustained.map(|s| s.statements_per_message),
                 unit: "stmts",
@@ -244,7 +290,46 @@ pub fn rows(found: &Findings, bases: &[RampBaseline], unary_p50_ms: f64) -> Vec<
         }
         rows.extend(targets.into_iter().map(|t| t.row(&reached)));
     }
+    if let Some(devices) = &found.devices {
+        rows.extend(device_targets(devices).into_iter().map(|t| t.row("")));
+    }
     rows
+}
+
+/// Issue 14's targets for idle devices and their mass disconnect.
+fn device_targets(devices: &Devices) -> Vec<Target<'static>> {
+    let Devices {
+        idle,
+        bare,
+        disconnect,
+        presence_ttl,
+    } = devices;
+    vec![
+        Target {
+            figure: format!("devices: gateway memory per idle stream ({})", idle.streams),
+            value: Some(idle.bytes_per_stream / 1024.0),
+            unit: "KiB",
+            bound: Bound::AtMost(10.0),
+            baseline: (BARE_BIDI, bare.bytes_per_stream / 1024.0),
+        },
+        Target {
+            figure: "devices: gateway CPU per client heartbeat".to_owned(),
+            value: Some(idle.cpu_us_per_heartbeat),
+            unit: "µs",
+            bound: Bound::AtMost(2.0),
+            baseline: (BARE_BIDI, bare.cpu_us_per_heartbeat),
+        },
+        Target {
+            figure: format!(
+                "devices: {} closed at once, all offline after ({} BatchOffline calls, {} ERROR lines)",
+                idle.streams, disconnect.batch_calls, disconnect.log_errors
+            ),
+            value: disconnect.took.map(|t| t.as_secs_f64()),
+            unit: "s",
+            bound: Bound::AtMost(presence_ttl.as_secs_f64()),
+            baseline: ("the presence TTL", presence_ttl.as_secs_f64()),
+        },
+    ]
 }
 
 #[cfg(test)]
