@@ -1107,6 +1107,7 @@ async fn device_parts(
         ceiling,
         "req/s",
     ));
+    let mut paces = Vec::new();
     for (throttled, label) in [
         (false, "pushes, all 200"),
         (true, "pushes, each first 429 Retry-After 1"),
@@ -1121,12 +1122,29 @@ async fn device_parts(
         rows.push(
             Row::plain(
                 part,
-                &format!("{label} ({})", pushes.pushes),
+                &format!("{label} ({}), end to end", pushes.pushes),
                 pushes.per_second,
                 "push/s",
             )
             .against("bare HTTP/2 POSTs", ceiling),
         );
+        rows.push(
+            Row::plain(
+                part,
+                &format!("{label}, first to last accepted"),
+                pushes.pace,
+                "push/s",
+            )
+            .against("bare HTTP/2 POSTs", ceiling),
+        );
+        paces.push(pushes.pace);
+    }
+    if let [all_200, throttled] = paces[..] {
+        found.pushes = Some(targets::Pushes {
+            bare_posts: ceiling,
+            all_200,
+            throttled,
+        });
     }
     Ok(())
 }

@@ -92,6 +92,18 @@ pub struct Findings {
     pub large_receipts: Option<Receipts>,
     /// Idle devices, their heartbeats and their mass disconnect.
     pub devices: Option<Devices>,
+    /// The push sender's pace.
+    pub pushes: Option<Pushes>,
+}
+
+/// Pushes per second from the first accepted to the last, and the bound.
+pub struct Pushes {
+    /// Bare HTTP/2 POSTs to the stand-in.
+    pub bare_posts: f64,
+    /// Every answer 200.
+    pub all_200: f64,
+    /// Every token first answered 429 `Retry-After: 1`.
+    pub throttled: f64,
 }
 
 /// What the devices part found, and its baseline.
@@ -292,6 +304,26 @@ pub fn rows(found: &Findings, bases: &[RampBaseline], unary_p50_ms: f64) -> Vec<
     }
     if let Some(devices) = &found.devices {
         rows.extend(device_targets(devices).into_iter().map(|t| t.row("")));
+    }
+    if let Some(pushes) = &found.pushes {
+        let targets = [
+            Target {
+                figure: "push: pushes/s, all 200, first to last accepted".to_owned(),
+                value: Some(pushes.all_200),
+                unit: "push/s",
+                bound: Bound::AtLeast(0.5 * pushes.bare_posts),
+                baseline: ("bare HTTP/2 POSTs to the stand-in", pushes.bare_posts),
+            },
+            Target {
+                figure: "push: pushes/s after a 429 Retry-After: 1, first to last accepted"
+                    .to_owned(),
+                value: Some(pushes.throttled),
+                unit: "push/s",
+                bound: Bound::AtLeast(0.5 * pushes.all_200),
+                baseline: ("the all-200 pace", pushes.all_200),
+            },
+        ];
+        rows.extend(targets.into_iter().map(|t| t.row("")));
     }
     rows
 }
