@@ -15,7 +15,11 @@
 //! no worker. The retry goes to those devices only, unless newer messages
 //! changed the push, which then goes to every device again.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use futures::future::join_all;
 use parley_bus::routing::{PresenceClient, locate};
@@ -30,8 +34,28 @@ use tonic::{codegen::InterceptedService, transport::Channel};
 
 use crate::{
     push::{Device, Outcome, Push, Senders},
-    store::{DeadLetter, Pending, QueueError, QueueStore, Queued, Retry},
+    store::{DeadLetter, Done, Pending, QueueError, QueueStore, Queued, Retry},
 };
+
+/// What a batch read about one pair.
+struct Facts<'a> {
+    /// Its queued messages, in seq order.
+    queued: &'a [Queued],
+    /// Whether the user muted the group.
+    muted: bool,
+    /// The user's devices with tokens.
+    devices: &'a [Device],
+    /// Whether one of the user's devices is connected.
+    online: bool,
+}
+
+/// How a pair's push was settled.
+enum Settled {
+    /// Sent or dropped: its messages up to this seq are done.
+    Done(i64),
+    /// A provider asked for a retry: put it back as this says.
+    Retry(Retry),
+}
 
 /// What one attempt at one device came to.
 enum Attempt {
@@ -169,75 +193,152 @@ impl<S: QueueStore> Worker<S> {
                 return 0;
             }
         };
-        let lease_until = now.saturating_add(millis(self.policy.lease));
-        let mut claimed = 0;
-        for pending in due {
-            match self.store.claim(&pending, lease_until).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(error) => {
-                    tracing::warn!(error = %error, "push claim failed");
-                    continue;
-                }
+        // A lease end of this claim's own (jittered), so the pairs it took
+        // can be told from those another replica took in the same ms.
+        let lease_until = now
+            .saturating_add(millis(self.policy.lease))
+            .saturating_add(rand::random_range(0..1_000));
+        let claimed = match self.store.claim(&due, lease_until).await {
+            Ok(claimed) if !claimed.is_empty() => claimed,
+            Ok(_) => return 0,
+            Err(error) => {
+                tracing::warn!(error = %error, "push claim failed");
+                return 0;
             }
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                break;
-            };
-            claimed += 1;
-            let (worker, stop) = (self.clone(), stop.clone());
-            jobs.spawn(async move {
-                worker.job(pending, stop).await;
-                drop(slot);
-            });
-        }
-        claimed
+        };
+        let count = claimed.len();
+        let Ok(slots) = slots
+            .clone()
+            .acquire_many_owned(u32::try_from(count).unwrap_or(u32::MAX))
+            .await
+        else {
+            return 0;
+        };
+        let (worker, stop) = (self.clone(), stop.clone());
+        jobs.spawn(async move {
+            worker.job(claimed, stop).await;
+            drop(slots);
+        });
+        count
     }
 
-    async fn job(&self, pending: Pending, mut stop: watch::Receiver<bool>) {
-        let (uid, gid) = (pending.uid.clone(), pending.gid);
-        let retry_at = tokio::select! {
-            outcome = self.process(&pending) => match outcome {
-                Ok(()) => return,
+    /// Settles a claimed batch of pairs; those a dependency could not serve,
+    /// or all of them when the worker stops, are put back.
+    async fn job(&self, pairs: Vec<Pending>, mut stop: watch::Receiver<bool>) {
+        let later = tokio::select! {
+            outcome = self.process(&pairs) => match outcome {
+                Ok(later) => later,
                 Err(error) => {
-                    tracing::warn!(uid = %uid, gid, error = %error, "push postponed");
-                    now_ms().saturating_add(millis(LATER))
+                    tracing::warn!(pairs = pairs.len(), error = %error, "pushes postponed");
+                    pairs.iter().map(|p| (p, LATER)).collect()
                 }
             },
-            _ = stop.wait_for(|stopping| *stopping) => now_ms(),
+            _ = stop.wait_for(|stopping| *stopping) => pairs.iter().map(|p| (p, Duration::ZERO)).collect(),
         };
-        if let Err(error) = self.store.release(&uid, gid, retry_at).await {
-            // The lease runs out and the pair is due again anyway.
-            tracing::warn!(uid = %uid, gid, error = %error, "push release failed");
+        for (pending, after) in later {
+            let due = now_ms().saturating_add(millis(after));
+            if let Err(error) = self.store.release(&pending.uid, pending.gid, due).await {
+                // The lease runs out and the pair is due again anyway.
+                tracing::warn!(uid = %pending.uid, gid = pending.gid, error = %error, "push release failed");
+            }
         }
     }
 
-    async fn process(&self, pending: &Pending) -> Result<(), Later> {
-        let (uid, gid) = (pending.uid.as_str(), pending.gid);
-        let queued = self.store.queued(uid, gid).await?;
+    /// Reads what a batch of pairs needs (their queued messages, mutes,
+    /// devices and who is online) in a few statements and one presence call,
+    /// decides and sends each pair's push, and settles them together. Returns
+    /// the pairs to try later, and when.
+    async fn process<'p>(
+        &self,
+        pairs: &'p [Pending],
+    ) -> Result<Vec<(&'p Pending, Duration)>, Later> {
+        let mut uids: Vec<String> = pairs.iter().map(|p| p.uid.clone()).collect();
+        uids.sort();
+        uids.dedup();
+        let mut queued: HashMap<(String, i64), Vec<Queued>> = HashMap::new();
+        for row in self.store.queued_of(&uids).await? {
+            queued
+                .entry((row.uid, row.gid))
+                .or_default()
+                .push(row.queued);
+        }
+        let now = now_ms();
+        let muted: HashSet<(String, i64)> = self
+            .store
+            .mutes_of(&uids)
+            .await?
+            .into_iter()
+            .filter(|&(_, _, until)| until == -1 || until > now)
+            .map(|(uid, gid, _)| (uid, gid))
+            .collect();
+        let mut devices: HashMap<String, Vec<Device>> = HashMap::new();
+        for device in self.store.devices_of(&uids).await? {
+            devices.entry(device.uid.clone()).or_default().push(device);
+        }
+        let online = self.online(&uids).await;
+        let decided = join_all(pairs.iter().map(|pending| {
+            let key = (pending.uid.clone(), pending.gid);
+            let facts = Facts {
+                queued: queued.get(&key).map_or(&[][..], Vec::as_slice),
+                muted: muted.contains(&key),
+                devices: devices.get(&pending.uid).map_or(&[][..], Vec::as_slice),
+                online: online.contains(&pending.uid),
+            };
+            self.push_pair(pending, facts)
+        }))
+        .await;
         let next_due = now_ms().saturating_add(millis(self.policy.window));
-        let Some(newest) = queued.last().cloned() else {
-            self.store.complete(uid, gid, 0, next_due).await?;
-            return Ok(());
+        let mut done = Vec::new();
+        let mut later = Vec::new();
+        for (pending, outcome) in pairs.iter().zip(decided) {
+            match outcome {
+                Ok(Settled::Done(through_seq)) => done.push(Done {
+                    uid: pending.uid.clone(),
+                    gid: pending.gid,
+                    through_seq,
+                }),
+                Ok(Settled::Retry(retry)) => {
+                    if let Err(error) = self.store.postpone(&pending.uid, pending.gid, &retry).await
+                    {
+                        tracing::warn!(uid = %pending.uid, gid = pending.gid, error = %error, "push retry not recorded; the lease brings it back");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(uid = %pending.uid, gid = pending.gid, error = %error, "push postponed");
+                    later.push((pending, LATER));
+                }
+            }
+        }
+        self.store.complete(&done, next_due).await?;
+        Ok(later)
+    }
+
+    /// Decides one pair's push from what the batch read, and sends it.
+    async fn push_pair(&self, pending: &Pending, facts: Facts<'_>) -> Result<Settled, Later> {
+        let (uid, gid) = (pending.uid.as_str(), pending.gid);
+        let queued = facts.queued;
+        let Some(newest) = queued.last() else {
+            return Ok(Settled::Done(0));
         };
         let settle = |reason: &'static str, count: usize| {
             metrics::counter!("parley_push_dropped_total", "reason" => reason)
                 .increment(count as u64);
             tracing::debug!(uid = %uid, gid, reason, messages = count, "push dropped");
-            self.store.complete(uid, gid, newest.seq, next_due)
+            Ok(Settled::Done(newest.seq))
         };
-        if self.muted(uid, gid).await? {
-            return Ok(settle("muted", queued.len()).await?);
+        if facts.muted {
+            return settle("muted", queued.len());
         }
-        // Cheapest first: the device list, then presence, then the receipt service.
-        let devices = self.store.devices(uid).await?;
-        if devices.is_empty() {
-            return Ok(settle("no_device", queued.len()).await?);
+        // Cheapest first: the device list and presence (read for the whole
+        // batch), then the receipt service.
+        if facts.devices.is_empty() {
+            return settle("no_device", queued.len());
         }
-        if self.online(uid).await {
-            return Ok(settle("online", queued.len()).await?);
+        if facts.online {
+            return settle("online", queued.len());
         }
         let Some((badge, read_seq)) = self.unread(uid, gid).await? else {
-            return Ok(settle("not_member", queued.len()).await?);
+            return settle("not_member", queued.len());
         };
         let unread: Vec<&Queued> = queued.iter().filter(|q| q.seq > read_seq).collect();
         let read = queued.len() - unread.len();
@@ -246,7 +347,7 @@ impl<S: QueueStore> Worker<S> {
                 .increment(read as u64);
         }
         let (Some(first), Some(last)) = (unread.first(), unread.last()) else {
-            return Ok(settle("read", 0).await?);
+            return settle("read", 0);
         };
         let push = Push {
             gid,
@@ -265,7 +366,7 @@ impl<S: QueueStore> Worker<S> {
             }
             _ => true,
         };
-        let targets: Vec<&Device> = devices.iter().filter(owed).collect();
+        let targets: Vec<&Device> = facts.devices.iter().filter(owed).collect();
         let attempt = u32::try_from(pending.attempts)
             .unwrap_or(0)
             .saturating_add(1);
@@ -281,11 +382,9 @@ impl<S: QueueStore> Worker<S> {
         if !retries.is_empty()
             && let Some(retry) = self.retry(&retries, &push, attempt).await
         {
-            self.store.postpone(uid, gid, &retry).await?;
-            return Ok(());
+            return Ok(Settled::Retry(retry));
         }
-        self.store.complete(uid, gid, newest.seq, next_due).await?;
-        Ok(())
+        Ok(Settled::Done(newest.seq))
     }
 
     /// The pair's next try for `retries` (the devices a provider asked to
@@ -335,23 +434,19 @@ impl<S: QueueStore> Worker<S> {
         None
     }
 
-    async fn muted(&self, uid: &str, gid: i64) -> Result<bool, QueueError> {
-        Ok(match self.store.muted_until(uid, gid).await? {
-            Some(-1) => true,
-            Some(until) => until > now_ms(),
-            None => false,
-        })
-    }
-
-    /// Whether one of the user's devices is connected: then the gateway
-    /// delivers, and a push would only buzz twice. If presence cannot answer,
-    /// the push goes out (a spare notification beats a missed one).
-    async fn online(&self, uid: &str) -> bool {
-        match locate(&self.presence, &[uid.to_owned()]).await {
-            Ok(located) => located.iter().any(|(_, gateways)| !gateways.is_empty()),
+    /// Which of `uids` have a device connected: the gateway delivers to them,
+    /// and a push would only buzz twice. If presence cannot answer, the
+    /// pushes go out (a spare notification beats a missed one).
+    async fn online(&self, uids: &[String]) -> HashSet<String> {
+        match locate(&self.presence, uids).await {
+            Ok(located) => located
+                .into_iter()
+                .filter(|(_, gateways)| !gateways.is_empty())
+                .map(|(uid, _)| uid)
+                .collect(),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), "presence unavailable; pushing anyway");
-                false
+                HashSet::new()
             }
         }
     }

@@ -4,7 +4,7 @@
 use parley_notification::{
     push::{Device, Platform},
     store::{
-        DeadLetter, MySqlQueueStore, OfflineBatch, Pending, QueueStore, Registered, Retry,
+        DeadLetter, Done, MySqlQueueStore, OfflineBatch, Pending, QueueStore, Registered, Retry,
         SqliteQueueStore,
     },
 };
@@ -121,9 +121,9 @@ async fn due_pairs_are_claimed_once_and_completed<S: QueueStore>(store: S) {
     assert_eq!(due.len(), 2);
     let u1 = due.iter().find(|p| p.uid == "u1").expect("u1 due").clone();
     assert_eq!(u1, fresh("u1", 100));
-    assert!(store.claim(&u1, 5_000).await.expect("claim"));
+    assert!(claim_one(&store, &u1, 5_000).await);
     assert!(
-        !store.claim(&u1, 6_000).await.expect("claim"),
+        !claim_one(&store, &u1, 6_000).await,
         "a pair is claimed once"
     );
     assert!(
@@ -145,7 +145,7 @@ async fn due_pairs_are_claimed_once_and_completed<S: QueueStore>(store: S) {
         .enqueue(&[batch_due(3, &["u1"], 400)], 300)
         .await
         .expect("enqueue");
-    store.complete("u1", 7, 2, 900).await.expect("complete");
+    complete_one(&store, "u1", 2, 900).await;
     assert_eq!(store.queued_for("u1").await.expect("read"), vec![(7, 3)]);
     assert_eq!(
         store
@@ -156,7 +156,7 @@ async fn due_pairs_are_claimed_once_and_completed<S: QueueStore>(store: S) {
             .find(|p| p.uid == "u1"),
         Some(&fresh("u1", 900))
     );
-    store.complete("u1", 7, 3, 1_000).await.expect("complete");
+    complete_one(&store, "u1", 3, 1_000).await;
     assert!(store.queued("u1", 7).await.expect("queued").is_empty());
     assert!(
         store
@@ -169,7 +169,7 @@ async fn due_pairs_are_claimed_once_and_completed<S: QueueStore>(store: S) {
 
     // Released pairs are due again at once.
     let u2 = store.due(100, 10).await.expect("due").remove(0);
-    assert!(store.claim(&u2, 5_000).await.expect("claim"));
+    assert!(claim_one(&store, &u2, 5_000).await);
     store.release("u2", 7, 150).await.expect("release");
     assert_eq!(store.due(150, 10).await.expect("due")[0].uid, "u2");
     assert_eq!(store.queue_stats().await.expect("stats"), (1, Some(10)));
@@ -178,7 +178,7 @@ async fn due_pairs_are_claimed_once_and_completed<S: QueueStore>(store: S) {
     // attempts and the devices still owed, its messages kept; completing it
     // clears them for the next push.
     let u2 = store.due(150, 10).await.expect("due").remove(0);
-    assert!(store.claim(&u2, 5_000).await.expect("claim"));
+    assert!(claim_one(&store, &u2, 5_000).await);
     let retry = Retry {
         due_at_ms: 1_150,
         attempts: 1,
@@ -201,17 +201,106 @@ async fn due_pairs_are_claimed_once_and_completed<S: QueueStore>(store: S) {
         }
     );
     assert_eq!(store.queued("u2", 7).await.expect("queued").len(), 1);
-    assert!(store.claim(&again, 9_000).await.expect("claim"));
+    assert!(claim_one(&store, &again, 9_000).await);
     store
         .enqueue(&[batch_due(4, &["u2"], 1_200)], 1_200)
         .await
         .expect("enqueue");
-    store.complete("u2", 7, 1, 2_000).await.expect("complete");
+    complete_one(&store, "u2", 1, 2_000).await;
     assert_eq!(
         store.due(2_000, 10).await.expect("due"),
         vec![fresh("u2", 2_000)],
         "the next push starts with no attempts"
     );
+}
+
+/// Claims one pair; whether this claim got it.
+async fn claim_one<S: QueueStore>(store: &S, pending: &Pending, lease_until_ms: i64) -> bool {
+    let claimed = store
+        .claim(std::slice::from_ref(pending), lease_until_ms)
+        .await
+        .expect("claim");
+    claimed.len() == 1
+}
+
+/// Completes `uid`'s pair in group 7 through `seq`.
+async fn complete_one<S: QueueStore>(store: &S, uid: &str, seq: i64, next_due_at_ms: i64) {
+    let done = Done {
+        uid: uid.into(),
+        gid: 7,
+        through_seq: seq,
+    };
+    store
+        .complete(&[done], next_due_at_ms)
+        .await
+        .expect("complete");
+}
+
+/// A batch of pairs: claimed together (those another worker took first left
+/// out), read together (queued messages, mutes, devices of every user), and
+/// completed in one call (pairs with later messages due again, the rest gone).
+async fn pairs_are_claimed_read_and_completed_in_batches<S: QueueStore>(store: S) {
+    let users = ["b1", "b2", "b3", "b4"];
+    with_devices(&store, &users).await;
+    store
+        .enqueue(
+            &[batch_due(1, &users, 100), batch_due(2, &users[..2], 100)],
+            10,
+        )
+        .await
+        .expect("enqueue");
+    store.set_mute("b3", 7, -1).await.expect("mute");
+    let due = store.due(100, 10).await.expect("due");
+    assert_eq!(due.len(), 4);
+    // Another worker takes b4's pair first.
+    let b4 = due.iter().find(|p| p.uid == "b4").expect("b4 due").clone();
+    assert!(claim_one(&store, &b4, 7_000).await);
+    let mut claimed = store.claim(&due, 5_000).await.expect("claim");
+    claimed.sort_by(|a, b| a.uid.cmp(&b.uid));
+    let names: Vec<&str> = claimed.iter().map(|p| p.uid.as_str()).collect();
+    assert_eq!(names, ["b1", "b2", "b3"], "b4 was taken first");
+    let uids: Vec<String> = names.iter().map(|&u| u.to_owned()).collect();
+    let queued: Vec<(String, i64)> = store
+        .queued_of(&uids)
+        .await
+        .expect("queued")
+        .into_iter()
+        .map(|row| (row.uid, row.queued.seq))
+        .collect();
+    assert_eq!(
+        queued,
+        [("b1", 1), ("b1", 2), ("b2", 1), ("b2", 2), ("b3", 1)].map(|(u, s)| (u.to_owned(), s))
+    );
+    assert_eq!(
+        store.mutes_of(&uids).await.expect("mutes"),
+        vec![("b3".to_owned(), 7, -1)]
+    );
+    let owners: Vec<String> = store
+        .devices_of(&uids)
+        .await
+        .expect("devices")
+        .into_iter()
+        .map(|d| d.uid)
+        .collect();
+    assert_eq!(owners, uids, "one device each, in user order");
+    // b1's push covered seq 1 only (seq 2 came meanwhile); b2 and b3 are done.
+    let done = [("b1", 1), ("b2", 2), ("b3", 1)].map(|(uid, through_seq)| Done {
+        uid: uid.into(),
+        gid: 7,
+        through_seq,
+    });
+    store.complete(&done, 900).await.expect("complete");
+    assert_eq!(store.queued_for("b1").await.expect("read"), vec![(7, 2)]);
+    assert!(store.queued_for("b2").await.expect("read").is_empty());
+    assert!(store.queued_for("b3").await.expect("read").is_empty());
+    let due: Vec<String> = store
+        .due(i64::MAX, 10)
+        .await
+        .expect("due")
+        .into_iter()
+        .map(|p| p.uid)
+        .collect();
+    assert_eq!(due, ["b1", "b4"], "b1 due again, b4 still with its worker");
 }
 
 /// A pair in group 7 due at `due_at_ms`, never attempted.
@@ -413,6 +502,7 @@ parley_testkit::contract_suite!(
     batches_are_stored_once_per_recipient,
     large_batches_are_stored_whole,
     due_pairs_are_claimed_once_and_completed,
+    pairs_are_claimed_read_and_completed_in_batches,
     devices_are_registered_replaced_and_pruned,
     concurrent_registrations_respect_the_device_cap,
     a_burst_of_registrations_by_different_users_all_succeed,

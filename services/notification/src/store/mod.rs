@@ -5,7 +5,9 @@
 
 use std::future::Future;
 
-use sqlx::{MySql, MySqlPool, Sqlite, SqlitePool, migrate::Migrator};
+use sqlx::{
+    Database, Encode, MySql, MySqlPool, QueryBuilder, Sqlite, SqlitePool, Type, migrate::Migrator,
+};
 
 use crate::push::{Device, Platform};
 
@@ -97,6 +99,78 @@ pub struct Retry {
     pub seq: i64,
 }
 
+/// A queued message with its pair, as read for a batch of pairs.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct PairQueued {
+    /// The user.
+    pub uid: String,
+    /// The group.
+    pub gid: i64,
+    /// The message.
+    #[sqlx(flatten)]
+    pub queued: Queued,
+}
+
+/// A pair whose push is settled: its messages up to `through_seq` are done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Done {
+    /// The user.
+    pub uid: String,
+    /// The group.
+    pub gid: i64,
+    /// The last seq the push covered (0: nothing was queued).
+    pub through_seq: i64,
+}
+
+/// Pairs per statement of a batch (their `OR` list comes in a few lengths).
+const PAIRS: usize = 64;
+
+/// The lengths an `OR` list of pairs is padded to: three statements per kind
+/// (a batch's ten kinds of pair statements share a connection's cache of 100
+/// with the enqueue's).
+const OR_LENGTHS: [usize; 3] = [1, 8, PAIRS];
+
+/// Appends `(c1 OR c2 …)`, one condition per item written by `each` (at most
+/// [`PAIRS`]), padded to one of [`OR_LENGTHS`] by repeating the last (an `OR`
+/// ignores a repeat), so each length is one prepared statement.
+fn push_any<DB: Database, T: Clone>(
+    query: &mut QueryBuilder<DB>,
+    items: &[T],
+    mut each: impl FnMut(&mut QueryBuilder<DB>, T),
+) {
+    let length = OR_LENGTHS
+        .into_iter()
+        .find(|&n| n >= items.len())
+        .unwrap_or(items.len());
+    let padding = items
+        .last()
+        .into_iter()
+        .cycle()
+        .take(length.saturating_sub(items.len()));
+    query.push("(");
+    for (i, item) in items.iter().chain(padding).cloned().enumerate() {
+        if i > 0 {
+            query.push(" OR ");
+        }
+        query.push("(");
+        each(query, item);
+        query.push(")");
+    }
+    query.push(")");
+}
+
+/// Appends `uid = ? AND gid = ?`.
+fn push_pair<DB: Database>(query: &mut QueryBuilder<DB>, (uid, gid): (String, i64))
+where
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    query.push("uid = ");
+    query.push_bind(uid);
+    query.push(" AND gid = ");
+    query.push_bind(gid);
+}
+
 /// A push given up on.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct DeadLetter {
@@ -127,6 +201,14 @@ struct DeviceRow {
     token: String,
     app_id: String,
     locale: String,
+}
+
+/// A device row with its user, as read for a batch of users.
+#[derive(sqlx::FromRow)]
+struct UserDeviceRow {
+    uid: String,
+    #[sqlx(flatten)]
+    device: DeviceRow,
 }
 
 impl DeviceRow {
@@ -174,12 +256,14 @@ pub trait QueueStore: Clone + Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Pending>, QueueError>> + Send;
 
-    /// Claims a due pair until `lease_until_ms`; false if another worker did first.
+    /// Claims due pairs until `lease_until_ms` (which should be unlikely to
+    /// be another worker's: it tells this claim's pairs apart); returns those
+    /// claimed, not those another worker took first.
     fn claim(
         &self,
-        pending: &Pending,
+        due: &[Pending],
         lease_until_ms: i64,
-    ) -> impl Future<Output = Result<bool, QueueError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Pending>, QueueError>> + Send;
 
     /// Makes a claimed pair due again at `due_at_ms` without sending (a worker
     /// stopping, or a dependency down).
@@ -199,6 +283,24 @@ pub trait QueueStore: Clone + Send + Sync + 'static {
         retry: &Retry,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
+    /// Every message queued for each of `uids`, by user, group and seq.
+    fn queued_of(
+        &self,
+        uids: &[String],
+    ) -> impl Future<Output = Result<Vec<PairQueued>, QueueError>> + Send;
+
+    /// The mutes of each of `uids`: (user, group, until).
+    fn mutes_of(
+        &self,
+        uids: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, i64, i64)>, QueueError>> + Send;
+
+    /// The devices with tokens of each of `uids`, by user and device id.
+    fn devices_of(
+        &self,
+        uids: &[String],
+    ) -> impl Future<Output = Result<Vec<Device>, QueueError>> + Send;
+
     /// The messages queued for a user in a group, in seq order.
     fn queued(
         &self,
@@ -206,14 +308,12 @@ pub trait QueueStore: Clone + Send + Sync + 'static {
         gid: i64,
     ) -> impl Future<Output = Result<Vec<Queued>, QueueError>> + Send;
 
-    /// Removes the pair's queued messages up to `through_seq`; if later ones
-    /// arrived meanwhile, their push is due at `next_due_at_ms`, with no
-    /// attempts yet.
+    /// Removes each pair's queued messages up to its `through_seq`, in one
+    /// transaction; a pair whose later messages arrived meanwhile is due
+    /// again at `next_due_at_ms`, with no attempts yet.
     fn complete(
         &self,
-        uid: &str,
-        gid: i64,
-        through_seq: i64,
+        done: &[Done],
         next_due_at_ms: i64,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
@@ -314,19 +414,33 @@ macro_rules! impl_queue_store {
                 .await?)
             }
 
-            async fn claim(&self, pending: &Pending, lease_until_ms: i64) -> Result<bool, QueueError> {
-                let claimed = sqlx::query(
-                    "UPDATE push_pending SET due_at_ms = ? \
-                     WHERE uid = ? AND gid = ? AND due_at_ms = ?",
-                )
-                .bind(lease_until_ms)
-                .bind(&pending.uid)
-                .bind(pending.gid)
-                .bind(pending.due_at_ms)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-                Ok(claimed == 1)
+            async fn claim(&self, due: &[Pending], lease_until_ms: i64) -> Result<Vec<Pending>, QueueError> {
+                let mut claimed = Vec::with_capacity(due.len());
+                for chunk in due.chunks(PAIRS) {
+                    let mut update = QueryBuilder::<$db>::new("UPDATE push_pending SET due_at_ms = ");
+                    update.push_bind(lease_until_ms);
+                    update.push(" WHERE ");
+                    push_any(&mut update, chunk, |q, p: Pending| {
+                        push_pair(q, (p.uid, p.gid));
+                        q.push(" AND due_at_ms = ");
+                        q.push_bind(p.due_at_ms);
+                    });
+                    let updated = update.build().execute(&self.pool).await?.rows_affected();
+                    if updated == chunk.len() as u64 {
+                        claimed.extend_from_slice(chunk);
+                        continue;
+                    }
+                    // Another worker took some first: ours carry our lease.
+                    let mut select = QueryBuilder::<$db>::new("SELECT uid, gid FROM push_pending WHERE due_at_ms = ");
+                    select.push_bind(lease_until_ms);
+                    select.push(" AND ");
+                    let pairs: Vec<(String, i64)> = chunk.iter().map(|p| (p.uid.clone(), p.gid)).collect();
+                    push_any(&mut select, &pairs, push_pair);
+                    let ours: std::collections::HashSet<(String, i64)> =
+                        select.build_query_as().fetch_all(&self.pool).await?.into_iter().collect();
+                    claimed.extend(chunk.iter().filter(|p| ours.contains(&(p.uid.clone(), p.gid))).cloned());
+                }
+                Ok(claimed)
             }
 
             async fn release(&self, uid: &str, gid: i64, due_at_ms: i64) -> Result<(), QueueError> {
@@ -355,6 +469,46 @@ macro_rules! impl_queue_store {
                 Ok(())
             }
 
+            async fn queued_of(&self, uids: &[String]) -> Result<Vec<PairQueued>, QueueError> {
+                let mut rows = Vec::new();
+                for chunk in uids.chunks(PAIRS) {
+                    let mut select = QueryBuilder::<$db>::new(
+                        "SELECT uid, gid, seq, msgid, sender_uid, group_name, enqueued_at_ms \
+                         FROM push_queue WHERE uid IN ",
+                    );
+                    parley_server::db::push_list(&mut select, chunk.iter().cloned());
+                    select.push(" ORDER BY uid, gid, seq");
+                    rows.extend(select.build_query_as::<PairQueued>().fetch_all(&self.pool).await?);
+                }
+                Ok(rows)
+            }
+
+            async fn mutes_of(&self, uids: &[String]) -> Result<Vec<(String, i64, i64)>, QueueError> {
+                let mut rows = Vec::new();
+                for chunk in uids.chunks(PAIRS) {
+                    let mut select =
+                        QueryBuilder::<$db>::new("SELECT uid, gid, until_ms FROM push_mutes WHERE uid IN ");
+                    parley_server::db::push_list(&mut select, chunk.iter().cloned());
+                    rows.extend(select.build_query_as().fetch_all(&self.pool).await?);
+                }
+                Ok(rows)
+            }
+
+            async fn devices_of(&self, uids: &[String]) -> Result<Vec<Device>, QueueError> {
+                let mut devices = Vec::new();
+                for chunk in uids.chunks(PAIRS) {
+                    let mut select = QueryBuilder::<$db>::new(
+                        "SELECT uid, device_id, platform, token, app_id, locale FROM push_devices \
+                         WHERE uid IN ",
+                    );
+                    parley_server::db::push_list(&mut select, chunk.iter().cloned());
+                    select.push(" ORDER BY uid, device_id");
+                    let rows: Vec<UserDeviceRow> = select.build_query_as().fetch_all(&self.pool).await?;
+                    devices.extend(rows.into_iter().filter_map(|row| row.device.into_device(&row.uid)));
+                }
+                Ok(devices)
+            }
+
             async fn queued(&self, uid: &str, gid: i64) -> Result<Vec<Queued>, QueueError> {
                 Ok(sqlx::query_as(
                     "SELECT seq, msgid, sender_uid, group_name, enqueued_at_ms FROM push_queue \
@@ -366,45 +520,48 @@ macro_rules! impl_queue_store {
                 .await?)
             }
 
-            async fn complete(
-                &self,
-                uid: &str,
-                gid: i64,
-                through_seq: i64,
-                next_due_at_ms: i64,
-            ) -> Result<(), QueueError> {
-                let mut tx = self.pool.begin().await?;
-                let outcome: Result<(), QueueError> = async {
-                    sqlx::query(Self::LOCK_PENDING)
-                        .bind(uid)
-                        .bind(gid)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    sqlx::query("DELETE FROM push_queue WHERE uid = ? AND gid = ? AND seq <= ?")
-                        .bind(uid)
-                        .bind(gid)
-                        .bind(through_seq)
-                        .execute(&mut *tx)
-                        .await?;
-                    let left: Option<(i64,)> = sqlx::query_as(Self::ANY_QUEUED)
-                        .bind(uid)
-                        .bind(gid)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    let pending = if left.is_some() {
-                        sqlx::query(
-                            "UPDATE push_pending SET due_at_ms = ?, attempts = 0, \
-                             retry_devices = NULL, retry_seq = 0 WHERE uid = ? AND gid = ?",
-                        )
-                        .bind(next_due_at_ms)
-                    } else {
-                        sqlx::query("DELETE FROM push_pending WHERE uid = ? AND gid = ?")
-                    };
-                    pending.bind(uid).bind(gid).execute(&mut *tx).await?;
-                    Ok(())
+            async fn complete(&self, done: &[Done], next_due_at_ms: i64) -> Result<(), QueueError> {
+                for chunk in done.chunks(PAIRS) {
+                    let pairs: Vec<(String, i64)> = chunk.iter().map(|d| (d.uid.clone(), d.gid)).collect();
+                    let mut tx = self.pool.begin().await?;
+                    let outcome: Result<(), QueueError> = async {
+                        // The pairs' rows first, as an enqueue takes them.
+                        let mut lock = QueryBuilder::<$db>::new("SELECT due_at_ms FROM push_pending WHERE ");
+                        push_any(&mut lock, &pairs, push_pair);
+                        lock.push(Self::FOR_UPDATE);
+                        lock.build().fetch_all(&mut *tx).await?;
+                        let mut delete = QueryBuilder::<$db>::new("DELETE FROM push_queue WHERE ");
+                        push_any(&mut delete, chunk, |q, d: Done| {
+                            push_pair(q, (d.uid, d.gid));
+                            q.push(" AND seq <= ");
+                            q.push_bind(d.through_seq);
+                        });
+                        delete.build().execute(&mut *tx).await?;
+                        let mut left = QueryBuilder::<$db>::new("SELECT uid, gid FROM push_queue WHERE ");
+                        push_any(&mut left, &pairs, push_pair);
+                        left.push(Self::FOR_UPDATE);
+                        let left: std::collections::BTreeSet<(String, i64)> =
+                            left.build_query_as().fetch_all(&mut *tx).await?.into_iter().collect();
+                        let (again, finished): (Vec<(String, i64)>, Vec<(String, i64)>) =
+                            pairs.into_iter().partition(|pair| left.contains(pair));
+                        if !again.is_empty() {
+                            let mut update = QueryBuilder::<$db>::new("UPDATE push_pending SET due_at_ms = ");
+                            update.push_bind(next_due_at_ms);
+                            update.push(", attempts = 0, retry_devices = NULL, retry_seq = 0 WHERE ");
+                            push_any(&mut update, &again, push_pair);
+                            update.build().execute(&mut *tx).await?;
+                        }
+                        if !finished.is_empty() {
+                            let mut delete = QueryBuilder::<$db>::new("DELETE FROM push_pending WHERE ");
+                            push_any(&mut delete, &finished, push_pair);
+                            delete.build().execute(&mut *tx).await?;
+                        }
+                        Ok(())
+                    }
+                    .await;
+                    parley_server::db::finish(tx, outcome).await?;
                 }
-                .await;
-                parley_server::db::finish(tx, outcome).await
+                Ok(())
             }
 
             async fn queue_stats(&self) -> Result<(i64, Option<i64>), QueueError> {
@@ -464,14 +621,7 @@ macro_rules! impl_queue_store {
             }
 
             async fn devices(&self, uid: &str) -> Result<Vec<Device>, QueueError> {
-                let rows: Vec<DeviceRow> = sqlx::query_as(
-                    "SELECT device_id, platform, token, app_id, locale FROM push_devices \
-                     WHERE uid = ? ORDER BY device_id",
-                )
-                .bind(uid)
-                .fetch_all(&self.pool)
-                .await?;
-                Ok(rows.into_iter().filter_map(|row| row.into_device(uid)).collect())
+                self.devices_of(&[uid.to_owned()]).await
             }
 
             async fn prune_token(&self, device: &Device) -> Result<bool, QueueError> {
@@ -555,10 +705,7 @@ impl MySqlQueueStore {
     // A no-op update still locks the existing row, which orders this against
     // a worker's `complete`.
     const KEEP_PENDING: &'static str = " ON DUPLICATE KEY UPDATE due_at_ms = due_at_ms";
-    const LOCK_PENDING: &'static str =
-        "SELECT due_at_ms FROM push_pending WHERE uid = ? AND gid = ? FOR UPDATE";
-    const ANY_QUEUED: &'static str =
-        "SELECT seq FROM push_queue WHERE uid = ? AND gid = ? LIMIT 1 FOR UPDATE";
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
     // An upsert takes the row's exclusive lock at once (INSERT IGNORE would
     // take a shared one first, and two registrations upgrading it deadlock).
     const LOCK_USER: &'static str =
@@ -590,9 +737,8 @@ impl SqliteQueueStore {
          (uid, gid, seq, msgid, sender_uid, group_name, enqueued_at_ms) ";
     // One connection serialises every transaction: no row locks needed.
     const KEEP_PENDING: &'static str = " ON CONFLICT (uid, gid) DO NOTHING";
-    const LOCK_PENDING: &'static str =
-        "SELECT due_at_ms FROM push_pending WHERE uid = ? AND gid = ?";
-    const ANY_QUEUED: &'static str = "SELECT seq FROM push_queue WHERE uid = ? AND gid = ? LIMIT 1";
+    // One writer at a time: a transaction's reads need no locks.
+    const FOR_UPDATE: &'static str = "";
     // One connection serialises every transaction: the row only exists.
     const LOCK_USER: &'static str =
         "INSERT INTO push_users (uid) VALUES (?) ON CONFLICT (uid) DO NOTHING";
@@ -619,11 +765,12 @@ mod tests {
     use super::*;
     use crate::push::{Device, Platform};
 
-    /// Enqueues for 1 to 64 recipients with tokens fit one connection's
-    /// statement cache: no statement is evicted (each eviction stalls the
+    /// Enqueues for 1 to 64 recipients with tokens, and the worker's batches
+    /// of 1 to 64 pairs, fit one connection's statement cache: no statement
+    /// is evicted (each eviction stalls the
     /// next statement ~40 ms; see `parley_server::db::STATEMENT_CACHE`).
     #[tokio::test]
-    async fn enqueues_of_every_size_fit_the_statement_cache() {
+    async fn enqueues_and_batches_of_every_size_fit_the_statement_cache() {
         let db = parley_testkit::TestDb::mysql().await;
         let store = MySqlQueueStore::connect(db.url(), 1)
             .await
@@ -653,6 +800,31 @@ mod tests {
             };
             let queued = store.enqueue(&[batch], 10).await.expect("enqueue");
             assert_eq!(queued, u64::try_from(recipients).expect("count"));
+        }
+        // The worker's batches of every size, on the same connection.
+        for n in 1..=PAIRS {
+            let due = store
+                .due(i64::MAX, u32::try_from(n).expect("n"))
+                .await
+                .expect("due");
+            let claimed = store
+                .claim(&due, 1_000_000 + n as i64)
+                .await
+                .expect("claim");
+            assert_eq!(claimed.len(), n);
+            let uids: Vec<String> = claimed.iter().map(|p| p.uid.clone()).collect();
+            store.queued_of(&uids).await.expect("queued");
+            store.mutes_of(&uids).await.expect("mutes");
+            store.devices_of(&uids).await.expect("devices");
+            let done: Vec<Done> = claimed
+                .iter()
+                .map(|p| Done {
+                    uid: p.uid.clone(),
+                    gid: p.gid,
+                    through_seq: 0,
+                })
+                .collect();
+            store.complete(&done, 10).await.expect("complete");
         }
         assert_eq!(parley_testkit::statements_evicted(&store.pool).await, 0);
     }
