@@ -61,7 +61,7 @@ pub fn push_env(fcm: &MockFcm) -> Vec<(&'static str, &'static str, String)> {
             "0".into(),
         ),
         ("notification", "PARLEY_NOTIFICATION_POLL_MS", "20".into()),
-        ("notification", "PARLEY_NOTIFICATION_WORKERS", "64".into()),
+        ("notification", "PARLEY_NOTIFICATION_WORKERS", "256".into()),
         (
             "notification",
             "PARLEY_NOTIFICATION_BACKOFF_MS",

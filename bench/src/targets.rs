@@ -146,6 +146,12 @@ impl Target<'_> {
             (Some(v), Bound::AtMost(b)) if v <= b => "met".to_owned(),
             (Some(_), _) => "not met".to_owned(),
         };
+        // Bounds derived from a baseline print rounded.
+        let bound = if bound >= 100.0 {
+            format!("{bound:.0}")
+        } else {
+            format!("{bound}")
+        };
         Row::plain(
             "targets",
             &format!("{} (target {rule} {bound})", self.figure),

@@ -106,6 +106,8 @@ impl Policy {
     }
 }
 
+/// Pairs claimed, read and completed together.
+const BATCH: usize = 64;
 /// Retry a pair later when a dependency fails, after this long.
 const LATER: Duration = Duration::from_secs(5);
 /// Queue depth and age are reported this often.
@@ -181,7 +183,9 @@ impl<S: QueueStore> Worker<S> {
         jobs: &mut JoinSet<()>,
         stop: &watch::Receiver<bool>,
     ) -> usize {
-        let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
+        // Batches of at most BATCH pairs, several in flight when the workers
+        // allow: one slow provider answer holds up only its own batch.
+        let free = u32::try_from(slots.available_permits().min(BATCH)).unwrap_or(u32::MAX);
         if free == 0 {
             return 0;
         }
