@@ -589,7 +589,7 @@ impl Suite {
 
     fn start_notification(&self, listener: TcpListener) -> Running {
         let window = self.options.push_window_ms.to_string();
-        let workers = self.options.push_workers.unwrap_or(32).to_string();
+        let workers = self.options.push_workers.unwrap_or(256).to_string();
         let config = self
             .parse_as::<parley_notification::Cli>(args(
                 "parley-notification",

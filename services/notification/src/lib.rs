@@ -115,8 +115,9 @@ pub struct PolicyArgs {
     #[arg(long, env = "PARLEY_NOTIFICATION_POLL_MS", default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub poll_ms: u64,
-    /// Users (with their groups) pushed to at once.
-    #[arg(long, env = "PARLEY_NOTIFICATION_WORKERS", default_value_t = 32,
+    /// (User, group) pairs pushed to at once, in batches of up to 64 that are
+    /// claimed, read and settled together.
+    #[arg(long, env = "PARLEY_NOTIFICATION_WORKERS", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub workers: u32,
 }
