@@ -593,6 +593,68 @@ async fn a_user_s_streams_are_bounded() {
     suite.stop().await;
 }
 
+/// UnreadTotals (the push sender's badges for a batch) takes 1 to 1,000
+/// well-formed pairs, checked whole, and answers each in request order: the
+/// unread total over the user's groups, and whether they are in the group.
+#[tokio::test]
+async fn unread_totals_are_bounded_checked_whole_and_exact() {
+    use parley_proto::receipt::{MemberGroup, UnreadTotalsRequest};
+    let suite = Suite::start(Backend::MariaDb).await;
+    let first = create_group(&suite, "A", "One", &["uid1", "uid2"]).await;
+    let second = create_group(&suite, "A", "Two", &["uid1"]).await;
+    for (gid, id) in [(first, "o1"), (first, "o2"), (second, "t1")] {
+        crate::support::send_direct(&suite, "A", gid, id, 8).await;
+    }
+    crate::support::wait_for_position(&suite, "uid1", second, "t1 recorded", |g| g.last_seq == 1)
+        .await;
+    crate::support::wait_for_position(&suite, "uid1", first, "o2 recorded", |g| g.last_seq == 2)
+        .await;
+    crate::support::ack_read(&suite, "uid1", first, 1).await;
+    let pair = |uid: &str, gid: u64| MemberGroup {
+        uid: uid.into(),
+        gid,
+    };
+    let mut receipt = suite.receipt(As::Raw("x-parley-service", "notification"));
+    for (members, what) in [
+        (vec![], "empty"),
+        (vec![pair("uid1", first); 1001], "1001"),
+        (vec![pair("uid1", first), pair("bad uid", first)], "bad uid"),
+        (vec![pair("uid1", 0)], "gid 0"),
+    ] {
+        let refused = receipt
+            .unread_totals(UnreadTotalsRequest { members })
+            .await
+            .expect_err(what);
+        assert_eq!(refused.code(), Code::InvalidArgument, "{what}: {refused:?}");
+    }
+    let answer = receipt
+        .unread_totals(UnreadTotalsRequest {
+            members: vec![
+                pair("uid1", first),
+                pair("uid2", second),
+                pair("uid1", second),
+            ],
+        })
+        .await
+        .expect("answered")
+        .into_inner()
+        .members;
+    let got: Vec<(&str, u64, bool, u64)> = answer
+        .iter()
+        .map(|m| (m.uid.as_str(), m.unread_total, m.member, m.read_seq))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("uid1", 2, true, 1),
+            ("uid2", 2, false, 0),
+            ("uid1", 2, true, 0)
+        ],
+        "uid1: one unread in each group; uid2: two in the first, not in the second"
+    );
+    suite.stop().await;
+}
+
 /// Heartbeats past a stream's allowance (20 in a row, then one a second) are
 /// refused in their reply with RESOURCE_EXHAUSTED and a retry hint, and the
 /// stream stays open: the next send still goes through.

@@ -299,6 +299,19 @@ async fn every_rpc_answers_each_kind_of_caller_by_the_rule() {
                 internal,
             ),
             (
+                "UnreadTotals",
+                code(
+                    r.unread_totals(rpb::UnreadTotalsRequest {
+                        members: vec![rpb::MemberGroup {
+                            uid: "uid1".into(),
+                            gid,
+                        }],
+                    })
+                    .await,
+                ),
+                internal,
+            ),
+            (
                 "LastSeqs",
                 code(m.last_seqs(mpb::LastSeqsRequest { gids: vec![gid] }).await),
                 internal,

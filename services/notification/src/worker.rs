@@ -24,7 +24,7 @@ use std::{
 use futures::future::join_all;
 use parley_bus::routing::{PresenceClient, locate};
 use parley_proto::receipt::{self as rpb, receipt_service_client::ReceiptServiceClient};
-use parley_server::{ServiceIdentity, Uid, backoff_delay, caller::acting_for, millis, now_ms};
+use parley_server::{ServiceIdentity, backoff_delay, millis, now_ms};
 use tokio::{
     sync::{Semaphore, watch},
     task::JoinSet,
@@ -47,6 +47,20 @@ struct Facts<'a> {
     devices: &'a [Device],
     /// Whether one of the user's devices is connected.
     online: bool,
+}
+
+/// Why a pair's push is dropped before the receipt service is asked: muted,
+/// no device with a token, or a device connected (the gateway delivers).
+fn dropped(facts: &Facts<'_>) -> Option<&'static str> {
+    if facts.muted {
+        Some("muted")
+    } else if facts.devices.is_empty() {
+        Some("no_device")
+    } else if facts.online {
+        Some("online")
+    } else {
+        None
+    }
 }
 
 /// How a pair's push was settled.
@@ -112,10 +126,8 @@ const BATCH: usize = 64;
 const LATER: Duration = Duration::from_secs(5);
 /// Queue depth and age are reported this often.
 const STATS_EVERY: Duration = Duration::from_secs(10);
-/// Groups per UnreadCounts page when adding up the badge.
-const UNREAD_PAGE: u32 = 1_000;
-/// Pages read for the badge: users in more groups get a partial sum.
-const UNREAD_PAGES: usize = 20;
+/// Pairs per UnreadTotals call (the receipt service's limit).
+const UNREAD_TOTALS: usize = 1_000;
 
 /// Why a pair has to wait.
 #[derive(Debug, thiserror::Error)]
@@ -280,15 +292,29 @@ impl<S: QueueStore> Worker<S> {
             devices.entry(device.uid.clone()).or_default().push(device);
         }
         let online = self.online(&uids).await;
-        let decided = join_all(pairs.iter().map(|pending| {
-            let key = (pending.uid.clone(), pending.gid);
-            let facts = Facts {
-                queued: queued.get(&key).map_or(&[][..], Vec::as_slice),
-                muted: muted.contains(&key),
-                devices: devices.get(&pending.uid).map_or(&[][..], Vec::as_slice),
-                online: online.contains(&pending.uid),
-            };
-            self.push_pair(pending, facts)
+        let facts: Vec<Facts> = pairs
+            .iter()
+            .map(|pending| {
+                let key = (pending.uid.clone(), pending.gid);
+                Facts {
+                    queued: queued.get(&key).map_or(&[][..], Vec::as_slice),
+                    muted: muted.contains(&key),
+                    devices: devices.get(&pending.uid).map_or(&[][..], Vec::as_slice),
+                    online: online.contains(&pending.uid),
+                }
+            })
+            .collect();
+        // The receipt service is asked only about pushes still wanted.
+        let asking: Vec<&Pending> = pairs
+            .iter()
+            .zip(&facts)
+            .filter(|(_, facts)| !facts.queued.is_empty() && dropped(facts).is_none())
+            .map(|(pending, _)| pending)
+            .collect();
+        let unread = self.unread(&asking).await?;
+        let decided = join_all(pairs.iter().zip(facts).map(|(pending, facts)| {
+            let unread = unread.get(&(pending.uid.clone(), pending.gid)).copied();
+            self.push_pair(pending, facts, unread)
         }))
         .await;
         let next_due = now_ms().saturating_add(millis(self.policy.window));
@@ -317,8 +343,14 @@ impl<S: QueueStore> Worker<S> {
         Ok(later)
     }
 
-    /// Decides one pair's push from what the batch read, and sends it.
-    async fn push_pair(&self, pending: &Pending, facts: Facts<'_>) -> Result<Settled, Later> {
+    /// Decides one pair's push from what the batch read (`unread`: the badge
+    /// and read cursor, `None` when the user is not a member), and sends it.
+    async fn push_pair(
+        &self,
+        pending: &Pending,
+        facts: Facts<'_>,
+        unread: Option<(u32, i64)>,
+    ) -> Result<Settled, Later> {
         let (uid, gid) = (pending.uid.as_str(), pending.gid);
         let queued = facts.queued;
         let Some(newest) = queued.last() else {
@@ -330,18 +362,10 @@ impl<S: QueueStore> Worker<S> {
             tracing::debug!(uid = %uid, gid, reason, messages = count, "push dropped");
             Ok(Settled::Done(newest.seq))
         };
-        if facts.muted {
-            return settle("muted", queued.len());
+        if let Some(reason) = dropped(&facts) {
+            return settle(reason, queued.len());
         }
-        // Cheapest first: the device list and presence (read for the whole
-        // batch), then the receipt service.
-        if facts.devices.is_empty() {
-            return settle("no_device", queued.len());
-        }
-        if facts.online {
-            return settle("online", queued.len());
-        }
-        let Some((badge, read_seq)) = self.unread(uid, gid).await? else {
+        let Some((badge, read_seq)) = unread else {
             return settle("not_member", queued.len());
         };
         let unread: Vec<&Queued> = queued.iter().filter(|q| q.seq > read_seq).collect();
@@ -455,37 +479,41 @@ impl<S: QueueStore> Worker<S> {
         }
     }
 
-    /// The user's unread count over every group (the badge) and read cursor in
-    /// `gid`; `None` when the user is no longer a member.
-    async fn unread(&self, uid: &str, gid: i64) -> Result<Option<(u32, i64)>, Later> {
-        let Ok(user) = Uid::parse(uid) else {
-            return Ok(None);
-        };
-        let (mut badge, mut read_seq, mut page_token) = (0u64, None, String::new());
-        for _ in 0..UNREAD_PAGES {
-            let request = rpb::UnreadCountsRequest {
-                gids: Vec::new(),
-                page_size: UNREAD_PAGE,
-                page_token,
-            };
+    /// Each pair's badge (the user's unread count over every group) and read
+    /// cursor in the pair's group, from one receipt call per 1,000 pairs; a
+    /// pair whose user is no longer a member of the group is left out.
+    async fn unread(
+        &self,
+        pairs: &[&Pending],
+    ) -> Result<HashMap<(String, i64), (u32, i64)>, Later> {
+        let mut found = HashMap::with_capacity(pairs.len());
+        for chunk in pairs.chunks(UNREAD_TOTALS) {
+            let members = chunk
+                .iter()
+                .filter_map(|p| {
+                    Some(rpb::MemberGroup {
+                        uid: p.uid.clone(),
+                        gid: u64::try_from(p.gid).ok()?,
+                    })
+                })
+                .collect();
             let reply = self
                 .receipt
                 .clone()
-                .unread_counts(acting_for(&user, request))
+                .unread_totals(rpb::UnreadTotalsRequest { members })
                 .await?
                 .into_inner();
-            for group in &reply.groups {
-                badge = badge.saturating_add(group.unread);
-                if i64::try_from(group.gid) == Ok(gid) {
-                    read_seq = Some(i64::try_from(group.read_seq).unwrap_or(i64::MAX));
-                }
+            for member in reply.members.into_iter().filter(|m| m.member) {
+                let (Ok(gid), Ok(read_seq)) =
+                    (i64::try_from(member.gid), i64::try_from(member.read_seq))
+                else {
+                    continue;
+                };
+                let badge = u32::try_from(member.unread_total).unwrap_or(u32::MAX);
+                found.insert((member.uid, gid), (badge, read_seq));
             }
-            if reply.next_page_token.is_empty() {
-                break;
-            }
-            page_token = reply.next_page_token;
         }
-        Ok(read_seq.map(|seq| (u32::try_from(badge).unwrap_or(u32::MAX), seq)))
+        Ok(found)
     }
 
     /// One attempt at one device: sent, its token pruned, dead-lettered for a

@@ -18,9 +18,13 @@ use crate::{
     },
     error::ReceiptError,
     store::{
-        GroupSelection, InitMessage, InitOutcome, MemberAck, MemberChange, MsgReceipt, ReceiptStore,
+        GroupSelection, InitMessage, InitOutcome, MemberAck, MemberChange, MsgReceipt,
+        ReceiptStore, UnreadRecord,
     },
 };
+
+/// Pairs one UnreadTotals call answers.
+pub const MAX_UNREAD_TOTALS: usize = 1000;
 
 /// The message service client, which vouches for a group's committed last seq.
 pub type MessageClient = MessageServiceClient<InterceptedService<Channel, ServiceIdentity>>;
@@ -554,6 +558,56 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
             })
             .collect();
         Ok(Response::new(pb::AckBatchResponse { groups }))
+    }
+
+    async fn unread_totals(
+        &self,
+        request: Request<pb::UnreadTotalsRequest>,
+    ) -> Result<Response<pb::UnreadTotalsResponse>, Status> {
+        Caller::require_service(&request, "notification")?;
+        let members = request.into_inner().members;
+        if members.is_empty() || members.len() > MAX_UNREAD_TOTALS {
+            return Err(ReceiptError::invalid(format!(
+                "members: 1 to {MAX_UNREAD_TOTALS} pairs, got {}",
+                members.len()
+            ))
+            .into());
+        }
+        let pairs = parley_server::check_each("members", members, |m| {
+            let uid =
+                Uid::parse(&m.uid).map_err(|e| Status::invalid_argument(format!("uid: {e}")))?;
+            Ok((uid.into_string(), parse_id(m.gid, "gid")?))
+        })?;
+        let mut uids: Vec<String> = pairs.iter().map(|(uid, _)| uid.clone()).collect();
+        uids.sort();
+        uids.dedup();
+        let mut positions: HashMap<&str, Vec<UnreadRecord>> = HashMap::new();
+        let rows = self.store.unread_of(&uids).await?;
+        for row in &rows {
+            positions
+                .entry(row.uid.as_str())
+                .or_default()
+                .push(row.record);
+        }
+        let members = pairs
+            .iter()
+            .map(|(uid, gid)| {
+                let groups = positions.get(uid.as_str()).map_or(&[][..], Vec::as_slice);
+                let total = groups
+                    .iter()
+                    .map(|g| unread(g.last_seq, g.read_seq))
+                    .fold(0u64, u64::saturating_add);
+                let here = groups.iter().find(|g| g.gid == *gid);
+                pb::MemberUnread {
+                    uid: uid.clone(),
+                    gid: to_u64(*gid),
+                    unread_total: total,
+                    member: here.is_some(),
+                    read_seq: here.map_or(0, |g| to_u64(g.read_seq)),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::UnreadTotalsResponse { members }))
     }
 
     async fn get_receipts(

@@ -135,6 +135,16 @@ pub struct UnreadRecord {
     pub delivered_seq: i64,
 }
 
+/// A user's position in one group, as read for many users at once.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct UserUnread {
+    /// The user.
+    pub uid: String,
+    /// The position.
+    #[sqlx(flatten)]
+    pub record: UnreadRecord,
+}
+
 /// Which of a user's groups to count.
 #[derive(Clone, Copy, Debug)]
 pub enum GroupSelection<'a> {
@@ -229,6 +239,12 @@ pub trait ReceiptStore: Clone + Send + Sync + 'static {
         uid: &str,
         selection: GroupSelection<'_>,
     ) -> impl Future<Output = Result<Vec<UnreadRecord>, ReceiptError>> + Send;
+
+    /// The positions of each of `uids` in their current groups: (user, position).
+    fn unread_of(
+        &self,
+        uids: &[String],
+    ) -> impl Future<Output = Result<Vec<UserUnread>, ReceiptError>> + Send;
 
     /// Retention: moves up to `limit` messages sent before `cutoff_ms` to the
     /// cursor tier and drops up to `limit` of the ledger's read acks from

@@ -249,6 +249,23 @@ macro_rules! impl_receipt_store {
                 Ok(select.build_query_as().fetch_all(&self.pool).await?)
             }
 
+            async fn unread_of(
+                &self,
+                uids: &[String],
+            ) -> Result<Vec<crate::store::UserUnread>, crate::error::ReceiptError> {
+                let mut rows = Vec::new();
+                for chunk in uids.chunks(64) {
+                    let mut select = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT c.uid, c.gid, g.last_seq, c.read_seq, c.delivered_seq \
+                         FROM receipt_cursors c JOIN receipt_groups g ON g.gid = c.gid \
+                         WHERE c.left_seq IS NULL AND c.uid IN ",
+                    );
+                    parley_server::db::push_list(&mut select, chunk.iter().cloned());
+                    rows.extend(select.build_query_as().fetch_all(&self.pool).await?);
+                }
+                Ok(rows)
+            }
+
             async fn expire_ledger(
                 &self,
                 cutoff_ms: i64,
