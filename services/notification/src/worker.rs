@@ -318,8 +318,7 @@ impl<S: QueueStore> Worker<S> {
         }))
         .await;
         let next_due = now_ms().saturating_add(millis(self.policy.window));
-        let mut done = Vec::new();
-        let mut later = Vec::new();
+        let (mut done, mut retries, mut later) = (Vec::new(), Vec::new(), Vec::new());
         for (pending, outcome) in pairs.iter().zip(decided) {
             match outcome {
                 Ok(Settled::Done(through_seq)) => done.push(Done {
@@ -327,17 +326,15 @@ impl<S: QueueStore> Worker<S> {
                     gid: pending.gid,
                     through_seq,
                 }),
-                Ok(Settled::Retry(retry)) => {
-                    if let Err(error) = self.store.postpone(&pending.uid, pending.gid, &retry).await
-                    {
-                        tracing::warn!(uid = %pending.uid, gid = pending.gid, error = %error, "push retry not recorded; the lease brings it back");
-                    }
-                }
+                Ok(Settled::Retry(retry)) => retries.push(retry),
                 Err(error) => {
                     tracing::warn!(uid = %pending.uid, gid = pending.gid, error = %error, "push postponed");
                     later.push((pending, LATER));
                 }
             }
+        }
+        if let Err(error) = self.store.postpone(&retries).await {
+            tracing::warn!(pairs = retries.len(), error = %error, "push retries not recorded; their lease brings them back");
         }
         self.store.complete(&done, next_due).await?;
         Ok(later)
@@ -408,18 +405,19 @@ impl<S: QueueStore> Worker<S> {
             })
             .collect();
         if !retries.is_empty()
-            && let Some(retry) = self.retry(&retries, &push, attempt).await
+            && let Some(retry) = self.retry(uid, &retries, &push, attempt).await
         {
             return Ok(Settled::Retry(retry));
         }
         Ok(Settled::Done(newest.seq))
     }
 
-    /// The pair's next try for `retries` (the devices a provider asked to
+    /// `uid`'s pair's next try for `retries` (the devices a provider asked to
     /// retry after attempt `attempt`), or `None` when they are given up on
     /// (the last attempt, or a retry past the lease), each dead-lettered.
     async fn retry(
         &self,
+        uid: &str,
         retries: &[(&Device, Option<Duration>, String)],
         push: &Push,
         attempt: u32,
@@ -449,6 +447,8 @@ impl<S: QueueStore> Worker<S> {
                 .map(|(device, _, _)| device.device_id.as_str())
                 .collect();
             return Some(Retry {
+                uid: uid.to_owned(),
+                gid: push.gid,
                 due_at_ms: now_ms().saturating_add(millis(delay)),
                 attempts: i32::try_from(attempt).unwrap_or(i32::MAX),
                 devices: devices.join("|"),

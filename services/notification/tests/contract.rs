@@ -180,12 +180,17 @@ async fn due_pairs_are_claimed_once_and_completed<S: QueueStore>(store: S) {
     let u2 = store.due(150, 10).await.expect("due").remove(0);
     assert!(claim_one(&store, &u2, 5_000).await);
     let retry = Retry {
+        uid: "u2".into(),
+        gid: 7,
         due_at_ms: 1_150,
         attempts: 1,
         devices: "phone|tablet".into(),
         seq: 1,
     };
-    store.postpone("u2", 7, &retry).await.expect("postpone");
+    store
+        .postpone(std::slice::from_ref(&retry))
+        .await
+        .expect("postpone");
     assert!(
         store.due(1_149, 10).await.expect("due").is_empty(),
         "not before the retry"

@@ -89,6 +89,10 @@ pub struct Pending {
 /// A push a provider asked to retry, put back on its pair.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Retry {
+    /// The user.
+    pub uid: String,
+    /// The group.
+    pub gid: i64,
     /// When to try again.
     pub due_at_ms: i64,
     /// Attempts made so far.
@@ -274,14 +278,9 @@ pub trait QueueStore: Clone + Send + Sync + 'static {
         due_at_ms: i64,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
-    /// Puts a claimed pair back to be tried again as `retry` says, without
-    /// removing its queued messages.
-    fn postpone(
-        &self,
-        uid: &str,
-        gid: i64,
-        retry: &Retry,
-    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Puts claimed pairs back to be tried again as each retry says, without
+    /// removing their queued messages.
+    fn postpone(&self, retries: &[Retry]) -> impl Future<Output = Result<(), QueueError>> + Send;
 
     /// Every message queued for each of `uids`, by user, group and seq.
     fn queued_of(
@@ -453,19 +452,24 @@ macro_rules! impl_queue_store {
                 Ok(())
             }
 
-            async fn postpone(&self, uid: &str, gid: i64, retry: &Retry) -> Result<(), QueueError> {
-                sqlx::query(
-                    "UPDATE push_pending SET due_at_ms = ?, attempts = ?, retry_devices = ?, \
-                     retry_seq = ? WHERE uid = ? AND gid = ?",
-                )
-                .bind(retry.due_at_ms)
-                .bind(retry.attempts)
-                .bind(&retry.devices)
-                .bind(retry.seq)
-                .bind(uid)
-                .bind(gid)
-                .execute(&self.pool)
-                .await?;
+            async fn postpone(&self, retries: &[Retry]) -> Result<(), QueueError> {
+                // The pairs' rows exist (their lease is held): the upsert
+                // only updates, many rows a statement.
+                for chunk in parley_server::db::power_chunks(retries, PAIRS) {
+                    let mut upsert = QueryBuilder::<$db>::new(
+                        "INSERT INTO push_pending (uid, gid, due_at_ms, attempts, retry_devices, retry_seq) ",
+                    );
+                    upsert.push_values(chunk, |mut row, retry| {
+                        row.push_bind(retry.uid.clone())
+                            .push_bind(retry.gid)
+                            .push_bind(retry.due_at_ms)
+                            .push_bind(retry.attempts)
+                            .push_bind(retry.devices.clone())
+                            .push_bind(retry.seq);
+                    });
+                    upsert.push(Self::UPDATE_RETRY);
+                    upsert.build().execute(&self.pool).await?;
+                }
                 Ok(())
             }
 
@@ -717,6 +721,9 @@ impl MySqlQueueStore {
          updated_at_ms = VALUES(updated_at_ms)";
     const UPSERT_MUTE: &'static str = "INSERT INTO push_mutes (uid, gid, until_ms) \
          VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE until_ms = VALUES(until_ms)";
+    const UPDATE_RETRY: &'static str = " ON DUPLICATE KEY UPDATE due_at_ms = VALUES(due_at_ms), \
+         attempts = VALUES(attempts), retry_devices = VALUES(retry_devices), \
+         retry_seq = VALUES(retry_seq)";
 
     /// Connects with up to `max_connections` connections.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, QueueError> {
@@ -749,6 +756,9 @@ impl SqliteQueueStore {
          locale = excluded.locale, updated_at_ms = excluded.updated_at_ms";
     const UPSERT_MUTE: &'static str = "INSERT INTO push_mutes (uid, gid, until_ms) \
          VALUES (?, ?, ?) ON CONFLICT (uid, gid) DO UPDATE SET until_ms = excluded.until_ms";
+    const UPDATE_RETRY: &'static str = " ON CONFLICT (uid, gid) DO UPDATE SET \
+         due_at_ms = excluded.due_at_ms, attempts = excluded.attempts, \
+         retry_devices = excluded.retry_devices, retry_seq = excluded.retry_seq";
 
     /// Opens (creating if needed) the database at `url`.
     pub async fn connect(url: &str) -> Result<Self, QueueError> {
@@ -824,6 +834,18 @@ mod tests {
                     through_seq: 0,
                 })
                 .collect();
+            let retries: Vec<Retry> = claimed
+                .iter()
+                .map(|p| Retry {
+                    uid: p.uid.clone(),
+                    gid: p.gid,
+                    due_at_ms: 10,
+                    attempts: 1,
+                    devices: "phone".into(),
+                    seq: 1,
+                })
+                .collect();
+            store.postpone(&retries).await.expect("postpone");
             store.complete(&done, 10).await.expect("complete");
         }
         assert_eq!(parley_testkit::statements_evicted(&store.pool).await, 0);
