@@ -826,25 +826,26 @@ mod tests {
             store.queued_of(&uids).await.expect("queued");
             store.mutes_of(&uids).await.expect("mutes");
             store.devices_of(&uids).await.expect("devices");
-            let done: Vec<Done> = claimed
+            let (done, retries): (Vec<Done>, Vec<Retry>) = claimed
                 .iter()
-                .map(|p| Done {
-                    uid: p.uid.clone(),
-                    gid: p.gid,
-                    through_seq: 0,
+                .map(|p| {
+                    let (uid, gid) = (p.uid.clone(), p.gid);
+                    let retry = Retry {
+                        uid: uid.clone(),
+                        gid,
+                        due_at_ms: 10,
+                        attempts: 1,
+                        devices: "phone".into(),
+                        seq: 1,
+                    };
+                    let done = Done {
+                        uid,
+                        gid,
+                        through_seq: 0,
+                    };
+                    (done, retry)
                 })
-                .collect();
-            let retries: Vec<Retry> = claimed
-                .iter()
-                .map(|p| Retry {
-                    uid: p.uid.clone(),
-                    gid: p.gid,
-                    due_at_ms: 10,
-                    attempts: 1,
-                    devices: "phone".into(),
-                    seq: 1,
-                })
-                .collect();
+                .unzip();
             store.postpone(&retries).await.expect("postpone");
             store.complete(&done, 10).await.expect("complete");
         }

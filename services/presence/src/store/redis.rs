@@ -80,23 +80,39 @@ impl RedisPresenceStore {
         Ok(Self { pool, lifetimes })
     }
 
-    fn heartbeat_call(
+    /// Runs `script` for each device in one pipeline (one round trip; each
+    /// runs on its own user's keys, one slot each in a cluster) with KEYS
+    /// devices, seen and ARGV device, gateway, now, then `extra`; how many
+    /// answered 1.
+    async fn each_device(
         &self,
-        pipe: &mut redis::Pipeline,
-        device: &DeviceKey,
+        script: &str,
+        devices: &[DeviceKey],
         gateway_id: &str,
         now_ms: i64,
-    ) {
-        pipe.cmd("EVAL")
-            .arg(HEARTBEAT)
-            .arg(2)
-            .arg(devices_key(&device.uid))
-            .arg(seen_key(&device.uid))
-            .arg(&device.device_id)
-            .arg(gateway_id)
-            .arg(now_ms)
-            .arg(self.lifetimes.ttl_ms)
-            .arg(self.lifetimes.last_seen_ms);
+        extra: &[i64],
+    ) -> Result<u32, PresenceError> {
+        if devices.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for device in devices {
+            let call = pipe
+                .cmd("EVAL")
+                .arg(script)
+                .arg(2)
+                .arg(devices_key(&device.uid))
+                .arg(seen_key(&device.uid))
+                .arg(&device.device_id)
+                .arg(gateway_id)
+                .arg(now_ms);
+            for value in extra {
+                call.arg(*value);
+            }
+        }
+        let mut connection = self.pool.get().await?;
+        let outcomes: Vec<i64> = pipe.query_async(&mut connection).await?;
+        Ok(u32::try_from(outcomes.iter().filter(|&&o| o == 1).count()).unwrap_or(u32::MAX))
     }
 }
 
@@ -134,16 +150,9 @@ impl PresenceStore for RedisPresenceStore {
         devices: &[DeviceKey],
         now_ms: i64,
     ) -> Result<u32, PresenceError> {
-        if devices.is_empty() {
-            return Ok(0);
-        }
-        let mut pipe = redis::pipe();
-        for device in devices {
-            self.heartbeat_call(&mut pipe, device, gateway_id, now_ms);
-        }
-        let mut connection = self.pool.get().await?;
-        let outcomes: Vec<i64> = pipe.query_async(&mut connection).await?;
-        Ok(u32::try_from(outcomes.iter().filter(|&&o| o == 1).count()).unwrap_or(u32::MAX))
+        let lifetimes = [self.lifetimes.ttl_ms, self.lifetimes.last_seen_ms];
+        self.each_device(HEARTBEAT, devices, gateway_id, now_ms, &lifetimes)
+            .await
     }
 
     async fn offline(
@@ -152,26 +161,9 @@ impl PresenceStore for RedisPresenceStore {
         gateway_id: &str,
         now_ms: i64,
     ) -> Result<u32, PresenceError> {
-        if devices.is_empty() {
-            return Ok(0);
-        }
-        // One pipeline, one round trip; each device's script runs on its own
-        // user's keys (one slot each in a cluster).
-        let mut pipe = redis::pipe();
-        for device in devices {
-            pipe.cmd("EVAL")
-                .arg(OFFLINE)
-                .arg(2)
-                .arg(devices_key(&device.uid))
-                .arg(seen_key(&device.uid))
-                .arg(&device.device_id)
-                .arg(gateway_id)
-                .arg(now_ms)
-                .arg(self.lifetimes.last_seen_ms);
-        }
-        let mut connection = self.pool.get().await?;
-        let outcomes: Vec<i64> = pipe.query_async(&mut connection).await?;
-        Ok(u32::try_from(outcomes.iter().filter(|&&o| o == 1).count()).unwrap_or(u32::MAX))
+        let lifetimes = [self.lifetimes.last_seen_ms];
+        self.each_device(OFFLINE, devices, gateway_id, now_ms, &lifetimes)
+            .await
     }
 
     async fn get(&self, uids: &[Uid], now_ms: i64) -> Result<Vec<UserPresence>, PresenceError> {
