@@ -343,6 +343,11 @@ impl Session {
                 end = session.serve(&gateway_id, receipts_cursor, (&mut inbox, &kick, &mut frames), &mut acking) => end,
                 end = stopped(stopping) => end,
             };
+            // A dropped gateway (a crash, as far as anyone outside can tell)
+            // says nothing to the client or to presence.
+            if matches!(end, End::Dropped) {
+                return;
+            }
             session.finish(end, close, acking).await;
             if hub.unregister(&uid, id) {
                 session.upstream.offline.leave(uid, device_id);
@@ -350,17 +355,13 @@ impl Session {
         }
     }
 
-    /// Says goodbye as `end` says and writes the acks still unwritten; a
-    /// dropped gateway says nothing.
+    /// Says goodbye as `end` says and writes the acks still unwritten.
     async fn finish(
         &mut self,
         end: End,
         close: oneshot::Sender<Close>,
         acking: FuturesUnordered<BoxFuture<'static, Result<(), AckFailure>>>,
     ) {
-        if matches!(end, End::Dropped) {
-            return;
-        }
         let (uid, device_id) = (&self.uid, &self.device_id);
         if let Some(how) = end.close() {
             match &how {
