@@ -390,6 +390,40 @@ async fn a_429_puts_the_pair_back_and_the_push_goes_out_after_its_retry_after() 
     suite.stop().await;
 }
 
+/// With every slot busy, the worker claims the next pair as soon as a push
+/// is settled, not a poll interval later (it used to sleep through the poll,
+/// so a burst went out one batch per interval: 500 ms by default).
+#[tokio::test]
+async fn a_busy_worker_claims_the_next_pair_when_one_is_settled_not_a_poll_later() {
+    let options = crate::support::Options {
+        push_workers: Some(1),
+        push_poll_ms: 15_000,
+        ..Default::default()
+    };
+    let suite = Suite::start_with(Backend::MariaDb, options).await;
+    let members = ["uid3", "uid4", "uid5", "uid6"];
+    let tokens: Vec<String> = members.iter().map(|uid| fcm_token(uid)).collect();
+    for (uid, token) in members.iter().zip(&tokens) {
+        register(&suite, uid, "phone", token).await;
+    }
+    let gid = create_group(&suite, "A", "Burst", &members).await;
+    send_direct(&suite, "A", gid, "hello", 8).await;
+    // The first claim waits for a poll (up to 15 s); the other three pairs
+    // follow it at once. Sleeping a poll between them takes 45 s more.
+    eventually(
+        "a push to every member",
+        Duration::from_secs(40),
+        || async {
+            tokens
+                .iter()
+                .all(|token| suite.fcm.sends_to(token).iter().any(|s| s.status == 200))
+                .then_some(())
+        },
+    )
+    .await;
+    suite.stop().await;
+}
+
 /// A provider answering with an absurd `Retry-After` (the largest number the
 /// header can hold) gets its push dead-lettered, not a panicking worker: the
 /// next push is sent as usual.

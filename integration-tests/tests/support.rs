@@ -221,6 +221,8 @@ pub struct Options {
     pub message_rate_per_second: Option<u32>,
     /// Push workers of the notification service (unset: its default).
     pub push_workers: Option<u32>,
+    /// How often the notification service polls its queue, in milliseconds.
+    pub push_poll_ms: u64,
     /// More gateway flags, as (flag, value) pairs.
     pub gateway_flags: &'static [(&'static str, &'static str)],
     /// On MariaDB, a Redis that speaks only TLS, with a CA of its own that
@@ -241,6 +243,7 @@ impl Default for Options {
             outbox_max_backoff_ms: 100,
             message_rate_per_second: None,
             push_workers: None,
+            push_poll_ms: 50,
             gateway_flags: &[],
             redis_tls: false,
         }
@@ -590,6 +593,7 @@ impl Suite {
     fn start_notification(&self, listener: TcpListener) -> Running {
         let window = self.options.push_window_ms.to_string();
         let workers = self.options.push_workers.unwrap_or(256).to_string();
+        let poll = self.options.push_poll_ms.to_string();
         let config = self
             .parse_as::<parley_notification::Cli>(args(
                 "parley-notification",
@@ -603,7 +607,7 @@ impl Suite {
                     ("collapse-window-ms", &window),
                     ("max-attempts", "3"),
                     ("backoff-ms", "20"),
-                    ("poll-ms", "50"),
+                    ("poll-ms", &poll),
                     ("workers", &workers),
                 ],
             ))

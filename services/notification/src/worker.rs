@@ -129,6 +129,16 @@ const STATS_EVERY: Duration = Duration::from_secs(10);
 /// Pairs per UnreadTotals call (the receipt service's limit).
 const UNREAD_TOTALS: usize = 1_000;
 
+/// What the claim loop does after a claim.
+enum Next {
+    /// Claim again at once: the batch was full, more may be due.
+    Claim,
+    /// Wait for a batch in flight to finish: every slot is taken.
+    AfterAJob,
+    /// Wait a poll interval: nothing more is due (or the queue failed).
+    Poll,
+}
+
 /// Why a pair has to wait.
 #[derive(Debug, thiserror::Error)]
 enum Later {
@@ -178,11 +188,21 @@ impl<S: QueueStore> Worker<S> {
                 worker.report_queue().await;
                 next_stats = Instant::now() + STATS_EVERY;
             }
-            let claimed = worker.claim_due(&slots, &mut jobs, &stop).await;
-            if claimed == 0 {
-                tokio::select! {
-                    () = tokio::time::sleep(worker.policy.poll) => {}
-                    _ = stop.changed() => {}
+            match worker.claim_due(&slots, &mut jobs, &stop).await {
+                Next::Claim => {}
+                // Every slot is taken: the next batch is claimed as soon as
+                // one finishes, not a poll interval later.
+                Next::AfterAJob => {
+                    tokio::select! {
+                        _ = jobs.join_next() => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                Next::Poll => {
+                    tokio::select! {
+                        () = tokio::time::sleep(worker.policy.poll) => {}
+                        _ = stop.changed() => {}
+                    }
                 }
             }
         }
@@ -194,19 +214,23 @@ impl<S: QueueStore> Worker<S> {
         slots: &Arc<Semaphore>,
         jobs: &mut JoinSet<()>,
         stop: &watch::Receiver<bool>,
-    ) -> usize {
+    ) -> Next {
         // Batches of at most BATCH pairs, several in flight when the workers
         // allow: one slow provider answer holds up only its own batch.
-        let free = u32::try_from(slots.available_permits().min(BATCH)).unwrap_or(u32::MAX);
-        if free == 0 {
-            return 0;
+        let room = slots.available_permits().min(BATCH);
+        if room == 0 {
+            return Next::AfterAJob;
         }
         let now = now_ms();
-        let due = match self.store.due(now, free).await {
+        let due = match self
+            .store
+            .due(now, u32::try_from(room).unwrap_or(u32::MAX))
+            .await
+        {
             Ok(due) => due,
             Err(error) => {
                 tracing::warn!(error = %error, "push queue unreadable");
-                return 0;
+                return Next::Poll;
             }
         };
         // A lease end of this claim's own (jittered), so the pairs it took
@@ -216,10 +240,10 @@ impl<S: QueueStore> Worker<S> {
             .saturating_add(rand::random_range(0..1_000));
         let claimed = match self.store.claim(&due, lease_until).await {
             Ok(claimed) if !claimed.is_empty() => claimed,
-            Ok(_) => return 0,
+            Ok(_) => return Next::Poll,
             Err(error) => {
                 tracing::warn!(error = %error, "push claim failed");
-                return 0;
+                return Next::Poll;
             }
         };
         let count = claimed.len();
@@ -228,14 +252,19 @@ impl<S: QueueStore> Worker<S> {
             .acquire_many_owned(u32::try_from(count).unwrap_or(u32::MAX))
             .await
         else {
-            return 0;
+            return Next::Poll;
         };
         let (worker, stop) = (self.clone(), stop.clone());
         jobs.spawn(async move {
             worker.job(claimed, stop).await;
             drop(slots);
         });
-        count
+        // Fewer due than there was room for: the queue is drained for now.
+        if due.len() < room {
+            Next::Poll
+        } else {
+            Next::Claim
+        }
     }
 
     /// Settles a claimed batch of pairs; those a dependency could not serve,
