@@ -256,6 +256,43 @@ fn padded_len(len: usize) -> usize {
     }
 }
 
+/// Whether `error` is a transaction the database rolled back to break a
+/// deadlock (SQLSTATE 40001, MySQL's 1213): it changed nothing and is safe to
+/// run again whole.
+pub fn is_deadlock(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "40001")
+}
+
+/// How many times a unit of work the database aborted to break a deadlock is
+/// run in all: two busy transactions rarely meet three times running.
+pub const DEADLOCK_ATTEMPTS: u32 = 3;
+
+/// Runs `work` again, up to [`DEADLOCK_ATTEMPTS`] times in all, while it fails
+/// with an error `deadlocked` says the database rolled back to break a
+/// deadlock. `work` must be one transaction (or one statement), so a rolled
+/// back attempt left nothing behind.
+pub async fn retrying_deadlocks<T, E, Fut>(
+    mut work: impl FnMut() -> Fut,
+    deadlocked: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        match work().await {
+            Err(error) if deadlocked(&error) && attempt < DEADLOCK_ATTEMPTS => {
+                metrics::counter!("parley_db_deadlocks_retried_total").increment(1);
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// Ends a transaction the way its outcome says: commit on success, roll back on
 /// error. Every write path goes through here, so no early return leaves a
 /// transaction (and its row locks) to a lazy rollback on an idle connection.

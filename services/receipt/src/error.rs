@@ -39,10 +39,7 @@ impl ReceiptError {
     /// is safe to run again.
     pub fn is_deadlock(&self) -> bool {
         match self {
-            Self::Storage(error) => error
-                .as_database_error()
-                .and_then(|e| e.code())
-                .is_some_and(|code| code == "40001"),
+            Self::Storage(error) => parley_server::db::is_deadlock(error),
             _ => false,
         }
     }

@@ -71,13 +71,11 @@ impl<S: ReceiptStore> ReceiptApi<S> {
         acks: &[MemberAck],
         committed: Option<i64>,
     ) -> Result<Vec<Planned>, ReceiptError> {
-        let mut attempt = 1;
-        loop {
-            match self.store.ack_group(gid, acks, committed, now_ms()).await {
-                Err(error) if error.is_deadlock() && attempt < ACK_ATTEMPTS => attempt += 1,
-                other => return other,
-            }
-        }
+        parley_server::db::retrying_deadlocks(
+            || self.store.ack_group(gid, acks, committed, now_ms()),
+            ReceiptError::is_deadlock,
+        )
+        .await
     }
 
     /// Applies each group's acks (one transaction per group, a few groups at
@@ -427,9 +425,6 @@ fn ack_batch(req: pb::AckBatchRequest) -> Result<Vec<(i64, Vec<MemberAck>)>, Rec
 
 /// Groups of one AckBatch whose transactions run at the same time.
 const GROUPS_AT_ONCE: usize = 8;
-
-/// Acks retried at most this often when the database breaks a deadlock.
-const ACK_ATTEMPTS: u32 = 3;
 
 #[tonic::async_trait]
 impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {

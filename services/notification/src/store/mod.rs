@@ -9,6 +9,8 @@ use sqlx::{
     Database, Encode, MySql, MySqlPool, QueryBuilder, Sqlite, SqlitePool, Type, migrate::Migrator,
 };
 
+use parley_server::db::retrying_deadlocks;
+
 use crate::push::{Device, Platform};
 
 mod enqueue;
@@ -22,6 +24,14 @@ pub enum QueueError {
     /// A migration failed.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl QueueError {
+    /// True for a transaction the database rolled back to break a deadlock,
+    /// which is safe to run again.
+    pub fn is_deadlock(&self) -> bool {
+        matches!(self, Self::Storage(error) if parley_server::db::is_deadlock(error))
+    }
 }
 
 /// What registering a device's token did.
@@ -376,6 +386,50 @@ pub trait QueueStore: Clone + Send + Sync + 'static {
 
 macro_rules! impl_queue_store {
     ($store:ident, $db:ty) => {
+        impl $store {
+            /// Completes one chunk of settled pairs in one transaction.
+            async fn complete_chunk(&self, chunk: &[Done], next_due_at_ms: i64) -> Result<(), QueueError> {
+                let pairs: Vec<(String, i64)> = chunk.iter().map(|d| (d.uid.clone(), d.gid)).collect();
+                let mut tx = self.pool.begin().await?;
+                let outcome: Result<(), QueueError> = async {
+                    // The pairs' rows first, as an enqueue takes them.
+                    let mut lock = QueryBuilder::<$db>::new("SELECT due_at_ms FROM push_pending WHERE ");
+                    push_any(&mut lock, &pairs, push_pair);
+                    lock.push(Self::FOR_UPDATE);
+                    lock.build().fetch_all(&mut *tx).await?;
+                    let mut delete = QueryBuilder::<$db>::new("DELETE FROM push_queue WHERE ");
+                    push_any(&mut delete, chunk, |q, d: Done| {
+                        push_pair(q, (d.uid, d.gid));
+                        q.push(" AND seq <= ");
+                        q.push_bind(d.through_seq);
+                    });
+                    delete.build().execute(&mut *tx).await?;
+                    let mut left = QueryBuilder::<$db>::new("SELECT uid, gid FROM push_queue WHERE ");
+                    push_any(&mut left, &pairs, push_pair);
+                    left.push(Self::FOR_UPDATE);
+                    let left: std::collections::BTreeSet<(String, i64)> =
+                        left.build_query_as().fetch_all(&mut *tx).await?.into_iter().collect();
+                    let (again, finished): (Vec<(String, i64)>, Vec<(String, i64)>) =
+                        pairs.into_iter().partition(|pair| left.contains(pair));
+                    if !again.is_empty() {
+                        let mut update = QueryBuilder::<$db>::new("UPDATE push_pending SET due_at_ms = ");
+                        update.push_bind(next_due_at_ms);
+                        update.push(", attempts = 0, retry_devices = NULL, retry_seq = 0 WHERE ");
+                        push_any(&mut update, &again, push_pair);
+                        update.build().execute(&mut *tx).await?;
+                    }
+                    if !finished.is_empty() {
+                        let mut delete = QueryBuilder::<$db>::new("DELETE FROM push_pending WHERE ");
+                        push_any(&mut delete, &finished, push_pair);
+                        delete.build().execute(&mut *tx).await?;
+                    }
+                    Ok(())
+                }
+                .await;
+                parley_server::db::finish(tx, outcome).await
+            }
+        }
+
         impl QueueStore for $store {
             async fn migrate(&self) -> Result<(), QueueError> {
                 Self::MIGRATOR.run(&self.pool).await?;
@@ -388,9 +442,16 @@ macro_rules! impl_queue_store {
                     keep_pending: Self::KEEP_PENDING,
                     rows_affected: |written| written.rows_affected(),
                 };
-                let mut tx = self.pool.begin().await?;
-                let outcome = enqueue::enqueue::<$db>(&mut tx, &statements, batches, now_ms).await;
-                parley_server::db::finish(tx, outcome).await
+                let statements = &statements;
+                retrying_deadlocks(
+                    || async move {
+                        let mut tx = self.pool.begin().await?;
+                        let outcome = enqueue::enqueue::<$db>(&mut tx, statements, batches, now_ms).await;
+                        parley_server::db::finish(tx, outcome).await
+                    },
+                    QueueError::is_deadlock,
+                )
+                .await
             }
 
             async fn queued_for(&self, uid: &str) -> Result<Vec<(i64, i64)>, QueueError> {
@@ -443,12 +504,14 @@ macro_rules! impl_queue_store {
             }
 
             async fn release(&self, uid: &str, gid: i64, due_at_ms: i64) -> Result<(), QueueError> {
-                sqlx::query("UPDATE push_pending SET due_at_ms = ? WHERE uid = ? AND gid = ?")
-                    .bind(due_at_ms)
-                    .bind(uid)
-                    .bind(gid)
-                    .execute(&self.pool)
-                    .await?;
+                let release = || {
+                    sqlx::query("UPDATE push_pending SET due_at_ms = ? WHERE uid = ? AND gid = ?")
+                        .bind(due_at_ms)
+                        .bind(uid)
+                        .bind(gid)
+                        .execute(&self.pool)
+                };
+                retrying_deadlocks(release, parley_server::db::is_deadlock).await?;
                 Ok(())
             }
 
@@ -456,19 +519,22 @@ macro_rules! impl_queue_store {
                 // The pairs' rows exist (their lease is held): the upsert
                 // only updates, many rows a statement.
                 for chunk in parley_server::db::power_chunks(retries, PAIRS) {
-                    let mut upsert = QueryBuilder::<$db>::new(
-                        "INSERT INTO push_pending (uid, gid, due_at_ms, attempts, retry_devices, retry_seq) ",
-                    );
-                    upsert.push_values(chunk, |mut row, retry| {
-                        row.push_bind(retry.uid.clone())
-                            .push_bind(retry.gid)
-                            .push_bind(retry.due_at_ms)
-                            .push_bind(retry.attempts)
-                            .push_bind(retry.devices.clone())
-                            .push_bind(retry.seq);
-                    });
-                    upsert.push(Self::UPDATE_RETRY);
-                    upsert.build().execute(&self.pool).await?;
+                    let upsert = || async move {
+                        let mut upsert = QueryBuilder::<$db>::new(
+                            "INSERT INTO push_pending (uid, gid, due_at_ms, attempts, retry_devices, retry_seq) ",
+                        );
+                        upsert.push_values(chunk, |mut row, retry| {
+                            row.push_bind(retry.uid.clone())
+                                .push_bind(retry.gid)
+                                .push_bind(retry.due_at_ms)
+                                .push_bind(retry.attempts)
+                                .push_bind(retry.devices.clone())
+                                .push_bind(retry.seq);
+                        });
+                        upsert.push(Self::UPDATE_RETRY);
+                        upsert.build().execute(&self.pool).await
+                    };
+                    retrying_deadlocks(upsert, parley_server::db::is_deadlock).await?;
                 }
                 Ok(())
             }
@@ -525,45 +591,12 @@ macro_rules! impl_queue_store {
             }
 
             async fn complete(&self, done: &[Done], next_due_at_ms: i64) -> Result<(), QueueError> {
+                // One transaction a chunk, run again when the database rolled
+                // it back to break a deadlock (an enqueue or a claim holding
+                // the rows next to its own).
                 for chunk in done.chunks(PAIRS) {
-                    let pairs: Vec<(String, i64)> = chunk.iter().map(|d| (d.uid.clone(), d.gid)).collect();
-                    let mut tx = self.pool.begin().await?;
-                    let outcome: Result<(), QueueError> = async {
-                        // The pairs' rows first, as an enqueue takes them.
-                        let mut lock = QueryBuilder::<$db>::new("SELECT due_at_ms FROM push_pending WHERE ");
-                        push_any(&mut lock, &pairs, push_pair);
-                        lock.push(Self::FOR_UPDATE);
-                        lock.build().fetch_all(&mut *tx).await?;
-                        let mut delete = QueryBuilder::<$db>::new("DELETE FROM push_queue WHERE ");
-                        push_any(&mut delete, chunk, |q, d: Done| {
-                            push_pair(q, (d.uid, d.gid));
-                            q.push(" AND seq <= ");
-                            q.push_bind(d.through_seq);
-                        });
-                        delete.build().execute(&mut *tx).await?;
-                        let mut left = QueryBuilder::<$db>::new("SELECT uid, gid FROM push_queue WHERE ");
-                        push_any(&mut left, &pairs, push_pair);
-                        left.push(Self::FOR_UPDATE);
-                        let left: std::collections::BTreeSet<(String, i64)> =
-                            left.build_query_as().fetch_all(&mut *tx).await?.into_iter().collect();
-                        let (again, finished): (Vec<(String, i64)>, Vec<(String, i64)>) =
-                            pairs.into_iter().partition(|pair| left.contains(pair));
-                        if !again.is_empty() {
-                            let mut update = QueryBuilder::<$db>::new("UPDATE push_pending SET due_at_ms = ");
-                            update.push_bind(next_due_at_ms);
-                            update.push(", attempts = 0, retry_devices = NULL, retry_seq = 0 WHERE ");
-                            push_any(&mut update, &again, push_pair);
-                            update.build().execute(&mut *tx).await?;
-                        }
-                        if !finished.is_empty() {
-                            let mut delete = QueryBuilder::<$db>::new("DELETE FROM push_pending WHERE ");
-                            push_any(&mut delete, &finished, push_pair);
-                            delete.build().execute(&mut *tx).await?;
-                        }
-                        Ok(())
-                    }
-                    .await;
-                    parley_server::db::finish(tx, outcome).await?;
+                    retrying_deadlocks(|| self.complete_chunk(chunk, next_due_at_ms), QueueError::is_deadlock)
+                        .await?;
                 }
                 Ok(())
             }
@@ -772,8 +805,119 @@ impl_queue_store!(SqliteQueueStore, Sqlite);
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::push::{Device, Platform};
+
+    /// A completion the database rolls back to break a deadlock is run
+    /// again, and the pairs are completed once the other transaction is gone
+    /// (the worker used to put a whole batch back, and a pair whose release
+    /// met a deadlock too waited out its lease: 10 minutes by default).
+    #[tokio::test]
+    async fn a_completion_rolled_back_to_break_a_deadlock_is_run_again() {
+        let db = parley_testkit::TestDb::mysql().await;
+        let store = MySqlQueueStore::connect(db.url(), 2)
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        for uid in ["a", "b"] {
+            let device = Device {
+                uid: uid.into(),
+                device_id: "phone".into(),
+                platform: Platform::Fcm,
+                token: format!("token-{uid}"),
+                app_id: String::new(),
+                locale: String::new(),
+            };
+            store.register_device(&device, 10, 1).await.expect("device");
+        }
+        let batch = OfflineBatch {
+            gid: 1,
+            msgid: 100,
+            seq: 1,
+            sender_uid: "sender".into(),
+            group_name: "group".into(),
+            recipients: vec!["a".into(), "b".into()],
+            due_at_ms: 10,
+        };
+        store.enqueue(&[batch], 10).await.expect("enqueue");
+        let due = store.due(i64::MAX, 2).await.expect("due");
+        assert_eq!(store.claim(&due, 1_000).await.expect("claim").len(), 2);
+
+        // Another transaction, heavier than the completion (it has written
+        // more, so the database rolls the completion back), holds b's row.
+        let others = sqlx::MySqlPool::connect(db.url()).await.expect("connect");
+        let mut other = others.begin().await.expect("begin");
+        for seq in 0..100 {
+            sqlx::query(
+                "INSERT INTO push_dead_letters VALUES ('z', 1, ?, 'phone', 1, 1, 1, 'weight', 0)",
+            )
+            .bind(seq)
+            .execute(&mut *other)
+            .await
+            .expect("weight");
+        }
+        let lock = "SELECT due_at_ms FROM push_pending WHERE uid = ? AND gid = 1 FOR UPDATE";
+        sqlx::query(lock)
+            .bind("b")
+            .fetch_all(&mut *other)
+            .await
+            .expect("lock b");
+        let done: Vec<Done> = ["a", "b"]
+            .into_iter()
+            .map(|uid| Done {
+                uid: uid.into(),
+                gid: 1,
+                through_seq: 1,
+            })
+            .collect();
+        let completing = {
+            let store = store.clone();
+            tokio::spawn(async move { store.complete(&done, 20).await })
+        };
+        // The completion holds a's row and waits for b's (InnoDB's status
+        // names the waiting lock's table; INNODB_TRX does not list every
+        // waiting transaction on MariaDB 10.11).
+        let database: String = sqlx::query_scalar("SELECT DATABASE()")
+            .fetch_one(&others)
+            .await
+            .expect("database");
+        let waiting_here = format!("of table `{database}`.`push_pending` trx id");
+        parley_testkit::eventually(
+            "the completion waits for b",
+            Duration::from_secs(30),
+            || async {
+                let (_, _, status): (String, String, String) =
+                    sqlx::query_as("SHOW ENGINE INNODB STATUS")
+                        .fetch_one(&others)
+                        .await
+                        .expect("innodb status");
+                status
+                    .lines()
+                    .any(|line| line.contains(&waiting_here) && line.ends_with("waiting"))
+                    .then_some(())
+            },
+        )
+        .await;
+        sqlx::query(lock)
+            .bind("a")
+            .fetch_all(&mut *other)
+            .await
+            .expect("the other transaction wins the deadlock");
+        other.commit().await.expect("commit");
+
+        completing
+            .await
+            .expect("task")
+            .expect("the completion succeeds on its next attempt");
+        for uid in ["a", "b"] {
+            assert!(
+                store.queued_for(uid).await.expect("queue").is_empty(),
+                "{uid}'s queue"
+            );
+        }
+    }
 
     /// Enqueues for 1 to 64 recipients with tokens, and the worker's batches
     /// of 1 to 64 pairs, fit one connection's statement cache: no statement
