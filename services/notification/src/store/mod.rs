@@ -810,20 +810,20 @@ mod tests {
     use super::*;
     use crate::push::{Device, Platform};
 
-    /// A completion the database rolls back to break a deadlock is run
-    /// again, and the pairs are completed once the other transaction is gone
-    /// (the worker used to put a whole batch back, and a pair whose release
-    /// met a deadlock too waited out its lease: 10 minutes by default).
-    #[tokio::test]
-    async fn a_completion_rolled_back_to_break_a_deadlock_is_run_again() {
-        let db = parley_testkit::TestDb::mysql().await;
-        let store = MySqlQueueStore::connect(db.url(), 2)
+    /// A migrated store on `db` with `connections`, each of `uids` with an
+    /// FCM phone.
+    async fn store_with_phones(
+        db: &parley_testkit::TestDb,
+        connections: u32,
+        uids: &[String],
+    ) -> MySqlQueueStore {
+        let store = MySqlQueueStore::connect(db.url(), connections)
             .await
             .expect("connect");
         store.migrate().await.expect("migrate");
-        for uid in ["a", "b"] {
+        for uid in uids {
             let device = Device {
-                uid: uid.into(),
+                uid: uid.clone(),
                 device_id: "phone".into(),
                 platform: Platform::Fcm,
                 token: format!("token-{uid}"),
@@ -832,16 +832,35 @@ mod tests {
             };
             store.register_device(&device, 10, 1).await.expect("device");
         }
-        let batch = OfflineBatch {
-            gid: 1,
-            msgid: 100,
+        store
+    }
+
+    /// Group `gid`'s first message, for `recipients`, due at 10.
+    fn message(gid: i64, recipients: Vec<String>) -> OfflineBatch {
+        OfflineBatch {
+            gid,
+            msgid: 1_000 + gid,
             seq: 1,
             sender_uid: "sender".into(),
             group_name: "group".into(),
-            recipients: vec!["a".into(), "b".into()],
+            recipients,
             due_at_ms: 10,
-        };
-        store.enqueue(&[batch], 10).await.expect("enqueue");
+        }
+    }
+
+    /// A completion the database rolls back to break a deadlock is run
+    /// again, and the pairs are completed once the other transaction is gone
+    /// (the worker used to put a whole batch back, and a pair whose release
+    /// met a deadlock too waited out its lease: 10 minutes by default).
+    #[tokio::test]
+    async fn a_completion_rolled_back_to_break_a_deadlock_is_run_again() {
+        let db = parley_testkit::TestDb::mysql().await;
+        let users = vec!["a".to_owned(), "b".to_owned()];
+        let store = store_with_phones(&db, 2, &users).await;
+        store
+            .enqueue(&[message(1, users)], 10)
+            .await
+            .expect("enqueue");
         let due = store.due(i64::MAX, 2).await.expect("due");
         assert_eq!(store.claim(&due, 1_000).await.expect("claim").len(), 2);
 
@@ -926,32 +945,10 @@ mod tests {
     #[tokio::test]
     async fn enqueues_and_batches_of_every_size_fit_the_statement_cache() {
         let db = parley_testkit::TestDb::mysql().await;
-        let store = MySqlQueueStore::connect(db.url(), 1)
-            .await
-            .expect("connect");
-        store.migrate().await.expect("migrate");
         let users: Vec<String> = (0..64).map(|i| format!("u{i:02}")).collect();
-        for uid in &users {
-            let device = Device {
-                uid: uid.clone(),
-                device_id: "phone".into(),
-                platform: Platform::Fcm,
-                token: format!("token-{uid}"),
-                app_id: String::new(),
-                locale: String::new(),
-            };
-            store.register_device(&device, 10, 1).await.expect("device");
-        }
+        let store = store_with_phones(&db, 1, &users).await;
         for (gid, recipients) in (1..=64).zip(1..=64) {
-            let batch = OfflineBatch {
-                gid,
-                msgid: 1_000 + gid,
-                seq: 1,
-                sender_uid: "sender".into(),
-                group_name: "group".into(),
-                recipients: users.iter().take(recipients).cloned().collect(),
-                due_at_ms: 10,
-            };
+            let batch = message(gid, users.iter().take(recipients).cloned().collect());
             let queued = store.enqueue(&[batch], 10).await.expect("enqueue");
             assert_eq!(queued, u64::try_from(recipients).expect("count"));
         }
