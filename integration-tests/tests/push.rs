@@ -392,7 +392,7 @@ async fn a_429_puts_the_pair_back_and_the_push_goes_out_after_its_retry_after() 
 
 /// With every slot busy, the worker claims the next pair as soon as a push
 /// is settled, not a poll interval later (it used to sleep through the poll,
-/// so a burst went out one batch per interval: 500 ms by default).
+/// so a burst went out one slotful of pairs per interval: 500 ms by default).
 #[tokio::test]
 async fn a_busy_worker_claims_the_next_pair_when_one_is_settled_not_a_poll_later() {
     let options = crate::support::Options {
