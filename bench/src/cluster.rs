@@ -293,6 +293,14 @@ impl Cluster {
         cpu
     }
 
+    /// [`Self::cpu_seconds`], and then the load generator's own (this
+    /// process, with the FCM stand-in and the bare streams it serves).
+    pub fn cpu_seconds_with_load(&self) -> Vec<(&'static str, f64)> {
+        let mut cpu = self.cpu_seconds();
+        cpu.push((crate::load::LOAD_GENERATOR, own_cpu_seconds()));
+        cpu
+    }
+
     /// RPCs answered by each service so far, and Redis commands processed.
     pub async fn call_counters(&self) -> Result<CallCounters, String> {
         let mut rpcs = Vec::with_capacity(self.services.len());

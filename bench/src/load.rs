@@ -367,8 +367,7 @@ impl Load {
             counters.deliveries.load(Ordering::Relaxed),
             counters.acks.load(Ordering::Relaxed),
         );
-        let mut cpu_before = cluster.cpu_seconds();
-        cpu_before.push((LOAD_GENERATOR, crate::cluster::own_cpu_seconds()));
+        let cpu_before = cluster.cpu_seconds_with_load();
         let db_before = cluster.db_counters().await;
         let calls_before = cluster.call_counters().await;
         let statements = cluster.reset_statements().await;
@@ -413,8 +412,7 @@ impl Load {
             }),
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
-        let mut cpu_after = cluster.cpu_seconds();
-        cpu_after.push((LOAD_GENERATOR, crate::cluster::own_cpu_seconds()));
+        let cpu_after = cluster.cpu_seconds_with_load();
         let top_statements = match statements {
             Ok(()) => cluster.top_statements(TOP_STATEMENTS).await,
             Err(error) => Err(error),

@@ -49,6 +49,10 @@ struct Cli {
     /// (1,000 short, 50,000 full).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     idle_streams: Option<u32>,
+    /// Offline members with a token in the push part (each gets one push),
+    /// instead of the plan's (300 short, 2,000 full).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    push_members: Option<u32>,
     /// Where to write the JSON result.
     #[arg(long, default_value = "bench-results.json")]
     json: PathBuf,
@@ -1137,6 +1141,28 @@ async fn device_parts(
             )
             .against("bare HTTP/2 POSTs", ceiling),
         );
+        for (process, cpu_us) in &pushes.cpu_us {
+            rows.push(Row::plain(
+                part,
+                &format!("{label}, CPU per push: {process}"),
+                *cpu_us,
+                "µs",
+            ));
+        }
+        if let Some((rows_written, statements)) = pushes.db {
+            rows.push(Row::plain(
+                part,
+                &format!("{label}, MariaDB rows written per push"),
+                rows_written,
+                "rows",
+            ));
+            rows.push(Row::plain(
+                part,
+                &format!("{label}, MariaDB statements per push"),
+                statements,
+                "stmts",
+            ));
+        }
         paces.push(pushes.pace);
     }
     if let [all_200, throttled] = paces[..] {
@@ -1252,6 +1278,9 @@ async fn run(cli: &Cli) -> Result<Report, String> {
     };
     if let Some(streams) = cli.idle_streams {
         plan.idle_streams = streams as usize;
+    }
+    if let Some(members) = cli.push_members {
+        plan.push_members = members as usize;
     }
     cli.shape(&mut plan)?;
     let mut rows = Vec::new();

@@ -32,6 +32,13 @@ pub struct Pushes {
     pub pace: f64,
     /// Pushes counted.
     pub pushes: usize,
+    /// CPU µs per push by process (each service, MariaDB, Redis, and the
+    /// load generator with the stand-in in it), from the send to the last
+    /// push accepted.
+    pub cpu_us: Vec<(&'static str, f64)>,
+    /// MariaDB rows written and statements received per push, over the same
+    /// span.
+    pub db: Option<(f64, f64)>,
 }
 
 /// The notification service's settings for the push part: no collapse
@@ -118,6 +125,8 @@ pub async fn pushes(
     registered.into_iter().collect::<Result<Vec<()>, _>>()?;
     let before = fcm.delivered();
     let expected = members - 1;
+    let db_before = cluster.db_counters().await;
+    let cpu_before = cluster.cpu_seconds_with_load();
     let started = Instant::now();
     send_messages(cluster, prefix, gid, 1).await?;
     let deadline = started + Duration::from_secs(300);
@@ -130,6 +139,23 @@ pub async fn pushes(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_us = cpu_before
+        .iter()
+        .zip(cluster.cpu_seconds_with_load())
+        .map(|((name, before), (_, after))| (*name, (after - before) * 1e6 / expected as f64))
+        .collect();
+    let db = match (db_before, cluster.db_counters().await) {
+        (Ok(before), Ok(after)) => {
+            let per_push =
+                |after: u64, before: u64| after.saturating_sub(before) as f64 / expected as f64;
+            Some((
+                per_push(after.rows, before.rows),
+                per_push(after.statements, before.statements),
+            ))
+        }
+        _ => None,
+    };
     // The sender's pace: the accepted sends from the first to the last, so
     // the retry's wait and the hand-off before the first push are not in it.
     let accepted: Vec<std::time::Instant> = fcm
@@ -145,9 +171,11 @@ pub async fn pushes(
         _ => f64::NAN,
     };
     Ok(Pushes {
-        per_second: expected as f64 / started.elapsed().as_secs_f64(),
+        per_second: expected as f64 / elapsed,
         pace,
         pushes: expected,
+        cpu_us,
+        db,
     })
 }
 
