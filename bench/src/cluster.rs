@@ -57,6 +57,17 @@ pub struct DbCounters {
     pub by_kind: [u64; STATEMENT_KINDS.len()],
 }
 
+impl DbCounters {
+    /// What was counted between `before` and these.
+    pub fn since(&self, before: &Self) -> Self {
+        Self {
+            rows: self.rows.saturating_sub(before.rows),
+            statements: self.statements.saturating_sub(before.statements),
+            by_kind: std::array::from_fn(|i| self.by_kind[i].saturating_sub(before.by_kind[i])),
+        }
+    }
+}
+
 /// Where the services' logs go: `bench-logs/` beside the benchmark binary.
 pub fn log_dir() -> Result<PathBuf, String> {
     let dir = build_dir()?.join("bench-logs");
@@ -299,6 +310,16 @@ impl Cluster {
         let mut cpu = self.cpu_seconds();
         cpu.push((crate::load::LOAD_GENERATOR, own_cpu_seconds()));
         cpu
+    }
+
+    /// CPU seconds each process of [`Self::cpu_seconds_with_load`] has used
+    /// since `before` (an earlier reading of it), divided by `per`.
+    pub fn cpu_since(&self, before: &[(&'static str, f64)], per: f64) -> Vec<(&'static str, f64)> {
+        before
+            .iter()
+            .zip(self.cpu_seconds_with_load())
+            .map(|((name, before), (_, after))| (*name, (after - before) / per))
+            .collect()
     }
 
     /// RPCs answered by each service so far, and Redis commands processed.

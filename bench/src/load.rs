@@ -385,17 +385,18 @@ impl Load {
         tokio::time::sleep(ACK_AFTER * 2).await;
         let per_message = |count: u64| count as f64 / accepted.max(1) as f64;
         let db = match (db_before, cluster.db_counters().await) {
-            (Ok(before), Ok(after)) => Ok((
-                after.rows.saturating_sub(before.rows),
-                after.statements.saturating_sub(before.statements),
-                crate::cluster::STATEMENT_KINDS
-                    .iter()
-                    .zip(after.by_kind.iter().zip(before.by_kind))
-                    .map(|(kind, (after, before))| {
-                        (*kind, per_message(after.saturating_sub(before)))
-                    })
-                    .collect::<Vec<_>>(),
-            )),
+            (Ok(before), Ok(after)) => {
+                let counted = after.since(&before);
+                Ok((
+                    counted.rows,
+                    counted.statements,
+                    crate::cluster::STATEMENT_KINDS
+                        .iter()
+                        .zip(counted.by_kind)
+                        .map(|(kind, count)| (*kind, per_message(count)))
+                        .collect::<Vec<_>>(),
+                ))
+            }
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
         let calls = match (calls_before, cluster.call_counters().await) {
@@ -412,7 +413,8 @@ impl Load {
             }),
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
-        let cpu_after = cluster.cpu_seconds_with_load();
+        let thousands = (accepted as f64 / 1000.0).max(f64::MIN_POSITIVE);
+        let cpu_per_1000 = cluster.cpu_since(&cpu_before, thousands);
         let top_statements = match statements {
             Ok(()) => cluster.top_statements(TOP_STATEMENTS).await,
             Err(error) => Err(error),
@@ -424,12 +426,6 @@ impl Load {
         .into_iter()
         .map(|(text, count)| (text, per_message(count)))
         .collect();
-        let thousands = (accepted as f64 / 1000.0).max(f64::MIN_POSITIVE);
-        let cpu_per_1000 = cpu_before
-            .iter()
-            .zip(&cpu_after)
-            .map(|((name, before), (_, after))| (*name, (after - before) / thousands))
-            .collect();
         Ok(Step {
             target: rate,
             backlog,

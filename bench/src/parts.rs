@@ -140,18 +140,14 @@ pub async fn pushes(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_us = cpu_before
-        .iter()
-        .zip(cluster.cpu_seconds_with_load())
-        .map(|((name, before), (_, after))| (*name, (after - before) * 1e6 / expected as f64))
-        .collect();
+    let pushes = expected as f64;
+    let cpu_us = cluster.cpu_since(&cpu_before, pushes / 1e6);
     let db = match (db_before, cluster.db_counters().await) {
         (Ok(before), Ok(after)) => {
-            let per_push =
-                |after: u64, before: u64| after.saturating_sub(before) as f64 / expected as f64;
+            let counted = after.since(&before);
             Some((
-                per_push(after.rows, before.rows),
-                per_push(after.statements, before.statements),
+                counted.rows as f64 / pushes,
+                counted.statements as f64 / pushes,
             ))
         }
         _ => None,
@@ -171,7 +167,7 @@ pub async fn pushes(
         _ => f64::NAN,
     };
     Ok(Pushes {
-        per_second: expected as f64 / elapsed,
+        per_second: pushes / elapsed,
         pace,
         pushes: expected,
         cpu_us,
