@@ -511,8 +511,8 @@ async fn acks_of_many_streams_gather_while_a_call_is_out() {
 /// Whoever else can publish on the bus's Redis cannot hand a gateway
 /// deliveries: the suite's Redis requires a password, as a production one
 /// should, and a client without it is refused; and with credentials, a
-/// gateway takes only events the message or receipt service signed for its
-/// channel. A forged seq 1, unsigned or signed with the gateway's own key, is
+/// gateway takes only events the message or receipt service tagged for its
+/// channel. A forged seq 1, untagged or tagged with the gateway's own key, is
 /// published (with the password) before the real seq 1 is sent; the device
 /// must get the real one.
 #[tokio::test]
@@ -549,7 +549,8 @@ async fn deliveries_published_on_redis_by_anyone_else_are_refused() {
     let anyone = parley_bus::Bus::redis(&redis).expect("redis bus");
     let gateway_key = anyone
         .clone()
-        .with_credentials(Some(suite.keys.keys("gateway")));
+        .with_credentials(Some(suite.keys.keys("gateway")))
+        .expect("the gateway's credentials list its own key");
     for publisher in [anyone, gateway_key] {
         publisher
             .publish(&suite.gateway_ids[0], &forged)

@@ -158,16 +158,24 @@ impl Bus {
     }
 
     /// This bus with the service's credentials: on Redis, events are
-    /// published signed by this service, and only events signed by a service
-    /// that publishes (the message and receipt services) are taken from a
-    /// subscription. Without credentials (development mode), events go as
-    /// they are; an in-process bus needs none.
-    #[must_use]
-    pub fn with_credentials(self, keys: Option<Keys>) -> Self {
-        match self {
+    /// published tagged by this service for the gateways, and only events
+    /// tagged (or signed) by a service that publishes (the message and
+    /// receipt services) are taken from a subscription. Without credentials
+    /// (development mode), events go as they are; an in-process bus needs
+    /// none. Refused when the credentials do not list the gateways' key,
+    /// which the tags are made with.
+    pub fn with_credentials(self, keys: Option<Keys>) -> Result<Self, BusError> {
+        if let Some(keys) = &keys
+            && !keys.trusts(SUBSCRIBER)
+        {
+            return Err(BusError::Config(format!(
+                "PARLEY_SERVICE_PUBLIC_KEYS lists no key for {SUBSCRIBER}, which bus events are tagged for"
+            )));
+        }
+        Ok(match self {
             Self::Redis(bus) => Self::Redis(RedisBus { keys, ..bus }),
             local => local,
-        }
+        })
     }
 
     /// A fresh in-process bus; clones share it.
@@ -215,40 +223,45 @@ pub struct RedisBus {
     keys: Option<Keys>,
 }
 
-/// The services whose signed events a gateway takes.
+/// The services whose events a gateway takes.
 const PUBLISHERS: [&str; 2] = ["message", "receipt"];
+/// The service that subscribes: events are tagged for it.
+const SUBSCRIBER: &str = "gateway";
 
-/// What goes on `channel` for `event`: signed when there are credentials.
-fn payload(keys: Option<&Keys>, channel: &str, event: &BusEvent) -> Vec<u8> {
+/// What goes on `channel` for `event`: tagged when there are credentials.
+fn payload(keys: Option<&Keys>, channel: &str, event: &BusEvent) -> Result<Vec<u8>, BusError> {
     let encoded = event.encode_to_vec();
-    match keys {
-        None => encoded,
-        Some(keys) => SignedEvent {
-            signature: keys.sign(channel, &encoded),
-            signer: keys.name().to_owned(),
-            event: encoded,
-        }
-        .encode_to_vec(),
+    let Some(keys) = keys else {
+        return Ok(encoded);
+    };
+    let tag = keys.tag(SUBSCRIBER, channel, &encoded).ok_or_else(|| {
+        BusError::Config(format!("no key for {SUBSCRIBER} to tag bus events with"))
+    })?;
+    Ok(SignedEvent {
+        tag,
+        signer: keys.name().to_owned(),
+        event: encoded,
+        signature: Vec::new(),
     }
+    .encode_to_vec())
 }
 
 /// The event a payload from `channel` carries, if it is one this gateway
-/// takes: well-formed and, with credentials, signed by a publisher for this
-/// channel.
+/// takes: well-formed and, with credentials, tagged or signed by a publisher
+/// for this channel.
 pub fn event_of(keys: Option<&Keys>, channel: &str, payload: &[u8]) -> Result<BusEvent, String> {
     let Some(keys) = keys else {
         return BusEvent::decode(payload).map_err(|e| e.to_string());
     };
     let signed = SignedEvent::decode(payload).map_err(|e| e.to_string())?;
-    keys.verify_signature(
-        &signed.signer,
-        &PUBLISHERS,
-        channel,
-        &signed.event,
-        &signed.signature,
-    )
+    let (signer, event) = (signed.signer.as_str(), signed.event.as_slice());
+    if signed.tag.is_empty() {
+        keys.verify_signature(signer, &PUBLISHERS, channel, event, &signed.signature)
+    } else {
+        keys.verify_tag(signer, &PUBLISHERS, channel, event, &signed.tag)
+    }
     .map_err(|refused| refused.to_string())?;
-    BusEvent::decode(signed.event.as_slice()).map_err(|e| e.to_string())
+    BusEvent::decode(event).map_err(|e| e.to_string())
 }
 
 impl RedisBus {
@@ -264,7 +277,7 @@ impl RedisBus {
     async fn publish(&self, gateway_id: &str, event: &BusEvent) -> Result<(), BusError> {
         let mut connection = self.pool.get().await?;
         let channel = channel_name(gateway_id);
-        let payload = payload(self.keys.as_ref(), &channel, event);
+        let payload = payload(self.keys.as_ref(), &channel, event)?;
         let _receivers: i64 = connection.publish(channel, payload).await?;
         Ok(())
     }
@@ -392,14 +405,41 @@ mod tests {
         let [message, gateway] = keys(&["message", "gateway"]).try_into().expect("two");
         let event = delivery("uid1");
         let ours = channel_name("gw1");
-        let signed = payload(Some(&message), &ours, &event);
-        assert_eq!(event_of(Some(&gateway), &ours, &signed), Ok(event.clone()));
-        assert!(event_of(Some(&gateway), &channel_name("gw2"), &signed).is_err());
-        let by_a_gateway = payload(Some(&gateway), &ours, &event);
+        let tagged = payload(Some(&message), &ours, &event).expect("tagged");
+        assert_eq!(event_of(Some(&gateway), &ours, &tagged), Ok(event.clone()));
+        assert!(event_of(Some(&gateway), &channel_name("gw2"), &tagged).is_err());
+        let by_a_gateway = payload(Some(&gateway), &ours, &event).expect("tagged");
         assert!(event_of(Some(&gateway), &ours, &by_a_gateway).is_err());
-        let unsigned = payload(None, &ours, &event);
+        let unsigned = payload(None, &ours, &event).expect("plain");
         assert!(event_of(Some(&gateway), &ours, &unsigned).is_err());
         assert_eq!(event_of(None, &ours, &unsigned), Ok(event));
+    }
+
+    #[test]
+    fn a_gateway_still_takes_an_event_signed_by_an_earlier_publisher() {
+        let [message, gateway] = keys(&["message", "gateway"]).try_into().expect("two");
+        let event = delivery("uid1");
+        let ours = channel_name("gw1");
+        let encoded = event.encode_to_vec();
+        let signed = |channel: &str| {
+            SignedEvent {
+                signature: message.sign(channel, &encoded),
+                signer: "message".to_owned(),
+                event: encoded.clone(),
+                tag: Vec::new(),
+            }
+            .encode_to_vec()
+        };
+        assert_eq!(event_of(Some(&gateway), &ours, &signed(&ours)), Ok(event));
+        let elsewhere = signed(&channel_name("gw2"));
+        assert!(event_of(Some(&gateway), &ours, &elsewhere).is_err());
+    }
+
+    #[test]
+    fn credentials_without_the_gateway_s_key_cannot_publish() {
+        let [message] = keys(&["message"]).try_into().expect("one");
+        let refused = Bus::local().with_credentials(Some(message)).err();
+        assert!(matches!(refused, Some(BusError::Config(_))), "{refused:?}");
     }
 
     /// Properties over any input; `make fuzz` runs them with many more cases.

@@ -413,6 +413,9 @@ where
         .server
         .identity("gateway")
         .map_err(StartError::Config)?;
+    let bus = bus
+        .with_credentials(keys.clone())
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let receipt = ReceiptServiceClient::with_interceptor(
         config.receipt.channel().map_err(StartError::Config)?,
         identity.to("receipt"),
@@ -438,10 +441,7 @@ where
     // crash, as far as clients and presence can tell) stops the sessions, the
     // dispatcher and the heartbeats without a goodbye.
     let background = futures::future::join(
-        hub::dispatch(
-            hub.clone(),
-            bus.with_credentials(keys.clone()).subscribe(&gateway_id),
-        ),
+        hub::dispatch(hub.clone(), bus.subscribe(&gateway_id)),
         heartbeat(
             hub.clone(),
             upstream.presence.clone(),

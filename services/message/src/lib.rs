@@ -183,6 +183,9 @@ where
         .server
         .identity("message")
         .map_err(StartError::Config)?;
+    let bus = bus
+        .with_credentials(keys.clone())
+        .map_err(|e| StartError::Config(e.to_string()))?;
     if config.server.migrate_on_start {
         store.migrate().await?;
     }
@@ -198,7 +201,7 @@ where
         config.notification.channel().map_err(StartError::Config)?,
         identity.to("notification"),
     );
-    let fanout = Fanout::new(presence, bus.with_credentials(keys.clone()));
+    let fanout = Fanout::new(presence, bus);
     let downstream = Downstream {
         receipt,
         notification,

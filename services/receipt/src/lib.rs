@@ -172,6 +172,9 @@ where
         .server
         .identity("receipt")
         .map_err(StartError::Config)?;
+    let bus = bus
+        .with_credentials(keys.clone())
+        .map_err(|e| StartError::Config(e.to_string()))?;
     if config.server.migrate_on_start {
         store.migrate().await?;
     }
@@ -193,7 +196,7 @@ where
         store.clone(),
         coalescer.clone(),
         presence,
-        bus.with_credentials(keys.clone()),
+        bus,
         Duration::from_millis(config.digest_window_ms),
     ));
     let mut routes = RoutesBuilder::default();
