@@ -150,7 +150,11 @@ impl Target<'_> {
         let bound = if bound >= 100.0 {
             format!("{bound:.0}")
         } else {
-            format!("{bound}")
+            let places = format!("{bound:.3}");
+            places
+                .trim_end_matches('0')
+                .trim_end_matches('.')
+                .to_owned()
         };
         Row::plain(
             "targets",
@@ -454,5 +458,11 @@ mod tests {
         assert!(missing.value.is_nan());
         assert_eq!(missing.figure, "f (target ≤ 100)");
         assert_eq!(missing.baseline_value, Some(1.0));
+        // A bound derived from a baseline prints without float noise.
+        assert_eq!(
+            target(None, Bound::AtMost(0.362 * 3.0)).figure,
+            "f (target ≤ 1.086)"
+        );
+        assert_eq!(target(None, Bound::AtMost(2.0)).figure, "f (target ≤ 2)");
     }
 }
