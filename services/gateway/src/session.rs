@@ -43,7 +43,7 @@ use tracing::Instrument;
 use crate::{
     acks::{AckBatch, AckFailure, AckWriter},
     hub::{Hub, Inbound},
-    known::Known,
+    known::{IdMap, Known},
     offline::OfflineTeller,
     wire::{Delivery, Frame},
 };
@@ -276,7 +276,7 @@ pub struct Session {
     out: mpsc::Sender<Frame>,
     limits: Limits,
     /// Per group, the highest seq pushed to this device.
-    delivered: HashMap<u64, u64>,
+    delivered: IdMap<u64>,
     /// The newest messages seen on this stream, for the heartbeat's watch list.
     known: Known,
     /// When a heartbeat last read the watched receipts.
@@ -326,7 +326,7 @@ impl Session {
             upstream,
             out,
             limits,
-            delivered: HashMap::new(),
+            delivered: IdMap::default(),
             known: Known::default(),
             watch_read_at: None,
             heartbeats: Allowance::default(),
