@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one fresh database per service per test, every
 //! service on port 0, real gRPC in between.
 
+mod client_api;
 mod device;
 mod faults;
 mod malformed;

@@ -9,6 +9,7 @@
 
 pub mod acks;
 pub mod auth;
+pub mod calls;
 pub mod hub;
 pub mod known;
 pub mod offline;

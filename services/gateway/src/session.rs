@@ -42,6 +42,7 @@ use tracing::Instrument;
 
 use crate::{
     acks::{AckBatch, AckFailure, AckWriter},
+    calls,
     hub::{Hub, Inbound},
     known::{IdMap, Known},
     offline::OfflineTeller,
@@ -781,6 +782,10 @@ impl Session {
             // would otherwise size every stream's task.
             Some(In::Sync(sync)) => Box::pin(self.on_sync(sync)).await,
             Some(In::Heartbeat(heartbeat)) => Box::pin(self.on_heartbeat(heartbeat)).await,
+            Some(In::Request(request)) => {
+                let result = Box::pin(calls::answer(&self.upstream, &self.uid, request)).await;
+                self.push(Out::Result(result)).await
+            }
             // A second auth frame or an empty one changes nothing.
             Some(In::Auth(_)) | None => Ok(()),
         }

@@ -1,0 +1,147 @@
+//! The client API on the gateway: calls made on a device's own stream, as
+//! its user, answered by a result frame with the call's request id. Once on
+//! MariaDB with Redis, once on the embedded default.
+
+use parley_proto::gateway::{
+    self as pb, connect_request::Frame as In, connect_response::Frame as Out, request_frame::Call,
+    result_frame::Result as Returned,
+};
+use tonic::Code;
+
+use crate::{
+    device::Device,
+    support::{
+        Backend, Suite, ack_read, create_group, on_both_backends, send_direct, wait_for_position,
+    },
+};
+
+/// Makes `call` on `device`'s stream and waits for its result, skipping
+/// other frames.
+async fn call(device: &mut Device, request_id: u64, call: Option<Call>) -> pb::ResultFrame {
+    device
+        .send_frame(In::Request(pb::RequestFrame { request_id, call }))
+        .await;
+    loop {
+        match device.frame().await {
+            Out::Result(result) if result.request_id == request_id => return result,
+            Out::Closing(closing) => panic!("stream closed: {}", closing.reason),
+            _ => {}
+        }
+    }
+}
+
+fn list_members(gid: u64, page_size: u32, page_token: &str) -> Option<Call> {
+    Some(Call::ListMembers(pb::ListMembersCall {
+        gid,
+        page_size,
+        page_token: page_token.into(),
+    }))
+}
+
+async fn a_member_lists_their_groups_with_unread_counts_and_the_members(backend: Backend) {
+    let suite = Suite::start(backend).await;
+    let gid = create_group(&suite, "A", "Design", &["uid1", "uid2"]).await;
+    for id in ["m1", "m2", "m3"] {
+        send_direct(&suite, "A", gid, id, 8).await;
+    }
+    ack_read(&suite, "uid1", gid, 1).await;
+    wait_for_position(&suite, "uid1", gid, "uid1's read of seq 1", |g| {
+        g.read_seq == 1
+    })
+    .await;
+    let mut device = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+
+    let listed = call(
+        &mut device,
+        1,
+        Some(Call::ListGroups(pb::ListGroupsCall::default())),
+    )
+    .await;
+    assert_eq!((listed.code, listed.error.as_str()), (0, ""));
+    let Some(Returned::Groups(page)) = listed.result else {
+        panic!("a groups page: {listed:?}");
+    };
+    assert_eq!(
+        page.groups,
+        vec![pb::GroupSummary {
+            gid,
+            direct: false,
+            name: "Design".into(),
+            member_count: 3,
+            last_seq: 3,
+            unread: 2,
+            read_seq: 1,
+        }]
+    );
+    assert!(page.next_page_token.is_empty());
+
+    // Two pages of members, in uid order; the creator is the admin.
+    let first = call(&mut device, 2, list_members(gid, 2, "")).await;
+    let Some(Returned::Members(first)) = first.result else {
+        panic!("a members page: {first:?}");
+    };
+    let uids: Vec<(&str, bool)> = first
+        .members
+        .iter()
+        .map(|m| (m.uid.as_str(), m.admin))
+        .collect();
+    assert_eq!(uids, [("A", true), ("uid1", false)]);
+    assert!(first.members.iter().all(|m| m.joined_at_ms > 0));
+    assert!(!first.next_page_token.is_empty());
+    let second = call(&mut device, 3, list_members(gid, 2, &first.next_page_token)).await;
+    let Some(Returned::Members(second)) = second.result else {
+        panic!("a members page: {second:?}");
+    };
+    let uids: Vec<&str> = second.members.iter().map(|m| m.uid.as_str()).collect();
+    assert_eq!(uids, ["uid2"]);
+    assert!(second.next_page_token.is_empty());
+    suite.stop().await;
+}
+
+async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(backend: Backend) {
+    let suite = Suite::start(backend).await;
+    let gid = create_group(&suite, "A", "Design", &["uid1"]).await;
+    let mut outsider = Device::connect(suite.gateway_addrs[0], "B", "phone").await;
+    let refusals = [
+        (list_members(gid, 0, ""), Code::PermissionDenied),
+        (list_members(0, 0, ""), Code::InvalidArgument),
+        (list_members(gid, 5000, ""), Code::InvalidArgument),
+        (list_members(gid, 0, "not a token"), Code::InvalidArgument),
+        (
+            Some(Call::ListGroups(pb::ListGroupsCall {
+                page_size: 5000,
+                page_token: String::new(),
+            })),
+            Code::InvalidArgument,
+        ),
+        (None, Code::InvalidArgument),
+    ];
+    for (request_id, (made, code)) in (1..).zip(refusals) {
+        let result = call(&mut outsider, request_id, made.clone()).await;
+        assert_eq!(
+            Code::from_i32(result.code),
+            code,
+            "{made:?}: {}",
+            result.error
+        );
+        assert!(!result.error.is_empty(), "{made:?} says why");
+        assert_eq!(result.result, None, "{made:?} returns nothing");
+    }
+    // The outsider's own list is empty, and the stream still works.
+    let listed = call(
+        &mut outsider,
+        99,
+        Some(Call::ListGroups(pb::ListGroupsCall::default())),
+    )
+    .await;
+    assert_eq!(
+        listed.result,
+        Some(Returned::Groups(pb::GroupsPage::default()))
+    );
+    suite.stop().await;
+}
+
+on_both_backends!(
+    a_member_lists_their_groups_with_unread_counts_and_the_members,
+    bad_calls_are_refused_with_their_code_and_the_stream_stays_open,
+);
