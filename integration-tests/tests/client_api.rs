@@ -11,7 +11,8 @@ use tonic::Code;
 use crate::{
     device::Device,
     support::{
-        Backend, Suite, ack_read, create_group, on_both_backends, send_direct, wait_for_position,
+        Backend, Suite, ack_read, add_members, create_group, on_both_backends, send_direct,
+        wait_for_position,
     },
 };
 
@@ -98,6 +99,63 @@ async fn a_member_lists_their_groups_with_unread_counts_and_the_members(backend:
     suite.stop().await;
 }
 
+fn history(gid: u64, before_seq: u64, limit: u32) -> Option<Call> {
+    Some(Call::History(pb::HistoryCall {
+        gid,
+        before_seq,
+        limit,
+    }))
+}
+
+/// Paging back from the newest message reaches the first one I may see, and
+/// stops there: a member who joined later does not see what came before.
+async fn history_pages_back_to_the_member_s_join(backend: Backend) {
+    let suite = Suite::start(backend).await;
+    let gid = create_group(&suite, "A", "Design", &["uid1"]).await;
+    for i in 1..=7 {
+        send_direct(&suite, "A", gid, &format!("m{i}"), 8).await;
+    }
+    add_members(&suite, "A", gid, &["uid2"]).await;
+    for i in 8..=10 {
+        send_direct(&suite, "A", gid, &format!("m{i}"), 8).await;
+    }
+    let mut uid1 = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    let mut pages = Vec::new();
+    let mut before = 11;
+    for request_id in 1.. {
+        let result = call(&mut uid1, request_id, history(gid, before, 4)).await;
+        let Some(Returned::History(page)) = result.result else {
+            panic!("a history page: {result:?}");
+        };
+        assert_eq!(page.last_seq, 10);
+        let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+        let done = seqs.len() < 4;
+        before = seqs.first().copied().unwrap_or(0);
+        pages.push(seqs);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(pages, [vec![7, 8, 9, 10], vec![3, 4, 5, 6], vec![1, 2]]);
+
+    let mut uid2 = Device::connect(suite.gateway_addrs[0], "uid2", "phone").await;
+    let result = call(&mut uid2, 1, history(gid, 11, 0)).await;
+    let Some(Returned::History(page)) = result.result else {
+        panic!("a history page: {result:?}");
+    };
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [8, 9, 10], "only what came after uid2 joined");
+    // A window reaching back before the join starts at it, and still ends
+    // before the seq asked for.
+    let result = call(&mut uid2, 2, history(gid, 9, 4)).await;
+    let Some(Returned::History(page)) = result.result else {
+        panic!("a history page: {result:?}");
+    };
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [8]);
+    suite.stop().await;
+}
+
 async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(backend: Backend) {
     let suite = Suite::start(backend).await;
     let gid = create_group(&suite, "A", "Design", &["uid1"]).await;
@@ -114,6 +172,10 @@ async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(backend
             })),
             Code::InvalidArgument,
         ),
+        (history(gid, 5, 0), Code::PermissionDenied),
+        (history(gid, 0, 0), Code::InvalidArgument),
+        (history(gid, 5, 501), Code::InvalidArgument),
+        (history(0, 5, 0), Code::InvalidArgument),
         (None, Code::InvalidArgument),
     ];
     for (request_id, (made, code)) in (1..).zip(refusals) {
@@ -144,4 +206,5 @@ async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(backend
 on_both_backends!(
     a_member_lists_their_groups_with_unread_counts_and_the_members,
     bad_calls_are_refused_with_their_code_and_the_stream_stays_open,
+    history_pages_back_to_the_member_s_join,
 );

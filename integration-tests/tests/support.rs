@@ -932,6 +932,19 @@ pub async fn create_group(suite: &Suite, creator: &str, name: &str, members: &[&
     created.into_inner().group.expect("group").gid
 }
 
+/// Adds `members` to `gid`, as the admin `by`.
+pub async fn add_members(suite: &Suite, by: &str, gid: u64, members: &[&str]) {
+    let request = parley_proto::message::AddMembersRequest {
+        gid,
+        uids: members.iter().map(|m| m.to_string()).collect(),
+    };
+    suite
+        .message(user(by))
+        .add_members(request)
+        .await
+        .expect("add members");
+}
+
 /// Acknowledges, as `uid`, everything up to `up_to` as read.
 pub async fn ack_read(suite: &Suite, uid: &str, gid: u64, up_to: u64) -> rpb::AckResponse {
     let request = rpb::AckRequest {

@@ -10,13 +10,18 @@ use parley_proto::{
 use parley_server::{Uid, caller::acting_for, shed::retry_after_ms};
 use tonic::Status;
 
-use crate::session::Upstream;
+use crate::session::{Upstream, delivered};
+
+/// Messages per history page when the call names no limit, and at most.
+const HISTORY_PAGE: u32 = 100;
+const MAX_HISTORY_PAGE: u32 = 500;
 
 /// Answers one request as `uid`.
 pub async fn answer(upstream: &Upstream, uid: &Uid, request: pb::RequestFrame) -> pb::ResultFrame {
     let outcome = match request.call {
         Some(Call::ListGroups(call)) => list_groups(upstream, uid, call).await,
         Some(Call::ListMembers(call)) => list_members(upstream, uid, call).await,
+        Some(Call::History(call)) => history(upstream, uid, call).await,
         None => Err(Status::invalid_argument("the request names no call")),
     };
     match outcome {
@@ -125,5 +130,48 @@ async fn list_members(
     Ok(Returned::Members(pb::MembersPage {
         members,
         next_page_token: page.next_page_token,
+    }))
+}
+
+/// The newest `limit` messages before `before_seq` that the user may see:
+/// seqs are dense, so they are the sync after `before_seq - limit - 1`, which
+/// the message service starts no earlier than the user's join.
+async fn history(
+    upstream: &Upstream,
+    uid: &Uid,
+    call: pb::HistoryCall,
+) -> Result<Returned, Status> {
+    if call.before_seq == 0 {
+        return Err(Status::invalid_argument("before_seq must be 1 or more"));
+    }
+    let limit = match call.limit {
+        0 => HISTORY_PAGE,
+        limit if limit <= MAX_HISTORY_PAGE => limit,
+        _ => {
+            return Err(Status::invalid_argument(format!(
+                "limit must be at most {MAX_HISTORY_PAGE}"
+            )));
+        }
+    };
+    let request = mpb::SyncMessagesRequest {
+        gid: call.gid,
+        after_seq: call.before_seq.saturating_sub(u64::from(limit) + 1),
+        limit,
+    };
+    let page = upstream
+        .message
+        .clone()
+        .sync_messages(acting_for(uid, request))
+        .await?
+        .into_inner();
+    let messages = page
+        .messages
+        .into_iter()
+        .filter(|message| message.seq < call.before_seq)
+        .map(delivered)
+        .collect();
+    Ok(Returned::History(pb::HistoryPage {
+        messages,
+        last_seq: page.last_seq,
     }))
 }

@@ -1235,7 +1235,7 @@ async fn stopped(mut stopping: watch::Receiver<bool>) -> End {
 }
 
 /// The stream form of a stored message.
-fn delivered(message: mpb::Message) -> pb::DeliveredMessage {
+pub(crate) fn delivered(message: mpb::Message) -> pb::DeliveredMessage {
     pb::DeliveredMessage {
         msgid: message.msgid,
         gid: message.gid,
