@@ -2,17 +2,22 @@
 //! its user, answered by a result frame with the call's request id. Once on
 //! MariaDB with Redis, once on the embedded default.
 
-use parley_proto::gateway::{
-    self as pb, connect_request::Frame as In, connect_response::Frame as Out, request_frame::Call,
-    result_frame::Result as Returned,
+use std::time::Duration;
+
+use parley_proto::{
+    gateway::{
+        self as pb, connect_request::Frame as In, connect_response::Frame as Out,
+        request_frame::Call, result_frame::Result as Returned,
+    },
+    receipt as rpb,
 };
 use tonic::Code;
 
 use crate::{
     device::Device,
     support::{
-        Backend, Suite, ack_read, add_members, create_group, on_both_backends, send_direct,
-        wait_for_position,
+        Backend, Suite, ack_read, add_members, create_group, on_both_backends, send_direct, user,
+        wait_for_position, wait_for_receipts,
     },
 };
 
@@ -156,6 +161,69 @@ async fn history_pages_back_to_the_member_s_join(backend: Backend) {
     suite.stop().await;
 }
 
+fn readers(gid: u64, msgid: u64, read: bool, page_size: u32, page_token: &str) -> Option<Call> {
+    Some(Call::Readers(pb::ReadersCall {
+        gid,
+        msgid,
+        read,
+        page_size,
+        page_token: page_token.into(),
+    }))
+}
+
+/// The sender sees who read the message and who has not, page by page; no
+/// one else sees them.
+async fn the_sender_lists_who_read_and_who_has_not(backend: Backend) {
+    let suite = Suite::start(backend).await;
+    let gid = create_group(&suite, "A", "Design", &["uid1", "uid2", "uid3"]).await;
+    let sent = send_direct(&suite, "A", gid, "m1", 8).await;
+    wait_for_receipts(&suite, gid, vec![sent.msgid], 0).await;
+    for reader in ["uid1", "uid3"] {
+        ack_read(&suite, reader, gid, 1).await;
+    }
+    let mut a = Device::connect(suite.gateway_addrs[0], "A", "phone").await;
+    let uids = |result: pb::ResultFrame| match result.result {
+        Some(Returned::Readers(page)) => (page.uids, page.next_page_token),
+        _ => panic!("a readers page: {result:?}"),
+    };
+    let receipts = suite.receipt(user("A"));
+    parley_testkit::eventually("both reads counted", Duration::from_secs(30), || {
+        let mut receipts = receipts.clone();
+        let request = rpb::ListReceiptMembersRequest {
+            gid,
+            msgid: sent.msgid,
+            state: rpb::ReceiptState::Unread.into(),
+            ..Default::default()
+        };
+        async move {
+            let page = receipts.list_receipt_members(request).await.ok()?;
+            (page.into_inner().uids == ["uid2"]).then_some(())
+        }
+    })
+    .await;
+    let (unread, _) = uids(call(&mut a, 1, readers(gid, sent.msgid, false, 0, "")).await);
+    assert_eq!(unread, ["uid2"]);
+    let (first, token) = uids(call(&mut a, 2, readers(gid, sent.msgid, true, 1, "")).await);
+    assert_eq!(first, ["uid1"]);
+    let (second, last) = uids(call(&mut a, 3, readers(gid, sent.msgid, true, 1, &token)).await);
+    assert_eq!(second, ["uid3"]);
+    // A full page may be the last: the next one is empty and ends the list.
+    let (rest, end) = uids(call(&mut a, 4, readers(gid, sent.msgid, true, 1, &last)).await);
+    assert!(rest.is_empty() && end.is_empty(), "{rest:?} {end:?}");
+
+    // Someone else's message: a reader does not see the other readers.
+    let mut uid2 = Device::connect(suite.gateway_addrs[0], "uid2", "phone").await;
+    let refused = call(&mut uid2, 1, readers(gid, sent.msgid, true, 0, "")).await;
+    assert_eq!(
+        Code::from_i32(refused.code),
+        Code::PermissionDenied,
+        "{}",
+        refused.error
+    );
+    assert_eq!(refused.result, None);
+    suite.stop().await;
+}
+
 async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(backend: Backend) {
     let suite = Suite::start(backend).await;
     let gid = create_group(&suite, "A", "Design", &["uid1"]).await;
@@ -176,6 +244,11 @@ async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(backend
         (history(gid, 0, 0), Code::InvalidArgument),
         (history(gid, 5, 501), Code::InvalidArgument),
         (history(0, 5, 0), Code::InvalidArgument),
+        (readers(gid, 0, true, 0, ""), Code::InvalidArgument),
+        (
+            readers(gid, 1, true, 0, "not a token"),
+            Code::InvalidArgument,
+        ),
         (None, Code::InvalidArgument),
     ];
     for (request_id, (made, code)) in (1..).zip(refusals) {
@@ -207,4 +280,5 @@ on_both_backends!(
     a_member_lists_their_groups_with_unread_counts_and_the_members,
     bad_calls_are_refused_with_their_code_and_the_stream_stays_open,
     history_pages_back_to_the_member_s_join,
+    the_sender_lists_who_read_and_who_has_not,
 );

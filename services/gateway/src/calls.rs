@@ -22,6 +22,7 @@ pub async fn answer(upstream: &Upstream, uid: &Uid, request: pb::RequestFrame) -
         Some(Call::ListGroups(call)) => list_groups(upstream, uid, call).await,
         Some(Call::ListMembers(call)) => list_members(upstream, uid, call).await,
         Some(Call::History(call)) => history(upstream, uid, call).await,
+        Some(Call::Readers(call)) => readers(upstream, uid, call).await,
         None => Err(Status::invalid_argument("the request names no call")),
     };
     match outcome {
@@ -173,5 +174,36 @@ async fn history(
     Ok(Returned::History(pb::HistoryPage {
         messages,
         last_seq: page.last_seq,
+    }))
+}
+
+/// A page of who has read a message, or who has not, from the receipt
+/// service, which answers only for messages the user may see the receipts of.
+async fn readers(
+    upstream: &Upstream,
+    uid: &Uid,
+    call: pb::ReadersCall,
+) -> Result<Returned, Status> {
+    let state = if call.read {
+        rpb::ReceiptState::Read
+    } else {
+        rpb::ReceiptState::Unread
+    };
+    let request = rpb::ListReceiptMembersRequest {
+        gid: call.gid,
+        msgid: call.msgid,
+        state: state.into(),
+        page_size: call.page_size,
+        page_token: call.page_token,
+    };
+    let page = upstream
+        .receipt
+        .clone()
+        .list_receipt_members(acting_for(uid, request))
+        .await?
+        .into_inner();
+    Ok(Returned::Readers(pb::ReadersPage {
+        uids: page.uids,
+        next_page_token: page.next_page_token,
     }))
 }
