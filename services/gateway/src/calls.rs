@@ -10,7 +10,10 @@ use parley_proto::{
 use parley_server::{Uid, caller::acting_for, shed::retry_after_ms};
 use tonic::Status;
 
-use crate::session::{Upstream, delivered};
+use crate::{
+    known::IdMap,
+    session::{Upstream, delivered},
+};
 
 /// Messages per history page when the call names no limit, and at most.
 const HISTORY_PAGE: u32 = 100;
@@ -61,8 +64,8 @@ async fn list_groups(
         .await?
         .into_inner();
     let gids: Vec<u64> = page.groups.iter().map(|group| group.gid).collect();
-    let unread = if gids.is_empty() {
-        Vec::new()
+    let read_seqs: IdMap<u64> = if gids.is_empty() {
+        IdMap::default()
     } else {
         let request = rpb::UnreadCountsRequest {
             gids,
@@ -76,15 +79,15 @@ async fn list_groups(
             .await?
             .into_inner()
             .groups
+            .into_iter()
+            .map(|counted| (counted.gid, counted.read_seq))
+            .collect()
     };
     let groups = page
         .groups
         .into_iter()
         .map(|group| {
-            let read_seq = unread
-                .iter()
-                .find(|counted| counted.gid == group.gid)
-                .map_or(0, |counted| counted.read_seq);
+            let read_seq = read_seqs.get(&group.gid).copied().unwrap_or(0);
             pb::GroupSummary {
                 gid: group.gid,
                 direct: group.kind == mpb::GroupKind::Direct as i32,
