@@ -17,7 +17,7 @@ use crate::{
     device::Device,
     support::{
         Backend, Suite, ack_read, add_members, create_group, on_both_backends, send_direct, user,
-        wait_for_position, wait_for_receipts,
+        wait_for_devices, wait_for_position, wait_for_receipts,
     },
 };
 
@@ -64,9 +64,15 @@ async fn a_member_lists_their_groups_with_unread_counts_and_the_members(backend:
     )
     .await;
     assert_eq!((listed.code, listed.error.as_str()), (0, ""));
-    let Some(Returned::Groups(page)) = listed.result else {
+    let Some(Returned::Groups(mut page)) = listed.result else {
         panic!("a groups page: {listed:?}");
     };
+    let last = page.groups.first_mut().and_then(|g| g.last_message.take());
+    let last = last.expect("the group's latest message");
+    assert_eq!(
+        (last.gid, last.seq, last.sender_uid.as_str()),
+        (gid, 3, "A")
+    );
     assert_eq!(
         page.groups,
         vec![pb::GroupSummary {
@@ -77,6 +83,7 @@ async fn a_member_lists_their_groups_with_unread_counts_and_the_members(backend:
             last_seq: 3,
             unread: 2,
             read_seq: 1,
+            last_message: None,
         }]
     );
     assert!(page.next_page_token.is_empty());
@@ -101,6 +108,259 @@ async fn a_member_lists_their_groups_with_unread_counts_and_the_members(backend:
     let uids: Vec<&str> = second.members.iter().map(|m| m.uid.as_str()).collect();
     assert_eq!(uids, ["uid2"]);
     assert!(second.next_page_token.is_empty());
+    suite.stop().await;
+}
+
+/// The groups page of a list_groups result.
+fn groups(result: pb::ResultFrame) -> Vec<pb::GroupSummary> {
+    match result.result {
+        Some(Returned::Groups(page)) => page.groups,
+        _ => panic!("a groups page: {result:?}"),
+    }
+}
+
+/// The uids of a members_changed result.
+fn changed(result: pb::ResultFrame) -> Vec<String> {
+    match result.result {
+        Some(Returned::MembersChanged(changed)) => changed.uids,
+        _ => panic!("a membership change: {result:?}"),
+    }
+}
+
+fn create(direct: bool, name: &str, members: &[&str]) -> Option<Call> {
+    Some(Call::CreateGroup(pb::CreateGroupCall {
+        direct,
+        name: name.into(),
+        member_uids: members.iter().map(|&m| m.to_owned()).collect(),
+    }))
+}
+
+fn membership(add: bool, gid: u64, uids: &[&str]) -> Option<Call> {
+    let uids = uids.iter().map(|&u| u.to_owned()).collect();
+    Some(if add {
+        Call::AddMembers(pb::AddMembersCall { gid, uids })
+    } else {
+        Call::RemoveMembers(pb::RemoveMembersCall { gid, uids })
+    })
+}
+
+fn list_groups() -> Option<Call> {
+    Some(Call::ListGroups(pb::ListGroupsCall::default()))
+}
+
+/// Asserts that `result` was refused with `code`, returning nothing.
+fn refused(result: &pb::ResultFrame, code: Code) {
+    assert_eq!(
+        Code::from_i32(result.code),
+        code,
+        "{}: {result:?}",
+        result.error
+    );
+    assert!(!result.error.is_empty(), "says why: {result:?}");
+    assert_eq!(result.result, None);
+}
+
+/// A user creates a group and a direct chat, adds, removes and leaves, all
+/// from their stream; a removed or departed member is refused what only
+/// members may do, and a member who is not an admin cannot change members.
+async fn a_user_creates_groups_and_changes_their_members(backend: Backend) {
+    let suite = Suite::start(backend).await;
+    let mut a = Device::connect(suite.gateway_addrs[0], "A", "phone").await;
+    let result = call(&mut a, 1, create(false, "Ops", &["uid1"])).await;
+    let Some(Returned::Created(created)) = result.result else {
+        panic!("a created group: {result:?}");
+    };
+    let group = created.group.expect("the group");
+    assert!(!created.existing);
+    assert_eq!(
+        (
+            group.direct,
+            group.name.as_str(),
+            group.member_count,
+            group.last_seq,
+            group.unread
+        ),
+        (false, "Ops", 2, 0, 0)
+    );
+    let gid = group.gid;
+
+    let result = call(&mut a, 2, create(true, "", &["uid2"])).await;
+    let Some(Returned::Created(direct)) = result.result else {
+        panic!("a direct chat: {result:?}");
+    };
+    let direct_gid = direct.group.as_ref().expect("the chat").gid;
+    assert!(!direct.existing);
+    let result = call(&mut a, 3, create(true, "", &["uid2"])).await;
+    let Some(Returned::Created(again)) = result.result else {
+        panic!("the direct chat again: {result:?}");
+    };
+    assert!(again.existing);
+    assert_eq!(
+        again.group.map(|g| (g.gid, g.direct)),
+        Some((direct_gid, true))
+    );
+
+    // Adding skips who is in already.
+    let added = changed(call(&mut a, 4, membership(true, gid, &["uid2", "uid1"])).await);
+    assert_eq!(added, ["uid2"]);
+    let mut uid2 = Device::connect(suite.gateway_addrs[0], "uid2", "phone").await;
+    let listed: Vec<(u64, bool)> = groups(call(&mut uid2, 1, list_groups()).await)
+        .iter()
+        .map(|g| (g.gid, g.direct))
+        .collect();
+    assert_eq!(listed, [(gid, false), (direct_gid, true)]);
+    // Only admins change members; a direct chat's members are fixed.
+    refused(
+        &call(&mut uid2, 2, membership(true, gid, &["uid3"])).await,
+        Code::PermissionDenied,
+    );
+    refused(
+        &call(&mut uid2, 3, membership(false, gid, &["uid1"])).await,
+        Code::PermissionDenied,
+    );
+    refused(
+        &call(&mut a, 5, membership(true, direct_gid, &["uid3"])).await,
+        Code::FailedPrecondition,
+    );
+
+    // A removed member, and one who left, may no longer read the group.
+    let mut uid1 = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    assert_eq!(
+        changed(call(&mut a, 6, membership(false, gid, &["uid1"])).await),
+        ["uid1"]
+    );
+    refused(
+        &call(&mut uid1, 1, list_members(gid, 0, "")).await,
+        Code::PermissionDenied,
+    );
+    refused(
+        &call(&mut uid1, 2, history(gid, 5, 0)).await,
+        Code::PermissionDenied,
+    );
+    let left = call(&mut uid2, 4, Some(Call::Leave(pb::LeaveCall { gid }))).await;
+    assert_eq!(changed(left), ["uid2"]);
+    refused(
+        &call(&mut uid2, 5, list_members(gid, 0, "")).await,
+        Code::PermissionDenied,
+    );
+    let listed: Vec<u64> = groups(call(&mut uid2, 6, list_groups()).await)
+        .iter()
+        .map(|g| g.gid)
+        .collect();
+    assert_eq!(listed, [direct_gid]);
+    let members = call(&mut a, 7, list_members(gid, 0, "")).await;
+    let Some(Returned::Members(members)) = members.result else {
+        panic!("a members page: {members:?}");
+    };
+    let uids: Vec<&str> = members.members.iter().map(|m| m.uid.as_str()).collect();
+    assert_eq!(uids, ["A"]);
+    suite.stop().await;
+}
+
+fn register_push(platform: pb::PushPlatform, token: &str) -> Option<Call> {
+    Some(Call::RegisterPush(pb::RegisterPushCall {
+        platform: platform.into(),
+        token: token.into(),
+        app_id: String::new(),
+        locale: "en-GB".into(),
+    }))
+}
+
+fn mute(gid: u64, until_ms: i64) -> Option<Call> {
+    Some(Call::Mute(pb::MuteCall { gid, until_ms }))
+}
+
+fn push_changed(result: pb::ResultFrame) -> bool {
+    match result.result {
+        Some(Returned::Push(push)) => push.changed,
+        _ => panic!("a push registration: {result:?}"),
+    }
+}
+
+/// A device registers its own push token and mutes a group from its stream:
+/// once offline, it is pushed for the loud group and not the muted one; it
+/// can replace and remove its token, and bad tokens are refused.
+async fn a_device_registers_its_push_token_and_mutes_a_group(backend: Backend) {
+    let suite = Suite::start(backend).await;
+    let loud = create_group(&suite, "A", "Loud", &["uid1"]).await;
+    let quiet = create_group(&suite, "A", "Quiet", &["uid1"]).await;
+    let token = format!("uid1-phone:{}", "APA91b-x_".repeat(6));
+    let mut phone = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    refused(
+        &call(
+            &mut phone,
+            1,
+            register_push(pb::PushPlatform::Unspecified, &token),
+        )
+        .await,
+        Code::InvalidArgument,
+    );
+    refused(
+        &call(&mut phone, 2, register_push(pb::PushPlatform::Fcm, "short")).await,
+        Code::InvalidArgument,
+    );
+    assert!(!push_changed(
+        call(&mut phone, 3, register_push(pb::PushPlatform::Fcm, &token)).await
+    ));
+    assert!(push_changed(
+        call(&mut phone, 4, register_push(pb::PushPlatform::Fcm, &token)).await
+    ));
+    let db = suite.notification_db().await;
+    let devices: Vec<(String, String)> = db
+        .devices("uid1")
+        .await
+        .into_iter()
+        .map(|d| (d.device_id, d.token))
+        .collect();
+    assert_eq!(devices, [("phone".to_owned(), token.clone())]);
+
+    let muted = call(&mut phone, 5, mute(quiet, -1)).await;
+    assert_eq!(
+        muted.result,
+        Some(Returned::Muted(pb::Muted { until_ms: -1 }))
+    );
+    refused(
+        &call(&mut phone, 6, mute(0, -1)).await,
+        Code::InvalidArgument,
+    );
+    let outsiders = create_group(&suite, "A", "Elsewhere", &["uid2"]).await;
+    refused(
+        &call(&mut phone, 7, mute(outsiders, -1)).await,
+        Code::PermissionDenied,
+    );
+
+    drop(phone);
+    wait_for_devices(&suite, &[("uid1", 0)]).await;
+    send_direct(&suite, "A", quiet, "q1", 8).await;
+    send_direct(&suite, "A", loud, "l1", 8).await;
+    let gid_of = |send: &parley_testkit::fcm::Recorded| {
+        send.body["message"]["data"]["gid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    parley_testkit::eventually("the push for Loud", Duration::from_secs(30), || async {
+        let sends = suite.fcm.sends_to(&token);
+        sends
+            .iter()
+            .any(|s| gid_of(s) == loud.to_string())
+            .then_some(())
+    })
+    .await;
+    parley_testkit::eventually(
+        "uid1's push queue to drain",
+        Duration::from_secs(30),
+        || async { db.queued_for("uid1").await.is_empty().then_some(()) },
+    )
+    .await;
+    let pushed: Vec<String> = suite.fcm.sends_to(&token).iter().map(gid_of).collect();
+    assert_eq!(pushed, [loud.to_string()], "nothing for the muted group");
+
+    let mut phone = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    let unregister = Some(Call::UnregisterPush(pb::UnregisterPushCall {}));
+    assert!(push_changed(call(&mut phone, 1, unregister.clone()).await));
+    assert!(!push_changed(call(&mut phone, 2, unregister).await));
+    assert!(db.devices("uid1").await.is_empty());
     suite.stop().await;
 }
 
@@ -249,6 +509,16 @@ async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(backend
             readers(gid, 1, true, 0, "not a token"),
             Code::InvalidArgument,
         ),
+        (membership(true, 0, &["uid2"]), Code::InvalidArgument),
+        (membership(true, gid, &[]), Code::InvalidArgument),
+        (membership(false, gid, &["bad uid"]), Code::InvalidArgument),
+        (membership(true, gid, &["uid2"]), Code::PermissionDenied),
+        (membership(true, 1 << 40, &["uid2"]), Code::NotFound),
+        (create(true, "", &[]), Code::InvalidArgument),
+        (create(true, "", &["uid1", "uid2"]), Code::InvalidArgument),
+        (create(false, &"n".repeat(129), &[]), Code::InvalidArgument),
+        (Some(Call::Leave(pb::LeaveCall { gid: 0 })), Code::InvalidArgument),
+        (mute(0, -1), Code::InvalidArgument),
         (None, Code::InvalidArgument),
     ];
     for (request_id, (made, code)) in (1..).zip(refusals) {
@@ -277,6 +547,8 @@ async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(backend
 }
 
 on_both_backends!(
+    a_device_registers_its_push_token_and_mutes_a_group,
+    a_user_creates_groups_and_changes_their_members,
     a_member_lists_their_groups_with_unread_counts_and_the_members,
     bad_calls_are_refused_with_their_code_and_the_stream_stays_open,
     history_pages_back_to_the_member_s_join,

@@ -150,6 +150,7 @@ async fn malformed_requests_to_every_rpc_get_documented_codes_and_change_nothing
             m.list_groups(mpb::ListGroupsRequest {
                 page_size,
                 page_token: rng.pick(&tokens),
+                with_last_message: false,
             })
             .await,
         );

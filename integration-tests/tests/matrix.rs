@@ -187,6 +187,7 @@ async fn every_rpc_answers_each_kind_of_caller_by_the_rule() {
                     m.list_groups(mpb::ListGroupsRequest {
                         page_size: 10,
                         page_token: String::new(),
+                        with_last_message: false,
                     })
                     .await,
                 ),

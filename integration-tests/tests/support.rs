@@ -655,6 +655,7 @@ impl Suite {
         let queue = self.options.outbound_queue.to_string();
         let slow = self.options.slow_consumer_timeout_ms.to_string();
         let id = format!("gw{}-{:08x}", self.gateways.len(), rand::random::<u32>());
+        let notification_url = format!("http://{}", self.notification_addr);
         let mut flags = vec![
             ("gateway-id", id.as_str()),
             ("jwt-hs256-secret", JWT_SECRET),
@@ -665,6 +666,7 @@ impl Suite {
             ("message-url", &self.message_url),
             ("receipt-url", &self.receipt_url),
             ("presence-url", &self.presence_url),
+            ("notification-url", &notification_url),
         ];
         flags.extend(self.options.gateway_flags.iter().copied());
         let config = self
@@ -702,6 +704,10 @@ impl Suite {
                 .env("PARLEY_MESSAGE_URL", &self.message_url)
                 .env("PARLEY_RECEIPT_URL", &self.receipt_url)
                 .env("PARLEY_PRESENCE_URL", &self.presence_url)
+                .env(
+                    "PARLEY_NOTIFICATION_URL",
+                    format!("http://{}", self.notification_addr),
+                )
                 .env("PARLEY_BUS_URL", redis.url())
                 .env("PARLEY_SERVICE_KEY", self.keys.private("gateway").expose())
                 .env("PARLEY_SERVICE_PUBLIC_KEYS", &self.keys.public)

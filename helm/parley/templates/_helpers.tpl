@@ -28,7 +28,7 @@ database (and so a migration), which other services it calls, and how it
 reaches Redis. Kept in step with the binaries by scripts/chart_check.py.
 */}}
 {{- define "parley.facts" -}}
-gateway: {database: false, calls: [message, receipt, presence], redis: PARLEY_BUS_URL}
+gateway: {database: false, calls: [message, receipt, presence, notification], redis: PARLEY_BUS_URL}
 message: {database: true, calls: [receipt, presence, notification], redis: PARLEY_BUS_URL}
 presence: {database: false, calls: [], redis: PARLEY_PRESENCE_REDIS_URL}
 receipt: {database: true, calls: [presence, message], redis: PARLEY_BUS_URL}

@@ -5,7 +5,7 @@
 
 use parley_proto::{
     gateway::{self as pb, request_frame::Call, result_frame::Result as Returned},
-    message as mpb, receipt as rpb,
+    message as mpb, notification as npb, receipt as rpb,
 };
 use parley_server::{Uid, caller::acting_for, shed::retry_after_ms};
 use tonic::Status;
@@ -19,13 +19,27 @@ use crate::{
 const HISTORY_PAGE: u32 = 100;
 const MAX_HISTORY_PAGE: u32 = 500;
 
-/// Answers one request as `uid`.
-pub async fn answer(upstream: &Upstream, uid: &Uid, request: pb::RequestFrame) -> pb::ResultFrame {
+/// Answers one request as `uid`, from its device `device_id`.
+pub async fn answer(
+    upstream: &Upstream,
+    uid: &Uid,
+    device_id: &str,
+    request: pb::RequestFrame,
+) -> pb::ResultFrame {
     let outcome = match request.call {
         Some(Call::ListGroups(call)) => list_groups(upstream, uid, call).await,
         Some(Call::ListMembers(call)) => list_members(upstream, uid, call).await,
         Some(Call::History(call)) => history(upstream, uid, call).await,
         Some(Call::Readers(call)) => readers(upstream, uid, call).await,
+        Some(Call::CreateGroup(call)) => create_group(upstream, uid, call).await,
+        Some(Call::AddMembers(call)) => add_members(upstream, uid, call).await,
+        Some(Call::RemoveMembers(call)) => remove_members(upstream, uid, call.gid, call.uids).await,
+        Some(Call::Leave(call)) => {
+            remove_members(upstream, uid, call.gid, vec![uid.as_str().to_owned()]).await
+        }
+        Some(Call::RegisterPush(call)) => register_push(upstream, uid, device_id, call).await,
+        Some(Call::UnregisterPush(_)) => unregister_push(upstream, uid, device_id).await,
+        Some(Call::Mute(call)) => mute(upstream, uid, call).await,
         None => Err(Status::invalid_argument("the request names no call")),
     };
     match outcome {
@@ -44,10 +58,8 @@ pub async fn answer(upstream: &Upstream, uid: &Uid, request: pb::RequestFrame) -
     }
 }
 
-/// A page of the user's groups from the message service, with the user's
-/// unread count in each from the receipt service. A group the receipt
-/// service does not know yet (its membership is still in the message
-/// service's outbox) counts every message as unread.
+/// A page of the user's groups from the message service, each with its
+/// latest message.
 async fn list_groups(
     upstream: &Upstream,
     uid: &Uid,
@@ -56,6 +68,7 @@ async fn list_groups(
     let request = mpb::ListGroupsRequest {
         page_size: call.page_size,
         page_token: call.page_token,
+        with_last_message: true,
     };
     let page = upstream
         .message
@@ -63,7 +76,26 @@ async fn list_groups(
         .list_groups(acting_for(uid, request))
         .await?
         .into_inner();
-    let gids: Vec<u64> = page.groups.iter().map(|group| group.gid).collect();
+    Ok(Returned::Groups(pb::GroupsPage {
+        groups: summaries(upstream, uid, page.groups).await?,
+        next_page_token: page.next_page_token,
+    }))
+}
+
+/// The groups as the user's group list shows them, with the user's unread
+/// count in each from the receipt service. A group the receipt service does
+/// not know yet (its membership is still in the message service's outbox)
+/// counts every message as unread.
+async fn summaries(
+    upstream: &Upstream,
+    uid: &Uid,
+    groups: Vec<mpb::Group>,
+) -> Result<Vec<pb::GroupSummary>, Status> {
+    let gids: Vec<u64> = groups
+        .iter()
+        .filter(|group| group.last_seq > 0)
+        .map(|group| group.gid)
+        .collect();
     let read_seqs: IdMap<u64> = if gids.is_empty() {
         IdMap::default()
     } else {
@@ -83,8 +115,7 @@ async fn list_groups(
             .map(|counted| (counted.gid, counted.read_seq))
             .collect()
     };
-    let groups = page
-        .groups
+    Ok(groups
         .into_iter()
         .map(|group| {
             let read_seq = read_seqs.get(&group.gid).copied().unwrap_or(0);
@@ -96,12 +127,151 @@ async fn list_groups(
                 last_seq: group.last_seq,
                 unread: group.last_seq.saturating_sub(read_seq),
                 read_seq,
+                last_message: group.last_message.map(delivered),
             }
         })
-        .collect();
-    Ok(Returned::Groups(pb::GroupsPage {
-        groups,
-        next_page_token: page.next_page_token,
+        .collect())
+}
+
+/// Creates a group with the user as its admin, or a direct chat (the one
+/// that exists between the two, if any).
+async fn create_group(
+    upstream: &Upstream,
+    uid: &Uid,
+    call: pb::CreateGroupCall,
+) -> Result<Returned, Status> {
+    let kind = if call.direct {
+        mpb::GroupKind::Direct
+    } else {
+        mpb::GroupKind::Group
+    };
+    let request = mpb::CreateGroupRequest {
+        kind: kind.into(),
+        name: call.name,
+        member_uids: call.member_uids,
+    };
+    let created = upstream
+        .message
+        .clone()
+        .create_group(acting_for(uid, request))
+        .await?
+        .into_inner();
+    let group = created
+        .group
+        .ok_or_else(|| Status::internal("the message service returned no group"))?;
+    let group = summaries(upstream, uid, vec![group]).await?.pop();
+    Ok(Returned::Created(pb::GroupCreated {
+        group,
+        existing: created.existing,
+    }))
+}
+
+/// Adds members to a group the user administers.
+async fn add_members(
+    upstream: &Upstream,
+    uid: &Uid,
+    call: pb::AddMembersCall,
+) -> Result<Returned, Status> {
+    let request = mpb::AddMembersRequest {
+        gid: call.gid,
+        uids: call.uids,
+    };
+    let added = upstream
+        .message
+        .clone()
+        .add_members(acting_for(uid, request))
+        .await?
+        .into_inner();
+    Ok(Returned::MembersChanged(pb::MembersChanged {
+        uids: added.added_uids,
+    }))
+}
+
+/// Removes members from a group: anyone, by an admin; oneself, by anyone.
+async fn remove_members(
+    upstream: &Upstream,
+    uid: &Uid,
+    gid: u64,
+    uids: Vec<String>,
+) -> Result<Returned, Status> {
+    let request = mpb::RemoveMembersRequest { gid, uids };
+    let removed = upstream
+        .message
+        .clone()
+        .remove_members(acting_for(uid, request))
+        .await?
+        .into_inner();
+    Ok(Returned::MembersChanged(pb::MembersChanged {
+        uids: removed.removed_uids,
+    }))
+}
+
+/// Registers the push token of the stream's own device.
+async fn register_push(
+    upstream: &Upstream,
+    uid: &Uid,
+    device_id: &str,
+    call: pb::RegisterPushCall,
+) -> Result<Returned, Status> {
+    let platform = match pb::PushPlatform::try_from(call.platform) {
+        Ok(pb::PushPlatform::Apns) => npb::Platform::Apns,
+        Ok(pb::PushPlatform::Fcm) => npb::Platform::Fcm,
+        Ok(pb::PushPlatform::Unspecified) | Err(_) => {
+            return Err(Status::invalid_argument("platform: APNS or FCM"));
+        }
+    };
+    let request = npb::RegisterDeviceRequest {
+        device_id: device_id.to_owned(),
+        platform: platform.into(),
+        token: call.token,
+        app_id: call.app_id,
+        locale: call.locale,
+    };
+    let registered = upstream
+        .notification
+        .clone()
+        .register_device(acting_for(uid, request))
+        .await?
+        .into_inner();
+    Ok(Returned::Push(pb::PushRegistration {
+        changed: registered.replaced,
+    }))
+}
+
+/// Removes the push token of the stream's own device.
+async fn unregister_push(
+    upstream: &Upstream,
+    uid: &Uid,
+    device_id: &str,
+) -> Result<Returned, Status> {
+    let request = npb::UnregisterDeviceRequest {
+        device_id: device_id.to_owned(),
+    };
+    let unregistered = upstream
+        .notification
+        .clone()
+        .unregister_device(acting_for(uid, request))
+        .await?
+        .into_inner();
+    Ok(Returned::Push(pb::PushRegistration {
+        changed: unregistered.removed,
+    }))
+}
+
+/// Mutes or unmutes a group's pushes for the user.
+async fn mute(upstream: &Upstream, uid: &Uid, call: pb::MuteCall) -> Result<Returned, Status> {
+    let request = npb::SetMuteRequest {
+        gid: call.gid,
+        until_ms: call.until_ms,
+    };
+    let muted = upstream
+        .notification
+        .clone()
+        .set_mute(acting_for(uid, request))
+        .await?
+        .into_inner();
+    Ok(Returned::Muted(pb::Muted {
+        until_ms: muted.until_ms,
     }))
 }
 

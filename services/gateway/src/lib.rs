@@ -24,6 +24,7 @@ use parley_bus::{Bus, BusArgs, routing::PresenceClient};
 use parley_proto::{
     gateway::{self as pb, connect_request::Frame as In, connect_response::Frame as Out},
     message::message_service_client::MessageServiceClient,
+    notification::notification_service_client::NotificationServiceClient,
     presence::{self as ppb, presence_service_client::PresenceServiceClient},
     receipt::receipt_service_client::ReceiptServiceClient,
 };
@@ -32,7 +33,7 @@ use parley_server::{
     caller::valid_device_id,
     serve::Secret,
     shed::refuse,
-    upstream::{MessageUrl, PresenceUrl, ReceiptUrl},
+    upstream::{MessageUrl, NotificationUrl, PresenceUrl, ReceiptUrl},
 };
 use tokio::{
     net::TcpListener,
@@ -143,6 +144,9 @@ pub struct Config {
     /// The presence service.
     #[command(flatten)]
     pub presence: PresenceUrl,
+    /// The notification service (push tokens and mutes of the client API).
+    #[command(flatten)]
+    pub notification: NotificationUrl,
     /// The bus this gateway subscribes to.
     #[command(flatten)]
     pub bus: BusArgs,
@@ -434,6 +438,10 @@ where
         ),
         acks: AckWriter::start(receipt.clone()),
         receipt,
+        notification: NotificationServiceClient::with_interceptor(
+            config.notification.channel().map_err(StartError::Config)?,
+            identity.to("notification"),
+        ),
         presence,
         offline,
     };

@@ -25,6 +25,7 @@ use parley_bus::routing::PresenceClient;
 use parley_proto::{
     gateway::{self as pb, connect_request::Frame as In, connect_response::Frame as Out},
     message::{self as mpb, message_service_client::MessageServiceClient},
+    notification::notification_service_client::NotificationServiceClient,
     presence as ppb,
     receipt::{self as rpb, receipt_service_client::ReceiptServiceClient},
 };
@@ -58,6 +59,8 @@ pub struct Upstream {
     pub message: MessageServiceClient<Intercepted>,
     /// Cursors, receipts.
     pub receipt: ReceiptServiceClient<Intercepted>,
+    /// Push tokens and mutes, for the client API.
+    pub notification: NotificationServiceClient<Intercepted>,
     /// Presence registration.
     pub presence: PresenceClient,
     /// Acks, written with those of the gateway's other streams.
@@ -511,6 +514,7 @@ impl Session {
             let request = mpb::ListGroupsRequest {
                 page_size: GROUP_PAGE,
                 page_token,
+                with_last_message: false,
             };
             let reply = self
                 .upstream
@@ -783,7 +787,13 @@ impl Session {
             Some(In::Sync(sync)) => Box::pin(self.on_sync(sync)).await,
             Some(In::Heartbeat(heartbeat)) => Box::pin(self.on_heartbeat(heartbeat)).await,
             Some(In::Request(request)) => {
-                let result = Box::pin(calls::answer(&self.upstream, &self.uid, request)).await;
+                let result = Box::pin(calls::answer(
+                    &self.upstream,
+                    &self.uid,
+                    &self.device_id,
+                    request,
+                ))
+                .await;
                 self.push(Out::Result(result)).await
             }
             // A second auth frame or an empty one changes nothing.
@@ -1289,7 +1299,14 @@ mod tests {
         let presence = parley_proto::presence::presence_service_client::PresenceServiceClient::with_interceptor(channel.clone(), identity.to("presence"));
         let hub = Hub::default();
         let upstream = Upstream {
-            message: MessageServiceClient::with_interceptor(channel, identity.to("message")),
+            message: MessageServiceClient::with_interceptor(
+                channel.clone(),
+                identity.to("message"),
+            ),
+            notification: NotificationServiceClient::with_interceptor(
+                channel,
+                identity.to("notification"),
+            ),
             acks: AckWriter::start(receipt.clone()),
             receipt,
             offline: crate::offline::OfflineTeller::new(hub.clone(), presence.clone(), "gw".into())

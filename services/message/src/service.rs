@@ -1,6 +1,8 @@
 //! The gRPC handlers: convert wire requests into validated domain values, call
 //! the store, convert records back. No rule lives here that is not in `domain`.
 
+use std::collections::HashMap;
+
 use parley_proto::message::{self as pb, message_service_server::MessageService};
 use parley_server::{Caller, now_ms, page, shed::Admission};
 use tonic::{Request, Response, Status};
@@ -157,6 +159,7 @@ fn group_to_pb(group: GroupRecord) -> pb::Group {
         last_seq: u64::try_from(group.last_seq).unwrap_or_default(),
         member_count: u32::try_from(group.member_count).unwrap_or(u32::MAX),
         created_at_ms: group.created_at_ms,
+        last_message: None,
     }
 }
 
@@ -296,8 +299,25 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         let after = page::decode_id(&req.page_token)?.unwrap_or(0);
         let groups = self.store.list_groups(&caller, after, limit).await?;
         let next_page_token = page::next_token(&groups, limit, |g| g.gid.to_string());
+        let mut last: HashMap<i64, MessageRecord> = if req.with_last_message {
+            let gids: Vec<i64> = groups.iter().map(|g| g.gid).collect();
+            let messages = self.store.last_messages(&caller, &gids).await?;
+            messages.into_iter().map(|m| (m.gid, m)).collect()
+        } else {
+            HashMap::new()
+        };
+        let groups = groups
+            .into_iter()
+            .map(|group| {
+                let last_message = last.remove(&group.gid).map(message_to_pb);
+                pb::Group {
+                    last_message,
+                    ..group_to_pb(group)
+                }
+            })
+            .collect();
         Ok(Response::new(pb::ListGroupsResponse {
-            groups: groups.into_iter().map(group_to_pb).collect(),
+            groups,
             next_page_token,
         }))
     }

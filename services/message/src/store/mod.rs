@@ -289,6 +289,14 @@ pub trait MessageStore: Clone + Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<GroupRecord>, MessageError>> + Send;
 
+    /// The latest message of each of `gids` that the user is a member of and
+    /// may see (sent after they joined); groups without one are left out.
+    fn last_messages(
+        &self,
+        uid: &Uid,
+        gids: &[i64],
+    ) -> impl Future<Output = Result<Vec<MessageRecord>, MessageError>> + Send;
+
     /// Stores messages of one sender to one group in one transaction, in
     /// order, each with the next seq under the group's lock, so seqs stay
     /// dense; a retried one (even within the batch) returns its original. Every message must name the same group and

@@ -286,6 +286,26 @@ macro_rules! impl_message_store {
                 .await?)
             }
 
+            async fn last_messages(
+                &self,
+                uid: &parley_server::Uid,
+                gids: &[i64],
+            ) -> Result<Vec<crate::store::MessageRecord>, crate::error::MessageError> {
+                if gids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut select = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT m.msgid, m.gid, m.seq, m.sender_uid, m.client_msg_id, m.content, m.need_receipt, \
+                     m.recipient_count, m.created_at_ms \
+                     FROM group_users u JOIN chat_groups g ON g.gid = u.gid \
+                     JOIN group_msgs m ON m.gid = g.gid AND m.seq = g.last_seq \
+                     WHERE u.left_seq IS NULL AND m.seq > u.joined_seq AND u.uid = ",
+                );
+                select.push_bind(uid.as_str()).push(" AND u.gid IN ");
+                parley_server::db::push_list(&mut select, gids.iter().copied());
+                Ok(select.build_query_as().fetch_all(&self.pool).await?)
+            }
+
             async fn send_batch(
                 &self,
                 messages: &[crate::store::NewMessage],
