@@ -517,7 +517,10 @@ async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(backend
         (create(true, "", &[]), Code::InvalidArgument),
         (create(true, "", &["uid1", "uid2"]), Code::InvalidArgument),
         (create(false, &"n".repeat(129), &[]), Code::InvalidArgument),
-        (Some(Call::Leave(pb::LeaveCall { gid: 0 })), Code::InvalidArgument),
+        (
+            Some(Call::Leave(pb::LeaveCall { gid: 0 })),
+            Code::InvalidArgument,
+        ),
         (mute(0, -1), Code::InvalidArgument),
         (None, Code::InvalidArgument),
     ];

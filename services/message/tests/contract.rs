@@ -281,6 +281,48 @@ async fn reads_start_after_the_join_point<S: MessageStore>(store: S) {
     assert_eq!(synced.len(), 1);
 }
 
+/// A group's latest message goes to current members who joined before it:
+/// not to one who joined after it, nor to one who left, nor to a stranger.
+async fn the_latest_message_is_listed_for_members_who_may_see_it<S: MessageStore>(store: S) {
+    let gid = group_of(&store, "A", &["B", "C"]).await;
+    let quiet = group_of(&store, "A", &["B"]).await;
+    send(&store, gid, "A", "first").await;
+    let (latest, _) = sent(send(&store, gid, "A", "second").await);
+    let late = [uid("late")];
+    store
+        .add_members(change(gid, &uid("A"), &late, 10))
+        .await
+        .expect("add");
+    let gone = [uid("C")];
+    store
+        .remove_members(change(gid, &uid("A"), &gone, 10))
+        .await
+        .expect("remove");
+    let gids = [gid.get(), quiet.get(), 1 << 40];
+    let listed = |who: &'static str| {
+        let store = store.clone();
+        async move {
+            let messages = store.last_messages(&uid(who), &gids).await.expect("last");
+            messages
+                .iter()
+                .map(|m| (m.gid, m.msgid, m.seq))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed("B").await, [(gid.get(), latest, 2)]);
+    assert_eq!(listed("A").await, [(gid.get(), latest, 2)]);
+    for nobody in ["late", "C", "stranger"] {
+        assert_eq!(listed(nobody).await, [], "{nobody}");
+    }
+    assert!(
+        store
+            .last_messages(&uid("B"), &[])
+            .await
+            .expect("none")
+            .is_empty()
+    );
+}
+
 async fn the_outbox_holds_every_change_in_order_until_done<S: MessageStore>(store: S) {
     let gid = group_of(&store, "A", &["uid1", "uid2"]).await;
     sent(send(&store, gid, "A", "m1").await);
@@ -452,6 +494,7 @@ parley_testkit::contract_suite!(
     membership_changes_keep_history_and_join_points,
     direct_conversations_are_unique_and_closed,
     reads_start_after_the_join_point,
+    the_latest_message_is_listed_for_members_who_may_see_it,
     the_outbox_holds_every_change_in_order_until_done,
     the_outbox_reads_each_message_with_its_audience,
     a_batch_is_stored_in_order_with_dense_seqs_and_retries_are_originals,
