@@ -178,6 +178,12 @@ def check_against_binaries(docs: list[dict], binaries: Path) -> list[str]:
         svc = service_ports.get(name, {})
         if svc.get("grpc", {}).get("targetPort") != "grpc":
             problems.append(f"{name}: its Service does not target the grpc port")
+        ws_listen = data.get(f"PARLEY_{component.upper()}_WS_LISTEN")
+        if ws_listen is not None:
+            if ports.get("ws") != port_of(ws_listen):
+                problems.append(f"{name}: containerPort ws {ports.get('ws')} but WebSocket listens on {ws_listen}")
+            if svc.get("ws", {}).get("targetPort") != "ws":
+                problems.append(f"{name}: its Service does not target the ws port")
         for env, value in data.items():
             match = re.fullmatch(r"PARLEY_([A-Z]+)_URL", env)
             if not match:

@@ -1,6 +1,7 @@
 //! The client API on the gateway: calls made on a device's own stream, as
-//! its user, answered by a result frame with the call's request id. Once on
-//! MariaDB with Redis, once on the embedded default.
+//! its user, answered by a result frame with the call's request id. On
+//! MariaDB with Redis and on the embedded default, each over the gRPC stream
+//! and over WebSocket.
 
 use std::time::Duration;
 
@@ -14,10 +15,10 @@ use parley_proto::{
 use tonic::Code;
 
 use crate::{
-    device::Device,
+    device::{Device, Transport},
     support::{
-        Backend, Suite, ack_read, add_members, create_group, on_both_backends, send_direct, user,
-        wait_for_devices, wait_for_position, wait_for_receipts,
+        Backend, Suite, ack_read, add_members, create_group, on_both_backends_and_transports,
+        send_direct, user, wait_for_devices, wait_for_position, wait_for_receipts,
     },
 };
 
@@ -44,7 +45,10 @@ fn list_members(gid: u64, page_size: u32, page_token: &str) -> Option<Call> {
     }))
 }
 
-async fn a_member_lists_their_groups_with_unread_counts_and_the_members(backend: Backend) {
+async fn a_member_lists_their_groups_with_unread_counts_and_the_members(
+    backend: Backend,
+    transport: Transport,
+) {
     let suite = Suite::start(backend).await;
     let gid = create_group(&suite, "A", "Design", &["uid1", "uid2"]).await;
     for id in ["m1", "m2", "m3"] {
@@ -55,7 +59,7 @@ async fn a_member_lists_their_groups_with_unread_counts_and_the_members(backend:
         g.read_seq == 1
     })
     .await;
-    let mut device = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    let mut device = Device::connect_over(transport, &suite, 0, "uid1", "phone").await;
 
     let listed = call(
         &mut device,
@@ -163,9 +167,9 @@ fn refused(result: &pb::ResultFrame, code: Code) {
 /// A user creates a group and a direct chat, adds, removes and leaves, all
 /// from their stream; a removed or departed member is refused what only
 /// members may do, and a member who is not an admin cannot change members.
-async fn a_user_creates_groups_and_changes_their_members(backend: Backend) {
+async fn a_user_creates_groups_and_changes_their_members(backend: Backend, transport: Transport) {
     let suite = Suite::start(backend).await;
-    let mut a = Device::connect(suite.gateway_addrs[0], "A", "phone").await;
+    let mut a = Device::connect_over(transport, &suite, 0, "A", "phone").await;
     let result = call(&mut a, 1, create(false, "Ops", &["uid1"])).await;
     let Some(Returned::Created(created)) = result.result else {
         panic!("a created group: {result:?}");
@@ -203,7 +207,7 @@ async fn a_user_creates_groups_and_changes_their_members(backend: Backend) {
     // Adding skips who is in already.
     let added = changed(call(&mut a, 4, membership(true, gid, &["uid2", "uid1"])).await);
     assert_eq!(added, ["uid2"]);
-    let mut uid2 = Device::connect(suite.gateway_addrs[0], "uid2", "phone").await;
+    let mut uid2 = Device::connect_over(transport, &suite, 0, "uid2", "phone").await;
     let listed: Vec<(u64, bool)> = groups(call(&mut uid2, 1, list_groups()).await)
         .iter()
         .map(|g| (g.gid, g.direct))
@@ -224,7 +228,7 @@ async fn a_user_creates_groups_and_changes_their_members(backend: Backend) {
     );
 
     // A removed member, and one who left, may no longer read the group.
-    let mut uid1 = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    let mut uid1 = Device::connect_over(transport, &suite, 0, "uid1", "phone").await;
     assert_eq!(
         changed(call(&mut a, 6, membership(false, gid, &["uid1"])).await),
         ["uid1"]
@@ -280,12 +284,15 @@ fn push_changed(result: pb::ResultFrame) -> bool {
 /// A device registers its own push token and mutes a group from its stream:
 /// once offline, it is pushed for the loud group and not the muted one; it
 /// can replace and remove its token, and bad tokens are refused.
-async fn a_device_registers_its_push_token_and_mutes_a_group(backend: Backend) {
+async fn a_device_registers_its_push_token_and_mutes_a_group(
+    backend: Backend,
+    transport: Transport,
+) {
     let suite = Suite::start(backend).await;
     let loud = create_group(&suite, "A", "Loud", &["uid1"]).await;
     let quiet = create_group(&suite, "A", "Quiet", &["uid1"]).await;
     let token = format!("uid1-phone:{}", "APA91b-x_".repeat(6));
-    let mut phone = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    let mut phone = Device::connect_over(transport, &suite, 0, "uid1", "phone").await;
     refused(
         &call(
             &mut phone,
@@ -356,7 +363,7 @@ async fn a_device_registers_its_push_token_and_mutes_a_group(backend: Backend) {
     let pushed: Vec<String> = suite.fcm.sends_to(&token).iter().map(gid_of).collect();
     assert_eq!(pushed, [loud.to_string()], "nothing for the muted group");
 
-    let mut phone = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    let mut phone = Device::connect_over(transport, &suite, 0, "uid1", "phone").await;
     let unregister = Some(Call::UnregisterPush(pb::UnregisterPushCall {}));
     assert!(push_changed(call(&mut phone, 1, unregister.clone()).await));
     assert!(!push_changed(call(&mut phone, 2, unregister).await));
@@ -374,7 +381,7 @@ fn history(gid: u64, before_seq: u64, limit: u32) -> Option<Call> {
 
 /// Paging back from the newest message reaches the first one I may see, and
 /// stops there: a member who joined later does not see what came before.
-async fn history_pages_back_to_the_member_s_join(backend: Backend) {
+async fn history_pages_back_to_the_member_s_join(backend: Backend, transport: Transport) {
     let suite = Suite::start(backend).await;
     let gid = create_group(&suite, "A", "Design", &["uid1"]).await;
     for i in 1..=7 {
@@ -384,7 +391,7 @@ async fn history_pages_back_to_the_member_s_join(backend: Backend) {
     for i in 8..=10 {
         send_direct(&suite, "A", gid, &format!("m{i}"), 8).await;
     }
-    let mut uid1 = Device::connect(suite.gateway_addrs[0], "uid1", "phone").await;
+    let mut uid1 = Device::connect_over(transport, &suite, 0, "uid1", "phone").await;
     let mut pages = Vec::new();
     let mut before = 11;
     for request_id in 1.. {
@@ -403,7 +410,7 @@ async fn history_pages_back_to_the_member_s_join(backend: Backend) {
     }
     assert_eq!(pages, [vec![7, 8, 9, 10], vec![3, 4, 5, 6], vec![1, 2]]);
 
-    let mut uid2 = Device::connect(suite.gateway_addrs[0], "uid2", "phone").await;
+    let mut uid2 = Device::connect_over(transport, &suite, 0, "uid2", "phone").await;
     let result = call(&mut uid2, 1, history(gid, 11, 0)).await;
     let Some(Returned::History(page)) = result.result else {
         panic!("a history page: {result:?}");
@@ -433,7 +440,7 @@ fn readers(gid: u64, msgid: u64, read: bool, page_size: u32, page_token: &str) -
 
 /// The sender sees who read the message and who has not, page by page; no
 /// one else sees them.
-async fn the_sender_lists_who_read_and_who_has_not(backend: Backend) {
+async fn the_sender_lists_who_read_and_who_has_not(backend: Backend, transport: Transport) {
     let suite = Suite::start(backend).await;
     let gid = create_group(&suite, "A", "Design", &["uid1", "uid2", "uid3"]).await;
     let sent = send_direct(&suite, "A", gid, "m1", 8).await;
@@ -441,7 +448,7 @@ async fn the_sender_lists_who_read_and_who_has_not(backend: Backend) {
     for reader in ["uid1", "uid3"] {
         ack_read(&suite, reader, gid, 1).await;
     }
-    let mut a = Device::connect(suite.gateway_addrs[0], "A", "phone").await;
+    let mut a = Device::connect_over(transport, &suite, 0, "A", "phone").await;
     let uids = |result: pb::ResultFrame| match result.result {
         Some(Returned::Readers(page)) => (page.uids, page.next_page_token),
         _ => panic!("a readers page: {result:?}"),
@@ -472,7 +479,7 @@ async fn the_sender_lists_who_read_and_who_has_not(backend: Backend) {
     assert!(rest.is_empty() && end.is_empty(), "{rest:?} {end:?}");
 
     // Someone else's message: a reader does not see the other readers.
-    let mut uid2 = Device::connect(suite.gateway_addrs[0], "uid2", "phone").await;
+    let mut uid2 = Device::connect_over(transport, &suite, 0, "uid2", "phone").await;
     let refused = call(&mut uid2, 1, readers(gid, sent.msgid, true, 0, "")).await;
     assert_eq!(
         Code::from_i32(refused.code),
@@ -484,10 +491,13 @@ async fn the_sender_lists_who_read_and_who_has_not(backend: Backend) {
     suite.stop().await;
 }
 
-async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(backend: Backend) {
+async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(
+    backend: Backend,
+    transport: Transport,
+) {
     let suite = Suite::start(backend).await;
     let gid = create_group(&suite, "A", "Design", &["uid1"]).await;
-    let mut outsider = Device::connect(suite.gateway_addrs[0], "B", "phone").await;
+    let mut outsider = Device::connect_over(transport, &suite, 0, "B", "phone").await;
     let refusals = [
         (list_members(gid, 0, ""), Code::PermissionDenied),
         (list_members(0, 0, ""), Code::InvalidArgument),
@@ -549,7 +559,7 @@ async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(backend
     suite.stop().await;
 }
 
-on_both_backends!(
+on_both_backends_and_transports!(
     a_device_registers_its_push_token_and_mutes_a_group,
     a_user_creates_groups_and_changes_their_members,
     a_member_lists_their_groups_with_unread_counts_and_the_members,

@@ -1,7 +1,12 @@
 //! A test client: one device's stream to a gateway, over its own HTTP/2
-//! connection, with the frames it receives collected in order.
+//! connection or its own WebSocket, with the frames it receives collected in
+//! order.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, pin::Pin, time::Duration};
+
+use futures::{SinkExt as _, Stream, StreamExt as _};
+use prost::Message as _;
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
 
 use parley_gateway::auth;
 use parley_proto::gateway::{
@@ -12,11 +17,24 @@ use parley_server::Uid;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
-    Status,
+    Code, Status,
     transport::{Channel, Endpoint},
 };
 
-use crate::support::JWT_SECRET;
+use crate::support::{ALLOWED_ORIGIN, JWT_SECRET, Suite};
+
+/// What carries a device's frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// The gRPC bidirectional stream.
+    Grpc,
+    /// A WebSocket at `/v1/ws`, binary messages, as a browser would open it.
+    WebSocket,
+}
+
+/// Frames from the gateway, whatever carried them: a WebSocket's refusal
+/// (close code 4000 + a gRPC code) reads as the status it stands for.
+type Incoming = Pin<Box<dyn Stream<Item = Result<pb::ConnectResponse, Status>> + Send>>;
 
 /// A dev token for `uid`, signed with the suite's secret.
 pub fn token(uid: &str) -> String {
@@ -28,7 +46,7 @@ pub fn token(uid: &str) -> String {
 pub struct Device {
     pub uid: String,
     tx: mpsc::Sender<pb::ConnectRequest>,
-    rx: tonic::Streaming<pb::ConnectResponse>,
+    rx: Incoming,
     next_request: u64,
 }
 
@@ -87,7 +105,90 @@ pub async fn open_on(channel: Channel, auth: pb::AuthFrame) -> Opened {
     Ok((tx, response.into_inner()))
 }
 
+/// Opens a WebSocket to `addr` (with `origin`, as a browser page there
+/// would) and sends `auth` as its first frame. Refused at the handshake:
+/// the HTTP status.
+pub async fn open_ws(
+    addr: SocketAddr,
+    origin: Option<&str>,
+    auth: pb::AuthFrame,
+) -> Result<(mpsc::Sender<pb::ConnectRequest>, Incoming), u16> {
+    let mut request = format!("ws://{addr}{}", parley_gateway::ws::PATH)
+        .into_client_request()
+        .expect("request");
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().expect("origin"));
+    }
+    let socket = match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => socket,
+        Err(tungstenite::Error::Http(response)) => return Err(response.status().as_u16()),
+        Err(error) => panic!("WebSocket to {addr}: {error}"),
+    };
+    let (mut sink, stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<pb::ConnectRequest>(1024);
+    tx.send(pb::ConnectRequest {
+        frame: Some(In::Auth(auth)),
+    })
+    .await
+    .expect("queue auth");
+    tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            let message = tungstenite::Message::Binary(frame.encode_to_vec().into());
+            if sink.send(message).await.is_err() {
+                return;
+            }
+        }
+        // The device was dropped: a clean close, as a page closing would.
+        let _ = sink.close().await;
+    });
+    let incoming = stream.filter_map(|message| async move {
+        match message {
+            Ok(tungstenite::Message::Binary(bytes)) => Some(
+                pb::ConnectResponse::decode(bytes)
+                    .map_err(|e| Status::internal(format!("undecodable frame: {e}"))),
+            ),
+            Ok(tungstenite::Message::Close(Some(close))) => {
+                let code = u16::from(close.code);
+                let reason = close.reason.to_string();
+                // Below 4000 (1000, 1001): a plain end.
+                code.checked_sub(parley_gateway::ws::REFUSED_BASE)
+                    .map(|code| Err(Status::new(Code::from(i32::from(code)), reason)))
+            }
+            Ok(_) => None,
+            Err(error) => Some(Err(Status::unavailable(format!("WebSocket: {error}")))),
+        }
+    });
+    Ok((tx, Box::pin(incoming)))
+}
+
 impl Device {
+    /// Connects `uid`'s `device_id` to the suite's gateway `index` over
+    /// `transport` and waits for AuthOk. A WebSocket comes from the origin
+    /// the gateway allows.
+    pub async fn connect_over(
+        transport: Transport,
+        suite: &Suite,
+        index: usize,
+        uid: &str,
+        device_id: &str,
+    ) -> Self {
+        match transport {
+            Transport::Grpc => Self::connect(suite.gateway_addrs[index], uid, device_id).await,
+            Transport::WebSocket => {
+                let (tx, rx) = open_ws(
+                    suite.ws_addrs[index],
+                    Some(ALLOWED_ORIGIN),
+                    auth_frame(uid, device_id),
+                )
+                .await
+                .expect("WebSocket accepted");
+                Self::authenticated(uid, tx, rx).await
+            }
+        }
+    }
+
     /// Connects `uid`'s `device_id` to `gateway` and waits for AuthOk.
     pub async fn connect(gateway: SocketAddr, uid: &str, device_id: &str) -> Self {
         Self::connect_with_window(gateway, uid, device_id, None).await
@@ -98,7 +199,7 @@ impl Device {
         let (tx, rx) = open_on(channel, auth_frame(uid, device_id))
             .await
             .expect("stream accepted");
-        Self::authenticated(uid, tx, rx).await
+        Self::authenticated(uid, tx, Box::pin(rx)).await
     }
 
     /// [`Device::connect`] over a link with small HTTP/2 windows.
@@ -111,14 +212,10 @@ impl Device {
         let (tx, rx) = open_with_window(gateway, auth_frame(uid, device_id), window)
             .await
             .expect("stream accepted");
-        Self::authenticated(uid, tx, rx).await
+        Self::authenticated(uid, tx, Box::pin(rx)).await
     }
 
-    async fn authenticated(
-        uid: &str,
-        tx: mpsc::Sender<pb::ConnectRequest>,
-        rx: tonic::Streaming<pb::ConnectResponse>,
-    ) -> Self {
+    async fn authenticated(uid: &str, tx: mpsc::Sender<pb::ConnectRequest>, rx: Incoming) -> Self {
         let mut device = Self {
             uid: uid.into(),
             tx,
@@ -141,21 +238,21 @@ impl Device {
 
     /// The next frame within `wait`, or `None` if the stream ended or nothing came.
     pub async fn try_frame(&mut self, wait: Duration) -> Option<Out> {
-        let next = tokio::time::timeout(wait, self.rx.message()).await.ok()?;
-        next.ok().flatten().and_then(|f| f.frame)
+        let next = tokio::time::timeout(wait, self.rx.next()).await.ok()?;
+        next.and_then(Result::ok).and_then(|f| f.frame)
     }
 
     /// Reads until the stream ends (within 20 s) and returns the status it
     /// ended with: `Code::Ok` for a plain end.
     pub async fn end_status(&mut self) -> Status {
         loop {
-            let next = tokio::time::timeout(Duration::from_secs(20), self.rx.message())
+            let next = tokio::time::timeout(Duration::from_secs(20), self.rx.next())
                 .await
                 .unwrap_or_else(|_| panic!("{}: the stream did not end within 20 s", self.uid));
             match next {
-                Ok(Some(_)) => continue,
-                Ok(None) => return Status::ok(""),
-                Err(status) => return status,
+                Some(Ok(_)) => continue,
+                None => return Status::ok(""),
+                Some(Err(status)) => return status,
             }
         }
     }

@@ -13,4 +13,5 @@ mod scenario;
 mod shutdown;
 mod support;
 mod telemetry;
+mod websocket;
 mod wire;

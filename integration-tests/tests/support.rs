@@ -225,6 +225,8 @@ pub struct Options {
     pub push_poll_ms: u64,
     /// More gateway flags, as (flag, value) pairs.
     pub gateway_flags: &'static [(&'static str, &'static str)],
+    /// How often gateways ping WebSocket clients.
+    pub ws_ping_interval_ms: u32,
     /// On MariaDB, a Redis that speaks only TLS, with a CA of its own that
     /// the services are given.
     pub redis_tls: bool,
@@ -235,6 +237,7 @@ impl Default for Options {
         Self {
             gateways: 1,
             heartbeat_ms: 500,
+            ws_ping_interval_ms: 15_000,
             presence_ttl_ms: 750,
             outbound_queue: 1024,
             slow_consumer_timeout_ms: 5_000,
@@ -252,6 +255,8 @@ impl Default for Options {
 
 /// The HS256 secret the suite's gateways accept.
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789";
+/// The one browser origin the suite's gateways let open a WebSocket.
+pub const ALLOWED_ORIGIN: &str = "http://app.parley.test";
 
 /// Where presence and the bus live.
 enum Realtime {
@@ -278,6 +283,8 @@ pub struct Suite {
     receipt: Option<Running>,
     gateways: Vec<Option<Running>>,
     pub gateway_addrs: Vec<SocketAddr>,
+    /// Each gateway's WebSocket address (`ws://{addr}/v1/ws`).
+    pub ws_addrs: Vec<SocketAddr>,
     /// Each gateway's id (its bus channel).
     pub gateway_ids: Vec<String>,
     presence_url: String,
@@ -426,6 +433,7 @@ impl Suite {
             receipt: None,
             gateways: Vec::new(),
             gateway_addrs: Vec::new(),
+            ws_addrs: Vec::new(),
             gateway_ids: Vec::new(),
             presence_url: presence_url.clone(),
             message_url: message_url.clone(),
@@ -651,7 +659,10 @@ impl Suite {
     pub async fn start_gateway(&mut self) -> usize {
         let (listener, _url) = listener().await;
         let addr = listener.local_addr().expect("addr");
+        let (ws, _) = self::listener().await;
+        let ws_addr = ws.local_addr().expect("addr");
         let heartbeat = self.options.heartbeat_ms.to_string();
+        let ws_ping = self.options.ws_ping_interval_ms.to_string();
         let queue = self.options.outbound_queue.to_string();
         let slow = self.options.slow_consumer_timeout_ms.to_string();
         let id = format!("gw{}-{:08x}", self.gateways.len(), rand::random::<u32>());
@@ -667,16 +678,23 @@ impl Suite {
             ("receipt-url", &self.receipt_url),
             ("presence-url", &self.presence_url),
             ("notification-url", &notification_url),
+            ("ws-allowed-origins", ALLOWED_ORIGIN),
+            ("ws-ping-interval-ms", &ws_ping),
         ];
         flags.extend(self.options.gateway_flags.iter().copied());
         let config = self
             .parse_as::<parley_gateway::Cli>(args("parley-gateway", &flags))
             .config;
         let bus = self.bus();
+        let listeners = parley_gateway::Listeners {
+            grpc: listener,
+            ws: Some(ws),
+        };
         self.gateways.push(Some(Running::spawn("gateway", |rx| {
-            parley_gateway::run_on_bus(config, bus, listener, stopped(rx))
+            parley_gateway::run_on_bus(config, bus, listeners, stopped(rx))
         })));
         self.gateway_addrs.push(addr);
+        self.ws_addrs.push(ws_addr);
         self.gateway_ids.push(id);
         self.gateways.len() - 1
     }
@@ -751,6 +769,11 @@ impl Suite {
             kept
         });
         GatewayProcess { child, addr, log }
+    }
+
+    /// Stops gateway `index` gracefully: its clients are told to go.
+    pub async fn stop_gateway(&mut self, index: usize) {
+        stop(&mut self.gateways[index]).await;
     }
 
     /// Drops gateway `index` without a goodbye to anyone.
@@ -1132,6 +1155,42 @@ macro_rules! on_both_backends {
 }
 
 pub(crate) use on_both_backends;
+
+/// Runs each case (an `async fn(Backend, Transport)`) on both backends, over
+/// the gRPC stream and over WebSocket.
+macro_rules! on_both_backends_and_transports {
+    ($($case:ident),* $(,)?) => {
+        mod mariadb_redis {
+            crate::support::over_both_transports!(crate::support::Backend::MariaDb; $($case),*);
+        }
+        mod embedded {
+            crate::support::over_both_transports!(crate::support::Backend::Sqlite; $($case),*);
+        }
+    };
+}
+
+macro_rules! over_both_transports {
+    ($backend:expr; $($case:ident),*) => {
+        mod grpc {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::super::$case($backend, crate::device::Transport::Grpc).await;
+                }
+            )*
+        }
+        mod websocket {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::super::$case($backend, crate::device::Transport::WebSocket).await;
+                }
+            )*
+        }
+    };
+}
+
+pub(crate) use {on_both_backends_and_transports, over_both_transports};
 
 /// Waits until presence lists `count` devices for each `(uid, count)`.
 pub async fn wait_for_devices(suite: &Suite, expected: &[(&str, usize)]) {

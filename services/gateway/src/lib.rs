@@ -16,6 +16,7 @@ pub mod offline;
 pub mod pending;
 pub mod session;
 pub mod wire;
+pub mod ws;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Duration};
 
@@ -65,6 +66,21 @@ pub struct Config {
     /// Address to serve the client stream on.
     #[arg(long, env = "PARLEY_GATEWAY_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Address to serve WebSocket clients (browsers) on, at `/v1/ws`, with
+    /// the same frames as the gRPC stream. Unset: no WebSocket.
+    #[arg(long, env = "PARLEY_GATEWAY_WS_LISTEN")]
+    pub ws_listen: Option<SocketAddr>,
+    /// Origins browser pages may open a WebSocket from, comma-separated, as
+    /// browsers send them (`https://chat.example.com`); `*` lets any page in
+    /// (development only). Requests without an `Origin` header (apps,
+    /// servers) are always let in. Empty: no browser page.
+    #[arg(long, env = "PARLEY_GATEWAY_WS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub ws_allowed_origins: Vec<String>,
+    /// How often the gateway pings WebSocket clients, in milliseconds; one
+    /// silent for three pings is dropped.
+    #[arg(long, env = "PARLEY_GATEWAY_WS_PING_INTERVAL_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u32).range(100..=600_000))]
+    pub ws_ping_interval_ms: u32,
     /// This gateway's id: its bus channel and what presence records for its
     /// devices. Unset: a random id per start (use the pod name in Kubernetes).
     #[arg(long, env = "PARLEY_GATEWAY_ID")]
@@ -194,6 +210,31 @@ impl Config {
         }?;
         Ok(verifier.expecting(self.jwt_audience.as_deref(), self.jwt_issuer.as_deref()))
     }
+
+    /// The WebSocket transport's settings.
+    pub fn ws_settings(&self) -> Result<ws::Settings, StartError> {
+        ws::Settings::new(
+            &self.ws_allowed_origins,
+            Duration::from_millis(u64::from(self.ws_ping_interval_ms)),
+            Duration::from_millis(self.slow_consumer_timeout_ms),
+        )
+        .map_err(StartError::Config)
+    }
+}
+
+/// Where the gateway takes clients: the gRPC stream, and WebSocket when
+/// configured.
+pub struct Listeners {
+    /// The gRPC stream (and health, metrics' neighbours).
+    pub grpc: TcpListener,
+    /// WebSocket clients, at `/v1/ws`.
+    pub ws: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(grpc: TcpListener) -> Self {
+        Self { grpc, ws: None }
+    }
 }
 
 /// The Connect handler.
@@ -211,17 +252,90 @@ pub struct GatewayApi {
     stopping: watch::Receiver<bool>,
 }
 
+/// A stream the gateway has taken: the frames for the client, and how the
+/// gateway closes it when it does.
+pub struct Opened {
+    /// Encoded frames, in order.
+    pub frames: mpsc::Receiver<Frame>,
+    /// Fires when the gateway closes the stream (a closing frame, or a
+    /// status ending it); dropped without firing when the client went.
+    pub close: oneshot::Receiver<Close>,
+}
+
 impl GatewayApi {
+    /// Takes a new stream from `peer`, whatever carries its frames: waits
+    /// for its auth frame, registers the device and starts its session.
+    /// Refused with the status the client is told.
+    pub async fn open(
+        &self,
+        peer: Option<SocketAddr>,
+        mut frames: impl session::Frames,
+    ) -> Result<Opened, Status> {
+        let waiting = self.pending.admit(peer)?;
+        let (uid, auth) = self.authenticate(&mut frames).await?;
+        drop(waiting);
+        let registration = self
+            .hub
+            .register(&uid, &auth.device_id, INBOX, self.max_streams_per_user)
+            .ok_or_else(|| {
+                refuse(
+                    Code::ResourceExhausted,
+                    format!(
+                        "this user has {} streams open on this gateway; close one first",
+                        self.max_streams_per_user
+                    ),
+                    Duration::from_secs(1),
+                )
+            })?;
+        let (out, rx) = mpsc::channel(self.outbound_queue);
+        let (close, close_rx) = oneshot::channel();
+        let ok = Frame::encode(Out::AuthOk(pb::AuthOkFrame {
+            uid: uid.as_str().to_owned(),
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+        }));
+        // The queue is empty and at least 4 long.
+        let _ = out.try_send(ok);
+        tracing::debug!(uid = %uid, device = %auth.device_id, "stream authenticated");
+        let start = Start {
+            uid,
+            device_id: auth.device_id,
+            receipts_cursor: auth.receipts_cursor,
+            id: registration.id,
+            inbox: registration.inbox,
+            kick: registration.kick,
+            out,
+            close,
+            limits: self.limits,
+            stopping: self.stopping.clone(),
+        };
+        tokio::spawn(Session::run(
+            start,
+            self.upstream.clone(),
+            self.hub.clone(),
+            self.gateway_id.clone(),
+            frames,
+        ));
+        Ok(Opened {
+            frames: rx,
+            close: close_rx,
+        })
+    }
+
     /// Waits for the auth frame and checks it.
     async fn authenticate(
         &self,
-        frames: &mut Streaming<pb::ConnectRequest>,
+        frames: &mut impl session::Frames,
     ) -> Result<(Uid, pb::AuthFrame), Status> {
-        let first = tokio::time::timeout(self.auth_timeout, frames.message())
-            .await
-            .map_err(|_| Status::unauthenticated("no auth frame in time"))?
-            .map_err(|_| Status::unauthenticated("stream ended before auth"))?
-            .ok_or_else(|| Status::unauthenticated("stream ended before auth"))?;
+        use futures::StreamExt as _;
+        let first = match tokio::time::timeout(self.auth_timeout, frames.next()).await {
+            Err(_) => return Err(Status::unauthenticated("no auth frame in time")),
+            Ok(Some(Ok(first))) => first,
+            // A frame the gateway cannot take says so, even before auth.
+            Ok(Some(Err(session::End::Refused(status)))) => return Err(status),
+            Ok(Some(Err(_)) | None) => {
+                return Err(Status::unauthenticated("stream ended before auth"));
+            }
+        };
         let Some(In::Auth(auth)) = first.frame else {
             return Err(Status::unauthenticated("the first frame must be auth"));
         };
@@ -271,52 +385,10 @@ impl GatewayService for GatewayApi {
         &self,
         request: Request<Streaming<pb::ConnectRequest>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let waiting = self.pending.admit(request.remote_addr())?;
-        let mut frames = request.into_inner();
-        let (uid, auth) = self.authenticate(&mut frames).await?;
-        drop(waiting);
-        let registration = self
-            .hub
-            .register(&uid, &auth.device_id, INBOX, self.max_streams_per_user)
-            .ok_or_else(|| {
-                refuse(
-                    Code::ResourceExhausted,
-                    format!(
-                        "this user has {} streams open on this gateway; close one first",
-                        self.max_streams_per_user
-                    ),
-                    Duration::from_secs(1),
-                )
-            })?;
-        let (out, rx) = mpsc::channel(self.outbound_queue);
-        let (close, close_rx) = oneshot::channel();
-        let ok = Frame::encode(Out::AuthOk(pb::AuthOkFrame {
-            uid: uid.as_str().to_owned(),
-            heartbeat_interval_ms: self.heartbeat_interval_ms,
-        }));
-        // The queue is empty and at least 4 long.
-        let _ = out.try_send(ok);
-        tracing::debug!(uid = %uid, device = %auth.device_id, "stream authenticated");
-        let start = Start {
-            uid,
-            device_id: auth.device_id,
-            receipts_cursor: auth.receipts_cursor,
-            id: registration.id,
-            inbox: registration.inbox,
-            kick: registration.kick,
-            out,
-            close,
-            limits: self.limits,
-            stopping: self.stopping.clone(),
-        };
-        tokio::spawn(Session::run(
-            start,
-            self.upstream.clone(),
-            self.hub.clone(),
-            self.gateway_id.clone(),
-            frames,
-        ));
-        Ok(Response::new(outbound(rx, close_rx)))
+        let peer = request.remote_addr();
+        let frames = session::grpc_frames(request.into_inner());
+        let opened = self.open(peer, frames).await?;
+        Ok(Response::new(outbound(opened.frames, opened.close)))
     }
 }
 
@@ -364,7 +436,7 @@ pub async fn main() -> std::process::ExitCode {
     use clap::Parser as _;
     let cli = Cli::parse();
     // Settings that cannot work stop the start before anything is bound.
-    if let Err(error) = cli.config.verifier() {
+    if let Err(error) = cli.config.verifier().and(cli.config.ws_settings()) {
         eprintln!("parley-gateway: {error}");
         return std::process::ExitCode::from(2);
     }
@@ -381,7 +453,8 @@ pub async fn main() -> std::process::ExitCode {
     .await
 }
 
-/// Runs the gateway on `listener` until `shutdown` resolves.
+/// Runs the gateway on `listener` (and on the WebSocket address the
+/// configuration names) until `shutdown` resolves.
 pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
 where
     F: Future<Output = ()> + Send + 'static,
@@ -390,20 +463,29 @@ where
         .bus
         .connect()
         .map_err(|e| StartError::Config(e.to_string()))?;
-    run_on_bus(config, bus, listener, shutdown).await
+    let ws = match config.ws_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            StartError::Config(format!("cannot listen for WebSocket on {addr}: {e}"))
+        })?),
+        None => None,
+    };
+    let listeners = Listeners { grpc: listener, ws };
+    run_on_bus(config, bus, listeners, shutdown).await
 }
 
 /// [`run`] on a given bus (an in-process one shared with the other services).
 pub async fn run_on_bus<F>(
     config: Config,
     bus: Bus,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: F,
 ) -> Result<(), StartError>
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    let Listeners { grpc: listener, ws } = listeners.into();
     let verifier = config.verifier()?;
+    let ws_settings = config.ws_settings()?;
     let gateway_id = match &config.gateway_id {
         Some(id) if valid_device_id(id) => id.clone(),
         Some(_) => {
@@ -483,8 +565,32 @@ where
         max_streams_per_user: usize::try_from(config.max_streams_per_user).unwrap_or(usize::MAX),
         stopping,
     };
+    let api = std::sync::Arc::new(api);
     let mut routes = RoutesBuilder::default();
-    routes.add_service(GatewayServiceServer::new(api));
+    routes.add_service(GatewayServiceServer::from_arc(api.clone()));
+    // WebSocket clients, until the gateway stops; their sessions say goodbye
+    // as the gRPC ones do.
+    let websocket = {
+        let mut stopped = stop.subscribe();
+        async move {
+            let Some(ws) = ws else {
+                return std::future::pending().await;
+            };
+            let addr = match ws.local_addr() {
+                Ok(addr) => addr,
+                Err(error) => return error,
+            };
+            tracing::info!(%addr, path = ws::PATH, "gateway listening for WebSocket");
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stopping| *stopping).await;
+            };
+            // Stopped cleanly: the gRPC server's end ends the gateway.
+            match ws::serve(ws, api, ws_settings, shutdown).await {
+                Ok(()) => std::future::pending().await,
+                Err(error) => error,
+            }
+        }
+    };
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Config(e.to_string()))?;
@@ -504,6 +610,7 @@ where
     let mut telling = std::pin::pin!(telling);
     let served = tokio::select! {
         served = parley_server::serve_with(listener, settings, config.server.shutdown_grace(), routes, shutdown) => served,
+        error = websocket => return Err(StartError::Config(format!("the WebSocket server failed: {error}"))),
         _ = background => return Err(StartError::Config("the bus subscription ended".into())),
         // Ends only when every session and the handler are gone.
         () = &mut telling => return Err(StartError::Config("the offline teller ended".into())),

@@ -155,10 +155,10 @@ impl End {
         }
     }
 
-    /// What a failed read of the client's frames means: a frame the gateway
-    /// cannot take (too large, undecodable) ends the stream with a status
-    /// that says so; a broken transport is the client gone.
-    fn of_read(status: &Status) -> End {
+    /// What a failed read of a gRPC stream's frames means: a frame the
+    /// gateway cannot take (too large, undecodable) ends the stream with a
+    /// status that says so; a broken transport is the client gone.
+    pub fn of_read(status: &Status) -> End {
         use std::error::Error as _;
         match status.code() {
             Code::OutOfRange => End::Refused(Status::resource_exhausted(format!(
@@ -186,6 +186,23 @@ impl From<End> for Stop {
     fn from(end: End) -> Self {
         Stop::End(end)
     }
+}
+
+/// A stream's client frames, whatever carries them (gRPC or WebSocket): a
+/// frame, or why the stream cannot go on; the end when the client is done.
+pub trait Frames:
+    futures::Stream<Item = Result<pb::ConnectRequest, End>> + Unpin + Send + 'static
+{
+}
+
+impl<T> Frames for T where
+    T: futures::Stream<Item = Result<pb::ConnectRequest, End>> + Unpin + Send + 'static
+{
+}
+
+/// A gRPC stream's frames as a session reads them.
+pub fn grpc_frames(frames: Streaming<pb::ConnectRequest>) -> impl Frames {
+    frames.map(|frame| frame.map_err(|status| End::of_read(&status)))
 }
 
 type Step = Result<(), End>;
@@ -310,7 +327,7 @@ impl Session {
         upstream: Arc<Upstream>,
         hub: Hub,
         gateway_id: String,
-        frames: Streaming<pb::ConnectRequest>,
+        frames: impl Frames,
     ) -> impl Future<Output = ()> + Send + 'static {
         let Start {
             uid,
@@ -385,11 +402,7 @@ impl Session {
         &mut self,
         gateway_id: &str,
         receipts_cursor: String,
-        (inbox, kick, frames): (
-            &mut mpsc::Receiver<Inbound>,
-            &Notify,
-            &mut Streaming<pb::ConnectRequest>,
-        ),
+        (inbox, kick, frames): (&mut mpsc::Receiver<Inbound>, &Notify, &mut impl Frames),
         acking: &mut FuturesUnordered<BoxFuture<'static, Result<(), AckFailure>>>,
     ) -> End {
         // Registered in the hub already, so live messages queue in the inbox
@@ -401,10 +414,10 @@ impl Session {
         loop {
             let retry_at = self.retry.at;
             let step = tokio::select! {
-                frame = frames.message() => match frame {
-                    Ok(Some(frame)) => self.on_frame(frame).await,
-                    Ok(None) => Err(End::ClientGone),
-                    Err(status) => Err(End::of_read(&status)),
+                frame = frames.next() => match frame {
+                    Some(Ok(frame)) => self.on_frame(frame).await,
+                    None => Err(End::ClientGone),
+                    Some(Err(end)) => Err(end),
                 },
                 event = inbox.recv() => match event {
                     Some(event) => self.on_event(event).await,
@@ -1341,7 +1354,13 @@ mod tests {
             None,
             None,
         );
-        let task = Session::run(start, Arc::new(upstream), hub, "gw".into(), frames);
+        let task = Session::run(
+            start,
+            Arc::new(upstream),
+            hub,
+            "gw".into(),
+            grpc_frames(frames),
+        );
         let size = std::mem::size_of_val(&task);
         // What the queues carry is allocated 32 slots at a time per stream.
         let slots = (std::mem::size_of::<Inbound>(), std::mem::size_of::<Frame>());

@@ -41,6 +41,12 @@ impl Frame {
     }
 }
 
+impl AsRef<[u8]> for Frame {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// A message as a session takes it: where it goes in its group, and the
 /// frame that carries it. The dispatcher shares one per bus event with every
 /// device it goes to, behind an `Arc`.
