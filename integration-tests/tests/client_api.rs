@@ -371,6 +371,61 @@ async fn a_device_registers_its_push_token_and_mutes_a_group(
     suite.stop().await;
 }
 
+/// Reading on the phone moves the laptop's read position live: it gets a
+/// read sync frame, and its group list's unread count drops with it. A
+/// delivered ack moves no read position, and another user hears nothing.
+async fn reading_on_one_device_moves_the_others_read_position(
+    backend: Backend,
+    transport: Transport,
+) {
+    let suite = Suite::start(backend).await;
+    let gid = create_group(&suite, "A", "Design", &["uid1", "uid2"]).await;
+    let mut phone = Device::connect_over(transport, &suite, 0, "uid1", "phone").await;
+    let mut laptop = Device::connect_over(transport, &suite, 0, "uid1", "laptop").await;
+    let mut other = Device::connect_over(transport, &suite, 0, "uid2", "phone").await;
+    for i in 1..=3 {
+        send_direct(&suite, "A", gid, &format!("m{i}"), 8).await;
+    }
+    let mut others = Vec::new();
+    for device in [&mut phone, &mut laptop, &mut other] {
+        let got = device.messages(3, &mut others).await;
+        assert_eq!(got.len(), 3);
+    }
+    let unread = |result: pb::ResultFrame| groups(result).first().map(|g| (g.unread, g.read_seq));
+    assert_eq!(
+        unread(call(&mut laptop, 1, list_groups()).await),
+        Some((3, 0))
+    );
+
+    phone.ack(gid, 3, false).await;
+    phone.ack(gid, 2, true).await;
+    let sync = loop {
+        match laptop.frame().await {
+            Out::ReadSync(sync) => break sync,
+            Out::Closing(closing) => panic!("closed: {}", closing.reason),
+            _ => {}
+        }
+    };
+    assert_eq!(sync.groups, [pb::ReadPosition { gid, read_seq: 2 }]);
+    assert_eq!(
+        unread(call(&mut laptop, 2, list_groups()).await),
+        Some((1, 2))
+    );
+    // The phone hears of its own read too; uid2 of none.
+    let own = loop {
+        if let Out::ReadSync(sync) = phone.frame().await {
+            break sync;
+        }
+    };
+    assert_eq!(own.groups, sync.groups);
+    let (before, _) = other.drain(vec![]).await;
+    assert!(
+        !before.iter().any(|frame| matches!(frame, Out::ReadSync(_))),
+        "{before:?}"
+    );
+    suite.stop().await;
+}
+
 fn history(gid: u64, before_seq: u64, limit: u32) -> Option<Call> {
     Some(Call::History(pb::HistoryCall {
         gid,
@@ -560,6 +615,7 @@ async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(
 }
 
 on_both_backends_and_transports!(
+    reading_on_one_device_moves_the_others_read_position,
     a_device_registers_its_push_token_and_mutes_a_group,
     a_user_creates_groups_and_changes_their_members,
     a_member_lists_their_groups_with_unread_counts_and_the_members,

@@ -22,6 +22,18 @@ pub async fn locate(
     presence: &PresenceClient,
     uids: &[String],
 ) -> Result<Vec<Located>, tonic::Status> {
+    Ok(locate_devices(presence, uids)
+        .await?
+        .into_iter()
+        .map(|(uid, gateways, _)| (uid, gateways))
+        .collect())
+}
+
+/// [`locate`], with how many devices each user has connected.
+pub async fn locate_devices(
+    presence: &PresenceClient,
+    uids: &[String],
+) -> Result<Vec<(String, BTreeSet<String>, usize)>, tonic::Status> {
     let mut located = Vec::with_capacity(uids.len());
     for chunk in uids.chunks(PRESENCE_BATCH) {
         let request = ppb::BatchGetPresenceRequest {
@@ -29,8 +41,9 @@ pub async fn locate(
         };
         let reply = presence.clone().batch_get_presence(request).await?;
         located.extend(reply.into_inner().users.into_iter().map(|user| {
+            let devices = user.devices.len();
             let gateways = user.devices.into_iter().map(|d| d.gateway_id).collect();
-            (user.uid, gateways)
+            (user.uid, gateways, devices)
         }));
     }
     Ok(located)

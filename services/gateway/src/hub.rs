@@ -27,8 +27,9 @@ use crate::wire::{Delivery, Frame};
 pub enum Inbound {
     /// A message of one of the user's groups.
     Message(Arc<Delivery>),
-    /// Receipt changes of the user's own messages, as a digest frame.
-    Digest(Frame),
+    /// A frame the client gets as it is: receipt changes of the user's own
+    /// messages, or the user's read positions moving.
+    Frame(Frame),
     /// The bus subscription was re-established: catch up from the store.
     Resync,
 }
@@ -200,7 +201,18 @@ impl Hub {
                     receipts_cursor: String::new(),
                 }));
                 for handle in handles {
-                    handle.offer(Inbound::Digest(frame.clone()));
+                    handle.offer(Inbound::Frame(frame.clone()));
+                }
+            }
+            Some(bus_event::Event::ReadSync(sync)) => {
+                let Some(handles) = connections.get(sync.uid.as_str()) else {
+                    return;
+                };
+                let frame = Frame::encode(Out::ReadSync(pb::ReadSyncFrame {
+                    groups: sync.groups,
+                }));
+                for handle in handles {
+                    handle.offer(Inbound::Frame(frame.clone()));
                 }
             }
             None => {}

@@ -684,7 +684,7 @@ impl Session {
     async fn on_event(&mut self, event: Inbound) -> Step {
         match event {
             Inbound::Message(message) => self.on_message(message).await,
-            Inbound::Digest(digest) => self.send(digest).await,
+            Inbound::Frame(frame) => self.send(frame).await,
             Inbound::Resync => {
                 self.owed.catch_up = true;
                 Box::pin(self.repair()).await

@@ -4,6 +4,11 @@
 //! per window, however many readers acked: 40 readers in one second are one
 //! push, not 40. Only the sender's own gateways get it. A sender who is
 //! offline (or misses a digest) pulls the changes with `PullReceipts`.
+//!
+//! The same window carries read sync: where each reader's read cursors
+//! moved, to every device of a reader with more than one connected (one
+//! event per reader and window), so the laptop's unread counts drop when the
+//! phone reads.
 
 use std::{
     collections::BTreeMap,
@@ -13,17 +18,24 @@ use std::{
 
 use parley_bus::{
     Bus,
-    routing::{PresenceClient, locate},
+    routing::{PresenceClient, locate, locate_devices},
 };
 use parley_proto::{
-    bus::{BusEvent, ReceiptDigest, bus_event},
-    gateway::ReceiptDigestEntry,
+    bus::{BusEvent, ReadSync, ReceiptDigest, bus_event},
+    gateway::{ReadPosition, ReceiptDigestEntry},
 };
 
 use crate::store::{MsgReceipt, ReceiptStore};
 
 /// Messages per group and window a digest reports (the newest).
 const MAX_MESSAGES_PER_GROUP: u32 = 200;
+/// Readers whose moved cursors one window keeps for read sync; past it, a
+/// reader's other devices learn the cursor at their next login or list.
+const MAX_READERS_PER_WINDOW: usize = 100_000;
+
+/// Where each reader's read cursors moved in a window: reader → group →
+/// highest read seq.
+pub type Reads = BTreeMap<String, BTreeMap<i64, i64>>;
 
 /// Changed seq ranges per group, `(after, up_to]`, merged.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -81,6 +93,7 @@ pub struct Coalescer {
 #[derive(Default)]
 struct Pending {
     dirty: Dirty,
+    reads: Reads,
     since: Option<std::time::Instant>,
 }
 
@@ -92,6 +105,30 @@ impl Coalescer {
         if !pending.dirty.is_empty() {
             pending.since.get_or_insert_with(std::time::Instant::now);
         }
+    }
+
+    /// Records that `uid`'s read cursor in `gid` moved to `read_seq`, for
+    /// the reader's other devices.
+    pub fn mark_read(&self, uid: &str, gid: i64, read_seq: i64) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if !pending.reads.contains_key(uid) && pending.reads.len() >= MAX_READERS_PER_WINDOW {
+            return;
+        }
+        let cursor = pending
+            .reads
+            .entry(uid.to_owned())
+            .or_default()
+            .entry(gid)
+            .or_insert(read_seq);
+        *cursor = (*cursor).max(read_seq);
+        pending.since.get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// The read positions marked so far: for tests.
+    #[cfg(test)]
+    pub(crate) fn reads(&self) -> Reads {
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.reads.clone()
     }
 
     /// The changed ranges marked so far, by group: for tests.
@@ -123,7 +160,18 @@ pub async fn run<S: ReceiptStore>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Pending { dirty, since } = coalescer.take();
+        let Pending {
+            dirty,
+            reads,
+            since,
+        } = coalescer.take();
+        // Read sync, like the digests, is a convenience: devices read their
+        // cursors at login and with their group list.
+        if !reads.is_empty()
+            && let Err(error) = sync_reads(reads, &presence, &bus).await
+        {
+            tracing::warn!(error = %error, "read sync dropped");
+        }
         if dirty.is_empty() {
             continue;
         }
@@ -178,6 +226,45 @@ async fn flush<S: ReceiptStore>(
     Ok(())
 }
 
+/// Tells each reader's gateways where the reader's cursors moved.
+async fn sync_reads(
+    reads: Reads,
+    presence: &PresenceClient,
+    bus: &Bus,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let readers: Vec<String> = reads.keys().cloned().collect();
+    // Only a reader with another device connected has anyone to tell: the
+    // device that acked knows.
+    let gateways: BTreeMap<String, _> = locate_devices(presence, &readers)
+        .await?
+        .into_iter()
+        .filter(|(_, _, devices)| *devices > 1)
+        .map(|(uid, gateways, _)| (uid, gateways))
+        .collect();
+    for (uid, groups) in reads {
+        let Some(targets) = gateways.get(&uid) else {
+            continue;
+        };
+        let groups = groups
+            .into_iter()
+            .map(|(gid, read_seq)| ReadPosition {
+                gid: u64::try_from(gid).unwrap_or_default(),
+                read_seq: u64::try_from(read_seq).unwrap_or_default(),
+            })
+            .collect();
+        let event = BusEvent {
+            event: Some(bus_event::Event::ReadSync(ReadSync {
+                uid: uid.clone(),
+                groups,
+            })),
+        };
+        for gateway in targets {
+            bus.publish(gateway, &event).await?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +280,25 @@ mod tests {
             ledger: true,
             changed_at_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_reader_s_cursor_moves_are_kept_at_their_highest_per_group() {
+        let coalescer = Coalescer::default();
+        coalescer.mark_read("u1", 7, 3);
+        coalescer.mark_read("u1", 7, 5);
+        coalescer.mark_read("u1", 7, 4);
+        coalescer.mark_read("u1", 9, 1);
+        coalescer.mark_read("u2", 7, 2);
+        let reads = coalescer.reads();
+        let expected: Reads = [
+            ("u1".to_owned(), [(7, 5), (9, 1)].into()),
+            ("u2".to_owned(), [(7, 2)].into()),
+        ]
+        .into();
+        assert_eq!(reads, expected);
+        assert!(coalescer.take().since.is_some(), "the window started");
+        assert!(coalescer.reads().is_empty(), "taken with the window");
     }
 
     #[test]

@@ -141,12 +141,14 @@ impl<S: ReceiptStore> ReceiptApi<S> {
                 }
             }
         }
-        for ((gid, _), result) in groups.iter().zip(&results) {
-            for acked in result.iter().flatten() {
+        for ((gid, acks), result) in groups.iter().zip(&results) {
+            let Ok(acked) = result else { continue };
+            for (ack, acked) in acks.iter().zip(acked) {
                 if let Planned::Moved { previous, cursors } = acked.planned
                     && cursors.read > previous.read
                 {
                     self.digests.mark(*gid, previous.read, cursors.read);
+                    self.digests.mark_read(&ack.uid, *gid, cursors.read);
                 }
             }
         }
