@@ -426,6 +426,77 @@ async fn reading_on_one_device_moves_the_others_read_position(
     suite.stop().await;
 }
 
+/// The typing notices `device` gets until the message `marker` arrives.
+async fn typing_until(device: &mut Device, marker: u64) -> Vec<pb::TypingNoticeFrame> {
+    let mut notices = Vec::new();
+    loop {
+        match device.frame().await {
+            Out::Typing(notice) => notices.push(notice),
+            Out::Message(message) if message.msgid == marker => return notices,
+            Out::Closing(closing) => panic!("closed: {}", closing.reason),
+            _ => {}
+        }
+    }
+}
+
+fn typing(gid: u64) -> In {
+    In::Typing(pb::TypingFrame { gid })
+}
+
+/// Typing reaches the group's other members online, not the typist's own
+/// devices and not from someone outside the group; a flood is cut to the
+/// stream's allowance.
+async fn typing_reaches_the_other_members_online_within_an_allowance(
+    backend: Backend,
+    transport: Transport,
+) {
+    let suite = Suite::start(backend).await;
+    let gid = create_group(&suite, "A", "Design", &["uid1", "uid2"]).await;
+    let mut a = Device::connect_over(transport, &suite, 0, "A", "phone").await;
+    let phone = Device::connect_over(transport, &suite, 0, "uid1", "phone").await;
+    let mut laptop = Device::connect_over(transport, &suite, 0, "uid1", "laptop").await;
+    let mut uid2 = Device::connect_over(transport, &suite, 0, "uid2", "phone").await;
+    let outsider = Device::connect_over(transport, &suite, 0, "B", "phone").await;
+    for device in [&mut a, &mut laptop, &mut uid2] {
+        device.drain(vec![]).await;
+    }
+
+    outsider.send_frame(typing(gid)).await;
+    phone.send_frame(typing(gid)).await;
+    let notice = pb::TypingNoticeFrame {
+        gid,
+        uid: "uid1".into(),
+    };
+    for device in [&mut a, &mut uid2] {
+        let got = loop {
+            if let Out::Typing(notice) = device.frame().await {
+                break notice;
+            }
+        };
+        assert_eq!(got, notice, "only uid1 is typing: B is no member");
+    }
+    let marker = send_direct(&suite, "A", gid, "marker", 8).await.msgid;
+    assert_eq!(
+        typing_until(&mut laptop, marker).await,
+        [],
+        "not to the typist's own devices"
+    );
+
+    // A flood: five in a row, then one a second.
+    for _ in 0..30 {
+        uid2.send_frame(typing(gid)).await;
+    }
+    let is_uid2 = |frame: &Out| matches!(frame, Out::Typing(n) if n.uid == "uid2");
+    while !is_uid2(&a.frame().await) {}
+    // Then whatever else comes until a second passes with nothing.
+    let mut flood = 1;
+    while let Some(frame) = a.try_frame(Duration::from_secs(1)).await {
+        flood += usize::from(is_uid2(&frame));
+    }
+    assert!((1..=8).contains(&flood), "{flood} of 30 typing frames told");
+    suite.stop().await;
+}
+
 fn history(gid: u64, before_seq: u64, limit: u32) -> Option<Call> {
     Some(Call::History(pb::HistoryCall {
         gid,
@@ -615,6 +686,7 @@ async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(
 }
 
 on_both_backends_and_transports!(
+    typing_reaches_the_other_members_online_within_an_allowance,
     reading_on_one_device_moves_the_others_read_position,
     a_device_registers_its_push_token_and_mutes_a_group,
     a_user_creates_groups_and_changes_their_members,

@@ -183,6 +183,7 @@ async fn malformed_requests_to_every_rpc_get_documented_codes_and_change_nothing
             })
             .await,
         );
+        check("Typing", m.typing(mpb::TypingRequest { gid: g }).await);
 
         let init = rpb::InitReceiptsRequest {
             gid: g,

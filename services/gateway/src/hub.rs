@@ -28,7 +28,7 @@ pub enum Inbound {
     /// A message of one of the user's groups.
     Message(Arc<Delivery>),
     /// A frame the client gets as it is: receipt changes of the user's own
-    /// messages, or the user's read positions moving.
+    /// messages, the user's read positions moving, or someone typing.
     Frame(Frame),
     /// The bus subscription was re-established: catch up from the store.
     Resync,
@@ -202,6 +202,17 @@ impl Hub {
                 }));
                 for handle in handles {
                     handle.offer(Inbound::Frame(frame.clone()));
+                }
+            }
+            Some(bus_event::Event::Typing(typing)) => {
+                let frame = Frame::encode(Out::Typing(pb::TypingNoticeFrame {
+                    gid: typing.gid,
+                    uid: typing.uid.clone(),
+                }));
+                for uid in typing.uids.iter().filter(|uid| **uid != typing.uid) {
+                    for handle in connections.get(uid.as_str()).into_iter().flatten() {
+                        handle.offer(Inbound::Frame(frame.clone()));
+                    }
                 }
             }
             Some(bus_event::Event::ReadSync(sync)) => {

@@ -91,6 +91,10 @@ const MIN_WATCH_GAP: Duration = Duration::from_secs(1);
 const HEARTBEAT_BURST: u32 = 20;
 /// ...and then one per this long; one past that is refused in its reply.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// Typing frames a stream may send in a row...
+const TYPING_BURST: u32 = 5;
+/// ...and then one per this long; the rest are dropped.
+const TYPING_EVERY: Duration = Duration::from_secs(1);
 /// First delay before owed work is retried.
 const RETRY_BASE: Duration = Duration::from_millis(100);
 /// When to retry a send the message service did not answer in time.
@@ -304,6 +308,8 @@ pub struct Session {
     watch_read_at: Option<Instant>,
     /// The stream's heartbeat allowance.
     heartbeats: Allowance,
+    /// The stream's typing allowance.
+    typing: Allowance,
     /// Sends waiting behind the one in flight.
     sends: VecDeque<Queued>,
     /// Acks received and not yet written.
@@ -351,6 +357,7 @@ impl Session {
             known: Known::default(),
             watch_read_at: None,
             heartbeats: Allowance::default(),
+            typing: Allowance::default(),
             sends: VecDeque::new(),
             acks: BTreeMap::new(),
             owed: Owed::default(),
@@ -809,9 +816,29 @@ impl Session {
                 .await;
                 self.push(Out::Result(result)).await
             }
+            Some(In::Typing(typing)) => {
+                self.on_typing(typing);
+                Ok(())
+            }
             // A second auth frame or an empty one changes nothing.
             Some(In::Auth(_)) | None => Ok(()),
         }
+    }
+
+    /// Tells the group's members online that the user is typing, within
+    /// the stream's allowance; fire and forget, like the signal itself.
+    fn on_typing(&mut self, typing: pb::TypingFrame) {
+        if typing.gid == 0 || !self.typing.take(Instant::now(), TYPING_EVERY, TYPING_BURST) {
+            metrics::counter!("parley_gateway_typing_dropped_total").increment(1);
+            return;
+        }
+        let request = acting_for(&self.uid, mpb::TypingRequest { gid: typing.gid });
+        let mut message = self.upstream.message.clone();
+        tokio::spawn(async move {
+            if let Err(status) = message.typing(request).await {
+                tracing::debug!(code = ?status.code(), error = %status.message(), "typing not told");
+            }
+        });
     }
 
     /// Queues a send behind the others of this stream, or refuses it when

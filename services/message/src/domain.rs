@@ -16,6 +16,8 @@ pub const MAX_CLIENT_MSG_ID_LEN: usize = 64;
 pub const MAX_MSGIDS_PER_REQUEST: usize = 100;
 /// Most groups one LastSeqs names.
 pub const MAX_GIDS_PER_REQUEST: usize = 1000;
+/// Largest group whose members are told who is typing.
+pub const MAX_TYPING_GROUP: u32 = 1000;
 
 /// A group id: positive and within the storage's signed 64-bit range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

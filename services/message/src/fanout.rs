@@ -21,7 +21,7 @@ use parley_bus::{
     routing::{Located, PresenceClient, locate},
 };
 use parley_proto::{
-    bus::{BusEvent, Delivery, bus_event},
+    bus::{BusEvent, Delivery, Typing, bus_event},
     gateway::DeliveredMessage,
     notification::{self as npb, notification_service_client::NotificationServiceClient},
 };
@@ -326,6 +326,30 @@ impl Fanout {
                     .collect(),
             })
             .collect())
+    }
+
+    /// Tells the gateways of `others` (members of `gid` other than
+    /// `typist`) that `typist` is typing; returns how many have a device
+    /// online.
+    pub async fn typing(
+        &self,
+        gid: Gid,
+        typist: &parley_server::Uid,
+        others: &[String],
+    ) -> Result<usize, FanoutError> {
+        let routes = self.routes(typist.as_str(), others).await?;
+        let told = others.len().saturating_sub(routes.offline.len());
+        for (gateway, uids) in routes.gateways {
+            let event = BusEvent {
+                event: Some(bus_event::Event::Typing(Typing {
+                    gid: u64::try_from(gid.get()).unwrap_or_default(),
+                    uid: typist.as_str().to_owned(),
+                    uids,
+                })),
+            };
+            self.bus.publish(&gateway, &event).await?;
+        }
+        Ok(told)
     }
 
     /// Publishes each message of a run (one sender's, to one group's

@@ -10,8 +10,8 @@ use tracing::Instrument;
 
 use crate::{
     domain::{
-        self, Gid, GroupKind, MAX_GIDS_PER_REQUEST, MAX_MSGIDS_PER_REQUEST, NewGroup, Role,
-        parse_uids,
+        self, Gid, GroupKind, MAX_GIDS_PER_REQUEST, MAX_MSGIDS_PER_REQUEST, MAX_TYPING_GROUP,
+        NewGroup, Role, parse_uids,
     },
     error::MessageError,
     fanout::Fanout,
@@ -408,6 +408,38 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         Ok(Response::new(pb::SyncMessagesResponse {
             messages: messages.into_iter().map(message_to_pb).collect(),
             last_seq: u64::try_from(access.last_seq).unwrap_or_default(),
+        }))
+    }
+
+    async fn typing(
+        &self,
+        request: Request<pb::TypingRequest>,
+    ) -> Result<Response<pb::TypingResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let gid = Gid::parse(request.into_inner().gid)?;
+        self.store.access(gid, &caller).await?;
+        let members = self
+            .store
+            .list_members(gid, None, MAX_TYPING_GROUP + 1)
+            .await?;
+        if members.len() > MAX_TYPING_GROUP as usize {
+            return Ok(Response::new(pb::TypingResponse { told: 0 }));
+        }
+        let others: Vec<String> = members
+            .into_iter()
+            .map(|member| member.uid)
+            .filter(|uid| uid != caller.as_str())
+            .collect();
+        let told = self
+            .fanout
+            .typing(gid, &caller, &others)
+            .await
+            .map_err(|error| {
+                tracing::debug!(error = %error, "typing not told");
+                Status::unavailable("presence or the bus is unavailable; typing not told")
+            })?;
+        Ok(Response::new(pb::TypingResponse {
+            told: u32::try_from(told).unwrap_or(u32::MAX),
         }))
     }
 
