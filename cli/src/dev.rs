@@ -10,12 +10,26 @@ use tokio::{net::TcpListener, sync::watch};
 /// For development only: production gateways verify RS256 tokens.
 pub const DEV_JWT_SECRET: &str = "parley-dev-secret-not-for-production";
 
-/// The dev ports, as the services' defaults have them.
-pub const GATEWAY: &str = "127.0.0.1:50051";
-pub const MESSAGE: &str = "127.0.0.1:50052";
-pub const PRESENCE: &str = "127.0.0.1:50053";
-pub const RECEIPT: &str = "127.0.0.1:50054";
-pub const NOTIFICATION: &str = "127.0.0.1:50055";
+/// The first dev port, as the services' defaults have them: gateway,
+/// message, presence, receipt and notification take it and the next four.
+pub const PORTS: u16 = 50051;
+/// The gateway's WebSocket, this far above the first port (50061).
+const WS_OFFSET: u16 = 10;
+/// The web client, this far above the first port (50080).
+const WEB_OFFSET: u16 = 29;
+
+/// Where `parley dev` listens.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The first of the ports (see [`PORTS`]).
+    pub ports: u16,
+    /// The built web client to serve (`clients/web/dist`), if any.
+    pub web: Option<std::path::PathBuf>,
+}
+
+fn addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
 
 type Failure = String;
 
@@ -39,8 +53,20 @@ pub fn push_log_path(data: &Path) -> std::path::PathBuf {
 }
 
 /// Runs every service until Ctrl-C.
-pub async fn run(data: &Path) -> Result<(), Failure> {
+pub async fn run(data: &Path, options: &Options) -> Result<(), Failure> {
     std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    let base = options.ports;
+    if base.checked_add(WEB_OFFSET).is_none() {
+        return Err(format!(
+            "--ports {base}: the web client's port would be past 65535"
+        ));
+    }
+    let port = |offset: u16| base.saturating_add(offset);
+    let url = |offset: u16| format!("http://{}", addr(port(offset)));
+    let (message_url, presence_url, receipt_url, notification_url) =
+        (url(1), url(2), url(3), url(4));
+    let web = addr(port(WEB_OFFSET));
+    let origins = format!("http://{web},http://localhost:{}", port(WEB_OFFSET));
     let db = |name: &str| format!("sqlite:{}", data.join(format!("{name}.db")).display());
     let (message_db, receipt_db, notification_db) =
         (db("message"), db("receipt"), db("notification"));
@@ -62,28 +88,69 @@ pub async fn run(data: &Path) -> Result<(), Failure> {
         "--push-log",
         "--push-log-file",
         &push_log,
+        "--presence-url",
+        &presence_url,
+        "--receipt-url",
+        &receipt_url,
+        "--message-url",
+        &message_url,
     ])?
     .config;
-    let receipt =
-        config::<parley_receipt::Cli>(&["parley-receipt", "--database-url", &receipt_db])?.config;
-    let message =
-        config::<parley_message::Cli>(&["parley-message", "--database-url", &message_db])?.config;
+    let receipt = config::<parley_receipt::Cli>(&[
+        "parley-receipt",
+        "--database-url",
+        &receipt_db,
+        "--presence-url",
+        &presence_url,
+        "--message-url",
+        &message_url,
+    ])?
+    .config;
+    let message = config::<parley_message::Cli>(&[
+        "parley-message",
+        "--database-url",
+        &message_db,
+        "--receipt-url",
+        &receipt_url,
+        "--presence-url",
+        &presence_url,
+        "--notification-url",
+        &notification_url,
+    ])?
+    .config;
     let gateway = config::<parley_gateway::Cli>(&[
         "parley-gateway",
         "--gateway-id",
         "dev-gateway",
         "--jwt-hs256-secret",
         DEV_JWT_SECRET,
+        "--message-url",
+        &message_url,
+        "--receipt-url",
+        &receipt_url,
+        "--presence-url",
+        &presence_url,
+        "--notification-url",
+        &notification_url,
+        "--ws-allowed-origins",
+        &origins,
     ])?
     .config;
 
     let listeners = (
-        bind("presence", PRESENCE).await?,
-        bind("notification", NOTIFICATION).await?,
-        bind("receipt", RECEIPT).await?,
-        bind("message", MESSAGE).await?,
-        bind("gateway", GATEWAY).await?,
+        bind("presence", &addr(port(2))).await?,
+        bind("notification", &addr(port(4))).await?,
+        bind("receipt", &addr(port(3))).await?,
+        bind("message", &addr(port(1))).await?,
+        parley_gateway::Listeners {
+            grpc: bind("gateway", &addr(port(0))).await?,
+            ws: Some(bind("gateway WebSocket", &addr(port(WS_OFFSET))).await?),
+        },
     );
+    let web_listener = match &options.web {
+        Some(_) => Some(bind("web client", &web).await?),
+        None => None,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     spawn(
         &mut tasks,
@@ -110,14 +177,32 @@ pub async fn run(data: &Path) -> Result<(), Failure> {
         "gateway",
         parley_gateway::run_on_bus(gateway, bus, listeners.4, until_stop()),
     );
+    let ws = format!("ws://{}{}", addr(port(WS_OFFSET)), parley_gateway::ws::PATH);
+    let web_line = match (&options.web, web_listener) {
+        (Some(dir), Some(listener)) => {
+            let site = crate::web::Site::new(dir.clone(), ws.clone(), DEV_JWT_SECRET);
+            spawn(
+                &mut tasks,
+                "web client",
+                crate::web::serve(listener, site, until_stop()),
+            );
+            format!("web client    http://{web}/   (open it in a browser; sign in as any user)")
+        }
+        _ => {
+            "web client    not served (build it with `make web`, then pass --web clients/web/dist)"
+                .to_owned()
+        }
+    };
 
     println!(
         "parley dev suite: embedded SQLite under {dir}, in-process bus and presence\n\
-         \x20 gateway       {GATEWAY}   (parley.gateway.v1.GatewayService, JWT HS256 dev secret)\n\
-         \x20 message       {MESSAGE}   (parley.message.v1.MessageService)\n\
-         \x20 presence      {PRESENCE}   (parley.presence.v1.PresenceService)\n\
-         \x20 receipt       {RECEIPT}   (parley.receipt.v1.ReceiptService)\n\
-         \x20 notification  {NOTIFICATION}   (parley.notification.v1.NotificationService;\n\
+         \x20 {web_line}\n\
+         \x20 gateway       {gateway}   (parley.gateway.v1.GatewayService, JWT HS256 dev secret)\n\
+         \x20               {ws}   (the same frames over WebSocket)\n\
+         \x20 message       {message}   (parley.message.v1.MessageService)\n\
+         \x20 presence      {presence}   (parley.presence.v1.PresenceService)\n\
+         \x20 receipt       {receipt}   (parley.receipt.v1.ReceiptService)\n\
+         \x20 notification  {notification}   (parley.notification.v1.NotificationService;\n\
          \x20                                 pushes are logged, and appended to {pushes})\n\
          Development mode: no service credentials; each service trusts the identity\n\
          a call names. For this machine only (a real install sets PARLEY_SERVICE_KEY).\n\
@@ -125,6 +210,11 @@ pub async fn run(data: &Path) -> Result<(), Failure> {
          Ctrl-C stops everything.",
         dir = data.display(),
         pushes = push_log.as_str(),
+        gateway = addr(port(0)),
+        message = addr(port(1)),
+        presence = addr(port(2)),
+        receipt = addr(port(3)),
+        notification = addr(port(4)),
     );
 
     let outcome = tokio::select! {

@@ -8,6 +8,7 @@
 mod client;
 mod demo;
 mod dev;
+mod web;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -37,6 +38,14 @@ enum Command {
         /// Where the SQLite files go.
         #[arg(long, default_value = "data")]
         data: PathBuf,
+        /// The first of the suite's ports: the gateway takes it, the message,
+        /// presence, receipt and notification services the next four, the
+        /// gateway's WebSocket the one 10 above and the web client 29 above.
+        #[arg(long, default_value_t = dev::PORTS)]
+        ports: u16,
+        /// The built web client to serve (`make web` builds clients/web/dist).
+        #[arg(long)]
+        web: Option<PathBuf>,
     },
     /// Play the seeds' scenario against a running suite and print what each user sees.
     Demo {
@@ -171,7 +180,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), String> {
     let endpoints = cli.endpoints;
     match cli.command {
-        Command::Dev { data } => dev::run(&data).await,
+        Command::Dev { data, ports, web } => dev::run(&data, &dev::Options { ports, web }).await,
         Command::Demo { data } => demo::run(&endpoints, &data).await,
         Command::Keys { extra } => {
             let mut names = vec!["gateway", "message", "receipt", "presence", "notification"];

@@ -29,6 +29,11 @@ fuzz_target!(|payload: &[u8]| {
     let names_uid1 = match &event.event {
         Some(bus_event::Event::Delivery(delivery)) => delivery.uids.iter().any(|u| u == "uid1"),
         Some(bus_event::Event::Digest(digest)) => digest.uid == "uid1",
+        Some(bus_event::Event::ReadSync(sync)) => sync.uid == "uid1",
+        // Never to the typist's own connections.
+        Some(bus_event::Event::Typing(typing)) => {
+            typing.uid != "uid1" && typing.uids.iter().any(|u| u == "uid1")
+        }
         None => false,
     };
     let hub = Hub::default();
