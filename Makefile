@@ -9,14 +9,31 @@ IMAGE_REPOSITORY ?= ghcr.io/parley-chat
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' helm/parley/Chart.yaml)
 
 .DEFAULT_GOAL := help
-.PHONY: help dev demo build test test-services fuzz lint fmt fmt-check clippy buf-lint chart-lint chart-test images migrate clean bench bench-full bench-build
+.PHONY: help dev demo build test test-services fuzz lint fmt fmt-check clippy buf-lint chart-lint chart-test images migrate clean bench bench-full bench-build web web-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-dev: ## Run all five services on localhost: SQLite under ./data/, in-process bus and presence
+WEB := clients/web
+WEB_MODULES := $(WEB)/node_modules/.package-lock.json
+
+dev: ## Run all five services on localhost (SQLite under ./data/, in-process bus and presence) and serve the web client
 	cargo build -p parley-cli
-	target/debug/parley dev --data data
+	@$(MAKE) --no-print-directory web
+	target/debug/parley dev --data data --web $(WEB)/dist
+
+$(WEB_MODULES): $(WEB)/package-lock.json
+	@scripts/ensure-web.sh
+	cd $(WEB) && npm ci --no-audit --no-fund
+	@touch $(WEB_MODULES)
+
+web: $(WEB_MODULES) ## Build the web client (TypeScript from proto/ by protoc-gen-es, bundled by Vite) into clients/web/dist
+	cd $(WEB) && npm run build
+
+web-test: web ## The web client end to end: two users in headless Chromium (Debian's) against `parley dev`, screenshots in target/web-e2e/
+	@scripts/ensure-web.sh --chromium
+	cargo build -p parley-cli
+	cd $(WEB) && node e2e/chat.mjs
 
 demo: ## Play the seeds' scenario against `make dev` (run it in another terminal)
 	@cargo build -q -p parley-cli
@@ -25,10 +42,11 @@ demo: ## Play the seeds' scenario against `make dev` (run it in another terminal
 build: ## Build every crate
 	cargo build --workspace --all-targets
 
-test: test-services ## Run every test (unit, contract on MariaDB and SQLite, integration, chart against the binaries)
+test: test-services ## Run every test (unit, contract on MariaDB and SQLite, integration, chart against the binaries, the web client in Chromium)
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 	cargo nextest run --workspace --profile $(if $(CI),ci,default)
 	@$(MAKE) --no-print-directory chart-test
+	@$(MAKE) --no-print-directory web-test
 
 fuzz: ## Every parser property with 20,000 cases and 200 live frame sequences, then each cargo-fuzz target for FUZZ_SECONDS (30) seconds
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
@@ -99,4 +117,4 @@ migrate: ## Apply migrations to the dev databases under ./data/
 	cargo run --bin parley-notification -- migrate
 
 clean: ## Remove build output, dev data and tools
-	rm -rf target data .tools
+	rm -rf target data .tools $(WEB)/node_modules $(WEB)/dist $(WEB)/src/gen
