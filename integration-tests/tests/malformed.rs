@@ -855,18 +855,84 @@ async fn an_undecodable_frame_ends_the_stream_with_invalid_argument() {
 /// Generated sequences of frames (sends, acks, syncs and heartbeats to real,
 /// unknown and zero groups, at any seq, a second auth) on one stream each:
 /// the stream stays open, answers its heartbeat, and every result carries a
-/// documented code, never INTERNAL or UNKNOWN.
+/// documented code, never INTERNAL or UNKNOWN (client API calls and typing
+/// frames included).
 #[tokio::test]
 async fn any_sequence_of_frames_gets_documented_answers() {
     use parley_proto::gateway::{
-        AckEntry, AckFrame, HeartbeatFrame, SendFrame, SyncFrame, connect_request::Frame as In,
-        connect_response::Frame as Out,
+        AckEntry, AckFrame, AddMembersCall, CreateGroupCall, HeartbeatFrame, HistoryCall,
+        LeaveCall, ListGroupsCall, ListMembersCall, MuteCall, ReadersCall, RequestFrame, SendFrame,
+        SyncFrame, TypingFrame, connect_request::Frame as In, connect_response::Frame as Out,
+        request_frame::Call,
     };
     use proptest::{prelude::*, strategy::ValueTree, test_runner::TestRunner};
     let suite = Suite::start(Backend::Sqlite).await;
     let gid = create_group(&suite, "A", "Sequences", &["uid1"]).await;
     let group = prop_oneof![Just(gid), Just(0u64), Just(gid + 1_000), any::<u64>()];
     let seq = prop_oneof![Just(0u64), 1u64..5, Just(u64::MAX), any::<u64>()];
+    // Client API calls with whatever ids, sizes, tokens and names.
+    let call = |group: BoxedStrategy<u64>| {
+        let name = prop_oneof![Just(String::new()), Just("uid2".to_owned()), "[ -~]{0,80}"];
+        let token = prop_oneof![Just(String::new()), "[ -~]{0,40}"];
+        prop_oneof![
+            (any::<u32>(), token.clone()).prop_map(|(page_size, page_token)| {
+                Call::ListGroups(ListGroupsCall {
+                    page_size,
+                    page_token,
+                })
+            }),
+            (group.clone(), any::<u32>(), token.clone()).prop_map(
+                |(gid, page_size, page_token)| {
+                    Call::ListMembers(ListMembersCall {
+                        gid,
+                        page_size,
+                        page_token,
+                    })
+                }
+            ),
+            (group.clone(), any::<u64>(), any::<u32>()).prop_map(|(gid, before_seq, limit)| {
+                Call::History(HistoryCall {
+                    gid,
+                    before_seq,
+                    limit,
+                })
+            }),
+            (
+                group.clone(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<u32>(),
+                token
+            )
+                .prop_map(|(gid, msgid, read, page_size, page_token)| Call::Readers(
+                    ReadersCall {
+                        gid,
+                        msgid,
+                        read,
+                        page_size,
+                        page_token,
+                    }
+                )),
+            (
+                any::<bool>(),
+                name.clone(),
+                proptest::collection::vec(name.clone(), 0..3)
+            )
+                .prop_map(|(direct, name, member_uids)| Call::CreateGroup(
+                    CreateGroupCall {
+                        direct,
+                        name,
+                        member_uids,
+                    }
+                )),
+            (group.clone(), proptest::collection::vec(name, 0..3))
+                .prop_map(|(gid, uids)| Call::AddMembers(AddMembersCall { gid, uids })),
+            group.clone().prop_map(|gid| Call::Leave(LeaveCall { gid })),
+            (group, any::<i64>())
+                .prop_map(|(gid, until_ms)| Call::Mute(MuteCall { gid, until_ms })),
+        ]
+        .prop_map(Some)
+    };
     let frame = prop_oneof![
         (
             group.clone(),
@@ -892,15 +958,22 @@ async fn any_sequence_of_frames_gets_documented_answers() {
                     .collect(),
             })
         ),
-        (group, seq, any::<u32>()).prop_map(|(gid, after_seq, limit)| In::Sync(SyncFrame {
-            request_id: 7,
-            gid,
-            after_seq,
-            limit,
-        })),
+        (group.clone(), seq, any::<u32>()).prop_map(|(gid, after_seq, limit)| In::Sync(
+            SyncFrame {
+                request_id: 7,
+                gid,
+                after_seq,
+                limit,
+            }
+        )),
         proptest::collection::vec(any::<u64>(), 0..5)
             .prop_map(|watching_msgids| { In::Heartbeat(HeartbeatFrame { watching_msgids }) }),
         Just(In::Auth(crate::device::auth_frame("uid2", "other"))),
+        group
+            .clone()
+            .prop_map(|gid| In::Typing(TypingFrame { gid })),
+        (any::<u64>(), call(group.boxed()))
+            .prop_map(|(request_id, call)| In::Request(RequestFrame { request_id, call })),
     ];
     let documented = [
         Code::Ok,
@@ -932,6 +1005,7 @@ async fn any_sequence_of_frames_gets_documented_answers() {
             let code = match &answer {
                 Out::SendResult(result) => Some(result.code),
                 Out::SyncResult(result) => Some(result.code),
+                Out::Result(result) => Some(result.code),
                 Out::Closing(closing) => {
                     panic!("case {case}: closed ({}) after {frames:?}", closing.reason)
                 }
