@@ -131,6 +131,8 @@ async function main() {
     const alice = await signIn(browser, site, "alice");
     await shot(alice, "alice-signed-in");
     const bob = await signIn(browser, site, "bob");
+    // Bob's laptop: another browser, so another device of his.
+    const laptop = await signIn(browser, site, "bob");
 
     // Alice starts a group with Bob and Carol (who stays away): N is 2.
     await alice.getByTestId("new-group-name").fill("Design");
@@ -145,11 +147,14 @@ async function main() {
     // Bob's unread badge goes up...
     await until("bob's unread badge to show 1", async () => (await badge(bob, "Design").textContent()) === "1");
     await shot(bob, "bob-unread-badge");
-    // ...and back to zero once he reads.
+    await until("the laptop's badge to show 1", async () => (await badge(laptop, "Design").textContent()) === "1");
+    // ...and back to zero once he reads, on this device and live on his laptop.
     await group(bob, "Design").click();
     await until("bob to see the message", async () => (await texts(bob)).includes("Hello Bob, the mockups are in"));
     await until("bob's badge to clear", () => badge(bob, "Design").isHidden());
     await shot(bob, "bob-reads");
+    await until("the laptop's badge to clear (read sync)", () => badge(laptop, "Design").isHidden());
+    await shot(laptop, "bob-laptop-read-sync");
 
     // Alice sees "read by 1 of 2", and Bob's name in the who-read list.
     const receipt = alice.getByTestId("receipt").first();

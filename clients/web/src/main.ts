@@ -279,9 +279,17 @@ function renderConversation(): void {
   const list = el("ol", { class: "messages", "data-testid": "messages" });
   for (const message of messages.get(group.gid) ?? []) {
     const mine = message.senderUid === me;
+    // Others' messages past my read cursor are new to me, until I read them
+    // here or on another device.
+    const fresh = !mine && message.seq > group.readSeq;
     const item = el(
       "li",
-      { "data-testid": "message", "data-seq": String(message.seq), class: mine ? "mine" : "" },
+      {
+        "data-testid": "message",
+        "data-seq": String(message.seq),
+        "data-read": String(!fresh),
+        class: mine ? "mine" : fresh ? "unread" : "",
+      },
       el("span", { class: "sender" }, message.senderUid),
       el("span", { class: "text" }, text(message)),
     );
