@@ -92,6 +92,8 @@ pub struct Cluster {
     /// How the load generator proves itself to each service (as a service
     /// of its own, `bench`, acting for users).
     callers: Vec<(&'static str, ServiceIdentity)>,
+    /// The gateway's WebSocket address.
+    pub gateway_ws: SocketAddr,
 }
 
 fn free_port() -> Result<SocketAddr, String> {
@@ -150,6 +152,7 @@ impl Cluster {
             metrics.push(free_port()?);
         }
         let url = |i: usize| format!("http://{}", addrs[i]);
+        let gateway_ws = free_port()?;
         let db = |i: usize| format!("{mysql}/{}", databases[i]);
         let names: Vec<&str> = SERVICES.iter().copied().chain(["bench"]).collect();
         let (private, public) = parley_server::credentials::generate(&names);
@@ -199,9 +202,11 @@ impl Cluster {
                 ("PARLEY_GATEWAY_LISTEN", addrs[4].to_string()),
                 ("PARLEY_GATEWAY_ID", format!("bench-gw-{tag}")),
                 ("PARLEY_GATEWAY_JWT_HS256_SECRET", JWT_SECRET.to_owned()),
+                ("PARLEY_GATEWAY_WS_LISTEN", gateway_ws.to_string()),
             ],
         ];
         let mut cluster = Self {
+            gateway_ws,
             services: Vec::new(),
             mysql,
             mariadb_pid: mariadb.pid(),

@@ -162,6 +162,72 @@ pub async fn gateway(
     Ok((idle, disconnect))
 }
 
+/// What an idle WebSocket client costs the gateway: `count` browsers-to-be
+/// connect to the gateway's WebSocket and authenticate, each reading (and so
+/// answering the gateway's pings) until the measurement is taken; resident
+/// memory per connection once the logins settled.
+pub async fn websockets(cluster: &Cluster, count: usize) -> Result<f64, String> {
+    use futures::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let pid = cluster.pid("gateway").ok_or("no gateway process")?;
+    let before = settled_rss(pid).await;
+    let url = format!("ws://{}/v1/ws", cluster.gateway_ws);
+    let opened: Vec<Result<_, String>> = stream::iter(0..count)
+        .map(|i| {
+            let url = url.clone();
+            async move {
+                let uid =
+                    parley_server::Uid::parse(&format!("ws-{i:06}")).map_err(|e| e.to_string())?;
+                let token = parley_gateway::auth::issue_hs256(
+                    crate::cluster::JWT_SECRET.as_bytes(),
+                    &uid,
+                    3600,
+                )
+                .map_err(|e| e.to_string())?;
+                let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+                    .await
+                    .map_err(|e| format!("WebSocket to the gateway: {e}"))?;
+                let auth = pb::ConnectRequest {
+                    frame: Some(In::Auth(pb::AuthFrame {
+                        token,
+                        device_id: "browser".into(),
+                        receipts_cursor: String::new(),
+                    })),
+                };
+                socket
+                    .send(Message::Binary(auth.encode_to_vec().into()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                loop {
+                    match socket.next().await {
+                        Some(Ok(Message::Binary(bytes))) => {
+                            let frame =
+                                pb::ConnectResponse::decode(bytes).map_err(|e| e.to_string())?;
+                            if matches!(frame.frame, Some(Out::AuthOk(_))) {
+                                break;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        other => return Err(format!("the gateway refused a WebSocket: {other:?}")),
+                    }
+                }
+                // Read on, so pings are answered while the others connect.
+                Ok(tokio::spawn(async move {
+                    while socket.next().await.is_some() {}
+                }))
+            }
+        })
+        .buffer_unordered(OPEN_AT_ONCE)
+        .collect()
+        .await;
+    let readers: Vec<_> = opened.into_iter().collect::<Result<_, _>>()?;
+    let after = settled_rss(pid).await;
+    for reader in &readers {
+        reader.abort();
+    }
+    Ok(after.saturating_sub(before) as f64 / count.max(1) as f64)
+}
+
 /// The same count of bare echo streams, spread the same way and sent the
 /// same heartbeat frames, on a child process that does nothing else.
 pub async fn bare(streams: usize, every: Duration, window: Duration) -> Result<IdleCost, String> {

@@ -1095,6 +1095,22 @@ async fn device_parts(
     )
     .await?;
     device_rows(&idle, &bare, &disconnect, rows);
+    // Browsers: as many WebSockets, up to 10,000 (each is a connection of its
+    // own, and so a file descriptor on both sides).
+    let sockets = streams.min(10_000);
+    progress(&format!(
+        "devices: opening {sockets} idle WebSocket connections"
+    ));
+    let per_socket = devices::websockets(cluster, sockets).await?;
+    rows.push(
+        Row::plain(
+            "devices",
+            &format!("gateway memory per idle WebSocket ({sockets}, settled)"),
+            per_socket / 1024.0,
+            "KiB",
+        )
+        .against("an idle gRPC stream", idle.bytes_per_stream / 1024.0),
+    );
     found.devices = Some(targets::Devices {
         idle,
         bare,
