@@ -10,14 +10,8 @@ wait_for() { # port name
   for _ in $(seq 1 120); do listening "$1" && return 0; sleep 0.5; done
   log "$2 did not start listening on 127.0.0.1:$1"; exit 1
 }
-install_pkg() { # package binary
-  command -v "$2" >/dev/null 2>&1 && return 0
-  if [ "$(id -u)" -ne 0 ]; then
-    log "$2 is missing; install the Debian package $1 (or run make test as root)"; exit 1
-  fi
-  log "installing $1"
-  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >&2
-}
+# shellcheck source=install-pkg.sh
+. "$(dirname "$0")/install-pkg.sh"
 
 if listening 3306; then
   log "MariaDB already running on 127.0.0.1:3306"

@@ -6,14 +6,8 @@
 set -euo pipefail
 
 log() { echo "ensure-web: $*" >&2; }
-install_pkg() { # package binary
-  command -v "$2" >/dev/null 2>&1 && return 0
-  if [ "$(id -u)" -ne 0 ]; then
-    log "$2 is missing; install the Debian package $1 (or run make as root)"; exit 1
-  fi
-  log "installing $1"
-  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >&2
-}
+# shellcheck source=install-pkg.sh
+. "$(dirname "$0")/install-pkg.sh"
 
 install_pkg nodejs node
 install_pkg npm npm

@@ -1208,3 +1208,50 @@ pub async fn wait_for_devices(suite: &Suite, expected: &[(&str, usize)]) {
     )
     .await;
 }
+
+/// A firehose into group `gid` (members `slow` and `fast`, both live): `count`
+/// messages of 60 kB while `fast` reads and `slow` reads nothing. The fast
+/// reader must get every one, in order, and the slow device be cut off and go
+/// offline; then the slow one reads what reached it before the gateway gave
+/// up. Returns how many messages that was, and the closing frame's reason if
+/// one came before the stream ended.
+pub async fn firehose(
+    suite: &Suite,
+    gid: u64,
+    (mut slow, fast): (crate::device::Device, crate::device::Device),
+    count: u64,
+) -> (usize, Option<String>) {
+    use parley_proto::gateway::connect_response::Frame as Out;
+    let mut fast = fast;
+    let reader = tokio::spawn(async move {
+        let mut others = Vec::new();
+        fast.messages(count as usize, &mut others).await
+    });
+    for i in 1..=count {
+        send_direct(suite, "A", gid, &format!("f{i}"), 60_000).await;
+    }
+    let got = reader.await.expect("fast reader");
+    assert_eq!(
+        crate::device::seqs(&got, gid),
+        (1..=count).collect::<Vec<_>>(),
+        "the fast reader got everything"
+    );
+    // The gateway gives up on the slow stream (and takes the device offline)
+    // while the client still reads nothing. Reading before that would drain
+    // the stream and make the client fast, however quickly the sends went.
+    parley_testkit::eventually(
+        "the slow device to be cut off and go offline",
+        Duration::from_secs(30),
+        || async { devices_of(suite, "slow").await.is_empty().then_some(()) },
+    )
+    .await;
+    let mut received = 0;
+    while let Some(frame) = slow.try_frame(Duration::from_secs(20)).await {
+        match frame {
+            Out::Message(_) => received += 1,
+            Out::Closing(closing) => return (received, Some(closing.reason)),
+            _ => {}
+        }
+    }
+    (received, None)
+}

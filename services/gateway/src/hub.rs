@@ -193,40 +193,51 @@ impl Hub {
                 }
             }
             Some(bus_event::Event::Digest(digest)) => {
-                let Some(handles) = connections.get(digest.uid.as_str()) else {
-                    return;
-                };
-                let frame = Frame::encode(Out::ReceiptDigest(pb::ReceiptDigestFrame {
-                    entries: digest.entries,
-                    receipts_cursor: String::new(),
-                }));
-                for handle in handles {
-                    handle.offer(Inbound::Frame(frame.clone()));
-                }
+                offer_frame(&connections, [digest.uid.as_str()], || {
+                    Out::ReceiptDigest(pb::ReceiptDigestFrame {
+                        entries: digest.entries,
+                        receipts_cursor: String::new(),
+                    })
+                });
             }
             Some(bus_event::Event::Typing(typing)) => {
-                let frame = Frame::encode(Out::Typing(pb::TypingNoticeFrame {
-                    gid: typing.gid,
-                    uid: typing.uid.clone(),
-                }));
-                for uid in typing.uids.iter().filter(|uid| **uid != typing.uid) {
-                    for handle in connections.get(uid.as_str()).into_iter().flatten() {
-                        handle.offer(Inbound::Frame(frame.clone()));
-                    }
-                }
+                let others = typing.uids.iter().filter(|uid| **uid != typing.uid);
+                offer_frame(&connections, others.map(String::as_str), || {
+                    Out::Typing(pb::TypingNoticeFrame {
+                        gid: typing.gid,
+                        uid: typing.uid.clone(),
+                    })
+                });
             }
             Some(bus_event::Event::ReadSync(sync)) => {
-                let Some(handles) = connections.get(sync.uid.as_str()) else {
-                    return;
-                };
-                let frame = Frame::encode(Out::ReadSync(pb::ReadSyncFrame {
-                    groups: sync.groups,
-                }));
-                for handle in handles {
-                    handle.offer(Inbound::Frame(frame.clone()));
-                }
+                offer_frame(&connections, [sync.uid.as_str()], || {
+                    Out::ReadSync(pb::ReadSyncFrame {
+                        groups: sync.groups,
+                    })
+                });
             }
             None => {}
+        }
+    }
+}
+
+/// Offers a frame to every connection of `uids` here, encoded once, and
+/// only if one of them is here.
+fn offer_frame<'a>(
+    connections: &HashMap<Uid, Vec<Handle>>,
+    uids: impl IntoIterator<Item = &'a str>,
+    frame: impl FnOnce() -> Out,
+) {
+    let mut build = Some(frame);
+    let mut encoded: Option<Frame> = None;
+    for uid in uids {
+        for handle in connections.get(uid).into_iter().flatten() {
+            if let Some(build) = build.take() {
+                encoded = Some(Frame::encode(build()));
+            }
+            if let Some(frame) = &encoded {
+                handle.offer(Inbound::Frame(frame.clone()));
+            }
         }
     }
 }

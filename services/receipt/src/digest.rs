@@ -11,7 +11,7 @@
 //! phone reads.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -209,21 +209,10 @@ async fn flush<S: ReceiptStore>(
     }
     let senders: Vec<String> = digests.keys().cloned().collect();
     let gateways: BTreeMap<String, _> = locate(presence, &senders).await?.into_iter().collect();
-    for (uid, entries) in digests {
-        let Some(targets) = gateways.get(&uid) else {
-            continue;
-        };
-        let event = BusEvent {
-            event: Some(bus_event::Event::Digest(ReceiptDigest {
-                uid: uid.clone(),
-                entries,
-            })),
-        };
-        for gateway in targets {
-            bus.publish(gateway, &event).await?;
-        }
-    }
-    Ok(())
+    publish_to_users(bus, &gateways, digests, |uid, entries| {
+        bus_event::Event::Digest(ReceiptDigest { uid, entries })
+    })
+    .await
 }
 
 /// Tells each reader's gateways where the reader's cursors moved.
@@ -241,10 +230,7 @@ async fn sync_reads(
         .filter(|(_, _, devices)| *devices > 1)
         .map(|(uid, gateways, _)| (uid, gateways))
         .collect();
-    for (uid, groups) in reads {
-        let Some(targets) = gateways.get(&uid) else {
-            continue;
-        };
+    publish_to_users(bus, &gateways, reads, |uid, groups| {
         let groups = groups
             .into_iter()
             .map(|(gid, read_seq)| ReadPosition {
@@ -252,11 +238,25 @@ async fn sync_reads(
                 read_seq: u64::try_from(read_seq).unwrap_or_default(),
             })
             .collect();
+        bus_event::Event::ReadSync(ReadSync { uid, groups })
+    })
+    .await
+}
+
+/// Publishes each user's event to the gateways holding the user's devices;
+/// users with none are skipped.
+async fn publish_to_users<T>(
+    bus: &Bus,
+    gateways: &BTreeMap<String, BTreeSet<String>>,
+    per_user: BTreeMap<String, T>,
+    event: impl Fn(String, T) -> bus_event::Event,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    for (uid, item) in per_user {
+        let Some(targets) = gateways.get(&uid) else {
+            continue;
+        };
         let event = BusEvent {
-            event: Some(bus_event::Event::ReadSync(ReadSync {
-                uid: uid.clone(),
-                groups,
-            })),
+            event: Some(event(uid, item)),
         };
         for gateway in targets {
             bus.publish(gateway, &event).await?;
