@@ -75,14 +75,15 @@ struct Counts {
 }
 
 /// The gateway with `streams` idle devices heartbeating every `every` for
-/// `window`, then all of them gone at once; presence must have them offline
-/// within `offline_limit`.
+/// `window`, then `ws_sockets` idle WebSockets beside them (their memory per
+/// connection is the third figure returned), then all the streams gone at
+/// once; presence must have them offline within `offline_limit`.
 pub async fn gateway(
     cluster: &Cluster,
-    streams: usize,
+    (streams, ws_sockets): (usize, usize),
     (every, window, offline_limit): (Duration, Duration, Duration),
     progress: &dyn Fn(&str),
-) -> Result<(IdleCost, Disconnect), String> {
+) -> Result<(IdleCost, Disconnect, f64), String> {
     let pid = cluster.pid("gateway").ok_or("no gateway process")?;
     let before = settled_rss(pid).await;
     let channels = gateway_channels(cluster, streams, STREAMS_PER_CONNECTION).await?;
@@ -129,6 +130,12 @@ pub async fn gateway(
         refused: counts.refused.load(Ordering::Relaxed),
     };
 
+    // Browsers, measured while the streams are still open, so no memory the
+    // closed streams freed is reused and read as free.
+    progress(&format!(
+        "devices: opening {ws_sockets} idle WebSocket connections beside them"
+    ));
+    let per_socket = websockets(cluster, ws_sockets).await?;
     progress(&format!("devices: closing all {streams} streams at once"));
     let log = cluster.log_path("gateway")?;
     let log_from = std::fs::metadata(&log).map_or(0, |m| m.len());
@@ -159,7 +166,7 @@ pub async fn gateway(
         log_warnings: logged.lines().filter(|l| l.contains("WARN")).count(),
     };
     drop(channels);
-    Ok((idle, disconnect))
+    Ok((idle, disconnect, per_socket))
 }
 
 /// What an idle WebSocket client costs the gateway: `count` browsers-to-be

@@ -1087,21 +1087,17 @@ async fn device_parts(
     ));
     let bare = devices::bare(streams, HEARTBEAT, plan.idle_for).await?;
     progress(&format!("devices: opening {streams} idle gateway streams"));
-    let (idle, disconnect) = devices::gateway(
+    // Browsers too: as many WebSockets, up to 10,000 (each is a connection of
+    // its own, and so a file descriptor on both sides).
+    let sockets = streams.min(10_000);
+    let (idle, disconnect, per_socket) = devices::gateway(
         cluster,
-        streams,
+        (streams, sockets),
         (HEARTBEAT, plan.idle_for, PRESENCE_TTL),
         &progress,
     )
     .await?;
     device_rows(&idle, &bare, &disconnect, rows);
-    // Browsers: as many WebSockets, up to 10,000 (each is a connection of its
-    // own, and so a file descriptor on both sides).
-    let sockets = streams.min(10_000);
-    progress(&format!(
-        "devices: opening {sockets} idle WebSocket connections"
-    ));
-    let per_socket = devices::websockets(cluster, sockets).await?;
     rows.push(
         Row::plain(
             "devices",
