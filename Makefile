@@ -32,7 +32,7 @@ web: $(WEB_MODULES) ## Build the web client (TypeScript from proto/ by protoc-ge
 
 web-test: web ## The web client end to end: two users in headless Chromium (Debian's) against `parley dev`, screenshots in target/web-e2e/
 	@scripts/ensure-web.sh --chromium
-	cargo build -p parley-cli
+	cargo build --workspace --all-targets
 	cd $(WEB) && node e2e/chat.mjs
 
 demo: ## Play the seeds' scenario against `make dev` (run it in another terminal)
@@ -102,8 +102,10 @@ $(CHART_PY): scripts/chart-requirements.txt
 chart-lint: $(CHART_PY) ## Lint, render and validate the Helm chart (default and production values)
 	$(CHART_PY) scripts/chart_check.py
 
+# Built as `make test`'s nextest build was (every target, so the same
+# features), which makes it nearly free after the tests.
 chart-test: $(CHART_PY) ## The chart's env, ports, probes and commands against what the binaries read
-	cargo build $(SERVICE_CRATES)
+	cargo build --workspace --all-targets
 	$(CHART_PY) scripts/chart_check.py --binaries target/debug
 
 images: ## Build the five service images (needs a Docker engine)
