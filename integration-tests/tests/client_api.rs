@@ -564,15 +564,30 @@ fn readers(gid: u64, msgid: u64, read: bool, page_size: u32, page_token: &str) -
     }))
 }
 
-/// The sender sees who read the message and who has not, page by page; no
-/// one else sees them.
+/// The read times of a readers page.
+fn read_times(result: pb::ResultFrame) -> Vec<pb::ReaderTime> {
+    match result.result {
+        Some(Returned::Readers(page)) => {
+            let uids: Vec<&str> = page.read_times.iter().map(|t| t.uid.as_str()).collect();
+            assert_eq!(uids, page.uids, "one time per reader, in order");
+            page.read_times
+        }
+        _ => panic!("a readers page: {result:?}"),
+    }
+}
+
+/// The sender sees who read the message and who has not, page by page, with
+/// when each read it; no one else sees them.
 async fn the_sender_lists_who_read_and_who_has_not(backend: Backend, transport: Transport) {
     let suite = Suite::start(backend).await;
     let gid = create_group(&suite, "A", "Design", &["uid1", "uid2", "uid3"]).await;
     let sent = send_direct(&suite, "A", gid, "m1", 8).await;
     wait_for_receipts(&suite, gid, vec![sent.msgid], 0).await;
+    let mut acked_between = Vec::new();
     for reader in ["uid1", "uid3"] {
+        let before = parley_server::now_ms();
         ack_read(&suite, reader, gid, 1).await;
+        acked_between.push((before, parley_server::now_ms()));
     }
     let mut a = Device::connect_over(transport, &suite, 0, "A", "phone").await;
     let uids = |result: pb::ResultFrame| match result.result {
@@ -603,6 +618,45 @@ async fn the_sender_lists_who_read_and_who_has_not(backend: Backend, transport: 
     // A full page may be the last: the next one is empty and ends the list.
     let (rest, end) = uids(call(&mut a, 4, readers(gid, sent.msgid, true, 1, &last)).await);
     assert!(rest.is_empty() && end.is_empty(), "{rest:?} {end:?}");
+
+    // When each read it: exact for a message that asked for receipts in a
+    // small group, each within its ack's window, in the order they read.
+    let times = read_times(call(&mut a, 5, readers(gid, sent.msgid, true, 0, "")).await);
+    assert_eq!(times.len(), 2, "{times:?}");
+    for ((time, uid), (before, after)) in times.iter().zip(["uid1", "uid3"]).zip(&acked_between) {
+        assert_eq!((time.uid.as_str(), time.exact), (uid, true));
+        assert!(
+            (*before..=*after).contains(&time.read_at_ms),
+            "{time:?} not in {before}..={after}"
+        );
+    }
+    assert!(times[0].read_at_ms <= times[1].read_at_ms);
+    // A message that did not ask for receipts keeps no read times: the time
+    // says the reader had read it by then.
+    let quiet = parley_proto::message::SendMessageRequest {
+        gid,
+        client_msg_id: "quiet".into(),
+        content: b"no receipts asked".to_vec(),
+        need_receipt: false,
+    };
+    let quiet = suite
+        .message(user("A"))
+        .send_message(quiet)
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message");
+    wait_for_receipts(&suite, gid, vec![quiet.msgid], 0).await;
+    let before = parley_server::now_ms();
+    ack_read(&suite, "uid1", gid, quiet.seq).await;
+    let after = parley_server::now_ms();
+    let times = read_times(call(&mut a, 6, readers(gid, quiet.msgid, true, 0, "")).await);
+    assert_eq!(times.len(), 1, "only uid1 read it: {times:?}");
+    assert_eq!((times[0].uid.as_str(), times[0].exact), ("uid1", false));
+    assert!((before..=after).contains(&times[0].read_at_ms), "{times:?}");
+    let (unread, _) = uids(call(&mut a, 7, readers(gid, quiet.msgid, false, 0, "")).await);
+    assert_eq!(unread, ["uid2", "uid3"]);
 
     // Someone else's message: a reader does not see the other readers.
     let mut uid2 = Device::connect_over(transport, &suite, 0, "uid2", "phone").await;

@@ -162,7 +162,10 @@ async function main() {
     await shot(alice, "alice-read-by-1-of-2");
     await receipt.click();
     await until("bob in the who-read list", async () => {
-      const read = await alice.getByTestId("read-by").locator("li").allTextContents();
+      const read = await alice
+        .getByTestId("read-by")
+        .locator("li")
+        .evaluateAll((items) => items.map((item) => item.dataset.uid));
       const unread = await alice.getByTestId("not-read-by").locator("li").allTextContents();
       return read.join() === "bob" && unread.join() === "carol";
     });

@@ -348,14 +348,20 @@ async function showReaders(gid: bigint, msgid: bigint): Promise<void> {
       case: "readers",
       value: create(ReadersCallSchema, { gid, msgid, read, pageSize: 100 }),
     });
-    return result.result.case === "readers" ? result.result.value.uids : [];
+    return result.result.case === "readers" ? result.result.value : undefined;
   };
-  const [read, unreadBy] = await Promise.all([page(true), page(false)]);
+  const [read, unread] = await Promise.all([page(true), page(false)]);
+  const unreadBy = unread?.uids ?? [];
+  // Exact when the message kept read times; otherwise "by" the time given.
+  const readers = (read?.readTimes ?? []).map((time) => {
+    const at = new Date(Number(time.readAtMs)).toLocaleTimeString();
+    return el("li", { "data-uid": time.uid }, time.uid, el("small", {}, time.exact ? ` · ${at}` : ` · by ${at}`));
+  });
   const panel = el(
     "div",
     { class: "readers", "data-testid": "readers" },
     el("h3", {}, "Read by"),
-    el("ul", { "data-testid": "read-by" }, ...read.map((uid) => el("li", {}, uid))),
+    el("ul", { "data-testid": "read-by" }, ...readers),
     el("h3", {}, "Not yet"),
     el("ul", { "data-testid": "not-read-by" }, ...unreadBy.map((uid) => el("li", {}, uid))),
   );

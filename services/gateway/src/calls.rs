@@ -375,8 +375,18 @@ async fn readers(
         .list_receipt_members(acting_for(uid, request))
         .await?
         .into_inner();
+    let read_times = page
+        .read_times
+        .into_iter()
+        .map(|time| pb::ReaderTime {
+            exact: time.precision() == rpb::ReadTimePrecision::Exact,
+            uid: time.uid,
+            read_at_ms: time.read_at_ms,
+        })
+        .collect();
     Ok(Returned::Readers(pb::ReadersPage {
         uids: page.uids,
         next_page_token: page.next_page_token,
+        read_times,
     }))
 }

@@ -41,6 +41,37 @@ pub enum ReceiptState {
     Unread,
 }
 
+/// How exactly a read time is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// From the ledger: when the reader's read ack first passed the message.
+    Exact,
+    /// From the cursor: the reader had read it by then.
+    NoLaterThan,
+}
+
+/// When each reader read a message: the ledger's time where it has one, else
+/// when the reader's cursor last moved (they had read it by then). Both
+/// lists are in uid order; a reader in neither is left out.
+pub fn read_times(
+    readers: &[String],
+    ledger: &[(String, i64)],
+    cursors: &[(String, i64)],
+) -> Vec<(String, i64, Precision)> {
+    let find = |list: &[(String, i64)], uid: &str| {
+        list.binary_search_by(|(u, _)| u.as_str().cmp(uid))
+            .ok()
+            .map(|i| list[i].1)
+    };
+    readers
+        .iter()
+        .filter_map(|uid| match find(ledger, uid) {
+            Some(at) => Some((uid.clone(), at, Precision::Exact)),
+            None => find(cursors, uid).map(|at| (uid.clone(), at, Precision::NoLaterThan)),
+        })
+        .collect()
+}
+
 /// A member's cursors in one group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cursors {
@@ -349,6 +380,21 @@ mod tests {
             read_increments(&moves.iter().collect::<Vec<_>>(), &messages),
             vec![(1, 1), (2, 1), (3, 2), (4, 1)]
         );
+    }
+
+    #[test]
+    fn a_reader_s_time_is_the_ledger_s_when_kept_and_else_bounded_by_the_cursor() {
+        let readers = ["a", "b", "c"].map(String::from);
+        let ledger = [("a".to_owned(), 10)];
+        let cursors = [("a".to_owned(), 30), ("b".to_owned(), 20)];
+        assert_eq!(
+            read_times(&readers, &ledger, &cursors),
+            [
+                ("a".to_owned(), 10, Precision::Exact),
+                ("b".to_owned(), 20, Precision::NoLaterThan),
+            ]
+        );
+        assert!(read_times(&readers, &[], &[]).is_empty());
     }
 
     #[test]

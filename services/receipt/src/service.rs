@@ -240,6 +240,35 @@ impl<S: ReceiptStore> ReceiptApi<S> {
             .collect()
     }
 
+    /// When each of `readers` read `message`: exact where the ledger kept
+    /// it, bounded by the reader's cursor otherwise.
+    async fn read_times(
+        &self,
+        message: &MsgReceipt,
+        readers: &[String],
+    ) -> Result<Vec<pb::ReadTime>, ReceiptError> {
+        let ledger = if message.ledger {
+            self.store
+                .read_times(message.gid, message.seq, readers)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let cursors = self.store.cursor_times(message.gid, readers).await?;
+        Ok(domain::read_times(readers, &ledger, &cursors)
+            .into_iter()
+            .map(|(uid, read_at_ms, precision)| pb::ReadTime {
+                uid,
+                read_at_ms,
+                precision: match precision {
+                    domain::Precision::Exact => pb::ReadTimePrecision::Exact,
+                    domain::Precision::NoLaterThan => pb::ReadTimePrecision::NoLaterThan,
+                }
+                .into(),
+            })
+            .collect())
+    }
+
     async fn members_page(
         &self,
         message: &MsgReceipt,
@@ -666,9 +695,14 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         let (uids, next_page_token) = self
             .members_page(message, state, after.as_deref(), limit)
             .await?;
+        let read_times = match state {
+            ReceiptState::Read if !uids.is_empty() => self.read_times(message, &uids).await?,
+            _ => Vec::new(),
+        };
         Ok(Response::new(pb::ListReceiptMembersResponse {
             uids,
             next_page_token,
+            read_times,
         }))
     }
 

@@ -170,6 +170,13 @@ async fn acks_count_readers_and_the_ledger_keeps_when_each_read<S: ReceiptStore>
     // A delivered ack is no read.
     ack(&store, "uid1", 25, AckKind::Delivered, 25).await;
     assert_eq!(read_times(&store, GID, 21).await, timed(&[("uid2", 22)]));
+    // When each cursor last moved (the bound for messages without read
+    // times): uid1's delivered ack moved it last at 25; a stranger has none.
+    let cursors = store
+        .cursor_times(GID, &uids(&["uid1", "uid2", "uid3", "stranger"]))
+        .await
+        .expect("cursor times");
+    assert_eq!(cursors, timed(&[("uid1", 25), ("uid2", 22), ("uid3", 24)]));
     let unread = store
         .unread("uid3", GroupSelection::After { gid: 0, limit: 10 })
         .await

@@ -264,4 +264,12 @@ pub trait ReceiptStore: Clone + Send + Sync + 'static {
         seq: i64,
         uids: &[String],
     ) -> impl Future<Output = Result<Vec<(String, i64)>, ReceiptError>> + Send;
+
+    /// When the cursors of `uids` in `gid` last moved: (uid, time) in uid
+    /// order, for those with a cursor there.
+    fn cursor_times(
+        &self,
+        gid: i64,
+        uids: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, i64)>, ReceiptError>> + Send;
 }

@@ -285,6 +285,25 @@ macro_rules! impl_receipt_store {
                 let mut conn = self.pool.acquire().await?;
                 crate::store::ledger::read_times::<$db>(&mut conn, gid, seq, uids).await
             }
+
+            async fn cursor_times(
+                &self,
+                gid: i64,
+                uids: &[String],
+            ) -> Result<Vec<(String, i64)>, crate::error::ReceiptError> {
+                let mut times = Vec::with_capacity(uids.len());
+                for chunk in uids.chunks(crate::store::sql::CHUNK) {
+                    let mut select = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT uid, updated_at_ms FROM receipt_cursors WHERE gid = ",
+                    );
+                    select.push_bind(gid).push(" AND uid IN ");
+                    parley_server::db::push_list(&mut select, chunk.iter().map(String::as_str));
+                    select.push(" ORDER BY uid");
+                    let rows: Vec<(String, i64)> = select.build_query_as().fetch_all(&self.pool).await?;
+                    times.extend(rows);
+                }
+                Ok(times)
+            }
         }
     };
 }
