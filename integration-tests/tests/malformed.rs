@@ -194,6 +194,7 @@ async fn malformed_requests_to_every_rpc_get_documented_codes_and_change_nothing
             recipient_count: 3,
             recipient_uids: rng.pick(&lists),
             created_at_ms: 0,
+            receipt_policy: 0,
         };
         let batch = rpb::InitReceiptsBatchRequest {
             messages: vec![init.clone()],
@@ -324,6 +325,7 @@ async fn init_receipts_with_a_recipient_twice_is_refused_and_writes_nothing() {
         recipient_count: 2,
         recipient_uids: vec!["uid1".into(), "uid2".into(), "uid1".into()],
         created_at_ms: 0,
+        receipt_policy: 0,
     };
     let refused = outbox.init_receipts(request).await.expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
@@ -354,6 +356,7 @@ async fn init_receipts_batches_are_bounded_and_checked_whole() {
         recipient_count: 2,
         recipient_uids: recipients,
         created_at_ms: 0,
+        receipt_policy: 0,
     };
     let both = || vec!["uid1".to_string(), "uid2".to_string()];
     let batch = |messages| rpb::InitReceiptsBatchRequest { messages };

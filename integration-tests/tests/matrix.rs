@@ -259,6 +259,7 @@ async fn every_rpc_answers_each_kind_of_caller_by_the_rule() {
                         recipient_count: 0,
                         recipient_uids: Vec::new(),
                         created_at_ms: 0,
+                        receipt_policy: 0,
                     })
                     .await,
                 ),

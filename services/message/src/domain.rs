@@ -104,6 +104,50 @@ impl Role {
     }
 }
 
+/// What a group's members see of each other's reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReceiptPolicy {
+    /// Counts and who read.
+    Full,
+    /// "Read by k of N" only.
+    Counts,
+    /// No receipts at all.
+    Off,
+}
+
+impl ReceiptPolicy {
+    /// Stored representation (and the wire enum's number).
+    pub fn code(self) -> i16 {
+        match self {
+            Self::Full => 1,
+            Self::Counts => 2,
+            Self::Off => 3,
+        }
+    }
+
+    /// From the wire: 1 to 3; anything else is refused.
+    pub fn parse(raw: i32) -> Result<Self, MessageError> {
+        match raw {
+            1 => Ok(Self::Full),
+            2 => Ok(Self::Counts),
+            3 => Ok(Self::Off),
+            _ => Err(MessageError::invalid("policy: FULL, COUNTS or OFF")),
+        }
+    }
+}
+
+/// Who may change a group's receipt policy: its admins, or either member
+/// of a direct chat (which has no admins).
+pub fn may_set_receipt_policy(kind: GroupKind, role: Option<Role>) -> Result<(), MessageError> {
+    match (kind, role) {
+        (_, Some(Role::Admin)) | (GroupKind::Direct, Some(Role::Member)) => Ok(()),
+        (_, Some(Role::Member)) => Err(MessageError::Denied(
+            "only the group's admins change its receipt policy",
+        )),
+        (_, None) => Err(MessageError::Denied("not a member of this group")),
+    }
+}
+
 /// Parses a list of 1 to `max` ids, each with `parse`; `field` names it in
 /// the refusal of a wrong count.
 pub fn parse_ids<T>(
@@ -260,6 +304,33 @@ pub fn member_at(joined_seq: i64, left_seq: Option<i64>, seq: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admins_and_direct_chat_members_set_the_receipt_policy() {
+        assert!(may_set_receipt_policy(GroupKind::Group, Some(Role::Admin)).is_ok());
+        assert!(may_set_receipt_policy(GroupKind::Direct, Some(Role::Member)).is_ok());
+        assert!(matches!(
+            may_set_receipt_policy(GroupKind::Group, Some(Role::Member)),
+            Err(MessageError::Denied(_))
+        ));
+        assert!(matches!(
+            may_set_receipt_policy(GroupKind::Direct, None),
+            Err(MessageError::Denied(_))
+        ));
+        for raw in [0, 4, -1] {
+            assert!(ReceiptPolicy::parse(raw).is_err(), "{raw}");
+        }
+        for policy in [
+            ReceiptPolicy::Full,
+            ReceiptPolicy::Counts,
+            ReceiptPolicy::Off,
+        ] {
+            assert_eq!(
+                ReceiptPolicy::parse(i32::from(policy.code())).ok(),
+                Some(policy)
+            );
+        }
+    }
 
     #[test]
     fn a_message_is_for_the_members_between_join_and_leave() {

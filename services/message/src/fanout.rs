@@ -448,6 +448,7 @@ mod tests {
             need_receipt: true,
             recipient_count: 2,
             created_at_ms: 1,
+            receipt_policy: 1,
         };
         let audience = Audience {
             group_name: "Design".into(),

@@ -147,6 +147,7 @@ fn init_request(message: &MessageRecord) -> pb::InitReceiptsRequest {
         recipient_count: u32::try_from(message.recipient_count).unwrap_or(u32::MAX),
         recipient_uids: Vec::new(),
         created_at_ms: message.created_at_ms,
+        receipt_policy: i32::try_from(message.receipt_policy).unwrap_or_default(),
     }
 }
 

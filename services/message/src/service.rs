@@ -11,7 +11,7 @@ use tracing::Instrument;
 use crate::{
     domain::{
         self, Gid, GroupKind, MAX_GIDS_PER_REQUEST, MAX_MSGIDS_PER_REQUEST, MAX_TYPING_GROUP,
-        NewGroup, Role, parse_uids,
+        NewGroup, ReceiptPolicy, Role, parse_uids,
     },
     error::MessageError,
     fanout::Fanout,
@@ -160,6 +160,7 @@ fn group_to_pb(group: GroupRecord) -> pb::Group {
         member_count: u32::try_from(group.member_count).unwrap_or(u32::MAX),
         created_at_ms: group.created_at_ms,
         last_message: None,
+        receipt_policy: i32::try_from(group.receipt_policy).unwrap_or_default(),
     }
 }
 
@@ -188,6 +189,7 @@ pub fn message_to_pb(message: MessageRecord) -> pb::Message {
         need_receipt: message.need_receipt,
         recipient_count: u32::try_from(message.recipient_count).unwrap_or(u32::MAX),
         created_at_ms: message.created_at_ms,
+        receipt_policy: i32::try_from(message.receipt_policy).unwrap_or_default(),
     }
 }
 
@@ -440,6 +442,21 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
             })?;
         Ok(Response::new(pb::TypingResponse {
             told: u32::try_from(told).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn set_receipt_policy(
+        &self,
+        request: Request<pb::SetReceiptPolicyRequest>,
+    ) -> Result<Response<pb::SetReceiptPolicyResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let gid = Gid::parse(req.gid)?;
+        let policy = ReceiptPolicy::parse(req.policy)?;
+        let last_seq = self.store.set_receipt_policy(gid, &caller, policy).await?;
+        Ok(Response::new(pb::SetReceiptPolicyResponse {
+            policy: i32::from(policy.code()),
+            from_seq: u64::try_from(last_seq.saturating_add(1)).unwrap_or_default(),
         }))
     }
 

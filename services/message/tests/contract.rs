@@ -1,7 +1,7 @@
 //! The MessageStore contract: every case runs against MariaDB and SQLite.
 
 use parley_message::{
-    domain::{Gid, GroupKind, NewGroup},
+    domain::{Gid, GroupKind, NewGroup, ReceiptPolicy},
     error::MessageError,
     store::{
         Lane, MembershipChange, MessageStore, MySqlMessageStore, NewMessage, OUTBOX_MEMBERSHIP,
@@ -253,6 +253,71 @@ async fn direct_conversations_are_unique_and_closed<S: MessageStore>(store: S) {
     ));
 }
 
+/// A group's receipt policy is set by its admins (either member of a direct
+/// chat) and holds from the next message on: each message keeps the policy
+/// it was sent under, wherever it is read back.
+async fn each_message_keeps_the_receipt_policy_it_was_sent_under<S: MessageStore>(store: S) {
+    let gid = group_of(&store, "A", &["B"]).await;
+    let policy_of = |outcome: SendOutcome| match outcome {
+        SendOutcome::Sent(m) | SendOutcome::Duplicate(m) => (m.seq, m.receipt_policy),
+    };
+    assert_eq!(
+        policy_of(send(&store, gid, "A", "m1").await),
+        (1, 1),
+        "FULL by default"
+    );
+    assert!(matches!(
+        store
+            .set_receipt_policy(gid, &uid("B"), ReceiptPolicy::Off)
+            .await,
+        Err(MessageError::Denied(_))
+    ));
+    assert!(matches!(
+        store
+            .set_receipt_policy(gid, &uid("stranger"), ReceiptPolicy::Off)
+            .await,
+        Err(MessageError::Denied(_))
+    ));
+    let last = store
+        .set_receipt_policy(gid, &uid("A"), ReceiptPolicy::Off)
+        .await
+        .expect("an admin sets it");
+    assert_eq!(last, 1, "in force from seq 2");
+    assert_eq!(policy_of(send(&store, gid, "B", "m2").await), (2, 3));
+    store
+        .set_receipt_policy(gid, &uid("A"), ReceiptPolicy::Counts)
+        .await
+        .expect("again");
+    assert_eq!(policy_of(send(&store, gid, "A", "m3").await), (3, 2));
+    // A retry of m2 is the original, sent under OFF.
+    assert_eq!(policy_of(send(&store, gid, "B", "m2").await), (2, 3));
+    let stored: Vec<(i64, i64)> = store
+        .messages_after(gid, 0, 10)
+        .await
+        .expect("sync")
+        .iter()
+        .map(|m| (m.seq, m.receipt_policy))
+        .collect();
+    assert_eq!(stored, [(1, 1), (2, 3), (3, 2)]);
+    let listed = store.list_groups(&uid("B"), 0, 10).await.expect("groups");
+    assert_eq!(listed[0].receipt_policy, 2);
+
+    let direct =
+        NewGroup::new(GroupKind::Direct, String::new(), uid("A"), &["B".into()]).expect("direct");
+    let (direct, _) = store.create_group(&direct, 1).await.expect("create");
+    let direct = Gid::from_stored(direct.gid);
+    store
+        .set_receipt_policy(direct, &uid("B"), ReceiptPolicy::Off)
+        .await
+        .expect("either member of a direct chat");
+    assert!(matches!(
+        store
+            .set_receipt_policy(Gid::from_stored(1 << 40), &uid("A"), ReceiptPolicy::Off)
+            .await,
+        Err(MessageError::GroupNotFound)
+    ));
+}
+
 async fn reads_start_after_the_join_point<S: MessageStore>(store: S) {
     let gid = group_of(&store, "A", &[]).await;
     let (early, _) = sent(send(&store, gid, "A", "early").await);
@@ -494,6 +559,7 @@ parley_testkit::contract_suite!(
     membership_changes_keep_history_and_join_points,
     direct_conversations_are_unique_and_closed,
     reads_start_after_the_join_point,
+    each_message_keeps_the_receipt_policy_it_was_sent_under,
     the_latest_message_is_listed_for_members_who_may_see_it,
     the_outbox_holds_every_change_in_order_until_done,
     the_outbox_reads_each_message_with_its_audience,

@@ -810,6 +810,7 @@ mod tests {
             recipient_count: 1,
             recipient_uids: Vec::new(),
             created_at_ms: 1,
+            receipt_policy: 0,
         }
     }
 

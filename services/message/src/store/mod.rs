@@ -36,6 +36,8 @@ pub struct GroupRecord {
     pub member_count: i64,
     /// Creation time.
     pub created_at_ms: i64,
+    /// Stored [`crate::domain::ReceiptPolicy`] code.
+    pub receipt_policy: i64,
 }
 
 /// A current member.
@@ -75,6 +77,8 @@ pub struct MessageRecord {
     pub recipient_count: i64,
     /// Commit time.
     pub created_at_ms: i64,
+    /// Stored [`crate::domain::ReceiptPolicy`] code it was sent under.
+    pub receipt_policy: i64,
 }
 
 /// Who a message is for: the members at its seq, sender included.
@@ -288,6 +292,16 @@ pub trait MessageStore: Clone + Send + Sync + 'static {
         after_gid: i64,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<GroupRecord>, MessageError>> + Send;
+
+    /// Sets the receipt policy of group `gid` as `actor` (an admin, or
+    /// either member of a direct chat); returns the group's last seq: the
+    /// policy holds from the message after it.
+    fn set_receipt_policy(
+        &self,
+        gid: Gid,
+        actor: &Uid,
+        policy: crate::domain::ReceiptPolicy,
+    ) -> impl Future<Output = Result<i64, MessageError>> + Send;
 
     /// The latest message of each of `gids` that the user is a member of and
     /// may see (sent after they joined); groups without one are left out.

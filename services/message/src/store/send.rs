@@ -34,6 +34,8 @@ pub(super) struct Locked {
     pub member_count: i64,
     /// The acting user's role, when they are a current member.
     pub role: Option<Role>,
+    /// The group's receipt policy code.
+    pub receipt_policy: i64,
 }
 
 /// Locks group `gid`'s row, then `actor`'s membership row, until the
@@ -51,17 +53,17 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q, 's> &'s str: Encode<'q, DB> + Type<DB>,
-    for<'r> (i64, i64, i64, Option<i64>): FromRow<'r, DB::Row>,
+    for<'r> (i64, i64, i64, Option<i64>, i64): FromRow<'r, DB::Row>,
 {
     let mut lock = QueryBuilder::<DB>::new(
-        "SELECT g.kind, g.last_seq, g.member_count, u.role FROM chat_groups g \
+        "SELECT g.kind, g.last_seq, g.member_count, u.role, g.receipt_policy FROM chat_groups g \
          LEFT JOIN group_users u ON u.gid = g.gid AND u.left_seq IS NULL AND u.uid = ",
     );
     lock.push_bind(actor).push(" WHERE g.gid = ").push_bind(gid);
     lock.push(for_update);
-    let locked: Option<(i64, i64, i64, Option<i64>)> =
+    let locked: Option<(i64, i64, i64, Option<i64>, i64)> =
         lock.build_query_as().fetch_optional(&mut *conn).await?;
-    let Some((kind, last_seq, member_count, role)) = locked else {
+    let Some((kind, last_seq, member_count, role, receipt_policy)) = locked else {
         return Err(MessageError::GroupNotFound);
     };
     let code = |raw: i64| i16::try_from(raw).unwrap_or(1);
@@ -70,6 +72,7 @@ where
         last_seq,
         member_count,
         role: role.map(|r| Role::from_code(code(r))),
+        receipt_policy,
     })
 }
 
@@ -91,7 +94,7 @@ where
     for<'q> bool: Encode<'q, DB> + Type<DB>,
     for<'q, 's> &'s str: Encode<'q, DB> + Type<DB>,
     for<'q, 's> &'s [u8]: Encode<'q, DB> + Type<DB>,
-    for<'r> (i64, i64, i64, Option<i64>): FromRow<'r, DB::Row>,
+    for<'r> (i64, i64, i64, Option<i64>, i64): FromRow<'r, DB::Row>,
     for<'r> MessageRecord: FromRow<'r, DB::Row>,
 {
     let Some(first) = messages.first() else {
@@ -125,7 +128,7 @@ where
         // MariaDB and on SQLite alike.
         let inserted = sqlx::query::<DB>(
             "INSERT INTO group_msgs (gid, seq, sender_uid, client_msg_id, content, need_receipt, \
-             recipient_count, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             recipient_count, created_at_ms, receipt_policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(gid)
         .bind(last_seq + 1)
@@ -135,6 +138,7 @@ where
         .bind(message.need_receipt)
         .bind(recipient_count)
         .bind(now_ms)
+        .bind(locked.receipt_policy)
         .execute(&mut *conn)
         .await;
         let inserted = match inserted {
@@ -146,7 +150,7 @@ where
             {
                 let original = sqlx::query_as::<DB, MessageRecord>(
                     "SELECT msgid, gid, seq, sender_uid, client_msg_id, content, need_receipt, \
-                     recipient_count, created_at_ms FROM group_msgs \
+                     recipient_count, created_at_ms, receipt_policy FROM group_msgs \
                      WHERE gid = ? AND sender_uid = ? AND client_msg_id = ?",
                 )
                 .bind(gid)
@@ -183,6 +187,7 @@ where
             need_receipt: message.need_receipt,
             recipient_count,
             created_at_ms: now_ms,
+            receipt_policy: locked.receipt_policy,
         }));
     }
     if last_seq > first_seq {

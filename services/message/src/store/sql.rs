@@ -88,7 +88,7 @@ macro_rules! impl_message_store {
             ) -> Result<(crate::store::GroupRecord, bool), crate::error::MessageError> {
                 use crate::domain::{GroupKind, Role};
                 const BY_DIRECT_KEY: &str = "SELECT gid, kind, name, creator_uid, last_seq, member_count, \
-                     created_at_ms FROM chat_groups WHERE direct_key = ?";
+                     created_at_ms, receipt_policy FROM chat_groups WHERE direct_key = ?";
                 if let Some(key) = &group.direct_key {
                     let existing = sqlx::query_as(BY_DIRECT_KEY).bind(key).fetch_optional(&self.pool).await?;
                     if let Some(existing) = existing {
@@ -135,6 +135,7 @@ macro_rules! impl_message_store {
                     last_seq: 0,
                     member_count,
                     created_at_ms: now_ms,
+                    receipt_policy: i64::from(crate::domain::ReceiptPolicy::Full.code()),
                 };
                 Ok(Some(record))
                 }
@@ -156,7 +157,7 @@ macro_rules! impl_message_store {
                 let gid = change.gid.get();
                 let mut tx = self.pool.begin().await?;
                 let outcome: Result<_, crate::error::MessageError> = async {
-                let crate::store::send::Locked { kind, last_seq, member_count, role } =
+                let crate::store::send::Locked { kind, last_seq, member_count, role, .. } =
                     crate::store::send::lock_group::<$db>(&mut tx, Self::FOR_UPDATE, gid, change.actor.as_str()).await?;
                 check_membership_change(kind, change.actor, role, change.uids, false)?;
                 let current = Self::current_members_among(&mut tx, gid, change.uids).await?;
@@ -275,7 +276,8 @@ macro_rules! impl_message_store {
                 limit: u32,
             ) -> Result<Vec<crate::store::GroupRecord>, crate::error::MessageError> {
                 Ok(sqlx::query_as(
-                    "SELECT g.gid, g.kind, g.name, g.creator_uid, g.last_seq, g.member_count, g.created_at_ms \
+                    "SELECT g.gid, g.kind, g.name, g.creator_uid, g.last_seq, g.member_count, g.created_at_ms, \
+                     g.receipt_policy \
                      FROM group_users u JOIN chat_groups g ON g.gid = u.gid \
                      WHERE u.uid = ? AND u.left_seq IS NULL AND u.gid > ? ORDER BY u.gid LIMIT ?",
                 )
@@ -284,6 +286,27 @@ macro_rules! impl_message_store {
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?)
+            }
+
+            async fn set_receipt_policy(
+                &self,
+                gid: crate::domain::Gid,
+                actor: &parley_server::Uid,
+                policy: crate::domain::ReceiptPolicy,
+            ) -> Result<i64, crate::error::MessageError> {
+                let mut tx = self.pool.begin().await?;
+                let outcome: Result<i64, crate::error::MessageError> = async {
+                    let locked = crate::store::send::lock_group::<$db>(&mut tx, Self::FOR_UPDATE, gid.get(), actor.as_str()).await?;
+                    crate::domain::may_set_receipt_policy(locked.kind, locked.role)?;
+                    sqlx::query("UPDATE chat_groups SET receipt_policy = ? WHERE gid = ?")
+                        .bind(i64::from(policy.code()))
+                        .bind(gid.get())
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(locked.last_seq)
+                }
+                .await;
+                parley_server::db::finish(tx, outcome).await
             }
 
             async fn last_messages(
@@ -296,7 +319,7 @@ macro_rules! impl_message_store {
                 }
                 let mut select = sqlx::QueryBuilder::<$db>::new(
                     "SELECT m.msgid, m.gid, m.seq, m.sender_uid, m.client_msg_id, m.content, m.need_receipt, \
-                     m.recipient_count, m.created_at_ms \
+                     m.recipient_count, m.created_at_ms, m.receipt_policy \
                      FROM group_users u JOIN chat_groups g ON g.gid = u.gid \
                      JOIN group_msgs m ON m.gid = g.gid AND m.seq = g.last_seq \
                      WHERE u.left_seq IS NULL AND m.seq > u.joined_seq AND u.uid = ",
@@ -328,7 +351,7 @@ macro_rules! impl_message_store {
             ) -> Result<Vec<crate::store::MessageRecord>, crate::error::MessageError> {
                 Ok(sqlx::query_as(
                     "SELECT msgid, gid, seq, sender_uid, client_msg_id, content, need_receipt, recipient_count, \
-                     created_at_ms FROM group_msgs WHERE gid = ? AND seq > ? ORDER BY seq LIMIT ?",
+                     created_at_ms, receipt_policy FROM group_msgs WHERE gid = ? AND seq > ? ORDER BY seq LIMIT ?",
                 )
                 .bind(gid.get())
                 .bind(after_seq)
@@ -345,7 +368,7 @@ macro_rules! impl_message_store {
             ) -> Result<Vec<crate::store::MessageRecord>, crate::error::MessageError> {
                 let mut select = sqlx::QueryBuilder::<$db>::new(
                     "SELECT msgid, gid, seq, sender_uid, client_msg_id, content, need_receipt, recipient_count, \
-                     created_at_ms FROM group_msgs WHERE gid = ",
+                     created_at_ms, receipt_policy FROM group_msgs WHERE gid = ",
                 );
                 select.push_bind(gid.get()).push(" AND seq > ").push_bind(after_seq).push(" AND msgid IN ");
                 parley_server::db::push_list(&mut select, msgids.iter().copied());
@@ -391,7 +414,7 @@ macro_rules! impl_message_store {
                 for chunk in seqs.chunks(crate::store::sql::INSERT_CHUNK) {
                     let mut select = sqlx::QueryBuilder::<$db>::new(
                         "SELECT msgid, gid, seq, sender_uid, client_msg_id, need_receipt, recipient_count, \
-                         created_at_ms FROM group_msgs WHERE gid = ",
+                         created_at_ms, receipt_policy FROM group_msgs WHERE gid = ",
                     );
                     select.push_bind(gid).push(" AND seq IN ");
                     parley_server::db::push_list(&mut select, chunk.iter().copied());
