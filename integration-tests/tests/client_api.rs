@@ -88,6 +88,7 @@ async fn a_member_lists_their_groups_with_unread_counts_and_the_members(
             unread: 2,
             read_seq: 1,
             last_message: None,
+            receipt_policy: pb::ReceiptPolicy::Full.into(),
         }]
     );
     assert!(page.next_page_token.is_empty());
@@ -497,6 +498,123 @@ async fn typing_reaches_the_other_members_online_within_an_allowance(
     suite.stop().await;
 }
 
+fn receipt_policy(gid: u64, policy: pb::ReceiptPolicy) -> Option<Call> {
+    Some(Call::ReceiptPolicy(pb::ReceiptPolicyCall {
+        gid,
+        policy: policy.into(),
+    }))
+}
+
+/// A group's receipt policy holds from its next message on, and each message
+/// keeps the one it was sent under: FULL shows counts and who read, COUNTS
+/// counts only, OFF nothing, on every path (receipts, lists, heartbeat
+/// replies, digests, the pull at login). Only admins change it.
+async fn each_message_keeps_the_receipt_policy_it_was_sent_under(
+    backend: Backend,
+    transport: Transport,
+) {
+    use pb::ReceiptPolicy::{Counts, Off};
+    let suite = Suite::start(backend).await;
+    let gid = create_group(&suite, "A", "Design", &["uid1", "uid2"]).await;
+    let mut a = Device::connect_over(transport, &suite, 0, "A", "phone").await;
+    let mut uid1 = Device::connect_over(transport, &suite, 0, "uid1", "phone").await;
+    let full = send_direct(&suite, "A", gid, "full", 8).await;
+    refused(
+        &call(&mut uid1, 1, receipt_policy(gid, Off)).await,
+        Code::PermissionDenied,
+    );
+    refused(
+        &call(
+            &mut a,
+            1,
+            receipt_policy(gid, pb::ReceiptPolicy::Unspecified),
+        )
+        .await,
+        Code::InvalidArgument,
+    );
+    let set = call(&mut a, 2, receipt_policy(gid, Off)).await;
+    assert_eq!(
+        set.result,
+        Some(Returned::ReceiptPolicy(pb::ReceiptPolicySet {
+            policy: Off.into(),
+            from_seq: 2
+        }))
+    );
+    let off = send_direct(&suite, "A", gid, "off", 8).await;
+    call(&mut a, 3, receipt_policy(gid, Counts)).await;
+    let counts = send_direct(&suite, "A", gid, "counts", 8).await;
+    let msgids = vec![full.msgid, off.msgid, counts.msgid];
+    wait_for_receipts(&suite, gid, msgids.clone(), 0).await;
+    let listed = groups(call(&mut uid1, 2, list_groups()).await);
+    assert_eq!(listed[0].receipt_policy, i32::from(Counts));
+    for reader in ["uid1", "uid2"] {
+        ack_read(&suite, reader, gid, 3).await;
+    }
+
+    // Receipts: counts and lists, counts only, nothing.
+    let receipts = suite.receipt(user("A"));
+    let got = parley_testkit::eventually("both reads counted", Duration::from_secs(30), || {
+        let mut receipts = receipts.clone();
+        let request = rpb::GetReceiptsRequest {
+            gid,
+            msgids: msgids.clone(),
+            list_page_size: 10,
+        };
+        async move {
+            let got = receipts
+                .get_receipts(request)
+                .await
+                .ok()?
+                .into_inner()
+                .receipts;
+            (got[0].read_count == 2).then_some(got)
+        }
+    })
+    .await;
+    let shape =
+        |r: &rpb::MessageReceipt| (r.policy, r.read_count, r.recipient_count, r.read_uids.len());
+    assert_eq!(
+        got.iter().map(shape).collect::<Vec<_>>(),
+        [(1, 2, 2, 2), (3, 0, 0, 0), (2, 2, 2, 0)]
+    );
+    let (read, _) = match call(&mut a, 4, readers(gid, full.msgid, true, 0, ""))
+        .await
+        .result
+    {
+        Some(Returned::Readers(page)) => (page.uids, page.next_page_token),
+        other => panic!("a readers page: {other:?}"),
+    };
+    assert_eq!(read, ["uid1", "uid2"]);
+    for msgid in [off.msgid, counts.msgid] {
+        refused(
+            &call(&mut a, 5, readers(gid, msgid, true, 0, "")).await,
+            Code::FailedPrecondition,
+        );
+    }
+
+    // The heartbeat's watch reports the counted ones only.
+    let (_, reply) = a.drain(msgids.clone()).await;
+    let mut reported: Vec<u64> = reply.receipt_changes.iter().map(|e| e.msgid).collect();
+    reported.sort_unstable();
+    assert_eq!(reported, [full.msgid, counts.msgid]);
+    // A's next login pulls the changes of the counted ones only.
+    drop(a);
+    let mut again = Device::connect_over(transport, &suite, 0, "A", "laptop").await;
+    let (before, _) = again.drain(vec![]).await;
+    let mut pulled: Vec<u64> = before
+        .iter()
+        .filter_map(|frame| match frame {
+            Out::ReceiptDigest(digest) => Some(digest.entries.iter().map(|e| e.msgid)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    pulled.sort_unstable();
+    pulled.dedup();
+    assert_eq!(pulled, [full.msgid, counts.msgid]);
+    suite.stop().await;
+}
+
 fn history(gid: u64, before_seq: u64, limit: u32) -> Option<Call> {
     Some(Call::History(pb::HistoryCall {
         gid,
@@ -740,6 +858,7 @@ async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(
 }
 
 on_both_backends_and_transports!(
+    each_message_keeps_the_receipt_policy_it_was_sent_under,
     typing_reaches_the_other_members_online_within_an_allowance,
     reading_on_one_device_moves_the_others_read_position,
     a_device_registers_its_push_token_and_mutes_a_group,

@@ -184,6 +184,14 @@ async fn malformed_requests_to_every_rpc_get_documented_codes_and_change_nothing
             .await,
         );
         check("Typing", m.typing(mpb::TypingRequest { gid: g }).await);
+        check(
+            "SetReceiptPolicy",
+            m.set_receipt_policy(mpb::SetReceiptPolicyRequest {
+                gid: g,
+                policy: kind,
+            })
+            .await,
+        );
 
         let init = rpb::InitReceiptsRequest {
             gid: g,

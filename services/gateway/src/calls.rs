@@ -40,6 +40,7 @@ pub async fn answer(
         Some(Call::RegisterPush(call)) => register_push(upstream, uid, device_id, call).await,
         Some(Call::UnregisterPush(_)) => unregister_push(upstream, uid, device_id).await,
         Some(Call::Mute(call)) => mute(upstream, uid, call).await,
+        Some(Call::ReceiptPolicy(call)) => receipt_policy(upstream, uid, call).await,
         None => Err(Status::invalid_argument("the request names no call")),
     };
     match outcome {
@@ -128,6 +129,7 @@ async fn summaries(
                 unread: group.last_seq.saturating_sub(read_seq),
                 read_seq,
                 last_message: group.last_message.map(delivered),
+                receipt_policy: group.receipt_policy,
             }
         })
         .collect())
@@ -272,6 +274,29 @@ async fn mute(upstream: &Upstream, uid: &Uid, call: pb::MuteCall) -> Result<Retu
         .into_inner();
     Ok(Returned::Muted(pb::Muted {
         until_ms: muted.until_ms,
+    }))
+}
+
+/// Sets a group's receipt policy, as the message service allows (admins).
+/// The two enums share their numbers.
+async fn receipt_policy(
+    upstream: &Upstream,
+    uid: &Uid,
+    call: pb::ReceiptPolicyCall,
+) -> Result<Returned, Status> {
+    let request = mpb::SetReceiptPolicyRequest {
+        gid: call.gid,
+        policy: call.policy,
+    };
+    let set = upstream
+        .message
+        .clone()
+        .set_receipt_policy(acting_for(uid, request))
+        .await?
+        .into_inner();
+    Ok(Returned::ReceiptPolicy(pb::ReceiptPolicySet {
+        policy: set.policy,
+        from_seq: set.from_seq,
     }))
 }
 

@@ -1143,7 +1143,9 @@ impl Session {
                     continue;
                 }
             };
-            for receipt in receipts {
+            // A message sent with receipts off has none to report.
+            let off = mpb::ReceiptPolicy::Off as i32;
+            for receipt in receipts.into_iter().filter(|r| r.policy != off) {
                 let Some(seen) = self.known.get_mut(receipt.msgid) else {
                     continue;
                 };

@@ -279,6 +279,7 @@ mod tests {
             read_count: read,
             ledger: true,
             changed_at_ms: 0,
+            policy: 1,
         }
     }
 

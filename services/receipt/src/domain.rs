@@ -41,6 +41,48 @@ pub enum ReceiptState {
     Unread,
 }
 
+/// What a message's sender (and the group's admins) may see of its reads:
+/// the group's policy when it was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Counts and who read.
+    Full,
+    /// Counts only.
+    Counts,
+    /// Nothing: no counts, no lists, no digests.
+    Off,
+}
+
+impl Policy {
+    /// Stored representation, and the wire enum's number.
+    pub fn code(self) -> i16 {
+        match self {
+            Self::Full => 1,
+            Self::Counts => 2,
+            Self::Off => 3,
+        }
+    }
+
+    /// From the stored representation.
+    pub fn from_code(code: i64) -> Self {
+        match code {
+            2 => Self::Counts,
+            3 => Self::Off,
+            _ => Self::Full,
+        }
+    }
+
+    /// From the wire: unspecified (an older message service) is FULL.
+    pub fn parse(raw: i32) -> Result<Self, ReceiptError> {
+        match raw {
+            0 | 1 => Ok(Self::Full),
+            2 => Ok(Self::Counts),
+            3 => Ok(Self::Off),
+            _ => Err(ReceiptError::invalid("receipt_policy: FULL, COUNTS or OFF")),
+        }
+    }
+}
+
 /// How exactly a read time is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {

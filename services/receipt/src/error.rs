@@ -17,6 +17,9 @@ pub enum ReceiptError {
     /// The caller may not do this.
     #[error("{0}")]
     Denied(&'static str),
+    /// Not for this message: its group's receipt policy rules it out.
+    #[error("{0}")]
+    Precondition(&'static str),
     /// An ack past the highest seq the receipt service can vouch for: the
     /// handler asks the message service what was committed and acks up to it.
     #[error("up_to_seq is past the group's last seq")]
@@ -52,6 +55,7 @@ impl From<ReceiptError> for Status {
             ReceiptError::GroupNotFound => Status::not_found("group not found"),
             ReceiptError::MessageNotFound => Status::not_found("message not found"),
             ReceiptError::Denied(message) => Status::permission_denied(message),
+            ReceiptError::Precondition(message) => Status::failed_precondition(message),
             ReceiptError::PastLastSeq => {
                 Status::out_of_range("up_to_seq is past the group's last seq")
             }

@@ -339,6 +339,7 @@ fn init_message(req: pb::InitReceiptsRequest) -> Result<InitMessage, Status> {
         need_receipt: req.need_receipt,
         recipient_count: i64::from(req.recipient_count),
         created_at_ms: req.created_at_ms,
+        policy: domain::Policy::parse(req.receipt_policy)?,
     })
 }
 
@@ -653,15 +654,22 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         let messages = self.visible_messages(&caller, gid, &msgids).await?;
         let mut receipts = Vec::with_capacity(messages.len());
         for message in messages {
+            let policy = message.policy();
+            let off = policy == domain::Policy::Off;
             let mut receipt = pb::MessageReceipt {
                 msgid: to_u64(message.msgid),
                 seq: to_u64(message.seq),
-                read_count: to_u32(message.read_count),
-                recipient_count: to_u32(message.recipient_count),
+                read_count: if off { 0 } else { to_u32(message.read_count) },
+                recipient_count: if off {
+                    0
+                } else {
+                    to_u32(message.recipient_count)
+                },
                 tier: tier(&message).into(),
+                policy: i32::from(policy.code()),
                 ..Default::default()
             };
-            if req.list_page_size > 0 {
+            if req.list_page_size > 0 && policy == domain::Policy::Full {
                 let size = req.list_page_size;
                 (receipt.read_uids, receipt.read_next_page_token) = self
                     .members_page(&message, ReceiptState::Read, None, size)
@@ -692,6 +700,20 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         let after = page::decode(&req.page_token)?;
         let messages = self.visible_messages(&caller, gid, &[msgid]).await?;
         let message = messages.first().ok_or(ReceiptError::MessageNotFound)?;
+        match message.policy() {
+            domain::Policy::Full => {}
+            domain::Policy::Counts => {
+                return Err(ReceiptError::Precondition(
+                    "this message was sent where only read counts are shown",
+                )
+                .into());
+            }
+            domain::Policy::Off => {
+                return Err(
+                    ReceiptError::Precondition("this message was sent with receipts off").into(),
+                );
+            }
+        }
         let (uids, next_page_token) = self
             .members_page(message, state, after.as_deref(), limit)
             .await?;

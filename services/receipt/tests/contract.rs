@@ -84,6 +84,7 @@ fn message(seq: i64, need_receipt: bool) -> InitMessage {
         need_receipt,
         recipient_count: 3,
         created_at_ms: 10 + seq,
+        policy: parley_receipt::domain::Policy::Full,
     }
 }
 
@@ -580,6 +581,56 @@ async fn a_group_batch_is_its_acks_one_by_one<S: ReceiptStore>(store: S) {
     );
 }
 
+/// A message sent with receipts off counts no reader, keeps no read times,
+/// and is in no digest and no pull; COUNTS and FULL messages count alike.
+async fn a_message_sent_with_receipts_off_counts_no_one<S: ReceiptStore>(store: S) {
+    use parley_receipt::domain::Policy;
+    seed_group(&store).await;
+    let with = |seq: i64, policy: Policy| InitMessage {
+        policy,
+        ..message(seq, true)
+    };
+    // uid1 reads seq 1 before the messages are recorded, and everything after.
+    ack(&store, "uid1", 1, AckKind::Read, 20).await;
+    for (seq, policy) in [
+        (1, Policy::Off),
+        (2, Policy::Full),
+        (3, Policy::Off),
+        (4, Policy::Counts),
+    ] {
+        let outcome = init(&store, with(seq, policy), LEDGER_MAX).await;
+        assert_eq!(outcome.ledger, policy != Policy::Off, "seq {seq}");
+    }
+    ack(&store, "uid1", 4, AckKind::Read, 21).await;
+    ack(&store, "uid2", 4, AckKind::Read, 22).await;
+    let found = store
+        .messages(GID, &[1001, 1002, 1003, 1004])
+        .await
+        .expect("messages");
+    let counts: Vec<(i64, i64, i64)> = found
+        .iter()
+        .map(|m| (m.seq, m.read_count, m.policy))
+        .collect();
+    assert_eq!(counts, [(1, 0, 3), (2, 2, 1), (3, 0, 3), (4, 2, 2)]);
+    let digested: Vec<i64> = store
+        .messages_between(GID, 0, 4, 10)
+        .await
+        .expect("between")
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(digested, [4, 2], "newest first, receipts-off left out");
+    let pulled: Vec<i64> = store
+        .pull("A", (i64::MIN, 0), 10)
+        .await
+        .expect("pull")
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(pulled, [2, 4]);
+    assert!(!found[0].ledger && !found[2].ledger, "no read times kept");
+}
+
 parley_testkit::contract_suite!(
     MySqlReceiptStore,
     SqliteReceiptStore,
@@ -594,4 +645,5 @@ parley_testkit::contract_suite!(
     a_batch_records_each_message_once_in_order,
     a_group_batch_is_its_acks_one_by_one,
     a_batch_of_many_groups_is_its_messages_one_by_one,
+    a_message_sent_with_receipts_off_counts_no_one,
 );

@@ -182,8 +182,10 @@ where
     let mut after = lo;
     while after < hi {
         let up_to = after.saturating_add(window).min(hi);
+        // Messages sent with receipts off count no readers.
         let rows: Vec<(i64, String, bool)> = sqlx::query_as::<DB, (i64, String, bool)>(
-            "SELECT seq, sender_uid, ledger FROM receipt_msgs WHERE gid = ? AND seq > ? AND seq <= ?",
+            "SELECT seq, sender_uid, ledger FROM receipt_msgs WHERE gid = ? AND seq > ? AND seq <= ? \
+             AND policy <> 3",
         )
         .bind(gid)
         .bind(after)

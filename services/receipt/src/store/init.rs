@@ -88,12 +88,15 @@ where
             });
             continue;
         }
+        // A message sent with receipts off counts no one and keeps nothing.
+        let counted = message.policy != crate::domain::Policy::Off;
         let read_count = ahead
             .iter()
-            .filter(|reader| reader.has_read(message.seq, &message.sender_uid))
+            .filter(|reader| counted && reader.has_read(message.seq, &message.sender_uid))
             .count();
         let read_count = i64::try_from(read_count).unwrap_or(i64::MAX);
-        let ledger = keeps_read_times(message.need_receipt, message.recipient_count, ledger_max);
+        let ledger =
+            counted && keeps_read_times(message.need_receipt, message.recipient_count, ledger_max);
         recorded.insert(message.seq, ledger);
         outcomes.push(InitOutcome {
             created: true,
@@ -113,7 +116,7 @@ where
     for chunk in parley_server::db::power_chunks(&planned, CHUNK) {
         let mut insert = QueryBuilder::<DB>::new(
             "INSERT INTO receipt_msgs (gid, seq, msgid, sender_uid, recipient_count, read_count, \
-             ledger, created_at_ms, changed_at_ms) ",
+             ledger, created_at_ms, changed_at_ms, policy) ",
         );
         insert.push_values(chunk, |mut row, planned| {
             let message = planned.message;
@@ -125,7 +128,8 @@ where
                 .push_bind(planned.read_count)
                 .push_bind(planned.ledger)
                 .push_bind(message.created_at_ms)
-                .push_bind(message.created_at_ms);
+                .push_bind(message.created_at_ms)
+                .push_bind(i64::from(message.policy.code()));
         });
         insert.build().execute(&mut *conn).await?;
     }

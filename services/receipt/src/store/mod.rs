@@ -37,6 +37,8 @@ pub struct InitMessage {
     pub recipient_count: i64,
     /// Commit time.
     pub created_at_ms: i64,
+    /// The group's receipt policy when it was sent.
+    pub policy: crate::domain::Policy,
 }
 
 /// What InitReceipts did.
@@ -105,6 +107,15 @@ pub struct MsgReceipt {
     pub ledger: bool,
     /// When k last changed (or the message was sent).
     pub changed_at_ms: i64,
+    /// Stored [`crate::domain::Policy`] code it was sent under.
+    pub policy: i64,
+}
+
+impl MsgReceipt {
+    /// The receipt policy it was sent under.
+    pub fn policy(&self) -> crate::domain::Policy {
+        crate::domain::Policy::from_code(self.policy)
+    }
 }
 
 /// A member's cursor row.

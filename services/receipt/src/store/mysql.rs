@@ -88,6 +88,7 @@ mod tests {
                         need_receipt: true,
                         recipient_count: 200,
                         created_at_ms: seq,
+                        policy: crate::domain::Policy::Full,
                     }
                 })
                 .collect();

@@ -119,8 +119,8 @@ macro_rules! impl_receipt_store {
                 limit: u32,
             ) -> Result<Vec<crate::store::MsgReceipt>, crate::error::ReceiptError> {
                 Ok(sqlx::query_as(
-                    "SELECT gid, seq, msgid, sender_uid, recipient_count, read_count, ledger, changed_at_ms \
-                     FROM receipt_msgs WHERE gid = ? AND seq > ? AND seq <= ? ORDER BY seq DESC LIMIT ?",
+                    "SELECT gid, seq, msgid, sender_uid, recipient_count, read_count, ledger, changed_at_ms, policy \
+                     FROM receipt_msgs WHERE gid = ? AND seq > ? AND seq <= ? AND policy <> 3 ORDER BY seq DESC LIMIT ?",
                 )
                 .bind(gid)
                 .bind(after_seq)
@@ -159,7 +159,7 @@ macro_rules! impl_receipt_store {
                 msgids: &[i64],
             ) -> Result<Vec<crate::store::MsgReceipt>, crate::error::ReceiptError> {
                 let mut select = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT gid, seq, msgid, sender_uid, recipient_count, read_count, ledger, changed_at_ms \
+                    "SELECT gid, seq, msgid, sender_uid, recipient_count, read_count, ledger, changed_at_ms, policy \
                      FROM receipt_msgs WHERE gid = ",
                 );
                 select.push_bind(gid).push(" AND msgid IN ");
@@ -211,8 +211,8 @@ macro_rules! impl_receipt_store {
                 limit: u32,
             ) -> Result<Vec<crate::store::MsgReceipt>, crate::error::ReceiptError> {
                 Ok(sqlx::query_as(
-                    "SELECT gid, seq, msgid, sender_uid, recipient_count, read_count, ledger, changed_at_ms \
-                     FROM receipt_msgs WHERE sender_uid = ? \
+                    "SELECT gid, seq, msgid, sender_uid, recipient_count, read_count, ledger, changed_at_ms, policy \
+                     FROM receipt_msgs WHERE sender_uid = ? AND policy <> 3 \
                      AND (changed_at_ms > ? OR (changed_at_ms = ? AND msgid > ?)) \
                      ORDER BY changed_at_ms, msgid LIMIT ?",
                 )
