@@ -91,6 +91,17 @@ enum Command {
         /// Users to add.
         members: Vec<String>,
     },
+    /// Set what a group's members see of each other's reads, from its next
+    /// message on (admins only).
+    ReceiptPolicy {
+        /// Acting user.
+        #[arg(long = "as")]
+        uid: String,
+        /// The group.
+        gid: u64,
+        /// full (read by k of N, and who), counts, or off.
+        policy: Policy,
+    },
     /// Send a message through the gateway.
     Send {
         /// Acting user.
@@ -145,6 +156,14 @@ enum Command {
         #[arg(long = "as")]
         uid: String,
     },
+}
+
+/// A group's receipt policy, as the command line names it.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Policy {
+    Full,
+    Counts,
+    Off,
 }
 
 fn uid(raw: &str) -> Result<Uid, String> {
@@ -242,6 +261,29 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(status("add members"))?
                 .into_inner();
             println!("{reply:?}");
+            Ok(())
+        }
+        Command::ReceiptPolicy {
+            uid: raw,
+            gid,
+            policy,
+        } => {
+            let wire = match policy {
+                Policy::Full => mpb::ReceiptPolicy::Full,
+                Policy::Counts => mpb::ReceiptPolicy::Counts,
+                Policy::Off => mpb::ReceiptPolicy::Off,
+            };
+            let request = mpb::SetReceiptPolicyRequest {
+                gid,
+                policy: wire.into(),
+            };
+            let reply = client::message(&endpoints, &uid(&raw)?)?
+                .set_receipt_policy(request)
+                .await
+                .map_err(status("set the receipt policy"))?
+                .into_inner();
+            let name = format!("{policy:?}").to_lowercase();
+            println!("group {gid}: receipts {name} from seq {}", reply.from_seq);
             Ok(())
         }
         Command::Send {
