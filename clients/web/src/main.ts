@@ -374,11 +374,8 @@ document.addEventListener("visibilitychange", () => {
   if (group && document.visibilityState === "visible") markRead(group.gid, group.lastSeq);
 });
 
+signIn();
+// `?uid=alice` fills the sign-in form.
 const preset = params.get("uid");
-if (preset) {
-  const input = () => document.querySelector<HTMLInputElement>("[data-testid=uid]");
-  signIn();
-  input()!.value = preset;
-} else {
-  signIn();
-}
+const uidInput = document.querySelector<HTMLInputElement>("[data-testid=uid]");
+if (preset && uidInput) uidInput.value = preset;

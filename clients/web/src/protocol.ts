@@ -117,14 +117,13 @@ export class Connection {
   call(call: Call): Promise<ResultFrame> {
     const requestId = this.nextRequest++;
     const request = create(RequestFrameSchema, { requestId, call });
-    return new Promise((resolve, reject) => {
+    return new Promise<ResultFrame>((resolve, reject) => {
       if (!this.sendFrame({ case: "request", value: request })) {
         reject(new Error("not connected"));
         return;
       }
       this.calls.set(requestId, { resolve, reject });
-    }).then((result) => {
-      const frame = result as ResultFrame;
+    }).then((frame) => {
       if (frame.code !== 0) throw new Refused(frame.code, frame.error);
       return frame;
     });

@@ -228,17 +228,16 @@ fn offer_frame<'a>(
     uids: impl IntoIterator<Item = &'a str>,
     frame: impl FnOnce() -> Out,
 ) {
-    let mut build = Some(frame);
-    let mut encoded: Option<Frame> = None;
-    for uid in uids {
-        for handle in connections.get(uid).into_iter().flatten() {
-            if let Some(build) = build.take() {
-                encoded = Some(Frame::encode(build()));
-            }
-            if let Some(frame) = &encoded {
-                handle.offer(Inbound::Frame(frame.clone()));
-            }
-        }
+    let mut handles = uids
+        .into_iter()
+        .flat_map(|uid| connections.get(uid).into_iter().flatten())
+        .peekable();
+    if handles.peek().is_none() {
+        return;
+    }
+    let frame = Frame::encode(frame());
+    for handle in handles {
+        handle.offer(Inbound::Frame(frame.clone()));
     }
 }
 

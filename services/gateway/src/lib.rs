@@ -366,7 +366,7 @@ fn outbound(rx: mpsc::Receiver<Frame>, close: oneshot::Receiver<Close>) -> Conne
                 biased;
                 how = &mut close => {
                     let last = match how.ok()? {
-                        Close::Frame(reason) => Ok(Frame::encode(Out::Closing(pb::ClosingFrame { reason }))),
+                        Close::Frame(reason) => Ok(Frame::closing(reason)),
                         Close::Status(status) => Err(status),
                     };
                     Some((last, (rx, None)))

@@ -35,6 +35,11 @@ impl Frame {
         )
     }
 
+    /// The closing frame: the gateway closes the stream for `reason`.
+    pub fn closing(reason: String) -> Self {
+        Self::encode(Out::Closing(pb::ClosingFrame { reason }))
+    }
+
     /// The encoded bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.0

@@ -26,7 +26,7 @@ use axum::{
 };
 use bytes::Bytes;
 use futures::{SinkExt as _, Stream, StreamExt as _, stream::SplitSink};
-use parley_proto::gateway::{self as pb, connect_response::Frame as Out};
+use parley_proto::gateway as pb;
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tonic::Status;
@@ -181,7 +181,7 @@ fn frames(
             loop {
                 let message = match tokio::time::timeout(idle, stream.next()).await {
                     Err(_) => return Some((Err(End::ClientGone), None)),
-                    Ok(None | Some(Ok(Message::Close(_)))) => return None,
+                    Ok(None) => return None,
                     Ok(Some(Err(error))) => return Some((Err(read_failure(error)), None)),
                     Ok(Some(Ok(message))) => message,
                 };
@@ -193,7 +193,8 @@ fn frames(
                         );
                         return Some((Err(End::Refused(refused)), None));
                     }
-                    Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {}
+                    Message::Close(_) => return None,
+                    Message::Ping(_) | Message::Pong(_) => {}
                 }
             }
         },
@@ -267,13 +268,11 @@ async fn write(mut sink: SplitSink<WebSocket, Message>, opened: Opened, settings
 async fn closing(sink: &mut SplitSink<WebSocket, Message>, how: Close, within: Duration) {
     let last = match how {
         Close::Frame(reason) => {
-            let frame = Frame::encode(Out::Closing(pb::ClosingFrame {
-                reason: reason.clone(),
-            }));
-            if !send(sink, binary(frame), within).await {
+            let last = close_frame(GOING_AWAY, &reason);
+            if !send(sink, binary(Frame::closing(reason)), within).await {
                 return;
             }
-            close_frame(GOING_AWAY, &reason)
+            last
         }
         Close::Status(status) => refusal(&status),
     };

@@ -97,45 +97,66 @@ struct Pending {
     since: Option<std::time::Instant>,
 }
 
+impl Pending {
+    fn mark(&mut self, gid: i64, after: i64, up_to: i64) {
+        self.dirty.mark(gid, after, up_to);
+        if !self.dirty.is_empty() {
+            self.since.get_or_insert_with(std::time::Instant::now);
+        }
+    }
+
+    fn mark_read(&mut self, uid: &str, gid: i64, read_seq: i64) {
+        // The reader's name is copied once per window, not per ack.
+        if !self.reads.contains_key(uid) {
+            if self.reads.len() >= MAX_READERS_PER_WINDOW {
+                return;
+            }
+            self.reads.insert(uid.to_owned(), BTreeMap::new());
+        }
+        let Some(groups) = self.reads.get_mut(uid) else {
+            return;
+        };
+        let cursor = groups.entry(gid).or_insert(read_seq);
+        *cursor = (*cursor).max(read_seq);
+        self.since.get_or_insert_with(std::time::Instant::now);
+    }
+}
+
 impl Coalescer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Records that reads in `gid` moved from `after` to `up_to`.
     pub fn mark(&self, gid: i64, after: i64, up_to: i64) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.dirty.mark(gid, after, up_to);
-        if !pending.dirty.is_empty() {
-            pending.since.get_or_insert_with(std::time::Instant::now);
-        }
+        self.lock().mark(gid, after, up_to);
     }
 
     /// Records that `uid`'s read cursor in `gid` moved to `read_seq`, for
     /// the reader's other devices.
     pub fn mark_read(&self, uid: &str, gid: i64, read_seq: i64) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        if !pending.reads.contains_key(uid) && pending.reads.len() >= MAX_READERS_PER_WINDOW {
-            return;
-        }
-        let cursor = pending
-            .reads
-            .entry(uid.to_owned())
-            .or_default()
-            .entry(gid)
-            .or_insert(read_seq);
-        *cursor = (*cursor).max(read_seq);
-        pending.since.get_or_insert_with(std::time::Instant::now);
+        self.lock().mark_read(uid, gid, read_seq);
+    }
+
+    /// An ack moved `uid`'s read cursor in `gid` from `previous` to `read`:
+    /// the range for the senders' digests and the position for read sync,
+    /// under one lock.
+    pub fn read_moved(&self, uid: &str, gid: i64, previous: i64, read: i64) {
+        let mut pending = self.lock();
+        pending.mark(gid, previous, read);
+        pending.mark_read(uid, gid, read);
     }
 
     /// The read positions marked so far: for tests.
     #[cfg(test)]
     pub(crate) fn reads(&self) -> Reads {
-        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.reads.clone()
+        self.lock().reads.clone()
     }
 
     /// The changed ranges marked so far, by group: for tests.
     #[cfg(test)]
     pub(crate) fn marked(&self) -> Vec<(i64, (i64, i64))> {
-        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        pending
+        self.lock()
             .dirty
             .0
             .iter()
@@ -144,7 +165,7 @@ impl Coalescer {
     }
 
     fn take(&self) -> Pending {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(&mut *self.lock())
     }
 }
 

@@ -72,6 +72,24 @@ impl Policy {
         }
     }
 
+    /// Whether the message's read counts are shown (all but OFF).
+    pub fn shows_counts(self) -> bool {
+        self != Self::Off
+    }
+
+    /// Whether who read the message is shown; why not, when not.
+    pub fn shows_lists(self) -> Result<(), ReceiptError> {
+        match self {
+            Self::Full => Ok(()),
+            Self::Counts => Err(ReceiptError::Precondition(
+                "this message was sent where only read counts are shown",
+            )),
+            Self::Off => Err(ReceiptError::Precondition(
+                "this message was sent with receipts off",
+            )),
+        }
+    }
+
     /// From the wire: unspecified (an older message service) is FULL.
     pub fn parse(raw: i32) -> Result<Self, ReceiptError> {
         match raw {

@@ -147,8 +147,8 @@ impl<S: ReceiptStore> ReceiptApi<S> {
                 if let Planned::Moved { previous, cursors } = acked.planned
                     && cursors.read > previous.read
                 {
-                    self.digests.mark(*gid, previous.read, cursors.read);
-                    self.digests.mark_read(&ack.uid, *gid, cursors.read);
+                    self.digests
+                        .read_moved(&ack.uid, *gid, previous.read, cursors.read);
                 }
             }
         }
@@ -655,21 +655,17 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         let mut receipts = Vec::with_capacity(messages.len());
         for message in messages {
             let policy = message.policy();
-            let off = policy == domain::Policy::Off;
+            let counted = |n: i64| if policy.shows_counts() { to_u32(n) } else { 0 };
             let mut receipt = pb::MessageReceipt {
                 msgid: to_u64(message.msgid),
                 seq: to_u64(message.seq),
-                read_count: if off { 0 } else { to_u32(message.read_count) },
-                recipient_count: if off {
-                    0
-                } else {
-                    to_u32(message.recipient_count)
-                },
+                read_count: counted(message.read_count),
+                recipient_count: counted(message.recipient_count),
                 tier: tier(&message).into(),
                 policy: i32::from(policy.code()),
                 ..Default::default()
             };
-            if req.list_page_size > 0 && policy == domain::Policy::Full {
+            if req.list_page_size > 0 && policy.shows_lists().is_ok() {
                 let size = req.list_page_size;
                 (receipt.read_uids, receipt.read_next_page_token) = self
                     .members_page(&message, ReceiptState::Read, None, size)
@@ -700,20 +696,7 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         let after = page::decode(&req.page_token)?;
         let messages = self.visible_messages(&caller, gid, &[msgid]).await?;
         let message = messages.first().ok_or(ReceiptError::MessageNotFound)?;
-        match message.policy() {
-            domain::Policy::Full => {}
-            domain::Policy::Counts => {
-                return Err(ReceiptError::Precondition(
-                    "this message was sent where only read counts are shown",
-                )
-                .into());
-            }
-            domain::Policy::Off => {
-                return Err(
-                    ReceiptError::Precondition("this message was sent with receipts off").into(),
-                );
-            }
-        }
+        message.policy().shows_lists()?;
         let (uids, next_page_token) = self
             .members_page(message, state, after.as_deref(), limit)
             .await?;
