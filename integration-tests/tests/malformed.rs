@@ -222,6 +222,12 @@ async fn malformed_requests_to_every_rpc_get_documented_codes_and_change_nothing
             left_seq: 0,
             version: 1,
             left: false,
+            past_stays: (0..rng.pick(&[0, 1, 17]))
+                .map(|_| rpb::MemberStay {
+                    joined_seq: rng.pick(&[0, 5, u64::MAX]),
+                    left_seq: rng.pick(&[0, 3, u64::MAX]),
+                })
+                .collect(),
         };
         let membership = rpb::ApplyMembershipRequest {
             gid: g,
@@ -274,6 +280,21 @@ async fn malformed_requests_to_every_rpc_get_documented_codes_and_change_nothing
                 gids: rng.pick(&[vec![], vec![0], vec![g], vec![1; 1001]]),
                 page_size,
                 page_token: rng.pick(&tokens),
+            })
+            .await,
+        );
+        check(
+            "SetReceiptPrivacy",
+            r.set_receipt_privacy(rpb::SetReceiptPrivacyRequest {
+                gid: rng.pick(&[0, g]),
+                privacy: kind,
+            })
+            .await,
+        );
+        check(
+            "GetReceiptPrivacy",
+            r.get_receipt_privacy(rpb::GetReceiptPrivacyRequest {
+                gid: rng.pick(&[0, g]),
             })
             .await,
         );

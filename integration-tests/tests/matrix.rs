@@ -243,6 +243,25 @@ async fn every_rpc_answers_each_kind_of_caller_by_the_rule() {
                 own,
             ),
             (
+                "SetReceiptPrivacy",
+                code(
+                    r.set_receipt_privacy(rpb::SetReceiptPrivacyRequest {
+                        gid,
+                        privacy: rpb::ReceiptPrivacy::Shared.into(),
+                    })
+                    .await,
+                ),
+                members_only,
+            ),
+            (
+                "GetReceiptPrivacy",
+                code(
+                    r.get_receipt_privacy(rpb::GetReceiptPrivacyRequest { gid: 0 })
+                        .await,
+                ),
+                own,
+            ),
+            (
                 "SetMute",
                 code(n.set_mute(npb::SetMuteRequest { gid, until_ms: -1 }).await),
                 members_only,
@@ -277,6 +296,7 @@ async fn every_rpc_answers_each_kind_of_caller_by_the_rule() {
                             left_seq: 0,
                             version: u64::MAX,
                             left: false,
+                            past_stays: Vec::new(),
                         }],
                     })
                     .await,

@@ -660,7 +660,9 @@ impl Session {
                     return Ok(());
                 }
             };
-            let done = reply.receipts.len() < PULL_PAGE as usize;
+            // A page skips what the user may not see, so only the receipt
+            // service knows when the run is over.
+            let done = reply.complete;
             let entries: Vec<pb::ReceiptDigestEntry> = reply
                 .receipts
                 .into_iter()

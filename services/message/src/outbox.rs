@@ -461,9 +461,24 @@ impl<S: MessageStore> Drainer<S> {
         }
         let uids: Vec<String> = versions.keys().cloned().collect();
         let states = self.store.member_states(unit[0].gid, &uids).await?;
+        let mut past: BTreeMap<String, Vec<pb::MemberStay>> = BTreeMap::new();
+        for stay in self.store.past_stays(unit[0].gid, &uids).await? {
+            past.entry(stay.uid).or_default().push(pb::MemberStay {
+                joined_seq: u64::try_from(stay.joined_seq).unwrap_or_default(),
+                left_seq: stay
+                    .left_seq
+                    .and_then(|s| u64::try_from(s).ok())
+                    .unwrap_or_default(),
+            });
+        }
         let changes = states
             .into_iter()
             .map(|member| pb::MembershipChange {
+                // The latest closed stays (the receipt service takes 16).
+                past_stays: past
+                    .remove(&member.uid)
+                    .map(|stays| latest(stays, MAX_PAST_STAYS))
+                    .unwrap_or_default(),
                 admin: Role::from_code(i16::try_from(member.role).unwrap_or(1)) == Role::Admin,
                 joined_seq: u64::try_from(member.joined_seq).unwrap_or_default(),
                 left_seq: member
@@ -490,6 +505,16 @@ impl<S: MessageStore> Drainer<S> {
             .map_err(DeliveryError::Receipt)?;
         Ok(())
     }
+}
+
+/// Closed stays one membership change carries to the receipt service.
+const MAX_PAST_STAYS: usize = 16;
+
+/// The last `n` of `items`.
+fn latest<T>(mut items: Vec<T>, n: usize) -> Vec<T> {
+    let extra = items.len().saturating_sub(n);
+    items.drain(..extra);
+    items
 }
 
 #[cfg(test)]

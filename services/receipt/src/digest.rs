@@ -62,10 +62,14 @@ impl Dirty {
     }
 }
 
-/// One digest per sender: their changed messages, oldest first.
+/// One digest per sender: their changed messages they may see the reads of
+/// (see [`crate::domain::Sight`]), oldest first.
 pub fn by_sender(messages: Vec<MsgReceipt>) -> BTreeMap<String, Vec<ReceiptDigestEntry>> {
     let mut digests: BTreeMap<String, Vec<ReceiptDigestEntry>> = BTreeMap::new();
-    for m in messages {
+    for m in messages
+        .into_iter()
+        .filter(|m| m.senders_sight().shows_counts())
+    {
         digests
             .entry(m.sender_uid)
             .or_default()
@@ -138,12 +142,16 @@ impl Coalescer {
         self.lock().mark_read(uid, gid, read_seq);
     }
 
-    /// An ack moved `uid`'s read cursor in `gid` from `previous` to `read`:
-    /// the range for the senders' digests and the position for read sync,
-    /// under one lock.
-    pub fn read_moved(&self, uid: &str, gid: i64, previous: i64, read: i64) {
+    /// An ack moved `uid`'s read cursor in `gid` to `read`, from where others
+    /// saw it (`shown_from`; `None` while `uid` hides their reads): the range
+    /// for the senders' digests and the position for read sync, under one
+    /// lock. A private reader's read marks no digest: its senders' counts did
+    /// not change, and a digest would tell them when it was read.
+    pub fn read_moved(&self, uid: &str, gid: i64, shown_from: Option<i64>, read: i64) {
         let mut pending = self.lock();
-        pending.mark(gid, previous, read);
+        if let Some(from) = shown_from.filter(|&from| from < read) {
+            pending.mark(gid, from, read);
+        }
         pending.mark_read(uid, gid, read);
     }
 
@@ -301,6 +309,7 @@ mod tests {
             ledger: true,
             changed_at_ms: 0,
             policy: 1,
+            sender_private: 0,
         }
     }
 
@@ -346,5 +355,30 @@ mod tests {
         let a: Vec<(u64, u32)> = digests["A"].iter().map(|e| (e.seq, e.read_count)).collect();
         assert_eq!(a, vec![(1, 40), (3, 2)]);
         assert_eq!(digests["B"].len(), 1);
+    }
+
+    #[test]
+    fn no_digest_for_receipts_off_or_a_sender_who_hides_their_reads() {
+        let off = MsgReceipt {
+            policy: 3,
+            ..receipt(1, "A", 0)
+        };
+        let private = MsgReceipt {
+            sender_private: 1,
+            ..receipt(2, "B", 1)
+        };
+        let digests = by_sender(vec![off, private, receipt(3, "C", 1)]);
+        assert_eq!(digests.keys().collect::<Vec<_>>(), ["C"]);
+    }
+
+    #[test]
+    fn a_private_reader_marks_no_digest_range_but_syncs_their_own_devices() {
+        let coalescer = Coalescer::default();
+        coalescer.read_moved("p", 7, None, 5);
+        coalescer.read_moved("q", 8, Some(2), 4);
+        assert_eq!(coalescer.marked(), [(8, (2, 4))]);
+        let reads = coalescer.reads();
+        assert_eq!(reads["p"][&7], 5);
+        assert_eq!(reads["q"][&8], 4);
     }
 }

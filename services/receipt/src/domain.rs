@@ -72,24 +72,6 @@ impl Policy {
         }
     }
 
-    /// Whether the message's read counts are shown (all but OFF).
-    pub fn shows_counts(self) -> bool {
-        self != Self::Off
-    }
-
-    /// Whether who read the message is shown; why not, when not.
-    pub fn shows_lists(self) -> Result<(), ReceiptError> {
-        match self {
-            Self::Full => Ok(()),
-            Self::Counts => Err(ReceiptError::Precondition(
-                "this message was sent where only read counts are shown",
-            )),
-            Self::Off => Err(ReceiptError::Precondition(
-                "this message was sent with receipts off",
-            )),
-        }
-    }
-
     /// From the wire: unspecified (an older message service) is FULL.
     pub fn parse(raw: i32) -> Result<Self, ReceiptError> {
         match raw {
@@ -98,6 +80,58 @@ impl Policy {
             3 => Ok(Self::Off),
             _ => Err(ReceiptError::invalid("receipt_policy: FULL, COUNTS or OFF")),
         }
+    }
+}
+
+/// What a viewer may see of one message's reads. Every receipt path that
+/// shows reads (GetReceipts, the member lists, the senders' digests,
+/// PullReceipts, and through GetReceipts the gateway's heartbeat replies)
+/// asks this, and only this: the policy the message was sent under, and
+/// whether the viewer hides their own reads in its group. Privacy is
+/// reciprocal: a viewer who hides their reads sees no one's, counts included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sight {
+    /// The message's receipt policy.
+    pub policy: Policy,
+    /// The viewer hides their reads in the message's group.
+    pub viewer_private: bool,
+}
+
+impl Sight {
+    /// Whether the message's read counts are shown.
+    pub fn shows_counts(self) -> bool {
+        !self.viewer_private && self.policy != Policy::Off
+    }
+
+    /// Whether who read the message is shown; why not, when not.
+    pub fn shows_lists(self) -> Result<(), ReceiptError> {
+        if self.viewer_private {
+            return Err(ReceiptError::Precondition(
+                "you hide your reads in this group, so you see no one's",
+            ));
+        }
+        match self.policy {
+            Policy::Full => Ok(()),
+            Policy::Counts => Err(ReceiptError::Precondition(
+                "this message was sent where only read counts are shown",
+            )),
+            Policy::Off => Err(ReceiptError::Precondition(
+                "this message was sent with receipts off",
+            )),
+        }
+    }
+}
+
+/// How far others may see a member has read once their read cursor moved
+/// from `previous` to `read`: all of it when they share their reads; while
+/// they hide them, what was shown before (`shown`). The one rule for the
+/// other side of privacy: a private member is counted in no one's receipts.
+/// What they read while private shows once they share again and read on.
+pub fn shown_after(private: bool, shown: i64, previous: i64, read: i64) -> i64 {
+    if private || read <= previous {
+        shown
+    } else {
+        shown.max(read)
     }
 }
 
@@ -164,6 +198,10 @@ pub struct Standing {
     pub joined: i64,
     /// Their cursors.
     pub cursors: Cursors,
+    /// How far others see they have read (see [`shown_after`]).
+    pub shown: i64,
+    /// They hide their reads in this group.
+    pub private: bool,
 }
 
 /// What one ack of a group's batch does.
@@ -176,6 +214,9 @@ pub enum Planned {
         previous: Cursors,
         /// After.
         cursors: Cursors,
+        /// How far others saw the member had read before this ack; `None`
+        /// while the member hides their reads (others see nothing move).
+        shown_from: Option<i64>,
     },
     /// Past the highest seq the group is known to have: changes nothing.
     Past,
@@ -194,6 +235,9 @@ pub struct Move {
     pub previous: Cursors,
     /// After it.
     pub next: Cursors,
+    /// How far others saw the member had read, before and after: the span
+    /// whose messages gain this member as a reader.
+    pub shown: (i64, i64),
 }
 
 /// A group's batch of acks, worked out before anything is written.
@@ -229,9 +273,18 @@ pub fn plan_acks<'a>(
             if let Some(next) = advance(previous, up_to, kind) {
                 *current = next;
             }
+            // Shown so far: what was stored, then wherever this batch's
+            // earlier acks took it.
+            let shown = shown_after(
+                found.private,
+                found.shown,
+                found.cursors.read,
+                previous.read,
+            );
             Planned::Moved {
                 previous,
                 cursors: *current,
+                shown_from: (!found.private).then_some(shown),
             }
         })
         .collect();
@@ -243,6 +296,10 @@ pub fn plan_acks<'a>(
             joined: found.joined,
             previous: found.cursors,
             next,
+            shown: (
+                found.shown,
+                shown_after(found.private, found.shown, found.cursors.read, next.read),
+            ),
         })
         .collect();
     Plan { outcomes, moves }
@@ -257,8 +314,9 @@ pub fn is_recipient(uid: &str, joined: i64, left: Option<i64>, seq: i64, sender:
 }
 
 /// How many new readers each message gets from a batch's moves (current
-/// members): a member counts for message `seq` when their read cursor passed
-/// it (previous < seq <= next) and they are one of its recipients.
+/// members): a member counts for message `seq` when how far others see they
+/// have read passed it (before < seq <= after) and they are one of its
+/// recipients.
 /// `messages` are (seq, sender); messages with no new reader are left out.
 pub fn read_increments(moves: &[&Move], messages: &[(i64, String)]) -> Vec<(i64, i64)> {
     messages
@@ -267,8 +325,8 @@ pub fn read_increments(moves: &[&Move], messages: &[(i64, String)]) -> Vec<(i64,
             let readers = moves
                 .iter()
                 .filter(|m| {
-                    m.previous.read < *seq
-                        && *seq <= m.next.read
+                    m.shown.0 < *seq
+                        && *seq <= m.shown.1
                         && is_recipient(&m.uid, m.joined, None, *seq, sender)
                 })
                 .count();
@@ -359,7 +417,13 @@ mod tests {
             .iter()
             .map(|&(uid, joined, delivered, read)| {
                 let cursors = Cursors { delivered, read };
-                (uid.to_owned(), Standing { joined, cursors })
+                let standing = Standing {
+                    joined,
+                    cursors,
+                    shown: read,
+                    private: false,
+                };
+                (uid.to_owned(), standing)
             })
             .collect()
     }
@@ -385,21 +449,25 @@ mod tests {
             vec![
                 Planned::Moved {
                     previous: at(12, 10),
-                    cursors: at(12, 11)
+                    cursors: at(12, 11),
+                    shown_from: Some(10),
                 },
                 Planned::NotMember,
                 Planned::Past,
                 Planned::Moved {
                     previous: at(12, 11),
-                    cursors: at(12, 11)
+                    cursors: at(12, 11),
+                    shown_from: Some(11),
                 },
                 Planned::Moved {
                     previous: at(12, 11),
-                    cursors: at(15, 11)
+                    cursors: at(15, 11),
+                    shown_from: Some(11),
                 },
                 Planned::Moved {
                     previous: at(5, 5),
-                    cursors: at(5, 5)
+                    cursors: at(5, 5),
+                    shown_from: Some(5),
                 },
             ]
         );
@@ -409,9 +477,83 @@ mod tests {
                 uid: "a".into(),
                 joined: 0,
                 previous: at(12, 10),
-                next: at(15, 11)
+                next: at(15, 11),
+                shown: (10, 11),
             }]
         );
+    }
+
+    #[test]
+    fn a_private_reader_moves_their_cursors_but_shows_no_read_until_sharing_and_reading_on() {
+        let at = |delivered, read| Cursors { delivered, read };
+        let private = Standing {
+            joined: 0,
+            cursors: at(5, 5),
+            shown: 5,
+            private: true,
+        };
+        let members = BTreeMap::from([("p".to_owned(), private)]);
+        let plan = plan_acks([("p", 8, AckKind::Read)], 10, &members);
+        assert_eq!(
+            plan.outcomes,
+            vec![Planned::Moved {
+                previous: at(5, 5),
+                cursors: at(8, 8),
+                shown_from: None,
+            }]
+        );
+        assert_eq!(plan.moves[0].next, at(8, 8));
+        assert_eq!(plan.moves[0].shown, (5, 5));
+        let messages: Vec<(i64, String)> = (1..=10).map(|seq| (seq, "s".to_owned())).collect();
+        assert!(read_increments(&plan.moves.iter().collect::<Vec<_>>(), &messages).is_empty());
+
+        // Sharing again shows nothing by itself; the next read shows it all.
+        let shared = BTreeMap::from([(
+            "p".to_owned(),
+            Standing {
+                cursors: at(8, 8),
+                private: false,
+                ..private
+            },
+        )]);
+        let plan = plan_acks([("p", 8, AckKind::Read)], 10, &shared);
+        assert!(plan.moves.is_empty());
+        let plan = plan_acks(
+            [("p", 9, AckKind::Delivered), ("p", 9, AckKind::Read)],
+            10,
+            &shared,
+        );
+        assert_eq!(plan.moves[0].shown, (5, 9));
+        let from: Vec<Option<i64>> = plan
+            .outcomes
+            .iter()
+            .map(|o| match o {
+                Planned::Moved { shown_from, .. } => *shown_from,
+                _ => None,
+            })
+            .collect();
+        assert_eq!(from, [Some(5), Some(5)]);
+        assert_eq!(
+            read_increments(&plan.moves.iter().collect::<Vec<_>>(), &messages),
+            vec![(6, 1), (7, 1), (8, 1), (9, 1)]
+        );
+    }
+
+    #[test]
+    fn a_viewer_who_hides_their_reads_sees_no_one_s() {
+        let sight = |policy, viewer_private| Sight {
+            policy,
+            viewer_private,
+        };
+        assert!(sight(Policy::Full, false).shows_counts());
+        assert!(sight(Policy::Full, false).shows_lists().is_ok());
+        assert!(sight(Policy::Counts, false).shows_counts());
+        assert!(sight(Policy::Counts, false).shows_lists().is_err());
+        assert!(!sight(Policy::Off, false).shows_counts());
+        for policy in [Policy::Full, Policy::Counts, Policy::Off] {
+            assert!(!sight(policy, true).shows_counts());
+            assert!(sight(policy, true).shows_lists().is_err());
+        }
     }
 
     #[test]
@@ -427,6 +569,7 @@ mod tests {
                 delivered: to,
                 read: to,
             },
+            shown: (from, to),
         };
         let moves = [
             mover("a", 0, 0, 4),
@@ -497,15 +640,16 @@ mod tests {
             #[test]
             fn a_batch_is_its_acks_one_by_one(
                 acks in proptest::collection::vec((0..4usize, 0i64..40, proptest::bool::ANY), 0..24),
-                starts in proptest::collection::vec((0i64..10, 0i64..20, 0i64..20), 3),
+                starts in proptest::collection::vec((0i64..10, 0i64..20, 0i64..20, 0i64..5, proptest::bool::ANY), 3),
             ) {
                 let uids = ["a", "b", "c", "stranger"];
                 let members: BTreeMap<String, Standing> = starts
                     .iter()
                     .zip(uids)
-                    .map(|(&(joined, delivered, read), uid)| {
+                    .map(|(&(joined, delivered, read, lag, private), uid)| {
                         let cursors = Cursors { delivered: delivered.max(read), read };
-                        (uid.to_owned(), Standing { joined, cursors })
+                        let shown = read.saturating_sub(lag);
+                        (uid.to_owned(), Standing { joined, cursors, shown, private })
                     })
                     .collect();
                 let kind = |read| if read { AckKind::Read } else { AckKind::Delivered };
@@ -517,8 +661,10 @@ mod tests {
                         Some(_) if up_to > 30 => proptest::prop_assert_eq!(*outcome, Planned::Past),
                         Some(member) => {
                             let previous = member.cursors;
+                            let shown_from = (!member.private).then_some(member.shown);
                             member.cursors = advance(previous, up_to, kind(read)).unwrap_or(previous);
-                            proptest::prop_assert_eq!(*outcome, Planned::Moved { previous, cursors: member.cursors });
+                            member.shown = shown_after(member.private, member.shown, previous.read, member.cursors.read);
+                            proptest::prop_assert_eq!(*outcome, Planned::Moved { previous, cursors: member.cursors, shown_from });
                         }
                     }
                 }
@@ -526,6 +672,7 @@ mod tests {
                     let moved = plan.moves.iter().find(|m| m.uid == *uid);
                     let after = alone.get(uid).map(|m| m.cursors);
                     proptest::prop_assert_eq!(moved.map(|m| m.next).or(Some(member.cursors)), after);
+                    proptest::prop_assert_eq!(moved.map_or(member.shown, |m| m.shown.1), alone[uid].shown);
                 }
                 let messages: Vec<(i64, String)> = (1..=30).map(|seq| (seq, uids[usize::try_from(seq).unwrap_or(0) % 4].to_owned())).collect();
                 let counted: BTreeMap<i64, i64> = read_increments(&plan.moves.iter().collect::<Vec<_>>(), &messages).into_iter().collect();
@@ -535,8 +682,8 @@ mod tests {
                     let expected = members
                         .iter()
                         .filter(|(uid, m)| {
-                            let after = alone[*uid].cursors.read;
-                            m.cursors.read < seq && seq <= after && seq > m.joined && *uid != sender
+                            let after = alone[*uid].shown;
+                            m.shown < seq && seq <= after && seq > m.joined && *uid != sender
                         })
                         .count();
                     proptest::prop_assert_eq!(usize::try_from(readers).ok(), Some(expected));

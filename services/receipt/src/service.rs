@@ -18,13 +18,15 @@ use crate::{
     },
     error::ReceiptError,
     store::{
-        GroupSelection, InitMessage, InitOutcome, MemberAck, MemberChange, MsgReceipt,
-        ReceiptStore, UnreadRecord,
+        GroupSelection, InitMessage, InitOutcome, MemberAck, MemberChange, MsgReceipt, Privacy,
+        PrivacyScope, ReceiptStore, UnreadRecord,
     },
 };
 
 /// Pairs one UnreadTotals call answers.
 pub const MAX_UNREAD_TOTALS: usize = 1000;
+/// Closed stays one membership change carries.
+pub const MAX_PAST_STAYS: usize = 16;
 
 /// The message service client, which vouches for a group's committed last seq.
 pub type MessageClient = MessageServiceClient<InterceptedService<Channel, ServiceIdentity>>;
@@ -144,11 +146,15 @@ impl<S: ReceiptStore> ReceiptApi<S> {
         for ((gid, acks), result) in groups.iter().zip(&results) {
             let Ok(acked) = result else { continue };
             for (ack, acked) in acks.iter().zip(acked) {
-                if let Planned::Moved { previous, cursors } = acked.planned
+                if let Planned::Moved {
+                    previous,
+                    cursors,
+                    shown_from,
+                } = acked.planned
                     && cursors.read > previous.read
                 {
                     self.digests
-                        .read_moved(&ack.uid, *gid, previous.read, cursors.read);
+                        .read_moved(&ack.uid, *gid, shown_from, cursors.read);
                 }
             }
         }
@@ -207,28 +213,33 @@ impl<S: ReceiptStore> ReceiptApi<S> {
     }
 
     /// Loads messages by id and checks the caller may see their receipts: the
-    /// sender of each, or a current admin of the group.
+    /// sender of each, or a current admin of the group. Says too whether the
+    /// caller hides their reads in the group.
     async fn visible_messages(
         &self,
         caller: &Uid,
         gid: i64,
         msgids: &[i64],
-    ) -> Result<Vec<MsgReceipt>, ReceiptError> {
+    ) -> Result<(Vec<MsgReceipt>, bool), ReceiptError> {
         let found = self.store.messages(gid, msgids).await?;
         // Only a missing message raises the question whether the group exists.
         if found.len() < msgids.len() && !self.store.group_exists(gid).await? {
             return Err(ReceiptError::GroupNotFound);
         }
+        let mut viewer_private = found.first().is_some_and(|m| m.sender_private != 0);
         if found.iter().any(|m| m.sender_uid != caller.as_str()) {
             let cursor = self.store.cursor(gid, caller.as_str()).await?;
-            if !cursor.is_some_and(|c| c.admin && c.left_seq.is_none()) {
-                return Err(ReceiptError::Denied(
-                    "only a message's sender and group admins see its receipts",
-                ));
+            match cursor {
+                Some(c) if c.admin && c.left_seq.is_none() => viewer_private = c.private,
+                _ => {
+                    return Err(ReceiptError::Denied(
+                        "only a message's sender and group admins see its receipts",
+                    ));
+                }
             }
         }
         // Keep the request's order; a missing id is an error, not a silent gap.
-        msgids
+        let ordered = msgids
             .iter()
             .map(|id| {
                 found
@@ -237,7 +248,8 @@ impl<S: ReceiptStore> ReceiptApi<S> {
                     .cloned()
                     .ok_or(ReceiptError::MessageNotFound)
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((ordered, viewer_private))
     }
 
     /// When each of `readers` read `message`: exact where the ledger kept
@@ -254,7 +266,10 @@ impl<S: ReceiptStore> ReceiptApi<S> {
         } else {
             Vec::new()
         };
-        let cursors = self.store.cursor_times(message.gid, readers).await?;
+        let cursors = self
+            .store
+            .cursor_times(message.gid, message.seq, readers)
+            .await?;
         Ok(domain::read_times(readers, &ledger, &cursors)
             .into_iter()
             .map(|(uid, read_at_ms, precision)| pb::ReadTime {
@@ -282,6 +297,38 @@ impl<S: ReceiptStore> ReceiptApi<S> {
             .await?;
         let next = page::next_token(&uids, limit, String::clone);
         Ok((uids, next))
+    }
+
+    /// Where a privacy request applies: every group (gid 0), or a group the
+    /// caller is in now.
+    async fn privacy_scope(&self, caller: &Uid, gid: u64) -> Result<PrivacyScope, ReceiptError> {
+        if gid == 0 {
+            return Ok(PrivacyScope::EveryGroup);
+        }
+        let gid = parse_id(gid, "gid")?;
+        match self.store.cursor(gid, caller.as_str()).await? {
+            Some(c) if c.left_seq.is_none() => Ok(PrivacyScope::Group(gid)),
+            _ => Err(ReceiptError::Denied("not a member of this group")),
+        }
+    }
+}
+
+/// A privacy on the wire.
+fn privacy_state(privacy: Privacy) -> pb::ReceiptPrivacyState {
+    let choice = |private: bool| {
+        if private {
+            pb::ReceiptPrivacy::Private
+        } else {
+            pb::ReceiptPrivacy::Shared
+        }
+    };
+    pb::ReceiptPrivacyState {
+        every_group: choice(privacy.every_group).into(),
+        group: privacy
+            .group
+            .map_or(pb::ReceiptPrivacy::Unspecified, choice)
+            .into(),
+        private: privacy.private,
     }
 }
 
@@ -378,7 +425,9 @@ impl Acked {
     /// What Ack answers for it.
     fn reply(self) -> Result<pb::AckResponse, Status> {
         match self.planned {
-            Planned::Moved { previous, cursors } => Ok(pb::AckResponse {
+            Planned::Moved {
+                previous, cursors, ..
+            } => Ok(pb::AckResponse {
                 delivered_seq: to_u64(cursors.delivered),
                 read_seq: to_u64(cursors.read),
                 advanced: cursors != previous,
@@ -515,6 +564,16 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         if req.changes.is_empty() || req.changes.len() > 1000 {
             return Err(ReceiptError::invalid("changes must hold 1 to 1000 entries").into());
         }
+        if req
+            .changes
+            .iter()
+            .any(|c| c.past_stays.len() > MAX_PAST_STAYS)
+        {
+            return Err(ReceiptError::invalid(format!(
+                "past_stays holds at most {MAX_PAST_STAYS} stays"
+            ))
+            .into());
+        }
         let changes = req
             .changes
             .into_iter()
@@ -534,6 +593,11 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
                         None
                     },
                     version: parse_id(c.version, "version")?,
+                    past_stays: c
+                        .past_stays
+                        .iter()
+                        .map(|stay| Ok((seq(stay.joined_seq)?, seq(stay.left_seq)?)))
+                        .collect::<Result<_, ReceiptError>>()?,
                 })
             })
             .collect::<Result<Vec<_>, ReceiptError>>()?;
@@ -651,21 +715,22 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
             ))
             .into());
         }
-        let messages = self.visible_messages(&caller, gid, &msgids).await?;
+        let (messages, viewer_private) = self.visible_messages(&caller, gid, &msgids).await?;
         let mut receipts = Vec::with_capacity(messages.len());
         for message in messages {
-            let policy = message.policy();
-            let counted = |n: i64| if policy.shows_counts() { to_u32(n) } else { 0 };
+            let sight = message.sight(viewer_private);
+            let counted = |n: i64| if sight.shows_counts() { to_u32(n) } else { 0 };
             let mut receipt = pb::MessageReceipt {
                 msgid: to_u64(message.msgid),
                 seq: to_u64(message.seq),
                 read_count: counted(message.read_count),
                 recipient_count: counted(message.recipient_count),
                 tier: tier(&message).into(),
-                policy: i32::from(policy.code()),
+                policy: i32::from(sight.policy.code()),
+                viewer_private,
                 ..Default::default()
             };
-            if req.list_page_size > 0 && policy.shows_lists().is_ok() {
+            if req.list_page_size > 0 && sight.shows_lists().is_ok() {
                 let size = req.list_page_size;
                 (receipt.read_uids, receipt.read_next_page_token) = self
                     .members_page(&message, ReceiptState::Read, None, size)
@@ -694,9 +759,9 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         };
         let limit = page::page_size(req.page_size, 100, MAX_LIST_PAGE)?;
         let after = page::decode(&req.page_token)?;
-        let messages = self.visible_messages(&caller, gid, &[msgid]).await?;
+        let (messages, viewer_private) = self.visible_messages(&caller, gid, &[msgid]).await?;
         let message = messages.first().ok_or(ReceiptError::MessageNotFound)?;
-        message.policy().shows_lists()?;
+        message.sight(viewer_private).shows_lists()?;
         let (uids, next_page_token) = self
             .members_page(message, state, after.as_deref(), limit)
             .await?;
@@ -720,12 +785,14 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         let after = domain::decode_pull_cursor(&req.cursor)?;
         let limit = page::page_size(req.limit, 100, MAX_LIST_PAGE)?;
         let changed = self.store.pull(caller.as_str(), after, limit).await?;
+        let complete = changed.len() < usize::try_from(limit).unwrap_or(usize::MAX);
         let next_cursor = match changed.last() {
             Some(last) => domain::encode_pull_cursor(last.changed_at_ms, last.msgid),
             None => req.cursor,
         };
         let receipts = changed
             .into_iter()
+            .filter(|m| m.senders_sight().shows_counts())
             .map(|m| pb::ReceiptSummary {
                 gid: to_u64(m.gid),
                 msgid: to_u64(m.msgid),
@@ -738,6 +805,7 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         Ok(Response::new(pb::PullReceiptsResponse {
             receipts,
             next_cursor,
+            complete,
         }))
     }
 
@@ -785,6 +853,46 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         Ok(Response::new(pb::UnreadCountsResponse {
             groups,
             next_page_token,
+        }))
+    }
+
+    async fn set_receipt_privacy(
+        &self,
+        request: Request<pb::SetReceiptPrivacyRequest>,
+    ) -> Result<Response<pb::SetReceiptPrivacyResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let scope = self.privacy_scope(&caller, req.gid).await?;
+        let private = match (pb::ReceiptPrivacy::try_from(req.privacy), scope) {
+            (Ok(pb::ReceiptPrivacy::Shared), _) => Some(false),
+            (Ok(pb::ReceiptPrivacy::Private), _) => Some(true),
+            (Ok(pb::ReceiptPrivacy::Unspecified), PrivacyScope::Group(_)) => None,
+            _ => {
+                return Err(ReceiptError::invalid(
+                    "privacy must be SHARED or PRIVATE (or, for a group, UNSPECIFIED)",
+                )
+                .into());
+            }
+        };
+        let state = self
+            .store
+            .set_privacy(caller.as_str(), scope, private, now_ms())
+            .await?;
+        Ok(Response::new(pb::SetReceiptPrivacyResponse {
+            state: Some(privacy_state(state)),
+        }))
+    }
+
+    async fn get_receipt_privacy(
+        &self,
+        request: Request<pb::GetReceiptPrivacyRequest>,
+    ) -> Result<Response<pb::GetReceiptPrivacyResponse>, Status> {
+        let caller = Caller::user_of(&request)?;
+        let req = request.into_inner();
+        let scope = self.privacy_scope(&caller, req.gid).await?;
+        let state = self.store.privacy(caller.as_str(), scope).await?;
+        Ok(Response::new(pb::GetReceiptPrivacyResponse {
+            state: Some(privacy_state(state)),
         }))
     }
 }
@@ -835,6 +943,7 @@ mod tests {
             joined_seq: 0,
             left_seq: None,
             version,
+            past_stays: Vec::new(),
         };
         store
             .apply_membership(7, &[member("A", 1), member("u1", 2)], 1)

@@ -5,7 +5,7 @@ use parley_receipt::{
     error::ReceiptError,
     store::{
         GroupSelection, InitMessage, InitOutcome, MemberAck, MemberChange, MySqlReceiptStore,
-        ReceiptStore, SqliteReceiptStore,
+        Privacy, PrivacyScope, ReceiptStore, SqliteReceiptStore,
     },
 };
 
@@ -19,6 +19,7 @@ fn member(uid: &str, admin: bool, joined_seq: i64, version: i64) -> MemberChange
         joined_seq,
         left_seq: None,
         version,
+        past_stays: Vec::new(),
     }
 }
 
@@ -70,7 +71,9 @@ async fn ack<S: ReceiptStore>(
     at_ms: i64,
 ) -> (Cursors, Cursors) {
     match ack_one(store, GID, member_ack(uid, up_to, kind), Some(up_to), at_ms).await {
-        Ok(Planned::Moved { previous, cursors }) => (previous, cursors),
+        Ok(Planned::Moved {
+            previous, cursors, ..
+        }) => (previous, cursors),
         other => panic!("ack by {uid} up to {up_to}: {other:?}"),
     }
 }
@@ -171,13 +174,14 @@ async fn acks_count_readers_and_the_ledger_keeps_when_each_read<S: ReceiptStore>
     // A delivered ack is no read.
     ack(&store, "uid1", 25, AckKind::Delivered, 25).await;
     assert_eq!(read_times(&store, GID, 21).await, timed(&[("uid2", 22)]));
-    // When each cursor last moved (the bound for messages without read
-    // times): uid1's delivered ack moved it last at 25; a stranger has none.
+    // When each shown read position last moved (the bound for messages
+    // without read times): a delivered ack moves none (uid1's read at 21
+    // stands); a stranger has none.
     let cursors = store
-        .cursor_times(GID, &uids(&["uid1", "uid2", "uid3", "stranger"]))
+        .cursor_times(GID, 5, &uids(&["uid1", "uid2", "uid3", "stranger"]))
         .await
         .expect("cursor times");
-    assert_eq!(cursors, timed(&[("uid1", 25), ("uid2", 22), ("uid3", 24)]));
+    assert_eq!(cursors, timed(&[("uid1", 21), ("uid2", 22), ("uid3", 24)]));
     let unread = store
         .unread("uid3", GroupSelection::After { gid: 0, limit: 10 })
         .await
@@ -582,7 +586,8 @@ async fn a_group_batch_is_its_acks_one_by_one<S: ReceiptStore>(store: S) {
 }
 
 /// A message sent with receipts off counts no reader, keeps no read times,
-/// and is in no digest and no pull; COUNTS and FULL messages count alike.
+/// and its sender's sight of it shows nothing (so it is in no digest and no
+/// pull); COUNTS and FULL messages count alike.
 async fn a_message_sent_with_receipts_off_counts_no_one<S: ReceiptStore>(store: S) {
     use parley_receipt::domain::Policy;
     seed_group(&store).await;
@@ -617,6 +622,7 @@ async fn a_message_sent_with_receipts_off_counts_no_one<S: ReceiptStore>(store: 
         .await
         .expect("between")
         .iter()
+        .filter(|m| m.senders_sight().shows_counts())
         .map(|m| m.seq)
         .collect();
     assert_eq!(digested, [4, 2], "newest first, receipts-off left out");
@@ -625,10 +631,204 @@ async fn a_message_sent_with_receipts_off_counts_no_one<S: ReceiptStore>(store: 
         .await
         .expect("pull")
         .iter()
+        .filter(|m| m.senders_sight().shows_counts())
         .map(|m| m.seq)
         .collect();
     assert_eq!(pulled, [2, 4]);
     assert!(!found[0].ledger && !found[2].ledger, "no read times kept");
+}
+
+/// Whether `uid` hides their reads in the test group, as their cursor says.
+async fn hides<S: ReceiptStore>(store: &S, uid: &str) -> bool {
+    let cursor = store.cursor(GID, uid).await.expect("cursor");
+    cursor.expect("a member").private
+}
+
+/// A private reader moves their own cursors but is counted in no receipt,
+/// logs no read time and shows in no reader list; their choice for every
+/// group holds where a group has none of its own (a new member takes it);
+/// sharing again shows nothing until they read on.
+async fn a_private_reader_moves_their_cursors_and_is_counted_nowhere<S: ReceiptStore>(store: S) {
+    seed_group(&store).await;
+    let private = store
+        .set_privacy("uid2", PrivacyScope::Group(GID), Some(true), 5)
+        .await
+        .expect("private");
+    let expected = Privacy {
+        every_group: false,
+        group: Some(true),
+        private: true,
+    };
+    assert_eq!(private, expected);
+    assert_eq!(
+        store
+            .privacy("uid2", PrivacyScope::Group(GID))
+            .await
+            .expect("read back"),
+        expected
+    );
+    assert!(hides(&store, "uid2").await && !hides(&store, "uid1").await);
+    for seq in 1..=6 {
+        init(&store, message(seq, true), LEDGER_MAX).await;
+    }
+    ack(&store, "uid1", 5, AckKind::Read, 20).await;
+    let (_, after) = ack(&store, "uid2", 5, AckKind::Read, 21).await;
+    assert_eq!(after.read, 5, "their own cursor moves");
+    let unread = store
+        .unread("uid2", GroupSelection::Only(&[GID]))
+        .await
+        .expect("unread");
+    assert_eq!(unread[0].last_seq - unread[0].read_seq, 1);
+    assert_eq!(
+        receipt(&store, 3).await,
+        (1, true, uids(&["uid1"]), uids(&["uid2", "uid3"]))
+    );
+    assert_eq!(read_times(&store, GID, 3).await, timed(&[("uid1", 20)]));
+
+    // Their choice for every group: uid3 reads unseen; a group's own choice
+    // overrides it, and forgetting that choice brings it back.
+    store
+        .set_privacy("uid3", PrivacyScope::EveryGroup, Some(true), 6)
+        .await
+        .expect("every group");
+    assert!(hides(&store, "uid3").await);
+    ack(&store, "uid3", 2, AckKind::Read, 22).await;
+    assert_eq!(receipt(&store, 2).await.0, 1);
+    let shared = store
+        .set_privacy("uid3", PrivacyScope::Group(GID), Some(false), 7)
+        .await
+        .expect("shared here");
+    assert!(shared.every_group && shared.group == Some(false) && !shared.private);
+    assert!(!hides(&store, "uid3").await);
+    store
+        .set_privacy("uid3", PrivacyScope::Group(GID), None, 8)
+        .await
+        .expect("forget");
+    assert!(hides(&store, "uid3").await);
+    store
+        .apply_membership(GID, &[member("late", false, 6, 20)], 9)
+        .await
+        .expect("join");
+    store
+        .set_privacy("late", PrivacyScope::EveryGroup, Some(true), 9)
+        .await
+        .expect("late");
+    assert!(hides(&store, "late").await);
+
+    // A private sender's messages show them nothing.
+    let theirs = InitMessage {
+        sender_uid: "uid2".into(),
+        ..message(7, true)
+    };
+    init(&store, theirs, LEDGER_MAX).await;
+    let found = store.messages(GID, &[1007]).await.expect("message");
+    assert!(!found[0].senders_sight().shows_counts());
+    assert!(found[0].senders_sight().shows_lists().is_err());
+
+    // Sharing again shows nothing by itself; reading on shows it all, with
+    // the time of that read.
+    store
+        .set_privacy("uid2", PrivacyScope::Group(GID), Some(false), 10)
+        .await
+        .expect("shared again");
+    assert_eq!(receipt(&store, 3).await.0, 1);
+    ack(&store, "uid2", 6, AckKind::Read, 30).await;
+    assert_eq!(
+        receipt(&store, 3).await,
+        (2, true, uids(&["uid1", "uid2"]), uids(&["uid3"]))
+    );
+    assert_eq!(
+        read_times(&store, GID, 3).await,
+        timed(&[("uid1", 20), ("uid2", 30)])
+    );
+}
+
+/// A member who left and joined again keeps each stay: answers for a
+/// message of the first stay count them as they read then, a message of the
+/// gap has nothing of them, and one of the second stay counts them anew.
+/// A stay whose end this service never heard of (the leave was superseded
+/// before it was delivered) is closed from the change's history.
+async fn a_member_who_leaves_and_rejoins_keeps_each_stay<S: ReceiptStore>(store: S) {
+    seed_group(&store).await;
+    for seq in 1..=3 {
+        init(&store, message(seq, true), LEDGER_MAX).await;
+    }
+    ack(&store, "uid3", 2, AckKind::Read, 20).await;
+    ack(&store, "uid2", 1, AckKind::Read, 21).await;
+    let left = MemberChange {
+        left_seq: Some(3),
+        ..member("uid3", false, 0, 10)
+    };
+    store
+        .apply_membership(GID, &[left], 22)
+        .await
+        .expect("leave");
+    for seq in 4..=5 {
+        init(&store, message(seq, true), LEDGER_MAX).await;
+    }
+    // uid3 comes back at 5; uid2 left at 4 and came back at 5, and only the
+    // return reached this service.
+    let back = MemberChange {
+        past_stays: vec![(0, 3)],
+        ..member("uid3", false, 5, 11)
+    };
+    let uid2_back = MemberChange {
+        past_stays: vec![(0, 4)],
+        ..member("uid2", false, 5, 12)
+    };
+    assert_eq!(
+        store
+            .apply_membership(GID, &[back, uid2_back], 23)
+            .await
+            .expect("rejoin"),
+        2
+    );
+    for seq in 6..=7 {
+        init(&store, message(seq, true), LEDGER_MAX).await;
+    }
+    let unread = store
+        .unread("uid3", GroupSelection::Only(&[GID]))
+        .await
+        .expect("unread");
+    assert_eq!(
+        unread[0].read_seq, 5,
+        "nothing unread from before the return"
+    );
+    ack(&store, "uid3", 7, AckKind::Read, 30).await;
+
+    // First stay: uid3 read 2 (not 3); uid2 read 1 (not 2 to 4).
+    assert_eq!(
+        receipt(&store, 2).await,
+        (1, true, uids(&["uid3"]), uids(&["uid1", "uid2"]))
+    );
+    assert_eq!(
+        receipt(&store, 3).await,
+        (0, true, vec![], uids(&["uid1", "uid2", "uid3"]))
+    );
+    assert_eq!(
+        receipt(&store, 4).await,
+        (0, true, vec![], uids(&["uid1", "uid2"])),
+        "uid3 was away"
+    );
+    // The gap: neither was a member.
+    assert_eq!(receipt(&store, 5).await, (0, true, vec![], uids(&["uid1"])));
+    // Second stay.
+    assert_eq!(
+        receipt(&store, 7).await,
+        (1, true, uids(&["uid3"]), uids(&["uid1", "uid2"]))
+    );
+    // Read times come from the stay that includes the message.
+    assert_eq!(read_times(&store, GID, 2).await, timed(&[("uid3", 20)]));
+    let bounds = store
+        .cursor_times(GID, 2, &uids(&["uid2", "uid3"]))
+        .await
+        .expect("cursor times");
+    assert_eq!(bounds, timed(&[("uid2", 21), ("uid3", 20)]));
+    let bounds = store
+        .cursor_times(GID, 7, &uids(&["uid3"]))
+        .await
+        .expect("cursor times");
+    assert_eq!(bounds, timed(&[("uid3", 30)]));
 }
 
 parley_testkit::contract_suite!(
@@ -646,4 +846,6 @@ parley_testkit::contract_suite!(
     a_group_batch_is_its_acks_one_by_one,
     a_batch_of_many_groups_is_its_messages_one_by_one,
     a_message_sent_with_receipts_off_counts_no_one,
+    a_private_reader_moves_their_cursors_and_is_counted_nowhere,
+    a_member_who_leaves_and_rejoins_keeps_each_stay,
 );

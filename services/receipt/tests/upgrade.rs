@@ -40,6 +40,7 @@ async fn reads_carry_over<S: ReceiptStore>(store: S) {
             joined_seq: 0,
             left_seq: None,
             version: i64::try_from(i).expect("small") + 1,
+            past_stays: Vec::new(),
         })
         .collect();
     store

@@ -209,7 +209,8 @@ pub struct MemberSpan {
 pub struct Committed {
     /// The group's display name.
     pub group_name: String,
-    /// Every membership row of the group, left members included, in uid order.
+    /// Every stay in the group, current and closed, left members included,
+    /// in uid order.
     pub spans: Vec<MemberSpan>,
     /// The messages asked for that exist, in seq order, without their
     /// content: the outbox does not pass it on.
@@ -359,6 +360,14 @@ pub trait MessageStore: Clone + Send + Sync + 'static {
         gid: i64,
         seq: i64,
     ) -> impl Future<Output = Result<Vec<String>, MessageError>> + Send;
+
+    /// The earlier, closed stays of some users in a group, in uid order and
+    /// then oldest first.
+    fn past_stays(
+        &self,
+        gid: i64,
+        uids: &[String],
+    ) -> impl Future<Output = Result<Vec<MemberSpan>, MessageError>> + Send;
 
     /// Current membership rows (including left members) of some users.
     fn member_states(

@@ -170,6 +170,15 @@ macro_rules! impl_message_store {
                 if member_count.saturating_add(added_count) > change.max_members {
                     return Err(crate::error::MessageError::Precondition("the group is full"));
                 }
+                // Someone added again keeps the stay that ended (one in which
+                // messages were sent); their row starts the new one.
+                let mut keep = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO group_user_stays (gid, uid, joined_seq, left_seq) \
+                     SELECT gid, uid, joined_seq, left_seq FROM group_users WHERE gid = ",
+                );
+                keep.push_bind(gid).push(" AND left_seq > joined_seq AND uid IN ");
+                parley_server::db::push_list(&mut keep, added.iter().map(|uid| uid.as_str()));
+                keep.build().execute(&mut *tx).await?;
                 let rows: Vec<(String, Role)> = added.iter().map(|u| (u.clone(), Role::Member)).collect();
                 Self::insert_members(&mut tx, gid, &rows, last_seq, change.now_ms).await?;
                 sqlx::query("UPDATE chat_groups SET member_count = member_count + ? WHERE gid = ?")
@@ -405,8 +414,11 @@ macro_rules! impl_message_store {
                     return Ok(None);
                 };
                 let spans = sqlx::query_as(
-                    "SELECT uid, joined_seq, left_seq FROM group_users WHERE gid = ? ORDER BY uid",
+                    "SELECT uid, joined_seq, left_seq FROM group_users WHERE gid = ? \
+                     UNION ALL SELECT uid, joined_seq, left_seq FROM group_user_stays WHERE gid = ? \
+                     ORDER BY uid, joined_seq",
                 )
+                .bind(gid)
                 .bind(gid)
                 .fetch_all(&self.pool)
                 .await?;
@@ -426,10 +438,17 @@ macro_rules! impl_message_store {
             }
 
             async fn members_at(&self, gid: i64, seq: i64) -> Result<Vec<String>, crate::error::MessageError> {
+                // A stay, current or closed, that includes the seq: a member
+                // has at most one.
                 Ok(sqlx::query_scalar(
                     "SELECT uid FROM group_users WHERE gid = ? AND joined_seq < ? \
-                     AND (left_seq IS NULL OR left_seq >= ?) ORDER BY uid",
+                     AND (left_seq IS NULL OR left_seq >= ?) \
+                     UNION ALL SELECT uid FROM group_user_stays WHERE gid = ? AND joined_seq < ? AND left_seq >= ? \
+                     ORDER BY uid",
                 )
+                .bind(gid)
+                .bind(seq)
+                .bind(seq)
                 .bind(gid)
                 .bind(seq)
                 .bind(seq)
@@ -448,6 +467,20 @@ macro_rules! impl_message_store {
                 select.push_bind(gid).push(" AND uid IN ");
                 parley_server::db::push_list(&mut select, uids.iter().map(|uid| uid.as_str()));
                 select.push(" ORDER BY uid");
+                Ok(select.build_query_as().fetch_all(&self.pool).await?)
+            }
+
+            async fn past_stays(
+                &self,
+                gid: i64,
+                uids: &[String],
+            ) -> Result<Vec<crate::store::MemberSpan>, crate::error::MessageError> {
+                let mut select = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT uid, joined_seq, left_seq FROM group_user_stays WHERE gid = ",
+                );
+                select.push_bind(gid).push(" AND uid IN ");
+                parley_server::db::push_list(&mut select, uids.iter().map(|uid| uid.as_str()));
+                select.push(" ORDER BY uid, joined_seq");
                 Ok(select.build_query_as().fetch_all(&self.pool).await?)
             }
 

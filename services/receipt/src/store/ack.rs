@@ -1,8 +1,9 @@
 //! A group's batch of acks, in one transaction of a few multi-row statements:
 //! the group row read with a shared lock, the members' cursor rows locked in
 //! key order, the moved cursors written, the new readers added to each
-//! message's count, and one read ack logged per reader whose cursor passed a
-//! message that keeps read times. Plain functions, generic over the backend;
+//! message's count, and one read ack logged per reader whose shown read
+//! position (see [`crate::domain::shown_after`]) passed a message that keeps
+//! read times. A private reader's cursors move; what others see does not. Plain functions, generic over the backend;
 //! the backend supplies its shared-lock read of the group row and its row-lock
 //! suffix (empty on SQLite, where one connection serialises everything).
 
@@ -41,9 +42,10 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q, 's> &'s str: Encode<'q, DB> + Type<DB>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
-    for<'r> (String, i64, i64, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, i64, i64, i64, i64, bool): FromRow<'r, DB::Row>,
     for<'r> (i64, String, bool): FromRow<'r, DB::Row>,
 {
     let group: Option<(i64,)> = sqlx::query_as::<DB, (i64,)>(locks.group_shared)
@@ -66,7 +68,7 @@ where
     let read: Vec<&Move> = plan
         .moves
         .iter()
-        .filter(|m| m.next.read > m.previous.read)
+        .filter(|m| m.shown.1 > m.shown.0)
         .collect();
     let ledger = count_readers::<DB>(conn, gid, &read, now_ms).await?;
     log_reads::<DB>(conn, gid, &read, &ledger, now_ms).await?;
@@ -87,29 +89,37 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q, 's> &'s str: Encode<'q, DB> + Type<DB>,
-    for<'r> (String, i64, i64, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, i64, i64, i64, i64, bool): FromRow<'r, DB::Row>,
 {
     let mut standing = BTreeMap::new();
     for chunk in uids.chunks(CHUNK) {
         let mut select = QueryBuilder::<DB>::new(
-            "SELECT uid, joined_seq, delivered_seq, read_seq FROM receipt_cursors WHERE gid = ",
+            "SELECT uid, joined_seq, delivered_seq, read_seq, shown_seq, private FROM receipt_cursors \
+             WHERE gid = ",
         );
         select
             .push_bind(gid)
             .push(" AND left_seq IS NULL AND uid IN ");
         parley_server::db::push_list(&mut select, chunk.iter().copied());
         select.push(" ORDER BY uid").push(for_update);
-        let rows: Vec<(String, i64, i64, i64)> =
+        let rows: Vec<(String, i64, i64, i64, i64, bool)> =
             select.build_query_as().fetch_all(&mut *conn).await?;
-        for (uid, joined, delivered, read) in rows {
+        for (uid, joined, delivered, read, shown, private) in rows {
             let cursors = Cursors { delivered, read };
-            standing.insert(uid, Standing { joined, cursors });
+            let member = Standing {
+                joined,
+                cursors,
+                shown,
+                private,
+            };
+            standing.insert(uid, member);
         }
     }
     Ok(standing)
 }
 
-/// Writes the moved cursors: one statement per chunk of members.
+/// Writes the moved cursors and how far others see each member has read
+/// (with when that last moved): one statement per chunk of members.
 async fn move_cursors<DB>(
     conn: &mut DB::Connection,
     gid: i64,
@@ -121,6 +131,7 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q, 's> &'s str: Encode<'q, DB> + Type<DB>,
 {
     for chunk in moves.chunks(CHUNK) {
@@ -143,7 +154,28 @@ where
                 .push(" THEN ")
                 .push_bind(m.next.read);
         }
-        update.push(" END, updated_at_ms = ").push_bind(now_ms);
+        update.push(" END, shown_seq = CASE uid");
+        for m in &chunk {
+            update
+                .push(" WHEN ")
+                .push_bind(m.uid.as_str())
+                .push(" THEN ")
+                .push_bind(m.shown.1);
+        }
+        // One shape whichever moved: a member whose shown position stayed
+        // keeps its time (a NULL bind).
+        update.push(" END, shown_at_ms = CASE uid");
+        for m in &chunk {
+            let moved = (m.shown.1 > m.shown.0).then_some(now_ms);
+            update
+                .push(" WHEN ")
+                .push_bind(m.uid.as_str())
+                .push(" THEN COALESCE(")
+                .push_bind(moved)
+                .push(", shown_at_ms)");
+        }
+        update.push(" END");
+        update.push(", updated_at_ms = ").push_bind(now_ms);
         update
             .push(" WHERE gid = ")
             .push_bind(gid)
@@ -154,8 +186,8 @@ where
     Ok(())
 }
 
-/// Adds the new readers to the read counts of the messages their read
-/// cursors passed, a window of seqs at a time: each window's senders are read,
+/// Adds the new readers to the read counts of the messages their shown read
+/// positions passed, a window of seqs at a time: each window's senders are read,
 /// then its counts written in one statement. Returns the seqs, in order, of
 /// the messages in that span that keep read times.
 async fn count_readers<DB>(
@@ -172,8 +204,8 @@ where
     for<'r> (i64, String, bool): FromRow<'r, DB::Row>,
 {
     let (Some(lo), Some(hi)) = (
-        read.iter().map(|m| m.previous.read).min(),
-        read.iter().map(|m| m.next.read).max(),
+        read.iter().map(|m| m.shown.0).min(),
+        read.iter().map(|m| m.shown.1).max(),
     ) else {
         return Ok(Vec::new());
     };
@@ -224,8 +256,8 @@ where
     Ok(ledger)
 }
 
-/// Logs one read ack for each reader whose cursor passed a message that
-/// keeps read times (`ledger`, sorted): "read everything up to here, now".
+/// Logs one read ack for each reader whose shown read position passed a
+/// message that keeps read times (`ledger`, sorted): "read everything up to here, now".
 async fn log_reads<DB>(
     conn: &mut DB::Connection,
     gid: i64,
@@ -242,7 +274,7 @@ where
 {
     let logged: Vec<&&Move> = read
         .iter()
-        .filter(|m| passes_any(ledger, m.previous.read, m.next.read))
+        .filter(|m| passes_any(ledger, m.shown.0, m.shown.1))
         .collect();
     for chunk in parley_server::db::power_chunks(&logged, CHUNK) {
         let mut insert =
@@ -250,7 +282,7 @@ where
         insert.push_values(chunk, |mut row, m| {
             row.push_bind(gid)
                 .push_bind(m.uid.as_str())
-                .push_bind(m.next.read)
+                .push_bind(m.shown.1)
                 .push_bind(now_ms);
         });
         insert.build().execute(&mut *conn).await?;

@@ -66,7 +66,8 @@ where
 
     // Acks that arrived before these messages were recorded already moved
     // the cursors: each message counts them from the start. One read of the
-    // members whose read cursor reached the lowest new seq serves them all.
+    // stays whose shown read position reached the lowest new seq serves them
+    // all.
     let lowest_new = messages
         .iter()
         .map(|m| m.seq)
@@ -136,24 +137,26 @@ where
     Ok(outcomes)
 }
 
-/// A member whose read cursor is at or past some seq, with their stay.
+/// A stay in the group (current or closed) whose shown read position is at
+/// or past some seq.
 struct Reader {
     uid: String,
     joined_seq: i64,
     left_seq: Option<i64>,
-    read_seq: i64,
+    shown_seq: i64,
 }
 
 impl Reader {
     /// Whether they count as a reader of message `seq` sent by `sender`: one of
     /// its recipients who read up to it.
     fn has_read(&self, seq: i64, sender: &str) -> bool {
-        self.read_seq >= seq && is_recipient(&self.uid, self.joined_seq, self.left_seq, seq, sender)
+        self.shown_seq >= seq
+            && is_recipient(&self.uid, self.joined_seq, self.left_seq, seq, sender)
     }
 }
 
-/// The members of group `gid`, current or past, whose read cursor is at or
-/// past `seq`.
+/// The stays in group `gid`, current or closed, whose shown read position
+/// is at or past `seq`.
 async fn readers_from<DB>(
     conn: &mut DB::Connection,
     gid: i64,
@@ -167,19 +170,23 @@ where
     for<'r> (String, i64, Option<i64>, i64): FromRow<'r, DB::Row>,
 {
     let rows: Vec<(String, i64, Option<i64>, i64)> = sqlx::query_as::<DB, _>(
-        "SELECT uid, joined_seq, left_seq, read_seq FROM receipt_cursors WHERE gid = ? AND read_seq >= ?",
+        "SELECT uid, joined_seq, left_seq, shown_seq FROM receipt_cursors WHERE gid = ? AND shown_seq >= ? \
+         UNION ALL SELECT uid, joined_seq, left_seq, shown_seq FROM receipt_stays \
+         WHERE gid = ? AND shown_seq >= ?",
     )
+    .bind(gid)
+    .bind(seq)
     .bind(gid)
     .bind(seq)
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(uid, joined_seq, left_seq, read_seq)| Reader {
+        .map(|(uid, joined_seq, left_seq, shown_seq)| Reader {
             uid,
             joined_seq,
             left_seq,
-            read_seq,
+            shown_seq,
         })
         .collect())
 }

@@ -13,7 +13,9 @@ use crate::{
 mod ack;
 mod init;
 mod ledger;
+mod membership;
 mod mysql;
+mod privacy;
 mod sql;
 mod sqlite;
 
@@ -75,6 +77,8 @@ pub struct MemberChange {
     pub left_seq: Option<i64>,
     /// Version: newer wins.
     pub version: i64,
+    /// Earlier stays in the group, closed: (joined_seq, left_seq).
+    pub past_stays: Vec<(i64, i64)>,
 }
 
 /// One member's cumulative ack, in a group's batch.
@@ -109,12 +113,27 @@ pub struct MsgReceipt {
     pub changed_at_ms: i64,
     /// Stored [`crate::domain::Policy`] code it was sent under.
     pub policy: i64,
+    /// 1 when its sender hides their reads in the group (then they see none).
+    pub sender_private: i64,
 }
 
 impl MsgReceipt {
     /// The receipt policy it was sent under.
     pub fn policy(&self) -> crate::domain::Policy {
         crate::domain::Policy::from_code(self.policy)
+    }
+
+    /// What its sender may see of its reads.
+    pub fn senders_sight(&self) -> crate::domain::Sight {
+        self.sight(self.sender_private != 0)
+    }
+
+    /// What a viewer who hides (or shares) their reads may see of its reads.
+    pub fn sight(&self, viewer_private: bool) -> crate::domain::Sight {
+        crate::domain::Sight {
+            policy: self.policy(),
+            viewer_private,
+        }
     }
 }
 
@@ -131,6 +150,29 @@ pub struct CursorRecord {
     pub delivered_seq: i64,
     /// Read cursor.
     pub read_seq: i64,
+    /// They hide their reads in this group.
+    pub private: bool,
+}
+
+/// A user's read privacy: their choice for every group, a group's own
+/// choice when they made one, and what is in force there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Privacy {
+    /// Hidden in every group without a choice of its own.
+    pub every_group: bool,
+    /// The group's own choice, when asked about a group and there is one.
+    pub group: Option<bool>,
+    /// In force: the group's choice, else the user's.
+    pub private: bool,
+}
+
+/// Where a privacy choice applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrivacyScope {
+    /// Every group without a choice of its own.
+    EveryGroup,
+    /// One group.
+    Group(i64),
 }
 
 /// A member's position in one group.
@@ -276,11 +318,31 @@ pub trait ReceiptStore: Clone + Send + Sync + 'static {
         uids: &[String],
     ) -> impl Future<Output = Result<Vec<(String, i64)>, ReceiptError>> + Send;
 
-    /// When the cursors of `uids` in `gid` last moved: (uid, time) in uid
-    /// order, for those with a cursor there.
+    /// When the shown read position of each of `uids` last moved, in their
+    /// stay in `gid` that includes message `seq`: (uid, time) in uid order,
+    /// for those with such a stay.
     fn cursor_times(
         &self,
         gid: i64,
+        seq: i64,
         uids: &[String],
     ) -> impl Future<Output = Result<Vec<(String, i64)>, ReceiptError>> + Send;
+
+    /// Sets `uid`'s read privacy in `scope` (`None`: a group follows the
+    /// user's choice for every group again) and puts it in force on their
+    /// cursors; returns the privacy now in force there.
+    fn set_privacy(
+        &self,
+        uid: &str,
+        scope: PrivacyScope,
+        private: Option<bool>,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Privacy, ReceiptError>> + Send;
+
+    /// `uid`'s read privacy in `scope`.
+    fn privacy(
+        &self,
+        uid: &str,
+        scope: PrivacyScope,
+    ) -> impl Future<Output = Result<Privacy, ReceiptError>> + Send;
 }

@@ -23,8 +23,16 @@ impl MySqlReceiptStore {
          left_seq = IF(VALUES(version) > version, VALUES(left_seq), left_seq), \
          delivered_seq = IF(VALUES(version) > version, GREATEST(delivered_seq, VALUES(joined_seq)), delivered_seq), \
          read_seq = IF(VALUES(version) > version, GREATEST(read_seq, VALUES(joined_seq)), read_seq), \
+         shown_seq = IF(VALUES(version) > version, GREATEST(shown_seq, VALUES(joined_seq)), shown_seq), \
+         private = IF(VALUES(version) > version, VALUES(private), private), \
          updated_at_ms = IF(VALUES(version) > version, VALUES(updated_at_ms), updated_at_ms), \
          version = GREATEST(version, VALUES(version))";
+    const UPSERT_PRIVACY: &'static str = "INSERT INTO receipt_privacy (uid, gid, private, updated_at_ms) \
+         VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
+         private = VALUES(private), updated_at_ms = VALUES(updated_at_ms)";
+    const UPSERT_STAY_SUFFIX: &'static str = " ON DUPLICATE KEY UPDATE \
+         shown_at_ms = IF(VALUES(shown_seq) > shown_seq, VALUES(shown_at_ms), shown_at_ms), \
+         shown_seq = GREATEST(shown_seq, VALUES(shown_seq))";
     const LOCK_GROUP_SHARED: &'static str =
         "SELECT last_seq FROM receipt_groups WHERE gid = ? LOCK IN SHARE MODE";
     const FOR_UPDATE: &'static str = " FOR UPDATE";
@@ -69,6 +77,7 @@ mod tests {
                 joined_seq: 0,
                 left_seq: None,
                 version,
+                past_stays: Vec::new(),
             })
             .collect();
         store

@@ -3,7 +3,8 @@
 //! `LOCK_GROUP_SHARED`, `FOR_UPDATE`); the macro expands this one body for each
 //! backend's concrete sqlx types. The write paths are plain functions generic
 //! over the backend instead: InitReceipts (`init.rs`, one transaction per group
-//! of a batch), a group's acks (`ack.rs`) and the ledger's read times and
+//! of a batch), membership and its stays (`membership.rs`), a group's acks
+//! (`ack.rs`), read privacy (`privacy.rs`) and the ledger's read times and
 //! retention (`ledger.rs`).
 //!
 //! Locking: InitReceipts takes the group row exclusively (its upsert), acks take
@@ -15,6 +16,18 @@
 
 /// Rows per multi-row statement.
 pub(super) const CHUNK: usize = 500;
+
+/// The start of a read of [`crate::store::MsgReceipt`] rows (`receipt_msgs`
+/// as `m`), with whether each sender hides their reads in the group.
+macro_rules! select_receipts {
+    () => {
+        "SELECT m.gid, m.seq, m.msgid, m.sender_uid, m.recipient_count, m.read_count, m.ledger, \
+         m.changed_at_ms, m.policy, CAST(COALESCE(s.private, 0) AS SIGNED) AS sender_private \
+         FROM receipt_msgs m LEFT JOIN receipt_cursors s ON s.gid = m.gid AND s.uid = m.sender_uid"
+    };
+}
+
+pub(super) use select_receipts;
 
 macro_rules! impl_receipt_store {
     ($store:ty, $db:ty) => {
@@ -55,43 +68,13 @@ macro_rules! impl_receipt_store {
                 changes: &[crate::store::MemberChange],
                 now_ms: i64,
             ) -> Result<u32, crate::error::ReceiptError> {
+                let upserts = crate::store::membership::Upserts {
+                    group: Self::UPSERT_GROUP,
+                    cursor_suffix: Self::UPSERT_CURSOR_SUFFIX,
+                    stay_suffix: Self::UPSERT_STAY_SUFFIX,
+                };
                 let mut tx = self.pool.begin().await?;
-                let outcome: Result<_, crate::error::ReceiptError> = async {
-                sqlx::query(Self::UPSERT_GROUP).bind(gid).bind(0_i64).execute(&mut *tx).await?;
-                let uids: Vec<String> = changes.iter().map(|c| c.uid.clone()).collect();
-                let mut stored = std::collections::HashMap::new();
-                for chunk in uids.chunks(crate::store::sql::CHUNK) {
-                    let mut select =
-                        sqlx::QueryBuilder::<$db>::new("SELECT uid, version FROM receipt_cursors WHERE gid = ");
-                    select.push_bind(gid).push(" AND uid IN ");
-                    parley_server::db::push_list(&mut select, chunk.iter().map(|uid| uid.as_str()));
-                    let rows: Vec<(String, i64)> = select.build_query_as().fetch_all(&mut *tx).await?;
-                    stored.extend(rows);
-                }
-                let applied = changes.iter().filter(|c| stored.get(&c.uid).is_none_or(|&v| c.version > v)).count();
-                for chunk in parley_server::db::power_chunks(changes, crate::store::sql::CHUNK) {
-                    let mut upsert = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO receipt_cursors (gid, uid, admin, joined_seq, left_seq, delivered_seq, \
-                         read_seq, version, updated_at_ms) ",
-                    );
-                    // A new member has nothing unread from before they joined.
-                    upsert.push_values(chunk, |mut row, change| {
-                        row.push_bind(gid)
-                            .push_bind(change.uid.as_str())
-                            .push_bind(change.admin)
-                            .push_bind(change.joined_seq)
-                            .push_bind(change.left_seq)
-                            .push_bind(change.joined_seq)
-                            .push_bind(change.joined_seq)
-                            .push_bind(change.version)
-                            .push_bind(now_ms);
-                    });
-                    upsert.push(Self::UPSERT_CURSOR_SUFFIX);
-                    upsert.build().execute(&mut *tx).await?;
-                }
-                Ok(u32::try_from(applied).unwrap_or(u32::MAX))
-                }
-                .await;
+                let outcome = crate::store::membership::apply::<$db>(&mut tx, upserts, gid, changes, now_ms).await;
                 parley_server::db::finish(tx, outcome).await
             }
 
@@ -119,8 +102,10 @@ macro_rules! impl_receipt_store {
                 limit: u32,
             ) -> Result<Vec<crate::store::MsgReceipt>, crate::error::ReceiptError> {
                 Ok(sqlx::query_as(
-                    "SELECT gid, seq, msgid, sender_uid, recipient_count, read_count, ledger, changed_at_ms, policy \
-                     FROM receipt_msgs WHERE gid = ? AND seq > ? AND seq <= ? AND policy <> 3 ORDER BY seq DESC LIMIT ?",
+                    concat!(
+                        crate::store::sql::select_receipts!(),
+                        " WHERE m.gid = ? AND m.seq > ? AND m.seq <= ? ORDER BY m.seq DESC LIMIT ?",
+                    ),
                 )
                 .bind(gid)
                 .bind(after_seq)
@@ -144,7 +129,7 @@ macro_rules! impl_receipt_store {
                 uid: &str,
             ) -> Result<Option<crate::store::CursorRecord>, crate::error::ReceiptError> {
                 Ok(sqlx::query_as(
-                    "SELECT admin, joined_seq, left_seq, delivered_seq, read_seq FROM receipt_cursors \
+                    "SELECT admin, joined_seq, left_seq, delivered_seq, read_seq, private FROM receipt_cursors \
                      WHERE gid = ? AND uid = ?",
                 )
                 .bind(gid)
@@ -159,10 +144,9 @@ macro_rules! impl_receipt_store {
                 msgids: &[i64],
             ) -> Result<Vec<crate::store::MsgReceipt>, crate::error::ReceiptError> {
                 let mut select = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT gid, seq, msgid, sender_uid, recipient_count, read_count, ledger, changed_at_ms, policy \
-                     FROM receipt_msgs WHERE gid = ",
+                    concat!(crate::store::sql::select_receipts!(), " WHERE m.gid = "),
                 );
-                select.push_bind(gid).push(" AND msgid IN ");
+                select.push_bind(gid).push(" AND m.msgid IN ");
                 parley_server::db::push_list(&mut select, msgids.iter().copied());
                 Ok(select.build_query_as().fetch_all(&self.pool).await?)
             }
@@ -177,31 +161,38 @@ macro_rules! impl_receipt_store {
                 use crate::domain::ReceiptState;
                 let after = after_uid.unwrap_or("");
                 let limit = i64::from(limit);
-                // Either tier: the recipients are the members at send time,
-                // and a recipient has read the message when their read cursor
-                // reached it.
+                // Either tier: the recipients are the members at send time
+                // (each stay in the group that includes the message), and a
+                // recipient has read it when how far others see they have
+                // read reached it. Each stay table gives its first page.
                 let sql: &'static str = match state {
                     ReceiptState::Read => {
-                        "SELECT uid FROM receipt_cursors WHERE gid = ? AND uid > ? AND joined_seq < ? \
-                         AND (left_seq IS NULL OR left_seq >= ?) AND uid <> ? AND read_seq >= ? \
-                         ORDER BY uid LIMIT ?"
+                        "SELECT uid FROM (SELECT uid FROM (SELECT uid FROM receipt_cursors WHERE gid = ? AND uid > ? \
+                         AND joined_seq < ? AND (left_seq IS NULL OR left_seq >= ?) AND uid <> ? AND shown_seq >= ? \
+                         ORDER BY uid LIMIT ?) AS c UNION ALL SELECT uid FROM (SELECT uid FROM receipt_stays \
+                         WHERE gid = ? AND uid > ? AND joined_seq < ? AND left_seq >= ? AND uid <> ? AND shown_seq >= ? \
+                         ORDER BY uid LIMIT ?) AS s) AS r ORDER BY uid LIMIT ?"
                     }
                     ReceiptState::Unread => {
-                        "SELECT uid FROM receipt_cursors WHERE gid = ? AND uid > ? AND joined_seq < ? \
-                         AND (left_seq IS NULL OR left_seq >= ?) AND uid <> ? AND read_seq < ? \
-                         ORDER BY uid LIMIT ?"
+                        "SELECT uid FROM (SELECT uid FROM (SELECT uid FROM receipt_cursors WHERE gid = ? AND uid > ? \
+                         AND joined_seq < ? AND (left_seq IS NULL OR left_seq >= ?) AND uid <> ? AND shown_seq < ? \
+                         ORDER BY uid LIMIT ?) AS c UNION ALL SELECT uid FROM (SELECT uid FROM receipt_stays \
+                         WHERE gid = ? AND uid > ? AND joined_seq < ? AND left_seq >= ? AND uid <> ? AND shown_seq < ? \
+                         ORDER BY uid LIMIT ?) AS s) AS r ORDER BY uid LIMIT ?"
                     }
                 };
-                Ok(sqlx::query_scalar(sql)
-                    .bind(message.gid)
-                    .bind(after)
-                    .bind(message.seq)
-                    .bind(message.seq)
-                    .bind(message.sender_uid.as_str())
-                    .bind(message.seq)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?)
+                let mut query = sqlx::query_scalar(sql);
+                for _ in 0..2 {
+                    query = query
+                        .bind(message.gid)
+                        .bind(after)
+                        .bind(message.seq)
+                        .bind(message.seq)
+                        .bind(message.sender_uid.as_str())
+                        .bind(message.seq)
+                        .bind(limit);
+                }
+                Ok(query.bind(limit).fetch_all(&self.pool).await?)
             }
 
             async fn pull(
@@ -211,10 +202,11 @@ macro_rules! impl_receipt_store {
                 limit: u32,
             ) -> Result<Vec<crate::store::MsgReceipt>, crate::error::ReceiptError> {
                 Ok(sqlx::query_as(
-                    "SELECT gid, seq, msgid, sender_uid, recipient_count, read_count, ledger, changed_at_ms, policy \
-                     FROM receipt_msgs WHERE sender_uid = ? AND policy <> 3 \
-                     AND (changed_at_ms > ? OR (changed_at_ms = ? AND msgid > ?)) \
-                     ORDER BY changed_at_ms, msgid LIMIT ?",
+                    concat!(
+                        crate::store::sql::select_receipts!(),
+                        " WHERE m.sender_uid = ? AND (m.changed_at_ms > ? OR (m.changed_at_ms = ? AND m.msgid > ?)) \
+                         ORDER BY m.changed_at_ms, m.msgid LIMIT ?",
+                    ),
                 )
                 .bind(sender_uid)
                 .bind(after.0)
@@ -289,20 +281,48 @@ macro_rules! impl_receipt_store {
             async fn cursor_times(
                 &self,
                 gid: i64,
+                seq: i64,
                 uids: &[String],
             ) -> Result<Vec<(String, i64)>, crate::error::ReceiptError> {
                 let mut times = Vec::with_capacity(uids.len());
                 for chunk in uids.chunks(crate::store::sql::CHUNK) {
+                    // The stay that includes the message: current, or closed.
                     let mut select = sqlx::QueryBuilder::<$db>::new(
-                        "SELECT uid, updated_at_ms FROM receipt_cursors WHERE gid = ",
+                        "SELECT uid, shown_at_ms FROM (SELECT uid, shown_at_ms FROM receipt_cursors WHERE gid = ",
                     );
-                    select.push_bind(gid).push(" AND uid IN ");
+                    select.push_bind(gid).push(" AND joined_seq < ").push_bind(seq);
+                    select.push(" AND (left_seq IS NULL OR left_seq >= ").push_bind(seq).push(") AND uid IN ");
                     parley_server::db::push_list(&mut select, chunk.iter().map(String::as_str));
-                    select.push(" ORDER BY uid");
+                    select.push(" UNION ALL SELECT uid, shown_at_ms FROM receipt_stays WHERE gid = ").push_bind(gid);
+                    select.push(" AND joined_seq < ").push_bind(seq).push(" AND left_seq >= ").push_bind(seq);
+                    select.push(" AND uid IN ");
+                    parley_server::db::push_list(&mut select, chunk.iter().map(String::as_str));
+                    select.push(") AS t ORDER BY uid");
                     let rows: Vec<(String, i64)> = select.build_query_as().fetch_all(&self.pool).await?;
                     times.extend(rows);
                 }
                 Ok(times)
+            }
+
+            async fn set_privacy(
+                &self,
+                uid: &str,
+                scope: crate::store::PrivacyScope,
+                private: Option<bool>,
+                now_ms: i64,
+            ) -> Result<crate::store::Privacy, crate::error::ReceiptError> {
+                let mut tx = self.pool.begin().await?;
+                let outcome = crate::store::privacy::set::<$db>(&mut tx, Self::UPSERT_PRIVACY, uid, scope, private, now_ms).await;
+                parley_server::db::finish(tx, outcome).await
+            }
+
+            async fn privacy(
+                &self,
+                uid: &str,
+                scope: crate::store::PrivacyScope,
+            ) -> Result<crate::store::Privacy, crate::error::ReceiptError> {
+                let mut conn = self.pool.acquire().await?;
+                crate::store::privacy::read::<$db>(&mut conn, uid, scope).await
             }
         }
     };

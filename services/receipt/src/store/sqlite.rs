@@ -18,8 +18,15 @@ impl SqliteReceiptStore {
     const UPSERT_CURSOR_SUFFIX: &'static str = " ON CONFLICT (gid, uid) DO UPDATE SET \
          admin = excluded.admin, joined_seq = excluded.joined_seq, left_seq = excluded.left_seq, \
          delivered_seq = max(delivered_seq, excluded.joined_seq), read_seq = max(read_seq, excluded.joined_seq), \
+         shown_seq = max(shown_seq, excluded.joined_seq), private = excluded.private, \
          updated_at_ms = excluded.updated_at_ms, version = excluded.version \
          WHERE excluded.version > receipt_cursors.version";
+    const UPSERT_PRIVACY: &'static str = "INSERT INTO receipt_privacy (uid, gid, private, updated_at_ms) \
+         VALUES (?, ?, ?, ?) ON CONFLICT (uid, gid) DO UPDATE SET \
+         private = excluded.private, updated_at_ms = excluded.updated_at_ms";
+    const UPSERT_STAY_SUFFIX: &'static str = " ON CONFLICT (gid, uid, joined_seq) DO UPDATE SET \
+         shown_at_ms = CASE WHEN excluded.shown_seq > shown_seq THEN excluded.shown_at_ms ELSE shown_at_ms END, \
+         shown_seq = max(shown_seq, excluded.shown_seq)";
     // One connection runs one transaction at a time: no row locks needed.
     const LOCK_GROUP_SHARED: &'static str = "SELECT last_seq FROM receipt_groups WHERE gid = ?";
     const FOR_UPDATE: &'static str = "";
