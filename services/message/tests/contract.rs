@@ -480,6 +480,55 @@ async fn the_outbox_reads_each_message_with_its_audience<S: MessageStore>(store:
     );
 }
 
+/// Someone added again after leaving keeps the stay that ended: the audience
+/// of a message of each stay, and who was a member at its seq, include them;
+/// a message of the gap does not; their past stays are listed for the
+/// receipt service, and a stay in which nothing was sent is not kept.
+async fn a_member_who_leaves_and_comes_back_keeps_each_stay<S: MessageStore>(store: S) {
+    let gid = group_of(&store, "A", &["uid1", "uid2"]).await;
+    let a = uid("A");
+    let uid1 = uid("uid1");
+    sent(send(&store, gid, "A", "m1").await);
+    let leave = || change(gid, &uid1, std::slice::from_ref(&uid1), 10);
+    store.remove_members(leave()).await.expect("leave");
+    sent(send(&store, gid, "A", "m2").await);
+    store
+        .add_members(change(gid, &a, std::slice::from_ref(&uid1), 10))
+        .await
+        .expect("back");
+    // Out and in again with nothing sent in between: no stay to keep.
+    store.remove_members(leave()).await.expect("leave again");
+    store
+        .add_members(change(gid, &a, std::slice::from_ref(&uid1), 10))
+        .await
+        .expect("back again");
+    sent(send(&store, gid, "A", "m3").await);
+    let committed = store
+        .committed(gid.get(), &[1, 2, 3])
+        .await
+        .expect("committed")
+        .expect("group exists");
+    assert_eq!(committed.audience(1).members, vec!["A", "uid1", "uid2"]);
+    assert_eq!(committed.audience(2).members, vec!["A", "uid2"]);
+    assert_eq!(committed.audience(3).members, vec!["A", "uid1", "uid2"]);
+    for (seq, members) in [(1, vec!["A", "uid1", "uid2"]), (2, vec!["A", "uid2"])] {
+        assert_eq!(
+            store.members_at(gid.get(), seq).await.expect("members"),
+            members,
+            "seq {seq}"
+        );
+    }
+    let past = store
+        .past_stays(gid.get(), &["uid1".to_owned(), "uid2".to_owned()])
+        .await
+        .expect("stays");
+    let stays: Vec<(String, i64, Option<i64>)> = past
+        .into_iter()
+        .map(|s| (s.uid, s.joined_seq, s.left_seq))
+        .collect();
+    assert_eq!(stays, vec![("uid1".to_owned(), 0, Some(1))]);
+}
+
 async fn concurrent_senders_to_one_group_get_dense_seqs_and_their_own_ids<S: MessageStore>(
     store: S,
 ) {
@@ -563,6 +612,7 @@ parley_testkit::contract_suite!(
     the_latest_message_is_listed_for_members_who_may_see_it,
     the_outbox_holds_every_change_in_order_until_done,
     the_outbox_reads_each_message_with_its_audience,
+    a_member_who_leaves_and_comes_back_keeps_each_stay,
     a_batch_is_stored_in_order_with_dense_seqs_and_retries_are_originals,
     each_group_s_outbox_entries_are_in_one_lane,
     concurrent_senders_to_one_group_get_dense_seqs_and_their_own_ids,
