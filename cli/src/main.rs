@@ -13,7 +13,7 @@ mod web;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use parley_proto::message as mpb;
+use parley_proto::{message as mpb, receipt as rpb};
 use parley_server::Uid;
 
 use crate::client::{Device, Endpoints, print_frame};
@@ -102,6 +102,19 @@ enum Command {
         /// full (read by k of N, and who), counts, or off.
         policy: Policy,
     },
+    /// Hide or show your reads, in every group or in one (hidden reads are
+    /// counted nowhere, and you see no one's). Without a choice, prints it.
+    ReceiptPrivacy {
+        /// Acting user.
+        #[arg(long = "as")]
+        uid: String,
+        /// One group (otherwise every group without a choice of its own).
+        #[arg(long)]
+        group: Option<u64>,
+        /// private, shared, or (with --group) follow the choice for every
+        /// group.
+        privacy: Option<Privacy>,
+    },
     /// Send a message through the gateway.
     Send {
         /// Acting user.
@@ -164,6 +177,34 @@ enum Policy {
     Full,
     Counts,
     Off,
+}
+
+/// A read privacy choice, as the command line names it.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Privacy {
+    Private,
+    Shared,
+    Follow,
+}
+
+/// A read privacy, as the command line prints it.
+fn privacy_line(state: Option<rpb::ReceiptPrivacyState>, gid: u64) -> String {
+    let state = state.unwrap_or_default();
+    let name = |choice: i32| match rpb::ReceiptPrivacy::try_from(choice) {
+        Ok(rpb::ReceiptPrivacy::Private) => "private",
+        Ok(rpb::ReceiptPrivacy::Shared) => "shared",
+        _ => "follows every group",
+    };
+    let hidden = if state.private { "hidden" } else { "shown" };
+    if gid == 0 {
+        format!("reads {hidden} in every group without a choice of its own")
+    } else {
+        format!(
+            "group {gid}: reads {hidden} (this group: {}; every group: {})",
+            name(state.group),
+            name(state.every_group)
+        )
+    }
 }
 
 fn uid(raw: &str) -> Result<Uid, String> {
@@ -284,6 +325,44 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .into_inner();
             let name = format!("{policy:?}").to_lowercase();
             println!("group {gid}: receipts {name} from seq {}", reply.from_seq);
+            Ok(())
+        }
+        Command::ReceiptPrivacy {
+            uid: raw,
+            group,
+            privacy,
+        } => {
+            let gid = group.unwrap_or(0);
+            let mut receipt = client::receipt(&endpoints, &uid(&raw)?)?;
+            let state = match privacy {
+                None => {
+                    let request = rpb::GetReceiptPrivacyRequest { gid };
+                    receipt
+                        .get_receipt_privacy(request)
+                        .await
+                        .map_err(status("read the receipt privacy"))?
+                        .into_inner()
+                        .state
+                }
+                Some(choice) => {
+                    let wire = match choice {
+                        Privacy::Private => rpb::ReceiptPrivacy::Private,
+                        Privacy::Shared => rpb::ReceiptPrivacy::Shared,
+                        Privacy::Follow => rpb::ReceiptPrivacy::Unspecified,
+                    };
+                    let request = rpb::SetReceiptPrivacyRequest {
+                        gid,
+                        privacy: wire.into(),
+                    };
+                    receipt
+                        .set_receipt_privacy(request)
+                        .await
+                        .map_err(status("set the receipt privacy"))?
+                        .into_inner()
+                        .state
+                }
+            };
+            println!("{}", privacy_line(state, gid));
             Ok(())
         }
         Command::Send {

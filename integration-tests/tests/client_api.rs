@@ -857,7 +857,255 @@ async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(
     suite.stop().await;
 }
 
+fn set_privacy(gid: u64, privacy: pb::ReceiptPrivacy) -> Option<Call> {
+    Some(Call::SetReceiptPrivacy(pb::SetReceiptPrivacyCall {
+        gid,
+        privacy: privacy.into(),
+    }))
+}
+
+fn privacy_state(result: pb::ResultFrame) -> pb::ReceiptPrivacyState {
+    match result.result {
+        Some(Returned::ReceiptPrivacy(state)) => state,
+        _ => panic!("a receipt privacy: {result:?}"),
+    }
+}
+
+/// A's receipts of `msgids` once `holds` says they are settled.
+async fn receipts_once(
+    suite: &Suite,
+    viewer: &str,
+    gid: u64,
+    msgids: &[u64],
+    holds: impl Fn(&[rpb::MessageReceipt]) -> bool,
+) -> Vec<rpb::MessageReceipt> {
+    let client = suite.receipt(user(viewer));
+    let holds = &holds;
+    parley_testkit::eventually("the receipts to settle", Duration::from_secs(30), || {
+        let mut client = client.clone();
+        let request = rpb::GetReceiptsRequest {
+            gid,
+            msgids: msgids.to_vec(),
+            list_page_size: 500,
+        };
+        async move {
+            let got = client
+                .get_receipts(request)
+                .await
+                .ok()?
+                .into_inner()
+                .receipts;
+            holds(&got).then_some(got)
+        }
+    })
+    .await
+}
+
+/// A member who hides their reads in a group of `size` still reads: a push
+/// reaches them while away and their unread count follows their reads. But
+/// they are counted in no one's receipts (the sender sees them as not yet
+/// read, in the counts, the lists, the heartbeat and the digests), and they
+/// see no one's reads: their own message shows them nothing, its lists are
+/// refused, and neither the heartbeat nor the pull at login reports a read.
+/// A group of 1,000 answers from the cursors (past the ledger's 200).
+async fn a_private_member_reads_unseen_and_sees_no_reads(
+    backend: Backend,
+    transport: Transport,
+    size: usize,
+) {
+    use pb::ReceiptPrivacy::{Private, Shared, Unspecified};
+    let suite = Suite::start(backend).await;
+    let others: Vec<String> = (3..size).map(|i| format!("m{i:04}")).collect();
+    let mut members = vec!["P", "R"];
+    members.extend(others.iter().map(String::as_str));
+    let gid = create_group(&suite, "A", "Quiet readers", &members).await;
+    let recipients = u32::try_from(size - 1).expect("small");
+    let token = format!("p-phone:{}", "APA91b-x_".repeat(6));
+    let mut p = Device::connect_over(transport, &suite, 0, "P", "phone").await;
+    wait_for_position(&suite, "P", gid, "P's membership", |_| true).await;
+    let hidden = pb::ReceiptPrivacyState {
+        every_group: Shared.into(),
+        group: Private.into(),
+        private: true,
+    };
+    assert_eq!(
+        privacy_state(call(&mut p, 1, set_privacy(gid, Private)).await),
+        hidden
+    );
+    let asked = Some(Call::GetReceiptPrivacy(pb::GetReceiptPrivacyCall { gid }));
+    assert_eq!(privacy_state(call(&mut p, 2, asked).await), hidden);
+    refused(
+        &call(&mut p, 3, set_privacy(gid + 1_000, Private)).await,
+        Code::PermissionDenied,
+    );
+    refused(
+        &call(&mut p, 4, set_privacy(0, Unspecified)).await,
+        Code::InvalidArgument,
+    );
+    call(&mut p, 5, register_push(pb::PushPlatform::Fcm, &token)).await;
+
+    // Away, P gets a push for m1; back, P and R read it.
+    drop(p);
+    wait_for_devices(&suite, &[("P", 0)]).await;
+    let m1 = send_direct(&suite, "A", gid, "m1", 8).await;
+    parley_testkit::eventually("P's push", Duration::from_secs(30), || async {
+        (!suite.fcm.sends_to(&token).is_empty()).then_some(())
+    })
+    .await;
+    let mut p = Device::connect_over(transport, &suite, 0, "P", "phone").await;
+    let mut a = Device::connect_over(transport, &suite, 0, "A", "phone").await;
+    wait_for_position(&suite, "P", gid, "m1 unread for P", |g| g.unread == 1).await;
+    p.ack(gid, 1, true).await;
+    wait_for_position(&suite, "P", gid, "P's read", |g| g.unread == 0).await;
+    ack_read(&suite, "R", gid, 1).await;
+
+    // A sees R's read and not P's, in the counts and the lists.
+    let got = receipts_once(&suite, "A", gid, &[m1.msgid], |r| r[0].read_count >= 1).await;
+    assert_eq!((got[0].read_count, got[0].recipient_count), (1, recipients));
+    assert_eq!(got[0].read_uids, ["R"]);
+    assert!(got[0].unread_uids.contains(&"P".to_owned()));
+    assert!(!got[0].viewer_private);
+    // ...in A's heartbeat, and in the digest A's next read brings.
+    let (_, reply) = a.drain(vec![m1.msgid]).await;
+    let counted: Vec<u32> = reply.receipt_changes.iter().map(|e| e.read_count).collect();
+    assert!(counted.iter().all(|&k| k == 1), "{counted:?}");
+
+    // P sends m2; R reads it. P sees nothing of R's read.
+    let sent = p.send_and_wait(gid, "m2").await;
+    let m2 = sent.msgid;
+    let mut skipped = Vec::new();
+    p.messages(1, &mut skipped).await;
+    ack_read(&suite, "R", gid, 2).await;
+    receipts_once(&suite, "A", gid, &[m2], |r| r[0].read_count == 1).await;
+    let theirs = receipts_once(&suite, "P", gid, &[m2], |_| true).await;
+    let shape = |r: &rpb::MessageReceipt| {
+        (
+            r.read_count,
+            r.recipient_count,
+            r.read_uids.len(),
+            r.unread_uids.len(),
+            r.viewer_private,
+        )
+    };
+    assert_eq!(shape(&theirs[0]), (0, 0, 0, 0, true));
+    refused(
+        &call(&mut p, 6, readers(gid, m2, true, 0, "")).await,
+        Code::FailedPrecondition,
+    );
+    // A control message: A's m3, read by R, reaches A in a digest; by then
+    // any digest of m2 would have gone out too.
+    let m3 = send_direct(&suite, "A", gid, "m3", 8).await;
+    ack_read(&suite, "R", gid, 3).await;
+    let mut seen = Vec::new();
+    'digest: loop {
+        match a.frame().await {
+            Out::ReceiptDigest(digest) if digest.entries.iter().any(|e| e.msgid == m3.msgid) => {
+                break 'digest;
+            }
+            Out::Closing(closing) => panic!("closed: {}", closing.reason),
+            other => seen.push(other),
+        }
+    }
+    let (before, reply) = p.drain(vec![m2]).await;
+    let digested = |frames: &[Out]| {
+        frames.iter().any(|frame| {
+            matches!(frame, Out::ReceiptDigest(d) if d.entries.iter().any(|e| e.msgid == m2))
+        })
+    };
+    assert!(!digested(&skipped) && !digested(&before), "{before:?}");
+    assert!(reply.receipt_changes.is_empty(), "{reply:?}");
+    // Nor does the pull at P's next login report it.
+    drop(p);
+    let mut again = Device::connect_over(transport, &suite, 0, "P", "laptop").await;
+    let (at_login, _) = again.drain(vec![]).await;
+    assert!(!digested(&at_login), "{at_login:?}");
+
+    // P shares again: nothing shows until P reads on, then all of it.
+    assert!(!privacy_state(call(&mut again, 1, set_privacy(gid, Shared)).await).private);
+    let got = receipts_once(&suite, "A", gid, &[m1.msgid], |_| true).await;
+    assert_eq!(got[0].read_count, 1, "sharing alone shows nothing");
+    again.ack(gid, 3, true).await;
+    let got = receipts_once(&suite, "A", gid, &[m1.msgid, m3.msgid], |r| {
+        r.iter().all(|r| r.read_count == 2)
+    })
+    .await;
+    assert!(got[0].read_uids.contains(&"P".to_owned()));
+    suite.stop().await;
+}
+
+async fn a_private_member_of_3_reads_unseen_and_sees_no_reads(
+    backend: Backend,
+    transport: Transport,
+) {
+    a_private_member_reads_unseen_and_sees_no_reads(backend, transport, 3).await;
+}
+
+async fn a_private_member_of_1000_reads_unseen_and_sees_no_reads(
+    backend: Backend,
+    transport: Transport,
+) {
+    a_private_member_reads_unseen_and_sees_no_reads(backend, transport, 1_000).await;
+}
+
+/// A member who leaves and is added back keeps each stay: the sender's
+/// answers count them for the messages of each stay as they read them then,
+/// and leave them out of the messages of the gap, where N was smaller too.
+async fn a_member_who_leaves_and_comes_back_keeps_each_stay(
+    backend: Backend,
+    transport: Transport,
+) {
+    let suite = Suite::start(backend).await;
+    let gid = create_group(&suite, "A", "Comings and goings", &["uid1", "uid2"]).await;
+    let mut uid1 = Device::connect_over(transport, &suite, 0, "uid1", "phone").await;
+    let m1 = send_direct(&suite, "A", gid, "m1", 8).await;
+    let m2 = send_direct(&suite, "A", gid, "m2", 8).await;
+    let mut others = Vec::new();
+    uid1.messages(2, &mut others).await;
+    uid1.ack(gid, 1, true).await;
+    wait_for_position(&suite, "uid1", gid, "uid1's read", |g| g.read_seq == 1).await;
+    let leave = Some(Call::Leave(pb::LeaveCall { gid }));
+    call(&mut uid1, 1, leave).await;
+    let m3 = send_direct(&suite, "A", gid, "m3", 8).await;
+    add_members(&suite, "A", gid, &["uid1"]).await;
+    let m4 = send_direct(&suite, "A", gid, "m4", 8).await;
+    wait_for_position(&suite, "uid1", gid, "uid1 back", |g| g.last_seq == 4).await;
+    let unread = crate::support::unread_in(&suite, "uid1", gid).await;
+    assert_eq!(unread[0].unread, 1, "only m4, of the new stay, is unread");
+    ack_read(&suite, "uid1", gid, 4).await;
+
+    let msgids = [m1.msgid, m2.msgid, m3.msgid, m4.msgid];
+    let got = receipts_once(&suite, "A", gid, &msgids, |r| r[3].read_count == 1).await;
+    let shape = |r: &rpb::MessageReceipt| {
+        (
+            r.read_count,
+            r.recipient_count,
+            r.read_uids.clone(),
+            r.unread_uids.clone(),
+        )
+    };
+    let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        got.iter().map(shape).collect::<Vec<_>>(),
+        [
+            (1, 2, names(&["uid1"]), names(&["uid2"])),
+            (0, 2, names(&[]), names(&["uid1", "uid2"])),
+            (0, 1, names(&[]), names(&["uid2"])),
+            (1, 2, names(&["uid1"]), names(&["uid2"])),
+        ]
+    );
+    // Each stay's read time is its own.
+    let mut a = Device::connect_over(transport, &suite, 0, "A", "phone").await;
+    let first = read_times(call(&mut a, 1, readers(gid, m1.msgid, true, 0, "")).await);
+    let second = read_times(call(&mut a, 2, readers(gid, m4.msgid, true, 0, "")).await);
+    assert_eq!((first.len(), second.len()), (1, 1));
+    assert!(first[0].read_at_ms <= second[0].read_at_ms);
+    suite.stop().await;
+}
+
 on_both_backends_and_transports!(
+    a_private_member_of_3_reads_unseen_and_sees_no_reads,
+    a_private_member_of_1000_reads_unseen_and_sees_no_reads,
+    a_member_who_leaves_and_comes_back_keeps_each_stay,
     each_message_keeps_the_receipt_policy_it_was_sent_under,
     typing_reaches_the_other_members_online_within_an_allowance,
     reading_on_one_device_moves_the_others_read_position,

@@ -613,6 +613,9 @@ impl Suite {
                     ("fcm-credentials", &self.fcm.service_account_json()),
                     ("fcm-base-url", self.fcm.base_url()),
                     ("collapse-window-ms", &window),
+                    // Large groups (a test's 1,000) collapse over the same
+                    // window rather than a minute.
+                    ("large-group-window-ms", &window),
                     ("max-attempts", "3"),
                     ("backoff-ms", "20"),
                     ("poll-ms", &poll),

@@ -41,6 +41,8 @@ pub async fn answer(
         Some(Call::UnregisterPush(_)) => unregister_push(upstream, uid, device_id).await,
         Some(Call::Mute(call)) => mute(upstream, uid, call).await,
         Some(Call::ReceiptPolicy(call)) => receipt_policy(upstream, uid, call).await,
+        Some(Call::SetReceiptPrivacy(call)) => set_receipt_privacy(upstream, uid, call).await,
+        Some(Call::GetReceiptPrivacy(call)) => get_receipt_privacy(upstream, uid, call).await,
         None => Err(Status::invalid_argument("the request names no call")),
     };
     match outcome {
@@ -298,6 +300,51 @@ async fn receipt_policy(
         policy: set.policy,
         from_seq: set.from_seq,
     }))
+}
+
+/// Hides or shows the user's reads. The two enums share their numbers.
+async fn set_receipt_privacy(
+    upstream: &Upstream,
+    uid: &Uid,
+    call: pb::SetReceiptPrivacyCall,
+) -> Result<Returned, Status> {
+    let request = rpb::SetReceiptPrivacyRequest {
+        gid: call.gid,
+        privacy: call.privacy,
+    };
+    let set = upstream
+        .receipt
+        .clone()
+        .set_receipt_privacy(acting_for(uid, request))
+        .await?
+        .into_inner();
+    Ok(privacy_state(set.state))
+}
+
+/// The user's read privacy.
+async fn get_receipt_privacy(
+    upstream: &Upstream,
+    uid: &Uid,
+    call: pb::GetReceiptPrivacyCall,
+) -> Result<Returned, Status> {
+    let request = rpb::GetReceiptPrivacyRequest { gid: call.gid };
+    let got = upstream
+        .receipt
+        .clone()
+        .get_receipt_privacy(acting_for(uid, request))
+        .await?
+        .into_inner();
+    Ok(privacy_state(got.state))
+}
+
+/// A read privacy, from the receipt service's to the client's.
+fn privacy_state(state: Option<rpb::ReceiptPrivacyState>) -> Returned {
+    let state = state.unwrap_or_default();
+    Returned::ReceiptPrivacy(pb::ReceiptPrivacyState {
+        every_group: state.every_group,
+        group: state.group,
+        private: state.private,
+    })
 }
 
 /// A page of a group's members, for a member of it.

@@ -1145,9 +1145,12 @@ impl Session {
                     continue;
                 }
             };
-            // A message sent with receipts off has none to report.
+            // The receipt service shows no counts of a message sent with
+            // receipts off, nor to a user who hides their reads there: none
+            // to report.
             let off = mpb::ReceiptPolicy::Off as i32;
-            for receipt in receipts.into_iter().filter(|r| r.policy != off) {
+            let shown = |r: &rpb::MessageReceipt| r.policy != off && !r.viewer_private;
+            for receipt in receipts.into_iter().filter(shown) {
                 let Some(seen) = self.known.get_mut(receipt.msgid) else {
                     continue;
                 };
