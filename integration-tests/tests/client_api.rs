@@ -552,25 +552,7 @@ async fn each_message_keeps_the_receipt_policy_it_was_sent_under(
     }
 
     // Receipts: counts and lists, counts only, nothing.
-    let receipts = suite.receipt(user("A"));
-    let got = parley_testkit::eventually("both reads counted", Duration::from_secs(30), || {
-        let mut receipts = receipts.clone();
-        let request = rpb::GetReceiptsRequest {
-            gid,
-            msgids: msgids.clone(),
-            list_page_size: 10,
-        };
-        async move {
-            let got = receipts
-                .get_receipts(request)
-                .await
-                .ok()?
-                .into_inner()
-                .receipts;
-            (got[0].read_count == 2).then_some(got)
-        }
-    })
-    .await;
+    let got = receipts_once(&suite, "A", gid, &msgids, |r| r[0].read_count == 2).await;
     let shape =
         |r: &rpb::MessageReceipt| (r.policy, r.read_count, r.recipient_count, r.read_uids.len());
     assert_eq!(
