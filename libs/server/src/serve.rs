@@ -192,15 +192,18 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves `routes` on `listener` behind the guard, with `grpc.health.v1` and
-/// reflection, until `shutdown` resolves; then reports NOT_SERVING and stops
-/// accepting while in-flight requests finish, for at most the shutdown grace
-/// period.
+/// Serves `routes` (the services named `names`, fully qualified) on
+/// `listener` behind the guard, with `grpc.health.v1` (the server as a whole,
+/// under "", and each of `names`) and reflection (v1 and v1alpha, listing
+/// `names` and themselves), until `shutdown` resolves; then reports
+/// NOT_SERVING and stops accepting while in-flight requests finish, for at
+/// most the shutdown grace period.
 pub async fn serve<F>(
     listener: TcpListener,
     args: &ServerArgs,
     credentials: Option<Keys>,
     routes: RoutesBuilder,
+    names: &[&'static str],
     shutdown: F,
 ) -> Result<(), ServeError>
 where
@@ -210,10 +213,41 @@ where
         listener,
         args.guard_settings(credentials),
         args.shutdown_grace(),
-        routes,
+        (routes, names),
         shutdown,
     )
     .await
+}
+
+/// The health service's own name.
+const HEALTH: &str = "grpc.health.v1.Health";
+/// The reflection services' names.
+const REFLECTION: [&str; 2] = [
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Reflection over Parley's protos, listing only `names` (and health and
+/// reflection themselves): v1 and the older v1alpha, which grpcurl and
+/// Python clients still ask for.
+fn reflection(names: &[&'static str], routes: &mut RoutesBuilder) -> Result<(), ServeError> {
+    let builder = || {
+        names
+            .iter()
+            .copied()
+            .chain([HEALTH])
+            .chain(REFLECTION)
+            .fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(parley_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                |builder, name| builder.with_service_name(name),
+            )
+    };
+    routes
+        .add_service(builder().build_v1()?)
+        .add_service(builder().build_v1alpha()?);
+    Ok(())
 }
 
 impl ServerArgs {
@@ -224,23 +258,26 @@ impl ServerArgs {
 }
 
 /// [`serve`] with explicit guard settings (the gateway marks its client stream
-/// public) and grace period.
+/// public) and grace period, for `(routes, names)`.
 pub async fn serve_with<F>(
     listener: TcpListener,
     settings: GuardSettings,
     grace: Duration,
-    mut routes: RoutesBuilder,
+    (mut routes, names): (RoutesBuilder, &[&'static str]),
     shutdown: F,
 ) -> Result<(), ServeError>
 where
     F: Future<Output = ()> + Send + 'static,
 {
     let (health, health_service) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(parley_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    routes.add_service(health_service).add_service(reflection);
+    for name in names {
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    routes.add_service(health_service);
+    reflection(names, &mut routes)?;
+    let names: Vec<&'static str> = names.to_vec();
 
     let guard = GuardLayer::new(settings);
     let janitor = tokio::spawn({
@@ -262,9 +299,11 @@ where
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     let stop = async move {
         shutdown.await;
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        for name in names.iter().copied().chain([""]) {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
         let _ = stopping.send(());
     };
     let server = Server::builder()
@@ -393,7 +432,7 @@ mod tests {
             listener,
             settings,
             grace,
-            RoutesBuilder::default(),
+            (RoutesBuilder::default(), &["parley.test.v1.Nothing"]),
             async move {
                 let _ = stopped.await;
             },
@@ -428,5 +467,119 @@ mod tests {
             took >= grace,
             "the open stream had its grace period: {took:?}"
         );
+    }
+
+    /// Health answers for the server and each service it serves by name
+    /// (NOT_FOUND for others, NOT_SERVING once stopping), and reflection, in
+    /// v1 and v1alpha, lists only what the port serves.
+    #[tokio::test]
+    async fn health_and_reflection_name_the_services_served_here() {
+        use tonic_reflection::pb::{v1, v1alpha};
+        const SERVED: &str = "parley.message.v1.MessageService";
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let settings = GuardSettings {
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 16,
+            rate_per_second: NonZeroU32::MIN,
+            rate_burst: NonZeroU32::MIN,
+            credentials: None,
+            public_prefix: None,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with(
+            listener,
+            settings,
+            Duration::from_millis(100),
+            (RoutesBuilder::default(), &[SERVED]),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut health = HealthClient::new(channel.clone());
+        let check = |service: &str| HealthCheckRequest {
+            service: service.into(),
+        };
+        for service in ["", SERVED] {
+            let status = health.check(check(service)).await.expect("known");
+            assert_eq!(
+                status.into_inner().status,
+                ServingStatus::Serving as i32,
+                "{service:?}"
+            );
+        }
+        let unknown = health
+            .check(check("parley.receipt.v1.ReceiptService"))
+            .await
+            .expect_err("not served here");
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+        let mut listed = Vec::new();
+        let mut alpha =
+            v1alpha::server_reflection_client::ServerReflectionClient::new(channel.clone());
+        let ask = v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        };
+        let mut answers = alpha
+            .server_reflection_info(tokio_stream::once(ask))
+            .await
+            .expect("v1alpha")
+            .into_inner();
+        if let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(
+            list,
+        )) = answers
+            .message()
+            .await
+            .expect("answer")
+            .and_then(|a| a.message_response)
+        {
+            listed.extend(list.service.into_iter().map(|s| s.name));
+        }
+        listed.sort();
+        assert_eq!(
+            listed,
+            [
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+                SERVED,
+            ]
+        );
+        let mut current = v1::server_reflection_client::ServerReflectionClient::new(channel);
+        let ask = v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            )),
+        };
+        let mut answers = current
+            .server_reflection_info(tokio_stream::once(ask))
+            .await
+            .expect("v1")
+            .into_inner();
+        let answer = answers
+            .message()
+            .await
+            .expect("answer")
+            .and_then(|a| a.message_response);
+        assert!(
+            matches!(answer, Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(ref list)) if list.service.len() == 4),
+            "{answer:?}"
+        );
+
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("stops")
+            .expect("task")
+            .expect("served");
     }
 }

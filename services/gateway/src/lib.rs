@@ -609,7 +609,13 @@ where
     // The teller runs inside this future too: a dropped gateway tells nothing.
     let mut telling = std::pin::pin!(telling);
     let served = tokio::select! {
-        served = parley_server::serve_with(listener, settings, config.server.shutdown_grace(), routes, shutdown) => served,
+        served = parley_server::serve_with(
+            listener,
+            settings,
+            config.server.shutdown_grace(),
+            (routes, &[parley_proto::gateway::gateway_service_server::SERVICE_NAME]),
+            shutdown,
+        ) => served,
         error = websocket => return Err(StartError::Config(format!("the WebSocket server failed: {error}"))),
         _ = background => return Err(StartError::Config("the bus subscription ended".into())),
         // Ends only when every session and the handler are gone.

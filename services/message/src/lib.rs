@@ -232,7 +232,15 @@ where
         store, limits, wake, fanout,
     )));
     tracing::info!(addr = %listener.local_addr().map_err(|e| StartError::Config(e.to_string()))?, "message service listening");
-    let served = parley_server::serve(listener, &config.server, keys, routes, shutdown).await;
+    let served = parley_server::serve(
+        listener,
+        &config.server,
+        keys,
+        routes,
+        &[parley_proto::message::message_service_server::SERVICE_NAME],
+        shutdown,
+    )
+    .await;
     drainer.abort();
     gauges.abort();
     repair.abort();

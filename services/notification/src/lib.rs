@@ -248,7 +248,15 @@ where
         .local_addr()
         .map_err(|e| StartError::Config(e.to_string()))?;
     tracing::info!(%addr, "notification service listening");
-    let served = parley_server::serve(listener, &config.server, keys, routes, shutdown).await;
+    let served = parley_server::serve(
+        listener,
+        &config.server,
+        keys,
+        routes,
+        &[parley_proto::notification::notification_service_server::SERVICE_NAME],
+        shutdown,
+    )
+    .await;
     // Pushes in progress are handed back to the queue before the pool closes.
     let _ = stop.send(true);
     let _ = worker.await;

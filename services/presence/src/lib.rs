@@ -135,7 +135,14 @@ where
         .server
         .credentials("presence")
         .map_err(|e| StartError::Config(e.to_string()))?;
-    parley_server::serve(listener, &config.server, keys, routes, shutdown)
-        .await
-        .map_err(StartError::Serve)
+    parley_server::serve(
+        listener,
+        &config.server,
+        keys,
+        routes,
+        &[parley_proto::presence::presence_service_server::SERVICE_NAME],
+        shutdown,
+    )
+    .await
+    .map_err(StartError::Serve)
 }

@@ -210,7 +210,15 @@ where
         .local_addr()
         .map_err(|e| StartError::Config(e.to_string()))?;
     tracing::info!(%addr, ledger_max_members = config.ledger_max_members, "receipt service listening");
-    let served = parley_server::serve(listener, &config.server, keys, routes, shutdown).await;
+    let served = parley_server::serve(
+        listener,
+        &config.server,
+        keys,
+        routes,
+        &[parley_proto::receipt::receipt_service_server::SERVICE_NAME],
+        shutdown,
+    )
+    .await;
     retention.abort();
     digests.abort();
     served.map_err(StartError::Serve)
