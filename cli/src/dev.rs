@@ -4,6 +4,7 @@
 use std::{future::Future, path::Path};
 
 use parley_bus::Bus;
+use parley_server::runner::Service as _;
 use tokio::{net::TcpListener, sync::watch};
 
 /// The HS256 secret `parley dev` gateways accept and `parley token` signs with.
@@ -155,12 +156,12 @@ pub async fn run(data: &Path, options: &Options) -> Result<(), Failure> {
     spawn(
         &mut tasks,
         "presence",
-        parley_presence::run(presence, listeners.0, until_stop()),
+        parley_presence::Presence::run(presence, listeners.0, until_stop()),
     );
     spawn(
         &mut tasks,
         "notification",
-        parley_notification::run(notification, listeners.1, until_stop()),
+        parley_notification::Notification::run(notification, listeners.1, until_stop()),
     );
     spawn(
         &mut tasks,

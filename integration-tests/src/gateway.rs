@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    parley_gateway::main().await
+    parley_server::runner::main::<parley_gateway::Gateway>().await
 }

@@ -13,7 +13,9 @@ use parley_proto::{
     presence::presence_service_client::PresenceServiceClient,
     receipt::{self as rpb, receipt_service_client::ReceiptServiceClient},
 };
-use parley_server::{ServiceIdentity, credentials::Keys, db::Backend as DbBackend};
+use parley_server::{
+    ServiceIdentity, credentials::Keys, db::Backend as DbBackend, runner::Service as _,
+};
 use parley_testkit::{TestDb, TestRedis, fcm::MockFcm};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
@@ -564,7 +566,7 @@ impl Suite {
             .parse_as::<parley_presence::Cli>(args("parley-presence", &presence_args))
             .config;
         Running::spawn("presence", |rx| {
-            parley_presence::run(config, listener, stopped(rx))
+            parley_presence::Presence::run(config, listener, stopped(rx))
         })
     }
 
@@ -624,7 +626,7 @@ impl Suite {
             ))
             .config;
         Running::spawn("notification", |rx| {
-            parley_notification::run(config, listener, stopped(rx))
+            parley_notification::Notification::run(config, listener, stopped(rx))
         })
     }
 

@@ -1,10 +1,11 @@
 //! Database connections for the two storage backends: MySQL-compatible servers
 //! (MySQL, MariaDB, TiDB) in production and an embedded SQLite file for `make dev`.
 
-use std::{str::FromStr, time::Duration};
+use std::{future::Future, str::FromStr, time::Duration};
 
 use sqlx::{
-    ConnectOptions,
+    ConnectOptions, MySql, Pool, Sqlite,
+    migrate::{MigrateError, Migrator},
     mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions},
     sqlite::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -95,6 +96,165 @@ pub async fn connect_sqlite(url: &str) -> Result<SqlitePool, sqlx::Error> {
         .max_lifetime(None)
         .connect_with(options)
         .await
+}
+
+/// A backend the runner can open and migrate: MySQL-compatible or SQLite.
+pub trait Connect: sqlx::Database {
+    /// A pool on `url`; `max_connections` applies to MySQL (SQLite keeps one).
+    fn connect(
+        url: &str,
+        max_connections: u32,
+    ) -> impl Future<Output = Result<Pool<Self>, sqlx::Error>> + Send;
+
+    /// Applies `migrator`'s pending migrations on `pool`.
+    fn migrate<'a>(
+        pool: &'a Pool<Self>,
+        migrator: &'a Migrator,
+    ) -> impl Future<Output = Result<(), MigrateError>> + Send + 'a;
+}
+
+impl Connect for MySql {
+    async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx::Error> {
+        connect_mysql(url, max_connections).await
+    }
+
+    async fn migrate(pool: &MySqlPool, migrator: &Migrator) -> Result<(), MigrateError> {
+        migrator.run(pool).await
+    }
+}
+
+impl Connect for Sqlite {
+    async fn connect(url: &str, _max_connections: u32) -> Result<SqlitePool, sqlx::Error> {
+        connect_sqlite(url).await
+    }
+
+    async fn migrate(pool: &SqlitePool, migrator: &Migrator) -> Result<(), MigrateError> {
+        migrator.run(pool).await
+    }
+}
+
+/// A store over one pool of one backend, with its migrations: what the
+/// runner opens, migrates and closes for a service.
+pub trait Pooled: Clone + Send + Sync + Sized + 'static {
+    /// The backend.
+    type Db: Connect;
+    /// The store's schema, as migrations.
+    const MIGRATOR: Migrator;
+
+    /// The store over `pool`.
+    fn from_pool(pool: Pool<Self::Db>) -> Self;
+
+    /// The store's pool.
+    fn pool(&self) -> &Pool<Self::Db>;
+
+    /// Opens the store on `url` with up to `max_connections` (MySQL).
+    fn open(
+        url: &str,
+        max_connections: u32,
+    ) -> impl Future<Output = Result<Self, sqlx::Error>> + Send {
+        async move { Ok(Self::from_pool(Self::Db::connect(url, max_connections).await?)) }
+    }
+
+    /// Applies pending migrations.
+    fn migrate(&self) -> impl Future<Output = Result<(), MigrateError>> + Send {
+        async move { Self::Db::migrate(self.pool(), &Self::MIGRATOR).await }
+    }
+
+    /// Closes the pool: waits for checked-out connections to come back, then
+    /// closes every connection (SQLite checkpoints its log).
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        let pool = self.pool().clone();
+        async move { pool.close().await }
+    }
+}
+
+/// Implements [`Pooled`] for a store struct with a `pool` field, on backend
+/// `$db`, with the migrations in `$migrations` (relative to the calling
+/// crate's manifest, as `sqlx::migrate!` reads it).
+#[macro_export]
+macro_rules! pooled {
+    ($store:ty, $db:ty, $migrations:literal) => {
+        impl $crate::db::Pooled for $store {
+            type Db = $db;
+            const MIGRATOR: ::sqlx::migrate::Migrator = ::sqlx::migrate!($migrations);
+
+            fn from_pool(pool: ::sqlx::Pool<$db>) -> Self {
+                Self { pool }
+            }
+
+            fn pool(&self) -> &::sqlx::Pool<$db> {
+                &self.pool
+            }
+        }
+    };
+}
+
+/// A service's store as the database URL chose it.
+#[derive(Clone, Debug)]
+pub enum Opened<M, S> {
+    /// On a MySQL-compatible server.
+    MySql(M),
+    /// In an SQLite file.
+    Sqlite(S),
+}
+
+impl<M, S> Opened<M, S>
+where
+    M: Pooled<Db = MySql>,
+    S: Pooled<Db = Sqlite>,
+{
+    /// Opens the store `url` names, applying pending migrations first when
+    /// `args` say so.
+    pub async fn open(url: &DatabaseUrl, args: &DatabaseArgs) -> Result<Self, OpenError> {
+        let opened = match url.backend() {
+            Backend::MySql => Self::MySql(M::open(url.expose(), args.db_max_connections).await?),
+            Backend::Sqlite => Self::Sqlite(S::open(url.expose(), 1).await?),
+        };
+        if args.migrate_on_start {
+            opened.migrate().await?;
+        }
+        Ok(opened)
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), MigrateError> {
+        match self {
+            Self::MySql(store) => store.migrate().await,
+            Self::Sqlite(store) => store.migrate().await,
+        }
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        match self {
+            Self::MySql(store) => store.close().await,
+            Self::Sqlite(store) => store.close().await,
+        }
+    }
+}
+
+/// Why a store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The database could not be reached or opened.
+    #[error("opening the database: {0}")]
+    Connect(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] MigrateError),
+}
+
+/// Flags of the services that keep a database (message, receipt and
+/// notification): its pool and its migrations.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DatabaseArgs {
+    /// Connections in the MySQL pool (SQLite always uses one).
+    #[arg(long, env = "PARLEY_DB_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_max_connections: u32,
+    /// Apply pending migrations at start-up.
+    #[arg(long, env = "PARLEY_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
 }
 
 #[cfg(test)]

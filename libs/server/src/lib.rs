@@ -1,4 +1,5 @@
-//! The scaffold every Parley service stands on: who is calling (`caller`), the
+//! The scaffold every Parley service stands on: how it is started and stopped
+//! (`runner`), who is calling (`caller`), the
 //! request guard that applies timeouts, load shedding and per-caller rate limits
 //! (`guard`), serving with `grpc.health.v1` and reflection (`serve`), database
 //! connections for both storage backends (`db`), opaque page tokens (`page`),
@@ -12,15 +13,15 @@ pub mod credentials;
 pub mod db;
 pub mod guard;
 pub mod page;
+pub mod runner;
 pub mod serve;
 pub mod shed;
 pub mod telemetry;
 pub mod upstream;
 
 pub use caller::{Caller, ServiceIdentity, Uid};
+pub use runner::{Background, StartError, Stopping};
 pub use serve::{ServerArgs, serve, serve_with};
-
-use std::future::Future;
 
 /// A lazily connected channel to another Parley service at `url`
 /// (`http://host:port`): it connects on first use and reconnects by itself.
@@ -120,49 +121,6 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
-}
-
-/// The body of every service's `main`: migrate, or start the metrics
-/// listener (when configured), bind `listen` and serve until SIGTERM; errors
-/// print one line and exit non-zero.
-pub async fn main_with<E, M, S, F>(
-    name: &'static str,
-    listen: std::net::SocketAddr,
-    server: &ServerArgs,
-    command: Option<Command>,
-    migrate: M,
-    serve: S,
-) -> std::process::ExitCode
-where
-    E: std::fmt::Display,
-    M: Future<Output = Result<(), E>>,
-    S: FnOnce(tokio::net::TcpListener) -> F,
-    F: Future<Output = Result<(), E>>,
-{
-    let outcome = match command.unwrap_or_default() {
-        Command::Migrate => migrate.await.map(|()| tracing::info!("migrations applied")),
-        Command::Serve => {
-            if let Err(error) = telemetry::serve_metrics(server.metrics_listen).await {
-                eprintln!("{name}: {error}");
-                return std::process::ExitCode::FAILURE;
-            }
-            match tokio::net::TcpListener::bind(listen).await {
-                Ok(listener) => serve(listener).await,
-                Err(error) => {
-                    eprintln!("{name}: cannot listen on {listen}: {error}");
-                    return std::process::ExitCode::FAILURE;
-                }
-            }
-        }
-    };
-    telemetry::shutdown();
-    match outcome {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("{name}: {error}");
-            std::process::ExitCode::FAILURE
-        }
-    }
 }
 
 #[cfg(test)]

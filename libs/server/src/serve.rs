@@ -78,17 +78,10 @@ impl clap::builder::ValueParserFactory for Secret {
     }
 }
 
-/// Flags shared by every service: storage pool, migrations, logging, request
-/// limits and the internal token.
+/// Flags shared by every service: logging, metrics, request limits, the stop
+/// and credentials.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServerArgs {
-    /// Connections in the MySQL pool (SQLite always uses one).
-    #[arg(long, env = "PARLEY_DB_MAX_CONNECTIONS", default_value_t = 16,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub db_max_connections: u32,
-    /// Apply pending migrations at start-up.
-    #[arg(long, env = "PARLEY_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
-    pub migrate_on_start: bool,
     /// Log line format.
     #[arg(long, env = "PARLEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -334,21 +327,6 @@ where
     };
     janitor.abort();
     Ok(served?)
-}
-
-/// Why a service could not start, or stopped with an error. `E` is the
-/// service's own error type (storage, migrations).
-#[derive(Debug, thiserror::Error)]
-pub enum StartError<E: std::error::Error + 'static> {
-    /// Bad configuration.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// The service's storage or migrations failed.
-    #[error(transparent)]
-    Service(#[from] E),
-    /// Serving failed.
-    #[error(transparent)]
-    Serve(ServeError),
 }
 
 #[cfg(test)]

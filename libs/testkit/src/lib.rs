@@ -322,7 +322,7 @@ macro_rules! contract_suite {
                 async fn $case() {
                     let db = $crate::TestDb::mysql().await;
                     let store = super::$mysql::connect(db.url(), 4).await.expect("connect");
-                    super::$store::migrate(&store).await.expect("migrate");
+                    <super::$mysql as ::parley_server::db::Pooled>::migrate(&store).await.expect("migrate");
                     super::$case(store).await;
                 }
             )*
@@ -333,7 +333,7 @@ macro_rules! contract_suite {
                 async fn $case() {
                     let db = $crate::TestDb::sqlite();
                     let store = super::$sqlite::connect(db.url()).await.expect("connect");
-                    super::$store::migrate(&store).await.expect("migrate");
+                    <super::$sqlite as ::parley_server::db::Pooled>::migrate(&store).await.expect("migrate");
                     super::$case(store).await;
                 }
             )*

@@ -30,8 +30,9 @@ use parley_proto::{
     receipt::receipt_service_client::ReceiptServiceClient,
 };
 use parley_server::{
-    ServerArgs, Uid,
+    ServerArgs, StartError, Uid,
     caller::valid_device_id,
+    runner::Service,
     serve::Secret,
     shed::refuse,
     upstream::{MessageUrl, NotificationUrl, PresenceUrl, ReceiptUrl},
@@ -171,25 +172,8 @@ pub struct Config {
     pub server: ServerArgs,
 }
 
-/// The command line.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "parley-gateway",
-    version,
-    about = "Parley gateway: one stream per client device"
-)]
-pub struct Cli {
-    /// What to do (`migrate` has nothing to do here and succeeds).
-    #[command(subcommand)]
-    pub command: Option<parley_server::Command>,
-    /// Configuration.
-    #[command(flatten)]
-    pub config: Config,
-}
-
-/// Why the gateway could not start or stopped with an error (it has no
-/// storage of its own to fail).
-pub type StartError = parley_server::serve::StartError<std::convert::Infallible>;
+/// The command line: flags only (the gateway keeps no database).
+pub type Cli = parley_server::runner::Cli<Config>;
 
 impl Config {
     /// The token verifier the configuration names: exactly one key.
@@ -219,6 +203,103 @@ impl Config {
             Duration::from_millis(self.slow_consumer_timeout_ms),
         )
         .map_err(StartError::Config)
+    }
+
+    /// This gateway's id on the bus: the configured one, or a random one.
+    fn gateway_id(&self) -> Result<String, StartError> {
+        match &self.gateway_id {
+            Some(id) if valid_device_id(id) => Ok(id.clone()),
+            Some(_) => Err(StartError::Config(
+                "PARLEY_GATEWAY_ID: 1 to 64 printable ASCII characters without spaces or '|'"
+                    .into(),
+            )),
+            None => Ok(format!("gw-{:016x}", rand::random::<u64>())),
+        }
+    }
+}
+
+/// The gateway, as `parley_server::runner` runs it.
+pub struct Gateway;
+
+impl Service for Gateway {
+    const BINARY: &'static str = "parley-gateway";
+    const ABOUT: &'static str = "Parley gateway: one stream per client device";
+    type Config = Config;
+
+    fn listen(config: &Config) -> SocketAddr {
+        config.listen
+    }
+
+    fn server(config: &Config) -> &ServerArgs {
+        &config.server
+    }
+
+    fn check(config: &Config) -> Result<(), StartError> {
+        config.verifier()?;
+        config.ws_settings()?;
+        config.gateway_id()?;
+        config.bus.connect().map_err(StartError::config)?;
+        Clients::new(config).map(drop)
+    }
+
+    /// Serves the gRPC stream on `listener` (and WebSocket clients on the
+    /// address the configuration names) until `shutdown` resolves.
+    async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let bus = config.bus.connect().map_err(StartError::config)?;
+        let ws = match config.ws_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                StartError::Config(format!("cannot listen for WebSocket on {addr}: {e}"))
+            })?),
+            None => None,
+        };
+        let listeners = Listeners { grpc: listener, ws };
+        run_on_bus(config, bus, listeners, shutdown).await
+    }
+}
+
+/// The services the gateway calls, and the credentials it calls with.
+struct Clients {
+    keys: Option<parley_server::credentials::Keys>,
+    message: MessageServiceClient<Intercepted>,
+    receipt: ReceiptServiceClient<Intercepted>,
+    presence: PresenceServiceClient<Intercepted>,
+    notification: NotificationServiceClient<Intercepted>,
+}
+
+/// A channel whose calls carry the gateway's identity.
+type Intercepted = tonic::codegen::InterceptedService<
+    tonic::transport::Channel,
+    parley_server::ServiceIdentity,
+>;
+
+impl Clients {
+    fn new(config: &Config) -> Result<Self, StartError> {
+        let (keys, identity) = config
+            .server
+            .identity("gateway")
+            .map_err(StartError::Config)?;
+        Ok(Self {
+            message: MessageServiceClient::with_interceptor(
+                config.message.channel().map_err(StartError::Config)?,
+                identity.to("message"),
+            ),
+            receipt: ReceiptServiceClient::with_interceptor(
+                config.receipt.channel().map_err(StartError::Config)?,
+                identity.to("receipt"),
+            ),
+            presence: PresenceServiceClient::with_interceptor(
+                config.presence.channel().map_err(StartError::Config)?,
+                identity.to("presence"),
+            ),
+            notification: NotificationServiceClient::with_interceptor(
+                config.notification.channel().map_err(StartError::Config)?,
+                identity.to("notification"),
+            ),
+            keys,
+        })
     }
 }
 
@@ -429,51 +510,8 @@ async fn heartbeat(hub: Hub, mut presence: PresenceClient, gateway_id: String, i
     }
 }
 
-/// The `parley-gateway` command: reads flags and `PARLEY_*` variables, sets up
-/// telemetry, and serves until SIGTERM or Ctrl-C (then says goodbye to every
-/// client, which reconnects elsewhere).
-pub async fn main() -> std::process::ExitCode {
-    use clap::Parser as _;
-    let cli = Cli::parse();
-    // Settings that cannot work stop the start before anything is bound.
-    if let Err(error) = cli.config.verifier().and(cli.config.ws_settings()) {
-        eprintln!("parley-gateway: {error}");
-        return std::process::ExitCode::from(2);
-    }
-    parley_server::telemetry::init("parley-gateway", cli.config.server.log_format);
-    let config = cli.config;
-    parley_server::main_with(
-        "parley-gateway",
-        config.listen,
-        &config.server.clone(),
-        cli.command,
-        async { Ok::<(), StartError>(()) },
-        |listener| run(config, listener, parley_server::shutdown_signal()),
-    )
-    .await
-}
-
-/// Runs the gateway on `listener` (and on the WebSocket address the
-/// configuration names) until `shutdown` resolves.
-pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let bus = config
-        .bus
-        .connect()
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    let ws = match config.ws_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-            StartError::Config(format!("cannot listen for WebSocket on {addr}: {e}"))
-        })?),
-        None => None,
-    };
-    let listeners = Listeners { grpc: listener, ws };
-    run_on_bus(config, bus, listeners, shutdown).await
-}
-
-/// [`run`] on a given bus (an in-process one shared with the other services).
+/// [`Service::run`] on a given bus (an in-process one shared with the other
+/// services).
 pub async fn run_on_bus<F>(
     config: Config,
     bus: Bus,
@@ -486,45 +524,19 @@ where
     let Listeners { grpc: listener, ws } = listeners.into();
     let verifier = config.verifier()?;
     let ws_settings = config.ws_settings()?;
-    let gateway_id = match &config.gateway_id {
-        Some(id) if valid_device_id(id) => id.clone(),
-        Some(_) => {
-            return Err(StartError::Config(
-                "PARLEY_GATEWAY_ID: 1 to 64 printable ASCII characters without spaces or '|'"
-                    .into(),
-            ));
-        }
-        None => format!("gw-{:016x}", rand::random::<u64>()),
-    };
-    let (keys, identity) = config
-        .server
-        .identity("gateway")
-        .map_err(StartError::Config)?;
-    let bus = bus
-        .with_credentials(keys.clone())
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    let receipt = ReceiptServiceClient::with_interceptor(
-        config.receipt.channel().map_err(StartError::Config)?,
-        identity.to("receipt"),
-    );
-    let presence = PresenceServiceClient::with_interceptor(
-        config.presence.channel().map_err(StartError::Config)?,
-        identity.to("presence"),
-    );
+    let gateway_id = config.gateway_id()?;
+    let clients = Clients::new(&config)?;
+    let keys = clients.keys;
+    let bus = bus.with_credentials(keys.clone()).map_err(StartError::config)?;
     let hub = Hub::default();
-    let (offline, telling) = OfflineTeller::new(hub.clone(), presence.clone(), gateway_id.clone());
+    let (offline, telling) =
+        OfflineTeller::new(hub.clone(), clients.presence.clone(), gateway_id.clone());
     let upstream = Upstream {
-        message: MessageServiceClient::with_interceptor(
-            config.message.channel().map_err(StartError::Config)?,
-            identity.to("message"),
-        ),
-        acks: AckWriter::start(receipt.clone()),
-        receipt,
-        notification: NotificationServiceClient::with_interceptor(
-            config.notification.channel().map_err(StartError::Config)?,
-            identity.to("notification"),
-        ),
-        presence,
+        message: clients.message,
+        acks: AckWriter::start(clients.receipt.clone()),
+        receipt: clients.receipt,
+        notification: clients.notification,
+        presence: clients.presence,
         offline,
     };
     let interval = Duration::from_millis(u64::from(config.heartbeat_interval_ms));
@@ -591,9 +603,7 @@ where
             }
         }
     };
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Config(e.to_string()))?;
+    let addr = listener.local_addr().map_err(StartError::config)?;
     tracing::info!(%addr, gateway_id = %gateway_id, "gateway listening");
     let mut settings = config.server.guard_settings(keys);
     settings.public_prefix = Some("/parley.gateway.v1.GatewayService/");
@@ -616,10 +626,10 @@ where
             (routes, &[parley_proto::gateway::gateway_service_server::SERVICE_NAME]),
             shutdown,
         ) => served,
-        error = websocket => return Err(StartError::Config(format!("the WebSocket server failed: {error}"))),
-        _ = background => return Err(StartError::Config("the bus subscription ended".into())),
+        error = websocket => return Err(StartError::Failed(format!("the WebSocket server failed: {error}"))),
+        _ = background => return Err(StartError::Failed("the bus subscription ended".into())),
         // Ends only when every session and the handler are gone.
-        () = &mut telling => return Err(StartError::Config("the offline teller ended".into())),
+        () = &mut telling => return Err(StartError::Failed("the offline teller ended".into())),
     };
     drop(stop);
     // Sessions still saying goodbye hand their devices over as they end; the
@@ -632,5 +642,5 @@ where
             "sessions still open after the grace period; their presence entries will lapse"
         );
     }
-    served.map_err(StartError::Serve)
+    Ok(served?)
 }

@@ -1,6 +1,6 @@
-//! `parley-gateway`: reads config, sets up logging, binds and runs the gateway.
+//! `parley-gateway`: the gateway, started by the shared runner.
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    parley_gateway::main().await
+    parley_server::runner::main::<parley_gateway::Gateway>().await
 }

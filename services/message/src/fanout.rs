@@ -25,7 +25,7 @@ use parley_proto::{
     gateway::DeliveredMessage,
     notification::{self as npb, notification_service_client::NotificationServiceClient},
 };
-use parley_server::ServiceIdentity;
+use parley_server::{ServiceIdentity, Stopping};
 use tonic::{codegen::InterceptedService, transport::Channel};
 
 use crate::{
@@ -227,12 +227,11 @@ impl Fanout {
     }
 
     /// Publishes the failed fan-outs again every `every` until each gets
-    /// through; runs until dropped.
-    pub async fn repair<S: MessageStore>(self, store: S, every: Duration) {
+    /// through; runs until the service stops.
+    pub async fn repair<S: MessageStore>(self, store: S, every: Duration, mut stopping: Stopping) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
+        while stopping.tick(&mut tick).await {
             let due = std::mem::take(&mut *self.failed());
             if due.is_empty() {
                 continue;

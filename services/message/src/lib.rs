@@ -15,7 +15,7 @@ pub mod store;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use parley_bus::{Bus, BusArgs};
+use parley_bus::{Bus, BusArgs, routing::PresenceClient};
 use parley_proto::{
     message::message_service_server::MessageServiceServer,
     notification::notification_service_client::NotificationServiceClient,
@@ -23,17 +23,18 @@ use parley_proto::{
     receipt::receipt_service_client::ReceiptServiceClient,
 };
 use parley_server::{
-    ServerArgs,
-    db::{Backend, DatabaseUrl},
+    Background, ServerArgs, StartError,
+    credentials::Keys,
+    db::{DatabaseArgs, DatabaseUrl, Opened},
+    runner::{Service, Stored},
     upstream::{NotificationUrl, PresenceUrl, ReceiptUrl},
 };
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 
 use crate::{
-    error::MessageError,
-    fanout::Fanout,
-    outbox::{Downstream, Drainer, Wake},
+    fanout::{Fanout, NotificationClient},
+    outbox::{Downstream, Drainer, ReceiptClient, Wake},
     service::{Limits, MessageApi},
     store::{MessageStore, MySqlMessageStore, SqliteMessageStore},
 };
@@ -92,53 +93,58 @@ pub struct Config {
     #[arg(long, env = "PARLEY_OUTBOX_MAX_BACKOFF_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub outbox_max_backoff_ms: u64,
-    /// Flags shared by every service: storage pool, migrations, logging, request limits.
+    /// The database's pool and migrations.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Flags shared by every service: logging, metrics, request limits, credentials.
     #[command(flatten)]
     pub server: ServerArgs,
 }
 
-/// The command line: serve (default) or migrate.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "parley-message",
-    version,
-    about = "Parley message service: groups, membership, messages"
-)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Option<parley_server::Command>,
-    /// Configuration.
-    #[command(flatten)]
-    pub config: Config,
-}
+/// The message service, as `parley_server::runner` runs it.
+pub struct Message;
 
-/// Why the service could not start or stopped with an error.
-pub type StartError = parley_server::serve::StartError<MessageError>;
+impl Service for Message {
+    const BINARY: &'static str = "parley-message";
+    const ABOUT: &'static str = "Parley message service: groups, membership, messages";
+    type Config = Config;
 
-/// Applies pending migrations and returns.
-pub async fn migrate(config: &Config) -> Result<(), StartError> {
-    let url = config.database_url.expose();
-    match config.database_url.backend() {
-        Backend::MySql => MySqlMessageStore::connect(url, 1).await?.migrate().await?,
-        Backend::Sqlite => SqliteMessageStore::connect(url).await?.migrate().await?,
+    fn listen(config: &Config) -> SocketAddr {
+        config.listen
     }
-    Ok(())
+
+    fn server(config: &Config) -> &ServerArgs {
+        &config.server
+    }
+
+    fn check(config: &Config) -> Result<(), StartError> {
+        config.bus.connect().map_err(StartError::config)?;
+        Upstream::new(config).map(drop)
+    }
+
+    async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let bus = config.bus.connect().map_err(StartError::config)?;
+        run_on_bus(config, bus, listener, shutdown).await
+    }
 }
 
-/// Runs the service on `listener` until `shutdown` resolves.
-pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let bus = config
-        .bus
-        .connect()
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    run_on_bus(config, bus, listener, shutdown).await
+impl Stored for Message {
+    type MySql = MySqlMessageStore;
+    type Sqlite = SqliteMessageStore;
+
+    fn database(config: &Config) -> (&DatabaseUrl, &DatabaseArgs) {
+        (&config.database_url, &config.database)
+    }
 }
 
-/// [`run`] publishing on a given bus (an in-process one shared with gateways).
+/// The command line: serve (default) or migrate.
+pub type Cli = parley_server::runner::StoredCli<Config>;
+
+/// [`Service::run`] publishing on a given bus (an in-process one shared with
+/// gateways).
 pub async fn run_on_bus<F>(
     config: Config,
     bus: Bus,
@@ -148,28 +154,53 @@ pub async fn run_on_bus<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let url = config.database_url.expose().to_owned();
-    match config.database_url.backend() {
-        Backend::MySql => {
-            let store = MySqlMessageStore::connect(&url, config.server.db_max_connections).await?;
-            run_with(store, bus, config, listener, shutdown).await
-        }
-        Backend::Sqlite => {
-            run_with(
-                SqliteMessageStore::connect(&url).await?,
-                bus,
-                config,
-                listener,
-                shutdown,
-            )
-            .await
-        }
+    // Credentials first: a service that will refuse to start changes nothing.
+    let upstream = Upstream::new(&config)?;
+    let bus = bus
+        .with_credentials(upstream.keys.clone())
+        .map_err(StartError::config)?;
+    match Message::open(&config).await? {
+        Opened::MySql(store) => serve(store, bus, upstream, config, listener, shutdown).await,
+        Opened::Sqlite(store) => serve(store, bus, upstream, config, listener, shutdown).await,
     }
 }
 
-async fn run_with<S, F>(
+/// The services the message service calls, and the credentials it calls with.
+struct Upstream {
+    keys: Option<Keys>,
+    receipt: ReceiptClient,
+    presence: PresenceClient,
+    notification: NotificationClient,
+}
+
+impl Upstream {
+    fn new(config: &Config) -> Result<Self, StartError> {
+        let (keys, identity) = config
+            .server
+            .identity("message")
+            .map_err(StartError::Config)?;
+        Ok(Self {
+            receipt: ReceiptServiceClient::with_interceptor(
+                config.receipt.channel().map_err(StartError::Config)?,
+                identity.to("receipt"),
+            ),
+            presence: PresenceServiceClient::with_interceptor(
+                config.presence.channel().map_err(StartError::Config)?,
+                identity.to("presence"),
+            ),
+            notification: NotificationServiceClient::with_interceptor(
+                config.notification.channel().map_err(StartError::Config)?,
+                identity.to("notification"),
+            ),
+            keys,
+        })
+    }
+}
+
+async fn serve<S, F>(
     store: S,
     bus: Bus,
+    upstream: Upstream,
     config: Config,
     listener: TcpListener,
     shutdown: F,
@@ -178,45 +209,28 @@ where
     S: MessageStore,
     F: Future<Output = ()> + Send + 'static,
 {
-    // Credentials first: a service that will refuse to start changes nothing.
-    let (keys, identity) = config
-        .server
-        .identity("message")
-        .map_err(StartError::Config)?;
-    let bus = bus
-        .with_credentials(keys.clone())
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    if config.server.migrate_on_start {
-        store.migrate().await?;
-    }
-    let receipt = ReceiptServiceClient::with_interceptor(
-        config.receipt.channel().map_err(StartError::Config)?,
-        identity.to("receipt"),
-    );
-    let presence = PresenceServiceClient::with_interceptor(
-        config.presence.channel().map_err(StartError::Config)?,
-        identity.to("presence"),
-    );
-    let notification = NotificationServiceClient::with_interceptor(
-        config.notification.channel().map_err(StartError::Config)?,
-        identity.to("notification"),
-    );
-    let fanout = Fanout::new(presence, bus);
+    let fanout = Fanout::new(upstream.presence, bus);
     let downstream = Downstream {
-        receipt,
-        notification,
+        receipt: upstream.receipt,
+        notification: upstream.notification,
         fanout: fanout.clone(),
     };
     let wake = Wake::default();
     let max_backoff = Duration::from_millis(config.outbox_max_backoff_ms);
-    let drainer =
-        tokio::spawn(Drainer::new(store.clone(), downstream, wake.clone(), max_backoff).run());
-    let gauges = tokio::spawn(Drainer::report(store.clone(), Duration::from_secs(10)));
-    let repair = tokio::spawn(
-        fanout
-            .clone()
-            .repair(store.clone(), Duration::from_millis(config.fanout_retry_ms)),
-    );
+    let mut background = Background::default();
+    background.spawn("outbox", |stopping| {
+        Drainer::new(store.clone(), downstream, wake.clone(), max_backoff).run(stopping)
+    });
+    background.spawn("outbox gauges", |stopping| {
+        Drainer::report(store.clone(), Duration::from_secs(10), stopping)
+    });
+    background.spawn("fan-out repair", |stopping| {
+        fanout.clone().repair(
+            store.clone(),
+            Duration::from_millis(config.fanout_retry_ms),
+            stopping,
+        )
+    });
 
     let limits = Limits {
         max_content_bytes: usize::try_from(config.max_content_bytes).unwrap_or(usize::MAX),
@@ -229,20 +243,24 @@ where
     };
     let mut routes = RoutesBuilder::default();
     routes.add_service(MessageServiceServer::new(MessageApi::new(
-        store, limits, wake, fanout,
+        store.clone(),
+        limits,
+        wake,
+        fanout,
     )));
-    tracing::info!(addr = %listener.local_addr().map_err(|e| StartError::Config(e.to_string()))?, "message service listening");
+    let addr = listener.local_addr().map_err(StartError::config)?;
+    tracing::info!(%addr, "message service listening");
     let served = parley_server::serve(
         listener,
         &config.server,
-        keys,
+        upstream.keys,
         routes,
         &[parley_proto::message::message_service_server::SERVICE_NAME],
-        shutdown,
+        background.signal_on(shutdown),
     )
     .await;
-    drainer.abort();
-    gauges.abort();
-    repair.abort();
-    served.map_err(StartError::Serve)
+    // The outbox lanes finish their batches, then the pool closes.
+    background.stop(config.server.shutdown_grace()).await;
+    store.close().await;
+    Ok(served?)
 }

@@ -17,7 +17,7 @@ use parley_proto::{
     notification as npb,
     receipt::{self as pb, receipt_service_client::ReceiptServiceClient},
 };
-use parley_server::{ServiceIdentity, backoff_delay};
+use parley_server::{ServiceIdentity, Stopping, backoff_delay};
 use tokio::sync::watch;
 use tonic::{Code, codegen::InterceptedService, transport::Channel};
 use tracing::Instrument;
@@ -241,11 +241,10 @@ impl<S: MessageStore> Drainer<S> {
         }
     }
 
-    /// Reports the backlog as gauges every `every`, until dropped.
-    pub async fn report(store: S, every: Duration) {
+    /// Reports the backlog as gauges every `every`, until the service stops.
+    pub async fn report(store: S, every: Duration, mut stopping: Stopping) {
         let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
+        while stopping.tick(&mut tick).await {
             match store.outbox_stats().await {
                 Ok(stats) => {
                     metrics::gauge!("parley_outbox_depth").set(stats.pending as f64);
@@ -258,29 +257,37 @@ impl<S: MessageStore> Drainer<S> {
         }
     }
 
-    /// Drains every lane, side by side, until the task is dropped.
-    pub async fn run(self) {
+    /// Drains every lane, side by side, until the service stops; each lane
+    /// finishes the batch it holds first.
+    pub async fn run(self, stopping: Stopping) {
         let lanes = (0..LANES).map(|index| {
-            self.drain_lane(Lane {
-                index,
-                count: LANES,
-            })
+            self.drain_lane(
+                Lane {
+                    index,
+                    count: LANES,
+                },
+                stopping.clone(),
+            )
         });
         futures::future::join_all(lanes).await;
     }
 
-    /// Drains one lane until dropped: a failure backs off this lane only.
-    async fn drain_lane(&self, lane: Lane) {
+    /// Drains one lane until the service stops: a failure backs off this
+    /// lane only.
+    async fn drain_lane(&self, lane: Lane, mut stopping: Stopping) {
         let mut woken = self.wake.0.subscribe();
         let mut failures = 0u32;
-        loop {
+        while !stopping.is_stopping() {
             woken.borrow_and_update();
             match self.drain_once(lane).await {
                 Ok(0) => {
                     failures = 0;
                     // A new entry wakes the lane; the poll covers entries
                     // written by another replica.
-                    let _ = tokio::time::timeout(IDLE_POLL, woken.changed()).await;
+                    tokio::select! {
+                        _ = tokio::time::timeout(IDLE_POLL, woken.changed()) => {}
+                        () = stopping.stopped() => {}
+                    }
                 }
                 Ok(_) => failures = 0,
                 Err(error) => {
@@ -288,7 +295,7 @@ impl<S: MessageStore> Drainer<S> {
                         backoff_delay(failures, Duration::from_millis(50), self.max_backoff);
                     failures = failures.saturating_add(1);
                     tracing::warn!(error = %error, lane = lane.index, retry_in_ms = delay.as_millis() as u64, "outbox delivery failed");
-                    tokio::time::sleep(delay).await;
+                    stopping.pause(delay).await;
                 }
             }
         }

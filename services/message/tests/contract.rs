@@ -8,7 +8,7 @@ use parley_message::{
         OUTBOX_MESSAGE, OutboxStats, SendOutcome, SqliteMessageStore,
     },
 };
-use parley_server::Uid;
+use parley_server::{Uid, db::Pooled as _};
 
 fn uid(s: &str) -> Uid {
     Uid::parse(s).expect("valid uid")

@@ -21,20 +21,23 @@ use parley_proto::{
     presence::presence_service_client::PresenceServiceClient,
     receipt::receipt_service_client::ReceiptServiceClient,
 };
+use parley_bus::routing::PresenceClient;
 use parley_server::{
-    ServerArgs,
-    db::{Backend, DatabaseUrl},
+    Background, ServerArgs, StartError,
+    credentials::Keys,
+    db::{DatabaseArgs, DatabaseUrl, Opened},
+    runner::{Service, Stored},
     upstream::{MessageUrl, PresenceUrl, ReceiptUrl},
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 
 use crate::{
     providers::PushArgs,
     push::Senders,
-    service::NotificationApi,
-    store::{MySqlQueueStore, QueueError, QueueStore, SqliteQueueStore},
-    worker::{Policy, Worker},
+    service::{MessageClient, NotificationApi},
+    store::{MySqlQueueStore, QueueStore, SqliteQueueStore},
+    worker::{Policy, ReceiptClient, Worker},
 };
 
 /// The notification service's configuration, from flags or `PARLEY_*` variables.
@@ -70,7 +73,10 @@ pub struct Config {
     /// Collapsing, throttling and retries.
     #[command(flatten)]
     pub policy: PolicyArgs,
-    /// Flags shared by every service: storage pool, migrations, logging, request limits.
+    /// The database's pool and migrations.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Flags shared by every service: logging, metrics, request limits, credentials.
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -139,126 +145,141 @@ impl PolicyArgs {
     }
 }
 
+/// The notification service, as `parley_server::runner` runs it.
+pub struct Notification;
+
+impl Service for Notification {
+    const BINARY: &'static str = "parley-notification";
+    const ABOUT: &'static str = "Parley notification service: offline pushes through APNs and FCM";
+    type Config = Config;
+
+    fn listen(config: &Config) -> SocketAddr {
+        config.listen
+    }
+
+    fn server(config: &Config) -> &ServerArgs {
+        &config.server
+    }
+
+    fn check(config: &Config) -> Result<(), StartError> {
+        config.push.senders().map_err(StartError::config)?;
+        Upstream::new(config).map(drop)
+    }
+
+    async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let senders = config.push.senders().map_err(StartError::config)?;
+        run_with_senders(senders, config, listener, shutdown).await
+    }
+}
+
+impl Stored for Notification {
+    type MySql = MySqlQueueStore;
+    type Sqlite = SqliteQueueStore;
+
+    fn database(config: &Config) -> (&DatabaseUrl, &DatabaseArgs) {
+        (&config.database_url, &config.database)
+    }
+}
+
 /// The command line: serve (default) or migrate.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "parley-notification",
-    version,
-    about = "Parley notification service: offline pushes through APNs and FCM"
-)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Option<parley_server::Command>,
-    /// Configuration.
-    #[command(flatten)]
-    pub config: Config,
-}
+pub type Cli = parley_server::runner::StoredCli<Config>;
 
-/// Why the service could not start or stopped with an error.
-pub type StartError = parley_server::serve::StartError<QueueError>;
-
-/// Applies pending migrations and returns.
-pub async fn migrate(config: &Config) -> Result<(), StartError> {
-    let url = config.database_url.expose();
-    match config.database_url.backend() {
-        Backend::MySql => MySqlQueueStore::connect(url, 1).await?.migrate().await?,
-        Backend::Sqlite => SqliteQueueStore::connect(url).await?.migrate().await?,
-    }
-    Ok(())
-}
-
-/// Runs the service on `listener` until `shutdown` resolves.
-pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let url = config.database_url.expose().to_owned();
-    match config.database_url.backend() {
-        Backend::MySql => {
-            let store = MySqlQueueStore::connect(&url, config.server.db_max_connections).await?;
-            run_with(store, config, listener, shutdown).await
-        }
-        Backend::Sqlite => {
-            let store = SqliteQueueStore::connect(&url).await?;
-            run_with(store, config, listener, shutdown).await
-        }
-    }
-}
-
-async fn run_with<S, F>(
-    store: S,
-    config: Config,
-    listener: TcpListener,
-    shutdown: F,
-) -> Result<(), StartError>
-where
-    S: QueueStore,
-    F: Future<Output = ()> + Send + 'static,
-{
-    let senders = config
-        .push
-        .senders()
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    run_with_senders(store, senders, config, listener, shutdown).await
-}
-
-/// Runs the service with given senders (tests use this to count pushes).
-pub async fn run_with_senders<S, F>(
-    store: S,
+/// [`Service::run`] with given senders (tests use this to count pushes).
+pub async fn run_with_senders<F>(
     senders: Senders,
     config: Config,
     listener: TcpListener,
     shutdown: F,
 ) -> Result<(), StartError>
 where
-    S: QueueStore,
     F: Future<Output = ()> + Send + 'static,
 {
     // Credentials first: a service that will refuse to start changes nothing.
-    let (keys, identity) = config
-        .server
-        .identity("notification")
-        .map_err(StartError::Config)?;
-    if config.server.migrate_on_start {
-        store.migrate().await?;
+    let upstream = Upstream::new(&config)?;
+    config.push.log_providers(&senders);
+    match Notification::open(&config).await? {
+        Opened::MySql(store) => serve(store, senders, upstream, config, listener, shutdown).await,
+        Opened::Sqlite(store) => serve(store, senders, upstream, config, listener, shutdown).await,
     }
-    let presence = PresenceServiceClient::with_interceptor(
-        config.presence.channel().map_err(StartError::Config)?,
-        identity.to("presence"),
-    );
-    let receipt = ReceiptServiceClient::with_interceptor(
-        config.receipt.channel().map_err(StartError::Config)?,
-        identity.to("receipt"),
-    );
-    let message = MessageServiceClient::with_interceptor(
-        config.message.channel().map_err(StartError::Config)?,
-        identity.to("message"),
-    );
-    let policy = config.policy.policy();
-    let (stop, stopped) = watch::channel(false);
-    let worker = Worker::new(store.clone(), senders, presence, receipt, policy.clone());
-    let worker = tokio::spawn(worker.run(stopped));
+}
 
+/// The services the notification service calls, and the credentials it
+/// calls with.
+struct Upstream {
+    keys: Option<Keys>,
+    presence: PresenceClient,
+    receipt: ReceiptClient,
+    message: MessageClient,
+}
+
+impl Upstream {
+    fn new(config: &Config) -> Result<Self, StartError> {
+        let (keys, identity) = config
+            .server
+            .identity("notification")
+            .map_err(StartError::Config)?;
+        Ok(Self {
+            presence: PresenceServiceClient::with_interceptor(
+                config.presence.channel().map_err(StartError::Config)?,
+                identity.to("presence"),
+            ),
+            receipt: ReceiptServiceClient::with_interceptor(
+                config.receipt.channel().map_err(StartError::Config)?,
+                identity.to("receipt"),
+            ),
+            message: MessageServiceClient::with_interceptor(
+                config.message.channel().map_err(StartError::Config)?,
+                identity.to("message"),
+            ),
+            keys,
+        })
+    }
+}
+
+async fn serve<S, F>(
+    store: S,
+    senders: Senders,
+    upstream: Upstream,
+    config: Config,
+    listener: TcpListener,
+    shutdown: F,
+) -> Result<(), StartError>
+where
+    S: QueueStore,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let policy = config.policy.policy();
+    let mut background = Background::default();
+    let worker = Worker::new(
+        store.clone(),
+        senders,
+        upstream.presence,
+        upstream.receipt,
+        policy.clone(),
+    );
+    background.spawn("push worker", |stopping| worker.run(stopping));
     let mut routes = RoutesBuilder::default();
     routes.add_service(NotificationServiceServer::new(NotificationApi::new(
-        store, policy, message,
+        store.clone(),
+        policy,
+        upstream.message,
     )));
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Config(e.to_string()))?;
+    let addr = listener.local_addr().map_err(StartError::config)?;
     tracing::info!(%addr, "notification service listening");
     let served = parley_server::serve(
         listener,
         &config.server,
-        keys,
+        upstream.keys,
         routes,
         &[parley_proto::notification::notification_service_server::SERVICE_NAME],
-        shutdown,
+        background.signal_on(shutdown),
     )
     .await;
     // Pushes in progress are handed back to the queue before the pool closes.
-    let _ = stop.send(true);
-    let _ = worker.await;
-    served.map_err(StartError::Serve)
+    background.stop(config.server.shutdown_grace()).await;
+    store.close().await;
+    Ok(served?)
 }

@@ -129,7 +129,7 @@ fn credential(
 }
 
 impl PushArgs {
-    /// Builds the senders and logs which providers are enabled.
+    /// Builds the senders.
     pub fn senders(&self) -> Result<Senders, ProviderError> {
         let timeout = Duration::from_millis(self.push_timeout_ms);
         let in_flight = usize::try_from(self.max_in_flight).unwrap_or(usize::MAX);
@@ -163,17 +163,6 @@ impl PushArgs {
             )?;
             senders.apns = Some(Arc::new(sender));
         }
-        let state = |configured: bool| match (configured, self.push_log) {
-            (true, _) => "enabled",
-            (false, true) => "logging only (no credentials)",
-            (false, false) => "disabled (no credentials)",
-        };
-        tracing::info!(
-            apns = state(senders.apns.is_some()),
-            fcm = state(senders.fcm.is_some()),
-            fcm_base_url = %self.fcm_base_url,
-            "push providers"
-        );
         if self.push_log {
             let log = match &self.push_log_file {
                 Some(path) => LogSender::with_file(path).map_err(|source| ProviderError::Read {
@@ -188,5 +177,21 @@ impl PushArgs {
             senders.fcm.get_or_insert(log);
         }
         Ok(senders)
+    }
+
+    /// Logs which providers the senders reach (those not set only log,
+    /// when `--push-log` says so).
+    pub fn log_providers(&self, senders: &Senders) {
+        let state = |configured: bool| match (configured, self.push_log) {
+            (true, _) => "enabled",
+            (false, true) => "logging only (no credentials)",
+            (false, false) => "disabled (no credentials)",
+        };
+        tracing::info!(
+            apns = state(senders.apns.is_some()),
+            fcm = state(senders.fcm.is_some()),
+            fcm_base_url = %self.fcm_base_url,
+            "push providers"
+        );
     }
 }

@@ -24,9 +24,9 @@ use std::{
 use futures::future::join_all;
 use parley_bus::routing::{PresenceClient, locate};
 use parley_proto::receipt::{self as rpb, receipt_service_client::ReceiptServiceClient};
-use parley_server::{ServiceIdentity, backoff_delay, millis, now_ms};
+use parley_server::{ServiceIdentity, Stopping, backoff_delay, millis, now_ms};
 use tokio::{
-    sync::{Semaphore, watch},
+    sync::Semaphore,
     task::JoinSet,
     time::Instant,
 };
@@ -177,12 +177,12 @@ impl<S: QueueStore> Worker<S> {
 
     /// Drains until `stop` turns true; pairs in progress are then handed back
     /// (due at once) for the next worker.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, mut stop: Stopping) {
         let worker = Arc::new(self);
         let slots = Arc::new(Semaphore::new(worker.policy.concurrency.max(1)));
         let mut jobs = JoinSet::new();
         let mut next_stats = Instant::now();
-        while !*stop.borrow() {
+        while !stop.is_stopping() {
             while jobs.try_join_next().is_some() {}
             if Instant::now() >= next_stats {
                 worker.report_queue().await;
@@ -195,13 +195,13 @@ impl<S: QueueStore> Worker<S> {
                 Next::AfterAJob => {
                     tokio::select! {
                         _ = jobs.join_next() => {}
-                        _ = stop.changed() => {}
+                        () = stop.stopped() => {}
                     }
                 }
                 Next::Poll => {
                     tokio::select! {
                         () = tokio::time::sleep(worker.policy.poll) => {}
-                        _ = stop.changed() => {}
+                        () = stop.stopped() => {}
                     }
                 }
             }
@@ -213,7 +213,7 @@ impl<S: QueueStore> Worker<S> {
         self: &Arc<Self>,
         slots: &Arc<Semaphore>,
         jobs: &mut JoinSet<()>,
-        stop: &watch::Receiver<bool>,
+        stop: &Stopping,
     ) -> Next {
         // Batches of at most BATCH pairs, several in flight when the workers
         // allow: one slow provider answer holds up only its own batch.
@@ -269,7 +269,7 @@ impl<S: QueueStore> Worker<S> {
 
     /// Settles a claimed batch of pairs; those a dependency could not serve,
     /// or all of them when the worker stops, are put back.
-    async fn job(&self, pairs: Vec<Pending>, mut stop: watch::Receiver<bool>) {
+    async fn job(&self, pairs: Vec<Pending>, mut stop: Stopping) {
         let later = tokio::select! {
             outcome = self.process(&pairs) => match outcome {
                 Ok(later) => later,
@@ -278,7 +278,7 @@ impl<S: QueueStore> Worker<S> {
                     pairs.iter().map(|p| (p, LATER)).collect()
                 }
             },
-            _ = stop.wait_for(|stopping| *stopping) => pairs.iter().map(|p| (p, Duration::ZERO)).collect(),
+            () = stop.stopped() => pairs.iter().map(|p| (p, Duration::ZERO)).collect(),
         };
         for (pending, after) in later {
             let due = now_ms().saturating_add(millis(after));

@@ -13,13 +13,17 @@ pub mod store;
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use parley_proto::presence::presence_service_server::PresenceServiceServer;
-use parley_server::ServerArgs;
+use parley_server::{
+    Background, ServerArgs, StartError,
+    credentials::Keys,
+    runner::Service,
+};
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 
 use crate::{
     service::PresenceApi,
-    store::{Lifetimes, MemoryPresenceStore, PresenceError, PresenceStore, RedisPresenceStore},
+    store::{Lifetimes, MemoryPresenceStore, PresenceStore, RedisPresenceStore},
 };
 
 /// The presence service's configuration, from flags or `PARLEY_*` variables.
@@ -54,58 +58,86 @@ pub struct Config {
     #[arg(long, env = "PARLEY_PRESENCE_REDIS_CONNECTIONS", default_value_t = 16,
           value_parser = clap::value_parser!(u64).range(1..=1_000))]
     pub redis_connections: u64,
-    /// Flags shared by every service: logging, request limits, internal token.
+    /// Flags shared by every service: logging, metrics, request limits, credentials.
     #[command(flatten)]
     pub server: ServerArgs,
 }
 
-/// The command line.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "parley-presence",
-    version,
-    about = "Parley presence service: online devices and their gateways"
-)]
-pub struct Cli {
-    /// What to do (`migrate` has nothing to do here and succeeds).
-    #[command(subcommand)]
-    pub command: Option<parley_server::Command>,
-    /// Configuration.
-    #[command(flatten)]
-    pub config: Config,
-}
+/// The presence service, as `parley_server::runner` runs it.
+pub struct Presence;
 
-/// Why the service could not start or stopped with an error.
-pub type StartError = parley_server::serve::StartError<PresenceError>;
+impl Service for Presence {
+    const BINARY: &'static str = "parley-presence";
+    const ABOUT: &'static str = "Parley presence service: online devices and their gateways";
+    type Config = Config;
 
-/// Last-seen times are kept for 30 days.
-const LAST_SEEN_MS: i64 = 30 * 24 * 3600 * 1000;
+    fn listen(config: &Config) -> SocketAddr {
+        config.listen
+    }
 
-/// Runs the service on `listener` until `shutdown` resolves.
-pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let lifetimes = Lifetimes {
-        ttl_ms: i64::from(config.ttl_ms),
-        last_seen_ms: LAST_SEEN_MS,
-    };
-    match &config.redis_url {
-        Some(url) => {
-            let connections = usize::try_from(config.redis_connections).unwrap_or(16);
-            let store = RedisPresenceStore::new(url, &config.redis_tls, lifetimes, connections)?;
-            run_with(store, "redis", config, listener, shutdown).await
-        }
-        None => {
-            let store = MemoryPresenceStore::new(lifetimes);
-            run_with(store, "memory", config, listener, shutdown).await
+    fn server(config: &Config) -> &ServerArgs {
+        &config.server
+    }
+
+    fn check(config: &Config) -> Result<(), StartError> {
+        config
+            .server
+            .credentials("presence")
+            .map_err(StartError::config)?;
+        Store::open(config).map(drop)
+    }
+
+    async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let keys = config
+            .server
+            .credentials("presence")
+            .map_err(StartError::config)?;
+        match Store::open(&config)? {
+            Store::Redis(store) => serve(store, "redis", keys, config, listener, shutdown).await,
+            Store::Memory(store) => serve(store, "memory", keys, config, listener, shutdown).await,
         }
     }
 }
 
-async fn run_with<S, F>(
+/// The command line: flags only (presence keeps no database).
+pub type Cli = parley_server::runner::Cli<Config>;
+
+/// Last-seen times are kept for 30 days.
+const LAST_SEEN_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// Where presence is kept: Redis, or this process's memory.
+enum Store {
+    Redis(RedisPresenceStore),
+    Memory(MemoryPresenceStore),
+}
+
+impl Store {
+    /// The store the configuration names (Redis connects on first use).
+    fn open(config: &Config) -> Result<Self, StartError> {
+        let lifetimes = Lifetimes {
+            ttl_ms: i64::from(config.ttl_ms),
+            last_seen_ms: LAST_SEEN_MS,
+        };
+        Ok(match &config.redis_url {
+            Some(url) => {
+                let connections = usize::try_from(config.redis_connections).unwrap_or(16);
+                Self::Redis(
+                    RedisPresenceStore::new(url, &config.redis_tls, lifetimes, connections)
+                        .map_err(StartError::config)?,
+                )
+            }
+            None => Self::Memory(MemoryPresenceStore::new(lifetimes)),
+        })
+    }
+}
+
+async fn serve<S, F>(
     store: S,
     backend: &'static str,
+    keys: Option<Keys>,
     config: Config,
     listener: TcpListener,
     shutdown: F,
@@ -114,35 +146,27 @@ where
     S: PresenceStore,
     F: Future<Output = ()> + Send + 'static,
 {
-    let (stop, stopping) = tokio::sync::watch::channel(false);
+    // Watch streams end when the service stops, so the server can finish.
+    let background = Background::default();
     let api = PresenceApi::new(
         store,
         config.ttl_ms,
         Duration::from_millis(config.watch_interval_ms),
-        stopping,
+        background.stopping(),
     );
     let mut routes = RoutesBuilder::default();
     routes.add_service(PresenceServiceServer::new(api));
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Config(e.to_string()))?;
+    let addr = listener.local_addr().map_err(StartError::config)?;
     tracing::info!(%addr, backend, ttl_ms = config.ttl_ms, "presence service listening");
-    let shutdown = async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    };
-    let keys = config
-        .server
-        .credentials("presence")
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    parley_server::serve(
+    let served = parley_server::serve(
         listener,
         &config.server,
         keys,
         routes,
         &[parley_proto::presence::presence_service_server::SERVICE_NAME],
-        shutdown,
+        background.signal_on(shutdown),
     )
-    .await
-    .map_err(StartError::Serve)
+    .await;
+    background.stop(config.server.shutdown_grace()).await;
+    Ok(served?)
 }

@@ -1,20 +1,6 @@
-//! `parley-presence`: reads config, sets up logging, binds and runs the service.
-
-use clap::Parser;
-use parley_presence::Cli;
+//! `parley-presence`: the presence service, started by the shared runner.
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    parley_server::telemetry::init("parley-presence", cli.config.server.log_format);
-    let config = cli.config;
-    parley_server::main_with(
-        "parley-presence",
-        config.listen,
-        &config.server.clone(),
-        cli.command,
-        async { Ok::<(), parley_presence::StartError>(()) },
-        |listener| parley_presence::run(config, listener, parley_server::shutdown_signal()),
-    )
-    .await
+    parley_server::runner::main::<parley_presence::Presence>().await
 }

@@ -4,7 +4,7 @@ use std::{collections::BTreeSet, pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
 use parley_proto::presence::{self as pb, presence_service_server::PresenceService};
-use parley_server::{Caller, Uid, now_ms};
+use parley_server::{Caller, Stopping, Uid, now_ms};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -22,7 +22,7 @@ pub struct PresenceApi<S> {
     ttl_ms: u32,
     watch_interval: Duration,
     changes: Arc<watch::Sender<u64>>,
-    stopping: watch::Receiver<bool>,
+    stopping: Stopping,
 }
 
 impl<S: PresenceStore> PresenceApi<S> {
@@ -34,7 +34,7 @@ impl<S: PresenceStore> PresenceApi<S> {
         store: S,
         ttl_ms: u32,
         watch_interval: Duration,
-        stopping: watch::Receiver<bool>,
+        stopping: Stopping,
     ) -> Self {
         Self {
             store,
@@ -244,7 +244,7 @@ impl<S: PresenceStore> PresenceService for PresenceApi<S> {
         tokio::spawn(async move {
             tokio::select! {
                 () = follower => {}
-                _ = stopping.wait_for(|stop| *stop) => {}
+                () = stopping.stopped() => {}
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

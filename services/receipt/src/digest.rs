@@ -25,6 +25,8 @@ use parley_proto::{
     gateway::{ReadPosition, ReceiptDigestEntry},
 };
 
+use parley_server::Stopping;
+
 use crate::store::{MsgReceipt, ReceiptStore};
 
 /// Messages per group and window a digest reports (the newest).
@@ -177,44 +179,59 @@ impl Coalescer {
     }
 }
 
-/// Sends the coalesced digests every `window`, until dropped.
+/// Sends the coalesced digests every `window` until the service stops, and
+/// then once more: the acks of the last window still reach their senders.
 pub async fn run<S: ReceiptStore>(
     store: S,
     coalescer: Coalescer,
     presence: PresenceClient,
     bus: Bus,
     window: Duration,
+    mut stopping: Stopping,
 ) {
     let mut tick = tokio::time::interval(window);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        let Pending {
-            dirty,
-            reads,
-            since,
-        } = coalescer.take();
-        // Read sync, like the digests, is a convenience: devices read their
-        // cursors at login and with their group list.
-        if !reads.is_empty()
-            && let Err(error) = sync_reads(reads, &presence, &bus).await
-        {
-            tracing::warn!(error = %error, "read sync dropped");
+        let going_on = stopping.tick(&mut tick).await;
+        send_window(&store, coalescer.take(), &presence, &bus).await;
+        if !going_on {
+            return;
         }
-        if dirty.is_empty() {
-            continue;
-        }
-        match flush(&store, dirty, &presence, &bus).await {
-            // The longest an ack of this window waited for its digest.
-            Ok(()) => {
-                if let Some(since) = since {
-                    metrics::histogram!("parley_receipt_digest_delay_seconds")
-                        .record(since.elapsed().as_secs_f64());
-                }
+    }
+}
+
+/// Sends one window's read sync and digests.
+async fn send_window<S: ReceiptStore>(
+    store: &S,
+    pending: Pending,
+    presence: &PresenceClient,
+    bus: &Bus,
+) {
+    let Pending {
+        dirty,
+        reads,
+        since,
+    } = pending;
+    // Read sync, like the digests, is a convenience: devices read their
+    // cursors at login and with their group list.
+    if !reads.is_empty()
+        && let Err(error) = sync_reads(reads, presence, bus).await
+    {
+        tracing::warn!(error = %error, "read sync dropped");
+    }
+    if dirty.is_empty() {
+        return;
+    }
+    match flush(store, dirty, presence, bus).await {
+        // The longest an ack of this window waited for its digest.
+        Ok(()) => {
+            if let Some(since) = since {
+                metrics::histogram!("parley_receipt_digest_delay_seconds")
+                    .record(since.elapsed().as_secs_f64());
             }
-            // Digests are a convenience: senders pull what they missed.
-            Err(error) => tracing::warn!(error = %error, "receipt digests dropped"),
         }
+        // Digests are a convenience: senders pull what they missed.
+        Err(error) => tracing::warn!(error = %error, "receipt digests dropped"),
     }
 }
 

@@ -14,15 +14,17 @@ pub mod store;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use parley_bus::{Bus, BusArgs};
+use parley_bus::{Bus, BusArgs, routing::PresenceClient};
 use parley_proto::{
     message::message_service_client::MessageServiceClient,
     presence::presence_service_client::PresenceServiceClient,
     receipt::receipt_service_server::ReceiptServiceServer,
 };
 use parley_server::{
-    ServerArgs,
-    db::{Backend, DatabaseUrl},
+    Background, ServerArgs, StartError,
+    credentials::Keys,
+    db::{DatabaseArgs, DatabaseUrl, Opened},
+    runner::{Service, Stored},
     upstream::{MessageUrl, PresenceUrl},
 };
 use tokio::net::TcpListener;
@@ -30,8 +32,7 @@ use tonic::service::RoutesBuilder;
 
 use crate::{
     digest::Coalescer,
-    error::ReceiptError,
-    service::ReceiptApi,
+    service::{MessageClient, ReceiptApi},
     store::{MySqlReceiptStore, ReceiptStore, SqliteReceiptStore},
 };
 
@@ -80,54 +81,58 @@ pub struct Config {
     /// The bus to the gateways.
     #[command(flatten)]
     pub bus: BusArgs,
-    /// Flags shared by every service: storage pool, migrations, logging, request limits.
+    /// The database's pool and migrations.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Flags shared by every service: logging, metrics, request limits, credentials.
     #[command(flatten)]
     pub server: ServerArgs,
 }
 
-/// The command line: serve (default) or migrate.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "parley-receipt",
-    version,
-    about = "Parley receipt service: ack cursors and read receipts"
-)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Option<parley_server::Command>,
-    /// Configuration.
-    #[command(flatten)]
-    pub config: Config,
-}
+/// The receipt service, as `parley_server::runner` runs it.
+pub struct Receipt;
 
-/// Why the service could not start or stopped with an error.
-pub type StartError = parley_server::serve::StartError<ReceiptError>;
+impl Service for Receipt {
+    const BINARY: &'static str = "parley-receipt";
+    const ABOUT: &'static str = "Parley receipt service: ack cursors and read receipts";
+    type Config = Config;
 
-/// Applies pending migrations and returns.
-pub async fn migrate(config: &Config) -> Result<(), StartError> {
-    let url = config.database_url.expose();
-    match config.database_url.backend() {
-        Backend::MySql => MySqlReceiptStore::connect(url, 1).await?.migrate().await?,
-        Backend::Sqlite => SqliteReceiptStore::connect(url).await?.migrate().await?,
+    fn listen(config: &Config) -> SocketAddr {
+        config.listen
     }
-    Ok(())
+
+    fn server(config: &Config) -> &ServerArgs {
+        &config.server
+    }
+
+    fn check(config: &Config) -> Result<(), StartError> {
+        config.bus.connect().map_err(StartError::config)?;
+        Upstream::new(config).map(drop)
+    }
+
+    async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let bus = config.bus.connect().map_err(StartError::config)?;
+        run_on_bus(config, bus, listener, shutdown).await
+    }
 }
 
-/// Runs the service on `listener` until `shutdown` resolves.
-pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let bus = config
-        .bus
-        .connect()
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    run_on_bus(config, bus, listener, shutdown).await
+impl Stored for Receipt {
+    type MySql = MySqlReceiptStore;
+    type Sqlite = SqliteReceiptStore;
+
+    fn database(config: &Config) -> (&DatabaseUrl, &DatabaseArgs) {
+        (&config.database_url, &config.database)
+    }
 }
 
-/// [`run`] publishing digests on a given bus (an in-process one shared with
-/// gateways).
+/// The command line: serve (default) or migrate.
+pub type Cli = parley_server::runner::StoredCli<Config>;
+
+/// [`Service::run`] publishing digests on a given bus (an in-process one
+/// shared with gateways).
 pub async fn run_on_bus<F>(
     config: Config,
     bus: Bus,
@@ -137,28 +142,48 @@ pub async fn run_on_bus<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let url = config.database_url.expose().to_owned();
-    match config.database_url.backend() {
-        Backend::MySql => {
-            let store = MySqlReceiptStore::connect(&url, config.server.db_max_connections).await?;
-            run_with(store, bus, config, listener, shutdown).await
-        }
-        Backend::Sqlite => {
-            run_with(
-                SqliteReceiptStore::connect(&url).await?,
-                bus,
-                config,
-                listener,
-                shutdown,
-            )
-            .await
-        }
+    // Credentials first: a service that will refuse to start changes nothing.
+    let upstream = Upstream::new(&config)?;
+    let bus = bus
+        .with_credentials(upstream.keys.clone())
+        .map_err(StartError::config)?;
+    match Receipt::open(&config).await? {
+        Opened::MySql(store) => serve(store, bus, upstream, config, listener, shutdown).await,
+        Opened::Sqlite(store) => serve(store, bus, upstream, config, listener, shutdown).await,
     }
 }
 
-async fn run_with<S, F>(
+/// The services the receipt service calls, and the credentials it calls with.
+struct Upstream {
+    keys: Option<Keys>,
+    presence: PresenceClient,
+    message: MessageClient,
+}
+
+impl Upstream {
+    fn new(config: &Config) -> Result<Self, StartError> {
+        let (keys, identity) = config
+            .server
+            .identity("receipt")
+            .map_err(StartError::Config)?;
+        Ok(Self {
+            presence: PresenceServiceClient::with_interceptor(
+                config.presence.channel().map_err(StartError::Config)?,
+                identity.to("presence"),
+            ),
+            message: MessageServiceClient::with_interceptor(
+                config.message.channel().map_err(StartError::Config)?,
+                identity.to("message"),
+            ),
+            keys,
+        })
+    }
+}
+
+async fn serve<S, F>(
     store: S,
     bus: Bus,
+    upstream: Upstream,
     config: Config,
     listener: TcpListener,
     shutdown: F,
@@ -167,59 +192,46 @@ where
     S: ReceiptStore,
     F: Future<Output = ()> + Send + 'static,
 {
-    // Credentials first: a service that will refuse to start changes nothing.
-    let (keys, identity) = config
-        .server
-        .identity("receipt")
-        .map_err(StartError::Config)?;
-    let bus = bus
-        .with_credentials(keys.clone())
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    if config.server.migrate_on_start {
-        store.migrate().await?;
-    }
-    let retention = tokio::spawn(retention::run(
-        store.clone(),
-        Duration::from_secs(config.retention_hours * 3600),
-        Duration::from_secs(config.retention_interval_secs),
-    ));
-    let presence = PresenceServiceClient::with_interceptor(
-        config.presence.channel().map_err(StartError::Config)?,
-        identity.to("presence"),
-    );
-    let message = MessageServiceClient::with_interceptor(
-        config.message.channel().map_err(StartError::Config)?,
-        identity.to("message"),
-    );
+    let mut background = Background::default();
+    background.spawn("retention", |stopping| {
+        retention::run(
+            store.clone(),
+            Duration::from_secs(config.retention_hours * 3600),
+            Duration::from_secs(config.retention_interval_secs),
+            stopping,
+        )
+    });
     let coalescer = Coalescer::default();
-    let digests = tokio::spawn(digest::run(
-        store.clone(),
-        coalescer.clone(),
-        presence,
-        bus,
-        Duration::from_millis(config.digest_window_ms),
-    ));
+    background.spawn("receipt digests", |stopping| {
+        digest::run(
+            store.clone(),
+            coalescer.clone(),
+            upstream.presence,
+            bus,
+            Duration::from_millis(config.digest_window_ms),
+            stopping,
+        )
+    });
     let mut routes = RoutesBuilder::default();
     routes.add_service(ReceiptServiceServer::new(ReceiptApi::new(
-        store,
+        store.clone(),
         config.ledger_max_members,
         coalescer,
-        message,
+        upstream.message,
     )));
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Config(e.to_string()))?;
+    let addr = listener.local_addr().map_err(StartError::config)?;
     tracing::info!(%addr, ledger_max_members = config.ledger_max_members, "receipt service listening");
     let served = parley_server::serve(
         listener,
         &config.server,
-        keys,
+        upstream.keys,
         routes,
         &[parley_proto::receipt::receipt_service_server::SERVICE_NAME],
-        shutdown,
+        background.signal_on(shutdown),
     )
     .await;
-    retention.abort();
-    digests.abort();
-    served.map_err(StartError::Serve)
+    // The last window's digests go out, then the pool closes.
+    background.stop(config.server.shutdown_grace()).await;
+    store.close().await;
+    Ok(served?)
 }

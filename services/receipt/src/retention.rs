@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use parley_server::now_ms;
+use parley_server::{Stopping, now_ms};
 
 use crate::store::ReceiptStore;
 
@@ -31,11 +31,15 @@ pub async fn expire_once<S: ReceiptStore>(
     }
 }
 
-/// Runs `expire_once` every `interval` until the task is dropped.
-pub async fn run<S: ReceiptStore>(store: S, max_age: Duration, interval: Duration) {
+/// Runs `expire_once` every `interval` until the service stops.
+pub async fn run<S: ReceiptStore>(
+    store: S,
+    max_age: Duration,
+    interval: Duration,
+    mut stopping: Stopping,
+) {
     let mut tick = tokio::time::interval(interval);
-    loop {
-        tick.tick().await;
+    while stopping.tick(&mut tick).await {
         match expire_once(&store, max_age).await {
             Ok((0, 0)) => {}
             Ok((messages, read_acks)) => {

@@ -900,6 +900,7 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parley_server::db::Pooled as _;
     use crate::{
         domain::AckKind,
         store::{MemberChange, SqliteReceiptStore},

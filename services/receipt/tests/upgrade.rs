@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 
 use parley_receipt::store::{MySqlReceiptStore, ReceiptStore, SqliteReceiptStore};
+use parley_server::db::Pooled as _;
 use sqlx::migrate::Migrator;
 
 /// The migrations before `version`.

@@ -242,10 +242,7 @@ impl Committed {
 }
 
 /// Storage of the message service. Every method is one transaction.
-pub trait MessageStore: Clone + Send + Sync + 'static {
-    /// Applies pending migrations.
-    fn migrate(&self) -> impl Future<Output = Result<(), MessageError>> + Send;
-
+pub trait MessageStore: parley_server::db::Pooled {
     /// Creates a group; for a direct conversation that exists, returns it with `true`.
     fn create_group(
         &self,

@@ -1,6 +1,6 @@
 //! The MySQL-compatible backend (MySQL, MariaDB, TiDB).
 
-use sqlx::{MySql, MySqlPool, migrate::Migrator, mysql::MySqlQueryResult};
+use sqlx::{MySql, MySqlPool, mysql::MySqlQueryResult};
 
 use super::sql::impl_message_store;
 use crate::error::MessageError;
@@ -12,7 +12,6 @@ pub struct MySqlMessageStore {
 }
 
 impl MySqlMessageStore {
-    const MIGRATOR: Migrator = sqlx::migrate!("../../migrations/mysql/message");
     const UPSERT_MEMBER_SUFFIX: &'static str = " ON DUPLICATE KEY UPDATE role = VALUES(role), \
          joined_seq = VALUES(joined_seq), left_seq = NULL, joined_at_ms = VALUES(joined_at_ms)";
 
@@ -30,3 +29,4 @@ impl MySqlMessageStore {
 }
 
 impl_message_store!(MySqlMessageStore, MySql);
+parley_server::pooled!(MySqlMessageStore, MySql, "../../migrations/mysql/message");

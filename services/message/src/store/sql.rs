@@ -76,11 +76,6 @@ macro_rules! impl_message_store {
         }
 
         impl crate::store::MessageStore for $store {
-            async fn migrate(&self) -> Result<(), crate::error::MessageError> {
-                Self::MIGRATOR.run(&self.pool).await?;
-                Ok(())
-            }
-
             async fn create_group(
                 &self,
                 group: &crate::domain::NewGroup,

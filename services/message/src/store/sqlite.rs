@@ -1,6 +1,6 @@
 //! The embedded SQLite backend, for `make dev` and single-machine installs.
 
-use sqlx::{Sqlite, SqlitePool, migrate::Migrator, sqlite::SqliteQueryResult};
+use sqlx::{Sqlite, SqlitePool, sqlite::SqliteQueryResult};
 
 use super::sql::impl_message_store;
 use crate::error::MessageError;
@@ -12,7 +12,6 @@ pub struct SqliteMessageStore {
 }
 
 impl SqliteMessageStore {
-    const MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite/message");
     const UPSERT_MEMBER_SUFFIX: &'static str = " ON CONFLICT (gid, uid) DO UPDATE SET role = excluded.role, \
          joined_seq = excluded.joined_seq, left_seq = NULL, joined_at_ms = excluded.joined_at_ms";
 
@@ -31,3 +30,4 @@ impl SqliteMessageStore {
 }
 
 impl_message_store!(SqliteMessageStore, Sqlite);
+parley_server::pooled!(SqliteMessageStore, Sqlite, "../../migrations/sqlite/message");

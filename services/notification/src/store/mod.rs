@@ -6,7 +6,7 @@
 use std::future::Future;
 
 use sqlx::{
-    Database, Encode, MySql, MySqlPool, QueryBuilder, Sqlite, SqlitePool, Type, migrate::Migrator,
+    Database, Encode, MySql, MySqlPool, QueryBuilder, Sqlite, SqlitePool, Type,
 };
 
 use parley_server::db::retrying_deadlocks;
@@ -242,10 +242,7 @@ impl DeviceRow {
 const CHUNK: usize = 500;
 
 /// Storage of the notification service.
-pub trait QueueStore: Clone + Send + Sync + 'static {
-    /// Applies pending migrations.
-    fn migrate(&self) -> impl Future<Output = Result<(), QueueError>> + Send;
-
+pub trait QueueStore: parley_server::db::Pooled {
     /// Stores messages' batches, in one transaction, for the recipients who
     /// have a push token, and marks each one's (user, group) push due at its
     /// first batch's `due_at_ms` unless one is already pending. Recipients
@@ -431,11 +428,6 @@ macro_rules! impl_queue_store {
         }
 
         impl QueueStore for $store {
-            async fn migrate(&self) -> Result<(), QueueError> {
-                Self::MIGRATOR.run(&self.pool).await?;
-                Ok(())
-            }
-
             async fn enqueue(&self, batches: &[OfflineBatch], now_ms: i64) -> Result<u64, QueueError> {
                 let statements = enqueue::Statements::<$db> {
                     insert_queue: Self::INSERT_QUEUE,
@@ -736,7 +728,6 @@ pub struct MySqlQueueStore {
 }
 
 impl MySqlQueueStore {
-    const MIGRATOR: Migrator = sqlx::migrate!("../../migrations/mysql/notification");
     const INSERT_QUEUE: &'static str = "INSERT IGNORE INTO push_queue \
          (uid, gid, seq, msgid, sender_uid, group_name, enqueued_at_ms) ";
     // A no-op update still locks the existing row, which orders this against
@@ -772,7 +763,6 @@ pub struct SqliteQueueStore {
 }
 
 impl SqliteQueueStore {
-    const MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite/notification");
     const INSERT_QUEUE: &'static str = "INSERT OR IGNORE INTO push_queue \
          (uid, gid, seq, msgid, sender_uid, group_name, enqueued_at_ms) ";
     // One connection serialises every transaction: no row locks needed.
@@ -802,6 +792,8 @@ impl SqliteQueueStore {
 
 impl_queue_store!(MySqlQueueStore, MySql);
 impl_queue_store!(SqliteQueueStore, Sqlite);
+parley_server::pooled!(MySqlQueueStore, MySql, "../../migrations/mysql/notification");
+parley_server::pooled!(SqliteQueueStore, Sqlite, "../../migrations/sqlite/notification");
 
 #[cfg(test)]
 mod tests {
@@ -809,6 +801,7 @@ mod tests {
 
     use super::*;
     use crate::push::{Device, Platform};
+    use parley_server::db::Pooled as _;
 
     /// A migrated store on `db` with `connections`, each of `uids` with an
     /// FCM phone.

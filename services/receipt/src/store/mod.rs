@@ -208,10 +208,7 @@ pub enum GroupSelection<'a> {
 }
 
 /// Storage of the receipt service. Every method is one transaction.
-pub trait ReceiptStore: Clone + Send + Sync + 'static {
-    /// Applies pending migrations.
-    fn migrate(&self) -> impl Future<Output = Result<(), ReceiptError>> + Send;
-
+pub trait ReceiptStore: parley_server::db::Pooled {
     /// Records sent messages in order, each in a transaction of its own and
     /// idempotent on (gid, seq); one outcome per message. On failure the
     /// messages before the failed one stay recorded.

@@ -1,6 +1,6 @@
 //! The MySQL-compatible backend (MySQL, MariaDB, TiDB).
 
-use sqlx::{MySql, MySqlPool, migrate::Migrator};
+use sqlx::{MySql, MySqlPool};
 
 use super::sql::impl_receipt_store;
 use crate::error::ReceiptError;
@@ -12,7 +12,6 @@ pub struct MySqlReceiptStore {
 }
 
 impl MySqlReceiptStore {
-    const MIGRATOR: Migrator = sqlx::migrate!("../../migrations/mysql/receipt");
     const UPSERT_GROUP: &'static str = "INSERT INTO receipt_groups (gid, last_seq) VALUES (?, ?) \
          ON DUPLICATE KEY UPDATE last_seq = GREATEST(last_seq, VALUES(last_seq))";
     // MySQL assigns left to right and later expressions see earlier
@@ -45,10 +44,12 @@ impl MySqlReceiptStore {
 }
 
 impl_receipt_store!(MySqlReceiptStore, MySql);
+parley_server::pooled!(MySqlReceiptStore, MySql, "../../migrations/mysql/receipt");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parley_server::db::Pooled as _;
     use crate::{
         domain::AckKind,
         store::{InitMessage, MemberAck, MemberChange, ReceiptStore},

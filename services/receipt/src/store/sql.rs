@@ -32,11 +32,6 @@ pub(super) use select_receipts;
 macro_rules! impl_receipt_store {
     ($store:ty, $db:ty) => {
         impl crate::store::ReceiptStore for $store {
-            async fn migrate(&self) -> Result<(), crate::error::ReceiptError> {
-                Self::MIGRATOR.run(&self.pool).await?;
-                Ok(())
-            }
-
             async fn init_receipts(
                 &self,
                 messages: &[crate::store::InitMessage],

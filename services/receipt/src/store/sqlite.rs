@@ -1,6 +1,6 @@
 //! The embedded SQLite backend, for `make dev` and single-machine installs.
 
-use sqlx::{Sqlite, SqlitePool, migrate::Migrator};
+use sqlx::{Sqlite, SqlitePool};
 
 use super::sql::impl_receipt_store;
 use crate::error::ReceiptError;
@@ -12,7 +12,6 @@ pub struct SqliteReceiptStore {
 }
 
 impl SqliteReceiptStore {
-    const MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite/receipt");
     const UPSERT_GROUP: &'static str = "INSERT INTO receipt_groups (gid, last_seq) VALUES (?, ?) \
          ON CONFLICT (gid) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)";
     const UPSERT_CURSOR_SUFFIX: &'static str = " ON CONFLICT (gid, uid) DO UPDATE SET \
@@ -39,3 +38,4 @@ impl SqliteReceiptStore {
 }
 
 impl_receipt_store!(SqliteReceiptStore, Sqlite);
+parley_server::pooled!(SqliteReceiptStore, Sqlite, "../../migrations/sqlite/receipt");
