@@ -20,6 +20,8 @@ use tonic::{
     service::Interceptor, transport::Channel,
 };
 
+use parley_server::ports;
+
 /// Where the suite is.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Endpoints {
@@ -27,7 +29,7 @@ pub struct Endpoints {
     #[arg(
         long,
         env = "PARLEY_GATEWAY_URL",
-        default_value = "http://127.0.0.1:50051",
+        default_value_t = ports::local_url(ports::GATEWAY),
         global = true
     )]
     pub gateway: String,
@@ -35,7 +37,7 @@ pub struct Endpoints {
     #[arg(
         long,
         env = "PARLEY_MESSAGE_URL",
-        default_value = "http://127.0.0.1:50052",
+        default_value_t = ports::local_url(ports::MESSAGE),
         global = true
     )]
     pub message: String,
@@ -43,7 +45,7 @@ pub struct Endpoints {
     #[arg(
         long,
         env = "PARLEY_RECEIPT_URL",
-        default_value = "http://127.0.0.1:50054",
+        default_value_t = ports::local_url(ports::RECEIPT),
         global = true
     )]
     pub receipt: String,
@@ -51,7 +53,7 @@ pub struct Endpoints {
     #[arg(
         long,
         env = "PARLEY_NOTIFICATION_URL",
-        default_value = "http://127.0.0.1:50055",
+        default_value_t = ports::local_url(ports::NOTIFICATION),
         global = true
     )]
     pub notification: String,

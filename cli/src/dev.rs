@@ -4,6 +4,7 @@
 use std::{future::Future, path::Path};
 
 use parley_bus::Bus;
+use parley_server::ports;
 use parley_server::runner::Service as _;
 use tokio::{net::TcpListener, sync::watch};
 
@@ -13,7 +14,15 @@ pub const DEV_JWT_SECRET: &str = "parley-dev-secret-not-for-production";
 
 /// The first dev port, as the services' defaults have them: gateway,
 /// message, presence, receipt and notification take it and the next four.
-pub const PORTS: u16 = 50051;
+pub const PORTS: u16 = ports::GATEWAY;
+/// The message service's port, this far above the first.
+const MESSAGE: u16 = ports::MESSAGE - PORTS;
+/// The presence service's port, this far above the first.
+const PRESENCE: u16 = ports::PRESENCE - PORTS;
+/// The receipt service's port, this far above the first.
+const RECEIPT: u16 = ports::RECEIPT - PORTS;
+/// The notification service's port, this far above the first.
+const NOTIFICATION: u16 = ports::NOTIFICATION - PORTS;
 /// The gateway's WebSocket, this far above the first port (50061).
 const WS_OFFSET: u16 = 10;
 /// The web client, this far above the first port (50080).
@@ -65,7 +74,7 @@ pub async fn run(data: &Path, options: &Options) -> Result<(), Failure> {
     let port = |offset: u16| base.saturating_add(offset);
     let url = |offset: u16| format!("http://{}", addr(port(offset)));
     let (message_url, presence_url, receipt_url, notification_url) =
-        (url(1), url(2), url(3), url(4));
+        (url(MESSAGE), url(PRESENCE), url(RECEIPT), url(NOTIFICATION));
     let web = addr(port(WEB_OFFSET));
     let origins = format!("http://{web},http://localhost:{}", port(WEB_OFFSET));
     let db = |name: &str| format!("sqlite:{}", data.join(format!("{name}.db")).display());
@@ -139,10 +148,10 @@ pub async fn run(data: &Path, options: &Options) -> Result<(), Failure> {
     .config;
 
     let listeners = (
-        bind("presence", &addr(port(2))).await?,
-        bind("notification", &addr(port(4))).await?,
-        bind("receipt", &addr(port(3))).await?,
-        bind("message", &addr(port(1))).await?,
+        bind("presence", &addr(port(PRESENCE))).await?,
+        bind("notification", &addr(port(NOTIFICATION))).await?,
+        bind("receipt", &addr(port(RECEIPT))).await?,
+        bind("message", &addr(port(MESSAGE))).await?,
         parley_gateway::Listeners {
             grpc: bind("gateway", &addr(port(0))).await?,
             ws: Some(bind("gateway WebSocket", &addr(port(WS_OFFSET))).await?),
@@ -212,10 +221,10 @@ pub async fn run(data: &Path, options: &Options) -> Result<(), Failure> {
         dir = data.display(),
         pushes = push_log.as_str(),
         gateway = addr(port(0)),
-        message = addr(port(1)),
-        presence = addr(port(2)),
-        receipt = addr(port(3)),
-        notification = addr(port(4)),
+        message = addr(port(MESSAGE)),
+        presence = addr(port(PRESENCE)),
+        receipt = addr(port(RECEIPT)),
+        notification = addr(port(NOTIFICATION)),
     );
 
     let outcome = tokio::select! {

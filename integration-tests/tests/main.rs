@@ -2,6 +2,7 @@
 //! service on port 0, real gRPC in between.
 
 mod client_api;
+mod commands;
 mod device;
 mod faults;
 mod malformed;

@@ -10,7 +10,10 @@ use parley_proto::gateway::connect_response::Frame as Out;
 
 use crate::{
     device::Device,
-    support::{Backend, Suite, create_group},
+    support::{
+        Backend, Options, Suite, create_group, on_both_backends, send_direct, user,
+        wait_for_receipts,
+    },
 };
 
 const MESSAGES: u64 = 60;
@@ -250,7 +253,8 @@ async fn gateway_without_credentials(dev: bool) -> (Option<std::process::ExitSta
 async fn a_service_without_credentials_starts_only_in_development_mode() {
     let (stopped, log) = gateway_without_credentials(false).await;
     let status = stopped.expect("refused to start");
-    assert!(!status.success(), "{log}");
+    // 2: the configuration was refused before anything was bound.
+    assert_eq!(status.code(), Some(2), "{log}");
     assert!(
         log.contains("PARLEY_SERVICE_KEY") && log.contains("PARLEY_DEV_MODE"),
         "{log}"
@@ -259,3 +263,47 @@ async fn a_service_without_credentials_starts_only_in_development_mode() {
     assert!(stopped.is_none(), "started in development mode: {log}");
     assert!(log.contains("development mode"), "{log}");
 }
+
+/// A receipt service asked to stop still sends the digests of its last
+/// window: a sender hears of a read acked just before the stop, though the
+/// window (a minute here) was far from over.
+async fn a_stopping_receipt_service_sends_its_last_digests(backend: Backend) {
+    let options = Options {
+        digest_window_ms: 60_000,
+        ..Options::default()
+    };
+    let mut suite = Suite::start_with(backend, options).await;
+    let gid = create_group(&suite, "A", "Last words", &["uid1"]).await;
+    let mut sender = Device::connect(suite.gateway_addrs[0], "A", "phone").await;
+    let sent = send_direct(&suite, "A", gid, "before-the-stop", 16).await;
+    wait_for_receipts(&suite, gid, vec![sent.msgid], 0).await;
+    let ack = parley_proto::receipt::AckRequest {
+        gid,
+        up_to_seq: sent.seq,
+        kind: parley_proto::receipt::AckKind::Read.into(),
+    };
+    suite.receipt(user("uid1")).ack(ack).await.expect("ack");
+
+    suite.stop_receipt().await;
+    // Digests of earlier windows (the message's own, read by no one yet)
+    // may come first; the read must come after the stop.
+    let entry = loop {
+        let Some(frame) = sender.try_frame(Duration::from_secs(30)).await else {
+            panic!("no digest of the read after the receipt service stopped");
+        };
+        let Out::ReceiptDigest(digest) = frame else {
+            continue;
+        };
+        let read = digest
+            .entries
+            .into_iter()
+            .find(|entry| entry.msgid == sent.msgid && entry.read_count > 0);
+        if let Some(entry) = read {
+            break entry;
+        }
+    };
+    assert_eq!((entry.read_count, entry.recipient_count), (1, 1));
+    suite.stop().await;
+}
+
+on_both_backends!(a_stopping_receipt_service_sends_its_last_digests);

@@ -67,6 +67,15 @@ pub struct BusArgs {
 }
 
 impl BusArgs {
+    /// Checks these flags without connecting, and that `keys` (the
+    /// service's credentials, if any) can tag and check bus events.
+    pub fn check(&self, keys: Option<&Keys>) -> Result<(), BusError> {
+        if let Some(url) = &self.bus_url {
+            self.tls.client(url)?;
+        }
+        trusts_subscriber(keys)
+    }
+
     /// The bus these flags name.
     pub fn connect(&self) -> Result<Bus, BusError> {
         match self.bus_url.as_deref() {
@@ -165,13 +174,7 @@ impl Bus {
     /// none. Refused when the credentials do not list the gateways' key,
     /// which the tags are made with.
     pub fn with_credentials(self, keys: Option<Keys>) -> Result<Self, BusError> {
-        if let Some(keys) = &keys
-            && !keys.trusts(SUBSCRIBER)
-        {
-            return Err(BusError::Config(format!(
-                "PARLEY_SERVICE_PUBLIC_KEYS lists no key for {SUBSCRIBER}, which bus events are tagged for"
-            )));
-        }
+        trusts_subscriber(keys.as_ref())?;
         Ok(match self {
             Self::Redis(bus) => Self::Redis(RedisBus { keys, ..bus }),
             local => local,
@@ -382,6 +385,17 @@ impl LocalBus {
             .or_default()
             .push(tx);
         rx
+    }
+}
+
+/// Refuses credentials that do not list the gateways' key, which bus events
+/// are tagged for.
+fn trusts_subscriber(keys: Option<&Keys>) -> Result<(), BusError> {
+    match keys {
+        Some(keys) if !keys.trusts(SUBSCRIBER) => Err(BusError::Config(format!(
+            "PARLEY_SERVICE_PUBLIC_KEYS lists no key for {SUBSCRIBER}, which bus events are tagged for"
+        ))),
+        _ => Ok(()),
     }
 }
 

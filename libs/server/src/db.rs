@@ -152,7 +152,11 @@ pub trait Pooled: Clone + Send + Sync + Sized + 'static {
         url: &str,
         max_connections: u32,
     ) -> impl Future<Output = Result<Self, sqlx::Error>> + Send {
-        async move { Ok(Self::from_pool(Self::Db::connect(url, max_connections).await?)) }
+        async move {
+            Ok(Self::from_pool(
+                Self::Db::connect(url, max_connections).await?,
+            ))
+        }
     }
 
     /// Applies pending migrations.

@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod db;
 pub mod guard;
 pub mod page;
+pub mod ports;
 pub mod runner;
 pub mod serve;
 pub mod shed;

@@ -329,6 +329,42 @@ mod tests {
 
     use super::*;
 
+    /// A service's own flags, as a test stands them in.
+    #[derive(Debug, clap::Args)]
+    struct Flags {
+        #[arg(long, default_value_t = 1)]
+        level: u32,
+    }
+
+    /// The same with the database flags.
+    #[derive(Debug, clap::Args)]
+    struct StoredFlags {
+        #[arg(long, default_value_t = 1)]
+        level: u32,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    }
+
+    #[test]
+    fn only_a_stored_service_has_the_migrate_command() {
+        use clap::Parser as _;
+        let plain = |args: &[&str]| Cli::<Flags>::try_parse_from(args).map(|cli| cli.config.level);
+        assert_eq!(plain(&["x", "--level", "3"]).ok(), Some(3));
+        assert!(plain(&["x", "migrate"]).is_err());
+        let stored = |args: &[&str]| StoredCli::<StoredFlags>::try_parse_from(args);
+        let cli = stored(&["x", "--db-max-connections", "4", "migrate"]).expect("flags");
+        assert_eq!(cli.command, Some(Command::Migrate));
+        assert_eq!(cli.config.database.db_max_connections, 4);
+        assert_eq!(cli.config.level, 1);
+        assert!(
+            stored(&["x"])
+                .expect("flags")
+                .config
+                .database
+                .migrate_on_start
+        );
+    }
+
     #[tokio::test]
     async fn a_task_finishes_its_work_after_the_stop_and_is_awaited() {
         let mut background = Background::default();
@@ -344,7 +380,10 @@ mod tests {
             }
         });
         background.stop(Duration::from_secs(60)).await;
-        assert!(finished.load(Ordering::SeqCst), "stop returned before the task ended");
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "stop returned before the task ended"
+        );
     }
 
     #[tokio::test]

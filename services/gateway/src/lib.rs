@@ -65,7 +65,7 @@ const HEARTBEAT_CHUNK: usize = 10_000;
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
     /// Address to serve the client stream on.
-    #[arg(long, env = "PARLEY_GATEWAY_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "PARLEY_GATEWAY_LISTEN", default_value_t = parley_server::ports::local(parley_server::ports::GATEWAY))]
     pub listen: SocketAddr,
     /// Address to serve WebSocket clients (browsers) on, at `/v1/ws`, with
     /// the same frames as the gRPC stream. Unset: no WebSocket.
@@ -238,8 +238,11 @@ impl Service for Gateway {
         config.verifier()?;
         config.ws_settings()?;
         config.gateway_id()?;
-        config.bus.connect().map_err(StartError::config)?;
-        Clients::new(config).map(drop)
+        let clients = Clients::new(config)?;
+        config
+            .bus
+            .check(clients.keys.as_ref())
+            .map_err(StartError::config)
     }
 
     /// Serves the gRPC stream on `listener` (and WebSocket clients on the
@@ -270,10 +273,8 @@ struct Clients {
 }
 
 /// A channel whose calls carry the gateway's identity.
-type Intercepted = tonic::codegen::InterceptedService<
-    tonic::transport::Channel,
-    parley_server::ServiceIdentity,
->;
+type Intercepted =
+    tonic::codegen::InterceptedService<tonic::transport::Channel, parley_server::ServiceIdentity>;
 
 impl Clients {
     fn new(config: &Config) -> Result<Self, StartError> {
@@ -282,21 +283,11 @@ impl Clients {
             .identity("gateway")
             .map_err(StartError::Config)?;
         Ok(Self {
-            message: MessageServiceClient::with_interceptor(
-                config.message.channel().map_err(StartError::Config)?,
-                identity.to("message"),
-            ),
-            receipt: ReceiptServiceClient::with_interceptor(
-                config.receipt.channel().map_err(StartError::Config)?,
-                identity.to("receipt"),
-            ),
-            presence: PresenceServiceClient::with_interceptor(
-                config.presence.channel().map_err(StartError::Config)?,
-                identity.to("presence"),
-            ),
-            notification: NotificationServiceClient::with_interceptor(
-                config.notification.channel().map_err(StartError::Config)?,
-                identity.to("notification"),
+            message: MessageServiceClient::new(config.message.calling_as(&identity)?),
+            receipt: ReceiptServiceClient::new(config.receipt.calling_as(&identity)?),
+            presence: PresenceServiceClient::new(config.presence.calling_as(&identity)?),
+            notification: NotificationServiceClient::new(
+                config.notification.calling_as(&identity)?,
             ),
             keys,
         })
@@ -527,7 +518,9 @@ where
     let gateway_id = config.gateway_id()?;
     let clients = Clients::new(&config)?;
     let keys = clients.keys;
-    let bus = bus.with_credentials(keys.clone()).map_err(StartError::config)?;
+    let bus = bus
+        .with_credentials(keys.clone())
+        .map_err(StartError::config)?;
     let hub = Hub::default();
     let (offline, telling) =
         OfflineTeller::new(hub.clone(), clients.presence.clone(), gateway_id.clone());

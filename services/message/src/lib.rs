@@ -43,7 +43,7 @@ use crate::{
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
     /// Address to serve gRPC on.
-    #[arg(long, env = "PARLEY_MESSAGE_LISTEN", default_value = "127.0.0.1:50052")]
+    #[arg(long, env = "PARLEY_MESSAGE_LISTEN", default_value_t = parley_server::ports::local(parley_server::ports::MESSAGE))]
     pub listen: SocketAddr,
     /// Database: `mysql://user:pass@host:3306/db` or `sqlite:path/to/file.db`.
     #[arg(
@@ -118,8 +118,11 @@ impl Service for Message {
     }
 
     fn check(config: &Config) -> Result<(), StartError> {
-        config.bus.connect().map_err(StartError::config)?;
-        Upstream::new(config).map(drop)
+        let upstream = Upstream::new(config)?;
+        config
+            .bus
+            .check(upstream.keys.as_ref())
+            .map_err(StartError::config)
     }
 
     async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
@@ -180,17 +183,10 @@ impl Upstream {
             .identity("message")
             .map_err(StartError::Config)?;
         Ok(Self {
-            receipt: ReceiptServiceClient::with_interceptor(
-                config.receipt.channel().map_err(StartError::Config)?,
-                identity.to("receipt"),
-            ),
-            presence: PresenceServiceClient::with_interceptor(
-                config.presence.channel().map_err(StartError::Config)?,
-                identity.to("presence"),
-            ),
-            notification: NotificationServiceClient::with_interceptor(
-                config.notification.channel().map_err(StartError::Config)?,
-                identity.to("notification"),
+            receipt: ReceiptServiceClient::new(config.receipt.calling_as(&identity)?),
+            presence: PresenceServiceClient::new(config.presence.calling_as(&identity)?),
+            notification: NotificationServiceClient::new(
+                config.notification.calling_as(&identity)?,
             ),
             keys,
         })

@@ -15,13 +15,13 @@ pub mod worker;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
+use parley_bus::routing::PresenceClient;
 use parley_proto::notification::notification_service_server::NotificationServiceServer;
 use parley_proto::{
     message::message_service_client::MessageServiceClient,
     presence::presence_service_client::PresenceServiceClient,
     receipt::receipt_service_client::ReceiptServiceClient,
 };
-use parley_bus::routing::PresenceClient;
 use parley_server::{
     Background, ServerArgs, StartError,
     credentials::Keys,
@@ -47,7 +47,7 @@ pub struct Config {
     #[arg(
         long,
         env = "PARLEY_NOTIFICATION_LISTEN",
-        default_value = "127.0.0.1:50055"
+        default_value_t = parley_server::ports::local(parley_server::ports::NOTIFICATION)
     )]
     pub listen: SocketAddr,
     /// Database: `mysql://user:pass@host:3306/db` or `sqlite:path/to/file.db`.
@@ -222,18 +222,9 @@ impl Upstream {
             .identity("notification")
             .map_err(StartError::Config)?;
         Ok(Self {
-            presence: PresenceServiceClient::with_interceptor(
-                config.presence.channel().map_err(StartError::Config)?,
-                identity.to("presence"),
-            ),
-            receipt: ReceiptServiceClient::with_interceptor(
-                config.receipt.channel().map_err(StartError::Config)?,
-                identity.to("receipt"),
-            ),
-            message: MessageServiceClient::with_interceptor(
-                config.message.channel().map_err(StartError::Config)?,
-                identity.to("message"),
-            ),
+            presence: PresenceServiceClient::new(config.presence.calling_as(&identity)?),
+            receipt: ReceiptServiceClient::new(config.receipt.calling_as(&identity)?),
+            message: MessageServiceClient::new(config.message.calling_as(&identity)?),
             keys,
         })
     }

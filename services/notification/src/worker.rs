@@ -25,11 +25,7 @@ use futures::future::join_all;
 use parley_bus::routing::{PresenceClient, locate};
 use parley_proto::receipt::{self as rpb, receipt_service_client::ReceiptServiceClient};
 use parley_server::{ServiceIdentity, Stopping, backoff_delay, millis, now_ms};
-use tokio::{
-    sync::Semaphore,
-    task::JoinSet,
-    time::Instant,
-};
+use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
 use tonic::{codegen::InterceptedService, transport::Channel};
 
 use crate::{

@@ -13,11 +13,7 @@ pub mod store;
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use parley_proto::presence::presence_service_server::PresenceServiceServer;
-use parley_server::{
-    Background, ServerArgs, StartError,
-    credentials::Keys,
-    runner::Service,
-};
+use parley_server::{Background, ServerArgs, StartError, credentials::Keys, runner::Service};
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 
@@ -33,7 +29,7 @@ pub struct Config {
     #[arg(
         long,
         env = "PARLEY_PRESENCE_LISTEN",
-        default_value = "127.0.0.1:50053"
+        default_value_t = parley_server::ports::local(parley_server::ports::PRESENCE)
     )]
     pub listen: SocketAddr,
     /// Redis holding presence (`redis://host:6379/0`, or `rediss://` for

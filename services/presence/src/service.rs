@@ -30,12 +30,7 @@ impl<S: PresenceStore> PresenceApi<S> {
     /// least every `watch_interval` (expiry and other replicas' changes).
     /// Watch streams end when `stopping` turns true, so a graceful stop is not
     /// held up by watchers.
-    pub fn new(
-        store: S,
-        ttl_ms: u32,
-        watch_interval: Duration,
-        stopping: Stopping,
-    ) -> Self {
+    pub fn new(store: S, ttl_ms: u32, watch_interval: Duration, stopping: Stopping) -> Self {
         Self {
             store,
             ttl_ms,

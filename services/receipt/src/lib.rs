@@ -40,7 +40,7 @@ use crate::{
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
     /// Address to serve gRPC on.
-    #[arg(long, env = "PARLEY_RECEIPT_LISTEN", default_value = "127.0.0.1:50054")]
+    #[arg(long, env = "PARLEY_RECEIPT_LISTEN", default_value_t = parley_server::ports::local(parley_server::ports::RECEIPT))]
     pub listen: SocketAddr,
     /// Database: `mysql://user:pass@host:3306/db` or `sqlite:path/to/file.db`.
     #[arg(
@@ -106,8 +106,11 @@ impl Service for Receipt {
     }
 
     fn check(config: &Config) -> Result<(), StartError> {
-        config.bus.connect().map_err(StartError::config)?;
-        Upstream::new(config).map(drop)
+        let upstream = Upstream::new(config)?;
+        config
+            .bus
+            .check(upstream.keys.as_ref())
+            .map_err(StartError::config)
     }
 
     async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
@@ -167,14 +170,8 @@ impl Upstream {
             .identity("receipt")
             .map_err(StartError::Config)?;
         Ok(Self {
-            presence: PresenceServiceClient::with_interceptor(
-                config.presence.channel().map_err(StartError::Config)?,
-                identity.to("presence"),
-            ),
-            message: MessageServiceClient::with_interceptor(
-                config.message.channel().map_err(StartError::Config)?,
-                identity.to("message"),
-            ),
+            presence: PresenceServiceClient::new(config.presence.calling_as(&identity)?),
+            message: MessageServiceClient::new(config.message.calling_as(&identity)?),
             keys,
         })
     }

@@ -900,11 +900,11 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parley_server::db::Pooled as _;
     use crate::{
         domain::AckKind,
         store::{MemberChange, SqliteReceiptStore},
     };
+    use parley_server::db::Pooled as _;
 
     fn request<T>(body: T) -> Request<T> {
         let mut request = Request::new(body);

@@ -30,4 +30,8 @@ impl SqliteMessageStore {
 }
 
 impl_message_store!(SqliteMessageStore, Sqlite);
-parley_server::pooled!(SqliteMessageStore, Sqlite, "../../migrations/sqlite/message");
+parley_server::pooled!(
+    SqliteMessageStore,
+    Sqlite,
+    "../../migrations/sqlite/message"
+);

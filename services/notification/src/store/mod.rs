@@ -5,9 +5,7 @@
 
 use std::future::Future;
 
-use sqlx::{
-    Database, Encode, MySql, MySqlPool, QueryBuilder, Sqlite, SqlitePool, Type,
-};
+use sqlx::{Database, Encode, MySql, MySqlPool, QueryBuilder, Sqlite, SqlitePool, Type};
 
 use parley_server::db::retrying_deadlocks;
 
@@ -792,8 +790,16 @@ impl SqliteQueueStore {
 
 impl_queue_store!(MySqlQueueStore, MySql);
 impl_queue_store!(SqliteQueueStore, Sqlite);
-parley_server::pooled!(MySqlQueueStore, MySql, "../../migrations/mysql/notification");
-parley_server::pooled!(SqliteQueueStore, Sqlite, "../../migrations/sqlite/notification");
+parley_server::pooled!(
+    MySqlQueueStore,
+    MySql,
+    "../../migrations/mysql/notification"
+);
+parley_server::pooled!(
+    SqliteQueueStore,
+    Sqlite,
+    "../../migrations/sqlite/notification"
+);
 
 #[cfg(test)]
 mod tests {

@@ -49,11 +49,11 @@ parley_server::pooled!(MySqlReceiptStore, MySql, "../../migrations/mysql/receipt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parley_server::db::Pooled as _;
     use crate::{
         domain::AckKind,
         store::{InitMessage, MemberAck, MemberChange, ReceiptStore},
     };
+    use parley_server::db::Pooled as _;
 
     const GID: i64 = 1;
 

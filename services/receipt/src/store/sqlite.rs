@@ -38,4 +38,8 @@ impl SqliteReceiptStore {
 }
 
 impl_receipt_store!(SqliteReceiptStore, Sqlite);
-parley_server::pooled!(SqliteReceiptStore, Sqlite, "../../migrations/sqlite/receipt");
+parley_server::pooled!(
+    SqliteReceiptStore,
+    Sqlite,
+    "../../migrations/sqlite/receipt"
+);
