@@ -9,7 +9,7 @@ IMAGE_REPOSITORY ?= ghcr.io/parley-chat
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' helm/parley/Chart.yaml)
 
 .DEFAULT_GOAL := help
-.PHONY: help dev demo build test test-services fuzz lint fmt fmt-check clippy buf-lint chart-lint chart-test images migrate clean bench bench-full bench-build web web-test
+.PHONY: help dev demo build test test-services fuzz lint fmt fmt-check clippy buf-lint chart-lint chart-test repo-check images migrate clean bench bench-full bench-build web web-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -63,7 +63,7 @@ fuzz: ## Every parser property with 20,000 cases and 200 live frame sequences, t
 test-services: ## Start MariaDB and Redis for the tests when they are not running
 	@scripts/ensure-services.sh
 
-bench-build:
+bench-build: ## Build the benchmark and the services in release mode
 	cargo build --release -p parley-bench $(SERVICE_CRATES)
 
 bench: test-services bench-build ## Short benchmark (about 3 minutes after the build): table with baselines, JSON in bench-results.json
@@ -72,19 +72,23 @@ bench: test-services bench-build ## Short benchmark (about 3 minutes after the b
 bench-full: test-services bench-build ## Every part of the benchmark at full size
 	target/release/parley-bench --full --json bench-full-results.json
 
-lint: fmt-check clippy buf-lint chart-lint ## rustfmt, clippy -D warnings, buf lint, Helm chart lint and validation
+lint: fmt-check clippy buf-lint chart-lint repo-check ## rustfmt, clippy -D warnings, buf lint, Helm chart lint and validation, repository guards
 
 fmt: ## Format the code
 	cargo fmt --all
 	cargo fmt --manifest-path fuzz/Cargo.toml
 
-fmt-check:
+fmt-check: ## Check the formatting (what `make lint` runs)
 	cargo fmt --all -- --check
 	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
-clippy:
+clippy: ## Clippy with -D warnings over every target, the fuzz workspace included
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --manifest-path fuzz/Cargo.toml --target-dir target --no-default-features -- -D warnings
+
+repo-check: ## Licence in every manifest, every Make target documented, the pinned toolchain
+	@scripts/ensure-python.sh
+	python3 scripts/repo_check.py
 
 $(BUF):
 	@mkdir -p .tools && echo '{"name":"parley-tools","private":true}' > .tools/package.json

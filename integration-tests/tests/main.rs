@@ -5,6 +5,7 @@ mod client_api;
 mod commands;
 mod device;
 mod faults;
+mod layers;
 mod malformed;
 mod matrix;
 mod outage;

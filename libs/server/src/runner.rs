@@ -11,8 +11,11 @@ use std::{future::Future, net::SocketAddr, process::ExitCode, sync::Arc, time::D
 use clap::{CommandFactory, FromArgMatches};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::Instant};
 
+use tonic::service::RoutesBuilder;
+
 use crate::{
     Command, ServerArgs,
+    credentials::Keys,
     db::{DatabaseArgs, DatabaseUrl, OpenError, Opened, Pooled},
     serve::ServeError,
     telemetry,
@@ -25,13 +28,7 @@ pub trait Service: Sized + 'static {
     /// One line on what it does, for `--help`.
     const ABOUT: &'static str;
     /// Its configuration: flags, each with a `PARLEY_*` variable.
-    type Config: clap::Args + Send + 'static;
-
-    /// Where it serves gRPC.
-    fn listen(config: &Self::Config) -> SocketAddr;
-
-    /// The flags every service has.
-    fn server(config: &Self::Config) -> &ServerArgs;
+    type Config: ServiceConfig + clap::Args + Send + 'static;
 
     /// Checks everything that can be checked without binding or connecting
     /// (credentials, URLs, keys), so a configuration that cannot work stops
@@ -49,23 +46,65 @@ pub trait Service: Sized + 'static {
         F: Future<Output = ()> + Send + 'static;
 }
 
+/// What the runner reads from every service's configuration;
+/// [`service_config!`](crate::service_config) implements it for a `Config`
+/// with a `listen` address and the shared `server` flags.
+pub trait ServiceConfig {
+    /// Where the service serves gRPC.
+    fn listen(&self) -> SocketAddr;
+
+    /// The flags every service has.
+    fn server(&self) -> &ServerArgs;
+}
+
+/// Implements [`ServiceConfig`] for a configuration struct with the fields
+/// `listen: SocketAddr` and `server: ServerArgs`.
+#[macro_export]
+macro_rules! service_config {
+    ($config:ty) => {
+        impl $crate::runner::ServiceConfig for $config {
+            fn listen(&self) -> ::std::net::SocketAddr {
+                self.listen
+            }
+
+            fn server(&self) -> &$crate::ServerArgs {
+                &self.server
+            }
+        }
+    };
+    ($config:ty, stored) => {
+        $crate::service_config!($config);
+
+        impl $crate::runner::StoredConfig for $config {
+            fn database(&self) -> (&$crate::db::DatabaseUrl, &$crate::db::DatabaseArgs) {
+                (&self.database_url, &self.database)
+            }
+        }
+    };
+}
+
+/// What the runner reads from the configuration of a service with a
+/// database; `service_config!(Config, stored)` implements it for fields
+/// `database_url` and `database`.
+pub trait StoredConfig: ServiceConfig {
+    /// The database's URL and pool flags.
+    fn database(&self) -> (&DatabaseUrl, &DatabaseArgs);
+}
+
 /// A service that keeps a database: it has the database flags and a
 /// `migrate` command.
-pub trait Stored: Service {
+pub trait Stored: Service<Config: StoredConfig> {
     /// Its store on a MySQL-compatible server.
     type MySql: Pooled<Db = sqlx::MySql>;
     /// Its store in an SQLite file.
     type Sqlite: Pooled<Db = sqlx::Sqlite>;
-
-    /// The database's URL and pool flags.
-    fn database(config: &Self::Config) -> (&DatabaseUrl, &DatabaseArgs);
 
     /// Opens the store the configuration names (migrating it first when the
     /// flags say so).
     fn open(
         config: &Self::Config,
     ) -> impl Future<Output = Result<Opened<Self::MySql, Self::Sqlite>, OpenError>> + Send {
-        let (url, args) = Self::database(config);
+        let (url, args) = config.database();
         Opened::open(url, args)
     }
 }
@@ -132,8 +171,8 @@ pub async fn main_stored<S: Stored>() -> ExitCode {
     match cli.command.unwrap_or_default() {
         Command::Serve => start::<S>(cli.config).await,
         Command::Migrate => {
-            telemetry::init(S::BINARY, S::server(&cli.config).log_format);
-            let (url, _) = S::database(&cli.config);
+            telemetry::init(S::BINARY, cli.config.server().log_format);
+            let (url, _) = cli.config.database();
             let args = DatabaseArgs {
                 db_max_connections: 1,
                 migrate_on_start: true,
@@ -166,16 +205,16 @@ fn parse<S: Service, C: CommandFactory + FromArgMatches>() -> Result<C, ExitCode
 
 /// Checks, binds and serves `config` until SIGTERM or Ctrl-C.
 async fn start<S: Service>(config: S::Config) -> ExitCode {
-    telemetry::init(S::BINARY, S::server(&config).log_format);
+    telemetry::init(S::BINARY, config.server().log_format);
     if let Err(error) = S::check(&config) {
         eprintln!("{}: {error}", S::BINARY);
         telemetry::shutdown();
         return ExitCode::from(2);
     }
-    if let Err(error) = telemetry::serve_metrics(S::server(&config).metrics_listen).await {
+    if let Err(error) = telemetry::serve_metrics(config.server().metrics_listen).await {
         return finish::<S>(Err(StartError::Config(error.to_string())));
     }
-    let listen = S::listen(&config);
+    let listen = config.listen();
     let outcome = match TcpListener::bind(listen).await {
         Ok(listener) => S::run(config, listener, crate::shutdown_signal()).await,
         Err(error) => Err(StartError::Config(format!(
@@ -183,6 +222,30 @@ async fn start<S: Service>(config: S::Config) -> ExitCode {
         ))),
     };
     finish::<S>(outcome)
+}
+
+/// Serves `routes` (the services `names`) on `listener` until `shutdown`,
+/// telling `background` to stop as soon as it resolves; once the server has
+/// stopped, waits for the background tasks within the grace period.
+pub async fn serve(
+    listener: TcpListener,
+    server: &ServerArgs,
+    credentials: Option<Keys>,
+    (routes, names): (RoutesBuilder, &[&'static str]),
+    background: Background,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let served = crate::serve(
+        listener,
+        server,
+        credentials,
+        routes,
+        names,
+        background.signal_on(shutdown),
+    )
+    .await;
+    background.stop(server.shutdown_grace()).await;
+    Ok(served?)
 }
 
 /// Flushes telemetry and turns the outcome into the exit code, with one line

@@ -221,18 +221,12 @@ impl Config {
 /// The gateway, as `parley_server::runner` runs it.
 pub struct Gateway;
 
+parley_server::service_config!(Config);
+
 impl Service for Gateway {
     const BINARY: &'static str = "parley-gateway";
     const ABOUT: &'static str = "Parley gateway: one stream per client device";
     type Config = Config;
-
-    fn listen(config: &Config) -> SocketAddr {
-        config.listen
-    }
-
-    fn server(config: &Config) -> &ServerArgs {
-        &config.server
-    }
 
     fn check(config: &Config) -> Result<(), StartError> {
         config.verifier()?;

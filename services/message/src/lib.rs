@@ -104,25 +104,16 @@ pub struct Config {
 /// The message service, as `parley_server::runner` runs it.
 pub struct Message;
 
+parley_server::service_config!(Config, stored);
+
 impl Service for Message {
     const BINARY: &'static str = "parley-message";
     const ABOUT: &'static str = "Parley message service: groups, membership, messages";
     type Config = Config;
 
-    fn listen(config: &Config) -> SocketAddr {
-        config.listen
-    }
-
-    fn server(config: &Config) -> &ServerArgs {
-        &config.server
-    }
-
     fn check(config: &Config) -> Result<(), StartError> {
-        let upstream = Upstream::new(config)?;
-        config
-            .bus
-            .check(upstream.keys.as_ref())
-            .map_err(StartError::config)
+        let keys = Upstream::new(config)?.keys;
+        config.bus.check(keys.as_ref()).map_err(StartError::config)
     }
 
     async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
@@ -137,10 +128,6 @@ impl Service for Message {
 impl Stored for Message {
     type MySql = MySqlMessageStore;
     type Sqlite = SqliteMessageStore;
-
-    fn database(config: &Config) -> (&DatabaseUrl, &DatabaseArgs) {
-        (&config.database_url, &config.database)
-    }
 }
 
 /// The command line: serve (default) or migrate.
@@ -246,17 +233,19 @@ where
     )));
     let addr = listener.local_addr().map_err(StartError::config)?;
     tracing::info!(%addr, "message service listening");
-    let served = parley_server::serve(
+    let served = parley_server::runner::serve(
         listener,
         &config.server,
         upstream.keys,
-        routes,
-        &[parley_proto::message::message_service_server::SERVICE_NAME],
-        background.signal_on(shutdown),
+        (
+            routes,
+            &[parley_proto::message::message_service_server::SERVICE_NAME],
+        ),
+        background,
+        shutdown,
     )
     .await;
-    // The outbox lanes finish their batches, then the pool closes.
-    background.stop(config.server.shutdown_grace()).await;
+    // The outbox lanes have finished their batches: the pool closes last.
     store.close().await;
-    Ok(served?)
+    served
 }

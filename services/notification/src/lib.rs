@@ -148,18 +148,12 @@ impl PolicyArgs {
 /// The notification service, as `parley_server::runner` runs it.
 pub struct Notification;
 
+parley_server::service_config!(Config, stored);
+
 impl Service for Notification {
     const BINARY: &'static str = "parley-notification";
     const ABOUT: &'static str = "Parley notification service: offline pushes through APNs and FCM";
     type Config = Config;
-
-    fn listen(config: &Config) -> SocketAddr {
-        config.listen
-    }
-
-    fn server(config: &Config) -> &ServerArgs {
-        &config.server
-    }
 
     fn check(config: &Config) -> Result<(), StartError> {
         config.push.senders().map_err(StartError::config)?;
@@ -178,10 +172,6 @@ impl Service for Notification {
 impl Stored for Notification {
     type MySql = MySqlQueueStore;
     type Sqlite = SqliteQueueStore;
-
-    fn database(config: &Config) -> (&DatabaseUrl, &DatabaseArgs) {
-        (&config.database_url, &config.database)
-    }
 }
 
 /// The command line: serve (default) or migrate.
@@ -260,17 +250,19 @@ where
     )));
     let addr = listener.local_addr().map_err(StartError::config)?;
     tracing::info!(%addr, "notification service listening");
-    let served = parley_server::serve(
+    let served = parley_server::runner::serve(
         listener,
         &config.server,
         upstream.keys,
-        routes,
-        &[parley_proto::notification::notification_service_server::SERVICE_NAME],
-        background.signal_on(shutdown),
+        (
+            routes,
+            &[parley_proto::notification::notification_service_server::SERVICE_NAME],
+        ),
+        background,
+        shutdown,
     )
     .await;
-    // Pushes in progress are handed back to the queue before the pool closes.
-    background.stop(config.server.shutdown_grace()).await;
+    // Pushes in progress have been handed back to the queue: the pool closes last.
     store.close().await;
-    Ok(served?)
+    served
 }

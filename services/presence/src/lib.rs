@@ -62,18 +62,12 @@ pub struct Config {
 /// The presence service, as `parley_server::runner` runs it.
 pub struct Presence;
 
+parley_server::service_config!(Config);
+
 impl Service for Presence {
     const BINARY: &'static str = "parley-presence";
     const ABOUT: &'static str = "Parley presence service: online devices and their gateways";
     type Config = Config;
-
-    fn listen(config: &Config) -> SocketAddr {
-        config.listen
-    }
-
-    fn server(config: &Config) -> &ServerArgs {
-        &config.server
-    }
 
     fn check(config: &Config) -> Result<(), StartError> {
         config
@@ -154,15 +148,16 @@ where
     routes.add_service(PresenceServiceServer::new(api));
     let addr = listener.local_addr().map_err(StartError::config)?;
     tracing::info!(%addr, backend, ttl_ms = config.ttl_ms, "presence service listening");
-    let served = parley_server::serve(
+    parley_server::runner::serve(
         listener,
         &config.server,
         keys,
-        routes,
-        &[parley_proto::presence::presence_service_server::SERVICE_NAME],
-        background.signal_on(shutdown),
+        (
+            routes,
+            &[parley_proto::presence::presence_service_server::SERVICE_NAME],
+        ),
+        background,
+        shutdown,
     )
-    .await;
-    background.stop(config.server.shutdown_grace()).await;
-    Ok(served?)
+    .await
 }

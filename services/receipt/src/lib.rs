@@ -92,25 +92,16 @@ pub struct Config {
 /// The receipt service, as `parley_server::runner` runs it.
 pub struct Receipt;
 
+parley_server::service_config!(Config, stored);
+
 impl Service for Receipt {
     const BINARY: &'static str = "parley-receipt";
     const ABOUT: &'static str = "Parley receipt service: ack cursors and read receipts";
     type Config = Config;
 
-    fn listen(config: &Config) -> SocketAddr {
-        config.listen
-    }
-
-    fn server(config: &Config) -> &ServerArgs {
-        &config.server
-    }
-
     fn check(config: &Config) -> Result<(), StartError> {
-        let upstream = Upstream::new(config)?;
-        config
-            .bus
-            .check(upstream.keys.as_ref())
-            .map_err(StartError::config)
+        let keys = Upstream::new(config)?.keys;
+        config.bus.check(keys.as_ref()).map_err(StartError::config)
     }
 
     async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
@@ -125,10 +116,6 @@ impl Service for Receipt {
 impl Stored for Receipt {
     type MySql = MySqlReceiptStore;
     type Sqlite = SqliteReceiptStore;
-
-    fn database(config: &Config) -> (&DatabaseUrl, &DatabaseArgs) {
-        (&config.database_url, &config.database)
-    }
 }
 
 /// The command line: serve (default) or migrate.
@@ -218,17 +205,19 @@ where
     )));
     let addr = listener.local_addr().map_err(StartError::config)?;
     tracing::info!(%addr, ledger_max_members = config.ledger_max_members, "receipt service listening");
-    let served = parley_server::serve(
+    let served = parley_server::runner::serve(
         listener,
         &config.server,
         upstream.keys,
-        routes,
-        &[parley_proto::receipt::receipt_service_server::SERVICE_NAME],
-        background.signal_on(shutdown),
+        (
+            routes,
+            &[parley_proto::receipt::receipt_service_server::SERVICE_NAME],
+        ),
+        background,
+        shutdown,
     )
     .await;
-    // The last window's digests go out, then the pool closes.
-    background.stop(config.server.shutdown_grace()).await;
+    // The last window's digests have gone out: the pool closes last.
     store.close().await;
-    Ok(served?)
+    served
 }
