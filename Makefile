@@ -9,7 +9,7 @@ IMAGE_REPOSITORY ?= ghcr.io/parley-chat
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' helm/parley/Chart.yaml)
 
 .DEFAULT_GOAL := help
-.PHONY: help dev demo build test test-services fuzz lint fmt fmt-check clippy buf-lint chart-lint chart-test repo-check machete images migrate clean bench bench-full bench-build web web-test
+.PHONY: help dev demo build test test-services fuzz lint fmt fmt-check clippy buf-lint buf-breaking proto-release chart-lint chart-test repo-check machete images migrate clean bench bench-full bench-build web web-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -72,7 +72,7 @@ bench: test-services bench-build ## Short benchmark (about 3 minutes after the b
 bench-full: test-services bench-build ## Every part of the benchmark at full size
 	target/release/parley-bench --full --json bench-full-results.json
 
-lint: fmt-check clippy buf-lint chart-lint repo-check machete ## rustfmt, clippy -D warnings, buf lint, Helm chart lint and validation, repository guards, unused dependencies
+lint: fmt-check clippy buf-lint buf-breaking chart-lint repo-check machete ## rustfmt, clippy -D warnings, buf lint and breaking, Helm chart lint and validation, repository guards, unused dependencies
 
 fmt: ## Format the code
 	cargo fmt --all
@@ -100,6 +100,18 @@ $(BUF):
 
 buf-lint: $(BUF) ## Lint the gRPC contracts under proto/
 	$(BUF) lint
+
+# The protos as last released (`make proto-release` at each release writes
+# releases/proto-<appVersion>.binpb); every change must keep their wire and
+# generated-code compatibility (buf's FILE rules).
+PROTO_RELEASE := $(lastword $(sort $(wildcard releases/proto-*.binpb)))
+
+buf-breaking: $(BUF) ## Check proto/ against the last released protos (no breaking change)
+	@test -n "$(PROTO_RELEASE)" || { echo "buf-breaking: no releases/proto-*.binpb to compare with"; exit 1; }
+	$(BUF) breaking --against $(PROTO_RELEASE)
+
+proto-release: $(BUF) ## At a release: record proto/ as releases/proto-<appVersion>.binpb, the baseline of buf-breaking
+	$(BUF) build -o releases/proto-$(IMAGE_TAG).binpb
 
 $(CHART_PY): scripts/chart-requirements.txt
 	@scripts/ensure-python.sh
