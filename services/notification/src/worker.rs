@@ -45,17 +45,55 @@ struct Facts<'a> {
     online: bool,
 }
 
-/// Why a pair's push is dropped before the receipt service is asked: muted,
-/// no device with a token, or a device connected (the gateway delivers).
-fn dropped(facts: &Facts<'_>) -> Option<&'static str> {
+impl Facts<'_> {
+    /// Whether a push is still possible before the receipt service is asked:
+    /// the policy's decision were every queued message unread.
+    fn may_push(&self) -> bool {
+        matches!(decide(self, Some((0, i64::MIN))), Decision::Push { .. })
+    }
+}
+
+/// What the push policy decides for one pair.
+#[derive(Debug, PartialEq, Eq)]
+enum Decision<'a> {
+    /// No push: every queued message is settled, for this reason (the label
+    /// of `parley_push_dropped_total`).
+    Drop(&'static str),
+    /// Push the messages not yet read, collapsed into one notification with
+    /// this badge; `read` queued messages were read elsewhere meanwhile.
+    Push {
+        unread: Vec<&'a Queued>,
+        read: usize,
+        badge: u32,
+    },
+}
+
+/// The push policy, in the order it is applied: muted, no device with a
+/// token, a device connected (the gateway delivers), no longer a member
+/// (`unread` is `None`: the badge and read cursor the receipt service gave),
+/// everything already read on another device; else push what is unread.
+fn decide<'a>(facts: &Facts<'a>, unread: Option<(u32, i64)>) -> Decision<'a> {
     if facts.muted {
-        Some("muted")
-    } else if facts.devices.is_empty() {
-        Some("no_device")
-    } else if facts.online {
-        Some("online")
-    } else {
-        None
+        return Decision::Drop("muted");
+    }
+    if facts.devices.is_empty() {
+        return Decision::Drop("no_device");
+    }
+    if facts.online {
+        return Decision::Drop("online");
+    }
+    let Some((badge, read_seq)) = unread else {
+        return Decision::Drop("not_member");
+    };
+    let unread: Vec<&Queued> = facts.queued.iter().filter(|q| q.seq > read_seq).collect();
+    if unread.is_empty() {
+        return Decision::Drop("read");
+    }
+    let read = facts.queued.len() - unread.len();
+    Decision::Push {
+        unread,
+        read,
+        badge,
     }
 }
 
@@ -333,7 +371,7 @@ impl<S: QueueStore> Worker<S> {
         let asking: Vec<&Pending> = pairs
             .iter()
             .zip(&facts)
-            .filter(|(_, facts)| !facts.queued.is_empty() && dropped(facts).is_none())
+            .filter(|(_, facts)| facts.may_push())
             .map(|(pending, _)| pending)
             .collect();
         let unread = self.unread(&asking).await?;
@@ -384,18 +422,20 @@ impl<S: QueueStore> Worker<S> {
             tracing::debug!(uid = %uid, gid, reason, messages = count, "push dropped");
             Ok(Settled::Done(newest.seq))
         };
-        if let Some(reason) = dropped(&facts) {
-            return settle(reason, queued.len());
-        }
-        let Some((badge, read_seq)) = unread else {
-            return settle("not_member", queued.len());
+        let (unread, badge) = match decide(&facts, unread) {
+            Decision::Drop(reason) => return settle(reason, queued.len()),
+            Decision::Push {
+                unread,
+                read,
+                badge,
+            } => {
+                if read > 0 {
+                    metrics::counter!("parley_push_dropped_total", "reason" => "read")
+                        .increment(read as u64);
+                }
+                (unread, badge)
+            }
         };
-        let unread: Vec<&Queued> = queued.iter().filter(|q| q.seq > read_seq).collect();
-        let read = queued.len() - unread.len();
-        if read > 0 {
-            metrics::counter!("parley_push_dropped_total", "reason" => "read")
-                .increment(read as u64);
-        }
         let (Some(first), Some(last)) = (unread.first(), unread.last()) else {
             return settle("read", 0);
         };
@@ -610,6 +650,92 @@ impl<S: QueueStore> Worker<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::push::Platform;
+
+    fn queued(seq: i64) -> Queued {
+        Queued {
+            seq,
+            msgid: 100 + seq,
+            sender_uid: "A".into(),
+            group_name: "Design".into(),
+            enqueued_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_push_policy_drops_for_each_reason_in_order_and_pushes_the_unread() {
+        let phone = Device {
+            uid: "B".into(),
+            device_id: "phone".into(),
+            platform: Platform::Fcm,
+            token: "token".into(),
+            app_id: String::new(),
+            locale: String::new(),
+        };
+        let messages = [queued(4), queued(5), queued(6)];
+        let facts = |muted, devices: &'static str, online| Facts {
+            queued: &messages,
+            muted,
+            devices: if devices.is_empty() {
+                &[]
+            } else {
+                std::slice::from_ref(&phone)
+            },
+            online,
+        };
+        let member = Some((7, 4));
+        let cases = [
+            // (muted, devices, online, unread) → decision
+            ((true, "phone", false, member), Decision::Drop("muted")),
+            ((true, "", true, None), Decision::Drop("muted")),
+            ((false, "", false, member), Decision::Drop("no_device")),
+            ((false, "", true, member), Decision::Drop("no_device")),
+            ((false, "phone", true, member), Decision::Drop("online")),
+            ((false, "phone", true, None), Decision::Drop("online")),
+            ((false, "phone", false, None), Decision::Drop("not_member")),
+            (
+                (false, "phone", false, Some((0, 6))),
+                Decision::Drop("read"),
+            ),
+            (
+                (false, "phone", false, Some((0, 9))),
+                Decision::Drop("read"),
+            ),
+        ];
+        for ((muted, devices, online, unread), expected) in cases {
+            assert_eq!(
+                decide(&facts(muted, devices, online), unread),
+                expected,
+                "muted {muted}, devices {devices:?}, online {online}, unread {unread:?}"
+            );
+        }
+        // The receipt service is asked only when the pair alone allows a push.
+        assert!(facts(false, "phone", false).may_push());
+        assert!(!facts(true, "phone", false).may_push());
+        assert!(!facts(false, "phone", true).may_push());
+        let nothing_queued = Facts {
+            queued: &[],
+            ..facts(false, "phone", false)
+        };
+        assert!(!nothing_queued.may_push());
+        // Read on another device up to 4: 5 and 6 are pushed, 4 counted read.
+        assert_eq!(
+            decide(&facts(false, "phone", false), member),
+            Decision::Push {
+                unread: vec![&messages[1], &messages[2]],
+                read: 1,
+                badge: 7,
+            }
+        );
+        assert_eq!(
+            decide(&facts(false, "phone", false), Some((3, 0))),
+            Decision::Push {
+                unread: messages.iter().collect(),
+                read: 0,
+                badge: 3,
+            }
+        );
+    }
 
     #[test]
     fn large_groups_get_the_longer_window() {
