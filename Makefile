@@ -9,7 +9,7 @@ IMAGE_REPOSITORY ?= ghcr.io/parley-chat
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' helm/parley/Chart.yaml)
 
 .DEFAULT_GOAL := help
-.PHONY: help dev demo build test test-services fuzz lint fmt fmt-check clippy buf-lint buf-breaking proto-release chart-lint chart-test repo-check machete images migrate clean bench bench-full bench-build web web-test
+.PHONY: help dev demo build test test-services fuzz lint fmt fmt-check clippy buf-lint buf-breaking proto-release chart-lint chart-test repo-check machete deny images migrate clean bench bench-full bench-build web web-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -72,7 +72,7 @@ bench: test-services bench-build ## Short benchmark (about 3 minutes after the b
 bench-full: test-services bench-build ## Every part of the benchmark at full size
 	target/release/parley-bench --full --json bench-full-results.json
 
-lint: fmt-check clippy buf-lint buf-breaking chart-lint repo-check machete ## rustfmt, clippy -D warnings, buf lint and breaking, Helm chart lint and validation, repository guards, unused dependencies
+lint: fmt-check clippy buf-lint buf-breaking chart-lint repo-check machete deny ## rustfmt, clippy -D warnings, buf lint and breaking, Helm chart lint and validation, repository guards, unused dependencies, cargo deny
 
 fmt: ## Format the code
 	cargo fmt --all
@@ -93,6 +93,9 @@ repo-check: ## Licence in every manifest, every Make target documented, the pinn
 machete: ## Unused dependencies in every manifest (cargo-machete, installed when missing)
 	@command -v cargo-machete >/dev/null || cargo install cargo-machete --locked
 	cargo machete
+
+deny: ## cargo deny: advisories, licences, duplicate crates and sources of every dependency (deny.toml)
+	scripts/deny.sh
 
 $(BUF):
 	@mkdir -p .tools && echo '{"name":"parley-tools","private":true}' > .tools/package.json
