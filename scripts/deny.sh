@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 command -v cargo-deny >/dev/null || cargo install cargo-deny --locked
 db=.tools/advisory-dbs/advisory-db-3157b0e258782691  # where cargo deny keeps the default database
 if cargo deny fetch db >/dev/null 2>&1; then
-  echo "deny: advisories from GitHub ($(git -C "$db" log -1 --format=%cs))"
+  echo "deny: advisories from $(git -C "$db" remote get-url origin) ($(git -C "$db" log -1 --format=%cs))"
   exec cargo deny check
 fi
 snapshot=${PARLEY_ADVISORY_DB:-/work/.mirror/rustsec+advisory-db/repo}
