@@ -12,7 +12,7 @@ fn services_dir() -> PathBuf {
 }
 
 /// Every `.rs` file at or under `path`.
-fn rust_files(path: &Path) -> Vec<PathBuf> {
+pub(crate) fn rust_files(path: &Path) -> Vec<PathBuf> {
     if path.is_file() {
         return vec![path.to_path_buf()];
     }

@@ -189,7 +189,7 @@ async fn a_thousand_and_a_half_devices_leaving_at_once_all_go_offline() {
     let calls = |method: &str| {
         sample(
             &text,
-            &format!("parley_rpc_requests_total{{method=\"/parley.presence.v1.PresenceService/{method}\",code=\"Ok\"}}"),
+            &format!("parley_rpc_requests_total{{grpc_service=\"parley.presence.v1.PresenceService\",grpc_method=\"{method}\",grpc_code=\"OK\"}}"),
         )
         .unwrap_or(0.0)
     };

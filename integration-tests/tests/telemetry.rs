@@ -74,11 +74,11 @@ async fn metrics_endpoint_serves_rpc_counts_and_latency_histograms() {
 
     let (status, text) = http_get(addr, "/metrics").await;
     assert_eq!(status, 200);
-    let send = "method=\"/parley.message.v1.MessageService/SendMessage\"";
+    let send = "grpc_service=\"parley.message.v1.MessageService\",grpc_method=\"SendMessage\"";
     assert_eq!(
         sample(
             &text,
-            &format!("parley_rpc_requests_total{{{send},code=\"Ok\"}}")
+            &format!("parley_rpc_requests_total{{{send},grpc_code=\"OK\"}}")
         ),
         Some(3.0),
         "three sends counted OK:\n{text}"
@@ -86,7 +86,7 @@ async fn metrics_endpoint_serves_rpc_counts_and_latency_histograms() {
     assert_eq!(
         sample(
             &text,
-            &format!("parley_rpc_requests_total{{{send},code=\"PermissionDenied\"}}")
+            &format!("parley_rpc_requests_total{{{send},grpc_code=\"PERMISSION_DENIED\"}}")
         ),
         Some(1.0),
         "the refused send counted with its code"
@@ -94,7 +94,7 @@ async fn metrics_endpoint_serves_rpc_counts_and_latency_histograms() {
     assert_eq!(
         sample(
             &text,
-            &format!("parley_rpc_duration_seconds_count{{{send},code=\"Ok\"}}")
+            &format!("parley_rpc_duration_seconds_count{{{send},grpc_code=\"OK\"}}")
         ),
         Some(3.0),
         "a latency histogram, not a summary"
@@ -102,13 +102,13 @@ async fn metrics_endpoint_serves_rpc_counts_and_latency_histograms() {
     assert_eq!(
         sample(
             &text,
-            &format!("parley_rpc_duration_seconds_bucket{{{send},code=\"Ok\",le=\"+Inf\"}}")
+            &format!("parley_rpc_duration_seconds_bucket{{{send},grpc_code=\"OK\",le=\"+Inf\"}}")
         ),
         Some(3.0)
     );
     // The outbox's internal calls (made after the sends, asynchronously) are
     // counted by the receipt service too.
-    let init = "parley_rpc_requests_total{method=\"/parley.receipt.v1.ReceiptService/InitReceiptsBatch\",code=\"Ok\"}";
+    let init = "parley_rpc_requests_total{grpc_service=\"parley.receipt.v1.ReceiptService\",grpc_method=\"InitReceiptsBatch\",grpc_code=\"OK\"}";
     parley_testkit::eventually(
         "InitReceiptsBatch counted for the three messages",
         std::time::Duration::from_secs(10),
@@ -150,9 +150,64 @@ async fn metrics_endpoint_serves_rpc_counts_and_latency_histograms() {
         },
     )
     .await;
+    // Every metric says what it is, and none is a summary (quantiles do not
+    // add up across replicas; buckets do).
+    let (_, text) = http_get(addr, "/metrics").await;
+    for line in text.lines().filter(|line| line.starts_with("# TYPE ")) {
+        let mut words = line.split_whitespace().skip(2);
+        let (name, kind) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        assert_ne!(kind, "summary", "{name} is a summary");
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} has no # HELP line:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("# TYPE parley_fanout_members histogram"),
+        "{text}"
+    );
     let (status, _) = http_get(addr, "/other").await;
     assert_eq!(status, 404);
     suite.stop().await;
+}
+
+/// Every metric the sources record is described in `telemetry::METRICS`, as
+/// the kind it is recorded as, and every described metric is recorded.
+#[test]
+fn every_metric_recorded_is_described() {
+    use parley_server::telemetry::{Kind, METRICS};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut recorded = std::collections::BTreeSet::new();
+    for dir in ["services", "libs"] {
+        for file in crate::layers::rust_files(&root.join(dir)) {
+            let text = std::fs::read_to_string(&file).expect("readable source");
+            for (kind, call) in [
+                (Kind::Counter, "counter!("),
+                (Kind::Gauge, "gauge!("),
+                (Kind::Histogram, "histogram!("),
+            ] {
+                for rest in text.split(call).skip(1) {
+                    let name = rest
+                        .trim_start()
+                        .strip_prefix('"')
+                        .and_then(|r| r.split('"').next());
+                    if let Some(name) = name.filter(|n| n.starts_with("parley_")) {
+                        recorded.insert((name.to_owned(), format!("{kind:?}")));
+                    }
+                }
+            }
+        }
+    }
+    let described: std::collections::BTreeSet<(String, String)> = METRICS
+        .iter()
+        .map(|(name, kind, _)| ((*name).to_owned(), format!("{kind:?}")))
+        .collect();
+    assert!(
+        recorded.len() >= 30,
+        "only {} metrics found",
+        recorded.len()
+    );
+    assert_eq!(recorded, described);
 }
 
 /// The process's spans, kept in memory, with W3C propagation between the

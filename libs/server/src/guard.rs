@@ -252,46 +252,50 @@ fn code_of(response: &http::Response<Body>) -> tonic::Code {
         .map_or(tonic::Code::Ok, tonic::Code::from)
 }
 
-/// Counts one RPC and its time to the response's start, by method and code.
-/// Paths no route knows (UNIMPLEMENTED) share one label, so a client cannot
-/// grow the label set.
+/// Counts one RPC and its time to the response's start, labelled in the
+/// common gRPC form: `grpc_service` (`parley.message.v1.MessageService`),
+/// `grpc_method` (`SendMessage`) and `grpc_code` (`OK`, `PERMISSION_DENIED`).
+/// Paths no route knows (UNIMPLEMENTED) share the label `unknown`, so a client
+/// cannot grow the label set.
 fn record(path: String, response: &http::Response<Body>, took: std::time::Duration) {
     let code = code_of(response);
-    let method = if code == tonic::Code::Unimplemented {
-        "unknown".to_owned()
-    } else {
-        path
+    let (service, method) = match path.trim_start_matches('/').split_once('/') {
+        Some((service, method)) if code != tonic::Code::Unimplemented => {
+            (service.to_owned(), method.to_owned())
+        }
+        _ => ("unknown".to_owned(), "unknown".to_owned()),
     };
     let labels = [
-        metrics::Label::new("method", method),
-        metrics::Label::from_static_parts("code", code_name(code)),
+        metrics::Label::new("grpc_service", service),
+        metrics::Label::new("grpc_method", method),
+        metrics::Label::from_static_parts("grpc_code", code_name(code)),
     ];
     metrics::counter!("parley_rpc_requests_total", labels.iter()).increment(1);
     metrics::histogram!("parley_rpc_duration_seconds", labels.iter()).record(took.as_secs_f64());
 }
 
-/// The code's name as the metrics label ("Ok", "PermissionDenied", ...),
-/// without formatting one per call.
+/// The code's canonical name, as gRPC spells it ("OK", "PERMISSION_DENIED",
+/// ...), without formatting one per call.
 fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code;
     match code {
-        Code::Ok => "Ok",
-        Code::Cancelled => "Cancelled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

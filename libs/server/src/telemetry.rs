@@ -166,6 +166,220 @@ fn stored_context(traceparent: &str) -> Option<Context> {
     }))
 }
 
+/// What a metric is, for its `# TYPE` line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// A value now.
+    Gauge,
+    /// Observations in buckets (never a summary: buckets add up across
+    /// replicas, quantiles do not).
+    Histogram,
+}
+
+/// Every metric a Parley service exports, with its `# HELP` text; each is
+/// described when the recorder is installed (a test holds the sources to
+/// this list).
+pub const METRICS: &[(&str, Kind, &str)] = &[
+    (
+        "parley_rpc_requests_total",
+        Kind::Counter,
+        "RPCs answered, by grpc_service, grpc_method and grpc_code (a stream counts when it starts)",
+    ),
+    (
+        "parley_rpc_duration_seconds",
+        Kind::Histogram,
+        "Time from an RPC's arrival to its response's start, by grpc_service, grpc_method and grpc_code",
+    ),
+    (
+        "parley_shed_total",
+        Kind::Counter,
+        "Requests refused for load, by what refused them",
+    ),
+    (
+        "parley_db_deadlocks_retried_total",
+        Kind::Counter,
+        "Transactions the database rolled back to break a deadlock and that were run again",
+    ),
+    (
+        "parley_bus_publish_total",
+        Kind::Counter,
+        "Bus events published, by outcome",
+    ),
+    (
+        "parley_bus_refused_total",
+        Kind::Counter,
+        "Bus events a gateway dropped as unsigned or forged",
+    ),
+    (
+        "parley_bus_delivery_lag_seconds",
+        Kind::Histogram,
+        "Time from a message's commit to its arrival at a gateway",
+    ),
+    (
+        "parley_fanout_members",
+        Kind::Histogram,
+        "Members a message's fan-out looked up",
+    ),
+    (
+        "parley_fanout_gateways",
+        Kind::Histogram,
+        "Gateways a message's fan-out published to",
+    ),
+    (
+        "parley_fanout_repair_groups",
+        Kind::Gauge,
+        "Groups whose failed fan-out waits to be published again",
+    ),
+    (
+        "parley_fanout_repaired_total",
+        Kind::Counter,
+        "Failed fan-outs published again",
+    ),
+    (
+        "parley_fanout_order_holds_expired_total",
+        Kind::Counter,
+        "Runs published without waiting longer for an earlier run of their group",
+    ),
+    (
+        "parley_outbox_depth",
+        Kind::Gauge,
+        "Outbox entries not yet delivered",
+    ),
+    (
+        "parley_outbox_dead",
+        Kind::Gauge,
+        "Outbox entries given up on",
+    ),
+    (
+        "parley_outbox_oldest_age_seconds",
+        Kind::Gauge,
+        "Age of the oldest outbox entry not yet delivered",
+    ),
+    (
+        "parley_receipt_init_lag_seconds",
+        Kind::Histogram,
+        "Time from a message's commit to the receipt service recording it",
+    ),
+    (
+        "parley_receipt_digest_delay_seconds",
+        Kind::Histogram,
+        "Time from a window's first read ack to its digests being sent",
+    ),
+    (
+        "parley_receipt_acks_ahead_total",
+        Kind::Counter,
+        "Groups whose acks ran past what the receipt service had recorded",
+    ),
+    (
+        "parley_gateway_connections",
+        Kind::Gauge,
+        "Client streams open on this gateway",
+    ),
+    (
+        "parley_gateway_unauthenticated_streams",
+        Kind::Gauge,
+        "Streams waiting for their auth frame",
+    ),
+    (
+        "parley_gateway_streams_refused_total",
+        Kind::Counter,
+        "Client streams refused, by reason",
+    ),
+    (
+        "parley_gateway_sends_refused_total",
+        Kind::Counter,
+        "Client sends refused, by reason",
+    ),
+    (
+        "parley_gateway_heartbeats_refused_total",
+        Kind::Counter,
+        "Client heartbeats refused, by reason",
+    ),
+    (
+        "parley_gateway_typing_dropped_total",
+        Kind::Counter,
+        "Typing signals dropped over the stream's rate",
+    ),
+    (
+        "parley_gateway_ws_refused_total",
+        Kind::Counter,
+        "WebSocket handshakes and frames refused, by reason",
+    ),
+    (
+        "parley_gateway_offline_calls_total",
+        Kind::Counter,
+        "Calls telling presence that devices went offline, by outcome",
+    ),
+    (
+        "parley_gateway_acks_per_call",
+        Kind::Histogram,
+        "Acks in each AckBatch call the gateway makes",
+    ),
+    (
+        "parley_gateway_acks_waiting",
+        Kind::Gauge,
+        "Acks gathered for the gateway's next AckBatch call",
+    ),
+    (
+        "parley_push_sent_total",
+        Kind::Counter,
+        "Pushes a provider accepted, by platform",
+    ),
+    (
+        "parley_push_failed_total",
+        Kind::Counter,
+        "Pushes given up on, by platform and reason",
+    ),
+    (
+        "parley_push_retried_total",
+        Kind::Counter,
+        "Pushes put back for a retry, by platform",
+    ),
+    (
+        "parley_push_dropped_total",
+        Kind::Counter,
+        "Queued messages settled without a push, by reason (muted, no_device, online, not_member, read)",
+    ),
+    (
+        "parley_push_collapsed_total",
+        Kind::Counter,
+        "Messages folded into another message's push",
+    ),
+    (
+        "parley_push_tokens_pruned_total",
+        Kind::Counter,
+        "Device tokens a provider said are no longer valid, removed",
+    ),
+    (
+        "parley_push_queue_depth",
+        Kind::Gauge,
+        "User and group pairs waiting in the push queue",
+    ),
+    (
+        "parley_push_queue_oldest_age_seconds",
+        Kind::Gauge,
+        "Age of the oldest pair in the push queue",
+    ),
+];
+
+/// Describes every metric of [`METRICS`] to the installed recorder.
+fn describe() {
+    for &(name, kind, help) in METRICS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+}
+
+/// Buckets of the histograms that count things (members, gateways, acks).
+const COUNT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1_000.0, 5_000.0, 20_000.0, 100_000.0,
+];
+
 /// Latency buckets of every `*_seconds` histogram, from 0.5 ms to 10 s.
 const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -187,14 +401,22 @@ pub async fn serve_metrics(addr: Option<std::net::SocketAddr>) -> Result<(), Str
 
 /// [`serve_metrics`] on a listener already bound (tests bind port 0).
 pub fn serve_metrics_on(listener: tokio::net::TcpListener) -> Result<(), String> {
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
-            SECONDS_BUCKETS,
-        )
-        .map_err(|e| format!("metric buckets: {e}"))?
+    use metrics_exporter_prometheus::Matcher;
+    let mut builder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .map_err(|e| format!("metric buckets: {e}"))?;
+    // Every other histogram gets count buckets: none renders as a summary.
+    for &(name, kind, _) in METRICS {
+        if kind == Kind::Histogram && !name.ends_with("_seconds") {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full(name.to_owned()), COUNT_BUCKETS)
+                .map_err(|e| format!("metric buckets: {e}"))?;
+        }
+    }
+    let handle = builder
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    describe();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
