@@ -575,9 +575,12 @@ async fn scrape(addr: SocketAddr) -> Result<String, String> {
 /// Calls of one gRPC `method` (its full path) a service answered, whatever
 /// their code, from its Prometheus text.
 pub fn rpc_calls(text: &str, method: &str) -> u64 {
-    let label = format!("method=\"{method}\"");
+    let Some((service, method)) = method.trim_start_matches('/').split_once('/') else {
+        return 0;
+    };
+    let labels = format!("grpc_service=\"{service}\",grpc_method=\"{method}\"");
     text.lines()
-        .filter(|line| line.starts_with("parley_rpc_requests_total{") && line.contains(&label))
+        .filter(|line| line.starts_with("parley_rpc_requests_total{") && line.contains(&labels))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|value| value as u64)
         .sum()
@@ -603,14 +606,15 @@ mod tests {
     fn a_series_is_summed_over_its_label_sets_and_nothing_else() {
         let text = "# HELP parley_rpc_requests_total RPCs\n\
             # TYPE parley_rpc_requests_total counter\n\
-            parley_rpc_requests_total{method=\"/a\",code=\"Ok\"} 12\n\
-            parley_rpc_requests_total{method=\"/b\",code=\"Unavailable\"} 3\n\
+            parley_rpc_requests_total{grpc_service=\"s\",grpc_method=\"a\",grpc_code=\"OK\"} 12\n\
+            parley_rpc_requests_total{grpc_service=\"s\",grpc_method=\"b\",grpc_code=\"UNAVAILABLE\"} 3\n\
             parley_rpc_requests_total_other 100\n\
-            parley_rpc_duration_seconds_count{method=\"/a\"} 12\n";
+            parley_rpc_duration_seconds_count{grpc_service=\"s\",grpc_method=\"a\"} 12\n";
         assert_eq!(sum_of(text, "parley_rpc_requests_total"), 15);
         assert_eq!(sum_of("", "parley_rpc_requests_total"), 0);
-        assert_eq!(super::rpc_calls(text, "/a"), 12);
-        assert_eq!(super::rpc_calls(text, "/b"), 3);
-        assert_eq!(super::rpc_calls(text, "/"), 0, "the whole path only");
+        assert_eq!(super::rpc_calls(text, "/s/a"), 12);
+        assert_eq!(super::rpc_calls(text, "/s/b"), 3);
+        assert_eq!(super::rpc_calls(text, "/s/"), 0, "the whole method only");
+        assert_eq!(super::rpc_calls(text, "/t/a"), 0, "the service too");
     }
 }
