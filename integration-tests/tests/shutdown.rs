@@ -262,6 +262,11 @@ async fn a_service_without_credentials_starts_only_in_development_mode() {
     let (stopped, log) = gateway_without_credentials(true).await;
     assert!(stopped.is_none(), "started in development mode: {log}");
     assert!(log.contains("development mode"), "{log}");
+    // Its log goes to a pipe here: plain text, no colour codes.
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log:?}"
+    );
 }
 
 /// A receipt service asked to stop still sends the digests of its last

@@ -46,7 +46,11 @@ pub fn init_with(service: &'static str, format: LogFormat, default_filter: &str)
     let registry = tracing_subscriber::registry().with(filter).with(traces);
     let _ = match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(colours_wanted())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(fmt::layer().json().with_writer(std::io::stderr))
@@ -55,6 +59,13 @@ pub fn init_with(service: &'static str, format: LogFormat, default_filter: &str)
     if provider.is_some() {
         tracing::info!(service, "OpenTelemetry traces exported over OTLP");
     }
+}
+
+/// Whether text log lines get colour codes: only on a terminal, and not when
+/// `NO_COLOR` is set; a file, a pipe or a log collector gets plain text.
+fn colours_wanted() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 /// W3C trace context (`traceparent`, `tracestate`) as the process's propagator.
