@@ -14,6 +14,8 @@ use parley_proto::{
 };
 use parley_server::Uid;
 use tokio::sync::mpsc;
+
+use crate::failure::Failure;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     Request, Status, codegen::InterceptedService, metadata::AsciiMetadataValue,
@@ -135,7 +137,7 @@ impl Device {
         endpoints: &Endpoints,
         uid: &Uid,
         device_id: &str,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Failure> {
         let token = parley_gateway::auth::issue_hs256(endpoints.secret.as_bytes(), uid, 3600)
             .map_err(|e| e.to_string())?;
         let channel = tonic::transport::Endpoint::from_shared(endpoints.gateway.clone())
@@ -143,10 +145,10 @@ impl Device {
             .connect()
             .await
             .map_err(|e| {
-                format!(
-                    "gateway at {} unreachable ({e}); is `make dev` running?",
+                Failure::Unreachable(format!(
+                    "gateway at {} ({e}); is `make dev` running?",
                     endpoints.gateway
-                )
+                ))
             })?;
         let (tx, rx) = mpsc::channel(256);
         let auth = pb::AuthFrame {
@@ -162,7 +164,7 @@ impl Device {
         let rx = GatewayServiceClient::new(channel)
             .connect(ReceiverStream::new(rx))
             .await
-            .map_err(|status| format!("gateway refused the stream: {}", status.message()))?
+            .map_err(Failure::status("open the stream"))?
             .into_inner();
         let mut device = Self {
             uid: uid.clone(),
@@ -172,17 +174,22 @@ impl Device {
         };
         match device.next(Duration::from_secs(10)).await? {
             Some(Out::AuthOk(_)) => Ok(device),
-            other => Err(format!("expected auth_ok, got {other:?}")),
+            Some(_) => Err(Failure::Other(
+                "the gateway answered the auth frame with something other than auth_ok".into(),
+            )),
+            None => Err(Failure::Unreachable(
+                "no answer to the auth frame within 10 s".into(),
+            )),
         }
     }
 
     /// The next frame within `wait` (`None` on timeout).
-    pub async fn next(&mut self, wait: Duration) -> Result<Option<Out>, String> {
+    pub async fn next(&mut self, wait: Duration) -> Result<Option<Out>, Failure> {
         match tokio::time::timeout(wait, self.rx.message()).await {
             Err(_) => Ok(None),
             Ok(Ok(Some(frame))) => Ok(frame.frame),
-            Ok(Ok(None)) => Err("the gateway closed the stream".into()),
-            Ok(Err(status)) => Err(format!("stream failed: {}", status.message())),
+            Ok(Ok(None)) => Err(Failure::Unreachable("the gateway closed the stream".into())),
+            Ok(Err(status)) => Err(Failure::of("the stream", status.code(), status.message())),
         }
     }
 
@@ -199,7 +206,7 @@ impl Device {
         gid: u64,
         text: &str,
         need_receipt: bool,
-    ) -> Result<pb::SendResultFrame, String> {
+    ) -> Result<pb::SendResultFrame, Failure> {
         let request_id = self.next_request;
         self.next_request += 1;
         let client_msg_id = format!("cli-{}-{request_id}", parley_server::now_ms());
@@ -215,12 +222,14 @@ impl Device {
             match self.next(Duration::from_secs(10)).await? {
                 Some(Out::SendResult(result)) if result.request_id == request_id => {
                     if result.code != 0 {
-                        return Err(format!("send refused: {}", result.error));
+                        return Err(Failure::of("send", result.code.into(), &result.error));
                     }
                     return Ok(result);
                 }
                 Some(other) => print_frame(&self.uid, &other),
-                None => return Err("no send result within 10 s".into()),
+                None => {
+                    return Err(Failure::Unreachable("no send result within 10 s".into()));
+                }
             }
         }
     }

@@ -12,7 +12,10 @@ use parley_proto::{
 };
 use parley_server::Uid;
 
-use crate::client::{self, Device, Endpoints, print_frame};
+use crate::{
+    client::{self, Device, Endpoints, print_frame},
+    failure::Failure,
+};
 
 fn uid(raw: &str) -> Result<Uid, String> {
     Uid::parse(raw).map_err(|e| e.to_string())
@@ -24,7 +27,7 @@ async fn show_until(
     device: &mut Device,
     wait: Duration,
     mut done: impl FnMut(&Out) -> bool,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     while let Some(frame) = device.next(wait).await? {
         print_frame(&device.uid, &frame);
         if done(&frame) {
@@ -52,7 +55,7 @@ const PUSH_WAIT: Duration = Duration::from_secs(15);
 
 /// Waits for the push the dev suite's logging sender appended for `uid` in
 /// `gid`, and prints it.
-async fn show_push(push_log: &Path, uid: &Uid, gid: u64) -> Result<(), String> {
+async fn show_push(push_log: &Path, uid: &Uid, gid: u64) -> Result<(), Failure> {
     let deadline = tokio::time::Instant::now() + PUSH_WAIT;
     loop {
         let text = std::fs::read_to_string(push_log).unwrap_or_default();
@@ -74,17 +77,17 @@ async fn show_push(push_log: &Path, uid: &Uid, gid: u64) -> Result<(), String> {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!(
+            return Err(Failure::Other(format!(
                 "no push for {uid} in {} within {PUSH_WAIT:?} (is `make dev` running from this directory?)",
                 push_log.display()
-            ));
+            )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// Plays the scenario; `data` is the running dev suite's data directory.
-pub async fn run(endpoints: &Endpoints, data: &Path) -> Result<(), String> {
+pub async fn run(endpoints: &Endpoints, data: &Path) -> Result<(), Failure> {
     let (a, uid1, uid2, uid3) = (uid("A")?, uid("uid1")?, uid("uid2")?, uid("uid3")?);
     let name = format!("Design {}", parley_server::now_ms() % 100_000);
     println!("1. A creates group {name:?} with uid1, uid2 and uid3");
@@ -189,7 +192,7 @@ pub async fn print_receipts(
     uid: &Uid,
     gid: u64,
     msgids: Vec<u64>,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let request = rpb::GetReceiptsRequest {
         gid,
         msgids,
@@ -198,7 +201,7 @@ pub async fn print_receipts(
     let receipts = client::receipt(endpoints, uid)?
         .get_receipts(request)
         .await
-        .map_err(|s| format!("receipts: {}", s.message()))?
+        .map_err(Failure::status("receipts"))?
         .into_inner()
         .receipts;
     for r in receipts {
@@ -216,11 +219,11 @@ pub async fn print_receipts(
 }
 
 /// Prints `uid`'s unread counts.
-pub async fn print_unread(endpoints: &Endpoints, uid: &Uid) -> Result<(), String> {
+pub async fn print_unread(endpoints: &Endpoints, uid: &Uid) -> Result<(), Failure> {
     let reply = client::receipt(endpoints, uid)?
         .unread_counts(rpb::UnreadCountsRequest::default())
         .await
-        .map_err(|s| format!("unread counts: {}", s.message()))?;
+        .map_err(Failure::status("unread counts"))?;
     for group in reply.into_inner().groups {
         if group.unread > 0 {
             println!(

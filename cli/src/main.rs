@@ -8,6 +8,7 @@
 mod client;
 mod demo;
 mod dev;
+mod failure;
 mod web;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -16,13 +17,18 @@ use clap::{Parser, Subcommand};
 use parley_proto::{message as mpb, receipt as rpb};
 use parley_server::Uid;
 
-use crate::client::{Device, Endpoints, print_frame};
+use crate::{
+    client::{Device, Endpoints, print_frame},
+    failure::Failure,
+};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "parley",
     version,
-    about = "Parley command-line client and dev suite"
+    about = "Parley command-line client and dev suite",
+    after_help = "Exit codes: 0 done, 1 failed, 2 bad usage, 3 refused by the suite, \
+                  4 not allowed (permission, token), 5 suite unreachable."
 )]
 struct Cli {
     #[command(flatten)]
@@ -211,8 +217,8 @@ fn uid(raw: &str) -> Result<Uid, String> {
     Uid::parse(raw).map_err(|e| format!("{raw:?}: {e}"))
 }
 
-fn status(what: &str) -> impl Fn(tonic::Status) -> String + '_ {
-    move |s| format!("{what}: {} ({:?})", s.message(), s.code())
+fn status(what: &str) -> impl Fn(tonic::Status) -> Failure + '_ {
+    Failure::status(what)
 }
 
 #[tokio::main]
@@ -230,27 +236,29 @@ async fn main() -> ExitCode {
     );
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("parley: {error}");
-            ExitCode::FAILURE
+        Err(failure) => {
+            eprintln!("parley: {failure}");
+            failure.exit_code()
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> Result<(), Failure> {
     let endpoints = cli.endpoints;
     match cli.command {
-        Command::Dev { data, ports, web } => dev::run(&data, &dev::Options { ports, web }).await,
-        Command::Demo { data } => demo::run(&endpoints, &data).await,
+        Command::Dev { data, ports, web } => {
+            Ok(dev::run(&data, &dev::Options { ports, web }).await?)
+        }
+        Command::Demo { data } => Ok(demo::run(&endpoints, &data).await?),
         Command::Keys { extra } => {
             let mut names = vec!["gateway", "message", "receipt", "presence", "notification"];
             for name in &extra {
                 if !parley_server::credentials::valid_service_name(name)
                     || names.contains(&name.as_str())
                 {
-                    return Err(format!(
+                    return Err(Failure::Other(format!(
                         "--extra {name:?}: a new name of 1 to 32 characters from a-z and '-'"
-                    ));
+                    )));
                 }
                 names.push(name);
             }
@@ -301,7 +309,15 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(status("add members"))?
                 .into_inner();
-            println!("{reply:?}");
+            if reply.added_uids.is_empty() {
+                println!("group {gid}: no one added (all were members)");
+            } else {
+                println!(
+                    "group {gid}: added {} from seq {}",
+                    reply.added_uids.join(", "),
+                    reply.joined_seq
+                );
+            }
             Ok(())
         }
         Command::ReceiptPolicy {
