@@ -1,6 +1,9 @@
 //! Opaque page tokens. A token carries the last key of the previous page; it is
-//! hex-encoded with a version prefix so clients treat it as opaque and a token
-//! that was tampered with is refused with INVALID_ARGUMENT.
+//! hex-encoded with a version prefix so clients treat it as opaque, and a
+//! malformed token is refused with INVALID_ARGUMENT. Tokens are not signed: a
+//! made-up but well-formed token only moves the caller to another position
+//! in a list it may read anyway (every list checks the caller itself), so it
+//! reveals and changes nothing a first page would not.
 
 use tonic::Status;
 
@@ -79,7 +82,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_round_trip_and_tampering_is_refused() {
+    fn tokens_round_trip_and_malformed_ones_are_refused() {
         assert_eq!(decode(&encode("uid42")).ok(), Some(Some("uid42".into())));
         assert_eq!(decode_id(&encode("17")).ok(), Some(Some(17)));
         assert_eq!(decode("").ok(), Some(None));
