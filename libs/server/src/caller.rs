@@ -208,6 +208,16 @@ impl tonic::service::Interceptor for ServiceIdentity {
             metadata.insert(crate::credentials::TOKEN_HEADER, issuer.token());
         }
         crate::telemetry::inject_current(metadata);
+        // A call made while handling an RPC gets no longer than that RPC
+        // has left; one with nothing left is not made.
+        if let Some(left) = crate::guard::remaining() {
+            if left.is_zero() {
+                return Err(Status::deadline_exceeded(
+                    "the deadline of the request this call serves has passed",
+                ));
+            }
+            request.set_timeout(left);
+        }
         Ok(request)
     }
 }

@@ -199,7 +199,14 @@ where
                 return Box::pin(async move { Ok(response) });
             }
         };
-        let timeout = shared.settings.request_timeout;
+        // The caller's deadline (`grpc-timeout`) when it is sooner than ours:
+        // work the caller has given up on stops, and the calls this RPC
+        // makes to other services carry what is left of it.
+        let timeout = caller_timeout(request.headers())
+            .map_or(shared.settings.request_timeout, |theirs| {
+                theirs.min(shared.settings.request_timeout)
+            });
+        let deadline = tokio::time::Instant::now() + timeout;
         // One server span per RPC, continuing the caller's trace; its request
         // id (the caller's `x-request-id`, or a new one) is on every log line
         // the RPC writes.
@@ -212,7 +219,8 @@ where
         );
         let _ = span.set_parent(crate::telemetry::extract(request.headers()));
         Box::pin(async move {
-            let outcome = tokio::time::timeout(timeout, inner.call(request).instrument(span)).await;
+            let handled = DEADLINE.scope(deadline, inner.call(request).instrument(span));
+            let outcome = tokio::time::timeout_at(deadline, handled).await;
             drop(permit);
             let response = match outcome {
                 Ok(result) => result?,
@@ -222,6 +230,41 @@ where
             Ok(response)
         })
     }
+}
+
+tokio::task_local! {
+    /// When the RPC being handled must be answered by; calls it makes to
+    /// other services pass what is left on ([`remaining`]).
+    static DEADLINE: tokio::time::Instant;
+}
+
+/// What is left of the deadline of the RPC this task is handling, if it is
+/// handling one (tasks it spawned are not: they outlive it).
+pub fn remaining() -> Option<Duration> {
+    DEADLINE
+        .try_with(|deadline| deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .ok()
+}
+
+/// The `grpc-timeout` a caller sent (`<1 to 8 digits><unit>`, unit one of
+/// `H M S m u n`); `None` when absent or malformed.
+fn caller_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let split = value.len().checked_sub(1)?;
+    let (digits, unit) = value.split_at(split);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// The caller's `x-request-id` when it is a short printable token, or a new
@@ -371,6 +414,109 @@ mod tests {
 
     fn code(response: &http::Response<Body>) -> Option<tonic::Code> {
         Status::from_header_map(response.headers()).map(|s| s.code())
+    }
+
+    #[test]
+    fn a_callers_grpc_timeout_is_read_in_every_unit_and_malformed_ones_ignored() {
+        let read = |value: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", http::HeaderValue::from_static(value));
+            caller_timeout(&headers)
+        };
+        assert_eq!(read("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(read("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(read("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(read("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(read("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(read("9n"), Some(Duration::from_nanos(9)));
+        for bad in ["", "m", "5", "5s", "123456789m", "-5m", "5 m"] {
+            assert_eq!(read(bad), None, "{bad:?}");
+        }
+        assert_eq!(caller_timeout(&http::HeaderMap::new()), None);
+    }
+
+    /// A handler that answers with what is left of its deadline, in ms, as a
+    /// header.
+    fn reports_its_deadline() -> impl Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<http::Response<Body>, Infallible>> + Send,
+    > + Clone
+    + Send
+    + 'static {
+        tower::service_fn(|_req: http::Request<Body>| async move {
+            let left = remaining().map_or(u128::MAX, |left| left.as_millis());
+            let mut response = http::Response::new(Body::default());
+            response.headers_mut().insert(
+                "left-ms",
+                http::HeaderValue::from_str(&left.to_string()).expect("digits"),
+            );
+            Ok(response)
+        })
+    }
+
+    #[tokio::test]
+    async fn a_handler_sees_the_sooner_of_the_callers_deadline_and_ours() {
+        let left = |response: http::Response<Body>| -> u128 {
+            response.headers()["left-ms"]
+                .to_str()
+                .expect("ascii")
+                .parse()
+                .expect("a number")
+        };
+        let layer = GuardLayer::new(settings(60_000, 10, 100));
+        let mut hurried = request(Some("uid1"));
+        hurried
+            .headers_mut()
+            .insert("grpc-timeout", http::HeaderValue::from_static("1500m"));
+        let response = layer
+            .layer(reports_its_deadline())
+            .oneshot(hurried)
+            .await
+            .expect("response");
+        assert!((1..=1500).contains(&left(response)), "the caller's 1.5 s");
+        let response = layer
+            .layer(reports_its_deadline())
+            .oneshot(request(Some("uid1")))
+            .await
+            .expect("response");
+        let ours = left(response);
+        assert!(ours > 1500 && ours <= 60_000, "our 60 s: {ours}");
+        assert_eq!(remaining(), None, "outside an RPC there is no deadline");
+    }
+
+    #[tokio::test]
+    async fn calls_made_while_handling_carry_what_is_left_of_the_deadline() {
+        use tonic::service::Interceptor as _;
+        let mut identity = crate::ServiceIdentity::new("message", None).to("receipt");
+        let outside = identity.call(tonic::Request::new(())).expect("call");
+        assert!(outside.metadata().get("grpc-timeout").is_none());
+        let soon = tokio::time::Instant::now() + Duration::from_secs(2);
+        let inside = DEADLINE
+            .scope(soon, async { identity.call(tonic::Request::new(())) })
+            .await
+            .expect("call");
+        let sent = inside
+            .metadata()
+            .get("grpc-timeout")
+            .expect("a grpc-timeout");
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "grpc-timeout",
+            sent.to_str().expect("ascii").parse().expect("value"),
+        );
+        let left = caller_timeout(&headers).expect("well-formed");
+        assert!(
+            left <= Duration::from_secs(2) && left > Duration::ZERO,
+            "{left:?}"
+        );
+        let past = tokio::time::Instant::now();
+        let refused = DEADLINE
+            .scope(past, async { identity.call(tonic::Request::new(())) })
+            .await
+            .expect_err("nothing left");
+        assert_eq!(refused.code(), tonic::Code::DeadlineExceeded);
     }
 
     #[tokio::test]
