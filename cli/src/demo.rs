@@ -13,9 +13,13 @@ use parley_proto::{
 use parley_server::Uid;
 
 use crate::{
+    Output,
     client::{self, Device, Endpoints, print_frame},
     failure::Failure,
 };
+
+/// The demo prints text.
+const TEXT: Output = Output { json: false };
 
 fn uid(raw: &str) -> Result<Uid, String> {
     Uid::parse(raw).map_err(|e| e.to_string())
@@ -157,10 +161,10 @@ pub async fn run(endpoints: &Endpoints, data: &Path) -> Result<(), Failure> {
     .await?;
 
     println!("7. A asks who has read what");
-    print_receipts(endpoints, &a, gid, msgids.clone()).await?;
+    print_receipts(endpoints, &a, gid, msgids.clone(), TEXT).await?;
 
     println!("8. uid3, still offline, has unread messages");
-    print_unread(endpoints, &uid3).await?;
+    print_unread(endpoints, &uid3, TEXT).await?;
 
     println!(
         "9. uid3's phone gets one push for all three, with the unread badge \
@@ -181,7 +185,7 @@ pub async fn run(endpoints: &Endpoints, data: &Path) -> Result<(), Failure> {
         digest_reaches(f, 1, 3)
     })
     .await?;
-    print_receipts(endpoints, &a, gid, msgids).await?;
+    print_receipts(endpoints, &a, gid, msgids, TEXT).await?;
     println!("done: group {gid}");
     Ok(())
 }
@@ -192,6 +196,7 @@ pub async fn print_receipts(
     uid: &Uid,
     gid: u64,
     msgids: Vec<u64>,
+    out: Output,
 ) -> Result<(), Failure> {
     let request = rpb::GetReceiptsRequest {
         gid,
@@ -204,33 +209,79 @@ pub async fn print_receipts(
         .map_err(Failure::status("receipts"))?
         .into_inner()
         .receipts;
-    for r in receipts {
-        println!(
-            "  [{uid}] message {} (seq {}): read by {} of {}; read: [{}]; not yet: [{}]",
-            r.msgid,
-            r.seq,
-            r.read_count,
-            r.recipient_count,
-            r.read_uids.join(", "),
-            r.unread_uids.join(", ")
-        );
-    }
+    let json = receipts
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "msgid": r.msgid,
+                "seq": r.seq,
+                "read_count": r.read_count,
+                "recipient_count": r.recipient_count,
+                "read": r.read_uids,
+                "not_yet": r.unread_uids,
+            })
+        })
+        .collect();
+    out.result(
+        || {
+            let lines: Vec<String> = receipts
+                .iter()
+                .map(|r| {
+                    format!(
+                        "  [{uid}] message {} (seq {}): read by {} of {}; read: [{}]; not yet: [{}]",
+                        r.msgid,
+                        r.seq,
+                        r.read_count,
+                        r.recipient_count,
+                        r.read_uids.join(", "),
+                        r.unread_uids.join(", ")
+                    )
+                })
+                .collect();
+            lines.join("\n")
+        },
+        serde_json::Value::Array(json),
+    );
     Ok(())
 }
 
 /// Prints `uid`'s unread counts.
-pub async fn print_unread(endpoints: &Endpoints, uid: &Uid) -> Result<(), Failure> {
+pub async fn print_unread(endpoints: &Endpoints, uid: &Uid, out: Output) -> Result<(), Failure> {
     let reply = client::receipt(endpoints, uid)?
         .unread_counts(rpb::UnreadCountsRequest::default())
         .await
         .map_err(Failure::status("unread counts"))?;
-    for group in reply.into_inner().groups {
-        if group.unread > 0 {
-            println!(
-                "  [{uid}] group {}: {} unread (read up to seq {} of {})",
-                group.gid, group.unread, group.read_seq, group.last_seq
-            );
-        }
-    }
+    let groups: Vec<_> = reply
+        .into_inner()
+        .groups
+        .into_iter()
+        .filter(|group| group.unread > 0)
+        .collect();
+    let json = groups
+        .iter()
+        .map(|g| {
+            serde_json::json!({
+                "gid": g.gid,
+                "unread": g.unread,
+                "read_seq": g.read_seq,
+                "last_seq": g.last_seq,
+            })
+        })
+        .collect();
+    out.result(
+        || {
+            let lines: Vec<String> = groups
+                .iter()
+                .map(|g| {
+                    format!(
+                        "  [{uid}] group {}: {} unread (read up to seq {} of {})",
+                        g.gid, g.unread, g.read_seq, g.last_seq
+                    )
+                })
+                .collect();
+            lines.join("\n")
+        },
+        serde_json::Value::Array(json),
+    );
     Ok(())
 }

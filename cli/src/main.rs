@@ -33,6 +33,9 @@ use crate::{
 struct Cli {
     #[command(flatten)]
     endpoints: Endpoints,
+    /// Print each result as one JSON object (for scripts) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -243,8 +246,29 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Prints a result: `text` for people, or `json` with `--json`.
+#[derive(Clone, Copy)]
+pub struct Output {
+    json: bool,
+}
+
+impl Output {
+    /// Prints one result.
+    pub fn result(self, text: impl FnOnce() -> String, json: serde_json::Value) {
+        if self.json {
+            println!("{json}");
+        } else {
+            let text = text();
+            if !text.is_empty() {
+                println!("{text}");
+            }
+        }
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
     let endpoints = cli.endpoints;
+    let out = Output { json: cli.json };
     match cli.command {
         Command::Dev { data, ports, web } => {
             Ok(dev::run(&data, &dev::Options { ports, web }).await?)
@@ -276,7 +300,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 ttl_secs,
             )
             .map_err(|e| e.to_string())?;
-            println!("{token}");
+            out.result(|| token.clone(), serde_json::json!({ "token": token }));
             Ok(())
         }
         Command::CreateGroup {
@@ -295,7 +319,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(status("create group"))?
                 .into_inner();
             let group = reply.group.unwrap_or_default();
-            println!("group {} {:?} created", group.gid, group.name);
+            out.result(
+                || format!("group {} {:?} created", group.gid, group.name),
+                serde_json::json!({ "gid": group.gid, "name": group.name }),
+            );
             Ok(())
         }
         Command::AddMembers {
@@ -309,15 +336,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .await
                 .map_err(status("add members"))?
                 .into_inner();
-            if reply.added_uids.is_empty() {
-                println!("group {gid}: no one added (all were members)");
-            } else {
-                println!(
-                    "group {gid}: added {} from seq {}",
-                    reply.added_uids.join(", "),
-                    reply.joined_seq
-                );
-            }
+            out.result(
+                || match reply.added_uids.as_slice() {
+                    [] => format!("group {gid}: no one added (all were members)"),
+                    added => format!(
+                        "group {gid}: added {} from seq {}",
+                        added.join(", "),
+                        reply.joined_seq
+                    ),
+                },
+                serde_json::json!({
+                    "gid": gid,
+                    "added": reply.added_uids,
+                    "joined_seq": reply.joined_seq,
+                }),
+            );
             Ok(())
         }
         Command::ReceiptPolicy {
@@ -340,7 +373,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(status("set the receipt policy"))?
                 .into_inner();
             let name = format!("{policy:?}").to_lowercase();
-            println!("group {gid}: receipts {name} from seq {}", reply.from_seq);
+            out.result(
+                || format!("group {gid}: receipts {name} from seq {}", reply.from_seq),
+                serde_json::json!({ "gid": gid, "policy": name, "from_seq": reply.from_seq }),
+            );
             Ok(())
         }
         Command::ReceiptPrivacy {
@@ -378,7 +414,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         .state
                 }
             };
-            println!("{}", privacy_line(state, gid));
+            let private = state.as_ref().is_some_and(|state| state.private);
+            out.result(
+                || privacy_line(state, gid),
+                serde_json::json!({ "gid": gid, "private": private }),
+            );
             Ok(())
         }
         Command::Send {
@@ -389,7 +429,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let mut device = Device::connect(&endpoints, &uid(&raw)?, "cli").await?;
             let result = device.send(gid, &text, !no_receipt).await?;
-            println!("sent: message {} seq {}", result.msgid, result.seq);
+            out.result(
+                || format!("sent: message {} seq {}", result.msgid, result.seq),
+                serde_json::json!({ "gid": gid, "msgid": result.msgid, "seq": result.seq }),
+            );
             Ok(())
         }
         Command::Watch {
@@ -431,14 +474,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     break;
                 }
             }
-            println!("acknowledged group {gid} up to seq {seq}");
+            out.result(
+                || format!("acknowledged group {gid} up to seq {seq}"),
+                serde_json::json!({ "gid": gid, "up_to_seq": seq, "read": !delivered }),
+            );
             Ok(())
         }
         Command::Receipts {
             uid: raw,
             gid,
             msgids,
-        } => demo::print_receipts(&endpoints, &uid(&raw)?, gid, msgids).await,
-        Command::Unread { uid: raw } => demo::print_unread(&endpoints, &uid(&raw)?).await,
+        } => demo::print_receipts(&endpoints, &uid(&raw)?, gid, msgids, out).await,
+        Command::Unread { uid: raw } => demo::print_unread(&endpoints, &uid(&raw)?, out).await,
     }
 }
