@@ -11,6 +11,10 @@ use tonic::{codegen::InterceptedService, transport::Channel};
 /// The presence client every Parley service uses, as itself.
 pub type PresenceClient = PresenceServiceClient<InterceptedService<Channel, ServiceIdentity>>;
 
+/// The budget of this process's presence lookups' retries.
+static RETRIES: std::sync::LazyLock<parley_server::retry::Retries> =
+    std::sync::LazyLock::new(parley_server::retry::Retries::default);
+
 /// Users per BatchGetPresence call (the RPC's limit).
 const PRESENCE_BATCH: usize = 10_000;
 
@@ -39,7 +43,13 @@ pub async fn locate_devices(
         let request = ppb::BatchGetPresenceRequest {
             uids: chunk.to_vec(),
         };
-        let reply = presence.clone().batch_get_presence(request).await?;
+        // A read: tried again, within the budget, while presence restarts.
+        let reply = RETRIES
+            .idempotent(|| {
+                let (mut presence, request) = (presence.clone(), request.clone());
+                async move { presence.batch_get_presence(request).await }
+            })
+            .await?;
         located.extend(reply.into_inner().users.into_iter().map(|user| {
             let devices = user.devices.len();
             let gateways = user.devices.into_iter().map(|d| d.gateway_id).collect();

@@ -238,6 +238,12 @@ tokio::task_local! {
     static DEADLINE: tokio::time::Instant;
 }
 
+/// Runs `work` as the handling of an RPC due at `deadline` (tests, and work
+/// that serves an RPC outside the guard).
+pub async fn within<F: Future>(deadline: tokio::time::Instant, work: F) -> F::Output {
+    DEADLINE.scope(deadline, work).await
+}
+
 /// What is left of the deadline of the RPC this task is handling, if it is
 /// handling one (tasks it spawned are not: they outlive it).
 pub fn remaining() -> Option<Duration> {

@@ -14,6 +14,7 @@ pub mod db;
 pub mod guard;
 pub mod page;
 pub mod ports;
+pub mod retry;
 pub mod runner;
 pub mod serve;
 pub mod shed;

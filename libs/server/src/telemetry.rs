@@ -204,6 +204,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Time from an RPC's arrival to its response's start, by grpc_service, grpc_method and grpc_code",
     ),
     (
+        "parley_internal_retries_total",
+        Kind::Counter,
+        "Idempotent calls to another service tried again after UNAVAILABLE",
+    ),
+    (
         "parley_shed_total",
         Kind::Counter,
         "Requests refused for load, by what refused them",

@@ -37,6 +37,7 @@ pub struct ReceiptApi<S> {
     ledger_max: i64,
     digests: Coalescer,
     message: MessageClient,
+    retries: parley_server::retry::Retries,
 }
 
 impl<S: ReceiptStore> ReceiptApi<S> {
@@ -50,6 +51,7 @@ impl<S: ReceiptStore> ReceiptApi<S> {
             ledger_max,
             digests,
             message,
+            retries: parley_server::retry::Retries::default(),
         }
     }
 
@@ -196,7 +198,14 @@ impl<S: ReceiptStore> ReceiptApi<S> {
         let request = mpb::LastSeqsRequest {
             gids: gids.iter().map(|&gid| to_u64(gid)).collect(),
         };
-        let reply = self.message.clone().last_seqs(request).await?;
+        // A read: safe to try again while the message service restarts.
+        let reply = self
+            .retries
+            .idempotent(|| {
+                let (mut message, request) = (self.message.clone(), request.clone());
+                async move { message.last_seqs(request).await }
+            })
+            .await?;
         reply
             .into_inner()
             .groups
