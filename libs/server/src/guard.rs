@@ -389,6 +389,24 @@ mod tests {
         }
     }
 
+    /// A handler made of `answer`, as the guard wraps one.
+    fn serving<F, Fut>(
+        answer: F,
+    ) -> impl Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+        Future = Fut,
+    > + Clone
+    + Send
+    + 'static
+    where
+        F: Fn(http::Request<Body>) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<http::Response<Body>, Infallible>> + Send,
+    {
+        tower::service_fn(answer)
+    }
+
     /// A handler that answers at once, or (`answers` false) never, standing in
     /// for a stuck RPC.
     fn handler(
@@ -401,7 +419,7 @@ mod tests {
     > + Clone
     + Send
     + 'static {
-        tower::service_fn(move |_req: http::Request<Body>| async move {
+        serving(move |_req: http::Request<Body>| async move {
             if !answers {
                 std::future::pending::<()>().await;
             }
@@ -441,25 +459,15 @@ mod tests {
         assert_eq!(caller_timeout(&http::HeaderMap::new()), None);
     }
 
-    /// A handler that answers with what is left of its deadline, in ms, as a
-    /// header.
-    fn reports_its_deadline() -> impl Service<
-        http::Request<Body>,
-        Response = http::Response<Body>,
-        Error = Infallible,
-        Future = impl Future<Output = Result<http::Response<Body>, Infallible>> + Send,
-    > + Clone
-    + Send
-    + 'static {
-        tower::service_fn(|_req: http::Request<Body>| async move {
-            let left = remaining().map_or(u128::MAX, |left| left.as_millis());
-            let mut response = http::Response::new(Body::default());
-            response.headers_mut().insert(
-                "left-ms",
-                http::HeaderValue::from_str(&left.to_string()).expect("digits"),
-            );
-            Ok(response)
-        })
+    /// Answers with what is left of its deadline, in ms, as a header.
+    async fn left_ms(_req: http::Request<Body>) -> Result<http::Response<Body>, Infallible> {
+        let left = remaining().map_or(u128::MAX, |left| left.as_millis());
+        let mut response = http::Response::new(Body::default());
+        response.headers_mut().insert(
+            "left-ms",
+            http::HeaderValue::from_str(&left.to_string()).expect("digits"),
+        );
+        Ok(response)
     }
 
     #[tokio::test]
@@ -477,13 +485,13 @@ mod tests {
             .headers_mut()
             .insert("grpc-timeout", http::HeaderValue::from_static("1500m"));
         let response = layer
-            .layer(reports_its_deadline())
+            .layer(serving(left_ms))
             .oneshot(hurried)
             .await
             .expect("response");
         assert!((1..=1500).contains(&left(response)), "the caller's 1.5 s");
         let response = layer
-            .layer(reports_its_deadline())
+            .layer(serving(left_ms))
             .oneshot(request(Some("uid1")))
             .await
             .expect("response");
