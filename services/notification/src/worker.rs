@@ -189,6 +189,7 @@ pub struct Worker<S> {
     presence: PresenceClient,
     receipt: ReceiptClient,
     policy: Policy,
+    retries: parley_server::retry::Retries,
 }
 
 impl<S: QueueStore> Worker<S> {
@@ -206,6 +207,7 @@ impl<S: QueueStore> Worker<S> {
             presence,
             receipt,
             policy,
+            retries: parley_server::retry::Retries::default(),
         }
     }
 
@@ -562,10 +564,15 @@ impl<S: QueueStore> Worker<S> {
                     })
                 })
                 .collect();
+            // A read: tried again, within the budget, while the receipt
+            // service restarts, rather than postponing the pushes.
+            let request = rpb::UnreadTotalsRequest { members };
             let reply = self
-                .receipt
-                .clone()
-                .unread_totals(rpb::UnreadTotalsRequest { members })
+                .retries
+                .idempotent(|| {
+                    let (mut receipt, request) = (self.receipt.clone(), request.clone());
+                    async move { receipt.unread_totals(request).await }
+                })
                 .await?
                 .into_inner();
             for member in reply.members.into_iter().filter(|m| m.member) {
