@@ -220,10 +220,6 @@ fn uid(raw: &str) -> Result<Uid, String> {
     Uid::parse(raw).map_err(|e| format!("{raw:?}: {e}"))
 }
 
-fn status(what: &str) -> impl Fn(tonic::Status) -> Failure + '_ {
-    Failure::status(what)
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -316,7 +312,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let reply = client::message(&endpoints, &uid(&raw)?)?
                 .create_group(request)
                 .await
-                .map_err(status("create group"))?
+                .map_err(Failure::status("create group"))?
                 .into_inner();
             let group = reply.group.unwrap_or_default();
             out.result(
@@ -334,7 +330,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let reply = client::message(&endpoints, &uid(&raw)?)?
                 .add_members(request)
                 .await
-                .map_err(status("add members"))?
+                .map_err(Failure::status("add members"))?
                 .into_inner();
             out.result(
                 || match reply.added_uids.as_slice() {
@@ -370,7 +366,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let reply = client::message(&endpoints, &uid(&raw)?)?
                 .set_receipt_policy(request)
                 .await
-                .map_err(status("set the receipt policy"))?
+                .map_err(Failure::status("set the receipt policy"))?
                 .into_inner();
             let name = format!("{policy:?}").to_lowercase();
             out.result(
@@ -392,7 +388,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     receipt
                         .get_receipt_privacy(request)
                         .await
-                        .map_err(status("read the receipt privacy"))?
+                        .map_err(Failure::status("read the receipt privacy"))?
                         .into_inner()
                         .state
                 }
@@ -409,7 +405,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     receipt
                         .set_receipt_privacy(request)
                         .await
-                        .map_err(status("set the receipt privacy"))?
+                        .map_err(Failure::status("set the receipt privacy"))?
                         .into_inner()
                         .state
                 }

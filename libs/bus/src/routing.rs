@@ -5,11 +5,10 @@
 use std::collections::BTreeSet;
 
 use parley_proto::presence::{self as ppb, presence_service_client::PresenceServiceClient};
-use parley_server::ServiceIdentity;
-use tonic::{codegen::InterceptedService, transport::Channel};
+use parley_server::upstream::Intercepted;
 
 /// The presence client every Parley service uses, as itself.
-pub type PresenceClient = PresenceServiceClient<InterceptedService<Channel, ServiceIdentity>>;
+pub type PresenceClient = PresenceServiceClient<Intercepted>;
 
 /// The budget of this process's presence lookups' retries.
 static RETRIES: std::sync::LazyLock<parley_server::retry::Retries> =

@@ -185,7 +185,7 @@ pub async fn main_stored<S: Stored>() -> ExitCode {
                 }
                 Err(error) => Err(StartError::from(error)),
             };
-            finish::<S>(migrated)
+            finish::<S>(migrated, ExitCode::FAILURE)
         }
     }
 }
@@ -207,12 +207,11 @@ fn parse<S: Service, C: CommandFactory + FromArgMatches>() -> Result<C, ExitCode
 async fn start<S: Service>(config: S::Config) -> ExitCode {
     telemetry::init(S::BINARY, config.server().log_format);
     if let Err(error) = S::check(&config) {
-        eprintln!("{}: {error}", S::BINARY);
-        telemetry::shutdown();
-        return ExitCode::from(2);
+        return finish::<S>(Err(error), ExitCode::from(2));
     }
+    config.server().warn_development_mode(S::BINARY);
     if let Err(error) = telemetry::serve_metrics(config.server().metrics_listen).await {
-        return finish::<S>(Err(StartError::Config(error.to_string())));
+        return finish::<S>(Err(StartError::Config(error)), ExitCode::FAILURE);
     }
     let listen = config.listen();
     let outcome = match TcpListener::bind(listen).await {
@@ -221,7 +220,7 @@ async fn start<S: Service>(config: S::Config) -> ExitCode {
             "cannot listen on {listen}: {error}"
         ))),
     };
-    finish::<S>(outcome)
+    finish::<S>(outcome, ExitCode::FAILURE)
 }
 
 /// Serves `routes` (the services `names`) on `listener` until `shutdown`,
@@ -248,15 +247,15 @@ pub async fn serve(
     Ok(served?)
 }
 
-/// Flushes telemetry and turns the outcome into the exit code, with one line
-/// on standard error for a failure.
-fn finish<S: Service>(outcome: Result<(), StartError>) -> ExitCode {
+/// Flushes telemetry and turns the outcome into the exit code: `failed`
+/// for a failure, with one line on standard error.
+fn finish<S: Service>(outcome: Result<(), StartError>, failed: ExitCode) -> ExitCode {
     telemetry::shutdown();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("{}: {error}", S::BINARY);
-            ExitCode::FAILURE
+            failed
         }
     }
 }

@@ -127,19 +127,24 @@ pub struct ServerArgs {
 
 impl ServerArgs {
     /// The credentials of service `name`. Without any, only development
-    /// mode starts, and says so.
+    /// mode starts ([`Self::warn_development_mode`] says so, once).
     pub fn credentials(&self, name: &str) -> Result<Option<Keys>, CredentialError> {
         match (&self.service_key, &self.service_public_keys) {
-            (None, None) if self.dev_mode => {
-                tracing::warn!(
-                    service = name,
-                    "development mode: calls are trusted to name their service and user; never expose this service"
-                );
-                Ok(None)
-            }
+            (None, None) if self.dev_mode => Ok(None),
             (None, None) => Err(CredentialError::Missing),
             (Some(private), Some(public)) => Keys::new(name, private, public).map(Some),
             _ => Err(CredentialError::Incomplete),
+        }
+    }
+
+    /// Warns, once per start, that service `name` runs in development mode
+    /// without credentials, when it does.
+    pub fn warn_development_mode(&self, name: &str) {
+        if self.dev_mode && self.service_key.is_none() && self.service_public_keys.is_none() {
+            tracing::warn!(
+                service = name,
+                "development mode: calls are trusted to name their service and user; never expose this service"
+            );
         }
     }
 

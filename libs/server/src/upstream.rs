@@ -20,16 +20,11 @@ macro_rules! service_url {
         }
 
         impl $name {
-            /// A channel to the service, connected on first use.
-            pub fn channel(&self) -> Result<Channel, String> {
-                crate::lazy_channel($service, &self.url)
-            }
-
-            /// That channel with `identity`'s proof on every call, for a
-            /// generated client's `new`.
+            /// A channel to the service, connected on first use, with
+            /// `identity`'s proof on every call: for a generated client's `new`.
             pub fn calling_as(&self, identity: &ServiceIdentity) -> Result<Intercepted, StartError> {
                 Ok(InterceptedService::new(
-                    self.channel().map_err(StartError::Config)?,
+                    crate::lazy_channel($service, &self.url).map_err(StartError::Config)?,
                     identity.to($service),
                 ))
             }

@@ -35,6 +35,7 @@ use parley_server::{
     runner::Service,
     serve::Secret,
     shed::refuse,
+    upstream::Intercepted,
     upstream::{MessageUrl, NotificationUrl, PresenceUrl, ReceiptUrl},
 };
 use tokio::{
@@ -265,10 +266,6 @@ struct Clients {
     presence: PresenceServiceClient<Intercepted>,
     notification: NotificationServiceClient<Intercepted>,
 }
-
-/// A channel whose calls carry the gateway's identity.
-type Intercepted =
-    tonic::codegen::InterceptedService<tonic::transport::Channel, parley_server::ServiceIdentity>;
 
 impl Clients {
     fn new(config: &Config) -> Result<Self, StartError> {

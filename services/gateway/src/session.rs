@@ -29,8 +29,9 @@ use parley_proto::{
     presence as ppb,
     receipt::{self as rpb, receipt_service_client::ReceiptServiceClient},
 };
+use parley_server::upstream::Intercepted;
 use parley_server::{
-    ServiceIdentity, Uid, backoff_delay,
+    Uid, backoff_delay,
     caller::acting_for,
     shed::{is_transient, refuse, retry_after, retry_after_ms},
 };
@@ -38,7 +39,7 @@ use tokio::{
     sync::{Notify, mpsc, oneshot, watch},
     time::Instant,
 };
-use tonic::{Code, Status, Streaming, codegen::InterceptedService, transport::Channel};
+use tonic::{Code, Status, Streaming};
 use tracing::Instrument;
 
 use crate::{
@@ -49,8 +50,6 @@ use crate::{
     offline::OfflineTeller,
     wire::{Delivery, Frame},
 };
-
-type Intercepted = InterceptedService<Channel, ServiceIdentity>;
 
 /// The services a gateway calls, as the gateway.
 #[derive(Clone)]
@@ -1340,7 +1339,7 @@ mod tests {
     #[tokio::test]
     async fn a_session_task_is_small() {
         let channel = parley_server::lazy_channel("test", "http://127.0.0.1:1").expect("channel");
-        let identity = ServiceIdentity::new("gateway", None);
+        let identity = parley_server::ServiceIdentity::new("gateway", None);
         let receipt =
             ReceiptServiceClient::with_interceptor(channel.clone(), identity.to("receipt"));
         let presence = parley_proto::presence::presence_service_client::PresenceServiceClient::with_interceptor(channel.clone(), identity.to("presence"));

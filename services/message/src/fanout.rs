@@ -25,8 +25,8 @@ use parley_proto::{
     gateway::DeliveredMessage,
     notification::{self as npb, notification_service_client::NotificationServiceClient},
 };
-use parley_server::{ServiceIdentity, Stopping};
-use tonic::{codegen::InterceptedService, transport::Channel};
+use parley_server::Stopping;
+use parley_server::upstream::Intercepted;
 
 use crate::{
     domain::Gid,
@@ -73,8 +73,7 @@ impl Remembered {
 }
 
 /// The notification client the drainer hands offline members to.
-pub type NotificationClient =
-    NotificationServiceClient<InterceptedService<Channel, ServiceIdentity>>;
+pub type NotificationClient = NotificationServiceClient<Intercepted>;
 
 /// Where a message goes: per gateway the recipients it holds, and the members
 /// with no device online (never the sender).
@@ -430,9 +429,11 @@ mod tests {
     async fn the_hand_off_takes_the_fast_path_s_answer_without_asking_presence() {
         use parley_proto::presence::presence_service_client::PresenceServiceClient;
         // Presence cannot be reached: only a remembered answer can serve.
-        let channel = Channel::from_static("http://127.0.0.1:9").connect_lazy();
-        let presence =
-            PresenceServiceClient::with_interceptor(channel, ServiceIdentity::new("message", None));
+        let channel = tonic::transport::Channel::from_static("http://127.0.0.1:9").connect_lazy();
+        let presence = PresenceServiceClient::with_interceptor(
+            channel,
+            parley_server::ServiceIdentity::new("message", None),
+        );
         let fanout = Fanout::new(presence, Bus::local());
         fanout
             .remembered()

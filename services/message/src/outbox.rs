@@ -17,9 +17,10 @@ use parley_proto::{
     notification as npb,
     receipt::{self as pb, receipt_service_client::ReceiptServiceClient},
 };
-use parley_server::{ServiceIdentity, Stopping, backoff_delay};
+use parley_server::upstream::Intercepted;
+use parley_server::{Stopping, backoff_delay};
 use tokio::sync::watch;
-use tonic::{Code, codegen::InterceptedService, transport::Channel};
+use tonic::Code;
 use tracing::Instrument;
 
 use crate::{
@@ -32,7 +33,7 @@ use crate::{
 };
 
 /// The receipt client the drainer uses.
-pub type ReceiptClient = ReceiptServiceClient<InterceptedService<Channel, ServiceIdentity>>;
+pub type ReceiptClient = ReceiptServiceClient<Intercepted>;
 
 const BATCH: u32 = 500;
 /// Lanes drained side by side.

@@ -164,8 +164,19 @@ impl Service for Notification {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        // Credentials first: a service that will refuse to start changes
+        // nothing.
         let senders = config.push.senders().map_err(StartError::config)?;
-        run_with_senders(senders, config, listener, shutdown).await
+        let upstream = Upstream::new(&config)?;
+        config.push.log_providers(&senders);
+        match Notification::open(&config).await? {
+            Opened::MySql(store) => {
+                serve(store, senders, upstream, config, listener, shutdown).await
+            }
+            Opened::Sqlite(store) => {
+                serve(store, senders, upstream, config, listener, shutdown).await
+            }
+        }
     }
 }
 
@@ -176,25 +187,6 @@ impl Stored for Notification {
 
 /// The command line: serve (default) or migrate.
 pub type Cli = parley_server::runner::StoredCli<Config>;
-
-/// [`Service::run`] with given senders (tests use this to count pushes).
-pub async fn run_with_senders<F>(
-    senders: Senders,
-    config: Config,
-    listener: TcpListener,
-    shutdown: F,
-) -> Result<(), StartError>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    // Credentials first: a service that will refuse to start changes nothing.
-    let upstream = Upstream::new(&config)?;
-    config.push.log_providers(&senders);
-    match Notification::open(&config).await? {
-        Opened::MySql(store) => serve(store, senders, upstream, config, listener, shutdown).await,
-        Opened::Sqlite(store) => serve(store, senders, upstream, config, listener, shutdown).await,
-    }
-}
 
 /// The services the notification service calls, and the credentials it
 /// calls with.

@@ -6,12 +6,13 @@ use parley_proto::{
     message::{self as mpb, message_service_client::MessageServiceClient},
     notification::{self as pb, notification_service_server::NotificationService},
 };
+use parley_server::upstream::Intercepted;
 use parley_server::{
-    Caller, ServiceIdentity, Uid,
+    Caller, Uid,
     caller::{acting_for, valid_device_id},
     millis, now_ms,
 };
-use tonic::{Request, Response, Status, codegen::InterceptedService, transport::Channel};
+use tonic::{Request, Response, Status};
 
 use crate::{
     push::{Device, Platform},
@@ -36,7 +37,7 @@ pub struct NotificationApi<S> {
 }
 
 /// The message service, asked whether a user is a member of a group.
-pub type MessageClient = MessageServiceClient<InterceptedService<Channel, ServiceIdentity>>;
+pub type MessageClient = MessageServiceClient<Intercepted>;
 
 impl<S: QueueStore> NotificationApi<S> {
     /// Handlers over `store`, queueing with `policy`'s collapse windows;

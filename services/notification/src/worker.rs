@@ -24,9 +24,9 @@ use std::{
 use futures::future::join_all;
 use parley_bus::routing::{PresenceClient, locate};
 use parley_proto::receipt::{self as rpb, receipt_service_client::ReceiptServiceClient};
-use parley_server::{ServiceIdentity, Stopping, backoff_delay, millis, now_ms};
+use parley_server::upstream::Intercepted;
+use parley_server::{Stopping, backoff_delay, millis, now_ms};
 use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
-use tonic::{codegen::InterceptedService, transport::Channel};
 
 use crate::{
     push::{Device, Outcome, Push, Senders},
@@ -117,7 +117,7 @@ enum Attempt {
 }
 
 /// The receipt client the worker reads unread counts with.
-pub type ReceiptClient = ReceiptServiceClient<InterceptedService<Channel, ServiceIdentity>>;
+pub type ReceiptClient = ReceiptServiceClient<Intercepted>;
 
 /// How pushes are collapsed, throttled and retried.
 #[derive(Clone, Debug)]

@@ -7,8 +7,9 @@ use parley_proto::{
     message::{self as mpb, message_service_client::MessageServiceClient},
     receipt::{self as pb, receipt_service_server::ReceiptService},
 };
-use parley_server::{Caller, ServiceIdentity, Uid, now_ms, page};
-use tonic::{Request, Response, Status, codegen::InterceptedService, transport::Channel};
+use parley_server::upstream::Intercepted;
+use parley_server::{Caller, Uid, now_ms, page};
+use tonic::{Request, Response, Status};
 
 use crate::{
     digest::Coalescer,
@@ -29,7 +30,7 @@ pub const MAX_UNREAD_TOTALS: usize = 1000;
 pub const MAX_PAST_STAYS: usize = 16;
 
 /// The message service client, which vouches for a group's committed last seq.
-pub type MessageClient = MessageServiceClient<InterceptedService<Channel, ServiceIdentity>>;
+pub type MessageClient = MessageServiceClient<Intercepted>;
 
 /// The ReceiptService implementation over a store.
 pub struct ReceiptApi<S> {
@@ -959,9 +960,11 @@ mod tests {
             .apply_membership(7, &[member("A", 1), member("u1", 2)], 1)
             .await
             .expect("membership");
-        let channel = Channel::from_static("http://127.0.0.1:9").connect_lazy();
-        let message_client =
-            MessageServiceClient::with_interceptor(channel, ServiceIdentity::new("receipt", None));
+        let channel = tonic::transport::Channel::from_static("http://127.0.0.1:9").connect_lazy();
+        let message_client = MessageServiceClient::with_interceptor(
+            channel,
+            parley_server::ServiceIdentity::new("receipt", None),
+        );
         let digests = Coalescer::default();
         let api = ReceiptApi::new(store.clone(), 200, digests.clone(), message_client);
 
