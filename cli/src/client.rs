@@ -189,7 +189,7 @@ impl Device {
             Err(_) => Ok(None),
             Ok(Ok(Some(frame))) => Ok(frame.frame),
             Ok(Ok(None)) => Err(Failure::Unreachable("the gateway closed the stream".into())),
-            Ok(Err(status)) => Err(Failure::of("the stream", status.code(), status.message())),
+            Ok(Err(status)) => Err(Failure::status("the stream")(status)),
         }
     }
 
@@ -222,7 +222,12 @@ impl Device {
             match self.next(Duration::from_secs(10)).await? {
                 Some(Out::SendResult(result)) if result.request_id == request_id => {
                     if result.code != 0 {
-                        return Err(Failure::of("send", result.code.into(), &result.error));
+                        return Err(Failure::of(
+                            "send",
+                            result.code.into(),
+                            &result.reason,
+                            &result.error,
+                        ));
                     }
                     return Ok(result);
                 }

@@ -1,10 +1,14 @@
 //! Why a command failed, told apart in the exit code so scripts can act on
 //! it: the suite refused the request (3), the caller may not do it (4), or
 //! the suite could not be reached (5); anything else is 1 (and clap's usage
-//! errors are 2).
+//! errors are 2). The reason a refusal carries decides, so a script sees
+//! NOT_A_MEMBER as "not allowed" and STORAGE_UNAVAILABLE as "unreachable"
+//! whatever the message says; a refusal without a known reason falls back to
+//! its gRPC code.
 
 use std::{fmt, process::ExitCode};
 
+use parley_server::{Reason, error::reason_text};
 use tonic::Code;
 
 /// A failed command.
@@ -21,20 +25,26 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// `what` failed with `code` and `message` (a gRPC status or a result
-    /// frame's code).
-    pub fn of(what: &str, code: Code, message: &str) -> Self {
-        let text = format!("{what}: {message}");
-        match code {
-            Code::PermissionDenied | Code::Unauthenticated => Self::Denied(text),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Self::Unreachable(text),
-            _ => Self::Refused(text),
+    /// `what` failed with `code`, `reason` (empty for none) and `message`:
+    /// a gRPC status or a result frame's fields.
+    pub fn of(what: &str, code: Code, reason: &str, message: &str) -> Self {
+        let text = if reason.is_empty() {
+            format!("{what}: {message}")
+        } else {
+            format!("{what}: {message} [{reason}]")
+        };
+        let kind = Reason::parse(reason).map_or_else(|| Kind::of_code(code), Kind::of_reason);
+        match kind {
+            Kind::Refused => Self::Refused(text),
+            Kind::Denied => Self::Denied(text),
+            Kind::Unreachable => Self::Unreachable(text),
+            Kind::Other => Self::Other(text),
         }
     }
 
     /// A gRPC call for `what` that failed with `status`.
     pub fn status(what: &str) -> impl Fn(tonic::Status) -> Self + '_ {
-        move |status| Self::of(what, status.code(), status.message())
+        move |status| Self::of(what, status.code(), &reason_text(&status), status.message())
     }
 
     /// The process's exit code for it.
@@ -55,6 +65,51 @@ impl fmt::Display for Failure {
             Self::Denied(text) => write!(f, "not allowed: {text}"),
             Self::Unreachable(text) => write!(f, "unreachable: {text}"),
             Self::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+/// Which exit a failure takes.
+enum Kind {
+    Refused,
+    Denied,
+    Unreachable,
+    Other,
+}
+
+impl Kind {
+    fn of_reason(reason: Reason) -> Self {
+        match reason {
+            Reason::Unauthenticated
+            | Reason::WrongCaller
+            | Reason::NotAMember
+            | Reason::NotAnAdmin
+            | Reason::NotSenderOrAdmin => Self::Denied,
+            Reason::Overloaded | Reason::StorageUnavailable | Reason::DependencyUnavailable => {
+                Self::Unreachable
+            }
+            Reason::Internal => Self::Other,
+            Reason::InvalidField
+            | Reason::GroupNotFound
+            | Reason::MessageNotFound
+            | Reason::GroupFull
+            | Reason::DirectConversation
+            | Reason::ReadsHidden
+            | Reason::CountsOnly
+            | Reason::ReceiptsOff
+            | Reason::PastLastSeq
+            | Reason::TooManyDevices
+            | Reason::FrameTooLarge
+            | Reason::RateLimited => Self::Refused,
+        }
+    }
+
+    /// For an answer without a reason this build knows.
+    fn of_code(code: Code) -> Self {
+        match code {
+            Code::PermissionDenied | Code::Unauthenticated => Self::Denied,
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Self::Unreachable,
+            _ => Self::Refused,
         }
     }
 }
@@ -82,13 +137,44 @@ mod tests {
             (Code::DeadlineExceeded, 5),
         ];
         for (code, exit) in cases {
-            let failure = Failure::of("send", code, "why");
+            let failure = Failure::of("send", code, "", "why");
             assert_eq!(failure.exit_code(), ExitCode::from(exit), "{code:?}");
             assert!(failure.to_string().ends_with("send: why"), "{failure}");
         }
         assert_eq!(
             Failure::from("bad".to_owned()).exit_code(),
             ExitCode::FAILURE
+        );
+    }
+
+    #[test]
+    fn the_reason_decides_over_the_code_and_is_shown() {
+        // A reason decides even where its code would say otherwise, so the
+        // exit follows what happened, not how a service chose to say it.
+        let cases = [
+            (Reason::NotAMember, 4),
+            (Reason::NotSenderOrAdmin, 4),
+            (Reason::GroupNotFound, 3),
+            (Reason::GroupFull, 3),
+            (Reason::RateLimited, 3),
+            (Reason::StorageUnavailable, 5),
+            (Reason::Overloaded, 5),
+            (Reason::Internal, 1),
+        ];
+        for (reason, exit) in cases {
+            let status: tonic::Status = parley_server::Error::refused(reason).into();
+            let failure = Failure::status("send")(status);
+            assert_eq!(failure.exit_code(), ExitCode::from(exit), "{reason:?}");
+            assert!(
+                failure.to_string().contains(reason.as_str()),
+                "the reason is shown: {failure}"
+            );
+        }
+        let unknown = Failure::of("send", Code::PermissionDenied, "SOME_NEW_REASON", "why");
+        assert_eq!(
+            unknown.exit_code(),
+            ExitCode::from(4),
+            "unknown reasons fall back to the code"
         );
     }
 }

@@ -154,13 +154,14 @@ fn list_groups() -> Option<Call> {
 }
 
 /// Asserts that `result` was refused with `code`, returning nothing.
-fn refused(result: &pb::ResultFrame, code: Code) {
+fn refused(result: &pb::ResultFrame, code: Code, reason: &str) {
     assert_eq!(
         Code::from_i32(result.code),
         code,
         "{}: {result:?}",
         result.error
     );
+    assert_eq!(result.reason, reason, "{result:?}");
     assert!(!result.error.is_empty(), "says why: {result:?}");
     assert_eq!(result.result, None);
 }
@@ -218,14 +219,17 @@ async fn a_user_creates_groups_and_changes_their_members(backend: Backend, trans
     refused(
         &call(&mut uid2, 2, membership(true, gid, &["uid3"])).await,
         Code::PermissionDenied,
+        "NOT_AN_ADMIN",
     );
     refused(
         &call(&mut uid2, 3, membership(false, gid, &["uid1"])).await,
         Code::PermissionDenied,
+        "NOT_AN_ADMIN",
     );
     refused(
         &call(&mut a, 5, membership(true, direct_gid, &["uid3"])).await,
         Code::FailedPrecondition,
+        "DIRECT_CONVERSATION",
     );
 
     // A removed member, and one who left, may no longer read the group.
@@ -237,16 +241,19 @@ async fn a_user_creates_groups_and_changes_their_members(backend: Backend, trans
     refused(
         &call(&mut uid1, 1, list_members(gid, 0, "")).await,
         Code::PermissionDenied,
+        "NOT_A_MEMBER",
     );
     refused(
         &call(&mut uid1, 2, history(gid, 5, 0)).await,
         Code::PermissionDenied,
+        "NOT_A_MEMBER",
     );
     let left = call(&mut uid2, 4, Some(Call::Leave(pb::LeaveCall { gid }))).await;
     assert_eq!(changed(left), ["uid2"]);
     refused(
         &call(&mut uid2, 5, list_members(gid, 0, "")).await,
         Code::PermissionDenied,
+        "NOT_A_MEMBER",
     );
     let listed: Vec<u64> = groups(call(&mut uid2, 6, list_groups()).await)
         .iter()
@@ -302,10 +309,12 @@ async fn a_device_registers_its_push_token_and_mutes_a_group(
         )
         .await,
         Code::InvalidArgument,
+        "INVALID_FIELD",
     );
     refused(
         &call(&mut phone, 2, register_push(pb::PushPlatform::Fcm, "short")).await,
         Code::InvalidArgument,
+        "INVALID_FIELD",
     );
     assert!(!push_changed(
         call(&mut phone, 3, register_push(pb::PushPlatform::Fcm, &token)).await
@@ -330,11 +339,13 @@ async fn a_device_registers_its_push_token_and_mutes_a_group(
     refused(
         &call(&mut phone, 6, mute(0, -1)).await,
         Code::InvalidArgument,
+        "INVALID_FIELD",
     );
     let outsiders = create_group(&suite, "A", "Elsewhere", &["uid2"]).await;
     refused(
         &call(&mut phone, 7, mute(outsiders, -1)).await,
         Code::PermissionDenied,
+        "NOT_A_MEMBER",
     );
 
     drop(phone);
@@ -522,6 +533,7 @@ async fn each_message_keeps_the_receipt_policy_it_was_sent_under(
     refused(
         &call(&mut uid1, 1, receipt_policy(gid, Off)).await,
         Code::PermissionDenied,
+        "NOT_AN_ADMIN",
     );
     refused(
         &call(
@@ -531,6 +543,7 @@ async fn each_message_keeps_the_receipt_policy_it_was_sent_under(
         )
         .await,
         Code::InvalidArgument,
+        "INVALID_FIELD",
     );
     let set = call(&mut a, 2, receipt_policy(gid, Off)).await;
     assert_eq!(
@@ -567,10 +580,14 @@ async fn each_message_keeps_the_receipt_policy_it_was_sent_under(
         other => panic!("a readers page: {other:?}"),
     };
     assert_eq!(read, ["uid1", "uid2"]);
-    for msgid in [off.msgid, counts.msgid] {
+    for (msgid, reason) in [
+        (off.msgid, "RECEIPTS_OFF"),
+        (counts.msgid, "RECEIPTS_COUNTS_ONLY"),
+    ] {
         refused(
             &call(&mut a, 5, readers(gid, msgid, true, 0, "")).await,
             Code::FailedPrecondition,
+            reason,
         );
     }
 
@@ -779,42 +796,97 @@ async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(
     let gid = create_group(&suite, "A", "Design", &["uid1"]).await;
     let mut outsider = Device::connect_over(transport, &suite, 0, "B", "phone").await;
     let refusals = [
-        (list_members(gid, 0, ""), Code::PermissionDenied),
-        (list_members(0, 0, ""), Code::InvalidArgument),
-        (list_members(gid, 5000, ""), Code::InvalidArgument),
-        (list_members(gid, 0, "not a token"), Code::InvalidArgument),
+        (
+            list_members(gid, 0, ""),
+            Code::PermissionDenied,
+            "NOT_A_MEMBER",
+        ),
+        (
+            list_members(0, 0, ""),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            list_members(gid, 5000, ""),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            list_members(gid, 0, "not a token"),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
         (
             Some(Call::ListGroups(pb::ListGroupsCall {
                 page_size: 5000,
                 page_token: String::new(),
             })),
             Code::InvalidArgument,
+            "INVALID_FIELD",
         ),
-        (history(gid, 5, 0), Code::PermissionDenied),
-        (history(gid, 0, 0), Code::InvalidArgument),
-        (history(gid, 5, 501), Code::InvalidArgument),
-        (history(0, 5, 0), Code::InvalidArgument),
-        (readers(gid, 0, true, 0, ""), Code::InvalidArgument),
+        (history(gid, 5, 0), Code::PermissionDenied, "NOT_A_MEMBER"),
+        (history(gid, 0, 0), Code::InvalidArgument, "INVALID_FIELD"),
+        (history(gid, 5, 501), Code::InvalidArgument, "INVALID_FIELD"),
+        (history(0, 5, 0), Code::InvalidArgument, "INVALID_FIELD"),
+        (
+            readers(gid, 0, true, 0, ""),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
         (
             readers(gid, 1, true, 0, "not a token"),
             Code::InvalidArgument,
+            "INVALID_FIELD",
         ),
-        (membership(true, 0, &["uid2"]), Code::InvalidArgument),
-        (membership(true, gid, &[]), Code::InvalidArgument),
-        (membership(false, gid, &["bad uid"]), Code::InvalidArgument),
-        (membership(true, gid, &["uid2"]), Code::PermissionDenied),
-        (membership(true, 1 << 40, &["uid2"]), Code::NotFound),
-        (create(true, "", &[]), Code::InvalidArgument),
-        (create(true, "", &["uid1", "uid2"]), Code::InvalidArgument),
-        (create(false, &"n".repeat(129), &[]), Code::InvalidArgument),
+        (
+            membership(true, 0, &["uid2"]),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            membership(true, gid, &[]),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            membership(false, gid, &["bad uid"]),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            membership(true, gid, &["uid2"]),
+            Code::PermissionDenied,
+            "NOT_A_MEMBER",
+        ),
+        (
+            membership(true, 1 << 40, &["uid2"]),
+            Code::NotFound,
+            "GROUP_NOT_FOUND",
+        ),
+        (
+            create(true, "", &[]),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            create(true, "", &["uid1", "uid2"]),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
+        (
+            create(false, &"n".repeat(129), &[]),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+        ),
         (
             Some(Call::Leave(pb::LeaveCall { gid: 0 })),
             Code::InvalidArgument,
+            "INVALID_FIELD",
         ),
-        (mute(0, -1), Code::InvalidArgument),
-        (None, Code::InvalidArgument),
+        (mute(0, -1), Code::InvalidArgument, "INVALID_FIELD"),
+        (None, Code::InvalidArgument, "INVALID_FIELD"),
     ];
-    for (request_id, (made, code)) in (1..).zip(refusals) {
+    for (request_id, (made, code, reason)) in (1..).zip(refusals) {
         let result = call(&mut outsider, request_id, made.clone()).await;
         assert_eq!(
             Code::from_i32(result.code),
@@ -822,6 +894,7 @@ async fn bad_calls_are_refused_with_their_code_and_the_stream_stays_open(
             "{made:?}: {}",
             result.error
         );
+        assert_eq!(result.reason, reason, "{made:?}: {}", result.error);
         assert!(!result.error.is_empty(), "{made:?} says why");
         assert_eq!(result.result, None, "{made:?} returns nothing");
     }
@@ -919,10 +992,12 @@ async fn a_private_member_reads_unseen_and_sees_no_reads(
     refused(
         &call(&mut p, 3, set_privacy(gid + 1_000, Private)).await,
         Code::PermissionDenied,
+        "NOT_A_MEMBER",
     );
     refused(
         &call(&mut p, 4, set_privacy(0, Unspecified)).await,
         Code::InvalidArgument,
+        "INVALID_FIELD",
     );
     call(&mut p, 5, register_push(pb::PushPlatform::Fcm, &token)).await;
 
@@ -973,6 +1048,7 @@ async fn a_private_member_reads_unseen_and_sees_no_reads(
     refused(
         &call(&mut p, 6, readers(gid, m2, true, 0, "")).await,
         Code::FailedPrecondition,
+        "READS_HIDDEN",
     );
     // A control message: A's m3, read by R, reaches A in a digest; by then
     // any digest of m2 would have gone out too.

@@ -214,7 +214,7 @@ async fn every_refusal_closes_with_its_code_and_reason(backend: Backend) {
             4008,
             "too large",
         ),
-        (binary(too_many), 4003, "entries in an ack frame"),
+        (binary(too_many), 4003, "ack.entries: at most 100"),
     ];
     for (message, expected, says) in cases {
         let mut socket = authenticated(&suite, "uid1").await;

@@ -43,12 +43,18 @@ export interface Listener {
 }
 
 /** A call the gateway refused: the gRPC code and reason it gave. */
+/**
+ * A refused call or send: the gRPC `code`, the stable `reason` to switch on
+ * (`NOT_A_MEMBER`, `GROUP_FULL`, ...; empty when the gateway gave none) and
+ * a message for people.
+ */
 export class Refused extends Error {
   constructor(
     readonly code: number,
-    reason: string,
+    readonly reason: string,
+    message: string,
   ) {
-    super(reason);
+    super(message);
   }
 }
 
@@ -124,7 +130,7 @@ export class Connection {
       }
       this.calls.set(requestId, { resolve, reject });
     }).then((frame) => {
-      if (frame.code !== 0) throw new Refused(frame.code, frame.error);
+      if (frame.code !== 0) throw new Refused(frame.code, frame.reason, frame.error);
       return frame;
     });
   }
@@ -259,7 +265,9 @@ export class Connection {
           this.unconfirmed.set(frame.value.requestId, send);
           setTimeout(() => this.sendMessage(frame.value.requestId), frame.value.retryAfterMs);
         } else {
-          send.waiter.reject(new Refused(frame.value.code, frame.value.error));
+          send.waiter.reject(
+            new Refused(frame.value.code, frame.value.reason, frame.value.error),
+          );
         }
         break;
       }

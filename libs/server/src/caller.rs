@@ -79,11 +79,12 @@ impl Caller {
     /// Reads the caller from request headers.
     pub fn from_headers(headers: &http::HeaderMap) -> Result<Self, Status> {
         if let Some(value) = headers.get(UID_HEADER) {
-            let raw = value
-                .to_str()
-                .map_err(|_| Status::unauthenticated("malformed x-parley-uid"))?;
-            let uid =
-                Uid::parse(raw).map_err(|_| Status::unauthenticated("malformed x-parley-uid"))?;
+            let raw = value.to_str().map_err(|_| {
+                crate::error::status(crate::Reason::Unauthenticated, "malformed x-parley-uid")
+            })?;
+            let uid = Uid::parse(raw).map_err(|_| {
+                crate::error::status(crate::Reason::Unauthenticated, "malformed x-parley-uid")
+            })?;
             return Ok(Self::User(uid));
         }
         if let Some(value) = headers.get(SERVICE_HEADER) {
@@ -91,10 +92,16 @@ impl Caller {
                 .to_str()
                 .ok()
                 .filter(|n| crate::credentials::valid_service_name(n))
-                .ok_or_else(|| Status::unauthenticated("malformed x-parley-service"))?;
+                .ok_or_else(|| {
+                    crate::error::status(
+                        crate::Reason::Unauthenticated,
+                        "malformed x-parley-service",
+                    )
+                })?;
             return Ok(Self::Service(name.to_owned()));
         }
-        Err(Status::unauthenticated(
+        Err(crate::error::status(
+            crate::Reason::Unauthenticated,
             "no caller identity: x-parley-uid is required",
         ))
     }
@@ -106,14 +113,17 @@ impl Caller {
             .extensions()
             .get::<Caller>()
             .cloned()
-            .ok_or_else(|| Status::unauthenticated("no caller identity"))
+            .ok_or_else(|| {
+                crate::error::status(crate::Reason::Unauthenticated, "no caller identity")
+            })
     }
 
     /// The acting user, or UNAUTHENTICATED for a service identity.
     pub fn user_of<T>(request: &tonic::Request<T>) -> Result<Uid, Status> {
         match Self::of(request)? {
             Self::User(uid) => Ok(uid),
-            Self::Service(_) => Err(Status::unauthenticated(
+            Self::Service(_) => Err(crate::error::status(
+                crate::Reason::Unauthenticated,
                 "this RPC acts for a user: x-parley-uid is required",
             )),
         }
@@ -123,9 +133,10 @@ impl Caller {
     pub fn require_service<T>(request: &tonic::Request<T>, name: &str) -> Result<(), Status> {
         match Self::of(request)? {
             Self::Service(caller) if caller == name => Ok(()),
-            _ => Err(Status::permission_denied(format!(
-                "internal RPC: only the {name} service may call it"
-            ))),
+            _ => Err(crate::error::status(
+                crate::Reason::WrongCaller,
+                format!("internal RPC: only the {name} service may call it"),
+            )),
         }
     }
 
@@ -135,7 +146,8 @@ impl Caller {
     pub fn require_any_service<T>(request: &tonic::Request<T>) -> Result<(), Status> {
         match Self::of(request)? {
             Self::Service(_) => Ok(()),
-            Self::User(_) => Err(Status::permission_denied(
+            Self::User(_) => Err(crate::error::status(
+                crate::Reason::WrongCaller,
                 "internal RPC: only Parley's services may call it",
             )),
         }

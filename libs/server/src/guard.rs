@@ -111,13 +111,15 @@ impl Shared {
         };
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let Some(service) = text(SERVICE_HEADER) else {
-            return Err(Status::unauthenticated(
+            return Err(crate::error::status(
+                crate::Reason::Unauthenticated,
                 "a service credential is required: x-parley-service with its x-parley-service-token",
             ));
         };
         let token = text(crate::credentials::TOKEN_HEADER).unwrap_or_default();
-        keys.verify(service, token)
-            .map_err(|refused| Status::unauthenticated(refused.to_string()))
+        keys.verify(service, token).map_err(|refused| {
+            crate::error::status(crate::Reason::Unauthenticated, refused.to_string())
+        })
     }
 
     fn check_rate(&self, caller: &Caller) -> Result<(), Status> {
@@ -127,7 +129,7 @@ impl Shared {
         self.limiter.check_key(uid).map_err(|not_until| {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(self.limiter.clock()));
             crate::shed::refuse(
-                tonic::Code::ResourceExhausted,
+                crate::Reason::RateLimited,
                 "rate limit exceeded; retry later",
                 wait.max(Duration::from_millis(1)),
             )
@@ -138,7 +140,7 @@ impl Shared {
     fn permit(&self) -> Result<OwnedSemaphorePermit, Status> {
         self.permits.clone().try_acquire_owned().map_err(|_| {
             crate::shed::refuse(
-                tonic::Code::Unavailable,
+                crate::Reason::Overloaded,
                 "server overloaded; retry with backoff",
                 crate::backoff_delay(2, Duration::from_millis(100), Duration::from_secs(1)),
             )

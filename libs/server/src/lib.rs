@@ -1,7 +1,8 @@
 //! The scaffold every Parley service stands on: how it is started and stopped
 //! (`runner`), who is calling (`caller`), the
 //! request guard that applies timeouts, load shedding and per-caller rate limits
-//! (`guard`), serving with `grpc.health.v1` and reflection (`serve`), database
+//! (`guard`), the one error convention with machine-readable reasons
+//! (`error`), serving with `grpc.health.v1` and reflection (`serve`), database
 //! connections for both storage backends (`db`), opaque page tokens (`page`),
 //! refusals with a retry hint and bounded admission (`shed`) and logging
 //! set-up (`telemetry`).
@@ -11,6 +12,7 @@ use std::time::Duration;
 pub mod caller;
 pub mod credentials;
 pub mod db;
+pub mod error;
 pub mod guard;
 pub mod page;
 pub mod ports;
@@ -22,6 +24,7 @@ pub mod telemetry;
 pub mod upstream;
 
 pub use caller::{Caller, ServiceIdentity, Uid};
+pub use error::{Error, Reason};
 pub use runner::{Background, StartError, Stopping};
 pub use serve::{ServerArgs, serve, serve_with};
 
@@ -38,24 +41,17 @@ pub fn lazy_channel(what: &str, url: &str) -> Result<tonic::transport::Channel, 
 }
 
 /// Checks each item of a request's repeated `field` with `check`, in order,
-/// all before anything is done: the first refusal keeps its code and names the
-/// item (`messages[3]: …`), so a malformed batch changes nothing.
+/// all before anything is done: the first refusal keeps its reason and names
+/// the item (`messages[3].gid`), so a malformed batch changes nothing.
 pub fn check_each<T, U>(
     field: &str,
     items: Vec<T>,
-    mut check: impl FnMut(T) -> Result<U, tonic::Status>,
-) -> Result<Vec<U>, tonic::Status> {
+    mut check: impl FnMut(T) -> Result<U, Error>,
+) -> Result<Vec<U>, Error> {
     items
         .into_iter()
         .enumerate()
-        .map(|(i, item)| {
-            check(item).map_err(|refused| {
-                tonic::Status::new(
-                    refused.code(),
-                    format!("{field}[{i}]: {}", refused.message()),
-                )
-            })
-        })
+        .map(|(i, item)| check(item).map_err(|refused| refused.within(&format!("{field}[{i}]"))))
         .collect()
 }
 
@@ -130,21 +126,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_refused_item_is_named_by_its_index_and_keeps_its_code() {
+    fn a_refused_item_is_named_by_its_index_and_keeps_its_reason() {
         let positive = |n: i64| {
             if n > 0 {
                 Ok(n)
             } else {
-                Err(tonic::Status::out_of_range("must be positive"))
+                Err(Error::invalid("id", "must be positive"))
             }
         };
         assert_eq!(
             check_each("ids", vec![1, 2], positive).expect("all good"),
             vec![1, 2]
         );
-        let refused = check_each("ids", vec![1, 0, -1], positive).expect_err("refused");
-        assert_eq!(refused.code(), tonic::Code::OutOfRange);
-        assert_eq!(refused.message(), "ids[1]: must be positive");
+        let refused: tonic::Status = check_each("ids", vec![1, 0, -1], positive)
+            .expect_err("refused")
+            .into();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(refused.message(), "ids[1].id: must be positive");
+        let denied = check_each("ids", vec![1], |_| -> Result<(), Error> {
+            Err(Error::refused(Reason::NotAMember))
+        });
+        assert_eq!(
+            denied.expect_err("refused").reason(),
+            Reason::NotAMember,
+            "a refusal that names no field passes as it is"
+        );
     }
 
     #[test]

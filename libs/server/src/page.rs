@@ -5,7 +5,7 @@
 //! in a list it may read anyway (every list checks the caller itself), so it
 //! reveals and changes nothing a first page would not.
 
-use tonic::Status;
+use crate::Error;
 
 const PREFIX: &str = "p1";
 const MAX_TOKEN_LEN: usize = 512;
@@ -21,11 +21,11 @@ pub fn encode(key: &str) -> String {
 }
 
 /// Decodes a token: `None` for the first page (empty token).
-pub fn decode(token: &str) -> Result<Option<String>, Status> {
+pub fn decode(token: &str) -> Result<Option<String>, Error> {
     if token.is_empty() {
         return Ok(None);
     }
-    let invalid = || Status::invalid_argument("invalid page token");
+    let invalid = || Error::invalid("page_token", "not a token this list gave");
     if token.len() > MAX_TOKEN_LEN {
         return Err(invalid());
     }
@@ -45,7 +45,7 @@ pub fn decode(token: &str) -> Result<Option<String>, Status> {
 }
 
 /// Decodes a token whose key is a stored id (a non-negative `i64`).
-pub fn decode_id(token: &str) -> Result<Option<i64>, Status> {
+pub fn decode_id(token: &str) -> Result<Option<i64>, Error> {
     match decode(token)? {
         None => Ok(None),
         Some(key) => key
@@ -53,7 +53,7 @@ pub fn decode_id(token: &str) -> Result<Option<i64>, Status> {
             .ok()
             .filter(|id| *id >= 0)
             .map(Some)
-            .ok_or_else(|| Status::invalid_argument("invalid page token")),
+            .ok_or_else(|| Error::invalid("page_token", "not a token this list gave")),
     }
 }
 
@@ -67,13 +67,11 @@ pub fn next_token<T>(items: &[T], limit: u32, key: impl Fn(&T) -> String) -> Str
 }
 
 /// Resolves a requested page size: 0 means `default`, above `max` is invalid.
-pub fn page_size(requested: u32, default: u32, max: u32) -> Result<u32, Status> {
+pub fn page_size(requested: u32, default: u32, max: u32) -> Result<u32, Error> {
     match requested {
         0 => Ok(default),
         n if n <= max => Ok(n),
-        _ => Err(Status::invalid_argument(format!(
-            "page size must be at most {max}"
-        ))),
+        _ => Err(Error::invalid("page_size", format!("at most {max}"))),
     }
 }
 

@@ -12,15 +12,17 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic_types::StatusExt;
+
+use crate::{Error, Reason};
 
 /// The longest retry hint ever given or honoured.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
-/// A refusal with `code` and a hint to retry after `retry_after`.
-pub fn refuse(code: Code, message: impl Into<String>, retry_after: Duration) -> Status {
-    let hint = retry_after.min(MAX_RETRY_AFTER);
-    Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(hint)))
+/// A refusal for `reason` (RATE_LIMITED, OVERLOADED) with a hint to retry
+/// after `retry_after`.
+pub fn refuse(reason: Reason, message: impl Into<String>, retry_after: Duration) -> Status {
+    Error::retry_later(reason, message.into(), retry_after).into()
 }
 
 /// The retry hint a refusal carries, capped at [`MAX_RETRY_AFTER`].
@@ -83,7 +85,7 @@ impl Admission {
                 metrics::counter!("parley_shed_total", "what" => self.what).increment(1);
                 let hint = crate::backoff_delay(1, self.max_wait, MAX_RETRY_AFTER);
                 Err(refuse(
-                    Code::Unavailable,
+                    Reason::Overloaded,
                     format!("{} overloaded; retry later", self.what),
                     hint,
                 ))
@@ -98,12 +100,12 @@ mod tests {
 
     #[test]
     fn a_refusal_carries_its_retry_hint() {
-        let status = refuse(Code::Unavailable, "busy", Duration::from_millis(250));
+        let status = refuse(Reason::Overloaded, "busy", Duration::from_millis(250));
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(retry_after(&status), Some(Duration::from_millis(250)));
         assert_eq!(retry_after_ms(&status), 250);
         assert_eq!(retry_after(&Status::unavailable("no hint")), None);
-        let huge = refuse(Code::ResourceExhausted, "slow down", Duration::MAX);
+        let huge = refuse(Reason::RateLimited, "slow down", Duration::MAX);
         assert_eq!(retry_after(&huge), Some(MAX_RETRY_AFTER));
     }
 

@@ -11,7 +11,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use futures::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use parley_proto::receipt::{self as rpb, receipt_service_client::ReceiptServiceClient};
 use parley_server::upstream::Intercepted;
-use parley_server::{Uid, shed::is_transient};
+use parley_server::{
+    Uid,
+    error::{may_pass, rebuilt},
+};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Status};
 
@@ -232,7 +235,7 @@ impl Writer {
                     }
                     match Code::from(answer.code) {
                         Code::Ok => Ok(()),
-                        code => Err(Status::new(code, answer.message)),
+                        code => Err(rebuilt(code, &answer.reason, answer.message)),
                     }
                 })
                 .collect(),
@@ -240,7 +243,7 @@ impl Writer {
                 let status = reply.err().unwrap_or_else(|| {
                     Status::internal("the receipt service answered another batch")
                 });
-                if !is_transient(status.code()) {
+                if !may_pass(&status) {
                     tracing::warn!(code = ?status.code(), reason = %status.message(), "the receipt service refused a batch of acks");
                 }
                 vec![Err(status); groups.len()]
@@ -251,7 +254,7 @@ impl Writer {
             // back to their sessions to retry.
             let retry = match answer {
                 Ok(()) => None,
-                Err(status) if is_transient(status.code()) => Some(status),
+                Err(status) if may_pass(&status) => Some(status),
                 Err(status) => {
                     tracing::debug!(gid, code = ?status.code(), "acks refused");
                     None

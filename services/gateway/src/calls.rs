@@ -7,7 +7,7 @@ use parley_proto::{
     gateway::{self as pb, request_frame::Call, result_frame::Result as Returned},
     message as mpb, notification as npb, receipt as rpb,
 };
-use parley_server::{Uid, caller::acting_for, shed::retry_after_ms};
+use parley_server::{Error, Reason, Uid, caller::acting_for, error, shed::retry_after_ms};
 use tonic::Status;
 
 use crate::{
@@ -43,7 +43,7 @@ pub async fn answer(
         Some(Call::ReceiptPolicy(call)) => receipt_policy(upstream, uid, call).await,
         Some(Call::SetReceiptPrivacy(call)) => set_receipt_privacy(upstream, uid, call).await,
         Some(Call::GetReceiptPrivacy(call)) => get_receipt_privacy(upstream, uid, call).await,
-        None => Err(Status::invalid_argument("the request names no call")),
+        None => Err(Error::invalid("call", "the request names no call").into()),
     };
     match outcome {
         Ok(result) => pb::ResultFrame {
@@ -55,6 +55,7 @@ pub async fn answer(
             request_id: request.request_id,
             code: status.code() as i32,
             error: status.message().to_owned(),
+            reason: error::reason_text(&status),
             retry_after_ms: retry_after_ms(&status),
             result: None,
         },
@@ -162,7 +163,7 @@ async fn create_group(
         .into_inner();
     let group = created
         .group
-        .ok_or_else(|| Status::internal("the message service returned no group"))?;
+        .ok_or_else(|| error::status(Reason::Internal, "the message service returned no group"))?;
     let group = summaries(upstream, uid, vec![group]).await?.pop();
     Ok(Returned::Created(pb::GroupCreated {
         group,
@@ -221,7 +222,7 @@ async fn register_push(
         Ok(pb::PushPlatform::Apns) => npb::Platform::Apns,
         Ok(pb::PushPlatform::Fcm) => npb::Platform::Fcm,
         Ok(pb::PushPlatform::Unspecified) | Err(_) => {
-            return Err(Status::invalid_argument("platform: APNS or FCM"));
+            return Err(Error::invalid("platform", "APNS or FCM").into());
         }
     };
     let request = npb::RegisterDeviceRequest {
@@ -388,15 +389,13 @@ async fn history(
     call: pb::HistoryCall,
 ) -> Result<Returned, Status> {
     if call.before_seq == 0 {
-        return Err(Status::invalid_argument("before_seq must be 1 or more"));
+        return Err(Error::invalid("before_seq", "1 or more").into());
     }
     let limit = match call.limit {
         0 => HISTORY_PAGE,
         limit if limit <= MAX_HISTORY_PAGE => limit,
         _ => {
-            return Err(Status::invalid_argument(format!(
-                "limit must be at most {MAX_HISTORY_PAGE}"
-            )));
+            return Err(Error::invalid("limit", format!("at most {MAX_HISTORY_PAGE}")).into());
         }
     };
     let request = mpb::SyncMessagesRequest {

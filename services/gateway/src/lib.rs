@@ -30,7 +30,7 @@ use parley_proto::{
     receipt::receipt_service_client::ReceiptServiceClient,
 };
 use parley_server::{
-    ServerArgs, StartError, Uid,
+    Reason, ServerArgs, StartError, Uid,
     caller::valid_device_id,
     runner::Service,
     serve::Secret,
@@ -42,7 +42,7 @@ use tokio::{
     net::TcpListener,
     sync::{mpsc, oneshot, watch},
 };
-use tonic::{Code, Request, Response, Status, Streaming, service::RoutesBuilder};
+use tonic::{Request, Response, Status, Streaming, service::RoutesBuilder};
 
 use crate::{
     acks::AckWriter,
@@ -342,7 +342,7 @@ impl GatewayApi {
             .register(&uid, &auth.device_id, INBOX, self.max_streams_per_user)
             .ok_or_else(|| {
                 refuse(
-                    Code::ResourceExhausted,
+                    Reason::RateLimited,
                     format!(
                         "this user has {} streams open on this gateway; close one first",
                         self.max_streams_per_user
@@ -391,25 +391,27 @@ impl GatewayApi {
     ) -> Result<(Uid, pb::AuthFrame), Status> {
         use futures::StreamExt as _;
         let first = match tokio::time::timeout(self.auth_timeout, frames.next()).await {
-            Err(_) => return Err(Status::unauthenticated("no auth frame in time")),
+            Err(_) => return Err(unauthenticated("no auth frame in time")),
             Ok(Some(Ok(first))) => first,
             // A frame the gateway cannot take says so, even before auth.
             Ok(Some(Err(session::End::Refused(status)))) => return Err(status),
             Ok(Some(Err(_)) | None) => {
-                return Err(Status::unauthenticated("stream ended before auth"));
+                return Err(unauthenticated("stream ended before auth"));
             }
         };
         let Some(In::Auth(auth)) = first.frame else {
-            return Err(Status::unauthenticated("the first frame must be auth"));
+            return Err(unauthenticated("the first frame must be auth"));
         };
         let uid = self.verifier.verify(&auth.token).map_err(|error| {
             tracing::info!(error = %error, "stream refused: invalid token");
-            Status::unauthenticated("invalid token")
+            unauthenticated("invalid token")
         })?;
         if !valid_device_id(&auth.device_id) {
-            return Err(Status::invalid_argument(
-                "device_id: 1 to 64 printable ASCII characters without spaces or '|'",
-            ));
+            return Err(parley_server::Error::invalid(
+                "auth.device_id",
+                "1 to 64 printable ASCII characters without spaces or '|'",
+            )
+            .into());
         }
         Ok((uid, auth))
     }
@@ -627,4 +629,9 @@ where
         );
     }
     Ok(served?)
+}
+
+/// A stream refused before it is authenticated.
+fn unauthenticated(message: &'static str) -> Status {
+    parley_server::error::status(Reason::Unauthenticated, message)
 }

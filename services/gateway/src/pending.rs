@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use tonic::{Code, Status};
+use tonic::Status;
 
 /// What a client waiting too many streams is told to wait before retrying.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -116,7 +116,7 @@ fn refused(from: &str, limit: usize) -> Status {
     metrics::counter!("parley_gateway_streams_refused_total", "reason" => "auth pending")
         .increment(1);
     parley_server::shed::refuse(
-        Code::ResourceExhausted,
+        parley_server::Reason::RateLimited,
         format!(
             "{from} has {limit} streams waiting for their auth frame; authenticate those first"
         ),
@@ -144,7 +144,7 @@ mod tests {
             .admit(peer([10, 0, 0, 1], 1))
             .map(|_| ())
             .expect_err("connection full");
-        assert_eq!(full.code(), Code::ResourceExhausted);
+        assert_eq!(full.code(), tonic::Code::ResourceExhausted);
         assert!(parley_server::shed::retry_after(&full).is_some());
         let _third = pending
             .admit(peer([10, 0, 0, 1], 2))

@@ -31,9 +31,10 @@ use parley_proto::{
 };
 use parley_server::upstream::Intercepted;
 use parley_server::{
-    Uid, backoff_delay,
+    Error, Reason, Uid, backoff_delay,
     caller::acting_for,
-    shed::{is_transient, refuse, retry_after, retry_after_ms},
+    error::{self, may_pass, reason_text},
+    shed::{refuse, retry_after, retry_after_ms},
 };
 use tokio::{
     sync::{Notify, mpsc, oneshot, watch},
@@ -164,14 +165,14 @@ impl End {
     pub fn of_read(status: &Status) -> End {
         use std::error::Error as _;
         match status.code() {
-            Code::OutOfRange => End::Refused(Status::resource_exhausted(format!(
-                "frame too large: {}",
-                status.message()
-            ))),
-            // Transport errors carry their cause; a decode error does not.
-            Code::Internal if status.source().is_none() => End::Refused(Status::invalid_argument(
-                format!("undecodable frame: {}", status.message()),
+            Code::OutOfRange => End::Refused(error::status(
+                Reason::FrameTooLarge,
+                format!("frame too large: {}", status.message()),
             )),
+            // Transport errors carry their cause; a decode error does not.
+            Code::Internal if status.source().is_none() => {
+                End::Refused(undecodable(status.message()))
+            }
             _ => End::ClientGone,
         }
     }
@@ -847,7 +848,7 @@ impl Session {
     async fn on_send(&mut self, frame: pb::SendFrame) -> Step {
         if self.sends.len() >= self.limits.send_queue {
             let status = refuse(
-                Code::ResourceExhausted,
+                Reason::RateLimited,
                 "too many sends queued on this stream; wait for results or retry later",
                 self.limits.send_wait.min(Duration::from_millis(100)),
             );
@@ -870,7 +871,7 @@ impl Session {
         while let Some(queued) = self.sends.pop_front() {
             if queued.since.elapsed() > self.limits.send_wait {
                 let status = refuse(
-                    Code::Unavailable,
+                    Reason::Overloaded,
                     "gateway overloaded; retry later",
                     backoff_delay(1, self.limits.send_wait, Duration::from_secs(5)),
                 );
@@ -970,7 +971,7 @@ impl Session {
     fn on_ack(&mut self, ack: pb::AckFrame) -> Step {
         if ack.entries.len() > MAX_ACK_ENTRIES {
             return Err(over_limit(
-                "entries in an ack frame",
+                "ack.entries",
                 MAX_ACK_ENTRIES,
                 ack.entries.len(),
             ));
@@ -1069,6 +1070,7 @@ impl Session {
                 request_id: sync.request_id,
                 code: status.code() as i32,
                 error: status.message().to_owned(),
+                reason: reason_text(&status),
                 retry_after_ms: retry_after_ms(&status),
                 ..Default::default()
             },
@@ -1085,7 +1087,7 @@ impl Session {
     async fn on_heartbeat(&mut self, heartbeat: pb::HeartbeatFrame) -> Step {
         if heartbeat.watching_msgids.len() > MAX_WATCHED {
             return Err(over_limit(
-                "watched messages in a heartbeat",
+                "heartbeat.watching_msgids",
                 MAX_WATCHED,
                 heartbeat.watching_msgids.len(),
             ));
@@ -1094,7 +1096,7 @@ impl Session {
         if !self.heartbeats.take(now, HEARTBEAT_EVERY, HEARTBEAT_BURST) {
             metrics::counter!("parley_gateway_heartbeats_refused_total").increment(1);
             let status = refuse(
-                Code::ResourceExhausted,
+                Reason::RateLimited,
                 format!(
                     "heartbeats: at most {HEARTBEAT_BURST} in a row, then one every {HEARTBEAT_EVERY:?}; heartbeat at the interval auth_ok gives"
                 ),
@@ -1104,6 +1106,7 @@ impl Session {
                 .push(Out::HeartbeatReply(pb::HeartbeatReplyFrame {
                     code: status.code() as i32,
                     error: status.message().to_owned(),
+                    reason: reason_text(&status),
                     retry_after_ms: retry_after_ms(&status),
                     ..Default::default()
                 }))
@@ -1222,16 +1225,20 @@ impl Allowance {
 }
 
 /// A frame past a documented limit: the stream ends with INVALID_ARGUMENT.
-fn over_limit(what: &str, limit: usize, got: usize) -> End {
-    End::Refused(Status::invalid_argument(format!(
-        "{what}: at most {limit}, this frame has {got}"
-    )))
+fn over_limit(field: &'static str, limit: usize, got: usize) -> End {
+    let refused = Error::invalid(field, format!("at most {limit}, this frame has {got}"));
+    End::Refused(refused.into())
+}
+
+/// A frame that does not decode: the stream ends with INVALID_ARGUMENT.
+pub fn undecodable(why: &str) -> Status {
+    Error::invalid("frame", format!("undecodable: {why}")).into()
 }
 
 /// A failed call's status when the callee refused the request itself (which
 /// no retry changes); the work is owed instead when the callee may yet do it.
 fn later_if_transient(status: Status) -> Result<Status, Stop> {
-    if is_transient(status.code()) {
+    if may_pass(&status) {
         Err(Stop::Later(status))
     } else {
         Ok(status)
@@ -1260,7 +1267,7 @@ fn merge_ack(batch: &mut AckBatch, key: (u64, bool), seq: u64) {
 fn unanswered(status: Status) -> Status {
     match status.code() {
         Code::Cancelled | Code::DeadlineExceeded => refuse(
-            Code::Unavailable,
+            Reason::DependencyUnavailable,
             format!(
                 "no answer in time ({}); retry with the same client_msg_id",
                 status.message()
@@ -1277,6 +1284,7 @@ fn refused_send(request_id: u64, status: &Status) -> pb::SendResultFrame {
         request_id,
         code: status.code() as i32,
         error: status.message().to_owned(),
+        reason: reason_text(status),
         retry_after_ms: retry_after_ms(status),
         ..Default::default()
     }

@@ -188,9 +188,11 @@ fn frames(
                 match message {
                     Message::Binary(bytes) => return Some((decode(&bytes), Some(stream))),
                     Message::Text(_) => {
-                        let refused = Status::invalid_argument(
+                        let refused = parley_server::Error::invalid(
+                            "frame",
                             "text messages are not taken: send each ConnectRequest as a binary message",
-                        );
+                        )
+                        .into();
                         return Some((Err(End::Refused(refused)), None));
                     }
                     Message::Close(_) => return None,
@@ -203,16 +205,17 @@ fn frames(
 
 fn decode(bytes: &[u8]) -> Result<pb::ConnectRequest, End> {
     if bytes.len() > MAX_FRAME {
-        return Err(End::Refused(Status::resource_exhausted(format!(
+        return Err(End::Refused(too_large(format!(
             "frame too large: {} bytes, at most {MAX_FRAME}",
             bytes.len()
         ))));
     }
-    pb::ConnectRequest::decode(bytes).map_err(|error| {
-        End::Refused(Status::invalid_argument(format!(
-            "undecodable frame: {error}"
-        )))
-    })
+    pb::ConnectRequest::decode(bytes)
+        .map_err(|error| End::Refused(crate::session::undecodable(&error.to_string())))
+}
+
+fn too_large(message: String) -> Status {
+    parley_server::error::status(parley_server::Reason::FrameTooLarge, message)
 }
 
 /// A failed read: a message over the limit is refused as on the gRPC
@@ -220,12 +223,13 @@ fn decode(bytes: &[u8]) -> Result<pb::ConnectRequest, End> {
 fn read_failure(error: axum::Error) -> End {
     let error = error.into_inner();
     match error.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => End::Refused(Status::resource_exhausted(format!(
+        Some(tungstenite::Error::Capacity(_)) => End::Refused(too_large(format!(
             "frame too large: at most {MAX_FRAME} bytes"
         ))),
-        Some(tungstenite::Error::Protocol(problem)) => End::Refused(Status::invalid_argument(
-            format!("WebSocket protocol error: {problem}"),
-        )),
+        Some(tungstenite::Error::Protocol(problem)) => End::Refused(
+            parley_server::Error::invalid("frame", format!("WebSocket protocol error: {problem}"))
+                .into(),
+        ),
         _ => End::ClientGone,
     }
 }

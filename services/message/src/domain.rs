@@ -2,7 +2,7 @@
 //! plain data. Wire types are converted into these at the handler; storage and
 //! rules never see generated protobuf types.
 
-use parley_server::Uid;
+use parley_server::{Reason, Uid};
 
 use crate::error::MessageError;
 
@@ -28,7 +28,7 @@ impl Gid {
     pub fn parse(raw: u64) -> Result<Self, MessageError> {
         match i64::try_from(raw) {
             Ok(gid) if gid > 0 => Ok(Self(gid)),
-            _ => Err(MessageError::invalid("gid must be a positive group id")),
+            _ => Err(MessageError::invalid("gid", "must be a positive group id")),
         }
     }
 
@@ -47,13 +47,16 @@ impl Gid {
 pub fn parse_msgid(raw: u64) -> Result<i64, MessageError> {
     match i64::try_from(raw) {
         Ok(id) if id > 0 => Ok(id),
-        _ => Err(MessageError::invalid("msgids must be positive message ids")),
+        _ => Err(MessageError::invalid(
+            "msgids",
+            "must be positive message ids",
+        )),
     }
 }
 
 /// A seq from a request, within the storage range.
 pub fn parse_seq(raw: u64) -> Result<i64, MessageError> {
-    i64::try_from(raw).map_err(|_| MessageError::invalid("seq out of range"))
+    i64::try_from(raw).map_err(|_| MessageError::invalid("seq", "out of range"))
 }
 
 /// Group or direct conversation.
@@ -131,7 +134,7 @@ impl ReceiptPolicy {
             1 => Ok(Self::Full),
             2 => Ok(Self::Counts),
             3 => Ok(Self::Off),
-            _ => Err(MessageError::invalid("policy: FULL, COUNTS or OFF")),
+            _ => Err(MessageError::invalid("policy", "FULL, COUNTS or OFF")),
         }
     }
 }
@@ -141,10 +144,11 @@ impl ReceiptPolicy {
 pub fn may_set_receipt_policy(kind: GroupKind, role: Option<Role>) -> Result<(), MessageError> {
     match (kind, role) {
         (_, Some(Role::Admin)) | (GroupKind::Direct, Some(Role::Member)) => Ok(()),
-        (_, Some(Role::Member)) => Err(MessageError::Denied(
+        (_, Some(Role::Member)) => Err(MessageError::refused_because(
+            Reason::NotAnAdmin,
             "only the group's admins change its receipt policy",
         )),
-        (_, None) => Err(MessageError::Denied("not a member of this group")),
+        (_, None) => Err(MessageError::refused(Reason::NotAMember)),
     }
 }
 
@@ -157,9 +161,10 @@ pub fn parse_ids<T>(
     parse: impl Fn(u64) -> Result<T, MessageError>,
 ) -> Result<Vec<T>, MessageError> {
     if raw.is_empty() || raw.len() > max {
-        return Err(MessageError::invalid(format!(
-            "{field} must hold 1 to {max} ids"
-        )));
+        return Err(MessageError::invalid(
+            field.to_owned(),
+            format!("must hold 1 to {max} ids"),
+        ));
     }
     raw.iter().map(|&id| parse(id)).collect()
 }
@@ -167,13 +172,17 @@ pub fn parse_ids<T>(
 /// Parses a list of uids: 1 to `MAX_UIDS_PER_REQUEST`, deduplicated, sorted.
 pub fn parse_uids(raw: &[String], field: &str) -> Result<Vec<Uid>, MessageError> {
     if raw.is_empty() || raw.len() > MAX_UIDS_PER_REQUEST {
-        return Err(MessageError::invalid(format!(
-            "{field} must hold 1 to {MAX_UIDS_PER_REQUEST} uids"
-        )));
+        return Err(MessageError::invalid(
+            field.to_owned(),
+            format!("must hold 1 to {MAX_UIDS_PER_REQUEST} uids"),
+        ));
     }
     let mut uids = raw
         .iter()
-        .map(|u| Uid::parse(u).map_err(|e| MessageError::invalid(format!("{field}: {e}"))))
+        .enumerate()
+        .map(|(i, u)| {
+            Uid::parse(u).map_err(|e| MessageError::invalid(format!("{field}[{i}]"), e.to_string()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     uids.sort();
     uids.dedup();
@@ -183,9 +192,10 @@ pub fn parse_uids(raw: &[String], field: &str) -> Result<Vec<Uid>, MessageError>
 /// Validates a group name.
 pub fn parse_name(raw: &str) -> Result<String, MessageError> {
     if raw.chars().count() > MAX_NAME_CHARS || raw.chars().any(char::is_control) {
-        return Err(MessageError::invalid(format!(
-            "name must be at most {MAX_NAME_CHARS} characters without control characters"
-        )));
+        return Err(MessageError::invalid(
+            "name",
+            format!("at most {MAX_NAME_CHARS} characters without control characters"),
+        ));
     }
     Ok(raw.to_owned())
 }
@@ -195,7 +205,8 @@ pub fn parse_client_msg_id(raw: &str) -> Result<String, MessageError> {
     let printable = raw.bytes().all(|b| b.is_ascii_graphic());
     if raw.is_empty() || raw.len() > MAX_CLIENT_MSG_ID_LEN || !printable {
         return Err(MessageError::invalid(
-            "client_msg_id must be 1 to 64 printable ASCII characters",
+            "client_msg_id",
+            "1 to 64 printable ASCII characters",
         ));
     }
     Ok(raw.to_owned())
@@ -204,9 +215,10 @@ pub fn parse_client_msg_id(raw: &str) -> Result<String, MessageError> {
 /// Validates message content against the configured limit.
 pub fn check_content(content: &[u8], max_bytes: usize) -> Result<(), MessageError> {
     if content.is_empty() || content.len() > max_bytes {
-        return Err(MessageError::invalid(format!(
-            "content must be 1 to {max_bytes} bytes"
-        )));
+        return Err(MessageError::invalid(
+            "content",
+            format!("1 to {max_bytes} bytes"),
+        ));
     }
     Ok(())
 }
@@ -253,6 +265,7 @@ impl NewGroup {
                 [other] => Some(direct_key(&creator, other)),
                 _ => {
                     return Err(MessageError::invalid(
+                        "member_uids",
                         "a direct conversation has exactly one other member",
                     ));
                 }
@@ -278,16 +291,15 @@ pub fn check_membership_change(
     removing: bool,
 ) -> Result<(), MessageError> {
     let Some(role) = actor_role else {
-        return Err(MessageError::Denied("not a member of this group"));
+        return Err(MessageError::refused(Reason::NotAMember));
     };
     if kind == GroupKind::Direct {
-        return Err(MessageError::Precondition(
-            "the members of a direct conversation cannot change",
-        ));
+        return Err(MessageError::refused(Reason::DirectConversation));
     }
     let leaving = removing && targets.len() == 1 && targets[0] == *actor;
     if role != Role::Admin && !leaving {
-        return Err(MessageError::Denied(
+        return Err(MessageError::refused_because(
+            Reason::NotAnAdmin,
             "only group admins may change membership",
         ));
     }
@@ -311,11 +323,11 @@ mod tests {
         assert!(may_set_receipt_policy(GroupKind::Direct, Some(Role::Member)).is_ok());
         assert!(matches!(
             may_set_receipt_policy(GroupKind::Group, Some(Role::Member)),
-            Err(MessageError::Denied(_))
+            Err(ref e) if e.reason() == Reason::NotAnAdmin
         ));
         assert!(matches!(
             may_set_receipt_policy(GroupKind::Direct, None),
-            Err(MessageError::Denied(_))
+            Err(ref e) if e.reason() == Reason::NotAMember
         ));
         for raw in [0, 4, -1] {
             assert!(ReceiptPolicy::parse(raw).is_err(), "{raw}");

@@ -204,7 +204,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         let kind = match pb::GroupKind::try_from(req.kind) {
             Ok(pb::GroupKind::Group) => GroupKind::Group,
             Ok(pb::GroupKind::Direct) => GroupKind::Direct,
-            _ => return Err(MessageError::invalid("kind must be GROUP or DIRECT").into()),
+            _ => return Err(MessageError::invalid("kind", "GROUP or DIRECT").into()),
         };
         let name = domain::parse_name(&req.name)?;
         let group = NewGroup::new(kind, name, caller, &req.member_uids)?;
@@ -352,10 +352,9 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         let req = request.into_inner();
         let gid = Gid::parse(req.gid)?;
         if req.messages.is_empty() || req.messages.len() > MAX_BATCH {
-            return Err(MessageError::invalid(format!(
-                "messages must hold 1 to {MAX_BATCH} messages"
-            ))
-            .into());
+            return Err(
+                MessageError::invalid("messages", format!("1 to {MAX_BATCH} messages")).into(),
+            );
         }
         // Malformed messages are refused one by one and take no seq; the
         // rest are stored together, in order.
@@ -364,9 +363,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         let mut positions = Vec::new();
         for (position, item) in req.messages.into_iter().enumerate() {
             let checked = if item.gid != 0 && item.gid != req.gid {
-                Err(MessageError::invalid(
-                    "a message's gid differs from the batch's",
-                ))
+                Err(MessageError::invalid("gid", "differs from the batch's"))
             } else {
                 self.new_message(gid, &caller, item)
             };

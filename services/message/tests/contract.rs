@@ -8,7 +8,7 @@ use parley_message::{
         OUTBOX_MESSAGE, OutboxStats, SendOutcome, SqliteMessageStore,
     },
 };
-use parley_server::{Uid, db::Pooled as _};
+use parley_server::{Reason, Uid, db::Pooled as _};
 
 fn uid(s: &str) -> Uid {
     Uid::parse(s).expect("valid uid")
@@ -100,13 +100,13 @@ async fn a_batch_is_stored_in_order_with_dense_seqs_and_retries_are_originals<S:
     let mixed = [new_message(gid, "A", "m1"), new_message(gid, "uid1", "m2")];
     assert!(matches!(
         store.send_batch(&mixed, 7).await,
-        Err(MessageError::Invalid(_))
+        Err(MessageError::Invalid { .. })
     ));
     assert!(store.send_batch(&[], 7).await.expect("empty").is_empty());
     let stranger = [new_message(gid, "stranger", "s1")];
     assert!(matches!(
         store.send_batch(&stranger, 7).await,
-        Err(MessageError::Denied(_))
+        Err(ref e) if e.reason() == Reason::NotAMember
     ));
 }
 
@@ -151,16 +151,16 @@ async fn strangers_are_refused_and_unknown_groups_are_not_found<S: MessageStore>
     };
     assert!(matches!(
         send_one(&store, &message, 1).await,
-        Err(MessageError::Denied(_))
+        Err(ref e) if e.reason() == Reason::NotAMember
     ));
     assert!(matches!(
         store.access(gid, &uid("stranger")).await,
-        Err(MessageError::Denied(_))
+        Err(ref e) if e.reason() == Reason::NotAMember
     ));
     let missing = Gid::parse(999_999).expect("gid");
     assert!(matches!(
         store.access(missing, &uid("A")).await,
-        Err(MessageError::GroupNotFound)
+        Err(ref e) if e.reason() == Reason::GroupNotFound
     ));
     let message = NewMessage {
         gid: missing,
@@ -168,7 +168,7 @@ async fn strangers_are_refused_and_unknown_groups_are_not_found<S: MessageStore>
     };
     assert!(matches!(
         send_one(&store, &message, 1).await,
-        Err(MessageError::GroupNotFound)
+        Err(ref e) if e.reason() == Reason::GroupNotFound
     ));
     // Nothing was written by the refused sends.
     assert_eq!(
@@ -190,7 +190,7 @@ async fn membership_changes_keep_history_and_join_points<S: MessageStore>(store:
     let stranger = [uid("uid9")];
     assert!(matches!(
         store.add_members(change(gid, &b, &stranger, 10)).await,
-        Err(MessageError::Denied(_))
+        Err(ref e) if e.reason() == Reason::NotAnAdmin
     ));
     let access = store.access(gid, &c).await.expect("uid2 is a member");
     assert_eq!(access.joined_seq, 1);
@@ -215,7 +215,7 @@ async fn membership_changes_keep_history_and_join_points<S: MessageStore>(store:
     assert_eq!(removed, vec!["uid2".to_string()]);
     assert!(matches!(
         store.access(gid, &c).await,
-        Err(MessageError::Denied(_))
+        Err(ref e) if e.reason() == Reason::NotAMember
     ));
     let groups = store.list_groups(&c, 0, 10).await.expect("groups");
     assert!(groups.is_empty());
@@ -225,7 +225,7 @@ async fn membership_changes_keep_history_and_join_points<S: MessageStore>(store:
     let newcomer = [uid("uid5")];
     assert!(matches!(
         store.add_members(change(gid, &a, &newcomer, 2)).await,
-        Err(MessageError::Precondition(_))
+        Err(ref e) if e.reason() == Reason::GroupFull
     ));
 }
 
@@ -249,7 +249,7 @@ async fn direct_conversations_are_unique_and_closed<S: MessageStore>(store: S) {
     };
     assert!(matches!(
         store.add_members(change).await,
-        Err(MessageError::Precondition(_))
+        Err(ref e) if e.reason() == Reason::DirectConversation
     ));
 }
 
@@ -270,13 +270,13 @@ async fn each_message_keeps_the_receipt_policy_it_was_sent_under<S: MessageStore
         store
             .set_receipt_policy(gid, &uid("B"), ReceiptPolicy::Off)
             .await,
-        Err(MessageError::Denied(_))
+        Err(ref e) if e.reason() == Reason::NotAnAdmin
     ));
     assert!(matches!(
         store
             .set_receipt_policy(gid, &uid("stranger"), ReceiptPolicy::Off)
             .await,
-        Err(MessageError::Denied(_))
+        Err(ref e) if e.reason() == Reason::NotAMember
     ));
     let last = store
         .set_receipt_policy(gid, &uid("A"), ReceiptPolicy::Off)
@@ -314,7 +314,7 @@ async fn each_message_keeps_the_receipt_policy_it_was_sent_under<S: MessageStore
         store
             .set_receipt_policy(Gid::from_stored(1 << 40), &uid("A"), ReceiptPolicy::Off)
             .await,
-        Err(MessageError::GroupNotFound)
+        Err(ref e) if e.reason() == Reason::GroupNotFound
     ));
 }
 

@@ -8,7 +8,7 @@ use parley_proto::{
 };
 use parley_server::upstream::Intercepted;
 use parley_server::{
-    Caller, Uid,
+    Caller, Error, Reason, Uid,
     caller::{acting_for, valid_device_id},
     millis, now_ms,
 };
@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     push::{Device, Platform},
-    store::{OfflineBatch, QueueError, QueueStore, Registered},
+    store::{OfflineBatch, QueueStore, Registered},
     worker::Policy,
 };
 
@@ -67,31 +67,39 @@ impl<S: QueueStore> NotificationApi<S> {
     }
 }
 
-fn positive(what: &str, raw: u64) -> Result<i64, Status> {
+fn positive(what: &'static str, raw: u64) -> Result<i64, Error> {
     i64::try_from(raw)
         .ok()
         .filter(|v| *v > 0)
-        .ok_or_else(|| Status::invalid_argument(format!("{what} must be a positive id")))
+        .ok_or_else(|| Error::invalid(what, "must be a positive id"))
 }
 
 /// Validates a batch at the edge: ids in range, uids well formed, recipients
 /// deduplicated and bounded.
-fn batch(request: pb::EnqueueOfflineRequest, due_at_ms: i64) -> Result<OfflineBatch, Status> {
-    let invalid_uid =
-        |_| Status::invalid_argument("recipient_uids and sender_uid must be valid uids");
-    let sender = Uid::parse(&request.sender_uid).map_err(invalid_uid)?;
+fn batch(request: pb::EnqueueOfflineRequest, due_at_ms: i64) -> Result<OfflineBatch, Error> {
+    let sender =
+        Uid::parse(&request.sender_uid).map_err(|e| Error::invalid("sender_uid", e.to_string()))?;
     if request.recipient_uids.len() > MAX_RECIPIENTS {
-        return Err(Status::invalid_argument(format!(
-            "at most {MAX_RECIPIENTS} recipients per batch"
-        )));
+        return Err(Error::invalid(
+            "recipient_uids",
+            format!("at most {MAX_RECIPIENTS} per batch"),
+        ));
     }
     if request.group_name.chars().count() > MAX_GROUP_NAME_CHARS {
-        return Err(Status::invalid_argument("group_name is too long"));
+        return Err(Error::invalid(
+            "group_name",
+            format!("at most {MAX_GROUP_NAME_CHARS} characters"),
+        ));
     }
     let recipients = request
         .recipient_uids
         .iter()
-        .map(|u| Uid::parse(u).map(Uid::into_string).map_err(invalid_uid))
+        .enumerate()
+        .map(|(i, u)| {
+            Uid::parse(u)
+                .map(Uid::into_string)
+                .map_err(|e| Error::invalid(format!("recipient_uids[{i}]"), e.to_string()))
+        })
         .collect::<Result<BTreeSet<_>, _>>()?;
     Ok(OfflineBatch {
         gid: positive("gid", request.gid)?,
@@ -111,50 +119,48 @@ fn shaped(raw: &str, len: std::ops::RangeInclusive<usize>, allowed: fn(char) -> 
 
 /// Validates a registration: the token's shape for its platform, the app id
 /// (APNs topic, required; FCM project, optional) and the locale.
-fn device(uid: Uid, request: pb::RegisterDeviceRequest) -> Result<Device, Status> {
-    if !valid_device_id(&request.device_id) {
-        return Err(Status::invalid_argument(
-            "device_id must be 1 to 64 printable characters without spaces or '|'",
-        ));
-    }
+fn device(uid: Uid, request: pb::RegisterDeviceRequest) -> Result<Device, Error> {
+    checked_device_id(&request.device_id)?;
     let platform = Platform::from_proto(request.platform)
-        .ok_or_else(|| Status::invalid_argument("platform must be APNS or FCM"))?;
+        .ok_or_else(|| Error::invalid("platform", "APNS or FCM"))?;
     match platform {
         Platform::Apns => {
             if !shaped(&request.token, 64..=200, |c| c.is_ascii_hexdigit())
                 || !request.token.len().is_multiple_of(2)
             {
-                return Err(Status::invalid_argument(
+                return Err(Error::invalid(
+                    "token",
                     "an APNs token is 64 to 200 hex digits",
                 ));
             }
             let topic = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
             if !shaped(&request.app_id, 1..=255, topic) {
-                return Err(Status::invalid_argument(
-                    "app_id must be the app's APNs topic (its bundle id)",
+                return Err(Error::invalid(
+                    "app_id",
+                    "the app's APNs topic (its bundle id)",
                 ));
             }
         }
         Platform::Fcm => {
             let token = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-');
             if !shaped(&request.token, 32..=4096, token) {
-                return Err(Status::invalid_argument(
+                return Err(Error::invalid(
+                    "token",
                     "an FCM token is 32 to 4096 characters from [A-Za-z0-9_:-]",
                 ));
             }
             let project = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
             if !request.app_id.is_empty() && !shaped(&request.app_id, 6..=30, project) {
-                return Err(Status::invalid_argument(
-                    "app_id must be empty or an FCM project id (6 to 30 of [a-z0-9-])",
+                return Err(Error::invalid(
+                    "app_id",
+                    "empty or an FCM project id (6 to 30 of [a-z0-9-])",
                 ));
             }
         }
     }
     let locale = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_');
     if !shaped(&request.locale, 0..=35, locale) {
-        return Err(Status::invalid_argument(
-            "locale must be a BCP 47 tag such as en-GB",
-        ));
+        return Err(Error::invalid("locale", "a BCP 47 tag such as en-GB"));
     }
     Ok(Device {
         uid: uid.into_string(),
@@ -166,9 +172,16 @@ fn device(uid: Uid, request: pb::RegisterDeviceRequest) -> Result<Device, Status
     })
 }
 
-fn unavailable(error: QueueError) -> Status {
-    tracing::error!(error = %error, "notification storage failed");
-    Status::unavailable("notification storage unavailable; retry")
+/// A device id, checked by the rule every service shares.
+fn checked_device_id(raw: &str) -> Result<(), Error> {
+    if valid_device_id(raw) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "device_id",
+            "1 to 64 printable characters without spaces or '|'",
+        ))
+    }
 }
 
 #[tonic::async_trait]
@@ -182,13 +195,16 @@ impl<S: QueueStore> NotificationService for NotificationApi<S> {
         let registered = self
             .store
             .register_device(&device, MAX_DEVICES, now_ms())
-            .await
-            .map_err(unavailable)?;
+            .await?;
         let replaced = match registered {
             Registered::Full => {
-                return Err(Status::resource_exhausted(format!(
-                    "at most {MAX_DEVICES} devices per user have push tokens; unregister one first"
-                )));
+                return Err(Error::refused_because(
+                    Reason::TooManyDevices,
+                    format!(
+                        "at most {MAX_DEVICES} devices per user have push tokens; unregister one first"
+                    ),
+                )
+                .into());
             }
             Registered::Replaced => true,
             Registered::New => false,
@@ -203,16 +219,11 @@ impl<S: QueueStore> NotificationService for NotificationApi<S> {
     ) -> Result<Response<pb::UnregisterDeviceResponse>, Status> {
         let uid = Caller::user_of(&request)?;
         let device_id = request.into_inner().device_id;
-        if !valid_device_id(&device_id) {
-            return Err(Status::invalid_argument(
-                "device_id must be 1 to 64 printable characters without spaces or '|'",
-            ));
-        }
+        checked_device_id(&device_id)?;
         let removed = self
             .store
             .unregister_device(uid.as_str(), &device_id)
-            .await
-            .map_err(unavailable)?;
+            .await?;
         Ok(Response::new(pb::UnregisterDeviceResponse { removed }))
     }
 
@@ -224,9 +235,11 @@ impl<S: QueueStore> NotificationService for NotificationApi<S> {
         let request = request.into_inner();
         let gid = positive("gid", request.gid)?;
         if request.until_ms < -1 {
-            return Err(Status::invalid_argument(
-                "until_ms is a time in milliseconds, -1 for ever or 0 to unmute",
-            ));
+            return Err(Error::invalid(
+                "until_ms",
+                "a time in milliseconds, -1 for ever or 0 to unmute",
+            )
+            .into());
         }
         // Unmuting is always allowed: a member who left may clear their mute.
         if request.until_ms != 0 {
@@ -234,8 +247,7 @@ impl<S: QueueStore> NotificationService for NotificationApi<S> {
         }
         self.store
             .set_mute(uid.as_str(), gid, request.until_ms)
-            .await
-            .map_err(unavailable)?;
+            .await?;
         Ok(Response::new(pb::SetMuteResponse {
             until_ms: request.until_ms,
         }))
@@ -258,18 +270,20 @@ impl<S: QueueStore> NotificationService for NotificationApi<S> {
         Caller::require_service(&request, "message")?;
         let messages = request.into_inner().messages;
         if messages.is_empty() || messages.len() > MAX_BATCH_MESSAGES {
-            return Err(Status::invalid_argument(format!(
-                "messages must hold 1 to {MAX_BATCH_MESSAGES} messages"
-            )));
+            return Err(
+                Error::invalid("messages", format!("1 to {MAX_BATCH_MESSAGES} messages")).into(),
+            );
         }
         let listed = messages
             .iter()
             .map(|m| m.recipient_uids.len())
             .fold(0usize, usize::saturating_add);
         if listed > MAX_RECIPIENTS {
-            return Err(Status::invalid_argument(format!(
-                "at most {MAX_RECIPIENTS} recipients per batch"
-            )));
+            return Err(Error::invalid(
+                "messages",
+                format!("at most {MAX_RECIPIENTS} recipient_uids in all"),
+            )
+            .into());
         }
         let now = now_ms();
         let batches = parley_server::check_each("messages", messages, |m| self.due_batch(m, now))?;
@@ -285,18 +299,14 @@ impl<S: QueueStore> NotificationApi<S> {
         &self,
         request: pb::EnqueueOfflineRequest,
         now: i64,
-    ) -> Result<OfflineBatch, Status> {
+    ) -> Result<OfflineBatch, Error> {
         let window = self.policy.window_for(request.group_size);
         batch(request, now.saturating_add(millis(window)))
     }
 
     /// Queues checked batches durably, in one transaction.
     async fn enqueue(&self, batches: &[OfflineBatch]) -> Result<u32, Status> {
-        let queued = self
-            .store
-            .enqueue(batches, now_ms())
-            .await
-            .map_err(unavailable)?;
+        let queued = self.store.enqueue(batches, now_ms()).await?;
         tracing::debug!(
             messages = batches.len(),
             recipients = batches.iter().map(|b| b.recipients.len()).sum::<usize>(),
@@ -321,7 +331,7 @@ mod tests {
         }
     }
 
-    fn check(request: pb::RegisterDeviceRequest) -> Result<Device, Status> {
+    fn check(request: pb::RegisterDeviceRequest) -> Result<Device, Error> {
         device(Uid::parse("u1").expect("uid"), request)
     }
 
@@ -349,8 +359,10 @@ mod tests {
                 ..request(pb::Platform::Fcm, &fcm, "")
             },
         ] {
-            let status = check(bad).expect_err("refused");
+            let status = Status::from(check(bad).expect_err("refused"));
             assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            let named = parley_server::error::field_violations(&status);
+            assert_eq!(named.len(), 1, "the malformed field is named: {status:?}");
         }
     }
 }

@@ -4,7 +4,7 @@ use std::{collections::BTreeSet, pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
 use parley_proto::presence::{self as pb, presence_service_server::PresenceService};
-use parley_server::{Caller, Stopping, Uid, now_ms};
+use parley_server::{Caller, Error, Stopping, Uid, now_ms};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -45,28 +45,29 @@ impl<S: PresenceStore> PresenceApi<S> {
     }
 }
 
+/// A failure of the store, as every service reports one.
 fn unavailable(error: PresenceError) -> Status {
-    tracing::error!(error = %error, "presence store failed");
-    Status::unavailable("presence store unavailable; retry")
+    Error::from(error).into()
 }
 
-fn uid(raw: &str) -> Result<Uid, Status> {
-    Uid::parse(raw).map_err(|e| Status::invalid_argument(format!("uid: {e}")))
+fn uid(raw: &str) -> Result<Uid, Error> {
+    Uid::parse(raw).map_err(|e| Error::invalid("uid", e.to_string()))
 }
 
 /// A device id or gateway id, checked by the rule every service shares.
-fn token(what: &str, raw: &str) -> Result<String, Status> {
+fn token(what: &'static str, raw: &str) -> Result<String, Error> {
     if parley_server::caller::valid_device_id(raw) {
         Ok(raw.to_owned())
     } else {
-        Err(Status::invalid_argument(format!(
-            "{what}: 1 to 64 printable ASCII characters without spaces or '|'"
-        )))
+        Err(Error::invalid(
+            what,
+            "1 to 64 printable ASCII characters without spaces or '|'",
+        ))
     }
 }
 
-fn device_key(device: Option<&pb::DeviceRef>) -> Result<DeviceKey, Status> {
-    let device = device.ok_or_else(|| Status::invalid_argument("device is required"))?;
+fn device_key(device: Option<&pb::DeviceRef>) -> Result<DeviceKey, Error> {
+    let device = device.ok_or_else(|| Error::invalid("device", "is required"))?;
     Ok(DeviceKey {
         uid: uid(&device.uid)?,
         device_id: token("device_id", &device.device_id)?,
@@ -74,21 +75,27 @@ fn device_key(device: Option<&pb::DeviceRef>) -> Result<DeviceKey, Status> {
 }
 
 /// The devices of a batch call: 1 to [`MAX_BATCH`], each well-formed.
-fn devices(raw: &[pb::DeviceRef], call: &str) -> Result<Vec<DeviceKey>, Status> {
+fn devices(raw: &[pb::DeviceRef], call: &str) -> Result<Vec<DeviceKey>, Error> {
     if raw.is_empty() || raw.len() > MAX_BATCH {
-        return Err(Status::invalid_argument(format!(
-            "devices: 1 to {MAX_BATCH} per {call}, got {}",
-            raw.len()
-        )));
+        return Err(Error::invalid(
+            "devices",
+            format!("1 to {MAX_BATCH} per {call}, got {}", raw.len()),
+        ));
     }
-    raw.iter().map(|d| device_key(Some(d))).collect()
+    raw.iter()
+        .enumerate()
+        .map(|(i, d)| device_key(Some(d)).map_err(|e| e.within(&format!("devices[{i}]"))))
+        .collect()
 }
 
-fn uids(raw: &[String], max: usize) -> Result<Vec<Uid>, Status> {
+fn uids(raw: &[String], max: usize) -> Result<Vec<Uid>, Error> {
     if raw.len() > max {
-        return Err(Status::invalid_argument(format!("at most {max} uids")));
+        return Err(Error::invalid("uids", format!("at most {max}")));
     }
-    raw.iter().map(|u| uid(u)).collect()
+    raw.iter()
+        .enumerate()
+        .map(|(i, u)| uid(u).map_err(|e| e.within(&format!("uids[{i}]"))))
+        .collect()
 }
 
 fn user_to_pb(user: UserPresence) -> pb::UserPresence {
@@ -225,7 +232,7 @@ impl<S: PresenceStore> PresenceService for PresenceApi<S> {
             .into_iter()
             .collect();
         if watched.is_empty() {
-            return Err(Status::invalid_argument("name 1 to 1000 uids to watch"));
+            return Err(Error::invalid("uids", "name 1 to 1000 uids to watch").into());
         }
         let (tx, rx) = mpsc::channel(64);
         let follower = follow(
@@ -310,7 +317,17 @@ mod tests {
             refs(3, "bad uid"),
         ] {
             let refused = code(&bad).expect_err("refused");
-            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+            assert_eq!(
+                refused.reason(),
+                parley_server::Reason::InvalidField,
+                "{refused:?}"
+            );
         }
+        let refused = Status::from(code(&refs(3, "bad uid")).expect_err("refused"));
+        assert_eq!(
+            parley_server::error::field_violations(&refused)[0].0,
+            "devices[0].uid",
+            "the first bad item is named"
+        );
     }
 }

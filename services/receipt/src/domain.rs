@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::ReceiptError;
+use parley_server::Reason;
 
 /// Largest batch of message ids in one request.
 pub const MAX_MSGIDS_PER_REQUEST: usize = 100;
@@ -78,7 +79,10 @@ impl Policy {
             0 | 1 => Ok(Self::Full),
             2 => Ok(Self::Counts),
             3 => Ok(Self::Off),
-            _ => Err(ReceiptError::invalid("receipt_policy: FULL, COUNTS or OFF")),
+            _ => Err(ReceiptError::invalid(
+                "receipt_policy",
+                "FULL, COUNTS or OFF",
+            )),
         }
     }
 }
@@ -106,18 +110,12 @@ impl Sight {
     /// Whether who read the message is shown; why not, when not.
     pub fn shows_lists(self) -> Result<(), ReceiptError> {
         if self.viewer_private {
-            return Err(ReceiptError::Precondition(
-                "you hide your reads in this group, so you see no one's",
-            ));
+            return Err(ReceiptError::refused(Reason::ReadsHidden));
         }
         match self.policy {
             Policy::Full => Ok(()),
-            Policy::Counts => Err(ReceiptError::Precondition(
-                "this message was sent where only read counts are shown",
-            )),
-            Policy::Off => Err(ReceiptError::Precondition(
-                "this message was sent with receipts off",
-            )),
+            Policy::Counts => Err(ReceiptError::refused(Reason::CountsOnly)),
+            Policy::Off => Err(ReceiptError::refused(Reason::ReceiptsOff)),
         }
     }
 }
@@ -358,7 +356,7 @@ pub fn decode_pull_cursor(raw: &str) -> Result<(i64, i64), ReceiptError> {
     if raw.is_empty() {
         return Ok((i64::MIN, 0));
     }
-    let invalid = || ReceiptError::invalid("invalid cursor");
+    let invalid = || ReceiptError::invalid("cursor", "not a cursor this service gave");
     let (at, msgid) = raw.split_once('.').ok_or_else(invalid)?;
     let at = at.parse().map_err(|_| invalid())?;
     let msgid = msgid.parse().map_err(|_| invalid())?;
@@ -369,9 +367,10 @@ pub fn decode_pull_cursor(raw: &str) -> Result<(i64, i64), ReceiptError> {
 pub fn parse_id(raw: u64, field: &str) -> Result<i64, ReceiptError> {
     match i64::try_from(raw) {
         Ok(id) if id > 0 => Ok(id),
-        _ => Err(ReceiptError::invalid(format!(
-            "{field} must be a positive id"
-        ))),
+        _ => Err(ReceiptError::invalid(
+            field.to_owned(),
+            "must be a positive id",
+        )),
     }
 }
 

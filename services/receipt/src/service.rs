@@ -8,7 +8,7 @@ use parley_proto::{
     receipt::{self as pb, receipt_service_server::ReceiptService},
 };
 use parley_server::upstream::Intercepted;
-use parley_server::{Caller, Uid, now_ms, page};
+use parley_server::{Caller, Reason, Uid, now_ms, page};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -234,7 +234,7 @@ impl<S: ReceiptStore> ReceiptApi<S> {
         let found = self.store.messages(gid, msgids).await?;
         // Only a missing message raises the question whether the group exists.
         if found.len() < msgids.len() && !self.store.group_exists(gid).await? {
-            return Err(ReceiptError::GroupNotFound);
+            return Err(ReceiptError::refused(Reason::GroupNotFound));
         }
         let mut viewer_private = found.first().is_some_and(|m| m.sender_private != 0);
         if found.iter().any(|m| m.sender_uid != caller.as_str()) {
@@ -242,9 +242,7 @@ impl<S: ReceiptStore> ReceiptApi<S> {
             match cursor {
                 Some(c) if c.admin && c.left_seq.is_none() => viewer_private = c.private,
                 _ => {
-                    return Err(ReceiptError::Denied(
-                        "only a message's sender and group admins see its receipts",
-                    ));
+                    return Err(ReceiptError::refused(Reason::NotSenderOrAdmin));
                 }
             }
         }
@@ -256,7 +254,7 @@ impl<S: ReceiptStore> ReceiptApi<S> {
                     .iter()
                     .find(|m| m.msgid == *id)
                     .cloned()
-                    .ok_or(ReceiptError::MessageNotFound)
+                    .ok_or_else(|| ReceiptError::refused(Reason::MessageNotFound))
             })
             .collect::<Result<_, _>>()?;
         Ok((ordered, viewer_private))
@@ -318,7 +316,7 @@ impl<S: ReceiptStore> ReceiptApi<S> {
         let gid = parse_id(gid, "gid")?;
         match self.store.cursor(gid, caller.as_str()).await? {
             Some(c) if c.left_seq.is_none() => Ok(PrivacyScope::Group(gid)),
-            _ => Err(ReceiptError::Denied("not a member of this group")),
+            _ => Err(ReceiptError::refused(Reason::NotAMember)),
         }
     }
 }
@@ -352,9 +350,10 @@ fn to_u32(value: i64) -> u32 {
 
 fn parse_msgids(raw: &[u64]) -> Result<Vec<i64>, ReceiptError> {
     if raw.is_empty() || raw.len() > MAX_MSGIDS_PER_REQUEST {
-        return Err(ReceiptError::invalid(format!(
-            "msgids must hold 1 to {MAX_MSGIDS_PER_REQUEST} ids"
-        )));
+        return Err(ReceiptError::invalid(
+            "msgids",
+            format!("must hold 1 to {MAX_MSGIDS_PER_REQUEST} ids"),
+        ));
     }
     raw.iter().map(|&id| parse_id(id, "msgids")).collect()
 }
@@ -370,23 +369,24 @@ fn tier(message: &MsgReceipt) -> pb::ReceiptTier {
 /// Checks one committed message as the message service describes it. A list
 /// of recipients (older message services send one) is checked but not kept:
 /// who read is answered from the cursors.
-fn init_message(req: pb::InitReceiptsRequest) -> Result<InitMessage, Status> {
+fn init_message(req: pb::InitReceiptsRequest) -> Result<InitMessage, ReceiptError> {
     let sender = Uid::parse(&req.sender_uid)
-        .map_err(|e| ReceiptError::invalid(format!("sender_uid: {e}")))?;
+        .map_err(|e| ReceiptError::invalid("sender_uid", e.to_string()))?;
     if req.recipient_uids.len() > domain::MAX_LEDGER_MEMBERS as usize {
-        return Err(ReceiptError::invalid("too many recipient_uids").into());
+        return Err(ReceiptError::invalid("recipient_uids", "too many"));
     }
     let recipients = req
         .recipient_uids
         .iter()
         .map(|u| Uid::parse(u).map(Uid::into_string))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ReceiptError::invalid(format!("recipient_uids: {e}")))?;
+        .map_err(|e| ReceiptError::invalid("recipient_uids", e.to_string()))?;
     let mut listed = std::collections::HashSet::with_capacity(recipients.len());
     if let Some(twice) = recipients.iter().find(|uid| !listed.insert(uid.as_str())) {
-        return Err(
-            ReceiptError::invalid(format!("recipient_uids: {twice} is listed twice")).into(),
-        );
+        return Err(ReceiptError::invalid(
+            "recipient_uids",
+            format!("{twice} is listed twice"),
+        ));
     }
     Ok(InitMessage {
         gid: parse_id(req.gid, "gid")?,
@@ -443,8 +443,8 @@ impl Acked {
                 advanced: cursors != previous,
                 capped: self.capped,
             }),
-            Planned::Past => Err(ReceiptError::PastLastSeq.into()),
-            Planned::NotMember => Err(ReceiptError::Denied("not a member of this group").into()),
+            Planned::Past => Err(ReceiptError::refused(Reason::PastLastSeq).into()),
+            Planned::NotMember => Err(ReceiptError::refused(Reason::NotAMember).into()),
         }
     }
 
@@ -469,7 +469,7 @@ fn member_ack(uid: String, up_to_seq: u64, kind: i32) -> Result<MemberAck, Recei
     let kind = match pb::AckKind::try_from(kind) {
         Ok(pb::AckKind::Delivered) => AckKind::Delivered,
         Ok(pb::AckKind::Read) => AckKind::Read,
-        _ => return Err(ReceiptError::invalid("kind must be DELIVERED or READ")),
+        _ => return Err(ReceiptError::invalid("kind", "DELIVERED or READ")),
     };
     Ok(MemberAck { uid, up_to, kind })
 }
@@ -478,34 +478,32 @@ fn member_ack(uid: String, up_to_seq: u64, kind: i32) -> Result<MemberAck, Recei
 fn ack_batch(req: pb::AckBatchRequest) -> Result<Vec<(i64, Vec<MemberAck>)>, ReceiptError> {
     let total: usize = req.groups.iter().map(|g| g.acks.len()).sum();
     if total == 0 || total > domain::MAX_ACK_BATCH {
-        return Err(ReceiptError::invalid(format!(
-            "groups must hold 1 to {} acks in all",
-            domain::MAX_ACK_BATCH
-        )));
+        return Err(ReceiptError::invalid(
+            "groups",
+            format!("must hold 1 to {} acks in all", domain::MAX_ACK_BATCH),
+        ));
     }
     let mut seen = std::collections::HashSet::with_capacity(req.groups.len());
     req.groups
         .into_iter()
         .enumerate()
         .map(|(g, group)| {
-            let at = |e: ReceiptError| ReceiptError::invalid(format!("groups[{g}]: {e}"));
+            let at = |e: ReceiptError| e.within(&format!("groups[{g}]"));
             let gid = parse_id(group.gid, "gid").map_err(at)?;
             if !seen.insert(gid) {
-                return Err(at(ReceiptError::invalid("gid is named twice")));
+                return Err(at(ReceiptError::invalid("gid", "named twice")));
             }
             if group.acks.is_empty() {
-                return Err(at(ReceiptError::invalid("acks must not be empty")));
+                return Err(at(ReceiptError::invalid("acks", "must not be empty")));
             }
             let acks = group
                 .acks
                 .into_iter()
                 .enumerate()
                 .map(|(a, ack)| {
-                    let at = |e: ReceiptError| {
-                        ReceiptError::invalid(format!("groups[{g}].acks[{a}]: {e}"))
-                    };
+                    let at = |e: ReceiptError| e.within(&format!("groups[{g}].acks[{a}]"));
                     let uid = Uid::parse(&ack.uid)
-                        .map_err(|e| at(ReceiptError::invalid(format!("uid: {e}"))))?;
+                        .map_err(|e| at(ReceiptError::invalid("uid", e.to_string())))?;
                     member_ack(uid.into_string(), ack.up_to_seq, ack.kind).map_err(at)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -541,18 +539,21 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         Caller::require_service(&request, "message")?;
         let req = request.into_inner();
         if req.messages.is_empty() || req.messages.len() > domain::MAX_INIT_BATCH {
-            return Err(ReceiptError::invalid(format!(
-                "messages must hold 1 to {} entries",
-                domain::MAX_INIT_BATCH
-            ))
+            return Err(ReceiptError::invalid(
+                "messages",
+                format!("must hold 1 to {} entries", domain::MAX_INIT_BATCH),
+            )
             .into());
         }
         let listed: usize = req.messages.iter().map(|m| m.recipient_uids.len()).sum();
         if listed > domain::MAX_INIT_BATCH_RECIPIENTS {
-            return Err(ReceiptError::invalid(format!(
-                "messages list {listed} recipient_uids in all; at most {} are taken",
-                domain::MAX_INIT_BATCH_RECIPIENTS
-            ))
+            return Err(ReceiptError::invalid(
+                "messages",
+                format!(
+                    "{listed} recipient_uids in all; at most {} are taken",
+                    domain::MAX_INIT_BATCH_RECIPIENTS
+                ),
+            )
             .into());
         }
         let messages = parley_server::check_each("messages", req.messages, init_message)?;
@@ -572,16 +573,17 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         let req = request.into_inner();
         let gid = parse_id(req.gid, "gid")?;
         if req.changes.is_empty() || req.changes.len() > 1000 {
-            return Err(ReceiptError::invalid("changes must hold 1 to 1000 entries").into());
+            return Err(ReceiptError::invalid("changes", "must hold 1 to 1000 entries").into());
         }
         if req
             .changes
             .iter()
             .any(|c| c.past_stays.len() > MAX_PAST_STAYS)
         {
-            return Err(ReceiptError::invalid(format!(
-                "past_stays holds at most {MAX_PAST_STAYS} stays"
-            ))
+            return Err(ReceiptError::invalid(
+                "changes",
+                format!("past_stays holds at most {MAX_PAST_STAYS} stays"),
+            )
             .into());
         }
         let changes = req
@@ -589,9 +591,9 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
             .into_iter()
             .map(|c| {
                 let uid =
-                    Uid::parse(&c.uid).map_err(|e| ReceiptError::invalid(format!("uid: {e}")))?;
+                    Uid::parse(&c.uid).map_err(|e| ReceiptError::invalid("uid", e.to_string()))?;
                 let seq = |v: u64| {
-                    i64::try_from(v).map_err(|_| ReceiptError::invalid("seq out of range"))
+                    i64::try_from(v).map_err(|_| ReceiptError::invalid("seq", "out of range"))
                 };
                 Ok(MemberChange {
                     uid: uid.into_string(),
@@ -649,12 +651,14 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
                     code: tonic::Code::Ok.into(),
                     message: String::new(),
                     acks: acked.iter().map(Acked::result).collect(),
+                    reason: String::new(),
                 },
                 Err(status) => pb::GroupAcksResult {
                     gid: to_u64(gid),
                     code: status.code().into(),
                     message: status.message().to_owned(),
                     acks: Vec::new(),
+                    reason: parley_server::error::reason_text(&status),
                 },
             })
             .collect();
@@ -668,15 +672,15 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         Caller::require_service(&request, "notification")?;
         let members = request.into_inner().members;
         if members.is_empty() || members.len() > MAX_UNREAD_TOTALS {
-            return Err(ReceiptError::invalid(format!(
-                "members: 1 to {MAX_UNREAD_TOTALS} pairs, got {}",
-                members.len()
-            ))
+            return Err(ReceiptError::invalid(
+                "members",
+                format!("1 to {MAX_UNREAD_TOTALS} pairs, got {}", members.len()),
+            )
             .into());
         }
         let pairs = parley_server::check_each("members", members, |m| {
             let uid =
-                Uid::parse(&m.uid).map_err(|e| Status::invalid_argument(format!("uid: {e}")))?;
+                Uid::parse(&m.uid).map_err(|e| ReceiptError::invalid("uid", e.to_string()))?;
             Ok((uid.into_string(), parse_id(m.gid, "gid")?))
         })?;
         let mut uids: Vec<String> = pairs.iter().map(|(uid, _)| uid.clone()).collect();
@@ -720,9 +724,10 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         let gid = parse_id(req.gid, "gid")?;
         let msgids = parse_msgids(&req.msgids)?;
         if req.list_page_size > MAX_LIST_PAGE {
-            return Err(ReceiptError::invalid(format!(
-                "list_page_size must be at most {MAX_LIST_PAGE}"
-            ))
+            return Err(ReceiptError::invalid(
+                "list_page_size",
+                format!("at most {MAX_LIST_PAGE}"),
+            )
             .into());
         }
         let (messages, viewer_private) = self.visible_messages(&caller, gid, &msgids).await?;
@@ -765,12 +770,14 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         let state = match pb::ReceiptState::try_from(req.state) {
             Ok(pb::ReceiptState::Read) => ReceiptState::Read,
             Ok(pb::ReceiptState::Unread) => ReceiptState::Unread,
-            _ => return Err(ReceiptError::invalid("state must be READ or UNREAD").into()),
+            _ => return Err(ReceiptError::invalid("state", "READ or UNREAD").into()),
         };
         let limit = page::page_size(req.page_size, 100, MAX_LIST_PAGE)?;
         let after = page::decode(&req.page_token)?;
         let (messages, viewer_private) = self.visible_messages(&caller, gid, &[msgid]).await?;
-        let message = messages.first().ok_or(ReceiptError::MessageNotFound)?;
+        let message = messages
+            .first()
+            .ok_or_else(|| ReceiptError::refused(Reason::MessageNotFound))?;
         message.sight(viewer_private).shows_lists()?;
         let (uids, next_page_token) = self
             .members_page(message, state, after.as_deref(), limit)
@@ -835,7 +842,8 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         } else {
             if req.gids.len() > 1000 || !req.page_token.is_empty() {
                 return Err(ReceiptError::invalid(
-                    "gids holds at most 1000 ids and takes no page token",
+                    "gids",
+                    "holds at most 1000 ids and takes no page token",
                 )
                 .into());
             }
@@ -879,7 +887,8 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
             (Ok(pb::ReceiptPrivacy::Unspecified), PrivacyScope::Group(_)) => None,
             _ => {
                 return Err(ReceiptError::invalid(
-                    "privacy must be SHARED or PRIVATE (or, for a group, UNSPECIFIED)",
+                    "privacy",
+                    "SHARED or PRIVATE (or, for a group, UNSPECIFIED)",
                 )
                 .into());
             }

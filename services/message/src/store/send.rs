@@ -8,6 +8,7 @@
 //! one connection runs one transaction at a time) and how it reads the id of
 //! a row it inserted.
 
+use parley_server::Reason;
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
 
 use crate::{
@@ -64,7 +65,7 @@ where
     let locked: Option<(i64, i64, i64, Option<i64>, i64)> =
         lock.build_query_as().fetch_optional(&mut *conn).await?;
     let Some((kind, last_seq, member_count, role, receipt_policy)) = locked else {
-        return Err(MessageError::GroupNotFound);
+        return Err(MessageError::refused(Reason::GroupNotFound));
     };
     let code = |raw: i64| i16::try_from(raw).unwrap_or(1);
     Ok(Locked {
@@ -103,6 +104,7 @@ where
     let (gid, sender) = (first.gid, &first.sender);
     if messages.iter().any(|m| m.gid != gid || m.sender != *sender) {
         return Err(MessageError::invalid(
+            "messages",
             "a batch names one group and one sender",
         ));
     }
@@ -110,7 +112,7 @@ where
 
     let locked = lock_group::<DB>(conn, dialect.for_update, gid, sender).await?;
     if locked.role.is_none() {
-        return Err(MessageError::Denied("not a member of this group"));
+        return Err(MessageError::refused(Reason::NotAMember));
     }
     let mut last_seq = locked.last_seq;
     let recipient_count = (locked.member_count - 1).max(0);

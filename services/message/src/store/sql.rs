@@ -163,7 +163,7 @@ macro_rules! impl_message_store {
                 }
                 let added_count = i64::try_from(added.len()).unwrap_or(i64::MAX);
                 if member_count.saturating_add(added_count) > change.max_members {
-                    return Err(crate::error::MessageError::Precondition("the group is full"));
+                    return Err(crate::error::MessageError::refused(parley_server::Reason::GroupFull));
                 }
                 // Someone added again keeps the stay that ended (one in which
                 // messages were sent); their row starts the new one.
@@ -235,13 +235,13 @@ macro_rules! impl_message_store {
                 .fetch_optional(&self.pool)
                 .await?;
                 match row {
-                    None => Err(crate::error::MessageError::GroupNotFound),
+                    None => Err(crate::error::MessageError::refused(parley_server::Reason::GroupNotFound)),
                     Some((last_seq, Some(joined_seq), None, Some(role))) => Ok(crate::store::Access {
                         last_seq,
                         joined_seq,
                         role: crate::domain::Role::from_code(i16::try_from(role).unwrap_or(1)),
                     }),
-                    Some(_) => Err(crate::error::MessageError::Denied("not a member of this group")),
+                    Some(_) => Err(crate::error::MessageError::refused(parley_server::Reason::NotAMember)),
                 }
             }
 

@@ -13,24 +13,9 @@ use crate::push::{Device, Platform};
 
 mod enqueue;
 
-/// Why storage failed.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// The storage backend failed.
-    #[error("storage: {0}")]
-    Storage(#[from] sqlx::Error),
-    /// A migration failed.
-    #[error("migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-}
-
-impl QueueError {
-    /// True for a transaction the database rolled back to break a deadlock,
-    /// which is safe to run again.
-    pub fn is_deadlock(&self) -> bool {
-        matches!(self, Self::Storage(error) if parley_server::db::is_deadlock(error))
-    }
-}
+/// Why storage failed: the shared error, so a failure maps to gRPC the way
+/// every service's does.
+pub type QueueError = parley_server::Error;
 
 /// What registering a device's token did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -54,6 +54,37 @@ pub enum PresenceError {
     Config(String),
 }
 
+impl PresenceError {
+    /// Whether the failure may pass on retry: Redis unreachable, slow or
+    /// reconnecting, or no pooled connection in time. A refused command or
+    /// a bad reply is a fault of ours, not a reason to retry.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Redis(error) => redis_transient(error),
+            Self::Pool(deadpool_redis::PoolError::Backend(error)) => redis_transient(error),
+            Self::Pool(
+                deadpool_redis::PoolError::Timeout(_) | deadpool_redis::PoolError::Closed,
+            ) => true,
+            Self::Pool(_) | Self::Config(_) => false,
+        }
+    }
+}
+
+fn redis_transient(error: &deadpool_redis::redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_cluster_error()
+        || error.is_unrecoverable_error()
+}
+
+impl From<PresenceError> for parley_server::Error {
+    fn from(error: PresenceError) -> Self {
+        parley_server::Error::backend(error.is_transient(), error)
+    }
+}
+
 /// How long entries and last-seen times are kept.
 #[derive(Clone, Copy, Debug)]
 pub struct Lifetimes {

@@ -53,7 +53,7 @@ where
         .fetch_optional(&mut *conn)
         .await?;
     let Some((last_seq,)) = group else {
-        return Err(ReceiptError::GroupNotFound);
+        return Err(ReceiptError::refused(parley_server::Reason::GroupNotFound));
     };
     let mut uids: Vec<&str> = acks.iter().map(|a| a.uid.as_str()).collect();
     uids.sort_unstable();
