@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod db;
 pub mod error;
 pub mod guard;
+pub mod ids;
 pub mod page;
 pub mod ports;
 pub mod retry;
@@ -25,6 +26,7 @@ pub mod upstream;
 
 pub use caller::{Caller, ServiceIdentity, Uid};
 pub use error::{Error, Reason};
+pub use ids::{Gid, MsgId, Seq};
 pub use runner::{Background, StartError, Stopping};
 pub use serve::{ServerArgs, serve, serve_with};
 

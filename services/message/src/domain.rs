@@ -2,7 +2,7 @@
 //! plain data. Wire types are converted into these at the handler; storage and
 //! rules never see generated protobuf types.
 
-use parley_server::{Reason, Uid};
+use parley_server::{Reason, Uid, ids::InvalidId};
 
 use crate::error::MessageError;
 
@@ -19,44 +19,11 @@ pub const MAX_GIDS_PER_REQUEST: usize = 1000;
 /// Largest group whose members are told who is typing.
 pub const MAX_TYPING_GROUP: u32 = 1000;
 
-/// A group id: positive and within the storage's signed 64-bit range.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Gid(i64);
-
-impl Gid {
-    /// Validates a wire gid.
-    pub fn parse(raw: u64) -> Result<Self, MessageError> {
-        match i64::try_from(raw) {
-            Ok(gid) if gid > 0 => Ok(Self(gid)),
-            _ => Err(MessageError::invalid("gid", "must be a positive group id")),
-        }
-    }
-
-    /// Wraps a gid read from storage.
-    pub fn from_stored(raw: i64) -> Self {
-        Self(raw)
-    }
-
-    /// The gid as stored.
-    pub fn get(self) -> i64 {
-        self.0
-    }
-}
-
-/// A message id from a request; positive.
-pub fn parse_msgid(raw: u64) -> Result<i64, MessageError> {
-    match i64::try_from(raw) {
-        Ok(id) if id > 0 => Ok(id),
-        _ => Err(MessageError::invalid(
-            "msgids",
-            "must be positive message ids",
-        )),
-    }
-}
+pub use parley_server::Gid;
 
 /// A seq from a request, within the storage range.
 pub fn parse_seq(raw: u64) -> Result<i64, MessageError> {
-    i64::try_from(raw).map_err(|_| MessageError::invalid("seq", "out of range"))
+    parley_server::Seq::parse(raw, "seq").map(parley_server::Seq::stored)
 }
 
 /// Group or direct conversation.
@@ -152,13 +119,12 @@ pub fn may_set_receipt_policy(kind: GroupKind, role: Option<Role>) -> Result<(),
     }
 }
 
-/// Parses a list of 1 to `max` ids, each with `parse`; `field` names it in
-/// the refusal of a wrong count.
-pub fn parse_ids<T>(
+/// Parses a list of 1 to `max` ids of one kind; the refusal names the
+/// field, or the item (`gids[3]`) that is not an id.
+pub fn parse_ids<T: TryFrom<u64, Error = InvalidId>>(
     raw: &[u64],
     max: usize,
     field: &str,
-    parse: impl Fn(u64) -> Result<T, MessageError>,
 ) -> Result<Vec<T>, MessageError> {
     if raw.is_empty() || raw.len() > max {
         return Err(MessageError::invalid(
@@ -166,7 +132,10 @@ pub fn parse_ids<T>(
             format!("must hold 1 to {max} ids"),
         ));
     }
-    raw.iter().map(|&id| parse(id)).collect()
+    raw.iter()
+        .enumerate()
+        .map(|(i, &id)| T::try_from(id).map_err(|invalid| invalid.at(format!("{field}[{i}]"))))
+        .collect()
 }
 
 /// Parses a list of uids: 1 to `MAX_UIDS_PER_REQUEST`, deduplicated, sorted.
@@ -415,8 +384,8 @@ mod tests {
         assert!(check_content(b"hello", 4).is_err());
         assert!(parse_name(&"n".repeat(129)).is_err());
         assert!(parse_name("line\nbreak").is_err());
-        assert!(Gid::parse(0).is_err());
-        assert!(Gid::parse(u64::MAX).is_err());
-        assert_eq!(Gid::parse(7).map(Gid::get).ok(), Some(7));
+        assert!(Gid::parse(0, "gid").is_err());
+        assert!(Gid::parse(u64::MAX, "gid").is_err());
+        assert_eq!(Gid::parse(7, "gid").map(Gid::stored).ok(), Some(7));
     }
 }

@@ -111,9 +111,9 @@ pub fn route(sender: &str, located: &[Located]) -> Routes {
 /// The wire form a gateway pushes to a device.
 pub fn delivered(message: &MessageRecord) -> DeliveredMessage {
     DeliveredMessage {
-        msgid: u64::try_from(message.msgid).unwrap_or_default(),
-        gid: u64::try_from(message.gid).unwrap_or_default(),
-        seq: u64::try_from(message.seq).unwrap_or_default(),
+        msgid: message.msgid.wire(),
+        gid: message.gid.wire(),
+        seq: message.seq.wire(),
         sender_uid: message.sender_uid.clone(),
         content: message.content.clone(),
         need_receipt: message.need_receipt,
@@ -133,6 +133,9 @@ pub enum FanoutError {
     /// The members could not be read.
     #[error(transparent)]
     Store(#[from] MessageError),
+    /// A stored row holds what cannot be: an outbox entry's gid of 0.
+    #[error("malformed row: {0}")]
+    Stored(String),
 }
 
 /// The fan-out's connections and the groups whose fan-out failed; cheap to
@@ -198,8 +201,8 @@ impl Fanout {
             return;
         };
         if let Err(error) = self.deliver(store, run).await {
-            tracing::warn!(error = %error, gid = last.gid, seq = last.seq, "fan-out failed; the repair loop will retry it");
-            self.note_failed(last.gid, last.seq);
+            tracing::warn!(error = %error, gid = %last.gid, seq = %last.seq, "fan-out failed; the repair loop will retry it");
+            self.note_failed(last.gid.stored(), last.seq.stored());
         }
     }
 
@@ -207,7 +210,7 @@ impl Fanout {
     /// before its fan-out task starts and held until that task ends.
     pub fn ticket(&self, run: &[MessageRecord]) -> Option<Ticket> {
         run.first()
-            .map(|first| self.order.ticket(first.gid, first.seq))
+            .map(|first| self.order.ticket(first.gid.stored(), first.seq.stored()))
     }
 
     /// Reads the members once for the run: no membership change falls
@@ -220,7 +223,9 @@ impl Fanout {
         let Some(last) = run.last() else {
             return Ok(());
         };
-        let members = store.members_at(last.gid, last.seq).await?;
+        let members = store
+            .members_at(last.gid.stored(), last.seq.stored())
+            .await?;
         self.publish(run, &members).await?;
         Ok(())
     }
@@ -262,12 +267,13 @@ impl Fanout {
         gid: i64,
         seq: i64,
     ) -> Result<(), FanoutError> {
-        let group = Gid::from_stored(gid);
+        let group =
+            Gid::try_from(gid).map_err(|invalid| FanoutError::Stored(invalid.to_string()))?;
         let found = store
             .messages_after(group, seq.saturating_sub(1), 1)
             .await?;
         match found.into_iter().next() {
-            Some(record) if record.seq == seq => {
+            Some(record) if record.seq.stored() == seq => {
                 self.deliver(store, std::slice::from_ref(&record)).await
             }
             // Gone since (the group was deleted): nothing to deliver.
@@ -291,7 +297,7 @@ impl Fanout {
         let known: Vec<Option<Arc<[String]>>> = {
             let mut remembered = self.remembered();
             sent.iter()
-                .map(|(message, _)| remembered.take(message.gid, message.seq))
+                .map(|(message, _)| remembered.take(message.gid.stored(), message.seq.stored()))
                 .collect()
         };
         let everyone: BTreeSet<&String> = sent
@@ -340,7 +346,7 @@ impl Fanout {
         for (gateway, uids) in routes.gateways {
             let event = BusEvent {
                 event: Some(bus_event::Event::Typing(Typing {
-                    gid: u64::try_from(gid.get()).unwrap_or_default(),
+                    gid: gid.wire(),
                     uid: typist.as_str().to_owned(),
                     uids,
                 })),
@@ -363,13 +369,13 @@ impl Fanout {
         };
         let routes = self.routes(&first.sender_uid, members).await?;
         self.order
-            .turn(first.gid, first.seq, publish_order::HOLD)
+            .turn(first.gid.stored(), first.seq.stored(), publish_order::HOLD)
             .await;
         let offline: Arc<[String]> = routes.offline.clone().into();
         {
             let mut remembered = self.remembered();
             for message in run {
-                remembered.keep(message.gid, message.seq, offline.clone());
+                remembered.keep(message.gid.stored(), message.seq.stored(), offline.clone());
             }
         }
         for message in run {
@@ -397,9 +403,9 @@ pub fn offline_batch(
     offline: Vec<String>,
 ) -> npb::EnqueueOfflineRequest {
     npb::EnqueueOfflineRequest {
-        gid: u64::try_from(message.gid).unwrap_or_default(),
-        msgid: u64::try_from(message.msgid).unwrap_or_default(),
-        seq: u64::try_from(message.seq).unwrap_or_default(),
+        gid: message.gid.wire(),
+        msgid: message.msgid.wire(),
+        seq: message.seq.wire(),
         sender_uid: message.sender_uid.clone(),
         group_name: audience.group_name.clone(),
         recipient_uids: offline,
@@ -439,9 +445,9 @@ mod tests {
             .remembered()
             .keep(7, 1, Arc::from(vec!["u2".to_owned()]));
         let message = MessageRecord {
-            msgid: 100,
-            gid: 7,
-            seq: 1,
+            msgid: parley_server::MsgId::try_from(100i64).expect("msgid"),
+            gid: Gid::try_from(7i64).expect("gid"),
+            seq: parley_server::Seq::try_from(1i64).expect("seq"),
             sender_uid: "A".into(),
             client_msg_id: "m1".into(),
             content: Vec::new(),

@@ -18,6 +18,7 @@ use parley_proto::{
     receipt::{self as pb, receipt_service_client::ReceiptServiceClient},
 };
 use parley_server::upstream::Intercepted;
+use parley_server::{Seq, ids::InvalidId};
 use parley_server::{Stopping, backoff_delay};
 use tokio::sync::watch;
 use tonic::Code;
@@ -140,9 +141,9 @@ pub fn offline_batches(
 /// membership changes keep in step with the group.
 fn init_request(message: &MessageRecord) -> pb::InitReceiptsRequest {
     pb::InitReceiptsRequest {
-        gid: u64::try_from(message.gid).unwrap_or_default(),
-        msgid: u64::try_from(message.msgid).unwrap_or_default(),
-        seq: u64::try_from(message.seq).unwrap_or_default(),
+        gid: message.gid.wire(),
+        msgid: message.msgid.wire(),
+        seq: message.seq.wire(),
         sender_uid: message.sender_uid.clone(),
         need_receipt: message.need_receipt,
         recipient_count: u32::try_from(message.recipient_count).unwrap_or(u32::MAX),
@@ -166,6 +167,14 @@ enum DeliveryError {
     Presence(#[from] FanoutError),
     #[error("{0}")]
     Corrupt(&'static str),
+}
+
+/// A stored id or seq out of range can never be delivered: the entry is
+/// set aside, not retried.
+impl From<InvalidId> for DeliveryError {
+    fn from(_: InvalidId) -> Self {
+        Self::Corrupt("a stored id or seq is out of range")
+    }
 }
 
 impl DeliveryError {
@@ -380,7 +389,7 @@ impl<S: MessageStore> Drainer<S> {
                 let span = tracing::info_span!(
                     "outbox.deliver",
                     messages = unit.len(),
-                    gid = unit[0].gid,
+                    gid = %unit[0].gid,
                     seq = unit[0].seq
                 );
                 parley_server::telemetry::continue_traces(
@@ -400,7 +409,7 @@ impl<S: MessageStore> Drainer<S> {
     async fn deliver_messages(&self, unit: &[OutboxEvent]) -> Result<(), DeliveryError> {
         let mut seqs: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
         for event in unit {
-            seqs.entry(event.gid).or_default().push(event.seq);
+            seqs.entry(event.gid.stored()).or_default().push(event.seq);
         }
         let mut groups = BTreeMap::new();
         for (gid, seqs) in seqs {
@@ -414,7 +423,7 @@ impl<S: MessageStore> Drainer<S> {
         let mut sent = Vec::with_capacity(unit.len());
         for event in unit {
             let found = groups
-                .get(&event.gid)
+                .get(&event.gid.stored())
                 .and_then(|group| Some((group.message(event.seq)?, group.audience(event.seq))));
             let Some(message) = found else {
                 return Err(DeliveryError::Corrupt(
@@ -468,41 +477,49 @@ impl<S: MessageStore> Drainer<S> {
             versions.insert(event.uid.clone(), event.id);
         }
         let uids: Vec<String> = versions.keys().cloned().collect();
-        let states = self.store.member_states(unit[0].gid, &uids).await?;
+        let states = self
+            .store
+            .member_states(unit[0].gid.stored(), &uids)
+            .await?;
         let mut past: BTreeMap<String, Vec<pb::MemberStay>> = BTreeMap::new();
-        for stay in self.store.past_stays(unit[0].gid, &uids).await? {
+        for stay in self.store.past_stays(unit[0].gid.stored(), &uids).await? {
             past.entry(stay.uid).or_default().push(pb::MemberStay {
-                joined_seq: u64::try_from(stay.joined_seq).unwrap_or_default(),
+                joined_seq: stay.joined_seq.wire(),
                 left_seq: stay
                     .left_seq
-                    .and_then(|s| u64::try_from(s).ok())
-                    .unwrap_or_default(),
+                    .map(Seq::try_from)
+                    .transpose()?
+                    .map_or(0, Seq::wire),
             });
         }
         let changes = states
             .into_iter()
-            .map(|member| pb::MembershipChange {
-                // The latest closed stays (the receipt service takes 16).
-                past_stays: past
-                    .remove(&member.uid)
-                    .map(|stays| latest(stays, MAX_PAST_STAYS))
-                    .unwrap_or_default(),
-                admin: Role::from_code(i16::try_from(member.role).unwrap_or(1)) == Role::Admin,
-                joined_seq: u64::try_from(member.joined_seq).unwrap_or_default(),
-                left_seq: member
-                    .left_seq
-                    .and_then(|s| u64::try_from(s).ok())
-                    .unwrap_or(0),
-                left: member.left_seq.is_some(),
-                version: versions
-                    .get(&member.uid)
-                    .and_then(|&v| u64::try_from(v).ok())
-                    .unwrap_or(0),
-                uid: member.uid,
+            .map(|member| -> Result<_, InvalidId> {
+                Ok(pb::MembershipChange {
+                    // The latest closed stays (the receipt service takes 16).
+                    past_stays: past
+                        .remove(&member.uid)
+                        .map(|stays| latest(stays, MAX_PAST_STAYS))
+                        .unwrap_or_default(),
+                    admin: Role::from_code(i16::try_from(member.role).unwrap_or(1)) == Role::Admin,
+                    joined_seq: member.joined_seq.wire(),
+                    left_seq: member
+                        .left_seq
+                        .map(Seq::try_from)
+                        .transpose()?
+                        .map_or(0, Seq::wire),
+                    left: member.left_seq.is_some(),
+                    version: versions
+                        .get(&member.uid)
+                        .map(|&v| Seq::try_from(v))
+                        .transpose()?
+                        .map_or(0, Seq::wire),
+                    uid: member.uid,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         let request = pb::ApplyMembershipRequest {
-            gid: u64::try_from(unit[0].gid).unwrap_or_default(),
+            gid: unit[0].gid.wire(),
             changes,
         };
         self.downstream
@@ -534,7 +551,7 @@ mod tests {
             trace_context: String::new(),
             id,
             kind,
-            gid,
+            gid: parley_server::Gid::try_from(gid).expect("a test gid"),
             seq: 0,
             uid: format!("u{id}"),
             attempts: 0,
@@ -555,7 +572,7 @@ mod tests {
         assert_eq!(sizes, vec![2, 2, 1, 1]);
         let count = 2 * MESSAGES_PER_UNIT + 6;
         let messages: Vec<OutboxEvent> = (1..=count as i64)
-            .map(|id| event(id, OUTBOX_MESSAGE, id % 3))
+            .map(|id| event(id, OUTBOX_MESSAGE, id % 3 + 1))
             .collect();
         let sizes: Vec<usize> = delivery_units(&messages).iter().map(|u| u.len()).collect();
         assert_eq!(sizes, vec![MESSAGES_PER_UNIT, MESSAGES_PER_UNIT, 6]);

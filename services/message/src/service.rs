@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use parley_proto::message::{self as pb, message_service_server::MessageService};
-use parley_server::{Caller, now_ms, page, shed::Admission};
+use parley_server::{Caller, MsgId, Seq, ids::InvalidId, now_ms, page, shed::Admission};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -91,9 +91,9 @@ impl<S: MessageStore> MessageApi<S> {
             self.outbox_wake.notify();
             for record in &sent {
                 tracing::debug!(
-                    gid = record.gid,
-                    seq = record.seq,
-                    msgid = record.msgid,
+                    gid = %record.gid,
+                    seq = %record.seq,
+                    msgid = %record.msgid,
                     "message stored"
                 );
             }
@@ -152,11 +152,11 @@ fn group_to_pb(group: GroupRecord) -> pb::Group {
         GroupKind::Direct => pb::GroupKind::Direct,
     };
     pb::Group {
-        gid: u64::try_from(group.gid).unwrap_or_default(),
+        gid: group.gid.wire(),
         kind: kind.into(),
         name: group.name,
         creator_uid: group.creator_uid,
-        last_seq: u64::try_from(group.last_seq).unwrap_or_default(),
+        last_seq: group.last_seq.wire(),
         member_count: u32::try_from(group.member_count).unwrap_or(u32::MAX),
         created_at_ms: group.created_at_ms,
         last_message: None,
@@ -172,7 +172,7 @@ fn member_to_pb(member: MemberRecord) -> pb::Member {
     pb::Member {
         uid: member.uid,
         role: role.into(),
-        joined_seq: u64::try_from(member.joined_seq).unwrap_or_default(),
+        joined_seq: member.joined_seq.wire(),
         joined_at_ms: member.joined_at_ms,
     }
 }
@@ -180,9 +180,9 @@ fn member_to_pb(member: MemberRecord) -> pb::Member {
 /// Converts a stored message to its wire form.
 pub fn message_to_pb(message: MessageRecord) -> pb::Message {
     pb::Message {
-        msgid: u64::try_from(message.msgid).unwrap_or_default(),
-        gid: u64::try_from(message.gid).unwrap_or_default(),
-        seq: u64::try_from(message.seq).unwrap_or_default(),
+        msgid: message.msgid.wire(),
+        gid: message.gid.wire(),
+        seq: message.seq.wire(),
         sender_uid: message.sender_uid,
         client_msg_id: message.client_msg_id,
         content: message.content,
@@ -212,7 +212,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         if !existing {
             self.outbox_wake.notify();
             tracing::info!(
-                gid = record.gid,
+                gid = %record.gid,
                 members = record.member_count,
                 "group created"
             );
@@ -229,7 +229,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
     ) -> Result<Response<pb::AddMembersResponse>, Status> {
         let caller = Caller::user_of(&request)?;
         let req = request.into_inner();
-        let gid = Gid::parse(req.gid)?;
+        let gid = Gid::parse(req.gid, "gid")?;
         let uids = parse_uids(&req.uids, "uids")?;
         let change = MembershipChange {
             gid,
@@ -244,7 +244,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         }
         Ok(Response::new(pb::AddMembersResponse {
             added_uids,
-            joined_seq: u64::try_from(joined_seq).unwrap_or_default(),
+            joined_seq: Seq::try_from(joined_seq)?.wire(),
         }))
     }
 
@@ -254,7 +254,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
     ) -> Result<Response<pb::RemoveMembersResponse>, Status> {
         let caller = Caller::user_of(&request)?;
         let req = request.into_inner();
-        let gid = Gid::parse(req.gid)?;
+        let gid = Gid::parse(req.gid, "gid")?;
         let uids = parse_uids(&req.uids, "uids")?;
         let change = MembershipChange {
             gid,
@@ -276,7 +276,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
         let caller = Caller::user_of(&request)?;
         let req = request.into_inner();
-        let gid = Gid::parse(req.gid)?;
+        let gid = Gid::parse(req.gid, "gid")?;
         let limit = page::page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         let after = page::decode(&req.page_token)?;
         self.store.access(gid, &caller).await?;
@@ -301,8 +301,8 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         let after = page::decode_id(&req.page_token)?.unwrap_or(0);
         let groups = self.store.list_groups(&caller, after, limit).await?;
         let next_page_token = page::next_token(&groups, limit, |g| g.gid.to_string());
-        let mut last: HashMap<i64, MessageRecord> = if req.with_last_message {
-            let gids: Vec<i64> = groups.iter().map(|g| g.gid).collect();
+        let mut last: HashMap<Gid, MessageRecord> = if req.with_last_message {
+            let gids: Vec<i64> = groups.iter().map(|g| g.gid.stored()).collect();
             let messages = self.store.last_messages(&caller, &gids).await?;
             messages.into_iter().map(|m| (m.gid, m)).collect()
         } else {
@@ -330,7 +330,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
         let caller = Caller::user_of(&request)?;
         let req = request.into_inner();
-        let gid = Gid::parse(req.gid)?;
+        let gid = Gid::parse(req.gid, "gid")?;
         let message = self.new_message(gid, &caller, req)?;
         let outcome = self.store_sends(std::slice::from_ref(&message)).await?;
         let (record, duplicate) = match outcome.into_iter().next() {
@@ -350,7 +350,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
     ) -> Result<Response<pb::SendMessagesResponse>, Status> {
         let caller = Caller::user_of(&request)?;
         let req = request.into_inner();
-        let gid = Gid::parse(req.gid)?;
+        let gid = Gid::parse(req.gid, "gid")?;
         if req.messages.is_empty() || req.messages.len() > MAX_BATCH {
             return Err(
                 MessageError::invalid("messages", format!("1 to {MAX_BATCH} messages")).into(),
@@ -396,7 +396,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
     ) -> Result<Response<pb::SyncMessagesResponse>, Status> {
         let caller = Caller::user_of(&request)?;
         let req = request.into_inner();
-        let gid = Gid::parse(req.gid)?;
+        let gid = Gid::parse(req.gid, "gid")?;
         let after_seq = domain::parse_seq(req.after_seq)?;
         let limit = page::page_size(req.limit, DEFAULT_PAGE, MAX_SYNC)?;
         let access = self.store.access(gid, &caller).await?;
@@ -406,7 +406,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
             .await?;
         Ok(Response::new(pb::SyncMessagesResponse {
             messages: messages.into_iter().map(message_to_pb).collect(),
-            last_seq: u64::try_from(access.last_seq).unwrap_or_default(),
+            last_seq: Seq::try_from(access.last_seq)?.wire(),
         }))
     }
 
@@ -415,7 +415,7 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         request: Request<pb::TypingRequest>,
     ) -> Result<Response<pb::TypingResponse>, Status> {
         let caller = Caller::user_of(&request)?;
-        let gid = Gid::parse(request.into_inner().gid)?;
+        let gid = Gid::parse(request.into_inner().gid, "gid")?;
         self.store.access(gid, &caller).await?;
         let members = self
             .store
@@ -448,12 +448,12 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
     ) -> Result<Response<pb::SetReceiptPolicyResponse>, Status> {
         let caller = Caller::user_of(&request)?;
         let req = request.into_inner();
-        let gid = Gid::parse(req.gid)?;
+        let gid = Gid::parse(req.gid, "gid")?;
         let policy = ReceiptPolicy::parse(req.policy)?;
         let last_seq = self.store.set_receipt_policy(gid, &caller, policy).await?;
         Ok(Response::new(pb::SetReceiptPolicyResponse {
             policy: i32::from(policy.code()),
-            from_seq: u64::try_from(last_seq.saturating_add(1)).unwrap_or_default(),
+            from_seq: Seq::try_from(last_seq.saturating_add(1))?.wire(),
         }))
     }
 
@@ -463,16 +463,18 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
     ) -> Result<Response<pb::LastSeqsResponse>, Status> {
         Caller::require_service(&request, "receipt")?;
         let req = request.into_inner();
-        let gids = domain::parse_ids(&req.gids, MAX_GIDS_PER_REQUEST, "gids", Gid::parse)?;
+        let gids: Vec<Gid> = domain::parse_ids(&req.gids, MAX_GIDS_PER_REQUEST, "gids")?;
         let groups = self.store.last_seqs(&gids).await?;
         Ok(Response::new(pb::LastSeqsResponse {
             groups: groups
                 .into_iter()
-                .map(|(gid, last_seq)| pb::GroupLastSeq {
-                    gid: u64::try_from(gid).unwrap_or_default(),
-                    last_seq: u64::try_from(last_seq).unwrap_or_default(),
+                .map(|(gid, last_seq)| {
+                    Ok(pb::GroupLastSeq {
+                        gid: Gid::try_from(gid)?.wire(),
+                        last_seq: Seq::try_from(last_seq)?.wire(),
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, InvalidId>>()?,
         }))
     }
 
@@ -482,13 +484,12 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
     ) -> Result<Response<pb::GetMessagesResponse>, Status> {
         let caller = Caller::user_of(&request)?;
         let req = request.into_inner();
-        let gid = Gid::parse(req.gid)?;
-        let msgids = domain::parse_ids(
-            &req.msgids,
-            MAX_MSGIDS_PER_REQUEST,
-            "msgids",
-            domain::parse_msgid,
-        )?;
+        let gid = Gid::parse(req.gid, "gid")?;
+        let msgids: Vec<i64> =
+            domain::parse_ids::<MsgId>(&req.msgids, MAX_MSGIDS_PER_REQUEST, "msgids")?
+                .into_iter()
+                .map(MsgId::stored)
+                .collect();
         let access = self.store.access(gid, &caller).await?;
         let messages = self
             .store

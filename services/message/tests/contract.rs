@@ -20,7 +20,7 @@ async fn group_of<S: MessageStore>(store: &S, creator: &str, members: &[&str]) -
         .expect("valid group");
     let (record, existing) = store.create_group(&group, 1).await.expect("create group");
     assert!(!existing);
-    Gid::from_stored(record.gid)
+    record.gid
 }
 
 fn change<'a>(gid: Gid, actor: &'a Uid, uids: &'a [Uid], max_members: i64) -> MembershipChange<'a> {
@@ -69,8 +69,8 @@ fn new_message(gid: Gid, sender: &str, client_msg_id: &str) -> NewMessage {
 
 fn seq_of(outcome: &SendOutcome) -> (bool, i64) {
     match outcome {
-        SendOutcome::Sent(m) => (true, m.seq),
-        SendOutcome::Duplicate(m) => (false, m.seq),
+        SendOutcome::Sent(m) => (true, m.seq.stored()),
+        SendOutcome::Duplicate(m) => (false, m.seq.stored()),
     }
 }
 
@@ -112,7 +112,7 @@ async fn a_batch_is_stored_in_order_with_dense_seqs_and_retries_are_originals<S:
 
 fn sent(outcome: SendOutcome) -> (i64, i64) {
     match outcome {
-        SendOutcome::Sent(m) => (m.msgid, m.seq),
+        SendOutcome::Sent(m) => (m.msgid.stored(), m.seq.stored()),
         SendOutcome::Duplicate(m) => {
             panic!("expected a new message, got duplicate of seq {}", m.seq)
         }
@@ -125,14 +125,16 @@ async fn seq_is_dense_and_a_retry_returns_the_original<S: MessageStore>(store: S
     let second = sent(send(&store, gid, "A", "m2").await);
     assert_eq!((first.1, second.1), (1, 2));
     match send(&store, gid, "A", "m1").await {
-        SendOutcome::Duplicate(original) => assert_eq!((original.msgid, original.seq), first),
+        SendOutcome::Duplicate(original) => {
+            assert_eq!((original.msgid.stored(), original.seq.stored()), first)
+        }
         other => panic!("expected the original, got {other:?}"),
     }
     // The retry did not consume a seq: the next message follows without a gap.
     assert_eq!(sent(send(&store, gid, "uid1", "m1").await).1, 3);
     let messages = store.messages_after(gid, 0, 100).await.expect("sync");
     assert_eq!(
-        messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        messages.iter().map(|m| m.seq.stored()).collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
     assert_eq!(messages[0].recipient_count, 3);
@@ -157,7 +159,7 @@ async fn strangers_are_refused_and_unknown_groups_are_not_found<S: MessageStore>
         store.access(gid, &uid("stranger")).await,
         Err(ref e) if e.reason() == Reason::NotAMember
     ));
-    let missing = Gid::parse(999_999).expect("gid");
+    let missing = Gid::parse(999_999, "gid").expect("gid");
     assert!(matches!(
         store.access(missing, &uid("A")).await,
         Err(ref e) if e.reason() == Reason::GroupNotFound
@@ -239,7 +241,7 @@ async fn direct_conversations_are_unique_and_closed<S: MessageStore>(store: S) {
     let (found, existing) = store.create_group(&again, 2).await.expect("create again");
     assert!(existing);
     assert_eq!(found.gid, created.gid);
-    let gid = Gid::from_stored(created.gid);
+    let gid = created.gid;
     let change = MembershipChange {
         gid,
         actor: &uid("A"),
@@ -259,7 +261,7 @@ async fn direct_conversations_are_unique_and_closed<S: MessageStore>(store: S) {
 async fn each_message_keeps_the_receipt_policy_it_was_sent_under<S: MessageStore>(store: S) {
     let gid = group_of(&store, "A", &["B"]).await;
     let policy_of = |outcome: SendOutcome| match outcome {
-        SendOutcome::Sent(m) | SendOutcome::Duplicate(m) => (m.seq, m.receipt_policy),
+        SendOutcome::Sent(m) | SendOutcome::Duplicate(m) => (m.seq.stored(), m.receipt_policy),
     };
     assert_eq!(
         policy_of(send(&store, gid, "A", "m1").await),
@@ -296,7 +298,7 @@ async fn each_message_keeps_the_receipt_policy_it_was_sent_under<S: MessageStore
         .await
         .expect("sync")
         .iter()
-        .map(|m| (m.seq, m.receipt_policy))
+        .map(|m| (m.seq.stored(), m.receipt_policy))
         .collect();
     assert_eq!(stored, [(1, 1), (2, 3), (3, 2)]);
     let listed = store.list_groups(&uid("B"), 0, 10).await.expect("groups");
@@ -305,14 +307,14 @@ async fn each_message_keeps_the_receipt_policy_it_was_sent_under<S: MessageStore
     let direct =
         NewGroup::new(GroupKind::Direct, String::new(), uid("A"), &["B".into()]).expect("direct");
     let (direct, _) = store.create_group(&direct, 1).await.expect("create");
-    let direct = Gid::from_stored(direct.gid);
+    let direct = direct.gid;
     store
         .set_receipt_policy(direct, &uid("B"), ReceiptPolicy::Off)
         .await
         .expect("either member of a direct chat");
     assert!(matches!(
         store
-            .set_receipt_policy(Gid::from_stored(1 << 40), &uid("A"), ReceiptPolicy::Off)
+            .set_receipt_policy(Gid::try_from(1i64 << 40).expect("gid"), &uid("A"), ReceiptPolicy::Off)
             .await,
         Err(ref e) if e.reason() == Reason::GroupNotFound
     ));
@@ -336,7 +338,7 @@ async fn reads_start_after_the_join_point<S: MessageStore>(store: S) {
         .await
         .expect("get");
     assert_eq!(
-        visible.iter().map(|m| m.msgid).collect::<Vec<_>>(),
+        visible.iter().map(|m| m.msgid.stored()).collect::<Vec<_>>(),
         vec![later]
     );
     let synced = store
@@ -363,19 +365,19 @@ async fn the_latest_message_is_listed_for_members_who_may_see_it<S: MessageStore
         .remove_members(change(gid, &uid("A"), &gone, 10))
         .await
         .expect("remove");
-    let gids = [gid.get(), quiet.get(), 1 << 40];
+    let gids = [gid.stored(), quiet.stored(), 1 << 40];
     let listed = |who: &'static str| {
         let store = store.clone();
         async move {
             let messages = store.last_messages(&uid(who), &gids).await.expect("last");
             messages
                 .iter()
-                .map(|m| (m.gid, m.msgid, m.seq))
+                .map(|m| (m.gid.stored(), m.msgid.stored(), m.seq.stored()))
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(listed("B").await, [(gid.get(), latest, 2)]);
-    assert_eq!(listed("A").await, [(gid.get(), latest, 2)]);
+    assert_eq!(listed("B").await, [(gid.stored(), latest, 2)]);
+    assert_eq!(listed("A").await, [(gid.stored(), latest, 2)]);
     for nobody in ["late", "C", "stranger"] {
         assert_eq!(listed(nobody).await, [], "{nobody}");
     }
@@ -407,7 +409,7 @@ async fn the_outbox_holds_every_change_in_order_until_done<S: MessageStore>(stor
     );
     assert!(batch.windows(2).all(|w| w[0].id < w[1].id));
     let states = store
-        .member_states(gid.get(), &["A".into(), "uid1".into()])
+        .member_states(gid.stored(), &["A".into(), "uid1".into()])
         .await
         .expect("states");
     assert_eq!(states.len(), 2);
@@ -458,12 +460,12 @@ async fn the_outbox_reads_each_message_with_its_audience<S: MessageStore>(store:
         .expect("join");
     sent(send(&store, gid, "A", "m2").await);
     let committed = store
-        .committed(gid.get(), &[2, 1, 99])
+        .committed(gid.stored(), &[2, 1, 99])
         .await
         .expect("committed")
         .expect("group exists");
     assert_eq!(committed.group_name, "Design");
-    let seqs: Vec<i64> = committed.messages.iter().map(|m| m.seq).collect();
+    let seqs: Vec<i64> = committed.messages.iter().map(|m| m.seq.stored()).collect();
     assert_eq!(seqs, vec![1, 2], "seq 99 does not exist");
     let first = committed.message(1).expect("m1");
     assert_eq!((first.recipient_count, first.need_receipt), (2, true));
@@ -473,7 +475,7 @@ async fn the_outbox_reads_each_message_with_its_audience<S: MessageStore>(store:
     assert_eq!(committed.audience(2).members, vec!["A", "uid2", "uid4"]);
     assert!(
         store
-            .committed(gid.get() + 1000, &[1])
+            .committed(gid.stored() + 1000, &[1])
             .await
             .expect("committed")
             .is_none()
@@ -504,7 +506,7 @@ async fn a_member_who_leaves_and_comes_back_keeps_each_stay<S: MessageStore>(sto
         .expect("back again");
     sent(send(&store, gid, "A", "m3").await);
     let committed = store
-        .committed(gid.get(), &[1, 2, 3])
+        .committed(gid.stored(), &[1, 2, 3])
         .await
         .expect("committed")
         .expect("group exists");
@@ -513,18 +515,18 @@ async fn a_member_who_leaves_and_comes_back_keeps_each_stay<S: MessageStore>(sto
     assert_eq!(committed.audience(3).members, vec!["A", "uid1", "uid2"]);
     for (seq, members) in [(1, vec!["A", "uid1", "uid2"]), (2, vec!["A", "uid2"])] {
         assert_eq!(
-            store.members_at(gid.get(), seq).await.expect("members"),
+            store.members_at(gid.stored(), seq).await.expect("members"),
             members,
             "seq {seq}"
         );
     }
     let past = store
-        .past_stays(gid.get(), &["uid1".to_owned(), "uid2".to_owned()])
+        .past_stays(gid.stored(), &["uid1".to_owned(), "uid2".to_owned()])
         .await
         .expect("stays");
     let stays: Vec<(String, i64, Option<i64>)> = past
         .into_iter()
-        .map(|s| (s.uid, s.joined_seq, s.left_seq))
+        .map(|s| (s.uid, s.joined_seq.stored(), s.left_seq))
         .collect();
     assert_eq!(stays, vec![("uid1".to_owned(), 0, Some(1))]);
 }
@@ -565,7 +567,10 @@ async fn concurrent_senders_to_one_group_get_dense_seqs_and_their_own_ids<S: Mes
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=43).collect::<Vec<_>>());
     let stored = store.messages_after(gid, 0, 100).await.expect("sync");
-    let by_seq: Vec<(i64, i64)> = stored.iter().map(|m| (m.seq, m.msgid)).collect();
+    let by_seq: Vec<(i64, i64)> = stored
+        .iter()
+        .map(|m| (m.seq.stored(), m.msgid.stored()))
+        .collect();
     assert_eq!(by_seq.len(), 43);
     assert!(by_seq.iter().all(|(_, msgid)| ids.contains(msgid)));
 }
@@ -575,7 +580,7 @@ async fn each_group_s_outbox_entries_are_in_one_lane<S: MessageStore>(store: S) 
     for _ in 0..5 {
         let gid = group_of(&store, "A", &["uid1"]).await;
         sent(send(&store, gid, "A", "m1").await);
-        gids.push(gid.get());
+        gids.push(gid.stored());
     }
     let all = store.outbox_batch(Lane::ALL, 100).await.expect("outbox");
     let mut dealt = Vec::new();
@@ -584,13 +589,13 @@ async fn each_group_s_outbox_entries_are_in_one_lane<S: MessageStore>(store: S) 
         let entries = store.outbox_batch(lane, 100).await.expect("lane");
         assert!(entries.windows(2).all(|w| w[0].id < w[1].id), "in id order");
         for entry in &entries {
-            assert_eq!(entry.gid % 3, i64::from(index), "{entry:?}");
+            assert_eq!(entry.gid.stored() % 3, i64::from(index), "{entry:?}");
         }
         dealt.extend(entries);
     }
     dealt.sort_by_key(|e| e.id);
     assert_eq!(dealt, all, "every entry in exactly one lane");
-    let per_group = |gid: i64| all.iter().filter(|e| e.gid == gid).count();
+    let per_group = |gid: i64| all.iter().filter(|e| e.gid.stored() == gid).count();
     assert!(gids.iter().all(|&gid| per_group(gid) == 3), "{all:?}");
     let limited = store
         .outbox_batch(Lane { index: 0, count: 3 }, 1)
@@ -617,6 +622,63 @@ parley_testkit::contract_suite!(
     each_group_s_outbox_entries_are_in_one_lane,
     concurrent_senders_to_one_group_get_dense_seqs_and_their_own_ids,
 );
+
+/// A stored row that holds no valid id or seq (written by hand, or by a bug)
+/// is an error when it is read, reported as INTERNAL, never a message with
+/// seq 0 handed to a client.
+async fn a_row_out_of_range_is_an_error_not_a_zero<S: MessageStore>(
+    store: S,
+    corrupt: impl std::future::Future<Output = ()>,
+) {
+    let gid = group_of(&store, "A", &["B"]).await;
+    sent(send(&store, gid, "A", "m1").await);
+    corrupt.await;
+    let read = store.messages_after(gid, -10, 10).await;
+    let Err(failed) = read else {
+        panic!("a row with seq -1 was read as {read:?}");
+    };
+    assert_eq!(failed.reason(), Reason::Internal, "{failed:?}");
+    let status = tonic::Status::from(failed);
+    assert_eq!(status.code(), tonic::Code::Internal);
+}
+
+const CORRUPT_SEQ: &str = "UPDATE group_msgs SET seq = -1";
+
+#[tokio::test]
+async fn a_row_out_of_range_is_an_error_on_mariadb() {
+    let db = parley_testkit::TestDb::mysql().await;
+    let store = MySqlMessageStore::connect(db.url(), 2)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let raw = sqlx::MySqlPool::connect(db.url()).await.expect("raw pool");
+    let corrupt = async {
+        sqlx::query(CORRUPT_SEQ)
+            .execute(&raw)
+            .await
+            .map(drop)
+            .expect("corrupt")
+    };
+    a_row_out_of_range_is_an_error_not_a_zero(store, corrupt).await;
+}
+
+#[tokio::test]
+async fn a_row_out_of_range_is_an_error_on_sqlite() {
+    let db = parley_testkit::TestDb::sqlite();
+    let store = SqliteMessageStore::connect(db.url())
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let raw = sqlx::SqlitePool::connect(db.url()).await.expect("raw pool");
+    let corrupt = async {
+        sqlx::query(CORRUPT_SEQ)
+            .execute(&raw)
+            .await
+            .map(drop)
+            .expect("corrupt")
+    };
+    a_row_out_of_range_is_an_error_not_a_zero(store, corrupt).await;
+}
 
 /// Over a MariaDB that takes only TLS, a URL with `ssl-mode=VERIFY_IDENTITY`
 /// and the server's CA migrates the store and keeps a message; a URL without

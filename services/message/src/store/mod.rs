@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use parley_server::Uid;
+use parley_server::{MsgId, Seq, Uid};
 
 use crate::{
     domain::{Gid, NewGroup, Role},
@@ -23,7 +23,8 @@ pub use sqlite::SqliteMessageStore;
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct GroupRecord {
     /// Group id.
-    pub gid: i64,
+    #[sqlx(try_from = "i64")]
+    pub gid: Gid,
     /// Stored [`crate::domain::GroupKind`] code.
     pub kind: i64,
     /// Display name.
@@ -31,7 +32,8 @@ pub struct GroupRecord {
     /// Creator.
     pub creator_uid: String,
     /// Latest seq.
-    pub last_seq: i64,
+    #[sqlx(try_from = "i64")]
+    pub last_seq: Seq,
     /// Current members.
     pub member_count: i64,
     /// Creation time.
@@ -48,7 +50,8 @@ pub struct MemberRecord {
     /// Stored [`Role`] code.
     pub role: i64,
     /// Group seq when they joined.
-    pub joined_seq: i64,
+    #[sqlx(try_from = "i64")]
+    pub joined_seq: Seq,
     /// Group seq when they left, if they did.
     pub left_seq: Option<i64>,
     /// Join time.
@@ -59,11 +62,14 @@ pub struct MemberRecord {
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct MessageRecord {
     /// Message id.
-    pub msgid: i64,
+    #[sqlx(try_from = "i64")]
+    pub msgid: MsgId,
     /// Group.
-    pub gid: i64,
+    #[sqlx(try_from = "i64")]
+    pub gid: Gid,
     /// Position in the group.
-    pub seq: i64,
+    #[sqlx(try_from = "i64")]
+    pub seq: Seq,
     /// Sender.
     pub sender_uid: String,
     /// Sender's idempotency key.
@@ -177,7 +183,8 @@ pub struct OutboxEvent {
     /// 1 = message sent, 2 = membership changed.
     pub kind: i64,
     /// Group.
-    pub gid: i64,
+    #[sqlx(try_from = "i64")]
+    pub gid: Gid,
     /// Message seq (kind 1).
     pub seq: i64,
     /// Member (kind 2).
@@ -199,7 +206,8 @@ pub struct MemberSpan {
     /// The member.
     pub uid: String,
     /// Group seq when they joined.
-    pub joined_seq: i64,
+    #[sqlx(try_from = "i64")]
+    pub joined_seq: Seq,
     /// Group seq when they left, if they did.
     pub left_seq: Option<i64>,
 }
@@ -221,7 +229,7 @@ impl Committed {
     /// The stored message at `seq`, if it was asked for and exists.
     pub fn message(&self, seq: i64) -> Option<&MessageRecord> {
         self.messages
-            .binary_search_by_key(&seq, |m| m.seq)
+            .binary_search_by_key(&seq, |m| m.seq.stored())
             .ok()
             .and_then(|i| self.messages.get(i))
     }
@@ -234,7 +242,7 @@ impl Committed {
             members: self
                 .spans
                 .iter()
-                .filter(|s| crate::domain::member_at(s.joined_seq, s.left_seq, seq))
+                .filter(|s| crate::domain::member_at(s.joined_seq.stored(), s.left_seq, seq))
                 .map(|s| s.uid.clone())
                 .collect(),
         }

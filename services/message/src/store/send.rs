@@ -8,7 +8,7 @@
 //! one connection runs one transaction at a time) and how it reads the id of
 //! a row it inserted.
 
-use parley_server::Reason;
+use parley_server::{Gid, MsgId, Reason, Seq};
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
 
 use crate::{
@@ -108,7 +108,7 @@ where
             "a batch names one group and one sender",
         ));
     }
-    let (gid, sender) = (gid.get(), sender.as_str());
+    let (gid, sender) = (gid.stored(), sender.as_str());
 
     let locked = lock_group::<DB>(conn, dialect.for_update, gid, sender).await?;
     if locked.role.is_none() {
@@ -180,9 +180,9 @@ where
         .execute(&mut *conn)
         .await?;
         outcomes.push(SendOutcome::Sent(MessageRecord {
-            msgid: (dialect.inserted_id)(&inserted),
-            gid,
-            seq: last_seq,
+            msgid: MsgId::try_from((dialect.inserted_id)(&inserted))?,
+            gid: Gid::try_from(gid)?,
+            seq: Seq::try_from(last_seq)?,
             sender_uid: sender.to_owned(),
             client_msg_id: message.client_msg_id.clone(),
             content: message.content.clone(),

@@ -123,11 +123,11 @@ macro_rules! impl_message_store {
                 let uids: Vec<String> = members.into_iter().map(|(uid, _)| uid).collect();
                 Self::insert_membership_outbox(&mut tx, gid, &uids, now_ms).await?;
                 let record = crate::store::GroupRecord {
-                    gid,
+                    gid: parley_server::Gid::try_from(gid)?,
                     kind: i64::from(group.kind.code()),
                     name: group.name.clone(),
                     creator_uid: group.creator.to_string(),
-                    last_seq: 0,
+                    last_seq: parley_server::Seq::MIN,
                     member_count,
                     created_at_ms: now_ms,
                     receipt_policy: i64::from(crate::domain::ReceiptPolicy::Full.code()),
@@ -149,7 +149,7 @@ macro_rules! impl_message_store {
                 change: crate::store::MembershipChange<'_>,
             ) -> Result<(Vec<String>, i64), crate::error::MessageError> {
                 use crate::domain::{Role, check_membership_change};
-                let gid = change.gid.get();
+                let gid = change.gid.stored();
                 let mut tx = self.pool.begin().await?;
                 let outcome: Result<_, crate::error::MessageError> = async {
                 let crate::store::send::Locked { kind, last_seq, member_count, role, .. } =
@@ -193,7 +193,7 @@ macro_rules! impl_message_store {
                 change: crate::store::MembershipChange<'_>,
             ) -> Result<Vec<String>, crate::error::MessageError> {
                 use crate::domain::check_membership_change;
-                let gid = change.gid.get();
+                let gid = change.gid.stored();
                 let mut tx = self.pool.begin().await?;
                 let outcome: Result<_, crate::error::MessageError> = async {
                 let crate::store::send::Locked { kind, last_seq, role, .. } =
@@ -231,7 +231,7 @@ macro_rules! impl_message_store {
                      LEFT JOIN group_users u ON u.gid = g.gid AND u.uid = ? WHERE g.gid = ?",
                 )
                 .bind(uid.as_str())
-                .bind(gid.get())
+                .bind(gid.stored())
                 .fetch_optional(&self.pool)
                 .await?;
                 match row {
@@ -251,7 +251,7 @@ macro_rules! impl_message_store {
             ) -> Result<Vec<(i64, i64)>, crate::error::MessageError> {
                 let mut select =
                     sqlx::QueryBuilder::<$db>::new("SELECT gid, last_seq FROM chat_groups WHERE gid IN ");
-                parley_server::db::push_list(&mut select, gids.iter().map(|gid| gid.get()));
+                parley_server::db::push_list(&mut select, gids.iter().map(|gid| gid.stored()));
                 select.push(" ORDER BY gid");
                 Ok(select.build_query_as().fetch_all(&self.pool).await?)
             }
@@ -266,7 +266,7 @@ macro_rules! impl_message_store {
                     "SELECT uid, role, joined_seq, left_seq, joined_at_ms FROM group_users \
                      WHERE gid = ? AND left_seq IS NULL AND uid > ? ORDER BY uid LIMIT ?",
                 )
-                .bind(gid.get())
+                .bind(gid.stored())
                 .bind(after_uid.unwrap_or(""))
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
@@ -300,11 +300,11 @@ macro_rules! impl_message_store {
             ) -> Result<i64, crate::error::MessageError> {
                 let mut tx = self.pool.begin().await?;
                 let outcome: Result<i64, crate::error::MessageError> = async {
-                    let locked = crate::store::send::lock_group::<$db>(&mut tx, Self::FOR_UPDATE, gid.get(), actor.as_str()).await?;
+                    let locked = crate::store::send::lock_group::<$db>(&mut tx, Self::FOR_UPDATE, gid.stored(), actor.as_str()).await?;
                     crate::domain::may_set_receipt_policy(locked.kind, locked.role)?;
                     sqlx::query("UPDATE chat_groups SET receipt_policy = ? WHERE gid = ?")
                         .bind(i64::from(policy.code()))
-                        .bind(gid.get())
+                        .bind(gid.stored())
                         .execute(&mut *tx)
                         .await?;
                     Ok(locked.last_seq)
@@ -357,7 +357,7 @@ macro_rules! impl_message_store {
                     "SELECT msgid, gid, seq, sender_uid, client_msg_id, content, need_receipt, recipient_count, \
                      created_at_ms, receipt_policy FROM group_msgs WHERE gid = ? AND seq > ? ORDER BY seq LIMIT ?",
                 )
-                .bind(gid.get())
+                .bind(gid.stored())
                 .bind(after_seq)
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
@@ -374,7 +374,7 @@ macro_rules! impl_message_store {
                     "SELECT msgid, gid, seq, sender_uid, client_msg_id, content, need_receipt, recipient_count, \
                      created_at_ms, receipt_policy FROM group_msgs WHERE gid = ",
                 );
-                select.push_bind(gid.get()).push(" AND seq > ").push_bind(after_seq).push(" AND msgid IN ");
+                select.push_bind(gid.stored()).push(" AND seq > ").push_bind(after_seq).push(" AND msgid IN ");
                 parley_server::db::push_list(&mut select, msgids.iter().copied());
                 select.push(" ORDER BY seq");
                 Ok(select.build_query_as().fetch_all(&self.pool).await?)
