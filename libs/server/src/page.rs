@@ -1,6 +1,9 @@
-//! Opaque page tokens. A token carries the last key of the previous page; it is
-//! hex-encoded with a version prefix so clients treat it as opaque, and a
-//! malformed token is refused with INVALID_ARGUMENT. Tokens are not signed: a
+//! Opaque page tokens and cursors: the one codec for every position a client
+//! hands back (a list's page token, the receipt service's pull cursor). A
+//! token carries the last key of the previous page, or several keys
+//! ([`encode_keys`]); it is hex-encoded with a version prefix so clients treat
+//! it as opaque, and a malformed token is refused with INVALID_ARGUMENT naming
+//! its field. Tokens are not signed: a
 //! made-up but well-formed token only moves the caller to another position
 //! in a list it may read anyway (every list checks the caller itself), so it
 //! reveals and changes nothing a first page would not.
@@ -20,12 +23,52 @@ pub fn encode(key: &str) -> String {
     token
 }
 
-/// Decodes a token: `None` for the first page (empty token).
+/// Decodes a page token: `None` for the first page (empty token).
 pub fn decode(token: &str) -> Result<Option<String>, Error> {
+    decode_field(token, "page_token")
+}
+
+/// Whether `token` is one this codec made (or could have): a client's older
+/// position in another form fails this before it is refused.
+pub fn is_token(token: &str) -> bool {
+    token.starts_with(PREFIX)
+}
+
+/// Encodes a position of several stored keys (a change time and a message
+/// id, say) as one token.
+pub fn encode_keys(keys: &[i64]) -> String {
+    let joined: Vec<String> = keys.iter().map(i64::to_string).collect();
+    encode(&joined.join("."))
+}
+
+/// Decodes a token of exactly `N` keys made by [`encode_keys`]: `None` for an
+/// empty one; `field` names it in the refusal of anything else.
+pub fn decode_keys<const N: usize>(
+    token: &str,
+    field: &'static str,
+) -> Result<Option<[i64; N]>, Error> {
+    let Some(joined) = decode_field(token, field)? else {
+        return Ok(None);
+    };
+    let keys: Vec<i64> = joined
+        .split('.')
+        .map(|key| key.parse::<i64>().ok())
+        .collect::<Option<_>>()
+        .ok_or_else(|| not_ours(field))?;
+    <[i64; N]>::try_from(keys)
+        .map(Some)
+        .map_err(|_| not_ours(field))
+}
+
+fn not_ours(field: &'static str) -> Error {
+    Error::invalid(field, "not a token this service gave")
+}
+
+fn decode_field(token: &str, field: &'static str) -> Result<Option<String>, Error> {
     if token.is_empty() {
         return Ok(None);
     }
-    let invalid = || Error::invalid("page_token", "not a token this list gave");
+    let invalid = || not_ours(field);
     if token.len() > MAX_TOKEN_LEN {
         return Err(invalid());
     }
@@ -53,7 +96,7 @@ pub fn decode_id(token: &str) -> Result<Option<i64>, Error> {
             .ok()
             .filter(|id| *id >= 0)
             .map(Some)
-            .ok_or_else(|| Error::invalid("page_token", "not a token this list gave")),
+            .ok_or_else(|| not_ours("page_token")),
     }
 }
 
@@ -93,6 +136,27 @@ mod tests {
     }
 
     #[test]
+    fn several_keys_travel_as_one_token_and_only_as_many_as_asked() {
+        let token = encode_keys(&[1_700_000_000_000, 42]);
+        assert!(is_token(&token));
+        assert_eq!(
+            decode_keys::<2>(&token, "cursor").ok(),
+            Some(Some([1_700_000_000_000, 42]))
+        );
+        assert_eq!(decode_keys::<2>("", "cursor").ok(), Some(None));
+        assert!(decode_keys::<3>(&token, "cursor").is_err());
+        assert!(decode_keys::<2>(&encode("1.x"), "cursor").is_err());
+        let refused: tonic::Status = decode_keys::<2>("p1zz", "cursor")
+            .expect_err("malformed")
+            .into();
+        assert_eq!(
+            crate::error::field_violations(&refused)[0].0,
+            "cursor",
+            "the refusal names the field it came in"
+        );
+    }
+
+    #[test]
     fn page_size_defaults_and_caps() {
         assert_eq!(page_size(0, 100, 500).ok(), Some(100));
         assert_eq!(page_size(500, 100, 500).ok(), Some(500));
@@ -119,6 +183,11 @@ mod tests {
             #[test]
             fn keys_round_trip(key in "\\PC{1,63}") {
                 proptest::prop_assert_eq!(decode(&encode(&key)).ok(), Some(Some(key)));
+            }
+
+            #[test]
+            fn keys_of_any_value_round_trip(a: i64, b: i64) {
+                proptest::prop_assert_eq!(decode_keys::<2>(&encode_keys(&[a, b]), "cursor").ok(), Some(Some([a, b])));
             }
 
             #[test]

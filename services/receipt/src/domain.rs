@@ -346,15 +346,24 @@ pub fn unread(last_seq: i64, read_seq: i64) -> u64 {
     u64::try_from(last_seq.saturating_sub(read_seq)).unwrap_or(0)
 }
 
-/// Encodes a PullReceipts position (change time, msgid).
+/// Encodes a PullReceipts position (change time, msgid), in the one codec
+/// of page tokens.
 pub fn encode_pull_cursor(changed_at_ms: i64, msgid: i64) -> String {
-    format!("{changed_at_ms}.{msgid}")
+    parley_server::page::encode_keys(&[changed_at_ms, msgid])
 }
 
-/// Decodes a PullReceipts position; empty means the beginning.
+/// Decodes a PullReceipts position; empty means the beginning. A cursor in
+/// the form services before 0.2 gave (`time.msgid`, unencoded) is still
+/// taken: an app keeps its cursor across logins and an upgrade.
 pub fn decode_pull_cursor(raw: &str) -> Result<(i64, i64), ReceiptError> {
     if raw.is_empty() {
         return Ok((i64::MIN, 0));
+    }
+    if parley_server::page::is_token(raw) {
+        let keys = parley_server::page::decode_keys::<2>(raw, "cursor")?;
+        return keys
+            .map(|[at, msgid]| (at, msgid))
+            .ok_or_else(|| ReceiptError::invalid("cursor", "not a cursor this service gave"));
     }
     let invalid = || ReceiptError::invalid("cursor", "not a cursor this service gave");
     let (at, msgid) = raw.split_once('.').ok_or_else(invalid)?;
@@ -618,6 +627,15 @@ mod tests {
         );
         assert!(decode_pull_cursor("17").is_err());
         assert!(decode_pull_cursor("a.b").is_err());
+        assert!(
+            encode_pull_cursor(1_700_000, 42).starts_with("p1"),
+            "an opaque token"
+        );
+        assert_eq!(
+            decode_pull_cursor("1700000.42").ok(),
+            Some((1_700_000, 42)),
+            "a cursor an older service gave is still taken"
+        );
         assert!(parse_id(0, "gid").is_err());
         assert!(parse_id(u64::MAX, "gid").is_err());
     }

@@ -8,7 +8,7 @@ use parley_proto::{
     receipt::{self as pb, receipt_service_server::ReceiptService},
 };
 use parley_server::upstream::Intercepted;
-use parley_server::{Caller, Reason, Uid, now_ms, page};
+use parley_server::{Caller, Reason, Seq, Uid, ids::InvalidId, now_ms, page};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -197,7 +197,10 @@ impl<S: ReceiptStore> ReceiptApi<S> {
     /// service's own last seq trails it while the outbox is behind.
     async fn committed_last_seqs(&self, gids: &[i64]) -> Result<HashMap<i64, i64>, Status> {
         let request = mpb::LastSeqsRequest {
-            gids: gids.iter().map(|&gid| to_u64(gid)).collect(),
+            gids: gids
+                .iter()
+                .map(|&gid| wire(gid))
+                .collect::<Result<_, _>>()?,
         };
         // A read: safe to try again while the message service restarts.
         let reply = self
@@ -340,8 +343,10 @@ fn privacy_state(privacy: Privacy) -> pb::ReceiptPrivacyState {
     }
 }
 
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or_default()
+/// A stored id, seq or count for the wire: a negative one is a malformed
+/// row, an INTERNAL error rather than a silent 0.
+fn wire(stored: i64) -> Result<u64, InvalidId> {
+    Seq::try_from(stored).map(Seq::wire)
 }
 
 fn to_u32(value: i64) -> u32 {
@@ -438,8 +443,8 @@ impl Acked {
             Planned::Moved {
                 previous, cursors, ..
             } => Ok(pb::AckResponse {
-                delivered_seq: to_u64(cursors.delivered),
-                read_seq: to_u64(cursors.read),
+                delivered_seq: wire(cursors.delivered)?,
+                read_seq: wire(cursors.read)?,
                 advanced: cursors != previous,
                 capped: self.capped,
             }),
@@ -645,23 +650,26 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
             .iter()
             .map(|(gid, _)| *gid)
             .zip(results)
-            .map(|(gid, result)| match result {
-                Ok(acked) => pb::GroupAcksResult {
-                    gid: to_u64(gid),
-                    code: tonic::Code::Ok.into(),
-                    message: String::new(),
-                    acks: acked.iter().map(Acked::result).collect(),
-                    reason: String::new(),
-                },
-                Err(status) => pb::GroupAcksResult {
-                    gid: to_u64(gid),
-                    code: status.code().into(),
-                    message: status.message().to_owned(),
-                    acks: Vec::new(),
-                    reason: parley_server::error::reason_text(&status),
-                },
+            .map(|(gid, result)| {
+                let gid = wire(gid)?;
+                Ok(match result {
+                    Ok(acked) => pb::GroupAcksResult {
+                        gid,
+                        code: tonic::Code::Ok.into(),
+                        message: String::new(),
+                        acks: acked.iter().map(Acked::result).collect(),
+                        reason: String::new(),
+                    },
+                    Err(status) => pb::GroupAcksResult {
+                        gid,
+                        code: status.code().into(),
+                        message: status.message().to_owned(),
+                        acks: Vec::new(),
+                        reason: parley_server::error::reason_text(&status),
+                    },
+                })
             })
-            .collect();
+            .collect::<Result<_, InvalidId>>()?;
         Ok(Response::new(pb::AckBatchResponse { groups }))
     }
 
@@ -703,15 +711,15 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
                     .map(|g| unread(g.last_seq, g.read_seq))
                     .fold(0u64, u64::saturating_add);
                 let here = groups.iter().find(|g| g.gid == *gid);
-                pb::MemberUnread {
+                Ok(pb::MemberUnread {
                     uid: uid.clone(),
-                    gid: to_u64(*gid),
+                    gid: wire(*gid)?,
                     unread_total: total,
                     member: here.is_some(),
-                    read_seq: here.map_or(0, |g| to_u64(g.read_seq)),
-                }
+                    read_seq: here.map_or(Ok(0), |g| wire(g.read_seq))?,
+                })
             })
-            .collect();
+            .collect::<Result<_, InvalidId>>()?;
         Ok(Response::new(pb::UnreadTotalsResponse { members }))
     }
 
@@ -736,8 +744,8 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
             let sight = message.sight(viewer_private);
             let counted = |n: i64| if sight.shows_counts() { to_u32(n) } else { 0 };
             let mut receipt = pb::MessageReceipt {
-                msgid: to_u64(message.msgid),
-                seq: to_u64(message.seq),
+                msgid: wire(message.msgid)?,
+                seq: wire(message.seq)?,
                 read_count: counted(message.read_count),
                 recipient_count: counted(message.recipient_count),
                 tier: tier(&message).into(),
@@ -810,15 +818,17 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         let receipts = changed
             .into_iter()
             .filter(|m| m.senders_sight().shows_counts())
-            .map(|m| pb::ReceiptSummary {
-                gid: to_u64(m.gid),
-                msgid: to_u64(m.msgid),
-                seq: to_u64(m.seq),
-                read_count: to_u32(m.read_count),
-                recipient_count: to_u32(m.recipient_count),
-                changed_at_ms: m.changed_at_ms,
+            .map(|m| {
+                Ok(pb::ReceiptSummary {
+                    gid: wire(m.gid)?,
+                    msgid: wire(m.msgid)?,
+                    seq: wire(m.seq)?,
+                    read_count: to_u32(m.read_count),
+                    recipient_count: to_u32(m.recipient_count),
+                    changed_at_ms: m.changed_at_ms,
+                })
             })
-            .collect();
+            .collect::<Result<_, InvalidId>>()?;
         Ok(Response::new(pb::PullReceiptsResponse {
             receipts,
             next_cursor,
@@ -860,14 +870,16 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         };
         let groups = rows
             .into_iter()
-            .map(|r| pb::GroupUnread {
-                gid: to_u64(r.gid),
-                unread: unread(r.last_seq, r.read_seq),
-                last_seq: to_u64(r.last_seq),
-                read_seq: to_u64(r.read_seq),
-                delivered_seq: to_u64(r.delivered_seq),
+            .map(|r| {
+                Ok(pb::GroupUnread {
+                    gid: wire(r.gid)?,
+                    unread: unread(r.last_seq, r.read_seq),
+                    last_seq: wire(r.last_seq)?,
+                    read_seq: wire(r.read_seq)?,
+                    delivered_seq: wire(r.delivered_seq)?,
+                })
             })
-            .collect();
+            .collect::<Result<_, InvalidId>>()?;
         Ok(Response::new(pb::UnreadCountsResponse {
             groups,
             next_page_token,
