@@ -223,28 +223,91 @@ async fn start<S: Service>(config: S::Config) -> ExitCode {
     finish::<S>(outcome, ExitCode::FAILURE)
 }
 
-/// Serves `routes` (the services `names`) on `listener` until `shutdown`,
-/// telling `background` to stop as soon as it resolves; once the server has
-/// stopped, waits for the background tasks within the grace period.
+/// What a started service serves: its gRPC services (health and reflection
+/// list them by name), the keys it checks its callers' credentials with, and
+/// its background tasks.
+pub struct Serving {
+    routes: RoutesBuilder,
+    names: Vec<&'static str>,
+    keys: Option<Keys>,
+    /// The loops that run beside the server until it stops.
+    pub background: Background,
+}
+
+impl Serving {
+    /// Nothing served yet; callers are checked with `keys` (none: development
+    /// mode).
+    pub fn new(keys: Option<Keys>) -> Self {
+        Self {
+            routes: RoutesBuilder::default(),
+            names: Vec::new(),
+            keys,
+            background: Background::default(),
+        }
+    }
+
+    /// Adds a gRPC service, listed by its own name.
+    pub fn add<S>(&mut self, service: S) -> &mut Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+}
+
+/// Serves what `serving` holds on `listener` until `shutdown`, telling its
+/// background tasks to stop as soon as it resolves; once the server has
+/// stopped, waits for them within the grace period.
 pub async fn serve(
     listener: TcpListener,
     server: &ServerArgs,
-    credentials: Option<Keys>,
-    (routes, names): (RoutesBuilder, &[&'static str]),
-    background: Background,
+    serving: Serving,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let Serving {
+        routes,
+        names,
+        keys,
+        background,
+    } = serving;
+    let addr = listener.local_addr().map_err(StartError::config)?;
+    tracing::info!(%addr, services = ?names, "listening");
     let served = crate::serve(
         listener,
         server,
-        credentials,
+        keys,
         routes,
-        names,
+        &names,
         background.signal_on(shutdown),
     )
     .await;
     background.stop(server.shutdown_grace()).await;
     Ok(served?)
+}
+
+/// [`serve`], then close `store`'s pool: last, once the background tasks
+/// have finished what they held (an outbox batch, the last digests).
+pub async fn serve_stored<P: Pooled>(
+    store: &P,
+    listener: TcpListener,
+    server: &ServerArgs,
+    serving: Serving,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let served = serve(listener, server, serving, shutdown).await;
+    store.close().await;
+    served
 }
 
 /// Flushes telemetry and turns the outcome into the exit code: `failed`

@@ -23,14 +23,13 @@ use parley_proto::{
     receipt::receipt_service_client::ReceiptServiceClient,
 };
 use parley_server::{
-    Background, ServerArgs, StartError,
+    ServerArgs, StartError,
     credentials::Keys,
     db::{DatabaseArgs, DatabaseUrl, Opened},
-    runner::{Service, Stored},
+    runner::{self, Service, Serving, Stored},
     upstream::{NotificationUrl, PresenceUrl, ReceiptUrl},
 };
 use tokio::net::TcpListener;
-use tonic::service::RoutesBuilder;
 
 use crate::{
     fanout::{Fanout, NotificationClient},
@@ -200,7 +199,8 @@ where
     };
     let wake = Wake::default();
     let max_backoff = Duration::from_millis(config.outbox_max_backoff_ms);
-    let mut background = Background::default();
+    let mut serving = Serving::new(upstream.keys);
+    let background = &mut serving.background;
     background.spawn("outbox", |stopping| {
         Drainer::new(store.clone(), downstream, wake.clone(), max_backoff).run(stopping)
     });
@@ -224,28 +224,7 @@ where
             Duration::from_millis(config.send_wait_ms),
         ),
     };
-    let mut routes = RoutesBuilder::default();
-    routes.add_service(MessageServiceServer::new(MessageApi::new(
-        store.clone(),
-        limits,
-        wake,
-        fanout,
-    )));
-    let addr = listener.local_addr().map_err(StartError::config)?;
-    tracing::info!(%addr, "message service listening");
-    let served = parley_server::runner::serve(
-        listener,
-        &config.server,
-        upstream.keys,
-        (
-            routes,
-            &[parley_proto::message::message_service_server::SERVICE_NAME],
-        ),
-        background,
-        shutdown,
-    )
-    .await;
-    // The outbox lanes have finished their batches: the pool closes last.
-    store.close().await;
-    served
+    let api = MessageApi::new(store.clone(), limits, wake, fanout);
+    serving.add(MessageServiceServer::new(api));
+    runner::serve_stored(&store, listener, &config.server, serving, shutdown).await
 }

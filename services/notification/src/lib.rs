@@ -23,14 +23,13 @@ use parley_proto::{
     receipt::receipt_service_client::ReceiptServiceClient,
 };
 use parley_server::{
-    Background, ServerArgs, StartError,
+    ServerArgs, StartError,
     credentials::Keys,
     db::{DatabaseArgs, DatabaseUrl, Opened},
-    runner::{Service, Stored},
+    runner::{self, Service, Serving, Stored},
     upstream::{MessageUrl, PresenceUrl, ReceiptUrl},
 };
 use tokio::net::TcpListener;
-use tonic::service::RoutesBuilder;
 
 use crate::{
     providers::PushArgs,
@@ -225,7 +224,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let policy = config.policy.policy();
-    let mut background = Background::default();
+    let mut serving = Serving::new(upstream.keys);
     let worker = Worker::new(
         store.clone(),
         senders,
@@ -233,28 +232,10 @@ where
         upstream.receipt,
         policy.clone(),
     );
-    background.spawn("push worker", |stopping| worker.run(stopping));
-    let mut routes = RoutesBuilder::default();
-    routes.add_service(NotificationServiceServer::new(NotificationApi::new(
-        store.clone(),
-        policy,
-        upstream.message,
-    )));
-    let addr = listener.local_addr().map_err(StartError::config)?;
-    tracing::info!(%addr, "notification service listening");
-    let served = parley_server::runner::serve(
-        listener,
-        &config.server,
-        upstream.keys,
-        (
-            routes,
-            &[parley_proto::notification::notification_service_server::SERVICE_NAME],
-        ),
-        background,
-        shutdown,
-    )
-    .await;
-    // Pushes in progress have been handed back to the queue: the pool closes last.
-    store.close().await;
-    served
+    serving
+        .background
+        .spawn("push worker", |stopping| worker.run(stopping));
+    let api = NotificationApi::new(store.clone(), policy, upstream.message);
+    serving.add(NotificationServiceServer::new(api));
+    runner::serve_stored(&store, listener, &config.server, serving, shutdown).await
 }

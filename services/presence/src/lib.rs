@@ -13,9 +13,12 @@ pub mod store;
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use parley_proto::presence::presence_service_server::PresenceServiceServer;
-use parley_server::{Background, ServerArgs, StartError, credentials::Keys, runner::Service};
+use parley_server::{
+    ServerArgs, StartError,
+    credentials::Keys,
+    runner::{self, Service, Serving},
+};
 use tokio::net::TcpListener;
-use tonic::service::RoutesBuilder;
 
 use crate::{
     service::PresenceApi,
@@ -137,27 +140,14 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     // Watch streams end when the service stops, so the server can finish.
-    let background = Background::default();
+    let mut serving = Serving::new(keys);
     let api = PresenceApi::new(
         store,
         config.ttl_ms,
         Duration::from_millis(config.watch_interval_ms),
-        background.stopping(),
+        serving.background.stopping(),
     );
-    let mut routes = RoutesBuilder::default();
-    routes.add_service(PresenceServiceServer::new(api));
-    let addr = listener.local_addr().map_err(StartError::config)?;
-    tracing::info!(%addr, backend, ttl_ms = config.ttl_ms, "presence service listening");
-    parley_server::runner::serve(
-        listener,
-        &config.server,
-        keys,
-        (
-            routes,
-            &[parley_proto::presence::presence_service_server::SERVICE_NAME],
-        ),
-        background,
-        shutdown,
-    )
-    .await
+    serving.add(PresenceServiceServer::new(api));
+    tracing::info!(backend, ttl_ms = config.ttl_ms, "presence store");
+    runner::serve(listener, &config.server, serving, shutdown).await
 }

@@ -21,14 +21,13 @@ use parley_proto::{
     receipt::receipt_service_server::ReceiptServiceServer,
 };
 use parley_server::{
-    Background, ServerArgs, StartError,
+    ServerArgs, StartError,
     credentials::Keys,
     db::{DatabaseArgs, DatabaseUrl, Opened},
-    runner::{Service, Stored},
+    runner::{self, Service, Serving, Stored},
     upstream::{MessageUrl, PresenceUrl},
 };
 use tokio::net::TcpListener;
-use tonic::service::RoutesBuilder;
 
 use crate::{
     digest::Coalescer,
@@ -176,7 +175,8 @@ where
     S: ReceiptStore,
     F: Future<Output = ()> + Send + 'static,
 {
-    let mut background = Background::default();
+    let mut serving = Serving::new(upstream.keys);
+    let background = &mut serving.background;
     background.spawn("retention", |stopping| {
         retention::run(
             store.clone(),
@@ -196,28 +196,9 @@ where
             stopping,
         )
     });
-    let mut routes = RoutesBuilder::default();
-    routes.add_service(ReceiptServiceServer::new(ReceiptApi::new(
-        store.clone(),
-        config.ledger_max_members,
-        coalescer,
-        upstream.message,
-    )));
-    let addr = listener.local_addr().map_err(StartError::config)?;
-    tracing::info!(%addr, ledger_max_members = config.ledger_max_members, "receipt service listening");
-    let served = parley_server::runner::serve(
-        listener,
-        &config.server,
-        upstream.keys,
-        (
-            routes,
-            &[parley_proto::receipt::receipt_service_server::SERVICE_NAME],
-        ),
-        background,
-        shutdown,
-    )
-    .await;
-    // The last window's digests have gone out: the pool closes last.
-    store.close().await;
-    served
+    let ledger_max = config.ledger_max_members;
+    tracing::info!(ledger_max_members = ledger_max, "receipt ledger tier");
+    let api = ReceiptApi::new(store.clone(), ledger_max, coalescer, upstream.message);
+    serving.add(ReceiptServiceServer::new(api));
+    runner::serve_stored(&store, listener, &config.server, serving, shutdown).await
 }
