@@ -9,7 +9,7 @@ IMAGE_REPOSITORY ?= ghcr.io/parley-chat
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' helm/parley/Chart.yaml)
 
 .DEFAULT_GOAL := help
-.PHONY: help dev demo build test test-services fuzz lint fmt fmt-check clippy buf-lint buf-breaking proto-release chart-lint chart-test repo-check machete deny images migrate clean bench bench-full bench-build web web-test
+.PHONY: help dev dev-cluster dev-cluster-check demo build test test-services fuzz lint fmt fmt-check clippy buf-lint buf-breaking proto-release chart-lint chart-test repo-check machete deny images migrate clean bench bench-full bench-build web web-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -35,6 +35,14 @@ web-test: web ## The web client end to end: two users in headless Chromium (Debi
 	cargo build --workspace --all-targets
 	cd $(WEB) && node e2e/chat.mjs
 
+dev-cluster: test-services ## The production shape on this machine: each service its own process, on MariaDB and Redis, two gateways, service credentials (logs under data/cluster/)
+	cargo build --bins
+	target/debug/parley dev-cluster --data data/cluster
+
+dev-cluster-check: test-services ## Start the dev cluster, send a message and its read receipt across its two gateways, stop it
+	cargo build --bins
+	target/debug/parley dev-cluster --check --data target/dev-cluster-check
+
 demo: ## Play the seeds' scenario against `make dev` (run it in another terminal)
 	@cargo build -q -p parley-cli
 	@target/debug/parley demo
@@ -42,10 +50,11 @@ demo: ## Play the seeds' scenario against `make dev` (run it in another terminal
 build: ## Build every crate
 	cargo build --workspace --all-targets
 
-test: test-services ## Run every test (unit, contract on MariaDB and SQLite, integration, chart against the binaries, the web client in Chromium)
+test: test-services ## Run every test (unit, contract on MariaDB and SQLite, integration, chart against the binaries, the dev cluster's check, the web client in Chromium)
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 	cargo nextest run --workspace --profile $(if $(CI),ci,default)
 	@$(MAKE) --no-print-directory chart-test
+	@$(MAKE) --no-print-directory dev-cluster-check
 	@$(MAKE) --no-print-directory web-test
 
 fuzz: ## Every parser property with 20,000 cases and 200 live frame sequences, then each cargo-fuzz target for FUZZ_SECONDS (30) seconds

@@ -6,7 +6,7 @@ use std::time::Duration;
 use parley_proto::{
     gateway::{
         self as pb, connect_request::Frame as In, connect_response::Frame as Out,
-        gateway_service_client::GatewayServiceClient,
+        gateway_service_client::GatewayServiceClient, request_frame::Call,
     },
     message::message_service_client::MessageServiceClient,
     notification::notification_service_client::NotificationServiceClient,
@@ -235,6 +235,35 @@ impl Device {
                 None => {
                     return Err(Failure::Unreachable("no send result within 10 s".into()));
                 }
+            }
+        }
+    }
+
+    /// Makes a client API call and waits for its result; other frames are
+    /// printed. A refused call is a [`Failure`] by its reason.
+    pub async fn call(&mut self, call: Call) -> Result<pb::ResultFrame, Failure> {
+        let request_id = self.next_request;
+        self.next_request += 1;
+        self.send_frame(In::Request(pb::RequestFrame {
+            request_id,
+            call: Some(call),
+        }))
+        .await?;
+        loop {
+            match self.next(Duration::from_secs(10)).await? {
+                Some(Out::Result(result)) if result.request_id == request_id => {
+                    if result.code != 0 {
+                        return Err(Failure::of(
+                            "call",
+                            result.code.into(),
+                            &result.reason,
+                            &result.error,
+                        ));
+                    }
+                    return Ok(result);
+                }
+                Some(other) => print_frame(&self.uid, &other),
+                None => return Err(Failure::Unreachable("no call result within 10 s".into())),
             }
         }
     }

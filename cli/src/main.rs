@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod cluster;
 mod demo;
 mod dev;
 mod failure;
@@ -56,6 +57,9 @@ enum Command {
         #[arg(long)]
         web: Option<PathBuf>,
     },
+    /// Run the suite in its production shape: each service its own process,
+    /// on MariaDB and Redis, two gateways, service credentials; Ctrl-C stops it.
+    DevCluster(cluster::Options),
     /// Play the seeds' scenario against a running suite and print what each user sees.
     Demo {
         /// The running `parley dev`'s data directory (its push log is read there).
@@ -269,6 +273,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Dev { data, ports, web } => {
             Ok(dev::run(&data, &dev::Options { ports, web }).await?)
         }
+        Command::DevCluster(options) => cluster::run(&options).await,
         Command::Demo { data } => Ok(demo::run(&endpoints, &data).await?),
         Command::Keys { extra } => {
             let mut names = vec!["gateway", "message", "receipt", "presence", "notification"];
