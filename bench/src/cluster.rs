@@ -221,6 +221,8 @@ impl Cluster {
                 .map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
             let mut command = Command::new(binary(name)?);
             command
+                .env_clear()
+                .envs(parley_server::runner::inherited_env())
                 .envs(common.iter().map(|(k, v)| (*k, v.as_str())))
                 .envs(own[i].iter().map(|(k, v)| (*k, v.as_str())))
                 .env("PARLEY_SERVICE_KEY", private_key(name))

@@ -276,8 +276,8 @@ fn own_env(
     pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
-/// Starts `parley-<service>` as `name` with exactly `env` (and `PATH`): no
-/// `PARLEY_*` variable of the shell leaks in.
+/// Starts `parley-<service>` as `name` with `env` as its only `PARLEY_*`
+/// variables: none of the shell's leaks in.
 fn spawn(
     bin: &Path,
     service: &str,
@@ -298,7 +298,7 @@ fn spawn(
     let mut command = Command::new(bin.join(format!("parley-{service}")));
     command
         .env_clear()
-        .envs(std::env::var_os("PATH").map(|path| ("PATH".to_owned(), path)))
+        .envs(parley_server::runner::inherited_env())
         .envs(env.iter().cloned())
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))

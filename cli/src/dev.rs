@@ -52,9 +52,10 @@ async fn bind(name: &str, addr: &str) -> Result<TcpListener, Failure> {
 /// A service's configuration in development mode: no service credentials,
 /// each call trusted to name its service and user (each service says so in
 /// its log at start).
+/// Flags alone: no `PARLEY_*` variable of the shell reaches the suite.
 fn config<C: clap::Parser>(args: &[&str]) -> Result<C, Failure> {
     let dev = ["--dev-mode", "true"];
-    C::try_parse_from(args.iter().chain(&dev)).map_err(|e| e.to_string())
+    parley_server::runner::config_from_args(args.iter().chain(&dev)).map_err(|e| e.to_string())
 }
 
 /// Where `parley dev` appends the pushes its logging sender would have sent.

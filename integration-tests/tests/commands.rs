@@ -6,7 +6,8 @@ use clap::Parser;
 
 /// Whether `C` parses `args` (after the binary's name).
 fn parses<C: Parser>(args: &[&str]) -> bool {
-    C::try_parse_from(std::iter::once("parley").chain(args.iter().copied())).is_ok()
+    let args = std::iter::once("parley").chain(args.iter().copied());
+    parley_server::runner::config_from_args::<C, _, _>(args).is_ok()
 }
 
 fn has_migrate_and_database_flags<C: Parser>() -> bool {

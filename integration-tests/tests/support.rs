@@ -366,8 +366,10 @@ const GENEROUS_LIMITS: [&str; 4] = [
     "100000",
 ];
 
+/// A service's configuration from flags alone: no `PARLEY_*` variable of
+/// the shell running the tests reaches it.
 fn parse<C: clap::Parser>(args: Vec<String>) -> C {
-    C::try_parse_from(args).expect("valid test configuration")
+    parley_server::runner::config_from_args(args).expect("valid test configuration")
 }
 
 fn args(name: &str, pairs: &[(&str, &str)]) -> Vec<String> {

@@ -203,6 +203,36 @@ fn parse<S: Service, C: CommandFactory + FromArgMatches>() -> Result<C, ExitCode
     })
 }
 
+/// Parses `args` (the binary's name first) as `C`'s command line reading no
+/// environment variable: how tests and in-process suites build a service's
+/// configuration, so a `PARLEY_*` variable in the shell that runs them
+/// changes nothing they start. Binaries read flags and variables alike.
+pub fn config_from_args<C, I, T>(args: I) -> Result<C, clap::Error>
+where
+    C: CommandFactory + FromArgMatches,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = without_env(C::command()).try_get_matches_from(args)?;
+    C::from_arg_matches(&matches)
+}
+
+/// `command` with no argument that reads the environment, at any depth.
+fn without_env(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| arg.env(None))
+        .mut_subcommands(without_env)
+}
+
+/// The environment of this process without its `PARLEY_*` variables: what a
+/// child process started for a suite inherits, before it is given exactly
+/// the variables it should have.
+pub fn inherited_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    std::env::vars_os()
+        .filter(|(key, _)| !key.to_string_lossy().starts_with("PARLEY_"))
+        .collect()
+}
+
 /// Checks, binds and serves `config` until SIGTERM or Ctrl-C.
 async fn start<S: Service>(config: S::Config) -> ExitCode {
     telemetry::init(S::BINARY, config.server().log_format);
@@ -468,6 +498,37 @@ mod tests {
         level: u32,
         #[command(flatten)]
         database: DatabaseArgs,
+    }
+
+    #[test]
+    fn a_configuration_built_for_a_test_reads_no_environment() {
+        fn reading_env(command: &clap::Command) -> Vec<String> {
+            let own = command
+                .get_arguments()
+                .filter(|arg| arg.get_env().is_some())
+                .map(|arg| arg.get_id().to_string());
+            let nested = command.get_subcommands().flat_map(reading_env);
+            own.chain(nested).collect()
+        }
+        let binary = StoredCli::<StoredFlags>::command();
+        assert!(
+            !reading_env(&binary).is_empty(),
+            "the binary reads PARLEY_* variables"
+        );
+        assert_eq!(
+            reading_env(&without_env(binary)),
+            Vec::<String>::new(),
+            "no argument of a test's configuration reads one, at any depth"
+        );
+        let cli: StoredCli<StoredFlags> =
+            config_from_args(["x", "--level", "3", "migrate"]).expect("flags");
+        assert_eq!((cli.config.level, cli.command), (3, Some(Command::Migrate)));
+        assert!(
+            inherited_env()
+                .iter()
+                .all(|(key, _)| !key.to_string_lossy().starts_with("PARLEY_")),
+            "a child inherits no PARLEY_* variable"
+        );
     }
 
     #[test]

@@ -356,8 +356,11 @@ mod tests {
 
     #[test]
     fn a_service_without_credentials_starts_only_in_development_mode() {
-        use clap::Parser as _;
-        let parse = |args: &[&str]| Server::try_parse_from(args).expect("flags").server;
+        let parse = |args: &[&str]| {
+            crate::runner::config_from_args::<Server, _, _>(args)
+                .expect("flags")
+                .server
+        };
         assert_eq!(
             parse(&["x"]).credentials("gateway").map(|k| k.is_some()),
             Err(CredentialError::Missing)

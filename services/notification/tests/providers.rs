@@ -1,7 +1,6 @@
 //! Provider set-up from configuration: which senders exist for which
 //! credentials, and clear refusals for unusable ones.
 
-use clap::Parser;
 use parley_notification::Cli;
 use parley_testkit::fcm::MockFcm;
 
@@ -13,7 +12,10 @@ const APNS_KEY: &str = concat!(
 fn push_args(extra: &[&str]) -> parley_notification::providers::PushArgs {
     let mut args = vec!["parley-notification"];
     args.extend_from_slice(extra);
-    Cli::try_parse_from(args).expect("valid flags").config.push
+    parley_server::runner::config_from_args::<Cli, _, _>(args)
+        .expect("valid flags")
+        .config
+        .push
 }
 
 #[tokio::test]
