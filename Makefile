@@ -41,7 +41,7 @@ dev-cluster: test-services ## The production shape on this machine: each service
 
 dev-cluster-check: test-services ## Start the dev cluster, send a message and its read receipt across its two gateways, stop it
 	cargo build --bins
-	target/debug/parley dev-cluster --check --data target/dev-cluster-check
+	target/debug/parley dev-cluster --check --ports 31151 --data target/dev-cluster-check
 
 demo: ## Play the seeds' scenario against `make dev` (run it in another terminal)
 	@cargo build -q -p parley-cli

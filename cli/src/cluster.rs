@@ -47,8 +47,9 @@ pub struct Options {
     /// The first of the ports: gateway A takes it, then the message,
     /// presence, receipt and notification services, gateway B the sixth;
     /// the gateways' WebSockets 10 and 11 above the first, each process's
-    /// metrics 20 above its gRPC port.
-    #[arg(long, default_value_t = 51051)]
+    /// metrics 20 above its gRPC port. Below 32768, so no port Linux hands
+    /// out for outgoing connections can be taken first.
+    #[arg(long, default_value_t = 31051)]
     pub ports: u16,
     /// The MariaDB server (the databases `parley_cluster_*` are created).
     #[arg(long, default_value = "mysql://root@127.0.0.1:3306")]
