@@ -66,6 +66,83 @@ pub struct BusArgs {
     pub tls: RedisTls,
 }
 
+/// The runner's wiring of a service that publishes on the bus (the message
+/// and receipt services), written once: its `Service` (`check` checks the
+/// keys its `Upstream` calls with against the bus flags, `run` connects the
+/// bus), its `Stored` store types, its `Cli`, and `run_on_bus`, which tests
+/// and `parley dev` call with an in-process bus: credentials first, then the
+/// store the URL names, then the crate's `serve`. The crate defines `Config`
+/// (with a `bus: BusArgs` field), `Upstream::new(&Config)` (with a `keys`
+/// field) and `serve(store, bus, upstream, config, listener, shutdown)`.
+#[macro_export]
+macro_rules! bus_service {
+    ($service:ident, $binary:literal, $about:literal, $mysql:ty, $sqlite:ty) => {
+        impl ::parley_server::runner::Service for $service {
+            const BINARY: &'static str = $binary;
+            const ABOUT: &'static str = $about;
+            type Config = Config;
+
+            fn check(config: &Config) -> Result<(), ::parley_server::StartError> {
+                let keys = Upstream::new(config)?.keys;
+                config
+                    .bus
+                    .check(keys.as_ref())
+                    .map_err(::parley_server::StartError::config)
+            }
+
+            async fn run<F>(
+                config: Config,
+                listener: ::tokio::net::TcpListener,
+                shutdown: F,
+            ) -> Result<(), ::parley_server::StartError>
+            where
+                F: ::std::future::Future<Output = ()> + Send + 'static,
+            {
+                let bus = config
+                    .bus
+                    .connect()
+                    .map_err(::parley_server::StartError::config)?;
+                run_on_bus(config, bus, listener, shutdown).await
+            }
+        }
+
+        impl ::parley_server::runner::Stored for $service {
+            type MySql = $mysql;
+            type Sqlite = $sqlite;
+        }
+
+        /// The command line: serve (default) or migrate.
+        pub type Cli = ::parley_server::runner::StoredCli<Config>;
+
+        /// The service publishing on a given bus (an in-process one shared
+        /// with gateways).
+        pub async fn run_on_bus<F>(
+            config: Config,
+            bus: $crate::Bus,
+            listener: ::tokio::net::TcpListener,
+            shutdown: F,
+        ) -> Result<(), ::parley_server::StartError>
+        where
+            F: ::std::future::Future<Output = ()> + Send + 'static,
+        {
+            use ::parley_server::runner::Stored as _;
+            // Credentials first: a service that will refuse to start changes nothing.
+            let upstream = Upstream::new(&config)?;
+            let bus = bus
+                .with_credentials(upstream.keys.clone())
+                .map_err(::parley_server::StartError::config)?;
+            match $service::open(&config).await? {
+                ::parley_server::db::Opened::MySql(store) => {
+                    serve(store, bus, upstream, config, listener, shutdown).await
+                }
+                ::parley_server::db::Opened::Sqlite(store) => {
+                    serve(store, bus, upstream, config, listener, shutdown).await
+                }
+            }
+        }
+    };
+}
+
 impl BusArgs {
     /// Checks these flags without connecting, and that `keys` (the
     /// service's credentials, if any) can tag and check bus events.

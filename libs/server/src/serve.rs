@@ -153,8 +153,10 @@ impl ServerArgs {
     pub fn identity(
         &self,
         name: &'static str,
-    ) -> Result<(Option<Keys>, crate::ServiceIdentity), String> {
-        let keys = self.credentials(name).map_err(|e| e.to_string())?;
+    ) -> Result<(Option<Keys>, crate::ServiceIdentity), crate::StartError> {
+        let keys = self
+            .credentials(name)
+            .map_err(|e| crate::StartError::Config(e.to_string()))?;
         let identity = crate::ServiceIdentity::new(name, keys.clone());
         Ok((keys, identity))
     }

@@ -269,10 +269,7 @@ struct Clients {
 
 impl Clients {
     fn new(config: &Config) -> Result<Self, StartError> {
-        let (keys, identity) = config
-            .server
-            .identity("gateway")
-            .map_err(StartError::Config)?;
+        let (keys, identity) = config.server.identity("gateway")?;
         Ok(Self {
             message: MessageServiceClient::new(config.message.calling_as(&identity)?),
             receipt: ReceiptServiceClient::new(config.receipt.calling_as(&identity)?),

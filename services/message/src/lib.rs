@@ -25,8 +25,8 @@ use parley_proto::{
 use parley_server::{
     ServerArgs, StartError,
     credentials::Keys,
-    db::{DatabaseArgs, DatabaseUrl, Opened},
-    runner::{self, Service, Serving, Stored},
+    db::{DatabaseArgs, DatabaseUrl},
+    runner::{self, Serving},
     upstream::{NotificationUrl, PresenceUrl, ReceiptUrl},
 };
 use tokio::net::TcpListener;
@@ -105,54 +105,13 @@ pub struct Message;
 
 parley_server::service_config!(Config, stored);
 
-impl Service for Message {
-    const BINARY: &'static str = "parley-message";
-    const ABOUT: &'static str = "Parley message service: groups, membership, messages";
-    type Config = Config;
-
-    fn check(config: &Config) -> Result<(), StartError> {
-        let keys = Upstream::new(config)?.keys;
-        config.bus.check(keys.as_ref()).map_err(StartError::config)
-    }
-
-    async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let bus = config.bus.connect().map_err(StartError::config)?;
-        run_on_bus(config, bus, listener, shutdown).await
-    }
-}
-
-impl Stored for Message {
-    type MySql = MySqlMessageStore;
-    type Sqlite = SqliteMessageStore;
-}
-
-/// The command line: serve (default) or migrate.
-pub type Cli = parley_server::runner::StoredCli<Config>;
-
-/// [`Service::run`] publishing on a given bus (an in-process one shared with
-/// gateways).
-pub async fn run_on_bus<F>(
-    config: Config,
-    bus: Bus,
-    listener: TcpListener,
-    shutdown: F,
-) -> Result<(), StartError>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    // Credentials first: a service that will refuse to start changes nothing.
-    let upstream = Upstream::new(&config)?;
-    let bus = bus
-        .with_credentials(upstream.keys.clone())
-        .map_err(StartError::config)?;
-    match Message::open(&config).await? {
-        Opened::MySql(store) => serve(store, bus, upstream, config, listener, shutdown).await,
-        Opened::Sqlite(store) => serve(store, bus, upstream, config, listener, shutdown).await,
-    }
-}
+parley_bus::bus_service!(
+    Message,
+    "parley-message",
+    "Parley message service: groups, membership, messages",
+    MySqlMessageStore,
+    SqliteMessageStore
+);
 
 /// The services the message service calls, and the credentials it calls with.
 struct Upstream {
@@ -164,10 +123,7 @@ struct Upstream {
 
 impl Upstream {
     fn new(config: &Config) -> Result<Self, StartError> {
-        let (keys, identity) = config
-            .server
-            .identity("message")
-            .map_err(StartError::Config)?;
+        let (keys, identity) = config.server.identity("message")?;
         Ok(Self {
             receipt: ReceiptServiceClient::new(config.receipt.calling_as(&identity)?),
             presence: PresenceServiceClient::new(config.presence.calling_as(&identity)?),

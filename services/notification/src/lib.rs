@@ -198,10 +198,7 @@ struct Upstream {
 
 impl Upstream {
     fn new(config: &Config) -> Result<Self, StartError> {
-        let (keys, identity) = config
-            .server
-            .identity("notification")
-            .map_err(StartError::Config)?;
+        let (keys, identity) = config.server.identity("notification")?;
         Ok(Self {
             presence: PresenceServiceClient::new(config.presence.calling_as(&identity)?),
             receipt: ReceiptServiceClient::new(config.receipt.calling_as(&identity)?),

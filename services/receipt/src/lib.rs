@@ -23,8 +23,8 @@ use parley_proto::{
 use parley_server::{
     ServerArgs, StartError,
     credentials::Keys,
-    db::{DatabaseArgs, DatabaseUrl, Opened},
-    runner::{self, Service, Serving, Stored},
+    db::{DatabaseArgs, DatabaseUrl},
+    runner::{self, Serving},
     upstream::{MessageUrl, PresenceUrl},
 };
 use tokio::net::TcpListener;
@@ -93,54 +93,13 @@ pub struct Receipt;
 
 parley_server::service_config!(Config, stored);
 
-impl Service for Receipt {
-    const BINARY: &'static str = "parley-receipt";
-    const ABOUT: &'static str = "Parley receipt service: ack cursors and read receipts";
-    type Config = Config;
-
-    fn check(config: &Config) -> Result<(), StartError> {
-        let keys = Upstream::new(config)?.keys;
-        config.bus.check(keys.as_ref()).map_err(StartError::config)
-    }
-
-    async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let bus = config.bus.connect().map_err(StartError::config)?;
-        run_on_bus(config, bus, listener, shutdown).await
-    }
-}
-
-impl Stored for Receipt {
-    type MySql = MySqlReceiptStore;
-    type Sqlite = SqliteReceiptStore;
-}
-
-/// The command line: serve (default) or migrate.
-pub type Cli = parley_server::runner::StoredCli<Config>;
-
-/// [`Service::run`] publishing digests on a given bus (an in-process one
-/// shared with gateways).
-pub async fn run_on_bus<F>(
-    config: Config,
-    bus: Bus,
-    listener: TcpListener,
-    shutdown: F,
-) -> Result<(), StartError>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    // Credentials first: a service that will refuse to start changes nothing.
-    let upstream = Upstream::new(&config)?;
-    let bus = bus
-        .with_credentials(upstream.keys.clone())
-        .map_err(StartError::config)?;
-    match Receipt::open(&config).await? {
-        Opened::MySql(store) => serve(store, bus, upstream, config, listener, shutdown).await,
-        Opened::Sqlite(store) => serve(store, bus, upstream, config, listener, shutdown).await,
-    }
-}
+parley_bus::bus_service!(
+    Receipt,
+    "parley-receipt",
+    "Parley receipt service: ack cursors and read receipts",
+    MySqlReceiptStore,
+    SqliteReceiptStore
+);
 
 /// The services the receipt service calls, and the credentials it calls with.
 struct Upstream {
@@ -151,10 +110,7 @@ struct Upstream {
 
 impl Upstream {
     fn new(config: &Config) -> Result<Self, StartError> {
-        let (keys, identity) = config
-            .server
-            .identity("receipt")
-            .map_err(StartError::Config)?;
+        let (keys, identity) = config.server.identity("receipt")?;
         Ok(Self {
             presence: PresenceServiceClient::new(config.presence.calling_as(&identity)?),
             message: MessageServiceClient::new(config.message.calling_as(&identity)?),
