@@ -62,6 +62,27 @@ pub async fn answer(
     }
 }
 
+/// A read of the client API made as `uid`: tried again within the gateway's
+/// budget when the callee was unavailable (a restart, a failover), so the
+/// app sees the answer rather than the blip.
+pub(crate) async fn read<C, Q, R, Fut>(
+    upstream: &Upstream,
+    client: &C,
+    uid: &Uid,
+    request: Q,
+    call: impl Fn(C, tonic::Request<Q>) -> Fut,
+) -> Result<tonic::Response<R>, Status>
+where
+    C: Clone,
+    Q: Clone,
+    Fut: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
+{
+    upstream
+        .retries
+        .idempotent(|| call(client.clone(), acting_for(uid, request.clone())))
+        .await
+}
+
 /// A page of the user's groups from the message service, each with its
 /// latest message.
 async fn list_groups(
@@ -74,12 +95,15 @@ async fn list_groups(
         page_token: call.page_token,
         with_last_message: true,
     };
-    let page = upstream
-        .message
-        .clone()
-        .list_groups(acting_for(uid, request))
-        .await?
-        .into_inner();
+    let page = read(
+        upstream,
+        &upstream.message,
+        uid,
+        request,
+        |mut c, r| async move { c.list_groups(r).await },
+    )
+    .await?
+    .into_inner();
     Ok(Returned::Groups(pb::GroupsPage {
         groups: summaries(upstream, uid, page.groups).await?,
         next_page_token: page.next_page_token,
@@ -108,16 +132,19 @@ async fn summaries(
             page_size: 0,
             page_token: String::new(),
         };
-        upstream
-            .receipt
-            .clone()
-            .unread_counts(acting_for(uid, request))
-            .await?
-            .into_inner()
-            .groups
-            .into_iter()
-            .map(|counted| (counted.gid, counted.read_seq))
-            .collect()
+        read(
+            upstream,
+            &upstream.receipt,
+            uid,
+            request,
+            |mut c, r| async move { c.unread_counts(r).await },
+        )
+        .await?
+        .into_inner()
+        .groups
+        .into_iter()
+        .map(|counted| (counted.gid, counted.read_seq))
+        .collect()
     };
     Ok(groups
         .into_iter()
@@ -329,12 +356,15 @@ async fn get_receipt_privacy(
     call: pb::GetReceiptPrivacyCall,
 ) -> Result<Returned, Status> {
     let request = rpb::GetReceiptPrivacyRequest { gid: call.gid };
-    let got = upstream
-        .receipt
-        .clone()
-        .get_receipt_privacy(acting_for(uid, request))
-        .await?
-        .into_inner();
+    let got = read(
+        upstream,
+        &upstream.receipt,
+        uid,
+        request,
+        |mut c, r| async move { c.get_receipt_privacy(r).await },
+    )
+    .await?
+    .into_inner();
     Ok(privacy_state(got.state))
 }
 
@@ -359,12 +389,15 @@ async fn list_members(
         page_size: call.page_size,
         page_token: call.page_token,
     };
-    let page = upstream
-        .message
-        .clone()
-        .list_members(acting_for(uid, request))
-        .await?
-        .into_inner();
+    let page = read(
+        upstream,
+        &upstream.message,
+        uid,
+        request,
+        |mut c, r| async move { c.list_members(r).await },
+    )
+    .await?
+    .into_inner();
     let members = page
         .members
         .into_iter()
@@ -403,12 +436,15 @@ async fn history(
         after_seq: call.before_seq.saturating_sub(u64::from(limit) + 1),
         limit,
     };
-    let page = upstream
-        .message
-        .clone()
-        .sync_messages(acting_for(uid, request))
-        .await?
-        .into_inner();
+    let page = read(
+        upstream,
+        &upstream.message,
+        uid,
+        request,
+        |mut c, r| async move { c.sync_messages(r).await },
+    )
+    .await?
+    .into_inner();
     let messages = page
         .messages
         .into_iter()
@@ -440,12 +476,15 @@ async fn readers(
         page_size: call.page_size,
         page_token: call.page_token,
     };
-    let page = upstream
-        .receipt
-        .clone()
-        .list_receipt_members(acting_for(uid, request))
-        .await?
-        .into_inner();
+    let page = read(
+        upstream,
+        &upstream.receipt,
+        uid,
+        request,
+        |mut c, r| async move { c.list_receipt_members(r).await },
+    )
+    .await?
+    .into_inner();
     let read_times = page
         .read_times
         .into_iter()

@@ -521,6 +521,7 @@ where
         notification: clients.notification,
         presence: clients.presence,
         offline,
+        retries: parley_server::retry::Retries::default(),
     };
     let interval = Duration::from_millis(u64::from(config.heartbeat_interval_ms));
     // Everything the gateway does lives inside this future: dropping it (a

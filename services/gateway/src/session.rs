@@ -34,6 +34,7 @@ use parley_server::{
     Error, Reason, Uid, backoff_delay,
     caller::acting_for,
     error::{self, may_pass, reason_text},
+    retry::Retries,
     shed::{refuse, retry_after, retry_after_ms},
 };
 use tokio::{
@@ -67,6 +68,8 @@ pub struct Upstream {
     pub acks: AckWriter,
     /// Devices leaving, told to presence with those of other streams.
     pub offline: OfflineTeller,
+    /// The budget of the client API's reads tried again after UNAVAILABLE.
+    pub retries: Retries,
 }
 
 /// Messages fetched per SyncMessages call.
@@ -1045,12 +1048,11 @@ impl Session {
             after_seq: sync.after_seq,
             limit: sync.limit,
         };
-        let outcome = self
-            .upstream
-            .message
-            .clone()
-            .sync_messages(acting_for(&self.uid, request))
-            .await;
+        let upstream = &self.upstream;
+        let outcome = crate::calls::read(upstream, &upstream.message, &self.uid, request, {
+            |mut c, r| async move { c.sync_messages(r).await }
+        })
+        .await;
         let result = match outcome {
             Ok(reply) => {
                 let reply = reply.into_inner();
@@ -1365,6 +1367,7 @@ mod tests {
             receipt,
             offline: crate::offline::OfflineTeller::new(hub.clone(), presence.clone(), "gw".into())
                 .0,
+            retries: Retries::default(),
             presence,
         };
         let uid = Uid::parse("uid1").expect("uid");
