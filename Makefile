@@ -9,7 +9,7 @@ IMAGE_REPOSITORY ?= ghcr.io/parley-chat
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' helm/parley/Chart.yaml)
 
 .DEFAULT_GOAL := help
-.PHONY: help dev dev-cluster dev-cluster-check demo build test test-services fuzz lint fmt fmt-check clippy buf-lint buf-breaking proto-release chart-lint chart-test repo-check machete deny images migrate clean bench bench-full bench-build web web-test
+.PHONY: help dev dev-cluster dev-cluster-check demo build rules-check rules-test test test-services fuzz lint fmt fmt-check clippy buf-lint buf-breaking proto-release chart-lint chart-test repo-check machete deny images migrate clean bench bench-full bench-build web web-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,12 +36,13 @@ web-test: web ## The web client end to end: two users in headless Chromium (Debi
 	cd $(WEB) && node e2e/chat.mjs
 
 dev-cluster: test-services ## The production shape on this machine: each service its own process, on MariaDB and Redis, two gateways, service credentials (logs under data/cluster/)
-	cargo build --bins
+	cargo build --workspace --all-targets
 	target/debug/parley dev-cluster --data data/cluster
 
 dev-cluster-check: test-services ## Start the dev cluster, send a message and its read receipt across its two gateways, stop it
-	cargo build --bins
-	target/debug/parley dev-cluster --check --ports 31151 --data target/dev-cluster-check
+	cargo build --workspace --all-targets
+	target/debug/parley dev-cluster --check --ports 31151 --data target/dev-cluster-check \
+		--mysql "$${PARLEY_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306}" --redis "$${PARLEY_TEST_REDIS_URL:-redis://127.0.0.1:6379/3}"
 
 demo: ## Play the seeds' scenario against `make dev` (run it in another terminal)
 	@cargo build -q -p parley-cli
@@ -54,6 +55,7 @@ test: test-services ## Run every test (unit, contract on MariaDB and SQLite, int
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 	cargo nextest run --workspace --profile $(if $(CI),ci,default)
 	@$(MAKE) --no-print-directory chart-test
+	@$(MAKE) --no-print-directory rules-test
 	@$(MAKE) --no-print-directory dev-cluster-check
 	@$(MAKE) --no-print-directory web-test
 
@@ -81,7 +83,7 @@ bench: test-services bench-build ## Short benchmark (about 3 minutes after the b
 bench-full: test-services bench-build ## Every part of the benchmark at full size
 	target/release/parley-bench --full --json bench-full-results.json
 
-lint: fmt-check clippy buf-lint buf-breaking chart-lint repo-check machete deny ## rustfmt, clippy -D warnings, buf lint and breaking, Helm chart lint and validation, repository guards, unused dependencies, cargo deny
+lint: fmt-check clippy buf-lint buf-breaking chart-lint rules-check repo-check machete deny ## rustfmt, clippy -D warnings, buf lint and breaking, Helm chart lint and validation, the alert rules and dashboard, repository guards, unused dependencies, cargo deny
 
 fmt: ## Format the code
 	cargo fmt --all
@@ -136,6 +138,14 @@ chart-lint: $(CHART_PY) ## Lint, render and validate the Helm chart (default and
 
 # Built as `make test`'s nextest build was (every target, so the same
 # features), which makes it nearly free after the tests.
+rules-check: ## The SLO rules and the dashboard: written from scripts/slo.py's and scripts/dashboard.py's tables, the rules valid for promtool (Debian's prometheus package, unpacked into .tools/)
+	python3 scripts/slo.py --check
+	python3 scripts/dashboard.py --check
+	$$(scripts/ensure-promtool.sh) check rules helm/parley/rules/slo.rules.yaml
+
+rules-test: ## promtool's unit tests of the SLO rules: each alert fires on series that burn its budget and stays quiet on healthy ones
+	$$(scripts/ensure-promtool.sh) test rules helm/parley/rules/tests/slo_test.yaml
+
 chart-test: $(CHART_PY) ## The chart's env, ports, probes and commands against what the binaries read
 	cargo build --workspace --all-targets
 	$(CHART_PY) scripts/chart_check.py --binaries target/debug

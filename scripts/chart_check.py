@@ -7,8 +7,8 @@ are production values without NetworkPolicies. For helm/values-trial.yaml
   1. `helm lint --strict` (through helm-python-sdk, Helm's own Go code);
   2. values.schema.json accepts the values, and refuses a set of wrong ones;
   3. the chart renders, and every manifest validates with kubernetes-validate
-     --strict (ServiceMonitor, a CRD it has no schema for, against
-     helm/schemas/);
+     --strict (ServiceMonitor and PrometheusRule, CRDs it has no schema
+     for, against helm/schemas/);
   4. with --binaries DIR: every Deployment and migration Job matches what its
      binary reads: each PARLEY_* variable is one `parley-<service> --help`
      lists, the listen port is the containerPort, the probes' port and the
@@ -54,8 +54,16 @@ CRD_SCHEMAS = {
     / "helm"
     / "schemas"
     / "servicemonitor-monitoring.coreos.com-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): ROOT
+    / "helm"
+    / "schemas"
+    / "prometheusrule-monitoring.coreos.com-v1.json",
 }
 RELEASE, NAMESPACE = "parley", "chat"
+# The rules promtool checks and tests; the PrometheusRule must ship them as they are.
+SLO_RULES = CHART / "rules" / "slo.rules.yaml"
+# The dashboard the ConfigMap must ship as it is.
+DASHBOARD = CHART / "dashboards" / "parley.json"
 
 # A created Secret's URLs, without which nothing else in it is checked.
 CREATED_URLS = {
@@ -84,7 +92,20 @@ WRONG_VALUES = [
     ("env that is not PARLEY_*", {"services": {"presence": {"env": {"PATH": "/bin"}}}}),
     ("APNs key without ids", {"push": {"apns": {"existingSecret": "apns"}}}),
     ("wrong pull policy", {"image": {"pullPolicy": "Sometimes"}}),
+    ("negative connections per gateway pod", {"services": {"gateway": {"autoscaling": {"connectionsPerPod": -1}}}}),
+    ("ingress host with a space", {"services": {"gateway": {"ingress": {"host": "chat example.com"}}}}),
+    ("dashboard folder that is not text", {"grafanaDashboard": {"folder": 3}}),
 ]
+# What the production values must render beyond the services themselves:
+# the objectives, the dashboard, the apps' route and autoscaling on connections.
+PRODUCTION_EXTRAS = {
+    "PrometheusRule": lambda doc: bool(doc["spec"]["groups"]),
+    "ConfigMap": lambda doc: "parley.json" in doc.get("data", {}),
+    "Ingress": lambda doc: doc["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"]["name"] == "grpc",
+    "HorizontalPodAutoscaler": lambda doc: any(
+        m.get("pods", {}).get("metric", {}).get("name") == "parley_gateway_connections" for m in doc["spec"]["metrics"]
+    ),
+}
 
 
 def merge(base: dict, change: dict) -> dict:
@@ -236,8 +257,19 @@ def main() -> int:
             error = validate_manifest(doc)
             if error:
                 problems.append(f"{doc.get('kind')} {doc['metadata'].get('name')}: {error}")
+            if doc.get("kind") == "PrometheusRule" and doc["spec"] != yaml.safe_load(SLO_RULES.read_text()):
+                problems.append("PrometheusRule: its groups are not those of helm/parley/rules/slo.rules.yaml")
+            if doc.get("kind") == "ConfigMap" and "parley.json" in doc.get("data", {}):
+                if json.loads(doc["data"]["parley.json"]) != json.loads(DASHBOARD.read_text()):
+                    problems.append("dashboard ConfigMap: not helm/parley/dashboards/parley.json")
+                if not doc["metadata"].get("labels", {}).get("grafana_dashboard"):
+                    problems.append("dashboard ConfigMap: no grafana_dashboard label for the sidecar")
         if args.binaries and docs:
             problems += check_against_binaries(docs, args.binaries)
+        if values_file.name == "values-production.yaml":
+            for kind, wanted in PRODUCTION_EXTRAS.items():
+                if not any(d["kind"] == kind and wanted(d) for d in docs):
+                    problems.append(f"the production values render no {kind} of the kind expected")
         kinds = sorted({d["kind"] for d in docs})
         if problems:
             failed = True

@@ -172,7 +172,7 @@ fn binaries() -> Result<PathBuf, Failure> {
         Ok(dir)
     } else {
         Err(Failure::Other(format!(
-            "{} not built in {} (run `cargo build --bins`, or `make dev-cluster`)",
+            "{} not built in {} (run `make dev-cluster`, which builds them)",
             missing.join(", "),
             dir.display()
         )))

@@ -141,6 +141,20 @@ async fn metrics_endpoint_serves_rpc_counts_and_latency_histograms() {
         Some(3.0),
         "one publish per message to the one gateway with a member online"
     );
+    assert_eq!(
+        sample(&text, "parley_refusals_total{reason=\"NOT_A_MEMBER\"}"),
+        Some(1.0),
+        "the refused send counted by its reason"
+    );
+    parley_testkit::eventually(
+        "uid1's login backlog is timed once it is all sent",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (_, text) = http_get(addr, "/metrics").await;
+            (sample(&text, "parley_gateway_backlog_seconds_count ") == Some(1.0)).then_some(())
+        },
+    )
+    .await;
     parley_testkit::eventually(
         "the read's digest is timed",
         std::time::Duration::from_secs(10),
@@ -288,4 +302,62 @@ async fn one_send_is_one_trace_through_every_service() {
         .expect("CreateGroup traced");
     assert_ne!(create.span_context.trace_id(), trace);
     suite.stop().await;
+}
+
+/// The `parley_*` series a text queries: each name, a histogram's
+/// `_bucket`/`_count`/`_sum` series as the histogram itself.
+fn queried_metrics(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("parley_") {
+        let preceded = rest[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        if !preceded {
+            let name = &tail[..end];
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            names.insert(base.to_owned());
+        }
+        rest = &tail[end.max(1)..];
+    }
+    names
+}
+
+/// The Grafana dashboard and the SLO rules the chart ships query only
+/// metrics the services export (those `telemetry::METRICS` describes, which
+/// the test above holds to the sources), so no panel or alert is silently
+/// empty.
+#[test]
+fn the_dashboard_and_the_rules_query_only_exported_metrics() {
+    let exported: std::collections::BTreeSet<&str> = parley_server::telemetry::METRICS
+        .iter()
+        .map(|(name, _, _)| *name)
+        .collect();
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/parley");
+    for file in ["dashboards/parley.json", "rules/slo.rules.yaml"] {
+        let text = std::fs::read_to_string(chart.join(file)).expect("the chart's file");
+        let queried = queried_metrics(&text);
+        assert!(queried.len() >= 5, "{file} queries metrics: {queried:?}");
+        let unknown: Vec<&String> = queried
+            .iter()
+            .filter(|name| !exported.contains(name.as_str()))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} queries metrics no service exports: {unknown:?}"
+        );
+    }
+    assert!(
+        queried_metrics("rate(parley_no_such_metric_total[5m])")
+            .contains("parley_no_such_metric_total"),
+        "the scan finds a name it does not know"
+    );
 }

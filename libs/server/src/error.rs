@@ -274,37 +274,43 @@ fn storage_is_transient(error: &sqlx::Error) -> bool {
 }
 
 impl From<Error> for Status {
+    /// The status for `error`, counted in `parley_refusals_total` by reason.
     fn from(error: Error) -> Self {
         let reason = error.reason();
-        let mut details = ErrorDetails::new();
-        details.set_error_info(reason.as_str(), DOMAIN, HashMap::new());
-        let message = match error {
-            Error::Invalid { field, description } => {
-                details.add_bad_request_violation(field.as_ref(), description.as_str());
-                format!("{field}: {description}")
-            }
-            Error::Refused {
-                message,
-                retry_after,
-                ..
-            } => {
-                if let Some(hint) = retry_after {
-                    details.set_retry_info(Some(hint));
-                }
-                message.into_owned()
-            }
-            Error::Storage(error) => {
-                // The cause stays in the log; the client never sees SQL.
-                tracing::error!(error = %error, "storage failure");
-                storage_answer(reason, &mut details)
-            }
-            Error::Backend { source, .. } => {
-                tracing::error!(error = %source, "storage failure");
-                storage_answer(reason, &mut details)
-            }
-        };
-        Status::with_error_details(reason.code(), message, details)
+        metrics::counter!("parley_refusals_total", "reason" => reason.as_str()).increment(1);
+        to_status(error, reason)
     }
+}
+
+fn to_status(error: Error, reason: Reason) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason.as_str(), DOMAIN, HashMap::new());
+    let message = match error {
+        Error::Invalid { field, description } => {
+            details.add_bad_request_violation(field.as_ref(), description.as_str());
+            format!("{field}: {description}")
+        }
+        Error::Refused {
+            message,
+            retry_after,
+            ..
+        } => {
+            if let Some(hint) = retry_after {
+                details.set_retry_info(Some(hint));
+            }
+            message.into_owned()
+        }
+        Error::Storage(error) => {
+            // The cause stays in the log; the client never sees SQL.
+            tracing::error!(error = %error, "storage failure");
+            storage_answer(reason, &mut details)
+        }
+        Error::Backend { source, .. } => {
+            tracing::error!(error = %source, "storage failure");
+            storage_answer(reason, &mut details)
+        }
+    };
+    Status::with_error_details(reason.code(), message, details)
 }
 
 fn storage_answer(reason: Reason, details: &mut ErrorDetails) -> String {
@@ -344,7 +350,10 @@ pub fn may_pass(status: &Status) -> bool {
 /// read the original.
 pub fn rebuilt(code: Code, reason: &str, message: String) -> Status {
     match Reason::parse(reason) {
-        Some(reason) if reason.code() == code => status(reason, message),
+        // Not counted again: the service that refused counted it.
+        Some(reason) if reason.code() == code => {
+            to_status(Error::refused_because(reason, message), reason)
+        }
         _ => Status::new(code, message),
     }
 }

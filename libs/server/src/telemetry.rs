@@ -289,6 +289,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Groups whose acks ran past what the receipt service had recorded",
     ),
     (
+        "parley_gateway_backlog_seconds",
+        Kind::Histogram,
+        "Time from a device's login to its whole backlog sent (every group's missed messages and the receipts since its cursor)",
+    ),
+    (
+        "parley_refusals_total",
+        Kind::Counter,
+        "Requests refused, by reason (the ErrorInfo reason of the status)",
+    ),
+    (
         "parley_gateway_connections",
         Kind::Gauge,
         "Client streams open on this gateway",

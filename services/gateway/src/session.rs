@@ -250,6 +250,8 @@ struct Owed {
     groups: BTreeSet<u64>,
     /// The login's receipt pull, from this cursor.
     pull: Option<String>,
+    /// When the login started, until its whole backlog has been sent.
+    login: Option<Instant>,
 }
 
 /// When owed work and unwritten acks are tried again. Each keeps its own
@@ -484,6 +486,7 @@ impl Session {
         }
         self.owed.catch_up = true;
         self.owed.pull = Some(receipts_cursor);
+        self.owed.login = Some(Instant::now());
         self.repair().await
     }
 
@@ -523,6 +526,12 @@ impl Session {
         }
         if self.owed.pull.is_some() {
             self.pull_receipts().await?;
+        }
+        // Everything owed is done: the login's backlog is complete, however
+        // many retries it took (the objective "login to backlog complete").
+        if let Some(started) = self.owed.login.take() {
+            metrics::histogram!("parley_gateway_backlog_seconds")
+                .record(started.elapsed().as_secs_f64());
         }
         Ok(())
     }
