@@ -963,7 +963,10 @@ impl Session {
                     ..Default::default()
                 },
                 Some(Err(status)) => refused_send(request_id, &unanswered(status)),
-                None => refused_send(request_id, &Status::internal("no result for this send")),
+                None => refused_send(
+                    request_id,
+                    &error::status(Reason::Internal, "no result for this send"),
+                ),
             };
             self.push(Out::SendResult(frame)).await?;
         }

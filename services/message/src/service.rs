@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use parley_proto::message::{self as pb, message_service_server::MessageService};
-use parley_server::{Caller, MsgId, Seq, ids::InvalidId, now_ms, page, shed::Admission};
+use parley_server::{
+    Caller, MsgId, Reason, Seq, error, ids::InvalidId, now_ms, page, shed::Admission,
+};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -143,6 +145,8 @@ fn send_result(outcome: Result<SendOutcome, Status>) -> pb::SendMessageResult {
 }
 
 const MAX_PAGE: u32 = 1000;
+/// When a caller may try a Typing again after presence or the bus failed.
+const TYPING_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 const DEFAULT_PAGE: u32 = 100;
 const MAX_SYNC: u32 = 500;
 
@@ -336,7 +340,12 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         let (record, duplicate) = match outcome.into_iter().next() {
             Some(SendOutcome::Sent(record)) => (record, false),
             Some(SendOutcome::Duplicate(record)) => (record, true),
-            None => return Err(Status::internal("the message was not stored")),
+            None => {
+                return Err(error::status(
+                    Reason::Internal,
+                    "the message was not stored",
+                ));
+            }
         };
         Ok(Response::new(pb::SendMessageResponse {
             message: Some(message_to_pb(record)),
@@ -384,7 +393,9 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
         let results = results
             .into_iter()
             .map(|result| {
-                result.unwrap_or_else(|| send_result(Err(Status::internal("not stored"))))
+                result.unwrap_or_else(|| {
+                    send_result(Err(error::status(Reason::Internal, "not stored")))
+                })
             })
             .collect();
         Ok(Response::new(pb::SendMessagesResponse { results }))
@@ -435,7 +446,11 @@ impl<S: MessageStore> MessageService for MessageApi<S> {
             .await
             .map_err(|error| {
                 tracing::debug!(error = %error, "typing not told");
-                Status::unavailable("presence or the bus is unavailable; typing not told")
+                Status::from(parley_server::Error::retry_later(
+                    Reason::DependencyUnavailable,
+                    "presence or the bus is unavailable; typing not told",
+                    TYPING_RETRY,
+                ))
             })?;
         Ok(Response::new(pb::TypingResponse {
             told: u32::try_from(told).unwrap_or(u32::MAX),

@@ -217,7 +217,8 @@ impl<S: ReceiptStore> ReceiptApi<S> {
             .map(
                 |group| match (i64::try_from(group.gid), i64::try_from(group.last_seq)) {
                     (Ok(gid), Ok(last_seq)) => Ok((gid, last_seq)),
-                    _ => Err(Status::internal(
+                    _ => Err(parley_server::error::status(
+                        Reason::Internal,
                         "the message service answered an invalid last seq",
                     )),
                 },
@@ -634,7 +635,9 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         let mut results = self.apply_acks(&[(gid, vec![ack])]).await;
         let acked = results.pop().transpose()?.and_then(|mut acked| acked.pop());
         acked
-            .ok_or_else(|| Status::internal("an ack went unanswered"))?
+            .ok_or_else(|| {
+                parley_server::error::status(Reason::Internal, "an ack went unanswered")
+            })?
             .reply()
             .map(Response::new)
     }
