@@ -77,11 +77,11 @@ test-services: ## Start MariaDB and Redis for the tests when they are not runnin
 bench-build: ## Build the benchmark and the services in release mode
 	cargo build --release -p parley-bench $(SERVICE_CRATES)
 
-bench: test-services bench-build ## Short benchmark (about 3 minutes after the build): table with baselines, JSON in bench-results.json
-	target/release/parley-bench
+bench: test-services bench-build ## Short benchmark (about 3 minutes after the build): table with baselines, JSON in bench-results.json, charts in target/bench-charts/
+	target/release/parley-bench --plots target/bench-charts
 
-bench-full: test-services bench-build ## Every part of the benchmark at full size
-	target/release/parley-bench --full --json bench-full-results.json
+bench-full: test-services bench-build ## Every part of the benchmark at full size; its charts (SVG) in bench/charts/, which BENCHMARKS.md shows
+	target/release/parley-bench --full --json bench-full-results.json --plots bench/charts
 
 lint: fmt-check clippy buf-lint buf-breaking chart-lint rules-check repo-check machete deny ## rustfmt, clippy -D warnings, buf lint and breaking, Helm chart lint and validation, the alert rules and dashboard, repository guards, unused dependencies, cargo deny
 

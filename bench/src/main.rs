@@ -11,6 +11,7 @@ mod devices;
 mod durable;
 mod load;
 mod parts;
+mod plot;
 mod report;
 mod streams;
 mod targets;
@@ -56,6 +57,10 @@ struct Cli {
     /// Where to write the JSON result.
     #[arg(long, default_value = "bench-results.json")]
     json: PathBuf,
+    /// Also draw the run's charts (latency and CPU against the offered rate
+    /// for each group ramp, memory per idle stream) as SVG files here.
+    #[arg(long)]
+    plots: Option<PathBuf>,
     /// Also count MariaDB's statements by their text (its performance schema,
     /// which costs it some CPU, so CPU figures of such a run read high): the
     /// most frequent ones per message at each step of the seed scenario.
@@ -983,6 +988,10 @@ async fn parts(
         device_parts(cluster, fcm, plan, rows, &mut found).await?;
     }
     rows.extend(targets::rows(&found, &base.ramps, base.unary_p50_ms));
+    if let Some(dir) = &cli.plots {
+        let written = plot::write(dir, &found)?;
+        progress(&format!("charts: {}", written.join(", ")));
+    }
     Ok(())
 }
 
