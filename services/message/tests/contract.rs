@@ -644,41 +644,37 @@ async fn a_row_out_of_range_is_an_error_not_a_zero<S: MessageStore>(
 
 const CORRUPT_SEQ: &str = "UPDATE group_msgs SET seq = -1";
 
-#[tokio::test]
-async fn a_row_out_of_range_is_an_error_on_mariadb() {
-    let db = parley_testkit::TestDb::mysql().await;
-    let store = MySqlMessageStore::connect(db.url(), 2)
-        .await
-        .expect("connect");
-    store.migrate().await.expect("migrate");
-    let raw = sqlx::MySqlPool::connect(db.url()).await.expect("raw pool");
-    let corrupt = async {
-        sqlx::query(CORRUPT_SEQ)
-            .execute(&raw)
-            .await
-            .map(drop)
-            .expect("corrupt")
+/// The case on one backend: its store, and a pool of the test's own on the
+/// same database, which writes the bad row behind the store's back.
+macro_rules! out_of_range_case {
+    ($name:ident, $db:expr, $connect:expr, $pool:ty) => {
+        #[tokio::test]
+        async fn $name() {
+            let db = $db;
+            let store = ($connect)(db.url()).await.expect("connect");
+            store.migrate().await.expect("migrate");
+            let raw = <$pool>::connect(db.url()).await.expect("raw pool");
+            let corrupt = async {
+                let written = sqlx::query(CORRUPT_SEQ).execute(&raw).await;
+                written.map(drop).expect("corrupt")
+            };
+            a_row_out_of_range_is_an_error_not_a_zero(store, corrupt).await;
+        }
     };
-    a_row_out_of_range_is_an_error_not_a_zero(store, corrupt).await;
 }
 
-#[tokio::test]
-async fn a_row_out_of_range_is_an_error_on_sqlite() {
-    let db = parley_testkit::TestDb::sqlite();
-    let store = SqliteMessageStore::connect(db.url())
-        .await
-        .expect("connect");
-    store.migrate().await.expect("migrate");
-    let raw = sqlx::SqlitePool::connect(db.url()).await.expect("raw pool");
-    let corrupt = async {
-        sqlx::query(CORRUPT_SEQ)
-            .execute(&raw)
-            .await
-            .map(drop)
-            .expect("corrupt")
-    };
-    a_row_out_of_range_is_an_error_not_a_zero(store, corrupt).await;
-}
+out_of_range_case!(
+    a_row_out_of_range_is_an_error_on_mariadb,
+    parley_testkit::TestDb::mysql().await,
+    |url| MySqlMessageStore::connect(url, 2),
+    sqlx::MySqlPool
+);
+out_of_range_case!(
+    a_row_out_of_range_is_an_error_on_sqlite,
+    parley_testkit::TestDb::sqlite(),
+    SqliteMessageStore::connect,
+    sqlx::SqlitePool
+);
 
 /// Over a MariaDB that takes only TLS, a URL with `ssl-mode=VERIFY_IDENTITY`
 /// and the server's CA migrates the store and keeps a message; a URL without
