@@ -155,26 +155,14 @@ def dashboard() -> dict:
     }
 
 
-def text() -> str:
-    return json.dumps(dashboard(), indent=2) + "\n"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail when the file is stale")
     args = parser.parse_args()
-    wanted = text()
-    if args.check:
-        if not DASHBOARD.exists() or DASHBOARD.read_text() != wanted:
-            print(f"dashboard: {DASHBOARD.relative_to(ROOT)} is stale: run scripts/dashboard.py", file=sys.stderr)
-            return 1
-        panels = sum(1 for p in dashboard()["panels"] if p["type"] != "row")
-        print(f"dashboard: {DASHBOARD.relative_to(ROOT)} matches ({panels} panels)")
-        return 0
-    DASHBOARD.parent.mkdir(parents=True, exist_ok=True)
-    DASHBOARD.write_text(wanted)
-    print(f"dashboard: wrote {DASHBOARD.relative_to(ROOT)}")
-    return 0
+    model = dashboard()
+    panels = sum(1 for p in model["panels"] if p["type"] != "row")
+    wanted = json.dumps(model, indent=2) + "\n"
+    return slo.generated("dashboard", DASHBOARD, wanted, args.check, f"({panels} panels)")
 
 
 if __name__ == "__main__":

@@ -253,21 +253,29 @@ def main() -> int:
     if args.list:
         print("\n".join(readme_rows()))
         return 0
-    wanted = text()
     if args.check:
-        if not RULES.exists() or RULES.read_text() != wanted:
-            print(f"slo: {RULES.relative_to(ROOT)} is stale: run scripts/slo.py", file=sys.stderr)
-            return 1
         readme = (ROOT / "README.md").read_text()
         missing = [row.split(" | ")[0] for row in readme_rows() if row not in readme]
         if missing:
             print(f"slo: README's Operate table lacks or misstates {missing}: paste `scripts/slo.py --list`", file=sys.stderr)
             return 1
-        print(f"slo: {RULES.relative_to(ROOT)} matches the table ({len(SLOS)} objectives, {len(THRESHOLDS)} thresholds)")
+    summary = f"the table ({len(SLOS)} objectives, {len(THRESHOLDS)} thresholds)"
+    return generated("slo", RULES, text(), args.check, summary)
+
+
+def generated(script: str, path: Path, wanted: str, check: bool, summary: str) -> int:
+    """Writes `wanted` to `path`, or with `check` fails when the file is not
+    what `scripts/<script>.py` writes: the one way the generated files are kept."""
+    where = path.relative_to(ROOT)
+    if check:
+        if not path.exists() or path.read_text() != wanted:
+            print(f"{script}: {where} is stale: run scripts/{script}.py", file=sys.stderr)
+            return 1
+        print(f"{script}: {where} matches {summary}")
         return 0
-    RULES.parent.mkdir(parents=True, exist_ok=True)
-    RULES.write_text(wanted)
-    print(f"slo: wrote {RULES.relative_to(ROOT)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(wanted)
+    print(f"{script}: wrote {where}")
     return 0
 
 

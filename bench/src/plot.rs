@@ -165,41 +165,31 @@ fn label(value: f64) -> String {
     }
 }
 
+/// One figure of a ramp's step.
+type Figure = fn(&crate::load::Step) -> f64;
+
 /// Latency against the offered rate for one ramp.
 fn latency(part: &str, ramp: &Ramp) -> String {
-    let along = |f: fn(&crate::load::Step) -> f64| {
-        ramp.steps
-            .iter()
-            .map(|s| (s.target, f(s)))
-            .collect::<Vec<_>>()
-    };
+    let percentiles: [(&str, Figure); 5] = [
+        ("send→delivery p50", |s| s.delivery.p50_ms),
+        ("send→delivery p95", |s| s.delivery.p95_ms),
+        ("send→delivery p99", |s| s.delivery.p99_ms),
+        ("ack→digest p50", |s| s.digest.p50_ms),
+        ("ack→digest p99", |s| s.digest.p99_ms),
+    ];
+    let series = percentiles
+        .into_iter()
+        .map(|(name, of)| Series {
+            name: name.to_owned(),
+            points: ramp.steps.iter().map(|s| (s.target, of(s))).collect(),
+        })
+        .collect();
     let title = format!("{part}: latency against the offered rate");
     LineChart {
         title: &title,
         x_label: "offered rate (messages per second, all groups)",
         y_label: "milliseconds",
-        series: vec![
-            Series {
-                name: "send→delivery p50".into(),
-                points: along(|s| s.delivery.p50_ms),
-            },
-            Series {
-                name: "send→delivery p95".into(),
-                points: along(|s| s.delivery.p95_ms),
-            },
-            Series {
-                name: "send→delivery p99".into(),
-                points: along(|s| s.delivery.p99_ms),
-            },
-            Series {
-                name: "ack→digest p50".into(),
-                points: along(|s| s.digest.p50_ms),
-            },
-            Series {
-                name: "ack→digest p99".into(),
-                points: along(|s| s.digest.p99_ms),
-            },
-        ],
+        series,
     }
     .svg()
 }

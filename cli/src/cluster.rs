@@ -188,12 +188,8 @@ async fn databases(server: &str) -> Result<Vec<(&'static str, String)>, Failure>
     })?;
     let mut urls = Vec::new();
     for name in ["message", "receipt", "notification"] {
-        let statement: &'static str = match name {
-            "message" => "CREATE DATABASE IF NOT EXISTS parley_cluster_message",
-            "receipt" => "CREATE DATABASE IF NOT EXISTS parley_cluster_receipt",
-            _ => "CREATE DATABASE IF NOT EXISTS parley_cluster_notification",
-        };
-        sqlx::query(statement)
+        let create = format!("CREATE DATABASE IF NOT EXISTS parley_cluster_{name}");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create))
             .execute(&mut admin)
             .await
             .map_err(|e| Failure::Other(format!("create the {name} database: {e}")))?;

@@ -33,12 +33,43 @@ impl Failure {
         } else {
             format!("{what}: {message} [{reason}]")
         };
-        let kind = Reason::parse(reason).map_or_else(|| Kind::of_code(code), Kind::of_reason);
-        match kind {
-            Kind::Refused => Self::Refused(text),
-            Kind::Denied => Self::Denied(text),
-            Kind::Unreachable => Self::Unreachable(text),
-            Kind::Other => Self::Other(text),
+        let kind = Reason::parse(reason).map_or_else(|| Self::of_code(code), Self::of_reason);
+        kind(text)
+    }
+
+    /// Which failure a refusal for `reason` is.
+    fn of_reason(reason: Reason) -> fn(String) -> Self {
+        match reason {
+            Reason::Unauthenticated
+            | Reason::WrongCaller
+            | Reason::NotAMember
+            | Reason::NotAnAdmin
+            | Reason::NotSenderOrAdmin => Self::Denied,
+            Reason::Overloaded | Reason::StorageUnavailable | Reason::DependencyUnavailable => {
+                Self::Unreachable
+            }
+            Reason::Internal => Self::Other,
+            Reason::InvalidField
+            | Reason::GroupNotFound
+            | Reason::MessageNotFound
+            | Reason::GroupFull
+            | Reason::DirectConversation
+            | Reason::ReadsHidden
+            | Reason::CountsOnly
+            | Reason::ReceiptsOff
+            | Reason::PastLastSeq
+            | Reason::TooManyDevices
+            | Reason::FrameTooLarge
+            | Reason::RateLimited => Self::Refused,
+        }
+    }
+
+    /// Which failure an answer without a reason this build knows is.
+    fn of_code(code: Code) -> fn(String) -> Self {
+        match code {
+            Code::PermissionDenied | Code::Unauthenticated => Self::Denied,
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Self::Unreachable,
+            _ => Self::Refused,
         }
     }
 
@@ -65,51 +96,6 @@ impl fmt::Display for Failure {
             Self::Denied(text) => write!(f, "not allowed: {text}"),
             Self::Unreachable(text) => write!(f, "unreachable: {text}"),
             Self::Other(text) => f.write_str(text),
-        }
-    }
-}
-
-/// Which exit a failure takes.
-enum Kind {
-    Refused,
-    Denied,
-    Unreachable,
-    Other,
-}
-
-impl Kind {
-    fn of_reason(reason: Reason) -> Self {
-        match reason {
-            Reason::Unauthenticated
-            | Reason::WrongCaller
-            | Reason::NotAMember
-            | Reason::NotAnAdmin
-            | Reason::NotSenderOrAdmin => Self::Denied,
-            Reason::Overloaded | Reason::StorageUnavailable | Reason::DependencyUnavailable => {
-                Self::Unreachable
-            }
-            Reason::Internal => Self::Other,
-            Reason::InvalidField
-            | Reason::GroupNotFound
-            | Reason::MessageNotFound
-            | Reason::GroupFull
-            | Reason::DirectConversation
-            | Reason::ReadsHidden
-            | Reason::CountsOnly
-            | Reason::ReceiptsOff
-            | Reason::PastLastSeq
-            | Reason::TooManyDevices
-            | Reason::FrameTooLarge
-            | Reason::RateLimited => Self::Refused,
-        }
-    }
-
-    /// For an answer without a reason this build knows.
-    fn of_code(code: Code) -> Self {
-        match code {
-            Code::PermissionDenied | Code::Unauthenticated => Self::Denied,
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Self::Unreachable,
-            _ => Self::Refused,
         }
     }
 }

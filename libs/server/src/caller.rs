@@ -60,6 +60,18 @@ pub fn valid_device_id(raw: &str) -> bool {
     !raw.is_empty() && raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_graphic() && b != b'|')
 }
 
+/// The rule of [`valid_device_id`], as refusals and configuration errors say it.
+pub const DEVICE_ID_RULE: &str = "1 to 64 printable ASCII characters without spaces or '|'";
+
+/// Checks a request's device (or gateway) id; the refusal names `field`.
+pub fn check_device_id(raw: &str, field: &'static str) -> Result<(), crate::Error> {
+    if valid_device_id(raw) {
+        Ok(())
+    } else {
+        Err(crate::Error::invalid(field, DEVICE_ID_RULE))
+    }
+}
+
 /// A string that is not a valid user id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("user ids are 1 to 64 characters from [A-Za-z0-9._@:-]")]

@@ -181,11 +181,7 @@ impl Error {
 
     /// A refusal for `reason` with its own message.
     pub fn refused(reason: Reason) -> Self {
-        Self::Refused {
-            reason,
-            message: Cow::Borrowed(reason.message()),
-            retry_after: None,
-        }
+        Self::refused_because(reason, reason.message())
     }
 
     /// A refusal for `reason` that says more than the reason's message.
@@ -329,10 +325,7 @@ pub fn status(reason: Reason, message: impl Into<Cow<'static, str>>) -> Status {
 /// The reason a status was refused with, when it carries a Parley
 /// `ErrorInfo` naming one this build knows.
 pub fn reason(status: &Status) -> Option<Reason> {
-    let info = status.get_details_error_info()?;
-    (info.domain == DOMAIN)
-        .then(|| Reason::parse(&info.reason))
-        .flatten()
+    Reason::parse(&parley_reason(status)?)
 }
 
 /// Whether a failed call may succeed if tried again later: by its reason
@@ -361,11 +354,13 @@ pub fn rebuilt(code: Code, reason: &str, message: String) -> Status {
 /// The reason a status was refused with, as it travels (`NOT_A_MEMBER`), or
 /// empty when it carries none: what a client frame's `reason` holds.
 pub fn reason_text(status: &Status) -> String {
-    status
-        .get_details_error_info()
-        .filter(|info| info.domain == DOMAIN)
-        .map(|info| info.reason)
-        .unwrap_or_default()
+    parley_reason(status).unwrap_or_default()
+}
+
+/// The reason of a status's Parley `ErrorInfo`, known to this build or not.
+fn parley_reason(status: &Status) -> Option<String> {
+    let info = status.get_details_error_info()?;
+    (info.domain == DOMAIN).then_some(info.reason)
 }
 
 /// The fields a refused request named as malformed, with what is wrong.

@@ -43,6 +43,15 @@ impl From<InvalidId> for tonic::Status {
     }
 }
 
+/// A request's positive id within storage range (a group, a message, a seq
+/// that must follow another), for storage; the refusal names `field`.
+pub fn positive(raw: u64, field: impl Into<std::borrow::Cow<'static, str>>) -> Result<i64, Error> {
+    i64::try_from(raw)
+        .ok()
+        .filter(|&id| id > 0)
+        .ok_or_else(|| Error::invalid(field, "must be a positive id"))
+}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $what:literal, $min:literal, $rule:literal) => {
         $(#[$doc])*
@@ -95,18 +104,6 @@ macro_rules! id_type {
                 } else {
                     Err(Self::invalid(i128::from(raw)))
                 }
-            }
-        }
-
-        impl From<$name> for u64 {
-            fn from(id: $name) -> u64 {
-                id.wire()
-            }
-        }
-
-        impl From<$name> for i64 {
-            fn from(id: $name) -> i64 {
-                id.stored()
             }
         }
 

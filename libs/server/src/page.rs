@@ -89,14 +89,9 @@ fn decode_field(token: &str, field: &'static str) -> Result<Option<String>, Erro
 
 /// Decodes a token whose key is a stored id (a non-negative `i64`).
 pub fn decode_id(token: &str) -> Result<Option<i64>, Error> {
-    match decode(token)? {
-        None => Ok(None),
-        Some(key) => key
-            .parse::<i64>()
-            .ok()
-            .filter(|id| *id >= 0)
-            .map(Some)
-            .ok_or_else(|| not_ours("page_token")),
+    match decode_keys::<1>(token, "page_token")? {
+        Some([id]) if id < 0 => Err(not_ours("page_token")),
+        keys => Ok(keys.map(|[id]| id)),
     }
 }
 

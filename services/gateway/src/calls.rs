@@ -71,16 +71,17 @@ pub(crate) async fn read<C, Q, R, Fut>(
     uid: &Uid,
     request: Q,
     call: impl Fn(C, tonic::Request<Q>) -> Fut,
-) -> Result<tonic::Response<R>, Status>
+) -> Result<R, Status>
 where
     C: Clone,
     Q: Clone,
     Fut: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
 {
-    upstream
+    let answer = upstream
         .retries
         .idempotent(|| call(client.clone(), acting_for(uid, request.clone())))
-        .await
+        .await?;
+    Ok(answer.into_inner())
 }
 
 /// A page of the user's groups from the message service, each with its
@@ -102,8 +103,7 @@ async fn list_groups(
         request,
         |mut c, r| async move { c.list_groups(r).await },
     )
-    .await?
-    .into_inner();
+    .await?;
     Ok(Returned::Groups(pb::GroupsPage {
         groups: summaries(upstream, uid, page.groups).await?,
         next_page_token: page.next_page_token,
@@ -140,7 +140,6 @@ async fn summaries(
             |mut c, r| async move { c.unread_counts(r).await },
         )
         .await?
-        .into_inner()
         .groups
         .into_iter()
         .map(|counted| (counted.gid, counted.read_seq))
@@ -363,8 +362,7 @@ async fn get_receipt_privacy(
         request,
         |mut c, r| async move { c.get_receipt_privacy(r).await },
     )
-    .await?
-    .into_inner();
+    .await?;
     Ok(privacy_state(got.state))
 }
 
@@ -396,8 +394,7 @@ async fn list_members(
         request,
         |mut c, r| async move { c.list_members(r).await },
     )
-    .await?
-    .into_inner();
+    .await?;
     let members = page
         .members
         .into_iter()
@@ -443,8 +440,7 @@ async fn history(
         request,
         |mut c, r| async move { c.sync_messages(r).await },
     )
-    .await?
-    .into_inner();
+    .await?;
     let messages = page
         .messages
         .into_iter()
@@ -483,8 +479,7 @@ async fn readers(
         request,
         |mut c, r| async move { c.list_receipt_members(r).await },
     )
-    .await?
-    .into_inner();
+    .await?;
     let read_times = page
         .read_times
         .into_iter()

@@ -31,7 +31,7 @@ use parley_proto::{
 };
 use parley_server::{
     Reason, ServerArgs, StartError, Uid,
-    caller::valid_device_id,
+    caller::{DEVICE_ID_RULE, check_device_id, valid_device_id},
     runner::Service,
     serve::Secret,
     shed::refuse,
@@ -210,10 +210,9 @@ impl Config {
     fn gateway_id(&self) -> Result<String, StartError> {
         match &self.gateway_id {
             Some(id) if valid_device_id(id) => Ok(id.clone()),
-            Some(_) => Err(StartError::Config(
-                "PARLEY_GATEWAY_ID: 1 to 64 printable ASCII characters without spaces or '|'"
-                    .into(),
-            )),
+            Some(_) => Err(StartError::Config(format!(
+                "PARLEY_GATEWAY_ID: {DEVICE_ID_RULE}"
+            ))),
             None => Ok(format!("gw-{:016x}", rand::random::<u64>())),
         }
     }
@@ -403,13 +402,7 @@ impl GatewayApi {
             tracing::info!(error = %error, "stream refused: invalid token");
             unauthenticated("invalid token")
         })?;
-        if !valid_device_id(&auth.device_id) {
-            return Err(parley_server::Error::invalid(
-                "auth.device_id",
-                "1 to 64 printable ASCII characters without spaces or '|'",
-            )
-            .into());
-        }
+        check_device_id(&auth.device_id, "auth.device_id")?;
         Ok((uid, auth))
     }
 }

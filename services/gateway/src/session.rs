@@ -1067,7 +1067,6 @@ impl Session {
         .await;
         let result = match outcome {
             Ok(reply) => {
-                let reply = reply.into_inner();
                 let messages: Vec<pb::DeliveredMessage> =
                     reply.messages.into_iter().map(delivered).collect();
                 for message in &messages {

@@ -25,8 +25,8 @@ use parley_proto::{
     gateway::DeliveredMessage,
     notification::{self as npb, notification_service_client::NotificationServiceClient},
 };
-use parley_server::Stopping;
 use parley_server::upstream::Intercepted;
+use parley_server::{Seq, Stopping};
 
 use crate::{
     domain::Gid,
@@ -133,9 +133,6 @@ pub enum FanoutError {
     /// The members could not be read.
     #[error(transparent)]
     Store(#[from] MessageError),
-    /// A stored row holds what cannot be: an outbox entry's gid of 0.
-    #[error("malformed row: {0}")]
-    Stored(String),
 }
 
 /// The fan-out's connections and the groups whose fan-out failed; cheap to
@@ -145,7 +142,7 @@ pub struct Fanout {
     presence: PresenceClient,
     bus: Bus,
     /// Per group, the latest seq whose fan-out failed.
-    failed: Arc<Mutex<BTreeMap<i64, i64>>>,
+    failed: Arc<Mutex<BTreeMap<Gid, Seq>>>,
     /// The fast path's offline members, for the outbox's hand-off.
     remembered: Arc<Mutex<Remembered>>,
     /// Runs of one group go out in seq order.
@@ -170,7 +167,7 @@ impl Fanout {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn failed(&self) -> MutexGuard<'_, BTreeMap<i64, i64>> {
+    fn failed(&self) -> MutexGuard<'_, BTreeMap<Gid, Seq>> {
         self.failed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -178,12 +175,12 @@ impl Fanout {
 
     /// Notes that the fan-out of (gid, seq) failed; the repair loop publishes
     /// the group's latest such message again.
-    fn note_failed(&self, gid: i64, seq: i64) {
+    fn note_failed(&self, gid: Gid, seq: Seq) {
         let mut failed = self.failed();
         if failed.len() >= MAX_FAILED && !failed.contains_key(&gid) {
             tracing::warn!(
-                gid,
-                seq,
+                %gid,
+                %seq,
                 "fan-out repair list full; members catch up at their next sync"
             );
             return;
@@ -202,7 +199,7 @@ impl Fanout {
         };
         if let Err(error) = self.deliver(store, run).await {
             tracing::warn!(error = %error, gid = %last.gid, seq = %last.seq, "fan-out failed; the repair loop will retry it");
-            self.note_failed(last.gid.stored(), last.seq.stored());
+            self.note_failed(last.gid, last.seq);
         }
     }
 
@@ -264,16 +261,14 @@ impl Fanout {
     async fn republish<S: MessageStore>(
         &self,
         store: &S,
-        gid: i64,
-        seq: i64,
+        gid: Gid,
+        seq: Seq,
     ) -> Result<(), FanoutError> {
-        let group =
-            Gid::try_from(gid).map_err(|invalid| FanoutError::Stored(invalid.to_string()))?;
         let found = store
-            .messages_after(group, seq.saturating_sub(1), 1)
+            .messages_after(gid, seq.stored().saturating_sub(1), 1)
             .await?;
         match found.into_iter().next() {
-            Some(record) if record.seq.stored() == seq => {
+            Some(record) if record.seq == seq => {
                 self.deliver(store, std::slice::from_ref(&record)).await
             }
             // Gone since (the group was deleted): nothing to deliver.

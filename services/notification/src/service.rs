@@ -9,7 +9,8 @@ use parley_proto::{
 use parley_server::upstream::Intercepted;
 use parley_server::{
     Caller, Error, Reason, Uid,
-    caller::{acting_for, valid_device_id},
+    caller::{acting_for, check_device_id},
+    ids::positive,
     millis, now_ms,
 };
 use tonic::{Request, Response, Status};
@@ -67,13 +68,6 @@ impl<S: QueueStore> NotificationApi<S> {
     }
 }
 
-fn positive(what: &'static str, raw: u64) -> Result<i64, Error> {
-    i64::try_from(raw)
-        .ok()
-        .filter(|v| *v > 0)
-        .ok_or_else(|| Error::invalid(what, "must be a positive id"))
-}
-
 /// Validates a batch at the edge: ids in range, uids well formed, recipients
 /// deduplicated and bounded.
 fn batch(request: pb::EnqueueOfflineRequest, due_at_ms: i64) -> Result<OfflineBatch, Error> {
@@ -102,9 +96,9 @@ fn batch(request: pb::EnqueueOfflineRequest, due_at_ms: i64) -> Result<OfflineBa
         })
         .collect::<Result<BTreeSet<_>, _>>()?;
     Ok(OfflineBatch {
-        gid: positive("gid", request.gid)?,
-        msgid: positive("msgid", request.msgid)?,
-        seq: positive("seq", request.seq)?,
+        gid: positive(request.gid, "gid")?,
+        msgid: positive(request.msgid, "msgid")?,
+        seq: positive(request.seq, "seq")?,
         sender_uid: sender.into_string(),
         group_name: request.group_name,
         recipients: recipients.into_iter().collect(),
@@ -120,7 +114,7 @@ fn shaped(raw: &str, len: std::ops::RangeInclusive<usize>, allowed: fn(char) -> 
 /// Validates a registration: the token's shape for its platform, the app id
 /// (APNs topic, required; FCM project, optional) and the locale.
 fn device(uid: Uid, request: pb::RegisterDeviceRequest) -> Result<Device, Error> {
-    checked_device_id(&request.device_id)?;
+    check_device_id(&request.device_id, "device_id")?;
     let platform = Platform::from_proto(request.platform)
         .ok_or_else(|| Error::invalid("platform", "APNS or FCM"))?;
     match platform {
@@ -172,18 +166,6 @@ fn device(uid: Uid, request: pb::RegisterDeviceRequest) -> Result<Device, Error>
     })
 }
 
-/// A device id, checked by the rule every service shares.
-fn checked_device_id(raw: &str) -> Result<(), Error> {
-    if valid_device_id(raw) {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "device_id",
-            "1 to 64 printable characters without spaces or '|'",
-        ))
-    }
-}
-
 #[tonic::async_trait]
 impl<S: QueueStore> NotificationService for NotificationApi<S> {
     async fn register_device(
@@ -219,7 +201,7 @@ impl<S: QueueStore> NotificationService for NotificationApi<S> {
     ) -> Result<Response<pb::UnregisterDeviceResponse>, Status> {
         let uid = Caller::user_of(&request)?;
         let device_id = request.into_inner().device_id;
-        checked_device_id(&device_id)?;
+        check_device_id(&device_id, "device_id")?;
         let removed = self
             .store
             .unregister_device(uid.as_str(), &device_id)
@@ -233,7 +215,7 @@ impl<S: QueueStore> NotificationService for NotificationApi<S> {
     ) -> Result<Response<pb::SetMuteResponse>, Status> {
         let uid = Caller::user_of(&request)?;
         let request = request.into_inner();
-        let gid = positive("gid", request.gid)?;
+        let gid = positive(request.gid, "gid")?;
         if request.until_ms < -1 {
             return Err(Error::invalid(
                 "until_ms",

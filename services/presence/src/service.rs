@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::store::{DeviceKey, PresenceError, PresenceStore, UserPresence};
+use crate::store::{DeviceKey, PresenceStore, UserPresence};
 
 /// Devices in one heartbeat or BatchOffline, and users in one BatchGetPresence.
 pub const MAX_BATCH: usize = 10_000;
@@ -45,25 +45,14 @@ impl<S: PresenceStore> PresenceApi<S> {
     }
 }
 
-/// A failure of the store, as every service reports one.
-fn unavailable(error: PresenceError) -> Status {
-    Error::from(error).into()
-}
-
 fn uid(raw: &str) -> Result<Uid, Error> {
     Uid::parse(raw).map_err(|e| Error::invalid("uid", e.to_string()))
 }
 
 /// A device id or gateway id, checked by the rule every service shares.
 fn token(what: &'static str, raw: &str) -> Result<String, Error> {
-    if parley_server::caller::valid_device_id(raw) {
-        Ok(raw.to_owned())
-    } else {
-        Err(Error::invalid(
-            what,
-            "1 to 64 printable ASCII characters without spaces or '|'",
-        ))
-    }
+    parley_server::caller::check_device_id(raw, what)?;
+    Ok(raw.to_owned())
 }
 
 fn device_key(device: Option<&pb::DeviceRef>) -> Result<DeviceKey, Error> {
@@ -137,7 +126,7 @@ impl<S: PresenceStore> PresenceService for PresenceApi<S> {
         self.store
             .online(&device, &gateway, now_ms())
             .await
-            .map_err(unavailable)?;
+            .map_err(Error::from)?;
         self.changed();
         Ok(Response::new(pb::OnlineResponse {
             ttl_ms: self.ttl_ms,
@@ -159,7 +148,7 @@ impl<S: PresenceStore> PresenceService for PresenceApi<S> {
             .store
             .heartbeat(&gateway, &devices, now_ms())
             .await
-            .map_err(unavailable)?;
+            .map_err(Error::from)?;
         if revived > 0 {
             self.changed();
         }
@@ -178,7 +167,7 @@ impl<S: PresenceStore> PresenceService for PresenceApi<S> {
             .store
             .offline(std::slice::from_ref(&device), &gateway, now_ms())
             .await
-            .map_err(unavailable)?;
+            .map_err(Error::from)?;
         if removed > 0 {
             self.changed();
         }
@@ -199,7 +188,7 @@ impl<S: PresenceStore> PresenceService for PresenceApi<S> {
             .store
             .offline(&devices, &gateway, now_ms())
             .await
-            .map_err(unavailable)?;
+            .map_err(Error::from)?;
         if removed > 0 {
             self.changed();
         }
@@ -212,7 +201,7 @@ impl<S: PresenceStore> PresenceService for PresenceApi<S> {
     ) -> Result<Response<pb::BatchGetPresenceResponse>, Status> {
         Caller::require_any_service(&request)?;
         let uids = uids(&request.get_ref().uids, MAX_BATCH)?;
-        let users = self.store.get(&uids, now_ms()).await.map_err(unavailable)?;
+        let users = self.store.get(&uids, now_ms()).await.map_err(Error::from)?;
         Ok(Response::new(pb::BatchGetPresenceResponse {
             users: users.into_iter().map(user_to_pb).collect(),
         }))
@@ -281,7 +270,7 @@ async fn follow<S: PresenceStore>(
                 }
             }
             Err(error) => {
-                let _ = tx.send(Err(unavailable(error))).await;
+                let _ = tx.send(Err(Error::from(error).into())).await;
                 return;
             }
         }

@@ -356,31 +356,15 @@ pub fn encode_pull_cursor(changed_at_ms: i64, msgid: i64) -> String {
 /// the form services before 0.2 gave (`time.msgid`, unencoded) is still
 /// taken: an app keeps its cursor across logins and an upgrade.
 pub fn decode_pull_cursor(raw: &str) -> Result<(i64, i64), ReceiptError> {
-    if raw.is_empty() {
-        return Ok((i64::MIN, 0));
-    }
-    if parley_server::page::is_token(raw) {
+    if raw.is_empty() || parley_server::page::is_token(raw) {
         let keys = parley_server::page::decode_keys::<2>(raw, "cursor")?;
-        return keys
-            .map(|[at, msgid]| (at, msgid))
-            .ok_or_else(|| ReceiptError::invalid("cursor", "not a cursor this service gave"));
+        return Ok(keys.map_or((i64::MIN, 0), |[at, msgid]| (at, msgid)));
     }
     let invalid = || ReceiptError::invalid("cursor", "not a cursor this service gave");
     let (at, msgid) = raw.split_once('.').ok_or_else(invalid)?;
     let at = at.parse().map_err(|_| invalid())?;
     let msgid = msgid.parse().map_err(|_| invalid())?;
     Ok((at, msgid))
-}
-
-/// A positive id from the wire, within storage range.
-pub fn parse_id(raw: u64, field: &str) -> Result<i64, ReceiptError> {
-    match i64::try_from(raw) {
-        Ok(id) if id > 0 => Ok(id),
-        _ => Err(ReceiptError::invalid(
-            field.to_owned(),
-            "must be a positive id",
-        )),
-    }
 }
 
 #[cfg(test)]
@@ -636,8 +620,8 @@ mod tests {
             Some((1_700_000, 42)),
             "a cursor an older service gave is still taken"
         );
-        assert!(parse_id(0, "gid").is_err());
-        assert!(parse_id(u64::MAX, "gid").is_err());
+        assert!(parley_server::ids::positive(0, "gid").is_err());
+        assert!(parley_server::ids::positive(u64::MAX, "gid").is_err());
     }
 
     /// Properties over any input; `make fuzz` runs them with many more cases.

@@ -8,15 +8,16 @@ use parley_proto::{
     receipt::{self as pb, receipt_service_server::ReceiptService},
 };
 use parley_server::upstream::Intercepted;
-use parley_server::{Caller, Reason, Seq, Uid, ids::InvalidId, now_ms, page};
+use parley_server::{
+    Caller, Reason, Seq, Uid,
+    ids::{InvalidId, positive},
+    now_ms, page,
+};
 use tonic::{Request, Response, Status};
 
 use crate::{
     digest::Coalescer,
-    domain::{
-        self, AckKind, MAX_LIST_PAGE, MAX_MSGIDS_PER_REQUEST, Planned, ReceiptState, parse_id,
-        unread,
-    },
+    domain::{self, AckKind, MAX_LIST_PAGE, MAX_MSGIDS_PER_REQUEST, Planned, ReceiptState, unread},
     error::ReceiptError,
     store::{
         GroupSelection, InitMessage, InitOutcome, MemberAck, MemberChange, MsgReceipt, Privacy,
@@ -317,7 +318,7 @@ impl<S: ReceiptStore> ReceiptApi<S> {
         if gid == 0 {
             return Ok(PrivacyScope::EveryGroup);
         }
-        let gid = parse_id(gid, "gid")?;
+        let gid = positive(gid, "gid")?;
         match self.store.cursor(gid, caller.as_str()).await? {
             Some(c) if c.left_seq.is_none() => Ok(PrivacyScope::Group(gid)),
             _ => Err(ReceiptError::refused(Reason::NotAMember)),
@@ -361,7 +362,7 @@ fn parse_msgids(raw: &[u64]) -> Result<Vec<i64>, ReceiptError> {
             format!("must hold 1 to {MAX_MSGIDS_PER_REQUEST} ids"),
         ));
     }
-    raw.iter().map(|&id| parse_id(id, "msgids")).collect()
+    raw.iter().map(|&id| positive(id, "msgids")).collect()
 }
 
 fn tier(message: &MsgReceipt) -> pb::ReceiptTier {
@@ -395,9 +396,9 @@ fn init_message(req: pb::InitReceiptsRequest) -> Result<InitMessage, ReceiptErro
         ));
     }
     Ok(InitMessage {
-        gid: parse_id(req.gid, "gid")?,
-        msgid: parse_id(req.msgid, "msgid")?,
-        seq: parse_id(req.seq, "seq")?,
+        gid: positive(req.gid, "gid")?,
+        msgid: positive(req.msgid, "msgid")?,
+        seq: positive(req.seq, "seq")?,
         sender_uid: sender.into_string(),
         need_receipt: req.need_receipt,
         recipient_count: i64::from(req.recipient_count),
@@ -471,7 +472,7 @@ impl Acked {
 
 /// Checks one ack from the wire.
 fn member_ack(uid: String, up_to_seq: u64, kind: i32) -> Result<MemberAck, ReceiptError> {
-    let up_to = parse_id(up_to_seq, "up_to_seq")?;
+    let up_to = positive(up_to_seq, "up_to_seq")?;
     let kind = match pb::AckKind::try_from(kind) {
         Ok(pb::AckKind::Delivered) => AckKind::Delivered,
         Ok(pb::AckKind::Read) => AckKind::Read,
@@ -495,7 +496,7 @@ fn ack_batch(req: pb::AckBatchRequest) -> Result<Vec<(i64, Vec<MemberAck>)>, Rec
         .enumerate()
         .map(|(g, group)| {
             let at = |e: ReceiptError| e.within(&format!("groups[{g}]"));
-            let gid = parse_id(group.gid, "gid").map_err(at)?;
+            let gid = positive(group.gid, "gid").map_err(at)?;
             if !seen.insert(gid) {
                 return Err(at(ReceiptError::invalid("gid", "named twice")));
             }
@@ -577,7 +578,7 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
     ) -> Result<Response<pb::ApplyMembershipResponse>, Status> {
         Caller::require_service(&request, "message")?;
         let req = request.into_inner();
-        let gid = parse_id(req.gid, "gid")?;
+        let gid = positive(req.gid, "gid")?;
         if req.changes.is_empty() || req.changes.len() > 1000 {
             return Err(ReceiptError::invalid("changes", "must hold 1 to 1000 entries").into());
         }
@@ -610,7 +611,7 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
                     } else {
                         None
                     },
-                    version: parse_id(c.version, "version")?,
+                    version: positive(c.version, "version")?,
                     past_stays: c
                         .past_stays
                         .iter()
@@ -629,7 +630,7 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
     ) -> Result<Response<pb::AckResponse>, Status> {
         let caller = Caller::user_of(&request)?;
         let req = request.into_inner();
-        let gid = parse_id(req.gid, "gid")?;
+        let gid = positive(req.gid, "gid")?;
         let ack = member_ack(caller.into_string(), req.up_to_seq, req.kind)?;
         // One group of one ack: one answer.
         let mut results = self.apply_acks(&[(gid, vec![ack])]).await;
@@ -692,7 +693,7 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
         let pairs = parley_server::check_each("members", members, |m| {
             let uid =
                 Uid::parse(&m.uid).map_err(|e| ReceiptError::invalid("uid", e.to_string()))?;
-            Ok((uid.into_string(), parse_id(m.gid, "gid")?))
+            Ok((uid.into_string(), positive(m.gid, "gid")?))
         })?;
         let mut uids: Vec<String> = pairs.iter().map(|(uid, _)| uid.clone()).collect();
         uids.sort();
@@ -732,7 +733,7 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
     ) -> Result<Response<pb::GetReceiptsResponse>, Status> {
         let caller = Caller::user_of(&request)?;
         let req = request.into_inner();
-        let gid = parse_id(req.gid, "gid")?;
+        let gid = positive(req.gid, "gid")?;
         let msgids = parse_msgids(&req.msgids)?;
         if req.list_page_size > MAX_LIST_PAGE {
             return Err(ReceiptError::invalid(
@@ -776,8 +777,8 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
     ) -> Result<Response<pb::ListReceiptMembersResponse>, Status> {
         let caller = Caller::user_of(&request)?;
         let req = request.into_inner();
-        let gid = parse_id(req.gid, "gid")?;
-        let msgid = parse_id(req.msgid, "msgid")?;
+        let gid = positive(req.gid, "gid")?;
+        let msgid = positive(req.msgid, "msgid")?;
         let state = match pb::ReceiptState::try_from(req.state) {
             Ok(pb::ReceiptState::Read) => ReceiptState::Read,
             Ok(pb::ReceiptState::Unread) => ReceiptState::Unread,
@@ -863,7 +864,7 @@ impl<S: ReceiptStore> ReceiptService for ReceiptApi<S> {
             let gids = req
                 .gids
                 .iter()
-                .map(|&g| parse_id(g, "gids"))
+                .map(|&g| positive(g, "gids"))
                 .collect::<Result<Vec<_>, _>>()?;
             let rows = self
                 .store
