@@ -68,12 +68,13 @@ pub struct BusArgs {
 
 /// The runner's wiring of a service that publishes on the bus (the message
 /// and receipt services), written once: its `Service` (`check` checks the
-/// keys its `Upstream` calls with against the bus flags, `run` connects the
+/// keys its `Clients` call with against the bus flags, `run` connects the
 /// bus), its `Stored` store types, its `Cli`, and `run_on_bus`, which tests
 /// and `parley dev` call with an in-process bus: credentials first, then the
 /// store the URL names, then the crate's `serve`. The crate defines `Config`
-/// (with a `bus: BusArgs` field), `Upstream::new(&Config)` (with a `keys`
-/// field) and `serve(store, bus, upstream, config, listener, shutdown)`.
+/// (with `bus: BusArgs`, `calls: Callees` and `server: ServerArgs` fields),
+/// `Callees` and `Clients` (with [`parley_server::callees!`]) and
+/// `serve(store, bus, clients, config, serving)`.
 #[macro_export]
 macro_rules! bus_service {
     ($service:ident, $binary:literal, $about:literal, $mysql:ty, $sqlite:ty) => {
@@ -83,7 +84,7 @@ macro_rules! bus_service {
             type Config = Config;
 
             fn check(config: &Config) -> Result<(), ::parley_server::StartError> {
-                let keys = Upstream::new(config)?.keys;
+                let keys = Clients::new(&config.calls, &config.server)?.keys;
                 config
                     .bus
                     .check(keys.as_ref())
@@ -127,16 +128,19 @@ macro_rules! bus_service {
         {
             use ::parley_server::runner::Stored as _;
             // Credentials first: a service that will refuse to start changes nothing.
-            let upstream = Upstream::new(&config)?;
+            let clients = Clients::new(&config.calls, &config.server)?;
             let bus = bus
-                .with_credentials(upstream.keys.clone())
+                .with_credentials(clients.keys.clone())
                 .map_err(::parley_server::StartError::config)?;
-            match $service::open(&config).await? {
+            let opened = $service::open(&config).await?;
+            let serving =
+                ::parley_server::runner::Serving::new(clients.keys.clone(), listener, shutdown);
+            match opened {
                 ::parley_server::db::Opened::MySql(store) => {
-                    serve(store, bus, upstream, config, listener, shutdown).await
+                    serve(store, bus, clients, config, serving).await
                 }
                 ::parley_server::db::Opened::Sqlite(store) => {
-                    serve(store, bus, upstream, config, listener, shutdown).await
+                    serve(store, bus, clients, config, serving).await
                 }
             }
         }

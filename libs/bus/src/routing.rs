@@ -4,11 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use parley_proto::presence::{self as ppb, presence_service_client::PresenceServiceClient};
-use parley_server::upstream::Intercepted;
-
-/// The presence client every Parley service uses, as itself.
-pub type PresenceClient = PresenceServiceClient<Intercepted>;
+use parley_proto::presence as ppb;
+pub use parley_server::upstream::PresenceClient;
 
 /// The budget of this process's presence lookups' retries.
 static RETRIES: std::sync::LazyLock<parley_server::retry::Retries> =

@@ -6,7 +6,9 @@
 //! holds (the outbox its batch, the digests their window) and is awaited for
 //! the grace period, before the service closes its pools.
 
-use std::{future::Future, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    future::Future, net::SocketAddr, pin::Pin, process::ExitCode, sync::Arc, time::Duration,
+};
 
 use clap::{CommandFactory, FromArgMatches};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::Instant};
@@ -253,25 +255,34 @@ async fn start<S: Service>(config: S::Config) -> ExitCode {
     finish::<S>(outcome, ExitCode::FAILURE)
 }
 
-/// What a started service serves: its gRPC services (health and reflection
-/// list them by name), the keys it checks its callers' credentials with, and
-/// its background tasks.
+/// What a started service serves and until when: its gRPC services (health
+/// and reflection list them by name), the keys it checks its callers'
+/// credentials with, its background tasks, the listener and the signal to
+/// stop.
 pub struct Serving {
     routes: RoutesBuilder,
     names: Vec<&'static str>,
     keys: Option<Keys>,
+    listener: TcpListener,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// The loops that run beside the server until it stops.
     pub background: Background,
 }
 
 impl Serving {
-    /// Nothing served yet; callers are checked with `keys` (none: development
-    /// mode).
-    pub fn new(keys: Option<Keys>) -> Self {
+    /// Nothing served yet on `listener`, until `shutdown` resolves; callers
+    /// are checked with `keys` (none: development mode).
+    pub fn new(
+        keys: Option<Keys>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
         Self {
             routes: RoutesBuilder::default(),
             names: Vec::new(),
             keys,
+            listener,
+            shutdown: Box::pin(shutdown),
             background: Background::default(),
         }
     }
@@ -294,50 +305,46 @@ impl Serving {
         self.routes.add_service(service);
         self
     }
-}
 
-/// Serves what `serving` holds on `listener` until `shutdown`, telling its
-/// background tasks to stop as soon as it resolves; once the server has
-/// stopped, waits for them within the grace period.
-pub async fn serve(
-    listener: TcpListener,
-    server: &ServerArgs,
-    serving: Serving,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
-    let Serving {
-        routes,
-        names,
-        keys,
-        background,
-    } = serving;
-    let addr = listener.local_addr().map_err(StartError::config)?;
-    tracing::info!(%addr, services = ?names, "listening");
-    let served = crate::serve(
-        listener,
-        server,
-        keys,
-        routes,
-        &names,
-        background.signal_on(shutdown),
-    )
-    .await;
-    background.stop(server.shutdown_grace()).await;
-    Ok(served?)
-}
+    /// Serves until the shutdown signal, telling the background tasks to stop
+    /// as soon as it resolves; once the server has stopped, waits for them
+    /// within the grace period.
+    pub async fn serve(self, server: &ServerArgs) -> Result<(), StartError> {
+        let Serving {
+            routes,
+            names,
+            keys,
+            listener,
+            shutdown,
+            background,
+        } = self;
+        let addr = listener.local_addr().map_err(StartError::config)?;
+        tracing::info!(%addr, services = ?names, "listening");
+        let served = crate::serve(
+            listener,
+            server,
+            keys,
+            routes,
+            &names,
+            background.signal_on(shutdown),
+        )
+        .await;
+        background.stop(server.shutdown_grace()).await;
+        Ok(served?)
+    }
 
-/// [`serve`], then close `store`'s pool: last, once the background tasks
-/// have finished what they held (an outbox batch, the last digests).
-pub async fn serve_stored<P: Pooled>(
-    store: &P,
-    listener: TcpListener,
-    server: &ServerArgs,
-    serving: Serving,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
-    let served = serve(listener, server, serving, shutdown).await;
-    store.close().await;
-    served
+    /// [`serve`](Self::serve), then close `store`'s pool: last, once the
+    /// background tasks have finished what they held (an outbox batch, the
+    /// last digests).
+    pub async fn serve_stored<P: Pooled>(
+        self,
+        store: &P,
+        server: &ServerArgs,
+    ) -> Result<(), StartError> {
+        let served = self.serve(server).await;
+        store.close().await;
+        served
+    }
 }
 
 /// Flushes telemetry and turns the outcome into the exit code: `failed`

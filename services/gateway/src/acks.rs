@@ -9,17 +9,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
-use parley_proto::receipt::{self as rpb, receipt_service_client::ReceiptServiceClient};
-use parley_server::upstream::Intercepted;
+use parley_proto::receipt as rpb;
+use parley_server::upstream::ReceiptClient;
 use parley_server::{
     Uid,
     error::{may_pass, rebuilt},
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Status};
-
-/// The receipt service, called as the gateway.
-pub type ReceiptClient = ReceiptServiceClient<Intercepted>;
 
 /// Acks by (gid, read): the highest seq not yet written.
 pub type AckBatch = BTreeMap<(u64, bool), u64>;

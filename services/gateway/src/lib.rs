@@ -24,10 +24,7 @@ use futures::Stream;
 use parley_bus::{Bus, BusArgs, routing::PresenceClient};
 use parley_proto::{
     gateway::{self as pb, connect_request::Frame as In, connect_response::Frame as Out},
-    message::message_service_client::MessageServiceClient,
-    notification::notification_service_client::NotificationServiceClient,
-    presence::{self as ppb, presence_service_client::PresenceServiceClient},
-    receipt::receipt_service_client::ReceiptServiceClient,
+    presence as ppb,
 };
 use parley_server::{
     Reason, ServerArgs, StartError, Uid,
@@ -35,8 +32,6 @@ use parley_server::{
     runner::Service,
     serve::Secret,
     shed::refuse,
-    upstream::Intercepted,
-    upstream::{MessageUrl, NotificationUrl, PresenceUrl, ReceiptUrl},
 };
 use tokio::{
     net::TcpListener,
@@ -153,18 +148,9 @@ pub struct Config {
     #[arg(long, env = "PARLEY_GATEWAY_MAX_UNAUTHENTICATED_PER_ADDRESS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_unauthenticated_per_address: u32,
-    /// The message service.
+    /// The services it calls.
     #[command(flatten)]
-    pub message: MessageUrl,
-    /// The receipt service.
-    #[command(flatten)]
-    pub receipt: ReceiptUrl,
-    /// The presence service.
-    #[command(flatten)]
-    pub presence: PresenceUrl,
-    /// The notification service (push tokens and mutes of the client API).
-    #[command(flatten)]
-    pub notification: NotificationUrl,
+    pub calls: Callees,
     /// The bus this gateway subscribes to.
     #[command(flatten)]
     pub bus: BusArgs,
@@ -232,7 +218,7 @@ impl Service for Gateway {
         config.verifier()?;
         config.ws_settings()?;
         config.gateway_id()?;
-        let clients = Clients::new(config)?;
+        let clients = Clients::new(&config.calls, &config.server)?;
         config
             .bus
             .check(clients.keys.as_ref())
@@ -257,29 +243,16 @@ impl Service for Gateway {
     }
 }
 
-/// The services the gateway calls, and the credentials it calls with.
-struct Clients {
-    keys: Option<parley_server::credentials::Keys>,
-    message: MessageServiceClient<Intercepted>,
-    receipt: ReceiptServiceClient<Intercepted>,
-    presence: PresenceServiceClient<Intercepted>,
-    notification: NotificationServiceClient<Intercepted>,
-}
-
-impl Clients {
-    fn new(config: &Config) -> Result<Self, StartError> {
-        let (keys, identity) = config.server.identity("gateway")?;
-        Ok(Self {
-            message: MessageServiceClient::new(config.message.calling_as(&identity)?),
-            receipt: ReceiptServiceClient::new(config.receipt.calling_as(&identity)?),
-            presence: PresenceServiceClient::new(config.presence.calling_as(&identity)?),
-            notification: NotificationServiceClient::new(
-                config.notification.calling_as(&identity)?,
-            ),
-            keys,
-        })
-    }
-}
+parley_server::callees!("gateway" calls {
+    /// The message service.
+    message: MessageUrl,
+    /// The receipt service.
+    receipt: ReceiptUrl,
+    /// The presence service.
+    presence: PresenceUrl,
+    /// The notification service (push tokens and mutes of the client API).
+    notification: NotificationUrl,
+});
 
 /// Where the gateway takes clients: the gRPC stream, and WebSocket when
 /// configured.
@@ -499,7 +472,7 @@ where
     let verifier = config.verifier()?;
     let ws_settings = config.ws_settings()?;
     let gateway_id = config.gateway_id()?;
-    let clients = Clients::new(&config)?;
+    let clients = Clients::new(&config.calls, &config.server)?;
     let keys = clients.keys;
     let bus = bus
         .with_credentials(keys.clone())

@@ -23,9 +23,8 @@ use parley_bus::{
 use parley_proto::{
     bus::{BusEvent, Delivery, Typing, bus_event},
     gateway::DeliveredMessage,
-    notification::{self as npb, notification_service_client::NotificationServiceClient},
+    notification as npb,
 };
-use parley_server::upstream::Intercepted;
 use parley_server::{Seq, Stopping};
 
 use crate::{
@@ -71,9 +70,6 @@ impl Remembered {
         self.offline.remove(&(gid, seq))
     }
 }
-
-/// The notification client the drainer hands offline members to.
-pub type NotificationClient = NotificationServiceClient<Intercepted>;
 
 /// Where a message goes: per gateway the recipients it holds, and the members
 /// with no device online (never the sender).

@@ -13,27 +13,19 @@ pub mod publish_order;
 pub mod service;
 pub mod store;
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-use parley_bus::{Bus, BusArgs, routing::PresenceClient};
-use parley_proto::{
-    message::message_service_server::MessageServiceServer,
-    notification::notification_service_client::NotificationServiceClient,
-    presence::presence_service_client::PresenceServiceClient,
-    receipt::receipt_service_client::ReceiptServiceClient,
-};
+use parley_bus::{Bus, BusArgs};
+use parley_proto::message::message_service_server::MessageServiceServer;
 use parley_server::{
     ServerArgs, StartError,
-    credentials::Keys,
     db::{DatabaseArgs, DatabaseUrl},
-    runner::{self, Serving},
-    upstream::{NotificationUrl, PresenceUrl, ReceiptUrl},
+    runner::Serving,
 };
-use tokio::net::TcpListener;
 
 use crate::{
-    fanout::{Fanout, NotificationClient},
-    outbox::{Downstream, Drainer, ReceiptClient, Wake},
+    fanout::Fanout,
+    outbox::{Downstream, Drainer, Wake},
     service::{Limits, MessageApi},
     store::{MessageStore, MySqlMessageStore, SqliteMessageStore},
 };
@@ -52,15 +44,9 @@ pub struct Config {
         hide_env_values = true
     )]
     pub database_url: DatabaseUrl,
-    /// The receipt service, for the outbox drainer.
+    /// The services it calls.
     #[command(flatten)]
-    pub receipt: ReceiptUrl,
-    /// The presence service, for fan-out.
-    #[command(flatten)]
-    pub presence: PresenceUrl,
-    /// The notification service, for offline members.
-    #[command(flatten)]
-    pub notification: NotificationUrl,
+    pub calls: Callees,
     /// The bus to the gateways.
     #[command(flatten)]
     pub bus: BusArgs,
@@ -113,49 +99,30 @@ parley_bus::bus_service!(
     SqliteMessageStore
 );
 
-/// The services the message service calls, and the credentials it calls with.
-struct Upstream {
-    keys: Option<Keys>,
-    receipt: ReceiptClient,
-    presence: PresenceClient,
-    notification: NotificationClient,
-}
+parley_server::callees!("message" calls {
+    /// The receipt service, for the outbox drainer.
+    receipt: ReceiptUrl,
+    /// The presence service, for fan-out.
+    presence: PresenceUrl,
+    /// The notification service, for offline members.
+    notification: NotificationUrl,
+});
 
-impl Upstream {
-    fn new(config: &Config) -> Result<Self, StartError> {
-        let (keys, identity) = config.server.identity("message")?;
-        Ok(Self {
-            receipt: ReceiptServiceClient::new(config.receipt.calling_as(&identity)?),
-            presence: PresenceServiceClient::new(config.presence.calling_as(&identity)?),
-            notification: NotificationServiceClient::new(
-                config.notification.calling_as(&identity)?,
-            ),
-            keys,
-        })
-    }
-}
-
-async fn serve<S, F>(
-    store: S,
+async fn serve(
+    store: impl MessageStore,
     bus: Bus,
-    upstream: Upstream,
+    clients: Clients,
     config: Config,
-    listener: TcpListener,
-    shutdown: F,
-) -> Result<(), StartError>
-where
-    S: MessageStore,
-    F: Future<Output = ()> + Send + 'static,
-{
-    let fanout = Fanout::new(upstream.presence, bus);
+    mut serving: Serving,
+) -> Result<(), StartError> {
+    let fanout = Fanout::new(clients.presence, bus);
     let downstream = Downstream {
-        receipt: upstream.receipt,
-        notification: upstream.notification,
+        receipt: clients.receipt,
+        notification: clients.notification,
         fanout: fanout.clone(),
     };
     let wake = Wake::default();
     let max_backoff = Duration::from_millis(config.outbox_max_backoff_ms);
-    let mut serving = Serving::new(upstream.keys);
     let background = &mut serving.background;
     background.spawn("outbox", |stopping| {
         Drainer::new(store.clone(), downstream, wake.clone(), max_backoff).run(stopping)
@@ -182,5 +149,5 @@ where
     };
     let api = MessageApi::new(store.clone(), limits, wake, fanout);
     serving.add(MessageServiceServer::new(api));
-    runner::serve_stored(&store, listener, &config.server, serving, shutdown).await
+    serving.serve_stored(&store, &config.server).await
 }

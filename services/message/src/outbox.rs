@@ -13,11 +13,8 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use parley_proto::{
-    notification as npb,
-    receipt::{self as pb, receipt_service_client::ReceiptServiceClient},
-};
-use parley_server::upstream::Intercepted;
+use parley_proto::{notification as npb, receipt as pb};
+use parley_server::upstream::{NotificationClient, ReceiptClient};
 use parley_server::{Seq, ids::InvalidId};
 use parley_server::{Stopping, backoff_delay};
 use tokio::sync::watch;
@@ -27,14 +24,11 @@ use tracing::Instrument;
 use crate::{
     domain::{MAX_UIDS_PER_REQUEST, Role},
     error::MessageError,
-    fanout::{Fanout, FanoutError, NotificationClient, offline_batch},
+    fanout::{Fanout, FanoutError, offline_batch},
     store::{
         Audience, Lane, MessageRecord, MessageStore, OUTBOX_MEMBERSHIP, OUTBOX_MESSAGE, OutboxEvent,
     },
 };
-
-/// The receipt client the drainer uses.
-pub type ReceiptClient = ReceiptServiceClient<Intercepted>;
 
 const BATCH: u32 = 500;
 /// Lanes drained side by side.

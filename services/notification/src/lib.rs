@@ -15,28 +15,20 @@ pub mod worker;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use parley_bus::routing::PresenceClient;
 use parley_proto::notification::notification_service_server::NotificationServiceServer;
-use parley_proto::{
-    message::message_service_client::MessageServiceClient,
-    presence::presence_service_client::PresenceServiceClient,
-    receipt::receipt_service_client::ReceiptServiceClient,
-};
 use parley_server::{
     ServerArgs, StartError,
-    credentials::Keys,
     db::{DatabaseArgs, DatabaseUrl, Opened},
-    runner::{self, Service, Serving, Stored},
-    upstream::{MessageUrl, PresenceUrl, ReceiptUrl},
+    runner::{Service, Serving, Stored},
 };
 use tokio::net::TcpListener;
 
 use crate::{
     providers::PushArgs,
     push::Senders,
-    service::{MessageClient, NotificationApi},
+    service::NotificationApi,
     store::{MySqlQueueStore, QueueStore, SqliteQueueStore},
-    worker::{Policy, ReceiptClient, Worker},
+    worker::{Policy, Worker},
 };
 
 /// The notification service's configuration, from flags or `PARLEY_*` variables.
@@ -57,15 +49,9 @@ pub struct Config {
         hide_env_values = true
     )]
     pub database_url: DatabaseUrl,
-    /// The presence service: users with a device online get no push.
+    /// The services it calls.
     #[command(flatten)]
-    pub presence: PresenceUrl,
-    /// The receipt service: read cursors and unread counts (the badge).
-    #[command(flatten)]
-    pub receipt: ReceiptUrl,
-    /// The message service: a group is muted only by its members.
-    #[command(flatten)]
-    pub message: MessageUrl,
+    pub calls: Callees,
     /// Push providers and their credentials.
     #[command(flatten)]
     pub push: PushArgs,
@@ -156,7 +142,7 @@ impl Service for Notification {
 
     fn check(config: &Config) -> Result<(), StartError> {
         config.push.senders().map_err(StartError::config)?;
-        Upstream::new(config).map(drop)
+        Clients::new(&config.calls, &config.server).map(drop)
     }
 
     async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), StartError>
@@ -166,15 +152,13 @@ impl Service for Notification {
         // Credentials first: a service that will refuse to start changes
         // nothing.
         let senders = config.push.senders().map_err(StartError::config)?;
-        let upstream = Upstream::new(&config)?;
+        let clients = Clients::new(&config.calls, &config.server)?;
         config.push.log_providers(&senders);
-        match Notification::open(&config).await? {
-            Opened::MySql(store) => {
-                serve(store, senders, upstream, config, listener, shutdown).await
-            }
-            Opened::Sqlite(store) => {
-                serve(store, senders, upstream, config, listener, shutdown).await
-            }
+        let opened = Notification::open(&config).await?;
+        let serving = Serving::new(clients.keys.clone(), listener, shutdown);
+        match opened {
+            Opened::MySql(store) => serve(store, senders, clients, config, serving).await,
+            Opened::Sqlite(store) => serve(store, senders, clients, config, serving).await,
         }
     }
 }
@@ -187,52 +171,34 @@ impl Stored for Notification {
 /// The command line: serve (default) or migrate.
 pub type Cli = parley_server::runner::StoredCli<Config>;
 
-/// The services the notification service calls, and the credentials it
-/// calls with.
-struct Upstream {
-    keys: Option<Keys>,
-    presence: PresenceClient,
-    receipt: ReceiptClient,
-    message: MessageClient,
-}
+parley_server::callees!("notification" calls {
+    /// The presence service: users with a device online get no push.
+    presence: PresenceUrl,
+    /// The receipt service: read cursors and unread counts (the badge).
+    receipt: ReceiptUrl,
+    /// The message service: a group is muted only by its members.
+    message: MessageUrl,
+});
 
-impl Upstream {
-    fn new(config: &Config) -> Result<Self, StartError> {
-        let (keys, identity) = config.server.identity("notification")?;
-        Ok(Self {
-            presence: PresenceServiceClient::new(config.presence.calling_as(&identity)?),
-            receipt: ReceiptServiceClient::new(config.receipt.calling_as(&identity)?),
-            message: MessageServiceClient::new(config.message.calling_as(&identity)?),
-            keys,
-        })
-    }
-}
-
-async fn serve<S, F>(
-    store: S,
+async fn serve(
+    store: impl QueueStore,
     senders: Senders,
-    upstream: Upstream,
+    clients: Clients,
     config: Config,
-    listener: TcpListener,
-    shutdown: F,
-) -> Result<(), StartError>
-where
-    S: QueueStore,
-    F: Future<Output = ()> + Send + 'static,
-{
+    mut serving: Serving,
+) -> Result<(), StartError> {
     let policy = config.policy.policy();
-    let mut serving = Serving::new(upstream.keys);
     let worker = Worker::new(
         store.clone(),
         senders,
-        upstream.presence,
-        upstream.receipt,
+        clients.presence,
+        clients.receipt,
         policy.clone(),
     );
     serving
         .background
         .spawn("push worker", |stopping| worker.run(stopping));
-    let api = NotificationApi::new(store.clone(), policy, upstream.message);
+    let api = NotificationApi::new(store.clone(), policy, clients.message);
     serving.add(NotificationServiceServer::new(api));
-    runner::serve_stored(&store, listener, &config.server, serving, shutdown).await
+    serving.serve_stored(&store, &config.server).await
 }

@@ -3,10 +3,10 @@
 use std::collections::BTreeSet;
 
 use parley_proto::{
-    message::{self as mpb, message_service_client::MessageServiceClient},
+    message as mpb,
     notification::{self as pb, notification_service_server::NotificationService},
 };
-use parley_server::upstream::Intercepted;
+use parley_server::upstream::MessageClient;
 use parley_server::{
     Caller, Error, Reason, Uid,
     caller::{acting_for, check_device_id},
@@ -36,9 +36,6 @@ pub struct NotificationApi<S> {
     policy: Policy,
     message: MessageClient,
 }
-
-/// The message service, asked whether a user is a member of a group.
-pub type MessageClient = MessageServiceClient<Intercepted>;
 
 impl<S: QueueStore> NotificationApi<S> {
     /// Handlers over `store`, queueing with `policy`'s collapse windows;

@@ -23,8 +23,8 @@ use std::{
 
 use futures::future::join_all;
 use parley_bus::routing::{PresenceClient, locate};
-use parley_proto::receipt::{self as rpb, receipt_service_client::ReceiptServiceClient};
-use parley_server::upstream::Intercepted;
+use parley_proto::receipt as rpb;
+use parley_server::upstream::ReceiptClient;
 use parley_server::{Stopping, backoff_delay, millis, now_ms};
 use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
 
@@ -115,9 +115,6 @@ enum Attempt {
         reason: String,
     },
 }
-
-/// The receipt client the worker reads unread counts with.
-pub type ReceiptClient = ReceiptServiceClient<Intercepted>;
 
 /// How pushes are collapsed, throttled and retried.
 #[derive(Clone, Debug)]

@@ -15,8 +15,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use parley_proto::presence::presence_service_server::PresenceServiceServer;
 use parley_server::{
     ServerArgs, StartError,
-    credentials::Keys,
-    runner::{self, Service, Serving},
+    runner::{Service, Serving},
 };
 use tokio::net::TcpListener;
 
@@ -88,9 +87,11 @@ impl Service for Presence {
             .server
             .credentials("presence")
             .map_err(StartError::config)?;
-        match Store::open(&config)? {
-            Store::Redis(store) => serve(store, "redis", keys, config, listener, shutdown).await,
-            Store::Memory(store) => serve(store, "memory", keys, config, listener, shutdown).await,
+        let store = Store::open(&config)?;
+        let serving = Serving::new(keys, listener, shutdown);
+        match store {
+            Store::Redis(store) => serve(store, "redis", config, serving).await,
+            Store::Memory(store) => serve(store, "memory", config, serving).await,
         }
     }
 }
@@ -127,20 +128,13 @@ impl Store {
     }
 }
 
-async fn serve<S, F>(
-    store: S,
+async fn serve(
+    store: impl PresenceStore,
     backend: &'static str,
-    keys: Option<Keys>,
     config: Config,
-    listener: TcpListener,
-    shutdown: F,
-) -> Result<(), StartError>
-where
-    S: PresenceStore,
-    F: Future<Output = ()> + Send + 'static,
-{
+    mut serving: Serving,
+) -> Result<(), StartError> {
     // Watch streams end when the service stops, so the server can finish.
-    let mut serving = Serving::new(keys);
     let api = PresenceApi::new(
         store,
         config.ttl_ms,
@@ -149,5 +143,5 @@ where
     );
     serving.add(PresenceServiceServer::new(api));
     tracing::info!(backend, ttl_ms = config.ttl_ms, "presence store");
-    runner::serve(listener, &config.server, serving, shutdown).await
+    serving.serve(&config.server).await
 }

@@ -12,26 +12,19 @@ pub mod retention;
 pub mod service;
 pub mod store;
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-use parley_bus::{Bus, BusArgs, routing::PresenceClient};
-use parley_proto::{
-    message::message_service_client::MessageServiceClient,
-    presence::presence_service_client::PresenceServiceClient,
-    receipt::receipt_service_server::ReceiptServiceServer,
-};
+use parley_bus::{Bus, BusArgs};
+use parley_proto::receipt::receipt_service_server::ReceiptServiceServer;
 use parley_server::{
     ServerArgs, StartError,
-    credentials::Keys,
     db::{DatabaseArgs, DatabaseUrl},
-    runner::{self, Serving},
-    upstream::{MessageUrl, PresenceUrl},
+    runner::Serving,
 };
-use tokio::net::TcpListener;
 
 use crate::{
     digest::Coalescer,
-    service::{MessageClient, ReceiptApi},
+    service::ReceiptApi,
     store::{MySqlReceiptStore, ReceiptStore, SqliteReceiptStore},
 };
 
@@ -70,13 +63,9 @@ pub struct Config {
     #[arg(long, env = "PARLEY_RECEIPT_DIGEST_WINDOW_MS", default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub digest_window_ms: u64,
-    /// The presence service, to find senders' gateways.
+    /// The services it calls.
     #[command(flatten)]
-    pub presence: PresenceUrl,
-    /// The message service, which says how far a group's messages go when an
-    /// ack is past what the outbox has delivered here.
-    #[command(flatten)]
-    pub message: MessageUrl,
+    pub calls: Callees,
     /// The bus to the gateways.
     #[command(flatten)]
     pub bus: BusArgs,
@@ -101,37 +90,21 @@ parley_bus::bus_service!(
     SqliteReceiptStore
 );
 
-/// The services the receipt service calls, and the credentials it calls with.
-struct Upstream {
-    keys: Option<Keys>,
-    presence: PresenceClient,
-    message: MessageClient,
-}
+parley_server::callees!("receipt" calls {
+    /// The presence service, to find senders' gateways.
+    presence: PresenceUrl,
+    /// The message service, which says how far a group's messages go when an
+    /// ack is past what the outbox has delivered here.
+    message: MessageUrl,
+});
 
-impl Upstream {
-    fn new(config: &Config) -> Result<Self, StartError> {
-        let (keys, identity) = config.server.identity("receipt")?;
-        Ok(Self {
-            presence: PresenceServiceClient::new(config.presence.calling_as(&identity)?),
-            message: MessageServiceClient::new(config.message.calling_as(&identity)?),
-            keys,
-        })
-    }
-}
-
-async fn serve<S, F>(
-    store: S,
+async fn serve(
+    store: impl ReceiptStore,
     bus: Bus,
-    upstream: Upstream,
+    clients: Clients,
     config: Config,
-    listener: TcpListener,
-    shutdown: F,
-) -> Result<(), StartError>
-where
-    S: ReceiptStore,
-    F: Future<Output = ()> + Send + 'static,
-{
-    let mut serving = Serving::new(upstream.keys);
+    mut serving: Serving,
+) -> Result<(), StartError> {
     let background = &mut serving.background;
     background.spawn("retention", |stopping| {
         retention::run(
@@ -146,7 +119,7 @@ where
         digest::run(
             store.clone(),
             coalescer.clone(),
-            upstream.presence,
+            clients.presence,
             bus,
             Duration::from_millis(config.digest_window_ms),
             stopping,
@@ -154,7 +127,7 @@ where
     });
     let ledger_max = config.ledger_max_members;
     tracing::info!(ledger_max_members = ledger_max, "receipt ledger tier");
-    let api = ReceiptApi::new(store.clone(), ledger_max, coalescer, upstream.message);
+    let api = ReceiptApi::new(store.clone(), ledger_max, coalescer, clients.message);
     serving.add(ReceiptServiceServer::new(api));
-    runner::serve_stored(&store, listener, &config.server, serving, shutdown).await
+    serving.serve_stored(&store, &config.server).await
 }

@@ -4,10 +4,10 @@ use std::collections::HashMap;
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use parley_proto::{
-    message::{self as mpb, message_service_client::MessageServiceClient},
+    message as mpb,
     receipt::{self as pb, receipt_service_server::ReceiptService},
 };
-use parley_server::upstream::Intercepted;
+use parley_server::upstream::MessageClient;
 use parley_server::{
     Caller, Reason, Seq, Uid,
     ids::{InvalidId, positive},
@@ -29,9 +29,6 @@ use crate::{
 pub const MAX_UNREAD_TOTALS: usize = 1000;
 /// Closed stays one membership change carries.
 pub const MAX_PAST_STAYS: usize = 16;
-
-/// The message service client, which vouches for a group's committed last seq.
-pub type MessageClient = MessageServiceClient<Intercepted>;
 
 /// The ReceiptService implementation over a store.
 pub struct ReceiptApi<S> {
@@ -986,7 +983,7 @@ mod tests {
             .await
             .expect("membership");
         let channel = tonic::transport::Channel::from_static("http://127.0.0.1:9").connect_lazy();
-        let message_client = MessageServiceClient::with_interceptor(
+        let message_client = mpb::message_service_client::MessageServiceClient::with_interceptor(
             channel,
             parley_server::ServiceIdentity::new("receipt", None),
         );
