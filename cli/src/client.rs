@@ -15,7 +15,7 @@ use parley_proto::{
 use parley_server::Uid;
 use tokio::sync::mpsc;
 
-use crate::failure::Failure;
+use crate::{Output, failure::Failure};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     Request, Status, codegen::InterceptedService, metadata::AsciiMetadataValue,
@@ -129,14 +129,18 @@ pub struct Device {
     tx: mpsc::Sender<pb::ConnectRequest>,
     rx: tonic::Streaming<pb::ConnectResponse>,
     next_request: u64,
+    out: Output,
 }
 
 impl Device {
-    /// Opens the stream with a freshly signed token and waits for AuthOk.
+    /// Opens the stream with a freshly signed token and waits for AuthOk;
+    /// frames that come while a command waits for its answer are shown as
+    /// `out` says.
     pub async fn connect(
         endpoints: &Endpoints,
         uid: &Uid,
         device_id: &str,
+        out: Output,
     ) -> Result<Self, Failure> {
         let token = parley_gateway::auth::issue_hs256(endpoints.secret.as_bytes(), uid, 3600)
             .map_err(|e| e.to_string())?;
@@ -171,6 +175,7 @@ impl Device {
             tx,
             rx,
             next_request: 1,
+            out,
         };
         match device.next(Duration::from_secs(10)).await? {
             Some(Out::AuthOk(_)) => Ok(device),
@@ -200,15 +205,54 @@ impl Device {
             .map_err(|_| "stream closed".to_owned())
     }
 
-    /// Sends a message and waits for its result; other frames are printed.
+    /// The next request id on this stream.
+    fn request_id(&mut self) -> u64 {
+        let id = self.next_request;
+        self.next_request = id.saturating_add(1);
+        id
+    }
+
+    /// Waits for the answer to request `request_id`; frames before it are
+    /// [shown aside](Self::aside). A refused answer is a [`Failure`] by its
+    /// reason.
+    async fn answer<A: Answer>(&mut self, request_id: u64) -> Result<A, Failure> {
+        loop {
+            let Some(frame) = self.next(ANSWER_WITHIN).await? else {
+                return Err(Failure::Unreachable(format!(
+                    "no {} result within {} s",
+                    A::WHAT,
+                    ANSWER_WITHIN.as_secs()
+                )));
+            };
+            let Some(answer) = A::pick(&frame, request_id) else {
+                self.aside(&frame);
+                continue;
+            };
+            let (code, reason, error) = answer.outcome();
+            if code != 0 {
+                return Err(Failure::of(A::WHAT, code.into(), reason, error));
+            }
+            return Ok(answer.clone());
+        }
+    }
+
+    /// A frame that is not what the command waits for (a message of the
+    /// backlog, a digest): shown to people, and left out of JSON output, where
+    /// each command prints its result alone.
+    fn aside(&self, frame: &Out) {
+        if !self.out.json() {
+            show_frame(&self.uid, frame, self.out);
+        }
+    }
+
+    /// Sends a message and waits for its result.
     pub async fn send(
         &mut self,
         gid: u64,
         text: &str,
         need_receipt: bool,
     ) -> Result<pb::SendResultFrame, Failure> {
-        let request_id = self.next_request;
-        self.next_request += 1;
+        let request_id = self.request_id();
         let client_msg_id = format!("cli-{}-{request_id}", parley_server::now_ms());
         self.send_frame(In::Send(pb::SendFrame {
             request_id,
@@ -218,54 +262,25 @@ impl Device {
             need_receipt,
         }))
         .await?;
-        loop {
-            match self.next(Duration::from_secs(10)).await? {
-                Some(Out::SendResult(result)) if result.request_id == request_id => {
-                    if result.code != 0 {
-                        return Err(Failure::of(
-                            "send",
-                            result.code.into(),
-                            &result.reason,
-                            &result.error,
-                        ));
-                    }
-                    return Ok(result);
-                }
-                Some(other) => print_frame(&self.uid, &other),
-                None => {
-                    return Err(Failure::Unreachable("no send result within 10 s".into()));
-                }
-            }
-        }
+        self.answer(request_id).await
     }
 
-    /// Makes a client API call and waits for its result; other frames are
-    /// printed. A refused call is a [`Failure`] by its reason.
+    /// Makes a client API call and waits for its result.
     pub async fn call(&mut self, call: Call) -> Result<pb::ResultFrame, Failure> {
-        let request_id = self.next_request;
-        self.next_request += 1;
+        let request_id = self.request_id();
         self.send_frame(In::Request(pb::RequestFrame {
             request_id,
             call: Some(call),
         }))
         .await?;
-        loop {
-            match self.next(Duration::from_secs(10)).await? {
-                Some(Out::Result(result)) if result.request_id == request_id => {
-                    if result.code != 0 {
-                        return Err(Failure::of(
-                            "call",
-                            result.code.into(),
-                            &result.reason,
-                            &result.error,
-                        ));
-                    }
-                    return Ok(result);
-                }
-                Some(other) => print_frame(&self.uid, &other),
-                None => return Err(Failure::Unreachable("no call result within 10 s".into())),
-            }
-        }
+        self.answer(request_id).await
+    }
+
+    /// A heartbeat's round trip: once its reply is here, the gateway has
+    /// handled every frame sent before it (acks have no reply of their own).
+    pub async fn round_trip(&mut self) -> Result<(), Failure> {
+        self.heartbeat().await?;
+        self.answer::<pb::HeartbeatReplyFrame>(0).await.map(drop)
     }
 
     /// Acknowledges a group up to `seq`.
@@ -285,34 +300,134 @@ impl Device {
     }
 }
 
-/// Prints a frame the way `parley watch` and the demo show it.
-pub fn print_frame(uid: &Uid, frame: &Out) {
+/// How long a command waits for the answer to what it sent.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// A frame that answers what a device sent.
+trait Answer: Clone {
+    /// What was asked, for messages.
+    const WHAT: &'static str;
+
+    /// The answer to request `request_id`, if `frame` is it.
+    fn pick(frame: &Out, request_id: u64) -> Option<&Self>;
+
+    /// Its gRPC code (0: done), reason and error text.
+    fn outcome(&self) -> (i32, &str, &str);
+}
+
+impl Answer for pb::SendResultFrame {
+    const WHAT: &'static str = "send";
+
+    fn pick(frame: &Out, request_id: u64) -> Option<&Self> {
+        match frame {
+            Out::SendResult(result) if result.request_id == request_id => Some(result),
+            _ => None,
+        }
+    }
+
+    fn outcome(&self) -> (i32, &str, &str) {
+        (self.code, &self.reason, &self.error)
+    }
+}
+
+impl Answer for pb::ResultFrame {
+    const WHAT: &'static str = "call";
+
+    fn pick(frame: &Out, request_id: u64) -> Option<&Self> {
+        match frame {
+            Out::Result(result) if result.request_id == request_id => Some(result),
+            _ => None,
+        }
+    }
+
+    fn outcome(&self) -> (i32, &str, &str) {
+        (self.code, &self.reason, &self.error)
+    }
+}
+
+impl Answer for pb::HeartbeatReplyFrame {
+    const WHAT: &'static str = "heartbeat";
+
+    /// A heartbeat has no request id: the next reply answers it.
+    fn pick(frame: &Out, _: u64) -> Option<&Self> {
+        match frame {
+            Out::HeartbeatReply(reply) => Some(reply),
+            _ => None,
+        }
+    }
+
+    fn outcome(&self) -> (i32, &str, &str) {
+        (0, "", "")
+    }
+}
+
+/// Shows a frame as `parley watch` and the demo do: a line of text, or with
+/// `--json` a JSON object, for each message, receipt and notice it carries.
+pub fn show_frame(uid: &Uid, frame: &Out, out: Output) {
     match frame {
-        Out::Message(m) => println!(
-            "  [{uid}] group {} seq {} from {}: {}",
-            m.gid,
-            m.seq,
-            m.sender_uid,
-            String::from_utf8_lossy(&m.content)
-        ),
+        Out::Message(m) => {
+            let text = String::from_utf8_lossy(&m.content);
+            out.result(
+                || {
+                    format!(
+                        "  [{uid}] group {} seq {} from {}: {text}",
+                        m.gid, m.seq, m.sender_uid
+                    )
+                },
+                serde_json::json!({
+                    "event": "message",
+                    "gid": m.gid,
+                    "seq": m.seq,
+                    "msgid": m.msgid,
+                    "sender": m.sender_uid,
+                    "text": text,
+                    "need_receipt": m.need_receipt,
+                    "created_at_ms": m.created_at_ms,
+                }),
+            );
+        }
         Out::ReceiptDigest(d) => {
             for e in &d.entries {
-                println!(
-                    "  [{uid}] receipt: message {} (group {} seq {}) read by {} of {}",
-                    e.msgid, e.gid, e.seq, e.read_count, e.recipient_count
+                out.result(
+                    || {
+                        format!(
+                            "  [{uid}] receipt: message {} (group {} seq {}) read by {} of {}",
+                            e.msgid, e.gid, e.seq, e.read_count, e.recipient_count
+                        )
+                    },
+                    serde_json::json!({
+                        "event": "receipt",
+                        "gid": e.gid,
+                        "seq": e.seq,
+                        "msgid": e.msgid,
+                        "read_count": e.read_count,
+                        "recipient_count": e.recipient_count,
+                    }),
                 );
             }
         }
         Out::HeartbeatReply(r) => {
             for e in &r.receipt_changes {
-                println!(
-                    "  [{uid}] watched message {} read by {} of {}",
-                    e.msgid, e.read_count, e.recipient_count
+                out.result(
+                    || {
+                        format!(
+                            "  [{uid}] watched message {} read by {} of {}",
+                            e.msgid, e.read_count, e.recipient_count
+                        )
+                    },
+                    serde_json::json!({
+                        "event": "watched_receipt",
+                        "msgid": e.msgid,
+                        "read_count": e.read_count,
+                        "recipient_count": e.recipient_count,
+                    }),
                 );
             }
         }
-        Out::Closing(c) => println!("  [{uid}] gateway closing the stream: {}", c.reason),
-        Out::SendResult(r) if r.code != 0 => println!("  [{uid}] send refused: {}", r.error),
+        Out::Closing(c) => out.result(
+            || format!("  [{uid}] gateway closing the stream: {}", c.reason),
+            serde_json::json!({ "event": "closing", "reason": c.reason }),
+        ),
         _ => {}
     }
 }

@@ -24,6 +24,7 @@ use sqlx::{Connection, MySqlConnection};
 use tokio::process::{Child, Command};
 
 use crate::{
+    Output,
     client::{Device, Endpoints},
     dev::DEV_JWT_SECRET,
     failure::Failure,
@@ -421,8 +422,8 @@ async fn check(ports: &Ports) -> Result<(), Failure> {
     };
     let uid = |raw: &str| Uid::parse(raw).map_err(|e| Failure::Other(e.to_string()));
     let (alice, bob) = (uid("cluster-alice")?, uid("cluster-bob")?);
-    let mut a = Device::connect(&on("gateway-a"), &alice, "phone").await?;
-    let mut b = Device::connect(&on("gateway-b"), &bob, "laptop").await?;
+    let mut a = Device::connect(&on("gateway-a"), &alice, "phone", Output::TEXT).await?;
+    let mut b = Device::connect(&on("gateway-b"), &bob, "laptop", Output::TEXT).await?;
     let create = Call::CreateGroup(pb::CreateGroupCall {
         direct: false,
         name: "cluster check".into(),

@@ -14,12 +14,12 @@ use parley_server::Uid;
 
 use crate::{
     Output,
-    client::{self, Device, Endpoints, print_frame},
+    client::{self, Device, Endpoints, show_frame},
     failure::Failure,
 };
 
 /// The demo prints text.
-const TEXT: Output = Output { json: false };
+const TEXT: Output = Output::TEXT;
 
 fn uid(raw: &str) -> Result<Uid, String> {
     Uid::parse(raw).map_err(|e| e.to_string())
@@ -33,7 +33,7 @@ async fn show_until(
     mut done: impl FnMut(&Out) -> bool,
 ) -> Result<(), Failure> {
     while let Some(frame) = device.next(wait).await? {
-        print_frame(&device.uid, &frame);
+        show_frame(&device.uid, &frame, TEXT);
         if done(&frame) {
             return Ok(());
         }
@@ -122,9 +122,9 @@ pub async fn run(endpoints: &Endpoints, data: &Path) -> Result<(), Failure> {
     println!("  [uid3] registered its phone for push notifications (FCM)");
 
     println!("2. A, uid1 and uid2 connect to the gateway; uid3 stays offline");
-    let mut a_dev = Device::connect(endpoints, &a, "a-phone").await?;
-    let mut uid1_dev = Device::connect(endpoints, &uid1, "uid1-phone").await?;
-    let mut uid2_dev = Device::connect(endpoints, &uid2, "uid2-laptop").await?;
+    let mut a_dev = Device::connect(endpoints, &a, "a-phone", TEXT).await?;
+    let mut uid1_dev = Device::connect(endpoints, &uid1, "uid1-phone", TEXT).await?;
+    let mut uid2_dev = Device::connect(endpoints, &uid2, "uid2-laptop", TEXT).await?;
 
     println!("3. A sends three messages that want read receipts");
     let mut msgids = Vec::new();
@@ -173,7 +173,7 @@ pub async fn run(endpoints: &Endpoints, data: &Path) -> Result<(), Failure> {
     show_push(&crate::dev::push_log_path(data), &uid3, gid).await?;
 
     println!("10. uid3 connects: the backlog arrives in seq order, then uid3 reads it");
-    let mut uid3_dev = Device::connect(endpoints, &uid3, "uid3-phone").await?;
+    let mut uid3_dev = Device::connect(endpoints, &uid3, "uid3-phone", TEXT).await?;
     show_until(&mut uid3_dev, Duration::from_secs(5), |f| {
         message_seq(f) == Some(3)
     })

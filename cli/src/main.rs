@@ -19,7 +19,7 @@ use parley_proto::{message as mpb, receipt as rpb};
 use parley_server::Uid;
 
 use crate::{
-    client::{Device, Endpoints, print_frame},
+    client::{Device, Endpoints, show_frame},
     failure::Failure,
 };
 
@@ -253,6 +253,14 @@ pub struct Output {
 }
 
 impl Output {
+    /// Text for people.
+    pub const TEXT: Self = Self { json: false };
+
+    /// Whether results are JSON.
+    pub fn json(self) -> bool {
+        self.json
+    }
+
     /// Prints one result.
     pub fn result(self, text: impl FnOnce() -> String, json: serde_json::Value) {
         if self.json {
@@ -428,7 +436,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             text,
             no_receipt,
         } => {
-            let mut device = Device::connect(&endpoints, &uid(&raw)?, "cli").await?;
+            let mut device = Device::connect(&endpoints, &uid(&raw)?, "cli", out).await?;
             let result = device.send(gid, &text, !no_receipt).await?;
             out.result(
                 || format!("sent: message {} seq {}", result.msgid, result.seq),
@@ -442,12 +450,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             read,
         } => {
             let uid = uid(&raw)?;
-            let mut stream = Device::connect(&endpoints, &uid, &device).await?;
-            println!("watching as {uid} (Ctrl-C to stop)");
+            let mut stream = Device::connect(&endpoints, &uid, &device, out).await?;
+            eprintln!("watching as {uid} (Ctrl-C to stop)");
             loop {
                 match stream.next(Duration::from_secs(5)).await? {
                     Some(frame) => {
-                        print_frame(&uid, &frame);
+                        show_frame(&uid, &frame, out);
                         if let parley_proto::gateway::connect_response::Frame::Message(m) = &frame {
                             stream.ack(m.gid, m.seq, read).await?;
                         }
@@ -462,19 +470,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             seq,
             delivered,
         } => {
-            let device = Device::connect(&endpoints, &uid(&raw)?, "cli").await?;
+            let mut device = Device::connect(&endpoints, &uid(&raw)?, "cli", out).await?;
             device.ack(gid, seq, !delivered).await?;
-            // Acks have no reply; a heartbeat round trip shows they were handled.
-            let mut device = device;
-            device.heartbeat().await?;
-            while let Some(frame) = device.next(Duration::from_secs(5)).await? {
-                if matches!(
-                    frame,
-                    parley_proto::gateway::connect_response::Frame::HeartbeatReply(_)
-                ) {
-                    break;
-                }
-            }
+            device.round_trip().await?;
             out.result(
                 || format!("acknowledged group {gid} up to seq {seq}"),
                 serde_json::json!({ "gid": gid, "up_to_seq": seq, "read": !delivered }),
