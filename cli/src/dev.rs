@@ -51,11 +51,24 @@ async fn bind(name: &str, addr: &str) -> Result<TcpListener, Failure> {
 
 /// A service's configuration in development mode: no service credentials,
 /// each call trusted to name its service and user (each service says so in
-/// its log at start).
-/// Flags alone: no `PARLEY_*` variable of the shell reaches the suite.
-fn config<C: clap::Parser>(args: &[&str]) -> Result<C, Failure> {
-    let dev = ["--dev-mode", "true"];
-    parley_server::runner::config_from_args(args.iter().chain(&dev)).map_err(|e| e.to_string())
+/// its log at start); `args`, then `--<callee>-url` for each of `calls`,
+/// from `base`. Flags alone: no `PARLEY_*` variable of the shell reaches the
+/// suite.
+fn config<C: clap::Parser>(base: u16, args: &[&str], calls: &[&str]) -> Result<C, Failure> {
+    let mut args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+    for callee in calls {
+        let offset = match *callee {
+            "message" => MESSAGE,
+            "presence" => PRESENCE,
+            "receipt" => RECEIPT,
+            "notification" => NOTIFICATION,
+            other => return Err(format!("no service {other:?} to call")),
+        };
+        let url = format!("http://{}", addr(base.saturating_add(offset)));
+        args.extend([format!("--{callee}-url"), url]);
+    }
+    args.extend(["--dev-mode".to_owned(), "true".to_owned()]);
+    parley_server::runner::config_from_args(args).map_err(|e| e.to_string())
 }
 
 /// Where `parley dev` appends the pushes its logging sender would have sent.
@@ -73,9 +86,6 @@ pub async fn run(data: &Path, options: &Options) -> Result<(), Failure> {
         ));
     }
     let port = |offset: u16| base.saturating_add(offset);
-    let url = |offset: u16| format!("http://{}", addr(port(offset)));
-    let (message_url, presence_url, receipt_url, notification_url) =
-        (url(MESSAGE), url(PRESENCE), url(RECEIPT), url(NOTIFICATION));
     let web = addr(port(WEB_OFFSET));
     let origins = format!("http://{web},http://localhost:{}", port(WEB_OFFSET));
     let db = |name: &str| format!("sqlite:{}", data.join(format!("{name}.db")).display());
@@ -90,62 +100,46 @@ pub async fn run(data: &Path, options: &Options) -> Result<(), Failure> {
         }
     };
 
-    let presence = config::<parley_presence::Cli>(&["parley-presence"])?.config;
+    let presence = config::<parley_presence::Cli>(base, &["parley-presence"], &[])?.config;
     let push_log = push_log_path(data).display().to_string();
-    let notification = config::<parley_notification::Cli>(&[
-        "parley-notification",
-        "--database-url",
-        &notification_db,
-        "--push-log",
-        "--push-log-file",
-        &push_log,
-        "--presence-url",
-        &presence_url,
-        "--receipt-url",
-        &receipt_url,
-        "--message-url",
-        &message_url,
-    ])?
+    let notification = config::<parley_notification::Cli>(
+        base,
+        &[
+            "parley-notification",
+            "--database-url",
+            &notification_db,
+            "--push-log",
+            "--push-log-file",
+            &push_log,
+        ],
+        &["presence", "receipt", "message"],
+    )?
     .config;
-    let receipt = config::<parley_receipt::Cli>(&[
-        "parley-receipt",
-        "--database-url",
-        &receipt_db,
-        "--presence-url",
-        &presence_url,
-        "--message-url",
-        &message_url,
-    ])?
+    let receipt = config::<parley_receipt::Cli>(
+        base,
+        &["parley-receipt", "--database-url", &receipt_db],
+        &["presence", "message"],
+    )?
     .config;
-    let message = config::<parley_message::Cli>(&[
-        "parley-message",
-        "--database-url",
-        &message_db,
-        "--receipt-url",
-        &receipt_url,
-        "--presence-url",
-        &presence_url,
-        "--notification-url",
-        &notification_url,
-    ])?
+    let message = config::<parley_message::Cli>(
+        base,
+        &["parley-message", "--database-url", &message_db],
+        &["receipt", "presence", "notification"],
+    )?
     .config;
-    let gateway = config::<parley_gateway::Cli>(&[
-        "parley-gateway",
-        "--gateway-id",
-        "dev-gateway",
-        "--jwt-hs256-secret",
-        DEV_JWT_SECRET,
-        "--message-url",
-        &message_url,
-        "--receipt-url",
-        &receipt_url,
-        "--presence-url",
-        &presence_url,
-        "--notification-url",
-        &notification_url,
-        "--ws-allowed-origins",
-        &origins,
-    ])?
+    let gateway = config::<parley_gateway::Cli>(
+        base,
+        &[
+            "parley-gateway",
+            "--gateway-id",
+            "dev-gateway",
+            "--jwt-hs256-secret",
+            DEV_JWT_SECRET,
+            "--ws-allowed-origins",
+            &origins,
+        ],
+        &["message", "receipt", "presence", "notification"],
+    )?
     .config;
 
     let listeners = (

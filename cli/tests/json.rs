@@ -36,9 +36,9 @@ fn parley() -> Command {
 
 /// A `parley dev` of this test's own, on ports below the ephemeral range.
 struct Suite {
-    child: Child,
+    _child: Running,
     base: u16,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 impl Suite {
@@ -68,11 +68,12 @@ impl Suite {
     /// bind (another process took a port in between).
     fn start_on(base: u16) -> Option<Self> {
         let data = tempfile::tempdir().expect("a data directory");
+        let log = std::fs::File::create(data.path().join("dev.log")).expect("a log file");
         let mut child = parley()
             .args(["dev", "--ports", &base.to_string(), "--data"])
             .arg(data.path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("parley dev starts");
         let stdout = child.stdout.take().expect("stdout");
@@ -82,9 +83,9 @@ impl Suite {
             match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) if line.starts_with("parley dev suite:") => {
                     return Some(Self {
-                        child,
+                        _child: Running(child),
                         base,
-                        _data: data,
+                        data,
                     });
                 }
                 Ok(_) => {}
@@ -114,6 +115,11 @@ impl Suite {
         command
     }
 
+    /// What `parley dev` logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("dev.log")).unwrap_or_default()
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("parley runs")
     }
@@ -123,9 +129,11 @@ impl Suite {
         let output = self.run(args);
         assert!(
             output.status.success(),
-            "parley {args:?} failed with {}: {}",
+            "parley {args:?} failed with {}: {}\nparley dev on {} logged:\n{}",
             output.status,
-            String::from_utf8_lossy(&output.stderr)
+            String::from_utf8_lossy(&output.stderr),
+            self.base,
+            self.log()
         );
         let stdout = String::from_utf8(output.stdout).expect("UTF-8");
         let lines: Vec<&str> = stdout.lines().collect();
@@ -155,22 +163,24 @@ impl Suite {
     }
 }
 
-impl Drop for Suite {
+/// A child process, killed when dropped (a failed assertion included).
+struct Running(Child);
+
+impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
-/// The lines `from` writes, as they come.
+/// The lines `from` writes, as they come; once no one listens, the rest is
+/// still read (a child whose output pipe closed would fail to print).
 fn lines_of(from: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(from).lines() {
             let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
+            let _ = tx.send(line);
         }
     });
     rx
@@ -225,13 +235,16 @@ fn every_command_prints_json_and_only_json() {
     assert_eq!(number(&third, "seq"), number(&second, "seq") + 1);
 
     // Carol watches, reading each message: one JSON object a message, in order.
-    let mut watch = suite
-        .command(&["watch", "--as", "carol", "--read"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("parley watch starts");
-    let events = lines_of(watch.stdout.take().expect("stdout"));
+    // It runs until her reads are in (acks have no answer to wait for).
+    let mut watch = Running(
+        suite
+            .command(&["watch", "--as", "carol", "--read"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("parley watch starts"),
+    );
+    let events = lines_of(watch.0.stdout.take().expect("stdout"));
     let mut seen = Vec::new();
     while seen.len() < 3 {
         let line = events
@@ -248,8 +261,6 @@ fn every_command_prints_json_and_only_json() {
             ));
         }
     }
-    let _ = watch.kill();
-    let _ = watch.wait();
     let seq = |result: &Value| number(result, "seq");
     assert_eq!(
         seen,
@@ -272,6 +283,7 @@ fn every_command_prints_json_and_only_json() {
     );
     assert_eq!(number(&receipts[0], "msgid"), number(&first, "msgid"));
     assert_eq!(number(&receipts[0], "recipient_count"), 2);
+    drop(watch);
 
     // Bob has alice's messages unread until he acks them.
     let in_group = |groups: &Value| -> Option<Value> {
