@@ -402,25 +402,33 @@ mod tests {
         assert!(format!("{parsed:?}").contains("Secret(***)"));
     }
 
-    #[tokio::test]
-    async fn a_stream_left_open_holds_the_stop_no_longer_than_the_grace_period() {
+    /// A server with nothing but health and reflection for `names`, on a
+    /// port of its own, until the sender is used; and a channel to it.
+    async fn serve_on(
+        request_timeout: Duration,
+        grace: Duration,
+        names: &'static [&'static str],
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), ServeError>>,
+        tonic::transport::Channel,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let settings = GuardSettings {
-            request_timeout: Duration::from_secs(600),
+            request_timeout,
             max_concurrent_requests: 16,
             rate_per_second: NonZeroU32::MIN,
             rate_burst: NonZeroU32::MIN,
             credentials: None,
             public_prefix: None,
         };
-        let grace = Duration::from_millis(300);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve_with(
             listener,
             settings,
             grace,
-            (RoutesBuilder::default(), &["parley.test.v1.Nothing"]),
+            (RoutesBuilder::default(), names),
             async move {
                 let _ = stopped.await;
             },
@@ -430,6 +438,14 @@ mod tests {
             .connect()
             .await
             .expect("connect");
+        (stop, server, channel)
+    }
+
+    #[tokio::test]
+    async fn a_stream_left_open_holds_the_stop_no_longer_than_the_grace_period() {
+        let grace = Duration::from_millis(300);
+        let (stop, server, channel) =
+            serve_on(Duration::from_secs(600), grace, &["parley.test.v1.Nothing"]).await;
         let mut client = HealthClient::new(channel);
         // A health watch never ends by itself.
         let mut watch = client
@@ -464,31 +480,12 @@ mod tests {
     async fn health_and_reflection_name_the_services_served_here() {
         use tonic_reflection::pb::{v1, v1alpha};
         const SERVED: &str = "parley.message.v1.MessageService";
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let settings = GuardSettings {
-            request_timeout: Duration::from_secs(10),
-            max_concurrent_requests: 16,
-            rate_per_second: NonZeroU32::MIN,
-            rate_burst: NonZeroU32::MIN,
-            credentials: None,
-            public_prefix: None,
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_with(
-            listener,
-            settings,
+        let (stop, server, channel) = serve_on(
+            Duration::from_secs(10),
             Duration::from_millis(100),
-            (RoutesBuilder::default(), &[SERVED]),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect");
+            &[SERVED],
+        )
+        .await;
         let mut health = HealthClient::new(channel.clone());
         let check = |service: &str| HealthCheckRequest {
             service: service.into(),
