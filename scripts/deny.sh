@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-deny >/dev/null || cargo install cargo-deny --locked
+# Every package of every target (Windows, Android, ...): an offline check
+# reads the whole graph, not only what this machine builds.
+cargo fetch --quiet
 db=.tools/advisory-dbs/advisory-db-3157b0e258782691  # where cargo deny keeps the default database
 if cargo deny fetch db >/dev/null 2>&1; then
   echo "deny: advisories from $(git -C "$db" remote get-url origin) ($(git -C "$db" log -1 --format=%cs))"

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod apns;
 pub mod fcm;
 
 use std::{future::Future, time::Duration};

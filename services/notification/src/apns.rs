@@ -1,21 +1,37 @@
-//! APNs through `a2`, with token-based (.p8) authentication. `a2` talks only to
-//! Apple's hosts, so it is tested at its boundary: [`payload`] builds what `a2`
-//! sends (headers and JSON), and [`classify`] maps each of its answers to what
-//! the worker does.
+//! APNs over its HTTP/2 provider API, with token-based (.p8) authentication:
+//! `POST {base}/3/device/{token}` with the push's headers and JSON, signed by
+//! an ES256 provider token that is made once and renewed every 50 minutes
+//! (APNs refuses tokens older than an hour and renewals more often than every
+//! 20 minutes). The base URL is configurable, so tests send to a local HTTP/2
+//! server, as they do for FCM; [`request`] builds what is sent and
+//! [`classify`] maps each answer to what the worker does.
 
-use std::time::Duration;
-
-use a2::{
-    CollapseId, DefaultNotificationBuilder, ErrorReason, NotificationBuilder, NotificationOptions,
-    Priority, PushType, request::payload::Payload,
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
 };
-use serde_json::json;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use crate::push::{Device, Outcome, Push, Sender};
+use crate::{
+    fcm::retry_after,
+    push::{Device, Outcome, Push, Sender},
+};
+
+/// Apple's production endpoint.
+pub const PRODUCTION_URL: &str = "https://api.push.apple.com";
+/// Apple's sandbox endpoint, for development builds of an app.
+pub const SANDBOX_URL: &str = "https://api.sandbox.push.apple.com";
 
 /// How long APNs keeps trying to reach an offline phone.
 const EXPIRY: Duration = Duration::from_secs(24 * 3600);
+/// How long one provider token is used: under APNs' hour, over its 20 minutes.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(50 * 60);
+/// The longest device token accepted (APNs' are 64 hex digits today; Apple
+/// says they may grow).
+const MAX_TOKEN_LEN: usize = 200;
 
 /// Which kind of push APNs is asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -27,149 +43,253 @@ pub enum PushStyle {
     Background,
 }
 
-/// The strings a payload borrows.
-pub struct Texts {
-    title: String,
-    body: String,
-    collapse: String,
+/// One push to one device, as APNs is asked for it.
+#[derive(Debug, PartialEq)]
+pub struct Notification {
+    /// The path: `/3/device/{token}`.
+    pub path: String,
+    /// `apns-*` headers, in the order sent.
+    pub headers: Vec<(&'static str, String)>,
+    /// The JSON payload.
+    pub body: Value,
 }
 
-impl Texts {
-    /// The texts of `push`.
-    pub fn of(push: &Push) -> Self {
-        Self {
-            title: push.title().to_owned(),
-            body: push.body(),
-            collapse: push.collapse_id(),
-        }
-    }
-}
-
-/// The notification `a2` sends for one push to one device: `apns-topic` is the
-/// device's app, `apns-collapse-id` the group, the badge the unread count, and
-/// the ids under the `parley` key.
-pub fn payload<'a>(
-    device: &'a Device,
+/// The notification for `push` to `device`: `apns-topic` is the device's app,
+/// `apns-collapse-id` the group, the badge the unread count, and the ids under
+/// the `parley` key. `None` for a token that cannot be an APNs token (hex
+/// digits only), which would otherwise change the request's path.
+pub fn request(
+    device: &Device,
     push: &Push,
-    texts: &'a Texts,
     style: PushStyle,
     now_unix: u64,
-) -> Result<Payload<'a>, a2::Error> {
+) -> Option<Notification> {
+    let token = &device.token;
+    if token.is_empty()
+        || token.len() > MAX_TOKEN_LEN
+        || !token.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return None;
+    }
     let (push_type, priority) = match style {
-        PushStyle::Alert => (PushType::Alert, Priority::High),
-        PushStyle::Background => (PushType::Background, Priority::Normal),
+        PushStyle::Alert => ("alert", "10"),
+        PushStyle::Background => ("background", "5"),
     };
-    let options = NotificationOptions {
-        apns_topic: Some(&device.app_id),
-        apns_collapse_id: Some(CollapseId::new(&texts.collapse)?),
-        apns_push_type: Some(push_type),
-        apns_priority: Some(priority),
-        apns_expiration: Some(now_unix + EXPIRY.as_secs()),
-        ..Default::default()
-    };
-    let builder = DefaultNotificationBuilder::new().set_badge(push.badge);
-    let builder = match style {
-        PushStyle::Alert => builder
-            .set_title(&texts.title)
-            .set_body(&texts.body)
-            .set_sound("default"),
-        PushStyle::Background => builder.set_content_available(),
-    };
-    let mut payload = builder.build(&device.token, options);
-    payload.add_custom_data(
-        "parley",
-        &json!({
-            "gid": push.gid,
-            "first_seq": push.first_seq,
-            "last_seq": push.last_seq,
-            "msgid": push.last_msgid,
-            "count": push.count,
+    let aps = match style {
+        PushStyle::Alert => json!({
+            "alert": { "title": push.title(), "body": push.body() },
+            "badge": push.badge,
+            "sound": "default",
         }),
-    )?;
-    Ok(payload)
+        PushStyle::Background => json!({ "content-available": 1, "badge": push.badge }),
+    };
+    let mut headers = vec![
+        ("apns-push-type", push_type.to_owned()),
+        ("apns-priority", priority.to_owned()),
+        (
+            "apns-expiration",
+            now_unix.saturating_add(EXPIRY.as_secs()).to_string(),
+        ),
+        ("apns-collapse-id", push.collapse_id()),
+    ];
+    if !device.app_id.is_empty() {
+        headers.push(("apns-topic", device.app_id.clone()));
+    }
+    Some(Notification {
+        path: format!("/3/device/{token}"),
+        headers,
+        body: json!({
+            "aps": aps,
+            "parley": {
+                "gid": push.gid,
+                "first_seq": push.first_seq,
+                "last_seq": push.last_seq,
+                "msgid": push.last_msgid,
+                "count": push.count,
+            },
+        }),
+    })
 }
 
-/// What an `a2` answer means. 410 `Unregistered`, 400 `BadDeviceToken` and
-/// `DeviceTokenNotForTopic` forget the token; 429 and 5xx (and connection
-/// failures) are retried; anything else is a permanent failure.
-pub fn classify(result: Result<a2::Response, a2::Error>) -> Outcome {
-    let response = match result {
-        Ok(_) => return Outcome::Sent,
-        Err(a2::Error::ResponseError(response)) => response,
-        Err(
-            error @ (a2::Error::ConnectionError(_)
-            | a2::Error::ClientError(_)
-            | a2::Error::RequestTimeout(_)),
-        ) => {
-            return Outcome::Retry {
-                after: None,
-                reason: format!("APNs unreachable: {error}"),
-            };
-        }
-        Err(error) => {
-            return Outcome::Failed {
-                reason: format!("APNs request not built: {error}"),
-            };
-        }
+/// What an APNs answer means. 410 `Unregistered`, 400 `BadDeviceToken` and
+/// `DeviceTokenNotForTopic` forget the token; 429, 5xx and the reasons that
+/// say "later" (`TooManyRequests`, `Shutdown`, `ExpiredProviderToken`, ...)
+/// are retried; anything else is a permanent failure.
+pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outcome {
+    if (200..300).contains(&status) {
+        return Outcome::Sent;
+    }
+    let answer: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let why = answer["reason"].as_str().unwrap_or_default();
+    // The reason goes into logs and the dead-letter table: a documented name,
+    // never whatever text a server sent.
+    let known = REASONS.contains(&why);
+    let reason = if known {
+        format!("APNs {status} {why}")
+    } else {
+        format!("APNs {status}")
     };
-    let reason = match &response.error {
-        Some(body) => format!("APNs {} {:?}", response.code, body.reason),
-        None => format!("APNs {}", response.code),
-    };
-    match response.error.map(|body| body.reason) {
-        Some(
-            ErrorReason::Unregistered
-            | ErrorReason::BadDeviceToken
-            | ErrorReason::DeviceTokenNotForTopic,
-        ) => Outcome::BadToken { reason },
-        Some(
-            ErrorReason::TooManyRequests
-            | ErrorReason::InternalServerError
-            | ErrorReason::ServiceUnavailable
-            | ErrorReason::Shutdown
-            | ErrorReason::IdleTimeout
-            | ErrorReason::ExpiredProviderToken,
-        ) => Outcome::Retry {
-            after: None,
+    match why {
+        "Unregistered" | "BadDeviceToken" | "DeviceTokenNotForTopic" => {
+            Outcome::BadToken { reason }
+        }
+        "TooManyRequests"
+        | "InternalServerError"
+        | "ServiceUnavailable"
+        | "Shutdown"
+        | "IdleTimeout"
+        | "ExpiredProviderToken" => Outcome::Retry {
+            after: retry_after,
             reason,
         },
-        _ if response.code == 429 || response.code >= 500 => Outcome::Retry {
-            after: None,
+        _ if status == 429 || status >= 500 => Outcome::Retry {
+            after: retry_after,
             reason,
         },
         _ => Outcome::Failed { reason },
     }
 }
 
+/// The reasons APNs documents.
+const REASONS: &[&str] = &[
+    "BadCollapseId",
+    "BadDeviceToken",
+    "BadExpirationDate",
+    "BadMessageId",
+    "BadPriority",
+    "BadTopic",
+    "DeviceTokenNotForTopic",
+    "DuplicateHeaders",
+    "IdleTimeout",
+    "InvalidPushType",
+    "MissingDeviceToken",
+    "MissingTopic",
+    "PayloadEmpty",
+    "TopicDisallowed",
+    "BadCertificate",
+    "BadCertificateEnvironment",
+    "ExpiredProviderToken",
+    "Forbidden",
+    "InvalidProviderToken",
+    "MissingProviderToken",
+    "BadPath",
+    "MethodNotAllowed",
+    "Unregistered",
+    "PayloadTooLarge",
+    "TooManyProviderTokenUpdates",
+    "TooManyRequests",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "Shutdown",
+];
+
+/// Why the APNs sender could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ApnsSetupError {
+    /// The .p8 key is not a PKCS#8 P-256 key in PEM.
+    #[error("the APNs key is not a .p8 (PKCS#8 P-256 PEM) key: {0}")]
+    Key(jsonwebtoken::errors::Error),
+    /// The HTTP client could not be built.
+    #[error("APNs HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// The provider token: an ES256 JWT naming the key and the team, made when
+/// first needed and again once it is [`TOKEN_LIFETIME`] old (or APNs says it
+/// expired).
+struct ProviderToken {
+    key: EncodingKey,
+    header: Header,
+    team_id: String,
+    current: Mutex<Option<(String, Instant)>>,
+}
+
+impl ProviderToken {
+    fn new(pkcs8_pem: &[u8], key_id: &str, team_id: &str) -> Result<Self, ApnsSetupError> {
+        let key = EncodingKey::from_ec_pem(pkcs8_pem).map_err(ApnsSetupError::Key)?;
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(key_id.to_owned());
+        let token = Self {
+            key,
+            header,
+            team_id: team_id.to_owned(),
+            current: Mutex::new(None),
+        };
+        // Sign once now: a key that cannot sign stops the start, not a push.
+        token.bearer().map_err(ApnsSetupError::Key)?;
+        Ok(token)
+    }
+
+    /// The token to send now.
+    fn bearer(&self) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((token, made)) = current.as_ref()
+            && made.elapsed() < TOKEN_LIFETIME
+        {
+            return Ok(token.clone());
+        }
+        let issued_at = parley_server::now_ms() / 1000;
+        let claims = json!({ "iss": self.team_id, "iat": issued_at });
+        let token = jsonwebtoken::encode(&self.header, &claims, &self.key)?;
+        *current = Some((token.clone(), Instant::now()));
+        Ok(token)
+    }
+
+    /// APNs refused `token` as expired: the next push makes a new one.
+    fn expired(&self, token: &str) {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current.as_ref().is_some_and(|(held, _)| held == token) {
+            *current = None;
+        }
+    }
+}
+
 /// Sends through APNs.
 pub struct ApnsSender {
-    client: a2::Client,
+    http: reqwest::Client,
+    base_url: String,
+    token: ProviderToken,
     style: PushStyle,
     in_flight: Semaphore,
 }
 
 impl ApnsSender {
     /// A sender signing with the .p8 key `pkcs8_pem` (key id and team id from
-    /// the Apple developer account), at most `max_in_flight` requests at once.
+    /// the Apple developer account), posting to `base_url` ([`PRODUCTION_URL`],
+    /// [`SANDBOX_URL`], or a stand-in: plain `http://` is HTTP/2 without TLS),
+    /// at most `max_in_flight` requests at once.
     pub fn new(
         pkcs8_pem: &[u8],
         key_id: &str,
         team_id: &str,
-        sandbox: bool,
+        base_url: &str,
         style: PushStyle,
         max_in_flight: usize,
         timeout: Duration,
-    ) -> Result<Self, a2::Error> {
-        let endpoint = if sandbox {
-            a2::Endpoint::Sandbox
+    ) -> Result<Self, ApnsSetupError> {
+        // reqwest is built without a default TLS provider; the first sender
+        // installs ring (a second install is refused and harmless).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout);
+        // APNs speaks HTTP/2 only: over TLS it is negotiated, in plain text
+        // (a local stand-in) it is assumed.
+        let http = if base_url.starts_with("http://") {
+            http.http2_prior_knowledge()
         } else {
-            a2::Endpoint::Production
+            http
         };
-        let mut config = a2::ClientConfig::new(endpoint);
-        config.request_timeout_secs = Some(timeout.as_secs().max(1));
-        let client = a2::Client::token(pkcs8_pem, key_id, team_id, config)?;
         Ok(Self {
-            client,
+            http: http.build()?,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            token: ProviderToken::new(pkcs8_pem, key_id, team_id)?,
             style,
             in_flight: Semaphore::new(max_in_flight.max(1)),
         })
@@ -184,20 +304,51 @@ impl Sender for ApnsSender {
                 reason: "APNs sender closed".into(),
             };
         };
-        let texts = Texts::of(push);
         let now = u64::try_from(parley_server::now_ms() / 1000).unwrap_or_default();
-        match payload(device, push, &texts, self.style, now) {
-            Ok(payload) => classify(self.client.send(payload).await),
-            Err(error) => classify(Err(error)),
+        let Some(notification) = request(device, push, self.style, now) else {
+            return Outcome::BadToken {
+                reason: "not an APNs device token (hex digits)".into(),
+            };
+        };
+        let bearer = match self.token.bearer() {
+            Ok(bearer) => bearer,
+            Err(error) => {
+                return Outcome::Failed {
+                    reason: format!("APNs provider token not signed: {error}"),
+                };
+            }
+        };
+        let mut sent = self
+            .http
+            .post(format!("{}{}", self.base_url, notification.path))
+            .bearer_auth(&bearer)
+            .json(&notification.body);
+        for (name, value) in &notification.headers {
+            sent = sent.header(*name, value);
         }
+        let response = match sent.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(error = %error.without_url(), "APNs request failed");
+                return Outcome::Retry {
+                    after: None,
+                    reason: "APNs unreachable".into(),
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let after = retry_after(response.headers());
+        let body = response.bytes().await.unwrap_or_default();
+        let outcome = classify(status, after, &body);
+        if status == 403 && matches!(outcome, Outcome::Retry { .. }) {
+            self.token.expired(&bearer);
+        }
+        outcome
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use a2::{ErrorBody, Response, request::payload::PayloadLike};
-    use serde_json::Value;
-
     use super::*;
     use crate::push::Platform;
 
@@ -224,23 +375,25 @@ mod tests {
         }
     }
 
+    fn header<'a>(notification: &'a Notification, name: &str) -> Option<&'a str> {
+        notification
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     #[test]
     fn alert_carries_the_documented_headers_and_payload() {
         let (device, push) = (device(), push());
-        let texts = Texts::of(&push);
-        let payload = payload(&device, &push, &texts, PushStyle::Alert, 1_000).expect("payload");
-        assert_eq!(payload.device_token, device.token);
-        let options = &payload.options;
-        assert_eq!(options.apns_topic, Some("com.example.chat"));
-        assert_eq!(
-            options.apns_collapse_id.as_ref().map(|c| c.value),
-            Some("parley-group-12")
-        );
-        assert_eq!(options.apns_push_type, Some(PushType::Alert));
-        assert!(matches!(options.apns_priority, Some(Priority::High)));
-        assert_eq!(options.apns_expiration, Some(1_000 + 86_400));
-        let json: Value =
-            serde_json::from_str(&payload.to_json_string().expect("json")).expect("parse");
+        let sent = request(&device, &push, PushStyle::Alert, 1_000).expect("a request");
+        assert_eq!(sent.path, format!("/3/device/{}", device.token));
+        assert_eq!(header(&sent, "apns-topic"), Some("com.example.chat"));
+        assert_eq!(header(&sent, "apns-collapse-id"), Some("parley-group-12"));
+        assert_eq!(header(&sent, "apns-push-type"), Some("alert"));
+        assert_eq!(header(&sent, "apns-priority"), Some("10"));
+        assert_eq!(header(&sent, "apns-expiration"), Some("87400"));
+        let json = &sent.body;
         assert_eq!(json["aps"]["alert"]["title"], "Design");
         assert_eq!(json["aps"]["alert"]["body"], "3 new messages in Design");
         assert_eq!(json["aps"]["badge"], 5);
@@ -252,90 +405,125 @@ mod tests {
 
     #[test]
     fn background_push_is_silent() {
-        let (device, push) = (device(), push());
-        let texts = Texts::of(&push);
-        let payload = payload(&device, &push, &texts, PushStyle::Background, 0).expect("payload");
-        assert_eq!(payload.options.apns_push_type, Some(PushType::Background));
-        assert!(matches!(
-            payload.options.apns_priority,
-            Some(Priority::Normal)
-        ));
-        let json: Value =
-            serde_json::from_str(&payload.to_json_string().expect("json")).expect("parse");
-        assert_eq!(json["aps"]["content-available"], 1);
-        assert!(json["aps"].get("alert").is_none());
-        assert_eq!(json["aps"]["badge"], 5);
+        let sent = request(&device(), &push(), PushStyle::Background, 0).expect("a request");
+        assert_eq!(header(&sent, "apns-push-type"), Some("background"));
+        assert_eq!(header(&sent, "apns-priority"), Some("5"));
+        assert_eq!(sent.body["aps"]["content-available"], 1);
+        assert!(sent.body["aps"].get("alert").is_none());
+        assert_eq!(sent.body["aps"]["badge"], 5);
     }
 
-    fn answer(code: u16, reason: Option<ErrorReason>) -> Result<Response, a2::Error> {
-        let response = Response {
-            error: reason.map(|reason| ErrorBody {
-                reason,
-                timestamp: None,
-            }),
-            apns_id: None,
-            code,
-        };
-        if code == 200 {
-            Ok(response)
-        } else {
-            Err(a2::Error::ResponseError(response))
+    #[test]
+    fn a_token_that_is_not_hex_is_never_put_in_the_path() {
+        for token in [
+            "",
+            "../../3/device/ab",
+            "ab/cd",
+            "ab?x=1",
+            "zz",
+            &"a".repeat(201),
+        ] {
+            let device = Device {
+                token: token.to_owned(),
+                ..device()
+            };
+            assert_eq!(
+                request(&device, &push(), PushStyle::Alert, 0),
+                None,
+                "{token:?}"
+            );
         }
+    }
+
+    fn answer(status: u16, reason: &str) -> Outcome {
+        classify(
+            status,
+            None,
+            json!({ "reason": reason }).to_string().as_bytes(),
+        )
     }
 
     #[test]
     fn each_answer_maps_to_its_action() {
-        assert_eq!(classify(answer(200, None)), Outcome::Sent);
-        for (code, reason) in [
-            (410, ErrorReason::Unregistered),
-            (400, ErrorReason::BadDeviceToken),
-            (400, ErrorReason::DeviceTokenNotForTopic),
+        assert_eq!(classify(200, None, b""), Outcome::Sent);
+        for (status, reason) in [
+            (410, "Unregistered"),
+            (400, "BadDeviceToken"),
+            (400, "DeviceTokenNotForTopic"),
         ] {
             assert!(
-                matches!(
-                    classify(answer(code, Some(reason))),
-                    Outcome::BadToken { .. }
-                ),
-                "{code} should forget the token"
+                matches!(answer(status, reason), Outcome::BadToken { .. }),
+                "{status} {reason} should forget the token"
             );
         }
-        for (code, reason) in [
-            (429, Some(ErrorReason::TooManyRequests)),
-            (500, Some(ErrorReason::InternalServerError)),
-            (503, Some(ErrorReason::ServiceUnavailable)),
-            (503, Some(ErrorReason::Shutdown)),
-            (403, Some(ErrorReason::ExpiredProviderToken)),
-            (502, None),
+        for (status, reason) in [
+            (429, "TooManyRequests"),
+            (500, "InternalServerError"),
+            (503, "ServiceUnavailable"),
+            (503, "Shutdown"),
+            (403, "ExpiredProviderToken"),
+            (429, "TooManyProviderTokenUpdates"),
+            (502, ""),
         ] {
             assert!(
-                matches!(
-                    classify(answer(code, reason)),
-                    Outcome::Retry { after: None, .. }
-                ),
-                "{code} should be retried"
+                matches!(answer(status, reason), Outcome::Retry { after: None, .. }),
+                "{status} {reason} should be retried"
             );
         }
-        for (code, reason) in [
-            (400, ErrorReason::BadTopic),
-            (400, ErrorReason::PayloadTooLarge),
-            (403, ErrorReason::InvalidProviderToken),
-            (400, ErrorReason::MissingTopic),
+        for (status, reason) in [
+            (400, "BadTopic"),
+            (413, "PayloadTooLarge"),
+            (403, "InvalidProviderToken"),
+            (400, "MissingTopic"),
         ] {
             assert!(
-                matches!(classify(answer(code, Some(reason))), Outcome::Failed { .. }),
-                "{code} should give up"
+                matches!(answer(status, reason), Outcome::Failed { .. }),
+                "{status} {reason} should give up"
             );
         }
-        assert!(matches!(
-            classify(Err(a2::Error::RequestTimeout(5))),
-            Outcome::Retry { .. }
-        ));
         assert_eq!(
-            classify(answer(410, Some(ErrorReason::Unregistered))),
+            answer(410, "Unregistered"),
             Outcome::BadToken {
                 reason: "APNs 410 Unregistered".into()
             }
         );
+        assert_eq!(
+            classify(429, Some(Duration::from_secs(4)), b"not json"),
+            Outcome::Retry {
+                after: Some(Duration::from_secs(4)),
+                reason: "APNs 429".into()
+            }
+        );
+        // Text APNs does not document stays out of the reason.
+        assert_eq!(
+            answer(400, "secret-looking text"),
+            Outcome::Failed {
+                reason: "APNs 400".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_provider_token_is_reused_until_it_expires_or_is_refused() {
+        let key = parley_testkit::apns::KEY_PEM.as_bytes();
+        let token = ProviderToken::new(key, "KEY1234567", "TEAM123456").expect("the test key");
+        let first = token.bearer().expect("signed");
+        assert_eq!(token.bearer().expect("signed"), first, "reused");
+        let header = jsonwebtoken::decode_header(&first).expect("a JWT");
+        assert_eq!(header.alg, Algorithm::ES256);
+        assert_eq!(header.kid.as_deref(), Some("KEY1234567"));
+        token.expired("another token");
+        assert_eq!(
+            token.bearer().expect("signed"),
+            first,
+            "only its own refusal counts"
+        );
+        token.expired(&first);
+        assert!(
+            token.current.lock().expect("lock").is_none(),
+            "made anew next time"
+        );
+        assert!(ProviderToken::new(b"not a key", "K", "T").is_err());
     }
 
     /// Properties over any input; `make fuzz` runs them with many more cases.
@@ -343,9 +531,7 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        /// A reason as `a2` reads it from an APNs body: a documented name,
-        /// or nothing for anything else.
-        fn reason() -> impl Strategy<Value = Option<ErrorReason>> {
+        fn reason() -> impl Strategy<Value = String> {
             prop_oneof![
                 Just("Unregistered".to_owned()),
                 Just("BadDeviceToken".to_owned()),
@@ -354,7 +540,6 @@ mod tests {
                 Just("BadTopic".to_owned()),
                 "\\PC{0,24}",
             ]
-            .prop_map(|name| serde_json::from_value(Value::String(name)).ok())
         }
 
         proptest::proptest! {
@@ -362,13 +547,17 @@ mod tests {
             /// reasons that mean it is dead, 429 and 5xx are always retried
             /// otherwise, and no answer carries a delay APNs did not give.
             #[test]
-            fn any_answer_is_classified_by_its_code_and_reason(code in 100u16..600, reason in reason()) {
-                let dead = matches!(
-                    reason,
-                    Some(ErrorReason::Unregistered | ErrorReason::BadDeviceToken | ErrorReason::DeviceTokenNotForTopic)
-                );
-                let throttled = code == 429 || code >= 500;
-                match classify(Err(a2::Error::ResponseError(Response { error: reason.map(|reason| ErrorBody { reason, timestamp: None }), apns_id: None, code }))) {
+            fn any_answer_is_classified_by_its_code_and_reason(status in prop_oneof![100u16..200, 300u16..600], reason in reason(), raw in proptest::option::of(".{0,64}")) {
+                let throttled = status == 429 || status >= 500;
+                // The body names the reason, or is any text at all.
+                let (bytes, dead) = match raw {
+                    None => (
+                        json!({ "reason": reason }).to_string(),
+                        matches!(reason.as_str(), "Unregistered" | "BadDeviceToken" | "DeviceTokenNotForTopic"),
+                    ),
+                    Some(raw) => (raw, false),
+                };
+                match classify(status, None, bytes.as_bytes()) {
                     Outcome::Sent => proptest::prop_assert!(false, "an error answer is not sent"),
                     Outcome::BadToken { .. } => proptest::prop_assert!(dead),
                     Outcome::Retry { after, .. } => {

@@ -1,6 +1,6 @@
 //! The notification service: device push tokens and mutes, the durable
 //! offline-push queue the message service fills (`EnqueueOffline`, stored before
-//! it answers), and the worker that drains it through APNs (`a2`) and FCM HTTP
+//! it answers), and the worker that drains it through APNs and FCM HTTP
 //! v1 as one collapsed notification per user and group.
 
 #![forbid(unsafe_code)]

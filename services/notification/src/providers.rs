@@ -8,7 +8,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use parley_server::serve::Secret;
 
 use crate::{
-    apns::{ApnsSender, PushStyle},
+    apns::{self, ApnsSender, PushStyle},
     fcm::{self, FcmSender},
     push::{LogSender, Senders},
 };
@@ -55,6 +55,11 @@ pub struct PushArgs {
         default_value_t = false
     )]
     pub apns_sandbox: bool,
+    /// APNs base URL instead of Apple's (production, or the sandbox with
+    /// `--apns-sandbox`): a proxy, or a local stand-in, spoken to over HTTP/2
+    /// without TLS when it is `http://`.
+    #[arg(long, env = "PARLEY_NOTIFICATION_APNS_BASE_URL")]
+    pub apns_base_url: Option<String>,
     /// APNs push type: a visible alert, or a background wake-up.
     #[arg(
         long,
@@ -98,8 +103,8 @@ pub enum ProviderError {
     #[error(transparent)]
     Fcm(#[from] fcm::FcmSetupError),
     /// APNs credentials were refused.
-    #[error("APNs key: {0}")]
-    Apns(#[from] a2::Error),
+    #[error(transparent)]
+    Apns(#[from] apns::ApnsSetupError),
     /// An APNs key without its key id and team id.
     #[error(
         "APNs: a key needs PARLEY_NOTIFICATION_APNS_KEY_ID and PARLEY_NOTIFICATION_APNS_TEAM_ID"
@@ -156,7 +161,7 @@ impl PushArgs {
                 key.as_bytes(),
                 key_id,
                 team_id,
-                self.apns_sandbox,
+                self.apns_url(),
                 self.apns_push_type,
                 in_flight,
                 timeout,
@@ -179,6 +184,16 @@ impl PushArgs {
         Ok(senders)
     }
 
+    /// Where APNs pushes go: the configured URL, or Apple's sandbox or
+    /// production endpoint.
+    fn apns_url(&self) -> &str {
+        match (&self.apns_base_url, self.apns_sandbox) {
+            (Some(url), _) => url,
+            (None, true) => apns::SANDBOX_URL,
+            (None, false) => apns::PRODUCTION_URL,
+        }
+    }
+
     /// Logs which providers the senders reach (those not set only log,
     /// when `--push-log` says so).
     pub fn log_providers(&self, senders: &Senders) {
@@ -190,6 +205,7 @@ impl PushArgs {
         tracing::info!(
             apns = state(senders.apns.is_some()),
             fcm = state(senders.fcm.is_some()),
+            apns_url = %self.apns_url(),
             fcm_base_url = %self.fcm_base_url,
             "push providers"
         );

@@ -4,10 +4,7 @@
 use parley_notification::Cli;
 use parley_testkit::fcm::MockFcm;
 
-const APNS_KEY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/apns-test-key.p8"
-);
+use parley_testkit::apns::KEY_FILE as APNS_KEY;
 
 fn push_args(extra: &[&str]) -> parley_notification::providers::PushArgs {
     let mut args = vec!["parley-notification"];
@@ -73,5 +70,145 @@ fn unusable_credentials_are_refused_with_the_reason() {
     assert!(
         !error.contains("not\": \"a service"),
         "the secret is not echoed: {error}"
+    );
+}
+
+/// The APNs sender against a stand-in speaking the provider API over real
+/// HTTP/2: what it sends, the ES256 provider token it signs once and reuses,
+/// and what each answer becomes.
+#[tokio::test]
+async fn apns_pushes_go_over_http2_with_a_signed_provider_token() {
+    use parley_notification::push::{Device, Outcome, Platform, Push};
+    use parley_testkit::apns::{MockApns, Reply};
+
+    let apns = MockApns::start().await;
+    let senders = push_args(&[
+        "--apns-key-file",
+        APNS_KEY,
+        "--apns-key-id",
+        "ABC123DEFG",
+        "--apns-team-id",
+        "TEAM123456",
+        "--apns-base-url",
+        apns.base_url(),
+    ])
+    .senders()
+    .expect("APNs credentials");
+    let sender = senders.apns.expect("an APNs sender");
+    let device = |token: &str| Device {
+        uid: "u1".into(),
+        device_id: "phone".into(),
+        platform: Platform::Apns,
+        token: token.into(),
+        app_id: "com.example.chat".into(),
+        locale: String::new(),
+    };
+    let push = Push {
+        gid: 12,
+        group_name: "Design".into(),
+        count: 3,
+        first_seq: 8,
+        last_seq: 10,
+        last_msgid: 77,
+        badge: 5,
+    };
+
+    let ok = "ab".repeat(32);
+    assert_eq!(sender.send(&device(&ok), &push).await, Outcome::Sent);
+    let sent = apns.sends();
+    let first = &sent[0];
+    assert_eq!(first.problem, None, "the stand-in accepted the request");
+    assert_eq!(first.token, ok);
+    assert_eq!(first.headers["apns-topic"], "com.example.chat");
+    assert_eq!(first.headers["apns-push-type"], "alert");
+    assert_eq!(first.headers["apns-priority"], "10");
+    assert_eq!(first.headers["apns-collapse-id"], "parley-group-12");
+    assert_eq!(
+        first.body["aps"]["alert"]["body"],
+        "3 new messages in Design"
+    );
+    assert_eq!(first.body["aps"]["badge"], 5);
+    assert_eq!(first.body["parley"]["last_seq"], 10);
+
+    let scripted = [
+        ("cd", Reply::Unregistered),
+        ("ef", Reply::TooManyRequests),
+        ("0a", Reply::BadTopic),
+    ];
+    for (token, reply) in scripted {
+        apns.script(&token.repeat(32), [reply]);
+    }
+    assert!(matches!(
+        sender.send(&device(&"cd".repeat(32)), &push).await,
+        Outcome::BadToken { .. }
+    ));
+    assert!(matches!(
+        sender.send(&device(&"ef".repeat(32)), &push).await,
+        Outcome::Retry { .. }
+    ));
+    assert_eq!(
+        sender.send(&device(&"0a".repeat(32)), &push).await,
+        Outcome::Failed {
+            reason: "APNs 400 BadTopic".into()
+        }
+    );
+    // A token that could change the path never leaves the service.
+    assert!(matches!(
+        sender.send(&device("ab/../../x"), &push).await,
+        Outcome::BadToken { .. }
+    ));
+    let sent = apns.sends();
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    assert!(
+        sent.iter().all(|s| s.bearer == first.bearer),
+        "one provider token for every push within its lifetime"
+    );
+    assert!(sent.iter().all(|s| s.problem.is_none()), "{sent:?}");
+}
+
+/// A key the stand-in does not know is refused as APNs refuses it, and the
+/// push is given up, not retried.
+#[tokio::test]
+async fn an_apns_provider_token_from_another_key_is_refused() {
+    use parley_notification::push::{Device, Outcome, Platform, Push};
+    use parley_testkit::apns::MockApns;
+
+    let other = parley_testkit::apns::other_public_key();
+    let apns = MockApns::trusting(other.as_bytes(), "ABC123DEFG", "TEAM123456").await;
+    let senders = push_args(&[
+        "--apns-key-file",
+        APNS_KEY,
+        "--apns-key-id",
+        "ABC123DEFG",
+        "--apns-team-id",
+        "TEAM123456",
+        "--apns-base-url",
+        apns.base_url(),
+    ])
+    .senders()
+    .expect("APNs credentials");
+    let device = Device {
+        uid: "u1".into(),
+        device_id: "phone".into(),
+        platform: Platform::Apns,
+        token: "ab".repeat(32),
+        app_id: "com.example.chat".into(),
+        locale: String::new(),
+    };
+    let push = Push {
+        gid: 1,
+        group_name: "G".into(),
+        count: 1,
+        first_seq: 1,
+        last_seq: 1,
+        last_msgid: 1,
+        badge: 1,
+    };
+    let outcome = senders.apns.expect("APNs").send(&device, &push).await;
+    assert_eq!(
+        outcome,
+        Outcome::Failed {
+            reason: "APNs 403 InvalidProviderToken".into()
+        }
     );
 }
