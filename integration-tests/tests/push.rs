@@ -1,6 +1,8 @@
 //! Offline push end to end: the whole suite, with the notification service's
 //! FCM sender pushing over real HTTP/2 to a loopback stand-in that checks each
-//! request (path, bearer token from its own OAuth endpoint, JSON body).
+//! request (path, bearer token from its own OAuth endpoint, JSON body), and
+//! its APNs sender to another (path, headers, an ES256 provider token signed
+//! by the configured key, JSON payload).
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -207,7 +209,93 @@ async fn restarting_the_notification_service_mid_burst_loses_no_push(backend: Ba
     suite.stop().await;
 }
 
+/// Registers `uid`'s iPhone `device_id` for APNs pushes of the app
+/// `com.example.chat`.
+async fn register_iphone(suite: &Suite, uid: &str, device_id: &str, token: &str) {
+    let request = npb::RegisterDeviceRequest {
+        device_id: device_id.into(),
+        platform: npb::Platform::Apns.into(),
+        token: token.into(),
+        app_id: "com.example.chat".into(),
+        locale: "en-GB".into(),
+    };
+    suite
+        .notification(user(uid))
+        .register_device(request)
+        .await
+        .expect("register the iPhone");
+}
+
+/// An offline user's iPhone gets its push through APNs (over HTTP/2, with a
+/// provider token the stand-in verifies) beside the Android phone's through
+/// FCM, each once for the burst; an iPhone APNs calls unregistered loses its
+/// token.
+async fn an_offline_iphone_gets_its_push_through_apns(backend: Backend) {
+    let options = Options {
+        push_window_ms: 1_000,
+        ..Options::default()
+    };
+    let suite = Suite::start_with(backend, options).await;
+    let iphone = "ab".repeat(32);
+    let gone = "cd".repeat(32);
+    register_iphone(&suite, "uid3", "iphone", &iphone).await;
+    register(&suite, "uid3", "android", &fcm_token("uid3-android")).await;
+    register_iphone(&suite, "uid4", "old-iphone", &gone).await;
+    suite
+        .apns
+        .script(&gone, [parley_testkit::apns::Reply::Unregistered]);
+    let design = create_group(&suite, "A", "Design", &["uid3", "uid4"]).await;
+    for i in 1..=3 {
+        send_direct(&suite, "A", design, &format!("d{i}"), 8).await;
+    }
+    let to = |token: &str| -> Vec<parley_testkit::apns::Recorded> {
+        suite
+            .apns
+            .sends()
+            .into_iter()
+            .filter(|s| s.token == token)
+            .collect()
+    };
+    eventually("a push to each iPhone", WAIT, || async {
+        (!to(&iphone).is_empty() && !to(&gone).is_empty()).then_some(())
+    })
+    .await;
+    let db = suite.notification_db().await;
+    queue_drained(&db, "uid3").await;
+    queue_drained(&db, "uid4").await;
+    let pushes = to(&iphone);
+    assert_eq!(pushes.len(), 1, "one APNs push for the burst: {pushes:?}");
+    let push = &pushes[0];
+    assert_eq!((push.status, &push.problem), (200, &None), "{push:?}");
+    assert_eq!(push.headers["apns-topic"], "com.example.chat");
+    assert_eq!(
+        push.headers["apns-collapse-id"],
+        format!("parley-group-{design}")
+    );
+    assert_eq!(push.body["aps"]["alert"]["title"], "Design");
+    assert_eq!(
+        push.body["aps"]["alert"]["body"],
+        "3 new messages in Design"
+    );
+    assert_eq!(push.body["aps"]["badge"], 3);
+    assert_eq!(push.body["parley"]["gid"], design);
+    assert_eq!(push.body["parley"]["first_seq"], 1);
+    assert_eq!(push.body["parley"]["last_seq"], 3);
+    assert_eq!(suite.fcm.sends_to(&fcm_token("uid3-android")).len(), 1);
+
+    assert_eq!(to(&gone).len(), 1, "the old iPhone was tried once");
+    assert_eq!(to(&gone)[0].status, 410);
+    eventually(
+        "the unregistered iPhone's token to be forgotten",
+        WAIT,
+        || async { db.devices("uid4").await.is_empty().then_some(()) },
+    )
+    .await;
+    suite.stop().await;
+}
+
 on_both_backends!(
+    an_offline_iphone_gets_its_push_through_apns,
     an_offline_member_gets_one_collapsed_push_with_the_unread_badge,
     read_muted_and_online_members_get_no_push,
     restarting_the_notification_service_mid_burst_loses_no_push,

@@ -16,7 +16,7 @@ use parley_proto::{
 use parley_server::{
     ServiceIdentity, credentials::Keys, db::Backend as DbBackend, runner::Service as _,
 };
-use parley_testkit::{TestDb, TestRedis, fcm::MockFcm};
+use parley_testkit::{TestDb, TestRedis, apns::MockApns, fcm::MockFcm};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
     Request, Status,
@@ -275,6 +275,8 @@ pub struct Suite {
     _dbs: Vec<TestDb>,
     /// The FCM stand-in the notification service pushes to.
     pub fcm: MockFcm,
+    /// The APNs stand-in it pushes to Apple devices through.
+    pub apns: MockApns,
     notification_addr: SocketAddr,
     notification: Option<Running>,
     presence: Option<Running>,
@@ -427,6 +429,7 @@ impl Suite {
             receipt_db,
             _dbs: vec![message_db, notification_db],
             fcm: MockFcm::start().await,
+            apns: MockApns::start().await,
             notification_addr,
             notification: None,
             presence: None,
@@ -616,6 +619,10 @@ impl Suite {
                     ("message-url", &self.message_url),
                     ("fcm-credentials", &self.fcm.service_account_json()),
                     ("fcm-base-url", self.fcm.base_url()),
+                    ("apns-key-file", parley_testkit::apns::KEY_FILE),
+                    ("apns-key-id", parley_testkit::apns::KEY_ID),
+                    ("apns-team-id", parley_testkit::apns::TEAM_ID),
+                    ("apns-base-url", self.apns.base_url()),
                     ("collapse-window-ms", &window),
                     // Large groups (a test's 1,000) collapse over the same
                     // window rather than a minute.
