@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use parley_proto::presence as ppb;
-pub use parley_server::upstream::PresenceClient;
+use parley_server::upstream::PresenceClient;
 
 /// The budget of this process's presence lookups' retries.
 static RETRIES: std::sync::LazyLock<parley_server::retry::Retries> =

@@ -21,11 +21,12 @@ pub mod ws;
 use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Duration};
 
 use futures::Stream;
-use parley_bus::{Bus, BusArgs, routing::PresenceClient};
+use parley_bus::{Bus, BusArgs};
 use parley_proto::{
     gateway::{self as pb, connect_request::Frame as In, connect_response::Frame as Out},
     presence as ppb,
 };
+use parley_server::upstream::PresenceClient;
 use parley_server::{
     Reason, ServerArgs, StartError, Uid,
     caller::{DEVICE_ID_RULE, check_device_id, valid_device_id},

@@ -5,9 +5,9 @@
 //! load balancer draining) they gather while a call is out, so 50,000
 //! departures cost a handful of calls, not 50,000.
 
-use parley_bus::routing::PresenceClient;
 use parley_proto::presence as ppb;
 use parley_server::Uid;
+use parley_server::upstream::PresenceClient;
 use tokio::sync::mpsc;
 
 use crate::hub::Hub;

@@ -21,15 +21,11 @@ use std::{
 };
 
 use futures::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
-use parley_bus::routing::PresenceClient;
 use parley_proto::{
     gateway::{self as pb, connect_request::Frame as In, connect_response::Frame as Out},
-    message::{self as mpb, message_service_client::MessageServiceClient},
-    notification::notification_service_client::NotificationServiceClient,
-    presence as ppb,
-    receipt::{self as rpb, receipt_service_client::ReceiptServiceClient},
+    message as mpb, presence as ppb, receipt as rpb,
 };
-use parley_server::upstream::Intercepted;
+use parley_server::upstream::{MessageClient, NotificationClient, PresenceClient, ReceiptClient};
 use parley_server::{
     Error, Reason, Uid, backoff_delay,
     caller::acting_for,
@@ -57,11 +53,11 @@ use crate::{
 #[derive(Clone)]
 pub struct Upstream {
     /// Messages, membership.
-    pub message: MessageServiceClient<Intercepted>,
+    pub message: MessageClient,
     /// Cursors, receipts.
-    pub receipt: ReceiptServiceClient<Intercepted>,
+    pub receipt: ReceiptClient,
     /// Push tokens and mutes, for the client API.
-    pub notification: NotificationServiceClient<Intercepted>,
+    pub notification: NotificationClient,
     /// Presence registration.
     pub presence: PresenceClient,
     /// Acks, written with those of the gateway's other streams.
@@ -1359,21 +1355,23 @@ mod tests {
     /// every stream however idle, so what only busy streams need is boxed.
     #[tokio::test]
     async fn a_session_task_is_small() {
-        let channel = parley_server::lazy_channel("test", "http://127.0.0.1:1").expect("channel");
+        use parley_server::upstream::{
+            Callee, MessageUrl, NotificationUrl, PresenceUrl, ReceiptUrl,
+        };
+        let url = "http://127.0.0.1:1".to_owned();
         let identity = parley_server::ServiceIdentity::new("gateway", None);
-        let receipt =
-            ReceiptServiceClient::with_interceptor(channel.clone(), identity.to("receipt"));
-        let presence = parley_proto::presence::presence_service_client::PresenceServiceClient::with_interceptor(channel.clone(), identity.to("presence"));
+        let receipt = ReceiptUrl { url: url.clone() }
+            .client(&identity)
+            .expect("client");
+        let presence = PresenceUrl { url: url.clone() }
+            .client(&identity)
+            .expect("client");
         let hub = Hub::default();
         let upstream = Upstream {
-            message: MessageServiceClient::with_interceptor(
-                channel.clone(),
-                identity.to("message"),
-            ),
-            notification: NotificationServiceClient::with_interceptor(
-                channel,
-                identity.to("notification"),
-            ),
+            message: MessageUrl { url: url.clone() }
+                .client(&identity)
+                .expect("client"),
+            notification: NotificationUrl { url }.client(&identity).expect("client"),
             acks: AckWriter::start(receipt.clone()),
             receipt,
             offline: crate::offline::OfflineTeller::new(hub.clone(), presence.clone(), "gw".into())

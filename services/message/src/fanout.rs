@@ -18,14 +18,14 @@ use std::{
 
 use parley_bus::{
     Bus,
-    routing::{Located, PresenceClient, locate},
+    routing::{Located, locate},
 };
 use parley_proto::{
     bus::{BusEvent, Delivery, Typing, bus_event},
     gateway::DeliveredMessage,
     notification as npb,
 };
-use parley_server::{Seq, Stopping};
+use parley_server::{Seq, Stopping, upstream::PresenceClient};
 
 use crate::{
     domain::Gid,

@@ -22,9 +22,9 @@ use std::{
 };
 
 use futures::future::join_all;
-use parley_bus::routing::{PresenceClient, locate};
+use parley_bus::routing::locate;
 use parley_proto::receipt as rpb;
-use parley_server::upstream::ReceiptClient;
+use parley_server::upstream::{PresenceClient, ReceiptClient};
 use parley_server::{Stopping, backoff_delay, millis, now_ms};
 use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
 

@@ -18,14 +18,14 @@ use std::{
 
 use parley_bus::{
     Bus,
-    routing::{PresenceClient, locate, locate_devices},
+    routing::{locate, locate_devices},
 };
 use parley_proto::{
     bus::{BusEvent, ReadSync, ReceiptDigest, bus_event},
     gateway::{ReadPosition, ReceiptDigestEntry},
 };
 
-use parley_server::Stopping;
+use parley_server::{Stopping, upstream::PresenceClient};
 
 use crate::store::{MsgReceipt, ReceiptStore};
 
