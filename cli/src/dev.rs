@@ -1,7 +1,7 @@
 //! `parley dev`: the whole suite in one process on localhost: embedded SQLite
 //! under a data directory, an in-process bus and presence, a dev JWT secret.
 
-use std::{future::Future, path::Path};
+use std::{future::Future, io::Write as _, path::Path};
 
 use parley_bus::Bus;
 use parley_server::ports;
@@ -199,7 +199,10 @@ pub async fn run(data: &Path, options: &Options) -> Result<(), Failure> {
         }
     };
 
-    println!(
+    // A closed standard output (a pipe whose reader went) must not stop the
+    // suite: the banner is written, or not, and the services go on.
+    let _ = writeln!(
+        std::io::stdout(),
         "parley dev suite: embedded SQLite under {dir}, in-process bus and presence\n\
          \x20 {web_line}\n\
          \x20 gateway       {gateway}   (parley.gateway.v1.GatewayService, JWT HS256 dev secret)\n\

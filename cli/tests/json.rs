@@ -41,8 +41,21 @@ struct Suite {
     data: tempfile::TempDir,
 }
 
+/// What a test does with `parley dev`'s standard output.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DevOutput {
+    /// Read, so the suite is known to serve once its banner says so.
+    Read,
+    /// Closed at once, as when the reader of a pipe goes away.
+    Closed,
+}
+
 impl Suite {
     fn start() -> Self {
+        Self::start_with(DevOutput::Read)
+    }
+
+    fn start_with(output: DevOutput) -> Self {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -57,16 +70,16 @@ impl Suite {
             if !free {
                 continue;
             }
-            if let Some(suite) = Self::start_on(base) {
+            if let Some(suite) = Self::start_on(base, output) {
                 return suite;
             }
         }
         panic!("no free ports for parley dev after 20 tries");
     }
 
-    /// The suite on `base`, once it says it serves; `None` if it could not
-    /// bind (another process took a port in between).
-    fn start_on(base: u16) -> Option<Self> {
+    /// The suite on `base`, once it serves; `None` if it could not bind
+    /// (another process took a port in between).
+    fn start_on(base: u16, output: DevOutput) -> Option<Self> {
         let data = tempfile::tempdir().expect("a data directory");
         let log = std::fs::File::create(data.path().join("dev.log")).expect("a log file");
         let mut child = parley()
@@ -77,6 +90,10 @@ impl Suite {
             .spawn()
             .expect("parley dev starts");
         let stdout = child.stdout.take().expect("stdout");
+        if output == DevOutput::Closed {
+            drop(stdout);
+            return Self::serving(child, base, data);
+        }
         let lines = lines_of(stdout);
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -98,6 +115,36 @@ impl Suite {
                     panic!("parley dev did not say it serves within {PATIENCE:?}");
                 }
             }
+        }
+    }
+
+    /// The suite `child` runs on `base`, once a command gets an answer from
+    /// it; `None` if it could not bind.
+    fn serving(child: Child, base: u16, data: tempfile::TempDir) -> Option<Self> {
+        let mut suite = Self {
+            _child: Running(child),
+            base,
+            data,
+        };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if suite.run(&["unread", "--as", "probe"]).status.success() {
+                return Some(suite);
+            }
+            if let Ok(Some(status)) = suite._child.0.try_wait() {
+                let log = suite.log();
+                assert!(
+                    log.contains("cannot listen"),
+                    "parley dev exited ({status}):\n{log}"
+                );
+                return None;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "parley dev did not answer within {PATIENCE:?}:\n{}",
+                suite.log()
+            );
+            thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -339,6 +386,16 @@ fn a_refusal_prints_no_json_and_exits_with_its_code() {
         "nothing on stdout: {outsider:?}"
     );
     assert!(String::from_utf8_lossy(&outsider.stderr).contains("NOT_A_MEMBER"));
+}
+
+/// `parley dev` whose output pipe closed (its reader went away) serves on:
+/// it wrote its banner with `println!` once, which panicked on the closed
+/// pipe and took the suite down.
+#[test]
+fn parley_dev_serves_on_when_its_output_is_closed() {
+    let suite = Suite::start_with(DevOutput::Closed);
+    let group = suite.json(&["create-group", "--as", "alice", "closed", "bob"]);
+    assert!(number(&group, "gid") > 0);
 }
 
 #[test]
