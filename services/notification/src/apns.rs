@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::{
     fcm::retry_after,
-    push::{Device, Outcome, Push, Sender},
+    push::{Device, Outcome, Push, Sender, Wording},
 };
 
 /// Apple's production endpoint.
@@ -56,12 +56,14 @@ pub struct Notification {
 
 /// The notification for `push` to `device`: `apns-topic` is the device's app,
 /// `apns-collapse-id` the group, the badge the unread count, and the ids under
-/// the `parley` key. `None` for a token that cannot be an APNs token (hex
-/// digits only), which would otherwise change the request's path.
+/// the `parley` key; with [`Wording::Keys`], the alert's `loc-key` and
+/// `loc-args`. `None` for a token that cannot be an APNs token (hex digits
+/// only), which would otherwise change the request's path.
 pub fn request(
     device: &Device,
     push: &Push,
     style: PushStyle,
+    wording: Wording,
     now_unix: u64,
 ) -> Option<Notification> {
     let token = &device.token;
@@ -75,7 +77,7 @@ pub fn request(
         PushStyle::Alert => ("alert", "10"),
         PushStyle::Background => ("background", "5"),
     };
-    let aps = match style {
+    let mut aps = match style {
         PushStyle::Alert => json!({
             "alert": { "title": push.title(), "body": push.body() },
             "badge": push.badge,
@@ -83,6 +85,11 @@ pub fn request(
         }),
         PushStyle::Background => json!({ "content-available": 1, "badge": push.badge }),
     };
+    if style == PushStyle::Alert && wording == Wording::Keys {
+        let (key, args) = push.body_key();
+        aps["alert"]["loc-key"] = json!(key);
+        aps["alert"]["loc-args"] = json!(args);
+    }
     let mut headers = vec![
         ("apns-push-type", push_type.to_owned()),
         ("apns-priority", priority.to_owned()),
@@ -256,20 +263,32 @@ pub struct ApnsSender {
     base_url: String,
     token: ProviderToken,
     style: PushStyle,
+    wording: Wording,
     in_flight: Semaphore,
 }
 
+/// The .p8 key provider tokens are signed with, and whose it is (both ids
+/// from the Apple developer account).
+#[derive(Clone, Copy)]
+pub struct ApnsKey<'a> {
+    /// The key, PKCS#8 PEM.
+    pub pkcs8_pem: &'a [u8],
+    /// The key's id.
+    pub key_id: &'a str,
+    /// The team's id.
+    pub team_id: &'a str,
+}
+
 impl ApnsSender {
-    /// A sender signing with the .p8 key `pkcs8_pem` (key id and team id from
-    /// the Apple developer account), posting to `base_url` ([`PRODUCTION_URL`],
+    /// A sender signing with `key`, posting to `base_url` ([`PRODUCTION_URL`],
     /// [`SANDBOX_URL`], or a stand-in: plain `http://` is HTTP/2 without TLS),
-    /// at most `max_in_flight` requests at once.
+    /// pushes of `style` worded as `wording` says, at most `max_in_flight`
+    /// requests at once.
     pub fn new(
-        pkcs8_pem: &[u8],
-        key_id: &str,
-        team_id: &str,
+        key: ApnsKey<'_>,
         base_url: &str,
         style: PushStyle,
+        wording: Wording,
         max_in_flight: usize,
         timeout: Duration,
     ) -> Result<Self, ApnsSetupError> {
@@ -289,8 +308,9 @@ impl ApnsSender {
         Ok(Self {
             http: http.build()?,
             base_url: base_url.trim_end_matches('/').to_owned(),
-            token: ProviderToken::new(pkcs8_pem, key_id, team_id)?,
+            token: ProviderToken::new(key.pkcs8_pem, key.key_id, key.team_id)?,
             style,
+            wording,
             in_flight: Semaphore::new(max_in_flight.max(1)),
         })
     }
@@ -305,7 +325,7 @@ impl Sender for ApnsSender {
             };
         };
         let now = u64::try_from(parley_server::now_ms() / 1000).unwrap_or_default();
-        let Some(notification) = request(device, push, self.style, now) else {
+        let Some(notification) = request(device, push, self.style, self.wording, now) else {
             return Outcome::BadToken {
                 reason: "not an APNs device token (hex digits)".into(),
             };
@@ -386,7 +406,8 @@ mod tests {
     #[test]
     fn alert_carries_the_documented_headers_and_payload() {
         let (device, push) = (device(), push());
-        let sent = request(&device, &push, PushStyle::Alert, 1_000).expect("a request");
+        let sent =
+            request(&device, &push, PushStyle::Alert, Wording::Text, 1_000).expect("a request");
         assert_eq!(sent.path, format!("/3/device/{}", device.token));
         assert_eq!(header(&sent, "apns-topic"), Some("com.example.chat"));
         assert_eq!(header(&sent, "apns-collapse-id"), Some("parley-group-12"));
@@ -405,12 +426,32 @@ mod tests {
 
     #[test]
     fn background_push_is_silent() {
-        let sent = request(&device(), &push(), PushStyle::Background, 0).expect("a request");
+        let sent = request(&device(), &push(), PushStyle::Background, Wording::Keys, 0)
+            .expect("a request");
         assert_eq!(header(&sent, "apns-push-type"), Some("background"));
         assert_eq!(header(&sent, "apns-priority"), Some("5"));
         assert_eq!(sent.body["aps"]["content-available"], 1);
         assert!(sent.body["aps"].get("alert").is_none());
         assert_eq!(sent.body["aps"]["badge"], 5);
+    }
+
+    #[test]
+    fn keys_word_the_alert_for_the_phone_to_translate() {
+        let text =
+            request(&device(), &push(), PushStyle::Alert, Wording::Text, 0).expect("a request");
+        assert!(text.body["aps"]["alert"].get("loc-key").is_none());
+        let keyed =
+            request(&device(), &push(), PushStyle::Alert, Wording::Keys, 0).expect("a request");
+        let alert = &keyed.body["aps"]["alert"];
+        assert_eq!(alert["loc-key"], "PARLEY_NEW_MESSAGES");
+        assert_eq!(alert["loc-args"], json!(["3", "Design"]));
+        assert_eq!(alert["title"], "Design");
+        assert_eq!(alert["body"], "3 new messages in Design");
+        let one = Push { count: 1, ..push() };
+        let keyed =
+            request(&device(), &one, PushStyle::Alert, Wording::Keys, 0).expect("a request");
+        assert_eq!(keyed.body["aps"]["alert"]["loc-key"], "PARLEY_NEW_MESSAGE");
+        assert_eq!(keyed.body["aps"]["alert"]["loc-args"], json!(["Design"]));
     }
 
     #[test]
@@ -428,7 +469,7 @@ mod tests {
                 ..device()
             };
             assert_eq!(
-                request(&device, &push(), PushStyle::Alert, 0),
+                request(&device, &push(), PushStyle::Alert, Wording::Text, 0),
                 None,
                 "{token:?}"
             );

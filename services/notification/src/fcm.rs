@@ -8,7 +8,7 @@ use gcp_auth::{CustomServiceAccount, TokenProvider};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use crate::push::{Device, Outcome, Push, Sender};
+use crate::push::{Device, Outcome, Push, Sender, Wording};
 
 /// The OAuth2 scope FCM requires.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -35,15 +35,18 @@ pub struct FcmSender {
     base_url: String,
     project: String,
     auth: Arc<dyn TokenProvider>,
+    wording: Wording,
     in_flight: Semaphore,
 }
 
 impl FcmSender {
     /// A sender authenticating with a service-account key (its JSON text),
-    /// posting to `base_url`, with at most `max_in_flight` requests at once.
+    /// posting to `base_url`, worded as `wording` says, with at most
+    /// `max_in_flight` requests at once.
     pub fn new(
         service_account_json: &str,
         base_url: &str,
+        wording: Wording,
         max_in_flight: usize,
         timeout: Duration,
     ) -> Result<Self, FcmSetupError> {
@@ -67,6 +70,7 @@ impl FcmSender {
             base_url: base_url.trim_end_matches('/').to_owned(),
             project,
             auth: Arc::new(account),
+            wording,
             in_flight: Semaphore::new(max_in_flight.max(1)),
         })
     }
@@ -83,10 +87,11 @@ impl FcmSender {
 
 /// The HTTP v1 request body for one push: a visible notification, the ids in
 /// `data` (FCM data values are strings), and the collapse key and badge for
-/// both Android and iOS devices.
-pub fn request_body(device: &Device, push: &Push) -> Value {
+/// both Android and iOS devices; with [`Wording::Keys`], the text's key and
+/// arguments for each.
+pub fn request_body(device: &Device, push: &Push, wording: Wording) -> Value {
     let collapse = push.collapse_id();
-    json!({
+    let mut body = json!({
         "message": {
             "token": device.token,
             "notification": { "title": push.title(), "body": push.body() },
@@ -107,7 +112,20 @@ pub fn request_body(device: &Device, push: &Push) -> Value {
                 "payload": { "aps": { "badge": push.badge } },
             },
         }
-    })
+    });
+    if wording == Wording::Keys {
+        let (key, args) = push.body_key();
+        let message = &mut body["message"];
+        message["android"]["notification"]["body_loc_key"] = json!(key);
+        message["android"]["notification"]["body_loc_args"] = json!(args);
+        message["apns"]["payload"]["aps"]["alert"] = json!({
+            "title": push.title(),
+            "body": push.body(),
+            "loc-key": key,
+            "loc-args": args,
+        });
+    }
+    body
 }
 
 /// What an FCM answer means. Documented error codes: `UNREGISTERED` (404) and
@@ -180,7 +198,7 @@ impl Sender for FcmSender {
             .http
             .post(self.url(device))
             .bearer_auth(token.as_str())
-            .json(&request_body(device, push))
+            .json(&request_body(device, push, self.wording))
             .send()
             .await;
         let response = match sent {
@@ -277,7 +295,7 @@ mod tests {
             last_msgid: 99,
             badge: 5,
         };
-        let body = request_body(&device, &push);
+        let body = request_body(&device, &push, Wording::Text);
         assert_eq!(body["message"]["token"], "tok");
         assert_eq!(
             body["message"]["notification"]["body"],
@@ -286,6 +304,30 @@ mod tests {
         assert_eq!(body["message"]["data"]["last_seq"], "6");
         assert_eq!(body["message"]["android"]["collapse_key"], "parley-group-7");
         assert_eq!(body["message"]["apns"]["payload"]["aps"]["badge"], 5);
+        assert!(
+            body["message"]["android"]["notification"]
+                .get("body_loc_key")
+                .is_none()
+        );
+        assert!(
+            body["message"]["apns"]["payload"]["aps"]
+                .get("alert")
+                .is_none()
+        );
+
+        let keyed = request_body(&device, &push, Wording::Keys);
+        let android = &keyed["message"]["android"]["notification"];
+        assert_eq!(android["body_loc_key"], "PARLEY_NEW_MESSAGES");
+        assert_eq!(android["body_loc_args"], json!(["3", "Design"]));
+        assert_eq!(android["tag"], "parley-group-7", "the rest stays");
+        let alert = &keyed["message"]["apns"]["payload"]["aps"]["alert"];
+        assert_eq!(alert["loc-key"], "PARLEY_NEW_MESSAGES");
+        assert_eq!(alert["loc-args"], json!(["3", "Design"]));
+        assert_eq!(alert["body"], "3 new messages in Design");
+        assert_eq!(
+            keyed["message"]["notification"],
+            body["message"]["notification"]
+        );
     }
 
     #[test]

@@ -8,9 +8,9 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use parley_server::serve::Secret;
 
 use crate::{
-    apns::{self, ApnsSender, PushStyle},
+    apns::{self, ApnsKey, ApnsSender, PushStyle},
     fcm::{self, FcmSender},
-    push::{LogSender, Senders},
+    push::{LogSender, Senders, Wording},
 };
 
 /// Push provider flags.
@@ -68,6 +68,17 @@ pub struct PushArgs {
         default_value = "alert"
     )]
     pub apns_push_type: PushStyle,
+    /// How push text reaches phones: `text` (English), or `keys`, which adds
+    /// `PARLEY_NEW_MESSAGE` / `PARLEY_NEW_MESSAGES` and their arguments for
+    /// the phone to show in its language (only for apps that ship those
+    /// strings: a phone shows an unknown key).
+    #[arg(
+        long,
+        env = "PARLEY_NOTIFICATION_PUSH_WORDING",
+        value_enum,
+        default_value = "text"
+    )]
+    pub push_wording: Wording,
     /// Log pushes for platforms without credentials instead of skipping them
     /// (development: nothing leaves the machine).
     #[arg(long, env = "PARLEY_NOTIFICATION_PUSH_LOG", default_value_t = false)]
@@ -145,7 +156,13 @@ impl PushArgs {
             self.fcm_credentials.as_ref(),
         )?;
         if let Some(key) = fcm_key {
-            let sender = FcmSender::new(&key, &self.fcm_base_url, in_flight, timeout)?;
+            let sender = FcmSender::new(
+                &key,
+                &self.fcm_base_url,
+                self.push_wording,
+                in_flight,
+                timeout,
+            )?;
             senders.fcm = Some(Arc::new(sender));
         }
         let apns_key = credential(
@@ -157,12 +174,16 @@ impl PushArgs {
             let (Some(key_id), Some(team_id)) = (&self.apns_key_id, &self.apns_team_id) else {
                 return Err(ProviderError::ApnsIds);
             };
-            let sender = ApnsSender::new(
-                key.as_bytes(),
+            let key = ApnsKey {
+                pkcs8_pem: key.as_bytes(),
                 key_id,
                 team_id,
+            };
+            let sender = ApnsSender::new(
+                key,
                 self.apns_url(),
                 self.apns_push_type,
+                self.push_wording,
                 in_flight,
                 timeout,
             )?;

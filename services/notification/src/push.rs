@@ -124,11 +124,40 @@ impl Push {
         }
     }
 
+    /// The notification text as a key into the app's own strings and its
+    /// arguments, for the phone to show in its language:
+    /// `PARLEY_NEW_MESSAGE` with the group, or `PARLEY_NEW_MESSAGES` with the
+    /// count and the group (two keys, as Android's string resources have no
+    /// plurals; an iOS app may still give `PARLEY_NEW_MESSAGES` a
+    /// `.stringsdict` for languages with more forms).
+    pub fn body_key(&self) -> (&'static str, Vec<String>) {
+        if self.count == 1 {
+            ("PARLEY_NEW_MESSAGE", vec![self.title().to_owned()])
+        } else {
+            (
+                "PARLEY_NEW_MESSAGES",
+                vec![self.count.to_string(), self.title().to_owned()],
+            )
+        }
+    }
+
     /// The collapse key: one visible notification per group on the device,
     /// so a re-sent or later push replaces the previous one.
     pub fn collapse_id(&self) -> String {
         format!("parley-group-{}", self.gid)
     }
+}
+
+/// How a push's text reaches the phone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Wording {
+    /// English text, as the service writes it ("3 new messages in Design").
+    #[default]
+    Text,
+    /// The English text, and [`Push::body_key`] for the phone to show in its
+    /// own language: only for apps that ship those strings, as a phone shows
+    /// an unknown key rather than the text.
+    Keys,
 }
 
 /// What a push service said about one push.

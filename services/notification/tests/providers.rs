@@ -212,3 +212,71 @@ async fn an_apns_provider_token_from_another_key_is_refused() {
         }
     );
 }
+
+/// With `--push-wording keys`, both providers receive the text's key and
+/// arguments beside the English text, over the wire.
+#[tokio::test]
+async fn keys_wording_reaches_both_providers() {
+    use parley_notification::push::{Device, Outcome, Platform, Push};
+    use parley_testkit::apns::{KEY_ID, MockApns, TEAM_ID};
+
+    let apns = MockApns::start().await;
+    let fcm = MockFcm::start().await;
+    let json = fcm.service_account_json();
+    let senders = push_args(&[
+        "--push-wording",
+        "keys",
+        "--fcm-credentials",
+        &json,
+        "--fcm-base-url",
+        fcm.base_url(),
+        "--apns-key-file",
+        APNS_KEY,
+        "--apns-key-id",
+        KEY_ID,
+        "--apns-team-id",
+        TEAM_ID,
+        "--apns-base-url",
+        apns.base_url(),
+    ])
+    .senders()
+    .expect("both providers");
+    let push = Push {
+        gid: 3,
+        group_name: "Design".into(),
+        count: 2,
+        first_seq: 1,
+        last_seq: 2,
+        last_msgid: 9,
+        badge: 2,
+    };
+    let device = |platform, token: String| Device {
+        uid: "u1".into(),
+        device_id: "phone".into(),
+        platform,
+        token,
+        app_id: "com.example.chat".into(),
+        locale: "fr-FR".into(),
+    };
+    let iphone = device(Platform::Apns, "ab".repeat(32));
+    let android = device(Platform::Fcm, format!("u1:{}", "APA91b-x_".repeat(6)));
+    let apns_sender = senders.apns.expect("APNs");
+    let fcm_sender = senders.fcm.expect("FCM");
+    assert_eq!(apns_sender.send(&iphone, &push).await, Outcome::Sent);
+    assert_eq!(fcm_sender.send(&android, &push).await, Outcome::Sent);
+
+    let alert = &apns.sends()[0].body["aps"]["alert"];
+    assert_eq!(alert["loc-key"], "PARLEY_NEW_MESSAGES");
+    assert_eq!(alert["loc-args"], serde_json::json!(["2", "Design"]));
+    assert_eq!(alert["body"], "2 new messages in Design");
+    let message = &fcm.sends()[0].body["message"];
+    assert_eq!(
+        message["android"]["notification"]["body_loc_key"],
+        "PARLEY_NEW_MESSAGES"
+    );
+    assert_eq!(
+        message["android"]["notification"]["body_loc_args"],
+        serde_json::json!(["2", "Design"])
+    );
+    assert_eq!(message["notification"]["body"], "2 new messages in Design");
+}
