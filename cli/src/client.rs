@@ -149,7 +149,7 @@ impl Device {
             .connect()
             .await
             .map_err(|e| {
-                Failure::Unreachable(format!(
+                Failure::unreachable(format!(
                     "gateway at {} ({e}); is `make dev` running?",
                     endpoints.gateway
                 ))
@@ -179,11 +179,11 @@ impl Device {
         };
         match device.next(Duration::from_secs(10)).await? {
             Some(Out::AuthOk(_)) => Ok(device),
-            Some(_) => Err(Failure::Other(
-                "the gateway answered the auth frame with something other than auth_ok".into(),
+            Some(_) => Err(Failure::other(
+                "the gateway answered the auth frame with something other than auth_ok",
             )),
-            None => Err(Failure::Unreachable(
-                "no answer to the auth frame within 10 s".into(),
+            None => Err(Failure::unreachable(
+                "no answer to the auth frame within 10 s",
             )),
         }
     }
@@ -193,7 +193,7 @@ impl Device {
         match tokio::time::timeout(wait, self.rx.message()).await {
             Err(_) => Ok(None),
             Ok(Ok(Some(frame))) => Ok(frame.frame),
-            Ok(Ok(None)) => Err(Failure::Unreachable("the gateway closed the stream".into())),
+            Ok(Ok(None)) => Err(Failure::unreachable("the gateway closed the stream")),
             Ok(Err(status)) => Err(Failure::status("the stream")(status)),
         }
     }
@@ -218,7 +218,7 @@ impl Device {
     async fn answer<A: Answer>(&mut self, request_id: u64) -> Result<A, Failure> {
         loop {
             let Some(frame) = self.next(ANSWER_WITHIN).await? else {
-                return Err(Failure::Unreachable(format!(
+                return Err(Failure::unreachable(format!(
                     "no {} result within {} s",
                     A::WHAT,
                     ANSWER_WITHIN.as_secs()

@@ -97,14 +97,14 @@ impl Ports {
 /// Runs the cluster until Ctrl-C (or, with `--check`, until the check ends).
 pub async fn run(options: &Options) -> Result<(), Failure> {
     if options.ports.checked_add(25).is_none() {
-        return Err(Failure::Other(format!(
+        return Err(Failure::other(format!(
             "--ports {}: the metrics ports would be past 65535",
             options.ports
         )));
     }
     let bin = binaries()?;
     std::fs::create_dir_all(&options.data)
-        .map_err(|e| Failure::Other(format!("cannot create {}: {e}", options.data.display())))?;
+        .map_err(|e| Failure::other(format!("cannot create {}: {e}", options.data.display())))?;
     let databases = databases(&options.mysql).await?;
     let mut names: Vec<&str> = SERVICES.to_vec();
     names.push("gateway");
@@ -150,19 +150,19 @@ pub async fn run(options: &Options) -> Result<(), Failure> {
     if stopped {
         Ok(())
     } else {
-        Err(Failure::Other(
-            "a process did not stop cleanly; see its log".into(),
+        Err(Failure::other(
+            "a process did not stop cleanly; see its log",
         ))
     }
 }
 
 /// The directory of the service binaries: the one this CLI was built into.
 fn binaries() -> Result<PathBuf, Failure> {
-    let me = std::env::current_exe().map_err(|e| Failure::Other(e.to_string()))?;
+    let me = std::env::current_exe().map_err(|e| Failure::other(e.to_string()))?;
     let dir = me
         .parent()
         .map(Path::to_path_buf)
-        .ok_or_else(|| Failure::Other("no directory for the service binaries".into()))?;
+        .ok_or_else(|| Failure::other("no directory for the service binaries"))?;
     let missing: Vec<String> = SERVICES
         .iter()
         .chain(&["gateway"])
@@ -172,7 +172,7 @@ fn binaries() -> Result<PathBuf, Failure> {
     if missing.is_empty() {
         Ok(dir)
     } else {
-        Err(Failure::Other(format!(
+        Err(Failure::other(format!(
             "{} not built in {} (run `make dev-cluster`, which builds them)",
             missing.join(", "),
             dir.display()
@@ -183,7 +183,7 @@ fn binaries() -> Result<PathBuf, Failure> {
 /// Creates the databases of the three services that keep one.
 async fn databases(server: &str) -> Result<Vec<(&'static str, String)>, Failure> {
     let mut admin = MySqlConnection::connect(server).await.map_err(|e| {
-        Failure::Unreachable(format!(
+        Failure::unreachable(format!(
             "MariaDB at {server}: {e} (`make test-services` starts one)"
         ))
     })?;
@@ -193,7 +193,7 @@ async fn databases(server: &str) -> Result<Vec<(&'static str, String)>, Failure>
         sqlx::raw_sql(sqlx::AssertSqlSafe(create))
             .execute(&mut admin)
             .await
-            .map_err(|e| Failure::Other(format!("create the {name} database: {e}")))?;
+            .map_err(|e| Failure::other(format!("create the {name} database: {e}")))?;
         urls.push((name, format!("{server}/parley_cluster_{name}")));
     }
     Ok(urls)
@@ -290,7 +290,7 @@ fn spawn(
             .create(true)
             .append(true)
             .open(&log)
-            .map_err(|e| Failure::Other(format!("cannot write {}: {e}", log.display())))
+            .map_err(|e| Failure::other(format!("cannot write {}: {e}", log.display())))
     };
     let (out, err) = (open()?, open()?);
     let mut command = Command::new(bin.join(format!("parley-{service}")));
@@ -304,7 +304,7 @@ fn spawn(
         .kill_on_drop(true);
     let child = command
         .spawn()
-        .map_err(|e| Failure::Other(format!("cannot start {name}: {e}")))?;
+        .map_err(|e| Failure::other(format!("cannot start {name}: {e}")))?;
     Ok(Process {
         name: name.to_owned(),
         port,
@@ -320,7 +320,7 @@ async fn ready(started: &mut [Process]) -> Result<(), Failure> {
     for process in started.iter_mut() {
         loop {
             if let Ok(Some(status)) = process.child.try_wait() {
-                return Err(Failure::Other(format!(
+                return Err(Failure::other(format!(
                     "{} exited at start ({status}):\n{}",
                     process.name,
                     tail(&process.log)
@@ -331,7 +331,7 @@ async fn ready(started: &mut [Process]) -> Result<(), Failure> {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Failure::Other(format!(
+                return Err(Failure::other(format!(
                     "{} did not listen on {addr} within {START_WAIT:?}:\n{}",
                     process.name,
                     tail(&process.log)
@@ -420,7 +420,7 @@ async fn check(ports: &Ports) -> Result<(), Failure> {
         notification: ports.url("notification"),
         secret: DEV_JWT_SECRET.to_owned(),
     };
-    let uid = |raw: &str| Uid::parse(raw).map_err(|e| Failure::Other(e.to_string()));
+    let uid = |raw: &str| Uid::parse(raw).map_err(|e| Failure::other(e.to_string()));
     let (alice, bob) = (uid("cluster-alice")?, uid("cluster-bob")?);
     let mut a = Device::connect(&on("gateway-a"), &alice, "phone", Output::TEXT).await?;
     let mut b = Device::connect(&on("gateway-b"), &bob, "laptop", Output::TEXT).await?;
@@ -432,7 +432,7 @@ async fn check(ports: &Ports) -> Result<(), Failure> {
     let gid = match a.call(create).await?.result {
         Some(Returned::Created(created)) => created.group.map(|g| g.gid).unwrap_or_default(),
         other => {
-            return Err(Failure::Other(format!(
+            return Err(Failure::other(format!(
                 "create group: unexpected {other:?}"
             )));
         }
@@ -474,7 +474,7 @@ async fn until(
         match device.next(left).await? {
             Some(frame) if wanted(&frame) => return Ok(()),
             Some(_) => {}
-            None => return Err(Failure::Other(format!("{what}: nothing within {wait:?}"))),
+            None => return Err(Failure::other(format!("{what}: nothing within {wait:?}"))),
         }
     }
 }

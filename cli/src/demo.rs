@@ -81,7 +81,7 @@ async fn show_push(push_log: &Path, uid: &Uid, gid: u64) -> Result<(), Failure> 
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(Failure::Other(format!(
+            return Err(Failure::other(format!(
                 "no push for {uid} in {} within {PUSH_WAIT:?} (is `make dev` running from this directory?)",
                 push_log.display()
             )));

@@ -11,44 +11,90 @@ use std::{fmt, process::ExitCode};
 use parley_server::{Reason, error::reason_text};
 use tonic::Code;
 
-/// A failed command.
+/// A failed command: what kind of failure, the text for people, and the
+/// refusal's reason when the suite gave one.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Failure {
+pub struct Failure {
+    kind: Kind,
+    text: String,
+    reason: Option<String>,
+}
+
+/// What kind of failure it is, which decides the exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
     /// The suite answered and refused: bad input, no such group, a limit.
-    Refused(String),
+    Refused,
     /// The caller is not allowed: not a member, not an admin, bad token.
-    Denied(String),
+    Denied,
     /// The suite did not answer: not running, wrong address, overloaded.
-    Unreachable(String),
+    Unreachable,
     /// Anything else (a bad flag value the CLI checks itself, a file).
-    Other(String),
+    Other,
+}
+
+impl Kind {
+    /// Its name in `--json` output.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Denied => "not_allowed",
+            Self::Unreachable => "unreachable",
+            Self::Other => "failed",
+        }
+    }
 }
 
 impl Failure {
+    /// A failure of the CLI's own (a flag value, a file, an answer it did
+    /// not expect).
+    pub fn other(text: impl Into<String>) -> Self {
+        Self {
+            kind: Kind::Other,
+            text: text.into(),
+            reason: None,
+        }
+    }
+
+    /// The suite did not answer.
+    pub fn unreachable(text: impl Into<String>) -> Self {
+        Self {
+            kind: Kind::Unreachable,
+            ..Self::other(text)
+        }
+    }
+
     /// `what` failed with `code`, `reason` (empty for none) and `message`:
     /// a gRPC status or a result frame's fields.
     pub fn of(what: &str, code: Code, reason: &str, message: &str) -> Self {
-        let text = if reason.is_empty() {
-            format!("{what}: {message}")
+        let (text, said) = if reason.is_empty() {
+            (format!("{what}: {message}"), None)
         } else {
-            format!("{what}: {message} [{reason}]")
+            (
+                format!("{what}: {message} [{reason}]"),
+                Some(reason.to_owned()),
+            )
         };
         let kind = Reason::parse(reason).map_or_else(|| Self::of_code(code), Self::of_reason);
-        kind(text)
+        Self {
+            kind,
+            text,
+            reason: said,
+        }
     }
 
     /// Which failure a refusal for `reason` is.
-    fn of_reason(reason: Reason) -> fn(String) -> Self {
+    fn of_reason(reason: Reason) -> Kind {
         match reason {
             Reason::Unauthenticated
             | Reason::WrongCaller
             | Reason::NotAMember
             | Reason::NotAnAdmin
-            | Reason::NotSenderOrAdmin => Self::Denied,
+            | Reason::NotSenderOrAdmin => Kind::Denied,
             Reason::Overloaded | Reason::StorageUnavailable | Reason::DependencyUnavailable => {
-                Self::Unreachable
+                Kind::Unreachable
             }
-            Reason::Internal => Self::Other,
+            Reason::Internal => Kind::Other,
             Reason::InvalidField
             | Reason::GroupNotFound
             | Reason::MessageNotFound
@@ -60,16 +106,16 @@ impl Failure {
             | Reason::PastLastSeq
             | Reason::TooManyDevices
             | Reason::FrameTooLarge
-            | Reason::RateLimited => Self::Refused,
+            | Reason::RateLimited => Kind::Refused,
         }
     }
 
     /// Which failure an answer without a reason this build knows is.
-    fn of_code(code: Code) -> fn(String) -> Self {
+    fn of_code(code: Code) -> Kind {
         match code {
-            Code::PermissionDenied | Code::Unauthenticated => Self::Denied,
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Self::Unreachable,
-            _ => Self::Refused,
+            Code::PermissionDenied | Code::Unauthenticated => Kind::Denied,
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Kind::Unreachable,
+            _ => Kind::Refused,
         }
     }
 
@@ -80,29 +126,41 @@ impl Failure {
 
     /// The process's exit code for it.
     pub fn exit_code(&self) -> ExitCode {
-        ExitCode::from(match self {
-            Self::Other(_) => 1,
-            Self::Refused(_) => 3,
-            Self::Denied(_) => 4,
-            Self::Unreachable(_) => 5,
+        ExitCode::from(match self.kind {
+            Kind::Other => 1,
+            Kind::Refused => 3,
+            Kind::Denied => 4,
+            Kind::Unreachable => 5,
+        })
+    }
+
+    /// What `--json` prints on standard error: the kind, the reason (null
+    /// without one) and the text.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "kind": self.kind.name(),
+                "reason": self.reason,
+                "message": self.text,
+            }
         })
     }
 }
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Refused(text) => write!(f, "refused: {text}"),
-            Self::Denied(text) => write!(f, "not allowed: {text}"),
-            Self::Unreachable(text) => write!(f, "unreachable: {text}"),
-            Self::Other(text) => f.write_str(text),
+        match self.kind {
+            Kind::Refused => write!(f, "refused: {}", self.text),
+            Kind::Denied => write!(f, "not allowed: {}", self.text),
+            Kind::Unreachable => write!(f, "unreachable: {}", self.text),
+            Kind::Other => f.write_str(&self.text),
         }
     }
 }
 
 impl From<String> for Failure {
     fn from(text: String) -> Self {
-        Self::Other(text)
+        Self::other(text)
     }
 }
 
@@ -161,6 +219,18 @@ mod tests {
             unknown.exit_code(),
             ExitCode::from(4),
             "unknown reasons fall back to the code"
+        );
+        assert_eq!(
+            unknown.json()["error"],
+            serde_json::json!({
+                "kind": "not_allowed",
+                "reason": "SOME_NEW_REASON",
+                "message": "send: why [SOME_NEW_REASON]",
+            })
+        );
+        assert_eq!(
+            Failure::unreachable("gone").json()["error"]["reason"],
+            serde_json::Value::Null
         );
     }
 }

@@ -227,20 +227,27 @@ fn uid(raw: &str) -> Result<Uid, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = if matches!(cli.command, Command::Dev { .. }) {
-        "info"
-    } else {
-        "warn"
+    // With --json, standard error carries the one JSON error and nothing
+    // else a script would have to tell apart from it.
+    let filter = match (&cli.command, cli.json) {
+        (Command::Dev { .. }, _) => "info",
+        (_, true) => "off",
+        (_, false) => "warn",
     };
     parley_server::telemetry::init_with(
         "parley",
         parley_server::telemetry::LogFormat::Text,
         filter,
     );
+    let json = cli.json;
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("parley: {failure}");
+            if json {
+                eprintln!("{}", failure.json());
+            } else {
+                eprintln!("parley: {failure}");
+            }
             failure.exit_code()
         }
     }
@@ -289,7 +296,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 if !parley_server::credentials::valid_service_name(name)
                     || names.contains(&name.as_str())
                 {
-                    return Err(Failure::Other(format!(
+                    return Err(Failure::other(format!(
                         "--extra {name:?}: a new name of 1 to 32 characters from a-z and '-'"
                     )));
                 }

@@ -363,7 +363,7 @@ fn every_command_prints_json_and_only_json() {
 }
 
 #[test]
-fn a_refusal_prints_no_json_and_exits_with_its_code() {
+fn a_refusal_prints_its_error_as_json_on_stderr_and_exits_with_its_code() {
     let suite = Suite::start();
     let group = suite.json(&["create-group", "--as", "alice", "refusals", "bob"]);
     let gid = number(&group, "gid").to_string();
@@ -372,10 +372,12 @@ fn a_refusal_prints_no_json_and_exits_with_its_code() {
     let denied = suite.run(&["add-members", "--as", "bob", &gid, "dave"]);
     assert_eq!(denied.status.code(), Some(4), "{denied:?}");
     assert!(denied.stdout.is_empty(), "nothing on stdout: {denied:?}");
-    let error = String::from_utf8_lossy(&denied.stderr);
+    let error = error_of(&denied);
+    assert_eq!(error["kind"], "not_allowed");
+    assert_eq!(error["reason"], "NOT_AN_ADMIN");
     assert!(
-        error.contains("NOT_AN_ADMIN"),
-        "the reason is printed: {error}"
+        text(&error, "message").starts_with("add members: "),
+        "{error}"
     );
 
     // Dave is no member: the send is refused through the gateway (4 as well).
@@ -385,7 +387,22 @@ fn a_refusal_prints_no_json_and_exits_with_its_code() {
         outsider.stdout.is_empty(),
         "nothing on stdout: {outsider:?}"
     );
-    assert!(String::from_utf8_lossy(&outsider.stderr).contains("NOT_A_MEMBER"));
+    assert_eq!(error_of(&outsider)["reason"], "NOT_A_MEMBER");
+
+    // No such group: refused (3).
+    let missing = suite.run(&["add-members", "--as", "alice", "999999", "dave"]);
+    assert_eq!(missing.status.code(), Some(3), "{missing:?}");
+    assert_eq!(error_of(&missing)["kind"], "refused");
+}
+
+/// The one JSON error a failed `parley --json` printed on standard error.
+fn error_of(output: &Output) -> Value {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line of JSON on stderr: {stderr:?}");
+    let value: Value =
+        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e} in {stderr:?}"));
+    value["error"].clone()
 }
 
 /// `parley dev` whose output pipe closed (its reader went away) serves on:
@@ -413,4 +430,7 @@ fn an_unreachable_suite_exits_5() {
         .expect("parley runs");
     assert_eq!(output.status.code(), Some(5), "{output:?}");
     assert!(output.stdout.is_empty());
+    let error = error_of(&output);
+    assert_eq!(error["kind"], "unreachable");
+    assert_eq!(error["reason"], Value::Null);
 }
