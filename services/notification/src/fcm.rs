@@ -2,7 +2,10 @@
 //! with an OAuth2 bearer token from a service account (`gcp_auth`). The base URL
 //! is configurable so tests run it against a local HTTP/2 server.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use gcp_auth::{CustomServiceAccount, TokenProvider};
 use serde_json::{Value, json};
@@ -168,12 +171,28 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outc
 /// number too large to add to a clock) reads as this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
-/// A `Retry-After` header in seconds (the form FCM sends), at most
-/// [`MAX_RETRY_AFTER`].
+/// A `Retry-After` header, in seconds (the form FCM sends) or as an HTTP
+/// date (RFC 9110 allows both), as a delay of at most [`MAX_RETRY_AFTER`]; a
+/// date already past is no delay.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    let seconds = value.trim().parse::<u64>().ok()?;
-    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+    retry_after_at(headers, SystemTime::now())
+}
+
+/// [`retry_after`] as read at `now`.
+fn retry_after_at(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    let delay = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
 }
 
 #[tonic::async_trait]
@@ -343,6 +362,25 @@ mod tests {
             reqwest::header::HeaderValue::from_static(" 7 "),
         );
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn a_retry_after_date_is_a_delay_from_now() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let at = |date: &str| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            let value = reqwest::header::HeaderValue::from_str(date).expect("a header value");
+            headers.insert(reqwest::header::RETRY_AFTER, value);
+            retry_after_at(&headers, now)
+        };
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(at(&later), Some(Duration::from_secs(90)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(at(&past), Some(Duration::ZERO), "a past date: now");
+        let far = httpdate::fmt_http_date(now + Duration::from_secs(86_400));
+        assert_eq!(at(&far), Some(MAX_RETRY_AFTER));
+        assert_eq!(at("Tuesday, soon"), None);
+        assert_eq!(at("-5"), None);
     }
 
     /// Properties over any input; `make fuzz` runs them with many more cases.
