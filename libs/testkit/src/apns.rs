@@ -4,22 +4,15 @@
 //! that key id and team, recent; a topic, a push type, a JSON `aps`), records
 //! it, and answers as the test scripted per device token.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    convert::Infallible,
-    sync::{Arc, Mutex, MutexGuard},
-};
+use std::{collections::HashMap, sync::Mutex};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response, StatusCode, Version, body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
+use http_body_util::Full;
+use hyper::{Response, StatusCode, Version, http::request::Parts};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
-use tokio::{net::TcpListener, task::JoinHandle};
+
+use crate::stand_in::{Ledger, Server, lock};
 
 /// The test-only APNs key (.p8): a file, as `--apns-key-file` takes it.
 pub const KEY_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/apns-test-key.p8");
@@ -68,27 +61,12 @@ struct State {
     key: DecodingKey,
     key_id: String,
     team_id: String,
-    scripts: HashMap<String, VecDeque<Reply>>,
-    sends: Vec<Recorded>,
+    ledger: Ledger<Reply, Recorded>,
 }
 
 /// The running stand-in; stops when dropped.
 pub struct MockApns {
-    base_url: String,
-    state: Arc<Mutex<State>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for MockApns {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    server: Server<State>,
 }
 
 impl MockApns {
@@ -102,53 +80,30 @@ impl MockApns {
     /// Starts the stand-in accepting provider tokens signed by the key whose
     /// public half is `public_pem`, with `key_id` and `team_id`.
     pub async fn trusting(public_pem: &[u8], key_id: &str, team_id: &str) -> Self {
-        let state = Arc::new(Mutex::new(State {
+        let state = State {
             key: DecodingKey::from_ec_pem(public_pem).expect("an EC public key in PEM"),
             key_id: key_id.to_owned(),
             team_id: team_id.to_owned(),
-            scripts: HashMap::new(),
-            sends: Vec::new(),
-        }));
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the APNs stand-in");
-        let addr = listener.local_addr().expect("stand-in address");
-        let shared = state.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| handle(state.clone(), request));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+            ledger: Ledger::default(),
+        };
         Self {
-            base_url: format!("http://{addr}"),
-            state,
-            task,
+            server: Server::start("APNs", state, handle).await,
         }
     }
 
     /// The base URL to configure as the APNs endpoint.
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        &self.server.base_url
     }
 
     /// Answers the next pushes to `token` with `replies`, in order; 200 after.
     pub fn script(&self, token: &str, replies: impl IntoIterator<Item = Reply>) {
-        lock(&self.state)
-            .scripts
-            .entry(token.to_owned())
-            .or_default()
-            .extend(replies);
+        self.server.lock().ledger.script(token, replies);
     }
 
     /// Every request received, in order.
     pub fn sends(&self) -> Vec<Recorded> {
-        lock(&self.state).sends.clone()
+        self.server.lock().ledger.sends().to_vec()
     }
 }
 
@@ -210,16 +165,7 @@ fn check(
     None
 }
 
-async fn handle(
-    state: Arc<Mutex<State>>,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (parts, body) = request.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+fn handle(state: &Mutex<State>, parts: Parts, body: Bytes) -> Response<Full<Bytes>> {
     let token = parts
         .uri
         .path()
@@ -227,7 +173,7 @@ async fn handle(
         .filter(|token| !token.is_empty() && token.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(str::to_owned);
     let Some(token) = token.filter(|_| parts.method == hyper::Method::POST) else {
-        return Ok(respond(StatusCode::NOT_FOUND, Some("BadPath"), 0));
+        return respond(StatusCode::NOT_FOUND, Some("BadPath"), 0);
     };
     let headers: HashMap<String, String> = parts
         .headers
@@ -248,17 +194,13 @@ async fn handle(
         .unwrap_or_default()
         .to_owned();
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let mut state = lock(&state);
-    let n = state.sends.len();
+    let mut state = lock(state);
+    let n = state.ledger.sends().len();
     let problem = check(&state, parts.version, &bearer, &headers, &json);
     let response = match &problem {
         Some((status, reason)) => respond(*status, Some(reason), n),
         None => {
-            let reply = state
-                .scripts
-                .get_mut(&token)
-                .and_then(VecDeque::pop_front)
-                .unwrap_or(Reply::Ok);
+            let reply = state.ledger.next_reply(&token).unwrap_or(Reply::Ok);
             match reply {
                 Reply::Ok => respond(StatusCode::OK, None, n),
                 Reply::Unregistered => respond(StatusCode::GONE, Some("Unregistered"), n),
@@ -272,7 +214,7 @@ async fn handle(
             }
         }
     };
-    state.sends.push(Recorded {
+    state.ledger.record(Recorded {
         token,
         headers,
         bearer,
@@ -280,7 +222,7 @@ async fn handle(
         status: response.status().as_u16(),
         problem: problem.map(|(_, reason)| reason),
     });
-    Ok(response)
+    response
 }
 
 /// The public half of a fresh P-256 key, one no sender signs with.

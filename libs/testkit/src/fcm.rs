@@ -4,21 +4,14 @@
 //! body), records it, and answers as the test scripted per device token:
 //! 200, 429 with `Retry-After`, 500, `UNREGISTERED` or an invalid token.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    convert::Infallible,
-    sync::{Arc, Mutex, MutexGuard},
-};
+use std::sync::Mutex;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response, StatusCode, Version, body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
+use http_body_util::Full;
+use hyper::{Response, StatusCode, Version, http::request::Parts};
 use serde_json::{Value, json};
-use tokio::{net::TcpListener, task::JoinHandle};
+
+use crate::stand_in::{Ledger, Server, lock};
 
 /// The project the mock's service account names.
 pub const PROJECT: &str = "parley-test";
@@ -59,60 +52,26 @@ pub struct Recorded {
 
 #[derive(Default)]
 struct State {
-    scripts: HashMap<String, VecDeque<Reply>>,
     issued: Vec<String>,
-    sends: Vec<Recorded>,
+    ledger: Ledger<Reply, Recorded>,
 }
 
 /// The running mock; stops when dropped.
 pub struct MockFcm {
-    base_url: String,
-    state: Arc<Mutex<State>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for MockFcm {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    server: Server<State>,
 }
 
 impl MockFcm {
     /// Starts the mock on a free loopback port.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the FCM mock");
-        let addr = listener.local_addr().expect("mock address");
-        let state = Arc::new(Mutex::new(State::default()));
-        let shared = state.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| handle(state.clone(), request));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
         Self {
-            base_url: format!("http://{addr}"),
-            state,
-            task,
+            server: Server::start("FCM", State::default(), handle).await,
         }
     }
 
     /// The base URL to configure as the FCM endpoint.
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        &self.server.base_url
     }
 
     /// A service-account key whose `token_uri` is this mock.
@@ -124,29 +83,27 @@ impl MockFcm {
             "private_key": PRIVATE_KEY,
             "client_email": "parley-test@parley-test.iam.gserviceaccount.com",
             "client_id": "1",
-            "token_uri": format!("{}/token", self.base_url),
+            "token_uri": format!("{}/token", self.server.base_url),
         })
         .to_string()
     }
 
     /// Answers the next sends to `token` with `replies`, in order; 200 after.
     pub fn script(&self, token: &str, replies: impl IntoIterator<Item = Reply>) {
-        lock(&self.state)
-            .scripts
-            .entry(token.to_owned())
-            .or_default()
-            .extend(replies);
+        self.server.lock().ledger.script(token, replies);
     }
 
     /// Every send received, in order.
     pub fn sends(&self) -> Vec<Recorded> {
-        lock(&self.state).sends.clone()
+        self.server.lock().ledger.sends().to_vec()
     }
 
     /// The sends to one device token.
     pub fn sends_to(&self, token: &str) -> Vec<Recorded> {
-        lock(&self.state)
-            .sends
+        self.server
+            .lock()
+            .ledger
+            .sends()
             .iter()
             .filter(|s| s.token == token)
             .cloned()
@@ -156,7 +113,7 @@ impl MockFcm {
     /// Issues an access token directly, for clients that skip the OAuth
     /// exchange (load baselines).
     pub fn issue_token(&self) -> String {
-        let mut state = lock(&self.state);
+        let mut state = self.server.lock();
         let access = format!("mock-access-{}", state.issued.len() + 1);
         state.issued.push(access.clone());
         access
@@ -164,8 +121,10 @@ impl MockFcm {
 
     /// Sends answered 200.
     pub fn delivered(&self) -> usize {
-        lock(&self.state)
-            .sends
+        self.server
+            .lock()
+            .ledger
+            .sends()
             .iter()
             .filter(|s| s.status == 200)
             .count()
@@ -173,7 +132,7 @@ impl MockFcm {
 
     /// OAuth2 access tokens issued so far.
     pub fn tokens_issued(&self) -> usize {
-        lock(&self.state).issued.len()
+        self.server.lock().issued.len()
     }
 }
 
@@ -202,19 +161,10 @@ fn fcm_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Byt
     )
 }
 
-async fn handle(
-    state: Arc<Mutex<State>>,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (parts, body) = request.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+fn handle(state: &Mutex<State>, parts: Parts, body: Bytes) -> Response<Full<Bytes>> {
     let path = parts.uri.path().to_owned();
     if parts.method == hyper::Method::POST && path == "/token" {
-        return Ok(token(&state, &body));
+        return token(state, &body);
     }
     let project = path
         .strip_prefix("/v1/projects/")
@@ -222,10 +172,7 @@ async fn handle(
         .filter(|p| !p.is_empty() && !p.contains('/'))
         .map(str::to_owned);
     let Some(project) = project.filter(|_| parts.method == hyper::Method::POST) else {
-        return Ok(respond(
-            StatusCode::NOT_FOUND,
-            json!({"error": "no such endpoint"}),
-        ));
+        return respond(StatusCode::NOT_FOUND, json!({"error": "no such endpoint"}));
     };
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let device_token = json["message"]["token"]
@@ -238,7 +185,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    let mut state = lock(&state);
+    let mut state = lock(state);
     let problem = if parts.version != Version::HTTP_2 {
         Some(format!("not HTTP/2 but {:?}", parts.version))
     } else if !bearer.as_ref().is_some_and(|b| state.issued.contains(b)) {
@@ -258,15 +205,11 @@ async fn handle(
         }
         Some(problem) => fcm_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", problem),
         None => {
-            let reply = state
-                .scripts
-                .get_mut(&device_token)
-                .and_then(VecDeque::pop_front)
-                .unwrap_or(Reply::Ok);
-            reply_with(reply, &project, state.sends.len())
+            let reply = state.ledger.next_reply(&device_token).unwrap_or(Reply::Ok);
+            reply_with(reply, &project, state.ledger.sends().len())
         }
     };
-    state.sends.push(Recorded {
+    state.ledger.record(Recorded {
         project,
         token: device_token,
         body: json,
@@ -274,7 +217,7 @@ async fn handle(
         problem,
         at: std::time::Instant::now(),
     });
-    Ok(response)
+    response
 }
 
 fn reply_with(reply: Reply, project: &str, n: usize) -> Response<Full<Bytes>> {

@@ -6,6 +6,7 @@
 
 pub mod apns;
 pub mod fcm;
+mod stand_in;
 
 use std::{future::Future, time::Duration};
 

@@ -1,8 +1,14 @@
 //! Provider set-up from configuration: which senders exist for which
 //! credentials, and clear refusals for unusable ones.
 
-use parley_notification::Cli;
-use parley_testkit::fcm::MockFcm;
+use parley_notification::{
+    Cli,
+    push::{Device, Outcome, Platform, Push},
+};
+use parley_testkit::{
+    apns::{KEY_ID, MockApns, Reply, TEAM_ID},
+    fcm::MockFcm,
+};
 
 use parley_testkit::apns::KEY_FILE as APNS_KEY;
 
@@ -27,18 +33,9 @@ async fn only_configured_providers_are_enabled() {
         .expect("FCM credentials");
     assert!(only_fcm.fcm.is_some() && only_fcm.apns.is_none());
 
-    let both = push_args(&[
-        "--fcm-credentials",
-        &json,
-        "--apns-key-file",
-        APNS_KEY,
-        "--apns-key-id",
-        "ABC123DEFG",
-        "--apns-team-id",
-        "TEAM123456",
-    ])
-    .senders()
-    .expect("both");
+    let mut flags = vec!["--fcm-credentials", json.as_str()];
+    flags.extend(apns_flags("http://127.0.0.1:9"));
+    let both = push_args(&flags).senders().expect("both");
     assert!(both.fcm.is_some() && both.apns.is_some());
 
     let logging = push_args(&["--push-log"]).senders().expect("logging");
@@ -73,45 +70,57 @@ fn unusable_credentials_are_refused_with_the_reason() {
     );
 }
 
+/// The flags of an APNs sender with the test key, sending to `base_url`.
+fn apns_flags(base_url: &str) -> [&str; 8] {
+    [
+        "--apns-key-file",
+        APNS_KEY,
+        "--apns-key-id",
+        KEY_ID,
+        "--apns-team-id",
+        TEAM_ID,
+        "--apns-base-url",
+        base_url,
+    ]
+}
+
+/// u1's phone on `platform`, with `token`.
+fn phone(platform: Platform, token: String) -> Device {
+    Device {
+        uid: "u1".into(),
+        device_id: "phone".into(),
+        platform,
+        token,
+        app_id: "com.example.chat".into(),
+        locale: "fr-FR".into(),
+    }
+}
+
+/// Two new messages in Design, eleven unread in all.
+fn two_in_design() -> Push {
+    Push {
+        gid: 12,
+        group_name: "Design".into(),
+        count: 2,
+        first_seq: 9,
+        last_seq: 10,
+        last_msgid: 77,
+        badge: 11,
+    }
+}
+
 /// The APNs sender against a stand-in speaking the provider API over real
 /// HTTP/2: what it sends, the ES256 provider token it signs once and reuses,
 /// and what each answer becomes.
 #[tokio::test]
 async fn apns_pushes_go_over_http2_with_a_signed_provider_token() {
-    use parley_notification::push::{Device, Outcome, Platform, Push};
-    use parley_testkit::apns::{MockApns, Reply};
-
     let apns = MockApns::start().await;
-    let senders = push_args(&[
-        "--apns-key-file",
-        APNS_KEY,
-        "--apns-key-id",
-        "ABC123DEFG",
-        "--apns-team-id",
-        "TEAM123456",
-        "--apns-base-url",
-        apns.base_url(),
-    ])
-    .senders()
-    .expect("APNs credentials");
+    let senders = push_args(&apns_flags(apns.base_url()))
+        .senders()
+        .expect("APNs credentials");
     let sender = senders.apns.expect("an APNs sender");
-    let device = |token: &str| Device {
-        uid: "u1".into(),
-        device_id: "phone".into(),
-        platform: Platform::Apns,
-        token: token.into(),
-        app_id: "com.example.chat".into(),
-        locale: String::new(),
-    };
-    let push = Push {
-        gid: 12,
-        group_name: "Design".into(),
-        count: 3,
-        first_seq: 8,
-        last_seq: 10,
-        last_msgid: 77,
-        badge: 5,
-    };
+    let device = |token: &str| phone(Platform::Apns, token.to_owned());
+    let push = two_in_design();
 
     let ok = "ab".repeat(32);
     assert_eq!(sender.send(&device(&ok), &push).await, Outcome::Sent);
@@ -125,10 +134,14 @@ async fn apns_pushes_go_over_http2_with_a_signed_provider_token() {
     assert_eq!(first.headers["apns-collapse-id"], "parley-group-12");
     assert_eq!(
         first.body["aps"]["alert"]["body"],
-        "3 new messages in Design"
+        "2 new messages in Design"
     );
-    assert_eq!(first.body["aps"]["badge"], 5);
+    assert_eq!(first.body["aps"]["badge"], 11);
     assert_eq!(first.body["parley"]["last_seq"], 10);
+    assert!(
+        first.body["aps"]["alert"].get("loc-key").is_none(),
+        "English text by default"
+    );
 
     let scripted = [
         ("cd", Reply::Unregistered),
@@ -170,41 +183,17 @@ async fn apns_pushes_go_over_http2_with_a_signed_provider_token() {
 /// push is given up, not retried.
 #[tokio::test]
 async fn an_apns_provider_token_from_another_key_is_refused() {
-    use parley_notification::push::{Device, Outcome, Platform, Push};
-    use parley_testkit::apns::MockApns;
-
     let other = parley_testkit::apns::other_public_key();
-    let apns = MockApns::trusting(other.as_bytes(), "ABC123DEFG", "TEAM123456").await;
-    let senders = push_args(&[
-        "--apns-key-file",
-        APNS_KEY,
-        "--apns-key-id",
-        "ABC123DEFG",
-        "--apns-team-id",
-        "TEAM123456",
-        "--apns-base-url",
-        apns.base_url(),
-    ])
-    .senders()
-    .expect("APNs credentials");
-    let device = Device {
-        uid: "u1".into(),
-        device_id: "phone".into(),
-        platform: Platform::Apns,
-        token: "ab".repeat(32),
-        app_id: "com.example.chat".into(),
-        locale: String::new(),
-    };
-    let push = Push {
-        gid: 1,
-        group_name: "G".into(),
-        count: 1,
-        first_seq: 1,
-        last_seq: 1,
-        last_msgid: 1,
-        badge: 1,
-    };
-    let outcome = senders.apns.expect("APNs").send(&device, &push).await;
+    let apns = MockApns::trusting(other.as_bytes(), KEY_ID, TEAM_ID).await;
+    let senders = push_args(&apns_flags(apns.base_url()))
+        .senders()
+        .expect("APNs credentials");
+    let device = phone(Platform::Apns, "ab".repeat(32));
+    let outcome = senders
+        .apns
+        .expect("APNs")
+        .send(&device, &two_in_design())
+        .await;
     assert_eq!(
         outcome,
         Outcome::Failed {
@@ -217,49 +206,22 @@ async fn an_apns_provider_token_from_another_key_is_refused() {
 /// arguments beside the English text, over the wire.
 #[tokio::test]
 async fn keys_wording_reaches_both_providers() {
-    use parley_notification::push::{Device, Outcome, Platform, Push};
-    use parley_testkit::apns::{KEY_ID, MockApns, TEAM_ID};
-
     let apns = MockApns::start().await;
     let fcm = MockFcm::start().await;
     let json = fcm.service_account_json();
-    let senders = push_args(&[
+    let mut flags = vec![
         "--push-wording",
         "keys",
         "--fcm-credentials",
         &json,
         "--fcm-base-url",
         fcm.base_url(),
-        "--apns-key-file",
-        APNS_KEY,
-        "--apns-key-id",
-        KEY_ID,
-        "--apns-team-id",
-        TEAM_ID,
-        "--apns-base-url",
-        apns.base_url(),
-    ])
-    .senders()
-    .expect("both providers");
-    let push = Push {
-        gid: 3,
-        group_name: "Design".into(),
-        count: 2,
-        first_seq: 1,
-        last_seq: 2,
-        last_msgid: 9,
-        badge: 2,
-    };
-    let device = |platform, token: String| Device {
-        uid: "u1".into(),
-        device_id: "phone".into(),
-        platform,
-        token,
-        app_id: "com.example.chat".into(),
-        locale: "fr-FR".into(),
-    };
-    let iphone = device(Platform::Apns, "ab".repeat(32));
-    let android = device(Platform::Fcm, format!("u1:{}", "APA91b-x_".repeat(6)));
+    ];
+    flags.extend(apns_flags(apns.base_url()));
+    let senders = push_args(&flags).senders().expect("both providers");
+    let push = two_in_design();
+    let iphone = phone(Platform::Apns, "ab".repeat(32));
+    let android = phone(Platform::Fcm, format!("u1:{}", "APA91b-x_".repeat(6)));
     let apns_sender = senders.apns.expect("APNs");
     let fcm_sender = senders.fcm.expect("FCM");
     assert_eq!(apns_sender.send(&iphone, &push).await, Outcome::Sent);
