@@ -177,14 +177,15 @@ impl Device {
             next_request: 1,
             out,
         };
-        match device.next(Duration::from_secs(10)).await? {
+        match device.next(ANSWER_WITHIN).await? {
             Some(Out::AuthOk(_)) => Ok(device),
             Some(_) => Err(Failure::other(
                 "the gateway answered the auth frame with something other than auth_ok",
             )),
-            None => Err(Failure::unreachable(
-                "no answer to the auth frame within 10 s",
-            )),
+            None => Err(Failure::unreachable(format!(
+                "no answer to the auth frame within {} s",
+                ANSWER_WITHIN.as_secs()
+            ))),
         }
     }
 

@@ -75,7 +75,13 @@ impl Failure {
                 Some(reason.to_owned()),
             )
         };
-        let kind = Reason::parse(reason).map_or_else(|| Self::of_code(code), Self::of_reason);
+        // A known reason decides through its own code, whatever code came
+        // with it; a fault of the suite's own is a plain failure.
+        let kind = match Reason::parse(reason) {
+            Some(Reason::Internal) => Kind::Other,
+            Some(known) => Self::of_code(known.code()),
+            None => Self::of_code(code),
+        };
         Self {
             kind,
             text,
@@ -83,34 +89,7 @@ impl Failure {
         }
     }
 
-    /// Which failure a refusal for `reason` is.
-    fn of_reason(reason: Reason) -> Kind {
-        match reason {
-            Reason::Unauthenticated
-            | Reason::WrongCaller
-            | Reason::NotAMember
-            | Reason::NotAnAdmin
-            | Reason::NotSenderOrAdmin => Kind::Denied,
-            Reason::Overloaded | Reason::StorageUnavailable | Reason::DependencyUnavailable => {
-                Kind::Unreachable
-            }
-            Reason::Internal => Kind::Other,
-            Reason::InvalidField
-            | Reason::GroupNotFound
-            | Reason::MessageNotFound
-            | Reason::GroupFull
-            | Reason::DirectConversation
-            | Reason::ReadsHidden
-            | Reason::CountsOnly
-            | Reason::ReceiptsOff
-            | Reason::PastLastSeq
-            | Reason::TooManyDevices
-            | Reason::FrameTooLarge
-            | Reason::RateLimited => Kind::Refused,
-        }
-    }
-
-    /// Which failure an answer without a reason this build knows is.
+    /// Which failure an answer with `code` is.
     fn of_code(code: Code) -> Kind {
         match code {
             Code::PermissionDenied | Code::Unauthenticated => Kind::Denied,

@@ -36,7 +36,7 @@ fn parley() -> Command {
 
 /// A `parley dev` of this test's own, on ports below the ephemeral range.
 struct Suite {
-    _child: Running,
+    dev: Running,
     base: u16,
     data: tempfile::TempDir,
 }
@@ -100,7 +100,7 @@ impl Suite {
             match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) if line.starts_with("parley dev suite:") => {
                     return Some(Self {
-                        _child: Running(child),
+                        dev: Running(child),
                         base,
                         data,
                     });
@@ -122,7 +122,7 @@ impl Suite {
     /// it; `None` if it could not bind.
     fn serving(child: Child, base: u16, data: tempfile::TempDir) -> Option<Self> {
         let mut suite = Self {
-            _child: Running(child),
+            dev: Running(child),
             base,
             data,
         };
@@ -131,7 +131,7 @@ impl Suite {
             if suite.run(&["unread", "--as", "probe"]).status.success() {
                 return Some(suite);
             }
-            if let Ok(Some(status)) = suite._child.0.try_wait() {
+            if let Ok(Some(status)) = suite.dev.0.try_wait() {
                 let log = suite.log();
                 assert!(
                     log.contains("cannot listen"),

@@ -7,7 +7,8 @@ use std::time::Instant;
 use http::{HeaderMap, HeaderValue, header::RETRY_AFTER};
 use libfuzzer_sys::fuzz_target;
 use parley_notification::{
-    fcm::{MAX_RETRY_AFTER, classify, retry_after},
+    endpoint::{MAX_RETRY_AFTER, retry_after},
+    fcm::classify,
     push::Outcome,
 };
 

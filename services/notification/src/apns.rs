@@ -7,16 +7,15 @@
 //! [`classify`] maps each answer to what the worker does.
 
 use std::{
-    sync::Mutex,
+    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 
 use crate::{
-    fcm::retry_after,
+    endpoint::Endpoint,
     push::{Device, Outcome, Push, Sender, Wording},
 };
 
@@ -227,12 +226,16 @@ impl ProviderToken {
         Ok(token)
     }
 
+    /// The token held and when it was made, even if a holder panicked.
+    fn current(&self) -> MutexGuard<'_, Option<(String, Instant)>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The token to send now.
     fn bearer(&self) -> Result<String, jsonwebtoken::errors::Error> {
-        let mut current = self
-            .current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut current = self.current();
         if let Some((token, made)) = current.as_ref()
             && made.elapsed() < TOKEN_LIFETIME
         {
@@ -247,10 +250,7 @@ impl ProviderToken {
 
     /// APNs refused `token` as expired: the next push makes a new one.
     fn expired(&self, token: &str) {
-        let mut current = self
-            .current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut current = self.current();
         if current.as_ref().is_some_and(|(held, _)| held == token) {
             *current = None;
         }
@@ -259,12 +259,10 @@ impl ProviderToken {
 
 /// Sends through APNs.
 pub struct ApnsSender {
-    http: reqwest::Client,
-    base_url: String,
+    endpoint: Endpoint,
     token: ProviderToken,
     style: PushStyle,
     wording: Wording,
-    in_flight: Semaphore,
 }
 
 /// The .p8 key provider tokens are signed with, and whose it is (both ids
@@ -292,26 +290,11 @@ impl ApnsSender {
         max_in_flight: usize,
         timeout: Duration,
     ) -> Result<Self, ApnsSetupError> {
-        // reqwest is built without a default TLS provider; the first sender
-        // installs ring (a second install is refused and harmless).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout);
-        // APNs speaks HTTP/2 only: over TLS it is negotiated, in plain text
-        // (a local stand-in) it is assumed.
-        let http = if base_url.starts_with("http://") {
-            http.http2_prior_knowledge()
-        } else {
-            http
-        };
         Ok(Self {
-            http: http.build()?,
-            base_url: base_url.trim_end_matches('/').to_owned(),
+            endpoint: Endpoint::new(base_url, max_in_flight, timeout)?,
             token: ProviderToken::new(key.pkcs8_pem, key.key_id, key.team_id)?,
             style,
             wording,
-            in_flight: Semaphore::new(max_in_flight.max(1)),
         })
     }
 }
@@ -319,11 +302,6 @@ impl ApnsSender {
 #[tonic::async_trait]
 impl Sender for ApnsSender {
     async fn send(&self, device: &Device, push: &Push) -> Outcome {
-        let Ok(_permit) = self.in_flight.acquire().await else {
-            return Outcome::Failed {
-                reason: "APNs sender closed".into(),
-            };
-        };
         let now = u64::try_from(parley_server::now_ms() / 1000).unwrap_or_default();
         let Some(notification) = request(device, push, self.style, self.wording, now) else {
             return Outcome::BadToken {
@@ -338,29 +316,16 @@ impl Sender for ApnsSender {
                 };
             }
         };
-        let mut sent = self
-            .http
-            .post(format!("{}{}", self.base_url, notification.path))
+        let mut request = self
+            .endpoint
+            .post(&self.endpoint.url(&notification.path))
             .bearer_auth(&bearer)
             .json(&notification.body);
         for (name, value) in &notification.headers {
-            sent = sent.header(*name, value);
+            request = request.header(*name, value);
         }
-        let response = match sent.send().await {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::warn!(error = %error.without_url(), "APNs request failed");
-                return Outcome::Retry {
-                    after: None,
-                    reason: "APNs unreachable".into(),
-                };
-            }
-        };
-        let status = response.status().as_u16();
-        let after = retry_after(response.headers());
-        let body = response.bytes().await.unwrap_or_default();
-        let outcome = classify(status, after, &body);
-        if status == 403 && matches!(outcome, Outcome::Retry { .. }) {
+        let (status, outcome) = self.endpoint.send("APNs", request, classify).await;
+        if status == Some(403) && matches!(outcome, Outcome::Retry { .. }) {
             self.token.expired(&bearer);
         }
         outcome

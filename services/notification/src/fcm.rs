@@ -2,16 +2,15 @@
 //! with an OAuth2 bearer token from a service account (`gcp_auth`). The base URL
 //! is configurable so tests run it against a local HTTP/2 server.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
 use gcp_auth::{CustomServiceAccount, TokenProvider};
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 
-use crate::push::{Device, Outcome, Push, Sender, Wording};
+use crate::{
+    endpoint::Endpoint,
+    push::{Device, Outcome, Push, Sender, Wording},
+};
 
 /// The OAuth2 scope FCM requires.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -34,12 +33,10 @@ pub enum FcmSetupError {
 
 /// Sends through FCM HTTP v1.
 pub struct FcmSender {
-    http: reqwest::Client,
-    base_url: String,
+    endpoint: Endpoint,
     project: String,
     auth: Arc<dyn TokenProvider>,
     wording: Wording,
-    in_flight: Semaphore,
 }
 
 impl FcmSender {
@@ -53,28 +50,16 @@ impl FcmSender {
         max_in_flight: usize,
         timeout: Duration,
     ) -> Result<Self, FcmSetupError> {
-        // reqwest is built without a default TLS provider; the first sender
-        // installs ring (a second install is refused and harmless).
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let account = CustomServiceAccount::from_json(service_account_json)?;
         let project = account
             .project_id()
             .map(str::to_owned)
             .ok_or(FcmSetupError::NoProject)?;
-        let mut http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout);
-        if base_url.starts_with("http://") {
-            // Plain-text endpoints (local stand-ins) speak HTTP/2 without TLS.
-            http = http.http2_prior_knowledge();
-        }
         Ok(Self {
-            http: http.build()?,
-            base_url: base_url.trim_end_matches('/').to_owned(),
+            endpoint: Endpoint::new(base_url, max_in_flight, timeout)?,
             project,
             auth: Arc::new(account),
             wording,
-            in_flight: Semaphore::new(max_in_flight.max(1)),
         })
     }
 
@@ -84,7 +69,8 @@ impl FcmSender {
         } else {
             &device.app_id
         };
-        format!("{}/v1/projects/{project}/messages:send", self.base_url)
+        self.endpoint
+            .url(&format!("/v1/projects/{project}/messages:send"))
     }
 }
 
@@ -167,42 +153,9 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outc
     }
 }
 
-/// The longest `Retry-After` taken from a provider; a longer one (or a
-/// number too large to add to a clock) reads as this.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-
-/// A `Retry-After` header, in seconds (the form FCM sends) or as an HTTP
-/// date (RFC 9110 allows both), as a delay of at most [`MAX_RETRY_AFTER`]; a
-/// date already past is no delay.
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    retry_after_at(headers, SystemTime::now())
-}
-
-/// [`retry_after`] as read at `now`.
-fn retry_after_at(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<Duration> {
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    let delay = match value.parse::<u64>() {
-        Ok(seconds) => Duration::from_secs(seconds),
-        Err(_) => httpdate::parse_http_date(value)
-            .ok()?
-            .duration_since(now)
-            .unwrap_or(Duration::ZERO),
-    };
-    Some(delay.min(MAX_RETRY_AFTER))
-}
-
 #[tonic::async_trait]
 impl Sender for FcmSender {
     async fn send(&self, device: &Device, push: &Push) -> Outcome {
-        let Ok(_permit) = self.in_flight.acquire().await else {
-            return Outcome::Failed {
-                reason: "FCM sender closed".into(),
-            };
-        };
         let token = match self.auth.token(&[SCOPE]).await {
             Ok(token) => token,
             Err(error) => {
@@ -213,27 +166,12 @@ impl Sender for FcmSender {
                 };
             }
         };
-        let sent = self
-            .http
-            .post(self.url(device))
+        let request = self
+            .endpoint
+            .post(&self.url(device))
             .bearer_auth(token.as_str())
-            .json(&request_body(device, push, self.wording))
-            .send()
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::warn!(error = %error.without_url(), "FCM request failed");
-                return Outcome::Retry {
-                    after: None,
-                    reason: "FCM unreachable".into(),
-                };
-            }
-        };
-        let status = response.status().as_u16();
-        let after = retry_after(response.headers());
-        let body = response.bytes().await.unwrap_or_default();
-        classify(status, after, &body)
+            .json(&request_body(device, push, self.wording));
+        self.endpoint.send("FCM", request, classify).await.1
     }
 }
 
@@ -349,40 +287,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_huge_retry_after_is_clamped() {
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::RETRY_AFTER,
-            reqwest::header::HeaderValue::from_static("18446744073709551615"),
-        );
-        assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
-        headers.insert(
-            reqwest::header::RETRY_AFTER,
-            reqwest::header::HeaderValue::from_static(" 7 "),
-        );
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
-    }
-
-    #[test]
-    fn a_retry_after_date_is_a_delay_from_now() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let at = |date: &str| {
-            let mut headers = reqwest::header::HeaderMap::new();
-            let value = reqwest::header::HeaderValue::from_str(date).expect("a header value");
-            headers.insert(reqwest::header::RETRY_AFTER, value);
-            retry_after_at(&headers, now)
-        };
-        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
-        assert_eq!(at(&later), Some(Duration::from_secs(90)));
-        let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
-        assert_eq!(at(&past), Some(Duration::ZERO), "a past date: now");
-        let far = httpdate::fmt_http_date(now + Duration::from_secs(86_400));
-        assert_eq!(at(&far), Some(MAX_RETRY_AFTER));
-        assert_eq!(at("Tuesday, soon"), None);
-        assert_eq!(at("-5"), None);
-    }
-
     /// Properties over any input; `make fuzz` runs them with many more cases.
     mod properties {
         use super::*;
@@ -414,20 +318,6 @@ mod tests {
         }
 
         proptest::proptest! {
-            /// Whatever FCM sends as Retry-After is read as at most an hour, or
-            /// not at all: never a panic and never a delay that overflows a clock.
-            #[test]
-            fn any_retry_after_is_bounded(value in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
-                let mut headers = reqwest::header::HeaderMap::new();
-                if let Ok(value) = reqwest::header::HeaderValue::from_bytes(&value) {
-                    headers.insert(reqwest::header::RETRY_AFTER, value);
-                }
-                if let Some(delay) = retry_after(&headers) {
-                    proptest::prop_assert!(delay <= MAX_RETRY_AFTER);
-                    proptest::prop_assert!(std::time::Instant::now().checked_add(delay).is_some());
-                }
-            }
-
             /// Whatever FCM answers, the outcome follows its status: 2xx is
             /// sent, only 429 and 5xx are retried (with the Retry-After read),
             /// and a token is forgotten only for a documented error code.
@@ -461,13 +351,6 @@ mod tests {
                 }
             }
 
-            #[test]
-            fn numeric_retry_after_is_taken_up_to_the_cap(seconds in proptest::num::u64::ANY) {
-                let mut headers = reqwest::header::HeaderMap::new();
-                headers.insert(reqwest::header::RETRY_AFTER, reqwest::header::HeaderValue::from(seconds));
-                let expected = std::time::Duration::from_secs(seconds).min(MAX_RETRY_AFTER);
-                proptest::prop_assert_eq!(retry_after(&headers), Some(expected));
-            }
         }
     }
 }

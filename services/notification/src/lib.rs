@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apns;
+pub mod endpoint;
 pub mod fcm;
 pub mod providers;
 pub mod push;
